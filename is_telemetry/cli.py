@@ -1,0 +1,220 @@
+"""`is-telemetry`: one command line for every stage. Imports are lazy so each command starts quickly."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from is_telemetry.config import Settings, load_settings
+from producers import identity_server, simulator
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="The Things Stack Identity Server telemetry pipeline.")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (else $IS_TELEMETRY_CONFIG, else ./is-telemetry.yml if present)")]
+KafkaOpt = Annotated[Optional[str], typer.Option("--kafka", help="External Kafka bootstrap servers host:port,... (skips the embedded broker)")]
+ClickHouseOpt = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN: http(s)://user:pass@host:8123/db or chdb:///abs/path")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Embedded state directory (default ./data)")]
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")]
+
+
+def settings_from(config: Path | None, **flags: Any) -> Settings:
+    try:
+        return load_settings(config, **flags)
+    except Exception as exc:  # config errors end the command with one clear line
+        typer.echo(f"error: bad configuration: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _port(value: int | None) -> int | None:
+    return value or None  # 0 or absent = the configured default
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1")] = 0,
+    host: Annotated[str, typer.Option("--host")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu, memory storage) until stopped."""
+    from is_telemetry.broker import EmbeddedBroker
+    from is_telemetry.runtime import wait_for_stop_signal
+
+    s = settings_from(config, broker={"port": _port(port), "host": host or None})
+    b = EmbeddedBroker(s.broker.host, s.broker.port).start()
+    typer.echo(f"broker listening on {b.bootstrap_servers} (memory storage: a restart loses all topics); Ctrl-C stops it")
+    try:
+        wait_for_stop_signal(lambda: b.process is not None and b.process.poll() is None)
+    finally:
+        b.stop()
+        typer.echo("broker stopped")
+
+
+@app.command()
+def up(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    kafka: KafkaOpt = None,
+    clickhouse: ClickHouseOpt = None,
+    broker_port: Annotated[int, typer.Option("--broker-port")] = 0,
+    collector_port: Annotated[int, typer.Option("--collector-port")] = 0,
+    api_port: Annotated[int, typer.Option("--api-port")] = 0,
+    host: Annotated[str, typer.Option("--host", help="Bind address for collector and API")] = "",
+    simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Feed simulated deployments")] = True,
+    deployments: Annotated[int, typer.Option("--deployments", help="Simulated deployments")] = 300,
+    cli_installs: Annotated[int, typer.Option("--cli-installs", help="Simulated CLI installs")] = 100,
+    days: Annotated[int, typer.Option("--days", help="Days of simulated history to backfill")] = 30,
+    seed: Annotated[int, typer.Option("--seed")] = 1,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Start the whole pipeline: broker, processors worker + sink + API, collector, simulator."""
+    from is_telemetry.stack import Stack, StackOptions
+
+    s = settings_from(
+        config,
+        data_dir=data_dir,
+        kafka={"bootstrap_servers": kafka},
+        clickhouse={"dsn": clickhouse},
+        broker={"port": _port(broker_port)},
+        collector={"port": _port(collector_port), "host": host or None},
+        api={"port": _port(api_port), "host": host or None},
+    )
+    setup_logging(log_level)
+    opts = StackOptions(config=config, simulate=simulate, deployments=deployments, cli_installs=cli_installs,
+                        days=days, seed=seed, log_level=log_level)
+    raise typer.Exit(Stack(s, opts).run())
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    kafka: KafkaOpt = None,
+    clickhouse: ClickHouseOpt = None,
+    api_port: Annotated[Optional[int], typer.Option("--api-port", help="Serve the HTTP API/dashboard from this worker (needed for embedded chDB); -1 = off")] = None,
+    sink: Annotated[bool, typer.Option("--sink/--no-sink", help="Write to ClickHouse in this process; --no-sink publishes snapshots to Kafka for `is-telemetry sink`")] = True,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run a processors worker (faust): validate -> dedup -> roll up -> sink."""
+    from processors.worker import run_worker
+
+    s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
+                      api={"port": api_port if api_port and api_port > 0 else None})
+    setup_logging(log_level)
+    raise typer.Exit(run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level))
+
+
+@app.command()
+def collect(
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    port: Annotated[int, typer.Option("--port")] = 0,
+    host: Annotated[str, typer.Option("--host")] = "",
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run the HTTP collector: POST /collect (what TTS's telemetry.target points at)."""
+    from producers.collector import serve
+
+    s = settings_from(config, kafka={"bootstrap_servers": kafka}, collector={"port": _port(port), "host": host or None})
+    setup_logging(log_level)
+    serve(s, log_level=log_level)
+
+
+@app.command()
+def api(
+    config: ConfigOpt = None,
+    clickhouse: ClickHouseOpt = None,
+    port: Annotated[int, typer.Option("--port")] = 0,
+    host: Annotated[str, typer.Option("--host")] = "",
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Serve the HTTP API and dashboard standalone (against a ClickHouse server)."""
+    from dashboard.api import serve
+
+    s = settings_from(config, clickhouse={"dsn": clickhouse}, api={"port": _port(port), "host": host or None})
+    setup_logging(log_level)
+    serve(s, log_level=log_level)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="A read-only SQL query (SELECT, SHOW, DESCRIBE, ...)")],
+    api: Annotated[Optional[str], typer.Option("--api", help="Running stack's API, e.g. http://127.0.0.1:8481")] = None,
+    clickhouse: ClickHouseOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table|csv|json")] = "table",
+    token: Annotated[Optional[str], typer.Option("--token", envvar="IS_TELEMETRY_API__TOKEN", help="Bearer token of the API")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a read-only query: through a running stack's API, or directly against a ClickHouse server."""
+    from is_telemetry.sqlcli import format_result, run_query
+
+    if fmt not in ("table", "csv", "json"):
+        typer.echo("error: --format must be table, csv or json", err=True)
+        raise typer.Exit(2)
+    s = settings_from(config, clickhouse={"dsn": clickhouse})
+    try:
+        columns, rows = run_query(s, query, api=api, token=token, direct=clickhouse is not None)
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    sys.stdout.write(format_result(columns, rows, fmt))
+
+
+@app.command()
+def uid(
+    elements: Annotated[Optional[list[str]], typer.Option("--elements", help="UID elements (as telemetry.uid-elements)")] = None,
+    tts_config: Annotated[Optional[Path], typer.Option("--config", help="A The Things Stack config file (tts.yml)")] = None,
+) -> None:
+    """Print the telemetry UID exactly as The Things Stack computes it."""
+    from is_telemetry.uid import uid_from_config, uid_from_elements
+
+    if elements:
+        typer.echo(uid_from_elements(elements))
+        return
+    if tts_config is None:
+        typer.echo("error: give --elements A B ... or --config tts.yml", err=True)
+        raise typer.Exit(2)
+    from producers.identity_server import load_tts_config
+
+    typer.echo(uid_from_config(load_tts_config(tts_config)))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the telemetry message (docs/telemetry-message.schema.json)."""
+    import json
+
+    from is_telemetry.schema import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+
+
+@app.command("config")
+def config_cmd(
+    config: ConfigOpt = None,
+    docs: Annotated[bool, typer.Option("--docs", help="Print the configuration reference (markdown)")] = False,
+) -> None:
+    """Print the effective configuration (or its reference with --docs)."""
+    from is_telemetry.config import reference_markdown
+
+    if docs:
+        typer.echo(reference_markdown(), nl=False)
+        return
+    import yaml
+
+    typer.echo(yaml.safe_dump(settings_from(config).model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+app.command("produce")(identity_server.command)
+app.command("simulate")(simulator.command)
+
+
+def main() -> None:
+    app()

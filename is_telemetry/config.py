@@ -1,0 +1,140 @@
+"""Configuration: defaults < YAML file < environment (IS_TELEMETRY_*) < command-line flags.
+
+Every key, its default and its environment variable are listed in docs/configuration.md
+(generated from this module: `is-telemetry config --docs`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+ENV_PREFIX = "IS_TELEMETRY_"
+CONFIG_ENV = "IS_TELEMETRY_CONFIG"
+DEFAULT_CONFIG_FILE = "is-telemetry.yml"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = Field("", description="Kafka bootstrap servers, host:port,...; empty = the embedded broker")
+    raw_topic: str = Field("tts-telemetry-raw", description="Topic the collector and producers write, keyed by UID")
+    deadletter_topic: str = Field("tts-telemetry-deadletter", description="Rejected messages with their reason")
+    snapshots_topic: str = Field("tts-telemetry-snapshots", description="Validated snapshots for a separate sink process")
+    partitions: int = Field(8, ge=1, description="Partitions of every topic created by this tool")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of topics created by this tool")
+    session_timeout_s: float = Field(10.0, description="Consumer group session timeout (seconds)")
+
+
+class ClickHouseSettings(BaseModel):
+    dsn: str = Field("", description="chdb:///abs/path or http(s)://user:pass@host:8123/db; empty = chdb under data_dir")
+    snapshot_ttl_days: int = Field(0, ge=0, description="Delete per-UID snapshot rows after N days (0 = keep)")
+
+
+class BrokerSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Embedded broker listen address")
+    port: int = Field(19092, ge=0, le=65535, description="Embedded broker port")
+
+
+class CollectorSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Collector listen address")
+    port: int = Field(8480, ge=0, le=65535, description="Collector port (POST /collect)")
+    max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies are refused with 413")
+    publish_timeout_s: float = Field(10.0, description="Kafka acknowledgement wait before answering 503")
+
+
+class ApiSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="HTTP API / dashboard listen address")
+    port: int = Field(8481, ge=0, le=65535, description="HTTP API / dashboard port")
+    token: str = Field("", description="Bearer token required by /api/sql when set")
+
+
+class ProcessorSettings(BaseModel):
+    batch_size: int = Field(5000, ge=1, description="Most events handled and flushed per batch")
+    batch_seconds: float = Field(1.0, gt=0, description="Longest wait to fill a batch (seconds)")
+    plausibility_limit: int = Field(10**9, ge=0, description="A count above this rejects the message as 'implausible'")
+    dedup_days: int = Field(3, ge=1, description="Days of per-UID dedup state kept in memory")
+    web_port: int = Field(0, ge=0, le=65535, description="faust's own web port (0 = off)")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(Path("data"), description="Embedded state: chDB data, logs")
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    broker: BrokerSettings = BrokerSettings()
+    collector: CollectorSettings = CollectorSettings()
+    api: ApiSettings = ApiSettings()
+    processors: ProcessorSettings = ProcessorSettings()
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka.bootstrap_servers
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka.bootstrap_servers or f"{self.broker.host}:{self.broker.port}"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse.dsn or f"chdb://{(self.data_dir / 'chdb').resolve()}"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings; `overrides` are flags as nested dicts (None values are ignored)."""
+    path = config_file or os.environ.get(CONFIG_ENV) or (DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).exists() else None)
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+
+    class _Settings(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls))
+            return tuple(sources)
+
+    return _Settings(**_drop_none(overrides))
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def reference_markdown() -> str:
+    """The configuration reference table (docs/configuration.md)."""
+    rows = ["| key | environment variable | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            key = f"{prefix}{name}"
+            env = ENV_PREFIX + key.replace(".", "__").upper()
+            default = field.default
+            rows.append(f"| `{key}` | `{env}` | `{default!s}` | {field.description or ''} |")
+
+    walk(Settings, "")
+    return "\n".join(rows) + "\n"

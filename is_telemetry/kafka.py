@@ -1,0 +1,80 @@
+"""Kafka plumbing shared by every stage: record headers, topic creation, the kafka-python producer."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from is_telemetry.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Record headers the collector (and every producer) sets. Values are ASCII.
+HEADER_RECEIVED_AT = "received_at_ms"  # receive time, Unix milliseconds; also the record timestamp
+HEADER_USER_AGENT = "user_agent"
+HEADER_BODY_LENGTH = "body_length"
+HEADER_SOURCE = "source"  # collector | identity-server | simulator
+
+
+def topic_names(settings: Settings) -> list[str]:
+    k = settings.kafka
+    return [k.raw_topic, k.deadletter_topic, k.snapshots_topic]
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create the pipeline's topics (idempotent); waits up to timeout_s for the brokers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-admin")
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Kafka at {settings.bootstrap_servers} is not reachable ({exc}); "
+                    "start it (is-telemetry broker) or fix kafka.bootstrap_servers"
+                ) from exc
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name, num_partitions=settings.kafka.partitions, replication_factor=settings.kafka.replication_factor)
+            for name in topic_names(settings)
+            if name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", [t.name for t in new])
+    finally:
+        admin.close()
+
+
+def make_producer(bootstrap_servers: str, **overrides: object) -> KafkaProducer:
+    """A durable producer: acks=all, retries, small linger for batching under concurrency."""
+    config: dict[str, object] = dict(
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        linger_ms=5,
+        retries=5,
+        request_timeout_ms=10_000,
+        max_block_ms=10_000,
+        client_id="is-telemetry",
+    )
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def headers(received_at_ms: int, source: str, user_agent: str = "", body_length: int = 0) -> list[tuple[str, bytes]]:
+    return [
+        (HEADER_RECEIVED_AT, str(received_at_ms).encode()),
+        (HEADER_SOURCE, source.encode()),
+        (HEADER_USER_AGENT, user_agent.encode("utf-8", "replace")),
+        (HEADER_BODY_LENGTH, str(body_length).encode()),
+    ]

@@ -1,0 +1,149 @@
+"""The one definition of The Things Stack telemetry message.
+
+Shapes follow TTS's `pkg/telemetry/exporter/models` (see docs/telemetry-message.md):
+an Identity Server sends `entities_count` and `"cli": null`; the CLI sends `cli` and
+`"entities_count": null`. Unknown extra fields are accepted everywhere: newer senders add
+fields. Every count is an unsigned 64-bit integer (strict: no floats, no strings).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+UINT64_MAX = 2**64 - 1
+
+#: Every deployment left on TTS's default console URLs shares this UID.
+DEFAULT_UID = "m64Jv5T3Bqnxz3tSgOAYD0w25UqWwP5DgIsuKbS0g5dBQkA8ZEHwlV1iDoKgjeF7uE3dt+3SDMdANJ41xDZqag=="
+
+IS_UID_PATTERN = r"^[A-Za-z0-9+/]{86}==$"
+CLI_UID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_IS_UID = re.compile(IS_UID_PATTERN)
+_CLI_UID = re.compile(CLI_UID_PATTERN)
+
+Count = Annotated[int, Field(ge=0, le=UINT64_MAX, strict=True)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class OSTelemetry(_Model):
+    operating_system: Annotated[str, Field(strict=True)] = ""
+    arch: Annotated[str, Field(strict=True)] = ""
+    binary_version: Annotated[str, Field(strict=True)] = ""
+    golang_version: Annotated[str, Field(strict=True)] = ""
+
+
+class Total(_Model):
+    total: Count = 0
+
+
+class GatewaysCount(_Model):
+    total: Count = 0
+    gateways_by_frequency_plan_id: dict[str, Count] = Field(default_factory=dict)
+
+
+class ActiveEndDevices(_Model):
+    total: Count = 0
+    last_day: Count = 0
+    last_week: Count = 0
+    last_month: Count = 0
+
+
+class EndDevicesCount(_Model):
+    total: Count = 0
+    activate_end_devices: ActiveEndDevices = Field(default_factory=ActiveEndDevices)
+
+
+class UsersCount(_Model):
+    total: Count | None = None  # older senders (around 3.27) also send a total of all users, first
+    standard: Count = 0
+    admin: Count = 0
+
+
+class AccountsCount(_Model):
+    users: UsersCount = Field(default_factory=UsersCount)
+    organizations: Total = Field(default_factory=Total)
+
+
+class EntitiesCount(_Model):
+    gateways: GatewaysCount = Field(default_factory=GatewaysCount)
+    end_devices: EndDevicesCount = Field(default_factory=EndDevicesCount)
+    applications: Total = Field(default_factory=Total)
+    accounts: AccountsCount = Field(default_factory=AccountsCount)
+
+    def counts(self) -> dict[str, int]:
+        """Every count of the message by a flat name (per-plan gateway counts as `gateways_by_frequency_plan_id.<plan>`)."""
+        ed = self.end_devices
+        out = {
+            "gateways": self.gateways.total,
+            "end_devices": ed.total,
+            "active_end_devices": ed.activate_end_devices.total,
+            "active_last_day": ed.activate_end_devices.last_day,
+            "active_last_week": ed.activate_end_devices.last_week,
+            "active_last_month": ed.activate_end_devices.last_month,
+            "applications": self.applications.total,
+            "users_standard": self.accounts.users.standard,
+            "users_admin": self.accounts.users.admin,
+            "organizations": self.accounts.organizations.total,
+        }
+        if self.accounts.users.total is not None:
+            out["users_total"] = self.accounts.users.total
+        for plan, n in self.gateways.gateways_by_frequency_plan_id.items():
+            out[f"gateways_by_frequency_plan_id.{plan}"] = n
+        return out
+
+
+class TelemetryMessage(_Model):
+    """A telemetry body as TTS posts it to `telemetry.target`."""
+
+    uid: Annotated[str, Field(strict=True, description="IS: base64 SHA-512 (88 chars); CLI: UUID v4")]
+    os: OSTelemetry | None = None
+    cli: dict[str, Any] | None = Field(
+        default=None,
+        description="CLI messages: {} or command-usage data (commands/aliases lists); null for an IS",
+    )
+    entities_count: EntitiesCount | None = Field(default=None, description="IS messages; null for the CLI")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TelemetryMessage:
+        if (self.cli is None) == (self.entities_count is None):
+            raise PydanticCustomError("kind_ambiguous", "exactly one of 'cli' and 'entities_count' must be non-null")
+        pattern = _CLI_UID if self.cli is not None else _IS_UID
+        if not pattern.match(self.uid):
+            kind = "a UUID (CLI)" if self.cli is not None else "88-char base64 of a SHA-512 digest (Identity Server)"
+            raise PydanticCustomError("bad_uid", "uid must be {kind}", {"kind": kind})
+        return self
+
+    @property
+    def kind(self) -> Literal["is", "cli"]:
+        return "cli" if self.cli is not None else "is"
+
+    @property
+    def is_default_uid(self) -> bool:
+        return self.uid == DEFAULT_UID
+
+    def to_json(self) -> bytes:
+        """Compact JSON as Go's encoding/json writes it: declaration order, sorted map keys."""
+        body = self.model_dump(mode="json")
+        if self.entities_count is not None:
+            ec = body["entities_count"]
+            if self.entities_count.accounts.users.total is None:
+                del ec["accounts"]["users"]["total"]
+            plans = ec["gateways"]["gateways_by_frequency_plan_id"]
+            ec["gateways"]["gateways_by_frequency_plan_id"] = dict(sorted(plans.items()))
+        if self.os is None:
+            del body["os"]
+        return orjson.dumps(body)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = TelemetryMessage.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://github.com/is-telemetry/is-telemetry/docs/telemetry-message.schema.json"
+    return schema

@@ -1,0 +1,1 @@
+"""Stream processors: validate -> dedup -> roll up, as faust agents (processors.worker)."""

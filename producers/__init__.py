@@ -1,0 +1,1 @@
+"""Producers: everything that puts telemetry on Kafka (collector, Identity Server producer, simulator)."""
