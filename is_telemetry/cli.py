@@ -167,14 +167,16 @@ def sql(
     sys.stdout.write(format_result(columns, rows, fmt))
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def uid(
-    elements: Annotated[Optional[list[str]], typer.Option("--elements", help="UID elements (as telemetry.uid-elements)")] = None,
+    ctx: typer.Context,
+    elements: Annotated[Optional[list[str]], typer.Option("--elements", help="UID elements (as telemetry.uid-elements): --elements A B ...")] = None,
     tts_config: Annotated[Optional[Path], typer.Option("--config", help="A The Things Stack config file (tts.yml)")] = None,
 ) -> None:
     """Print the telemetry UID exactly as The Things Stack computes it."""
     from is_telemetry.uid import uid_from_config, uid_from_elements
 
+    elements = [*(elements or []), *ctx.args]
     if elements:
         typer.echo(uid_from_elements(elements))
         return

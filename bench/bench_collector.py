@@ -1,0 +1,233 @@
+"""Collector throughput: HTTP POST /collect -> Kafka ack, against the raw kafka-python produce rate.
+
+    python -m bench.bench_collector [--requests N] [--seconds S] [--concurrency C]
+
+Starts an embedded broker (Tansu) and the collector as a subprocess (`python -m producers.collector`,
+the same serve() that `is-telemetry collect` runs), then POSTs the real sample body (is-3.32.json,
+572 bytes) over C keep-alive connections with a minimal HTTP/1.1 client (so the client costs little
+CPU next to the server on a small machine), until N requests or S seconds. In the same run it
+measures kafka-python's own produce rate (acks=all, same body, one producer in this process) and
+prints both and their ratio. `main()` returns the figures as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from is_telemetry.broker import EmbeddedBroker, free_port
+from is_telemetry.config import load_settings
+from is_telemetry.kafka import ensure_topics, headers, make_producer
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_PATHS = [Path("/work/shared/reference/samples/is-3.32.json")]
+# is-3.32.json byte for byte (used when the reference directory is not on this machine)
+SAMPLE_IS_3_32 = (
+    b'{"uid":"nN1/26NfwZTLgQsAZSQNKGTne6q3Guw40E5WGximPCsg0k5pLii4mPLft92T8Q5u0l+lpiYJHG+bwO0Fyc2HVg==",'
+    b'"os":{"operating_system":"linux","arch":"amd64","binary_version":"3.32.1 (1d218216, 2024-10-24T13:28:12Z)",'
+    b'"golang_version":"go1.22.5"},"cli":null,"entities_count":{"gateways":{"total":3,"gateways_by_frequency_plan_id":'
+    b'{"EU_863_870_TTN":2,"US_902_928_FSB_2":1}},"end_devices":{"total":120,"activate_end_devices":{"total":95,'
+    b'"last_day":60,"last_week":80,"last_month":90}},"applications":{"total":7},"accounts":{"users":{"standard":4,'
+    b'"admin":1},"organizations":{"total":2}}}}\n'
+)
+
+
+def sample_body() -> bytes:
+    for p in SAMPLE_PATHS:
+        if p.is_file():
+            return p.read_bytes()
+    return SAMPLE_IS_3_32
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def _http_load(host: str, port: int, body: bytes, total: int, seconds: float, concurrency: int) -> dict[str, Any]:
+    """C keep-alive connections, each POSTing body until `total` requests are sent or `seconds` pass."""
+    request = (
+        b"POST /collect HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+        b"User-Agent: TheThingsStack/3.32.1 (linux/amd64)\r\nContent-Length: %d\r\n\r\n%s"
+        % (host.encode(), port, len(body), body)
+    )
+    remaining = [total]
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while remaining[0] > 0 and time.monotonic() < deadline:
+                remaining[0] -= 1
+                t0 = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(m.group(1)) if m else 0)
+                latencies.append(time.perf_counter() - t0)
+                status = int(head[9:12])
+                statuses[status] = statuses.get(status, 0) + 1
+                if b"connection: close" in head.lower():
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    done = sum(statuses.values())
+    return {
+        "requests": done,
+        "accepted": statuses.get(202, 0),
+        "statuses": statuses,
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(done / elapsed, 1),
+        "p50_ms": round(_percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
+def kafka_produce_rate(bootstrap: str, topic: str, body: bytes, total: int, seconds: float) -> dict[str, Any]:
+    """kafka-python alone: send `total` records (acks=all) with a callback each, wait for every ack."""
+    producer = make_producer(bootstrap, enable_idempotence=False)
+    try:
+        producer.send(topic, body, key=b"warm-up").get(10)
+        acked = [0]
+        failed = [0]
+        all_done = threading.Event()
+        sent = 0
+
+        def ok(_: Any) -> None:
+            acked[0] += 1
+            if acked[0] + failed[0] == total:
+                all_done.set()
+
+        def err(_: Any) -> None:
+            failed[0] += 1
+            if acked[0] + failed[0] == total:
+                all_done.set()
+
+        deadline = time.monotonic() + seconds
+        t0 = time.perf_counter()
+        for i in range(total):
+            if time.monotonic() > deadline:
+                break
+            now = time.time_ns() // 1_000_000
+            f = producer.send(topic, body, key=b"bench-%d" % i, timestamp_ms=now,
+                              headers=headers(now, "bench", "bench", len(body)))
+            f.add_callback(ok)
+            f.add_errback(err)
+            sent += 1
+        if sent < total:
+            total = sent
+            if acked[0] + failed[0] >= total:
+                all_done.set()
+        producer.flush(60)
+        all_done.wait(60)
+        elapsed = time.perf_counter() - t0
+    finally:
+        producer.close(10)
+    return {"records": acked[0], "failed": failed[0], "seconds": round(elapsed, 2),
+            "records_per_s": round(acked[0] / elapsed, 1)}
+
+
+class _Collector:
+    def __init__(self, bootstrap: str, topic: str, log_path: Path) -> None:
+        env = dict(os.environ, IS_TELEMETRY_KAFKA__RAW_TOPIC=topic)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("IS_TELEMETRY_CONFIG", None)
+        with open(log_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "producers.collector", "--kafka", bootstrap, "--host", "127.0.0.1",
+                 "--port", "0"],
+                stdout=subprocess.PIPE, stderr=err, cwd=log_path.parent, env=env,
+            )
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        buf, deadline = b"", time.monotonic() + 30
+        while b"\n" not in buf:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"collector did not start: {log_path.read_text()[-2000:]}")
+            if sel.select(0.1):
+                buf += os.read(self.proc.stdout.fileno(), 4096)
+        sel.close()
+        m = re.search(rb"http://([\d.]+):(\d+)/collect", buf)
+        assert m, buf
+        self.host, self.port = m.group(1).decode(), int(m.group(2))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_collector", description="collector throughput")
+    ap.add_argument("--requests", type=int, default=20_000, help="HTTP requests (and Kafka records) at most")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time limit of each measurement")
+    ap.add_argument("--concurrency", type=int, default=64, help="concurrent HTTP connections")
+    args = ap.parse_args(argv if argv is not None else [])
+    body = sample_body()
+
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp, \
+            EmbeddedBroker(port=free_port(), log_file=Path(tmp) / "broker.log") as broker:
+        settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers})
+        ensure_topics(settings)
+        topic = settings.kafka.raw_topic
+        collector = _Collector(broker.bootstrap_servers, topic, Path(tmp) / "collector.log")
+        try:
+            asyncio.run(_http_load(collector.host, collector.port, body, 500, 10, args.concurrency))  # warm-up
+            http = asyncio.run(_http_load(collector.host, collector.port, body, args.requests, args.seconds,
+                                          args.concurrency))
+        finally:
+            collector.stop()
+        kafka = kafka_produce_rate(broker.bootstrap_servers, topic, body, args.requests, args.seconds)
+
+    result = {
+        "bench": "collector",
+        "body_bytes": len(body),
+        "concurrency": args.concurrency,
+        "cpus": os.cpu_count(),
+        "http": http,
+        "kafka_python": kafka,
+        "collector_requests_per_s": http["requests_per_s"],
+        "kafka_python_records_per_s": kafka["records_per_s"],
+        "ratio": round(http["requests_per_s"] / kafka["records_per_s"], 3) if kafka["records_per_s"] else None,
+    }
+    print(f"collector: {http['accepted']} of {http['requests']} requests accepted in {http['seconds']}s = "
+          f"{http['requests_per_s']:.0f} req/s (concurrency {args.concurrency}, p50 {http['p50_ms']} ms, "
+          f"p99 {http['p99_ms']} ms)")
+    print(f"kafka-python alone (acks=all): {kafka['records']} records in {kafka['seconds']}s = "
+          f"{kafka['records_per_s']:.0f} records/s")
+    print(f"collector / kafka-python = {result['ratio']}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,608 @@
+"""The HTTP collector: what The Things Stack's `telemetry.target` points at.
+
+`POST /collect` takes the body exactly as TTS sends it (compact JSON, `Content-Type: application/json`),
+stamps the receive time, and publishes the raw bytes unchanged to the raw topic (`kafka.raw_topic`),
+keyed by the message's `uid`. It answers `202 {"status":"accepted"}` only once Kafka acknowledged the
+record (acks=all); anything else is a one-line JSON error. Validation beyond "is it JSON" is the
+processors' job. See docs/collector.md for the contract, metrics and measured figures.
+
+    create_app(settings, producer=None) -> Starlette   # the ASGI app (producer injectable for tests)
+    serve(settings, log_level="warning")               # uvicorn with graceful shutdown
+    python -m producers.collector --kafka HOST:PORT --port N   # standalone entry point
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import struct
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import orjson
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from is_telemetry.config import Settings, load_settings
+from is_telemetry.kafka import headers as record_headers
+from is_telemetry.kafka import make_producer
+
+log = logging.getLogger(__name__)
+
+SOURCE = "collector"
+COLLECT_PATH = "/collect"
+RETRY_AFTER_S = 5  # the Retry-After of every 503 (TTS ignores it; other clients may honour it)
+BODY_READ_TIMEOUT_S = 30.0  # a body not fully received within this is answered 408
+USER_AGENT_MAX = 512  # longer User-Agent values are truncated before they go into a record header
+READY_CACHE_S = 1.0  # /readyz probes Kafka at most once per this interval
+READY_PROBE_TIMEOUT_S = 0.5
+
+_ACCEPTED = b'{"status":"accepted"}'
+_JSON = "application/json"
+_ENDPOINTS = frozenset({COLLECT_PATH, "/healthz", "/readyz", "/metrics"})
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+class Rejected(Exception):
+    """A request answered with a one-line JSON error."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps({"error": code, "message": message})
+    return Response(body, status_code=status, media_type=_JSON, headers=headers)
+
+
+def _unavailable(message: str) -> Rejected:
+    return Rejected(503, "kafka_unavailable", message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    message = {404: f"no such endpoint: {request.url.path} (telemetry goes to POST {COLLECT_PATH})",
+               405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal", "internal error")
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+class Metrics:
+    """The collector's Prometheus metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("collector_requests", "HTTP requests answered, by endpoint and status code",
+                                ["endpoint", "code"], registry=r)
+        self.body_bytes = Histogram("collector_body_bytes", "Sizes of POST /collect bodies read in full",
+                                    buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144),
+                                    registry=r)
+        self.published = Counter("collector_records_published", "Records acknowledged by Kafka", registry=r)
+        self.published_bytes = Counter("collector_published_bytes", "Body bytes acknowledged by Kafka", registry=r)
+        self.publish_seconds = Histogram("collector_publish_seconds", "Kafka publish latency (send to ack)",
+                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+                                         registry=r)
+        self.kafka_errors = Counter("collector_kafka_errors", "Publishes answered 503, by reason "
+                                    "(timeout | error | not_ready)", ["reason"], registry=r)
+        self.in_flight = Gauge("collector_in_flight_requests", "HTTP requests being handled", registry=r)
+        self.kafka_ready = Gauge("collector_kafka_producer_ready", "1 once the Kafka producer is connected",
+                                 registry=r)
+        self._children: dict[tuple[str, int], Any] = {}
+
+    def count(self, endpoint: str, status: int) -> None:
+        child = self._children.get((endpoint, status))
+        if child is None:
+            child = self._children[(endpoint, status)] = self.requests.labels(endpoint, str(status))
+        child.inc()
+
+
+class _Instrument:
+    """ASGI middleware: in-flight gauge and requests by endpoint and status (404s and 405s included)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        m = self.metrics
+        m.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            m.in_flight.dec()
+            path = scope["path"]
+            m.count(path if path in _ENDPOINTS else "other", status)
+
+
+# ------------------------------------------------------------------------------------- Kafka plumbing
+
+def producer_overrides(settings: Settings) -> dict[str, object]:
+    """make_producer overrides for the collector (see docs/collector.md, "Kafka producer")."""
+    publish_ms = max(1, int(settings.collector.publish_timeout_s * 1000))
+    request_ms = max(1000, min(10_000, publish_ms))
+    return dict(
+        client_id="is-telemetry-collector",
+        # kafka-python 3 turns idempotence on by default; after a broker restart the idempotent producer
+        # can end in a fatal state (Tansu answers InitProducerId with UnknownError) and never publish again.
+        # Duplicates from retries are harmless: the processors deduplicate.
+        enable_idempotence=False,
+        max_block_ms=max(1000, publish_ms),  # metadata waits (only ever on the send thread pool)
+        request_timeout_ms=request_ms,
+        delivery_timeout_ms=max(publish_ms, request_ms + 1000),  # give up on a record about when we answer 503
+        reconnect_backoff_max_ms=1000,  # reconnect quickly after a broker restart
+        bootstrap_timeout_ms=5000,
+    )
+
+
+def _split_bootstrap(servers: str) -> list[tuple[str, int]]:
+    out = []
+    for item in servers.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = item, "9092"
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+_API_VERSIONS_V0 = struct.pack(">hhih", 18, 0, 0x7E1E, 9) + b"collector"
+
+
+async def kafka_ping(bootstrap_servers: str, timeout_s: float = READY_PROBE_TIMEOUT_S) -> bool:
+    """True when a bootstrap server answers a Kafka ApiVersions request within timeout_s (plaintext)."""
+    for host, port in _split_bootstrap(bootstrap_servers):
+        writer = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(struct.pack(">i", len(_API_VERSIONS_V0)) + _API_VERSIONS_V0)
+                await writer.drain()
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                payload = await reader.readexactly(min(size, 6))
+                if len(payload) >= 4 and struct.unpack(">i", payload[:4])[0] == 0x7E1E:
+                    return True
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, struct.error):
+            pass
+        finally:
+            if writer is not None:
+                writer.close()
+    return False
+
+
+class Publisher:
+    """Owns the Kafka producer: connects in the background, bridges kafka-python futures to asyncio."""
+
+    def __init__(self, settings: Settings, producer: Any = None, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.kafka.raw_topic
+        self.timeout_s = settings.collector.publish_timeout_s
+        self.producer = producer
+        self.owned = producer is None
+        self.metrics = metrics or Metrics()
+        self._sender_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="collector-send")
+        self._stopping = threading.Event()
+        self._connected: asyncio.Event | None = None
+        self._ready_at = 0.0
+        self._ready = False
+        if producer is not None:
+            self.metrics.kafka_ready.set(1)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self, wait_s: float = 5.0) -> None:
+        """Create the producer (unless injected) on a daemon thread; retry until Kafka answers.
+
+        Waits up to wait_s for the first connection, then lets the server start anyway: until the
+        producer exists, POST /collect answers 503 and /readyz 503.
+        """
+        loop = asyncio.get_running_loop()
+        self._connected = asyncio.Event()
+        if self.producer is not None:
+            self._connected.set()
+            threading.Thread(target=self._warm_metadata, args=(self.producer,), daemon=True).start()
+            return
+
+        def connected(p: Any) -> None:
+            self.producer = p
+            self.metrics.kafka_ready.set(1)
+            assert self._connected is not None
+            self._connected.set()
+
+        def run() -> None:
+            p = self._connect_loop()
+            if p is None:
+                return
+            try:
+                loop.call_soon_threadsafe(connected, p)
+            except RuntimeError:  # the loop is gone: nobody will use it
+                self._close(p, 1.0)
+
+        threading.Thread(target=run, name="collector-connect", daemon=True).start()
+        try:
+            await asyncio.wait_for(self._connected.wait(), wait_s)
+        except asyncio.TimeoutError:
+            log.warning("Kafka at %s not reachable yet; answering 503 until it is", self.settings.bootstrap_servers)
+
+    def _connect_loop(self) -> Any:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                p = make_producer(self.settings.bootstrap_servers, **producer_overrides(self.settings))
+            except Exception as exc:  # noqa: BLE001 - any failure means "try again"
+                log.warning("Kafka producer for %s not created (%s); retrying", self.settings.bootstrap_servers, exc)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self._stopping.is_set():
+                self._close(p, 1.0)
+                return None
+            self._warm_metadata(p)
+            return p
+        return None
+
+    def _warm_metadata(self, p: Any) -> None:
+        """Fetch the raw topic's metadata once so that send() never waits for it on the event loop."""
+        if not hasattr(p, "partitions_for"):
+            return
+        try:
+            p.partitions_for(self.topic)
+        except Exception as exc:  # noqa: BLE001 - sends fall back to the thread pool
+            log.warning("no metadata for topic %s yet (%s)", self.topic, exc)
+
+    async def stop(self) -> None:
+        """Flush (and, if we created it, close) the producer. Called after in-flight requests finished."""
+        self._stopping.set()
+        p = self.producer
+        if p is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._close_or_flush, p)
+        self._sender_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _close_or_flush(self, p: Any) -> None:
+        if self.owned:
+            self._close(p, self.timeout_s)
+            self.producer = None
+            self.metrics.kafka_ready.set(0)
+            return
+        try:
+            p.flush(self.timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("Kafka producer flush failed: %s", exc)
+
+    @staticmethod
+    def _close(p: Any, timeout_s: float) -> None:
+        try:
+            p.close(timeout_s)
+            return
+        except Exception as exc:  # noqa: BLE001 - kafka-python 3 raises from flush() when the broker is gone
+            log.warning("Kafka producer did not flush within %.1fs (%s); records not acknowledged are dropped "
+                        "(their requests were answered 503)", timeout_s, exc)
+        sender = getattr(p, "_sender", None)  # best effort: stop the I/O thread without another flush
+        try:
+            if sender is not None:
+                sender.force_close()
+                sender.join(1.0)
+            if hasattr(p, "_unregister_cleanup"):
+                p._unregister_cleanup()
+            p._closed = True
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- publishing -------------------------------------------------------------------------------
+    def _metadata_known(self, p: Any) -> bool:
+        md = getattr(p, "_metadata", None)  # kafka-python's cluster metadata; absent on test doubles
+        try:
+            return md is not None and md.partitions_for_topic(self.topic) is not None
+        except Exception:  # noqa: BLE001
+            return False
+
+    async def publish(self, body: bytes, key: bytes | None, received_at_ms: int, user_agent: str) -> Any:
+        """Publish one record; returns once Kafka acknowledged it. Raises Rejected(503) otherwise."""
+        p = self.producer
+        if p is None:
+            self.metrics.kafka_errors.labels("not_ready").inc()
+            raise _unavailable("the Kafka producer is not connected yet")
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[Any] = loop.create_future()
+        hdrs = record_headers(received_at_ms, SOURCE, user_agent, len(body))
+        send = partial(p.send, self.topic, value=body, key=key, headers=hdrs, timestamp_ms=received_at_ms)
+
+        def on_success(metadata: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, acked, metadata, None)
+            except RuntimeError:  # event loop closed
+                pass
+
+        def on_error(exc: BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, acked, None, exc)
+            except RuntimeError:
+                pass
+
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self._metadata_known(p):
+                    future = send()  # metadata cached: send() only appends to the accumulator
+                else:
+                    future = await loop.run_in_executor(self._sender_pool, send)  # may wait for metadata
+                future.add_callback(on_success)
+                future.add_errback(on_error)
+                metadata = await acked
+        except TimeoutError:
+            self.metrics.kafka_errors.labels("timeout").inc()
+            raise _unavailable(f"Kafka did not acknowledge the record within {self.timeout_s:g}s") from None
+        except Exception as exc:  # noqa: BLE001 - any producer failure is "not stored"
+            self.metrics.kafka_errors.labels("error").inc()
+            log.warning("Kafka publish failed: %r", exc)
+            raise _unavailable(f"Kafka publish failed: {type(exc).__name__}") from None
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        self.metrics.published.inc()
+        self.metrics.published_bytes.inc(len(body))
+        return metadata
+
+    # -- readiness --------------------------------------------------------------------------------
+    async def ready(self) -> bool:
+        if self.producer is None:
+            return False
+        now = time.monotonic()
+        if now - self._ready_at >= READY_CACHE_S:
+            self._ready_at = now
+            self._ready = await kafka_ping(self.settings.bootstrap_servers)
+        return self._ready
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():  # timed out / cancelled meanwhile
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+# ------------------------------------------------------------------------------------------- endpoints
+
+def _check_media_type(content_type: str | None) -> None:
+    """TTS sends `application/json`. Parameters (charset) are ignored; a missing header is accepted."""
+    if not content_type or not content_type.strip():
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != _JSON:
+        raise Rejected(415, "unsupported_media_type",
+                       f"Content-Type must be application/json, not {content_type[:100]!r}")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise Rejected(400, "bad_content_length", "Content-Length is not a number") from None
+        if length > limit:
+            raise Rejected(413, "body_too_large", f"body of {length} bytes exceeds the limit of {limit} bytes",
+                           {"Connection": "close"})
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, "body_too_large", f"body exceeds the limit of {limit} bytes",
+                                   {"Connection": "close"})
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Rejected(408, "request_timeout", f"body not received within {BODY_READ_TIMEOUT_S:g}s",
+                       {"Connection": "close"}) from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _key_of(body: bytes) -> bytes | None:
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(400, "not_json", f"body is not JSON: {exc}"[:300]) from None
+    if isinstance(message, dict):
+        uid = message.get("uid")
+        if isinstance(uid, str):
+            return uid.encode("utf-8", "surrogatepass")
+    return None
+
+
+def create_app(settings: Settings, producer: Any = None) -> Starlette:
+    """The collector ASGI app. With producer=None the lifespan creates one (make_producer) and closes it
+    on shutdown; an injected producer is flushed on shutdown but left open (its owner closes it)."""
+    metrics = Metrics()
+    publisher = Publisher(settings, producer, metrics)
+    limit = settings.collector.max_body_bytes
+
+    async def collect(request: Request) -> Response:
+        received_at_ms = time.time_ns() // 1_000_000  # receive time, UTC Unix ms, before reading the body
+        try:
+            _check_media_type(request.headers.get("content-type"))
+            body = await _read_body(request, limit)
+            metrics.body_bytes.observe(len(body))
+            if not body:
+                raise Rejected(400, "empty_body", "the body is empty; expected a JSON telemetry message")
+            key = _key_of(body)
+            user_agent = request.headers.get("user-agent", "")[:USER_AGENT_MAX]
+            await publisher.publish(body, key, received_at_ms, user_agent)
+        except Rejected as r:
+            return error_response(r.status, r.code, r.message, r.headers)
+        except ClientDisconnect:
+            return Response(status_code=499)  # never delivered: the client is gone; counted in metrics
+        return Response(_ACCEPTED, status_code=202, media_type=_JSON)
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=_JSON)
+
+    async def readyz(request: Request) -> Response:
+        if await publisher.ready():
+            return Response(b'{"status":"ready"}', media_type=_JSON)
+        reason = "the Kafka producer is not connected" if publisher.producer is None else \
+            f"Kafka at {settings.bootstrap_servers} does not answer"
+        return error_response(503, "kafka_unavailable", reason, {"Retry-After": str(RETRY_AFTER_S)})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await publisher.start()
+        try:
+            yield
+        finally:
+            await publisher.stop()
+
+    app = Starlette(
+        routes=[
+            Route(COLLECT_PATH, collect, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        middleware=[Middleware(_Instrument, metrics=metrics)],
+        exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False  # /collect/ is a 404, not a redirect
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.publisher = publisher
+    return app
+
+
+# ------------------------------------------------------------------------------------------- serving
+
+class CollectorServer(uvicorn.Server):
+    """uvicorn.Server that prints its URL once listening and exits normally after SIGTERM/Ctrl-C.
+
+    uvicorn's own shutdown does the graceful part: stop accepting, let in-flight requests finish
+    (up to timeout_graceful_shutdown), then the lifespan shutdown flushes the Kafka producer.
+    """
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[str], None] | None = print) -> None:
+        super().__init__(config)
+        self.announce = announce
+        self.url = ""
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        host, port = self.config.host, self.config.port
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                port = sock.getsockname()[1]
+                break
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+        if self.announce is not None:
+            self.announce(f"collector listening on {self.url}{COLLECT_PATH} (Ctrl-C stops it)")
+            sys.stdout.flush()
+
+    def capture_signals(self) -> Any:  # type: ignore[override]
+        return _SignalCapture(self)
+
+
+class _SignalCapture:
+    """Like uvicorn's capture_signals, minus re-raising the signal after a graceful shutdown."""
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self.server = server
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self.server.handle_exit)
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def make_config(settings: Settings, app: ASGIApp | None = None, log_level: str = "warning") -> uvicorn.Config:
+    return uvicorn.Config(
+        app if app is not None else create_app(settings),
+        host=settings.collector.host,
+        port=settings.collector.port,
+        log_level=log_level.lower(),
+        access_log=False,  # access logs would record client IPs: the collector stores none
+        server_header=False,
+        lifespan="on",
+        # in-flight requests get this long to finish after SIGTERM; the producer flush follows
+        timeout_graceful_shutdown=int(settings.collector.publish_timeout_s) + 10,
+    )
+
+
+def serve(settings: Settings, log_level: str = "warning") -> None:
+    """Run the collector on settings.collector.host:port until SIGTERM/SIGINT, then shut down gracefully."""
+    server = CollectorServer(make_config(settings, log_level=log_level))
+    server.run()
+    if not server.started:
+        raise SystemExit(f"the collector could not listen on {settings.collector.host}:{settings.collector.port}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m producers.collector`: the collector without the is-telemetry CLI."""
+    ap = argparse.ArgumentParser(prog="python -m producers.collector", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", "-c", default=None, help="YAML config file")
+    ap.add_argument("--kafka", default=None, help="Kafka bootstrap servers host:port,...")
+    ap.add_argument("--host", default=None)
+    ap.add_argument("--port", type=int, default=None, help="0 = any free port (printed when listening)")
+    ap.add_argument("--log-level", default="warning")
+    args = ap.parse_args(argv)
+    settings = load_settings(args.config, kafka={"bootstrap_servers": args.kafka},
+                             collector={"host": args.host, "port": args.port})
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(settings, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Sinks: batched, idempotent writes of snapshots and day aggregates to ClickHouse."""

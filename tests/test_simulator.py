@@ -1,0 +1,454 @@
+"""The fleet simulator: determinism, rates, variety, ground truth (by hand), malformed reasons, senders."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from is_telemetry.schema import DEFAULT_UID, TelemetryMessage
+from is_telemetry.uid import uid_from_elements
+from processors.validate import Rejection, inconsistencies, validate
+from producers import simulator
+from producers.simulator import Delivery, ground_truth
+
+D1 = 1735689600000  # 2025-01-01T00:00:00Z
+D2 = D1 + 86_400_000
+H = 3_600_000
+
+
+def _yesterday() -> str:
+    return (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+
+
+def _today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_deterministic_with_a_seed():
+    a = simulator.generate(40, 15, 4, seed=5, end_day="2025-03-10")
+    b = simulator.generate(40, 15, 4, seed=5, end_day="2025-03-10")
+    assert a.deliveries == b.deliveries and a.intended == b.intended and a.stats == b.stats
+    c = simulator.generate(40, 15, 4, seed=6, end_day="2025-03-10")
+    assert c.deliveries != a.deliveries
+    # the fleet (UIDs) does not depend on days or rates
+    d = simulator.generate(40, 15, 2, seed=5, end_day="2025-03-10", resend_rate=0, malformed_rate=0)
+    uids = {json.loads(x.body)["uid"] for x in d.deliveries}
+    fleet = simulator.build_fleet(40, 15, 5)
+    assert uids <= {dep.uid for dep in fleet.deployments} | {ci.uid for ci in fleet.cli_installs}
+    # sorted by receive time, every receive time in the window
+    times = [x.received_at_ms for x in a.deliveries]
+    assert times == sorted(times)
+    assert a.days == ["2025-03-07", "2025-03-08", "2025-03-09", "2025-03-10"]
+    assert {simulator.day_of(t).isoformat() for t in times} <= set(a.days)
+
+
+def test_today_only_up_to_now():
+    now = D1 + 6 * H + 123  # "today" is 2025-01-01, 06:00
+    sim = simulator.generate(80, 30, 3, seed=2, now_ms=now)
+    assert sim.days[-1] == "2025-01-01"
+    assert max(d.received_at_ms for d in sim.deliveries) <= now
+    today = [d for d in sim.deliveries if d.received_at_ms >= D1]
+    assert today and sim.stats["pending"] > 0  # some deployments have not sent yet today
+    with pytest.raises(ValueError):
+        simulator.generate(5, 0, 1, seed=2, end_day="2025-01-02", now_ms=now)  # the future
+
+
+def test_rates_roughly_honoured():
+    sim = simulator.generate(200, 60, 20, seed=11, end_day="2025-02-20", resend_rate=0.10, changed_rate=0.06,
+                             missed_rate=0.08, malformed_rate=0.04)
+    st = sim.stats
+    valid_primaries = st["primary"] - st["malformed"]
+    assert abs(st["missed"] / st["is_slots"] - 0.08) < 0.02
+    assert abs(st["malformed"] / st["primary"] - 0.04) < 0.012
+    assert abs(st["resend"] / valid_primaries - 0.10) < 0.02
+    assert abs(st["changed"] / valid_primaries - 0.06) < 0.015
+    assert sum(k is not None for k in sim.intended) == st["malformed"]
+    assert len(sim.deliveries) == st["primary"] + st["resend"] + st["changed"]
+    # the deliveries themselves: exact repeats of a (day, body)
+    seen, dups = set(), 0
+    for d in sim.deliveries:
+        k = (simulator.day_of(d.received_at_ms), d.body)
+        dups += k in seen
+        seen.add(k)
+    assert st["resend"] <= dups <= st["resend"] * 1.2 + 5
+    quiet = simulator.generate(50, 20, 5, seed=11, end_day="2025-02-20", resend_rate=0, changed_rate=0,
+                               missed_rate=0, malformed_rate=0, inconsistent_rate=0)
+    assert quiet.stats.get("missed", 0) == quiet.stats.get("resend", 0) == quiet.stats.get("malformed", 0) == 0
+    assert all(k is None for k in quiet.intended)
+
+
+def test_fleet_variety():
+    sim = simulator.generate(300, 100, 10, seed=1, end_day="2025-05-31")
+    msgs = [m for m in (validate(d.body) for d in sim.deliveries) if not isinstance(m, Rejection)]
+    assert all(k is None for d, k in zip(sim.deliveries, sim.intended) if not isinstance(validate(d.body), Rejection))
+    is_msgs = [m for m in msgs if m.kind == "is"]
+    cli_msgs = [m for m in msgs if m.kind == "cli"]
+    fleet = simulator.build_fleet(300, 100, 1)
+    assert sum(d.default_uid for d in fleet.deployments) >= 2  # several deployments share the default UID
+    per_day_default = Counter(simulator.day_of(d.received_at_ms) for d in sim.deliveries if d.key == DEFAULT_UID.encode())
+    assert max(per_day_default.values()) >= 2
+    old = [m for m in is_msgs if m.entities_count.accounts.users.total is not None]
+    assert old and all(m.entities_count.gateways.total == 0 for m in old)
+    assert any(m.entities_count.gateways.gateways_by_frequency_plan_id for m in old)
+    assert any(sum(m.entities_count.gateways.gateways_by_frequency_plan_id.values()) > m.entities_count.gateways.total > 0
+               for m in is_msgs)  # multi-plan gateways
+    versions = [m.os.binary_version for m in is_msgs]
+    assert any(v.endswith("-dev") for v in versions) and any("(" in v for v in versions)
+    assert len({simulator.major_minor(v) for v in versions}) >= 10
+    assert any(m.os.golang_version.startswith(" go") for m in is_msgs)
+    platforms = Counter((m.os.operating_system, m.os.arch) for m in is_msgs)
+    assert platforms.most_common(1)[0][0] == ("linux", "amd64")
+    assert platforms[("linux", "arm64")] and {"darwin", "windows"} <= {p[0] for p in platforms}
+    assert any(m.cli == {} for m in cli_msgs) and any(m.cli.get("commands") for m in cli_msgs)
+    assert any(m.cli.get("aliases") for m in cli_msgs)
+    flagged = sum(bool(inconsistencies(m)) for m in is_msgs)
+    assert 0 < flagged < 0.06 * len(is_msgs)
+    # heavily skewed sizes; windows consistent where not flagged
+    devices = [m.entities_count.end_devices.total for m in is_msgs]
+    assert statistics.median(devices) < 50 and max(devices) > 100 * max(1, statistics.median(devices))
+    assert max(devices) < 10**8
+    # counts evolve slowly day over day
+    by_uid: dict[str, list[int]] = defaultdict(list)
+    for m in is_msgs:
+        if m.uid != DEFAULT_UID:
+            by_uid[m.uid].append(m.entities_count.end_devices.total)
+    big = [v for v in by_uid.values() if v[-1] >= 200]
+    assert big and any(v[0] != v[-1] for v in big)
+    assert all(abs(v[-1] - v[0]) <= 0.25 * v[-1] + 10 for v in big)
+
+
+# ---------------------------------------------------------------------------------------------
+# ground truth
+# ---------------------------------------------------------------------------------------------
+
+
+def _is(uid, version, gw, plans, ed, active, apps, std, admin, orgs, users_total=None) -> bytes:
+    users = {"standard": std, "admin": admin} if users_total is None else {"total": users_total, "standard": std, "admin": admin}
+    return TelemetryMessage.model_validate({
+        "uid": uid,
+        "os": {"operating_system": "linux", "arch": "amd64", "binary_version": version, "golang_version": "go1.22.5"},
+        "cli": None,
+        "entities_count": {
+            "gateways": {"total": gw, "gateways_by_frequency_plan_id": plans},
+            "end_devices": {"total": ed, "activate_end_devices": dict(zip(("total", "last_day", "last_week", "last_month"), active))},
+            "applications": {"total": apps},
+            "accounts": {"users": users, "organizations": {"total": orgs}},
+        },
+    }).to_json()
+
+
+def _cli(uid, cli) -> bytes:
+    return TelemetryMessage.model_validate({
+        "uid": uid, "os": {"operating_system": "darwin", "arch": "arm64", "binary_version": "3.34.1", "golang_version": "go1.23.4"},
+        "cli": cli, "entities_count": None,
+    }).to_json()
+
+
+def test_ground_truth_by_hand():
+    A, C = uid_from_elements(["a"]), uid_from_elements(["c"])
+    X, Y = "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94", "0b7e4b8c-9c1f-4d2a-8f3e-6a5d4c3b2a10"
+    a1 = _is(A, "3.32.1 (1d218216, 2024-10-24T13:28:12Z)", 2, {"EU_863_870_TTN": 2}, 10, (8, 2, 4, 6), 1, 3, 1, 1)
+    b_old = _is(DEFAULT_UID, "3.27.0-dev", 0, {"US_902_928_FSB_1": 1, "US_902_928_FSB_2": 1}, 0, (0, 0, 0, 0), 0, 0, 1, 0, users_total=1)
+    c1 = _is(C, "3.33.0", 1, {"EU_863_870": 1, "EU_863_870_TTN": 1}, 5, (5, 1, 2, 3), 2, 2, 1, 0)
+    c2 = _is(C, "3.33.0", 2, {"EU_863_870": 2, "EU_863_870_TTN": 1}, 7, (6, 1, 2, 4), 2, 2, 1, 0)
+    c_neg = c2.replace(b'"applications":{"total":2}', b'"applications":{"total":-1}')
+    b_old2 = _is(DEFAULT_UID, "3.27.0-dev", 0, {"US_902_928_FSB_1": 1, "US_902_928_FSB_2": 1}, 3, (3, 1, 1, 2), 0, 0, 1, 0, users_total=1)
+    b_new = _is(DEFAULT_UID, "3.32.0", 1, {"AS_923": 1}, 2, (1, 0, 1, 1), 1, 0, 1, 0)
+    a2 = _is(A, "3.32.1", 2, {"EU_863_870_TTN": 2}, 11, (9, 3, 5, 7), 1, 3, 1, 1)
+    a3 = _is(A, "3.32.1", 3, {"EU_863_870_TTN": 3}, 12, (9, 3, 5, 7), 2, 4, 2, 1)
+    a_huge = a3.replace(b'"end_devices":{"total":12', b'"end_devices":{"total":2000000000')
+    cli_y = _cli(Y, {"commands": [{"command_path": "ttn-lw-cli end-devices list", "execution_count": 3, "last_used_at": 1735794000}],
+                     "aliases": [{"command_name": "end-devices", "alias": "dev", "usage_count": 2}]})
+    deliveries = [
+        Delivery(D1 + 8 * H, X.encode(), _cli(X, {})),
+        Delivery(D1 + 9 * H, DEFAULT_UID.encode(), b_old),
+        Delivery(D1 + 10 * H, A.encode(), a1),
+        Delivery(D1 + 11 * H, A.encode(), a1),  # exact re-send
+        Delivery(D1 + 12 * H, C.encode(), c1),
+        Delivery(D1 + 13 * H, C.encode(), c2),  # changed re-send: the snapshot
+        Delivery(D1 + 14 * H, C.encode(), c_neg),  # later, but rejected: not the snapshot
+        Delivery(D2 + 1 * H, DEFAULT_UID.encode(), b_old2),  # two deployments on the default UID:
+        Delivery(D2 + 2 * H, DEFAULT_UID.encode(), b_new),  # one UID, the later wins
+        Delivery(D2 + 5 * H, X.encode(), _cli(X, {})),
+        Delivery(D2 + 6 * H, Y.encode(), cli_y),
+        Delivery(D2 + 7 * H, None, b'{"uid":"m64Jv5T3Bqnxz3t'),  # truncated
+        Delivery(D2 + 10 * H, A.encode(), a2),
+        Delivery(D2 + 10 * H, A.encode(), a3),  # same ms, later in send order: wins
+        Delivery(D2 + 20 * H, A.encode(), a_huge),  # implausible
+    ]
+    fleet_row = dict.fromkeys(["gateways", "end_devices", "active_end_devices", "active_last_day", "active_last_week",
+                               "active_last_month", "applications", "users_standard", "users_admin", "organizations"], 0)
+    expected = {
+        "fleet_daily": [
+            {**fleet_row, "day": "2025-01-01", "deployments": 3, "cli_installs": 1, "gateways": 4, "end_devices": 17,
+             "active_end_devices": 14, "active_last_day": 3, "active_last_week": 6, "active_last_month": 10,
+             "applications": 3, "users_standard": 5, "users_admin": 3, "organizations": 1},
+            {**fleet_row, "day": "2025-01-02", "deployments": 2, "cli_installs": 2, "gateways": 4, "end_devices": 14,
+             "active_end_devices": 10, "active_last_day": 3, "active_last_week": 6, "active_last_month": 8,
+             "applications": 3, "users_standard": 4, "users_admin": 3, "organizations": 1},
+        ],
+        "gateways_by_frequency_plan_daily": [
+            {"day": "2025-01-01", "frequency_plan_id": "EU_863_870", "gateways": 2},
+            {"day": "2025-01-01", "frequency_plan_id": "EU_863_870_TTN", "gateways": 3},
+            {"day": "2025-01-01", "frequency_plan_id": "US_902_928_FSB_1", "gateways": 1},
+            {"day": "2025-01-01", "frequency_plan_id": "US_902_928_FSB_2", "gateways": 1},
+            {"day": "2025-01-02", "frequency_plan_id": "AS_923", "gateways": 1},
+            {"day": "2025-01-02", "frequency_plan_id": "EU_863_870_TTN", "gateways": 3},
+        ],
+        "deployments_by_version_daily": [
+            {"day": "2025-01-01", "version": "3.27", "deployments": 1},
+            {"day": "2025-01-01", "version": "3.32", "deployments": 1},
+            {"day": "2025-01-01", "version": "3.33", "deployments": 1},
+            {"day": "2025-01-02", "version": "3.32", "deployments": 2},
+        ],
+        "rejected_daily": [
+            {"day": "2025-01-01", "reason": "negative", "messages": 1},
+            {"day": "2025-01-02", "reason": "implausible", "messages": 1},
+            {"day": "2025-01-02", "reason": "not_json", "messages": 1},
+        ],
+        "messages": 15,
+        "per_day_messages": {"2025-01-01": 7, "2025-01-02": 8},
+    }
+    assert ground_truth(deliveries) == expected
+    # order matters only at equal receive times: swapping a2/a3 makes a2 the snapshot
+    swapped = deliveries[:12] + [deliveries[13], deliveries[12]] + deliveries[14:]
+    assert ground_truth(swapped)["fleet_daily"][1]["end_devices"] == 2 + 11
+    # a higher plausibility limit accepts the huge one (the latest of the day)
+    assert ground_truth(deliveries, plausibility_limit=10**10)["fleet_daily"][1]["end_devices"] == 2 + 2_000_000_000
+    json.dumps(ground_truth(deliveries))  # JSON-ready
+
+
+def test_every_malformed_body_gets_its_intended_reason():
+    sim = simulator.generate(40, 40, 4, seed=9, end_day="2025-04-01", malformed_rate=1.0)
+    kinds = Counter(sim.intended)
+    assert set(kinds) == set(simulator.MALFORMED_KINDS_IS)  # every kind generated
+    for d, kind in zip(sim.deliveries, sim.intended):
+        r = validate(d.body)
+        assert isinstance(r, Rejection) and r.reason == kind, (kind, r, d.body[:300])
+        assert d.key == simulator.key_of(d.body)
+        assert (d.key is None) == (kind in ("not_json", "not_object", "missing_field"))
+    truth = ground_truth(sim.deliveries)
+    assert sum(r["messages"] for r in truth["rejected_daily"]) == len(sim.deliveries)
+    assert truth["fleet_daily"] == []
+    # and at the default rate, in a normal run
+    sim = simulator.generate(100, 30, 10, seed=4, end_day="2025-04-01")
+    truth = ground_truth(sim.deliveries)
+    assert sum(k is not None for k in sim.intended) == sum(r["messages"] for r in truth["rejected_daily"]) > 0
+    assert truth["messages"] == len(sim.deliveries) == sum(truth["per_day_messages"].values())
+    for d, kind in zip(sim.deliveries, sim.intended):
+        r = validate(d.body)
+        assert (r.reason if isinstance(r, Rejection) else None) == kind
+
+
+# ---------------------------------------------------------------------------------------------
+# senders
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker():
+    from is_telemetry.broker import EmbeddedBroker, free_port
+
+    with EmbeddedBroker(port=free_port()) as b:
+        yield b
+
+
+def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) -> list:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=1000)
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            out.extend(consumer)
+    finally:
+        consumer.close()
+    return out
+
+
+def test_send_to_kafka_roundtrip(broker):
+    from is_telemetry.config import load_settings
+    from is_telemetry.kafka import ensure_topics
+
+    settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers})
+    ensure_topics(settings)
+    topic = settings.kafka.raw_topic
+    sim = simulator.generate(15, 8, 2, seed=3, end_day=_yesterday(), malformed_rate=0.15, resend_rate=0.2)
+    deliveries = sim.deliveries + [Delivery(sim.deliveries[-1].received_at_ms, None, b"not json")]
+    progress_calls = []
+    result = simulator.send_to_kafka(deliveries, broker.bootstrap_servers, topic,
+                                     progress=lambda done, total: progress_calls.append((done, total)))
+    n = len(deliveries)
+    assert result.ok and result.sent == n and result.sent_deliveries == deliveries
+    assert progress_calls[-1] == (n, n)
+    records = _consume(broker.bootstrap_servers, topic, n)
+    assert len(records) == n
+    got = Counter((r.key, r.value, r.timestamp) for r in records)
+    assert got == Counter((d.key, d.body, d.received_at_ms) for d in deliveries)
+    assert any(r.key is None for r in records)
+    for r in records:
+        h = dict(r.headers)
+        assert h["received_at_ms"] == str(r.timestamp).encode()
+        assert h["source"] == b"simulator"
+        assert h["body_length"] == str(len(r.value)).encode()
+        assert h["user_agent"] == simulator.user_agent_of(r.value).encode()
+        assert h["user_agent"].startswith(b"TheThingsStack/")
+    one = next(r for r in records if r.key is not None and b'"binary_version":"3.' in r.value)
+    os_ = json.loads(one.value)["os"]
+    assert dict(one.headers)["user_agent"].decode() == (
+        f"TheThingsStack/{os_['binary_version'].split(' ')[0]} ({os_['operating_system']}/{os_['arch']})")
+    # per key, the partition holds the records in send order
+    by_key: dict[bytes, list[bytes]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        if r.key is not None:
+            by_key[r.key].append(r.value)
+    for key, values in by_key.items():
+        assert values == [d.body for d in sim.deliveries if d.key == key]
+
+
+def test_send_to_kafka_reports_failure():
+    from is_telemetry.broker import free_port
+
+    deliveries = simulator.generate(3, 0, 1, seed=1, end_day="2025-01-01").deliveries
+    started = time.monotonic()
+    with pytest.raises(simulator.SendError) as exc:
+        simulator.send_to_kafka(deliveries, f"127.0.0.1:{free_port()}", "t", bootstrap_timeout_ms=1000)
+    assert exc.value.result.sent == 0 and exc.value.result.not_attempted == len(deliveries)
+    assert time.monotonic() - started < 10
+
+
+def test_command_to_kafka_writes_ground_truth(broker, tmp_path, monkeypatch):
+    monkeypatch.setenv("IS_TELEMETRY_KAFKA__RAW_TOPIC", "sim-command")
+    app = typer.Typer()
+    app.command()(simulator.command)
+    out = tmp_path / "truth.json"
+    args = ["--deployments", "12", "--cli-installs", "5", "--days", "3", "--seed", "4", "--end-day", _yesterday(),
+            "--kafka", broker.bootstrap_servers, "--ground-truth", str(out), "--malformed-rate", "0.1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    sim = simulator.generate(12, 5, 3, seed=4, end_day=_yesterday(), malformed_rate=0.1)
+    truth = json.loads(out.read_text())
+    assert truth == ground_truth(sim.deliveries)
+    assert len(_consume(broker.bootstrap_servers, "sim-command", truth["messages"])) == truth["messages"]
+    # --dry-run: same ground truth, nothing sent
+    out2 = tmp_path / "dry.json"
+    res = CliRunner().invoke(app, args[:-4] + ["--ground-truth", str(out2), "--malformed-rate", "0.1", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out2.read_text()) == truth
+
+
+class _Collector:
+    """A fake collector: records every POST; answers 503 to the first `fail_first` requests, else `status`."""
+
+    def __init__(self, fail_first: int = 0, status: int = 202) -> None:
+        self.posts: list[tuple[dict, bytes]] = []
+        self.lock = threading.Lock()
+        self.fail_first, self.status, self.seen = fail_first, status, 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with outer.lock:
+                    outer.seen += 1
+                    code = 503 if outer.seen <= outer.fail_first else outer.status
+                    if code < 300:
+                        outer.posts.append((dict(self.headers), body))
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/collect"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_send_to_collector():
+    col = _Collector(fail_first=2)
+    try:
+        sim = simulator.generate(10, 6, 2, seed=8, end_day="2025-01-02", resend_rate=0.3, changed_rate=0.3,
+                                 malformed_rate=0.1)
+        result = simulator.send_to_collector(sim.deliveries, col.url, concurrency=4)
+    finally:
+        col.close()
+    n = len(sim.deliveries)
+    assert result.ok and result.sent == n and result.retried == 2
+    assert Counter(b for _, b in col.posts) == Counter(d.body for d in sim.deliveries)
+    for hdrs, body in col.posts:
+        assert hdrs["Content-Type"] == "application/json"
+        assert hdrs["User-Agent"] == simulator.user_agent_of(body)
+    for key in {d.key for d in sim.deliveries if d.key is not None}:  # each UID's bodies in send order
+        assert [b for _, b in col.posts if simulator.key_of(b) == key] == [d.body for d in sim.deliveries if d.key == key]
+    # HTTP ground truth: everything received today (the collector's clock), in send order
+    truth = ground_truth(result.sent_deliveries)
+    assert truth["per_day_messages"] == {_today(): n}
+    assert [d.body for d in result.sent_deliveries] == [d.body for d in sim.deliveries]
+
+    bad = _Collector(status=400)
+    try:
+        with pytest.raises(simulator.SendError) as exc:
+            simulator.send_to_collector(sim.deliveries[:3], bad.url, concurrency=2)
+    finally:
+        bad.close()
+    assert exc.value.result.failed == 3 and exc.value.result.sent == 0
+
+
+def test_live_feed_posts_each_deployment_then_resends():
+    col = _Collector()
+    stop = threading.Event()
+    feed = simulator.LiveFeed(col.url, 8, 4, seed=3, stop_event=stop, rate_per_s=500, idle_rate_per_s=100,
+                              malformed_rate=0.0)
+    th = threading.Thread(target=feed.run, daemon=True)
+    th.start()
+    first_pass = feed._day_bodies(datetime.now(UTC).date())
+    deadline = time.monotonic() + 10
+    while len(col.posts) < len(first_pass) + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    th.join(5)
+    col.close()
+    assert not th.is_alive()
+    bodies = [b for _, b in col.posts]
+    assert bodies[: len(first_pass)] == first_pass
+    fleet = simulator.build_fleet(8, 4, 3)
+    assert {json.loads(b)["uid"] for b in bodies[: len(first_pass)]} >= {d.uid for d in fleet.deployments}
+    assert len(bodies) >= len(first_pass) + 5 and feed.posted == len(bodies)
+    assert all(not isinstance(validate(b), Rejection) for b in bodies)
+
+
+def test_backfill_is_fast(broker):
+    from is_telemetry.config import load_settings
+    from is_telemetry.kafka import ensure_topics
+
+    settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers, "raw_topic": "sim-backfill"})
+    ensure_topics(settings)
+    started = time.monotonic()
+    sent = simulator.backfill(broker.bootstrap_servers, "sim-backfill", 100, 30, 10, seed=2)
+    assert time.monotonic() - started < 10
+    sim = simulator.generate(100, 30, 10, seed=2, end_day=datetime.now(UTC).date() - timedelta(days=1))
+    assert sent == len(sim.deliveries) > 900
+    days = {simulator.day_of(d.received_at_ms) for d in sim.deliveries}
+    assert max(days) == datetime.now(UTC).date() - timedelta(days=1) and len(days) == 10
