@@ -65,7 +65,8 @@ class Delivery(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 #: IS minor versions (3.x) and their weight in the fleet.
-_IS_MINORS = {21: 2, 22: 2, 23: 3, 24: 3, 25: 4, 26: 4, 27: 6, 28: 5, 29: 6, 30: 8, 31: 9, 32: 12, 33: 13, 34: 12, 35: 8}
+_IS_MINORS = {21: 2, 22: 2, 23: 3, 24: 3, 25: 4, 26: 4, 27: 6, 28: 5, 29: 6, 30: 8, 31: 9, 32: 12, 33: 13, 34: 12,
+              35: 8}
 _CLI_MINORS = {26: 2, 27: 3, 28: 3, 29: 4, 30: 6, 31: 7, 32: 9, 33: 10, 34: 10, 35: 8}
 _PATCH_WEIGHTS = [5, 4, 3, 2, 1]  # x.y.0 .. x.y.4
 #: Older senders (<= 3.27) send users.total and leave gateways.total at 0.
@@ -131,7 +132,9 @@ def _weighted(rng: random.Random, pairs: Sequence[tuple[Any, int]] | dict[Any, i
 
 
 def version_string(minor: int, patch: int, dev: bool = False, commit_suffix: bool = False) -> str:
-    """'3.32.1', '3.27.0-dev' or '3.32.1 (1d218216, 2024-10-24T13:28:12Z)' (commit and date are a function of the version)."""
+    """'3.32.1', '3.27.0-dev' or '3.32.1 (1d218216, 2024-10-24T13:28:12Z)'.
+
+    Commit and date are a function of the version (every deployment of a release reports the same)."""
     v = f"3.{minor}.{patch}"
     if dev:
         return v + "-dev"
@@ -251,7 +254,8 @@ def _make_deployment(rng: random.Random, i: int, default_uid_rate: float) -> Dep
         size = _pareto_size(rng)
     devices = 0 if rng.random() < 0.18 else min(_COUNT_CAP, int(size * rng.lognormvariate(1.2, 0.9)))
     gateways = min(_COUNT_CAP, int(devices / rng.lognormvariate(3.0, 0.8)) + (1 if rng.random() < 0.7 else 0))
-    applications = min(_COUNT_CAP, (1 if devices else int(rng.random() < 0.5)) + int(devices / rng.lognormvariate(3.3, 1.0)))
+    applications = min(_COUNT_CAP, (1 if devices else int(rng.random() < 0.5))
+                       + int(devices / rng.lognormvariate(3.3, 1.0)))
     users_standard = min(_COUNT_CAP, max(0, int(size * rng.lognormvariate(0.2, 1.0)) - 1))
     users_admin = 1 + int(rng.paretovariate(2.5)) - 1 + (users_standard // 200)
     organizations = min(_COUNT_CAP, int(users_standard / rng.lognormvariate(1.9, 0.7)))
@@ -345,8 +349,9 @@ def _cli_object(ci: CliInstall, back: int, received_at_ms: int, rng: random.Rand
             n = max(1, count - int(back * per_day * ci.use_probability))
             last = now_s - (rng.randint(0, 60) if j == 0 else rng.randint(60, 20 * 86400))
             cmds.append({"command_path": path, "execution_count": n, "last_used_at": last})
-        cli = {"commands": cmds, "aliases": [
-            {"command_name": name, "alias": alias, "usage_count": max(1, n - back // 3)} for name, alias, n in ci.aliases]}
+        aliases = [{"command_name": name, "alias": alias, "usage_count": max(1, n - back // 3)}
+                   for name, alias, n in ci.aliases]
+        cli = {"commands": cmds, "aliases": aliases}
     return {
         "uid": ci.uid,
         "os": {"operating_system": ci.operating_system, "arch": ci.arch,
@@ -441,7 +446,8 @@ def _corrupt(obj: dict[str, Any], kind: str, rng: random.Random) -> bytes:
     elif kind == "bad_uid":
         uid = o["uid"]
         if ec is not None:  # not 88-char standard base64
-            o["uid"] = rng.choice([uid[:43], uid.rstrip("=") + "!!", uid.replace("+", "-").replace("/", "_") + "x", "localhost"])
+            o["uid"] = rng.choice([uid[:43], uid.rstrip("=") + "!!", uid.replace("+", "-").replace("/", "_") + "x",
+                                   "localhost"])
         else:  # not a UUID
             o["uid"] = rng.choice([uid.replace("-", ""), uid[:23], "not-a-uuid", uid + "-0"])
     else:
@@ -520,7 +526,8 @@ def _counts(dep: Deployment, ev: _Evolution, i: int, rng: random.Random) -> dict
         "gateways": scaled(dep.gateways, ev.org[i]), "end_devices": devices, "active_end_devices": active,
         "active_last_day": day, "active_last_week": week, "active_last_month": month,
         "applications": scaled(dep.applications, ev.org[i]), "users_standard": scaled(dep.users_standard, ev.org[i]),
-        "users_admin": max(1, scaled(dep.users_admin, ev.org[i])), "organizations": scaled(dep.organizations, ev.org[i]),
+        "users_admin": max(1, scaled(dep.users_admin, ev.org[i])),
+        "organizations": scaled(dep.organizations, ev.org[i]),
     }
 
 
@@ -636,7 +643,9 @@ _FLEET_SUMS = ["gateways", "end_devices", "active_end_devices", "active_last_day
                "active_last_month", "applications", "users_standard", "users_admin", "organizations"]
 
 
-def ground_truth(deliveries: Iterable[Sequence[Any]], plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT) -> dict[str, Any]:
+def ground_truth(
+    deliveries: Iterable[Sequence[Any]], plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT
+) -> dict[str, Any]:
     """The day aggregates the pipeline must hold after consuming exactly these deliveries, in this order.
 
     Day = UTC day of received_at_ms. Rejected deliveries count once each under their reason. Per (day,
@@ -701,7 +710,8 @@ def write_ground_truth(truth: dict[str, Any], path: Path | str) -> None:
 class SendResult:
     total: int  # deliveries given
     sent: int = 0  # acknowledged (Kafka) / answered 2xx (HTTP)
-    failed: int = 0  # send errors (Kafka) / non-2xx or given up (HTTP)
+    failed: int = 0  # send errors (Kafka) / non-2xx other than 400, or given up after retries (HTTP)
+    refused: int = 0  # HTTP 400: the collector refused the body at the edge (not JSON): never in Kafka
     not_attempted: int = 0  # left unsent (Ctrl-C, or sending stopped after an error)
     retried: int = 0  # HTTP: attempts repeated after 503 / connection errors (each may have been published)
     interrupted: bool = False
@@ -716,6 +726,8 @@ class SendResult:
 
     def summary(self) -> str:
         s = f"sent {self.sent}/{self.total}"
+        if self.refused:
+            s += f", refused by the collector (400) {self.refused}"
         if self.failed:
             s += f", FAILED {self.failed}"
         if self.not_attempted:
@@ -854,8 +866,9 @@ def send_to_collector(
     """POST every body to the collector as TTS does (Content-Type application/json, the TTS User-Agent).
 
     Deliveries with the same key go through the same connection one after the other, so the collector
-    sees each UID's bodies in this order. 503 and connection errors are retried with backoff; other
-    non-2xx answers count as failed. The collector stamps its own receive time: `sent_deliveries` carry
+    sees each UID's bodies in this order. 503 and connection errors are retried with backoff; 400 (the
+    collector refuses bodies that are not JSON) counts as refused: never published, not in the ground
+    truth; any other non-2xx answer counts as failed. The collector stamps its own receive time: `sent_deliveries` carry
     our clock at the successful attempt, which is what the ground truth of an HTTP run is computed from.
     """
     import httpx
@@ -871,7 +884,7 @@ def send_to_collector(
     attempted = [False] * n
     stop = threading.Event()
     lock = threading.Lock()
-    counters = {"ok": 0, "err": 0, "retried": 0}
+    counters = {"ok": 0, "err": 0, "retried": 0, "refused": 0}
 
     def fail(i: int, why: str) -> None:
         with lock:
@@ -898,8 +911,12 @@ def send_to_collector(
                         with lock:
                             counters["ok"] += 1
                         break
+                    if r.status_code == 400:  # refused at the edge (the collector's not_json): not published
+                        with lock:
+                            counters["refused"] += 1
+                        break
                     if r.status_code != 503:
-                        fail(i, f"HTTP {r.status_code}")
+                        fail(i, f"HTTP {r.status_code}: {r.text[:200]}")
                         break
                     why = "HTTP 503"
                 if attempt == retries:
@@ -932,6 +949,7 @@ def send_to_collector(
     result.sent = counters["ok"]
     result.failed = counters["err"]
     result.retried = counters["retried"]
+    result.refused = counters["refused"]
     result.not_attempted = n - sum(attempted)
     result.sent_deliveries = [Delivery(s, d.key, d.body) for d, s in zip(deliveries, stamps) if s is not None]
     result.elapsed_s = time.monotonic() - started
@@ -984,6 +1002,7 @@ class LiveFeed:
         self.stop_event, self.rate_per_s, self.idle_rate_per_s = stop_event, rate_per_s, idle_rate_per_s
         self.malformed_rate, self.timeout_s = malformed_rate, timeout_s
         self.posted = 0
+        self.refused = 0  # 400: bodies the collector refuses at the edge (not JSON)
         self.failed = 0
 
     def _day_bodies(self, day: date) -> list[bytes]:
@@ -1005,6 +1024,9 @@ class LiveFeed:
             else:
                 if 200 <= r.status_code < 300:
                     self.posted += 1
+                    return
+                if r.status_code == 400:
+                    self.refused += 1
                     return
                 if r.status_code != 503:
                     self.failed += 1
@@ -1079,7 +1101,7 @@ def command(
     days: Annotated[int, typer.Option("--days", min=1, help="Days of telemetry, ending --end-day")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Same seed + flags = same deliveries")] = 1,
     end_day: Annotated[Optional[str], typer.Option("--end-day", help="Last day, YYYY-MM-DD (UTC); default today (only up to now)")] = None,
-    kafka: Annotated[Optional[str], typer.Option("--kafka", help="Produce straight to Kafka at host:port,... (receive times as generated)")] = None,
+    kafka: Annotated[Optional[str], typer.Option("--kafka", help="Produce straight to Kafka at host:port,... (receive times as generated; default: kafka.bootstrap_servers)")] = None,
     collector: Annotated[Optional[str], typer.Option("--collector", help="POST to the collector URL instead (it stamps its own receive time)")] = None,
     topic: Annotated[Optional[str], typer.Option("--topic", help="Kafka topic (default: kafka.raw_topic)")] = None,
     ground_truth_file: Annotated[Optional[Path], typer.Option("--ground-truth", help="Write the expected aggregates of what was sent (JSON)")] = None,

@@ -354,7 +354,8 @@ def test_command_to_kafka_writes_ground_truth(broker, tmp_path, monkeypatch):
 
 
 class _Collector:
-    """A fake collector: records every POST; answers 503 to the first `fail_first` requests, else `status`."""
+    """A fake collector: records every POST; 503 to the first `fail_first` requests, 400 to bodies that are
+    not JSON (as producers/collector.py does), else `status`."""
 
     def __init__(self, fail_first: int = 0, status: int = 202) -> None:
         self.posts: list[tuple[dict, bytes]] = []
@@ -368,6 +369,11 @@ class _Collector:
                 with outer.lock:
                     outer.seen += 1
                     code = 503 if outer.seen <= outer.fail_first else outer.status
+                    if code < 300 and simulator.key_of(body) is None:
+                        try:
+                            json.loads(body)
+                        except ValueError:
+                            code = 400
                     if code < 300:
                         outer.posts.append((dict(self.headers), body))
                 self.send_response(code)
@@ -395,8 +401,11 @@ def test_send_to_collector():
     finally:
         col.close()
     n = len(sim.deliveries)
-    assert result.ok and result.sent == n and result.retried == 2
-    assert Counter(b for _, b in col.posts) == Counter(d.body for d in sim.deliveries)
+    not_json = [d for d, k in zip(sim.deliveries, sim.intended) if k == "not_json"]
+    accepted = [d for d, k in zip(sim.deliveries, sim.intended) if k != "not_json"]
+    assert not_json and result.refused == len(not_json)
+    assert result.ok and result.sent == len(accepted) and result.retried == 2
+    assert Counter(b for _, b in col.posts) == Counter(d.body for d in accepted)
     for hdrs, body in col.posts:
         assert hdrs["Content-Type"] == "application/json"
         assert hdrs["User-Agent"] == simulator.user_agent_of(body)
@@ -404,10 +413,10 @@ def test_send_to_collector():
         assert [b for _, b in col.posts if simulator.key_of(b) == key] == [d.body for d in sim.deliveries if d.key == key]
     # HTTP ground truth: everything received today (the collector's clock), in send order
     truth = ground_truth(result.sent_deliveries)
-    assert truth["per_day_messages"] == {_today(): n}
-    assert [d.body for d in result.sent_deliveries] == [d.body for d in sim.deliveries]
+    assert truth["per_day_messages"] == {_today(): len(accepted)}
+    assert [d.body for d in result.sent_deliveries] == [d.body for d in accepted]
 
-    bad = _Collector(status=400)
+    bad = _Collector(status=404)
     try:
         with pytest.raises(simulator.SendError) as exc:
             simulator.send_to_collector(sim.deliveries[:3], bad.url, concurrency=2)
