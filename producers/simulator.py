@@ -290,7 +290,7 @@ def _make_cli(rng: random.Random, i: int) -> CliInstall:
     aliases = [(name, alias, rng.randint(1, 150)) for name, alias in rng.sample(_CLI_ALIASES, rng.randint(0, 3))]
     return CliInstall(index=i, uid=uid, operating_system=os_, arch=arch, minor=minor, patch=patch,
                       use_probability=min(1.0, rng.betavariate(0.8, 1.6) + 0.05),
-                      age_days=rng.randint(0, 60) if rng.random() < 0.3 else 10_000,
+                      age_days=rng.randint(1, 60) if rng.random() < 0.3 else 10_000,
                       commands=commands, aliases=aliases)
 
 

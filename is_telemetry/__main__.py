@@ -1,0 +1,3 @@
+from is_telemetry.cli import main
+
+main()
