@@ -86,7 +86,8 @@ CREATE VIEW IF NOT EXISTS fleet_daily AS
 SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day,
        active_last_week, active_last_month, applications, users_standard, users_admin, organizations,
        default_uid_deployments, inconsistent_deployments
-FROM daily_rollup FINAL;
+FROM daily_rollup FINAL
+WHERE deployments + cli_installs > 0;
 
 CREATE VIEW IF NOT EXISTS gateways_by_frequency_plan_daily AS
 SELECT day, frequency_plan_id, gateways

@@ -1,0 +1,94 @@
+"""Shared fixtures: real processes on loopback (embedded broker, worker, collector), free ports, SQL via the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from is_telemetry.broker import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT.parent / "shared" / "reference" / "samples"
+
+
+def sample_bodies() -> dict[str, bytes]:
+    return {p.name: p.read_bytes().strip() for p in sorted(SAMPLES.glob("*.json"))}
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    api_url: str
+    collector_url: str
+    broker_port: int
+    log_path: Path
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        r = httpx.post(self.api_url + "/api/sql", content=query.encode(), timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return [dict(zip(body["columns"], row)) for row in body["rows"]]
+
+    def wait_for(self, query: str, predicate: Any, timeout_s: float = 90) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"stack exited: {self.log()}"
+            rows = self.sql(query)
+            if predicate(rows):
+                return rows
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting on {query!r}; last rows {rows}\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self, timeout_s: float = 90) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                raise
+        return self.process.returncode
+
+
+def start_stack(data_dir: Path, *extra: str) -> RunningStack:
+    broker, collector, api = free_port(), free_port(), free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "up.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "is_telemetry", "up", "--data-dir", str(data_dir), "--broker-port", str(broker),
+         "--collector-port", str(collector), "--api-port", str(api), *extra],
+        stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir,
+    )
+    stack = RunningStack(proc, data_dir, f"http://127.0.0.1:{api}", f"http://127.0.0.1:{collector}/collect", broker, log_path)
+    deadline = time.monotonic() + 120
+    while "Ctrl-C stops everything" not in log_path.read_text(errors="replace")[offset:]:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stack.stop()
+            raise AssertionError(f"stack did not start:\n{stack.log()}")
+        time.sleep(0.2)
+    return stack
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[RunningStack]:
+    s = start_stack(tmp_path / "stack", "--no-simulate")
+    try:
+        yield s
+    finally:
+        s.stop()
