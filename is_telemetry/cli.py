@@ -99,6 +99,7 @@ def worker(
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
     api_port: Annotated[Optional[int], typer.Option("--api-port", help="Serve the HTTP API/dashboard from this worker (needed for embedded chDB); -1 = off")] = None,
+    group_id: Annotated[Optional[str], typer.Option("--group-id", help="Consumer group (a new group replays the raw topic from offset 0)")] = None,
     sink: Annotated[bool, typer.Option("--sink/--no-sink", help="Write to ClickHouse in this process; --no-sink publishes snapshots to Kafka for `is-telemetry sink`")] = True,
     log_level: LogLevelOpt = "warning",
 ) -> None:
@@ -106,9 +107,27 @@ def worker(
     from processors.worker import run_worker
 
     s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
-                      api={"port": api_port if api_port and api_port > 0 else None})
+                      api={"port": api_port if api_port and api_port > 0 else None}, processors={"group_id": group_id})
     setup_logging(log_level)
     raise typer.Exit(run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level))
+
+
+@app.command()
+def sink(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    kafka: KafkaOpt = None,
+    clickhouse: ClickHouseOpt = None,
+    api_port: Annotated[Optional[int], typer.Option("--api-port", help="Serve the HTTP API/dashboard from this process (needed for embedded chDB); -1 = off")] = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run the sink as its own process: snapshots topic -> ClickHouse (for workers started with --no-sink)."""
+    from sinks.consumer import run_sink
+
+    s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
+                      api={"port": api_port if api_port and api_port > 0 else None})
+    setup_logging(log_level)
+    raise typer.Exit(run_sink(s, serve_api=api_port is not None and api_port >= 0, log_level=log_level))
 
 
 @app.command()

@@ -52,6 +52,8 @@ class ApiSettings(BaseModel):
 
 
 class ProcessorSettings(BaseModel):
+    group_id: str = Field("is-telemetry-processors", description="Consumer group of the processors (a new one replays the topic from offset 0)")
+    sink_group_id: str = Field("is-telemetry-sink", description="Consumer group of a separate sink process")
     batch_size: int = Field(5000, ge=1, description="Most events handled and flushed per batch")
     batch_seconds: float = Field(1.0, gt=0, description="Longest wait to fill a batch (seconds)")
     plausibility_limit: int = Field(10**9, ge=0, description="A count above this rejects the message as 'implausible'")

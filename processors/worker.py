@@ -18,43 +18,16 @@ from typing import Any
 
 import faust
 import orjson
-from mode import Service
 
 from is_telemetry.config import Settings
 from is_telemetry.kafka import ensure_topics
+from is_telemetry.streaming import ApiService, faust_app, run_faust
 from processors import metrics
 from processors.dedup import Deduplicator
 from processors.pipeline import RawRecord, process
 from sinks.clickhouse import Batch, ClickHouseStore
 
 log = logging.getLogger(__name__)
-
-APP_ID = "is-telemetry-processors"
-
-
-def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
-    """A faust app with the settings every worker here needs (Tansu-friendly timeouts, no changelogs)."""
-    config: dict[str, Any] = dict(
-        broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",") if s.strip()],
-        store="memory://",
-        topic_partitions=settings.kafka.partitions,
-        topic_replication_factor=settings.kafka.replication_factor,
-        processing_guarantee="at_least_once",
-        broker_session_timeout=settings.kafka.session_timeout_s,
-        broker_heartbeat_interval=1.0,
-        broker_commit_every=10_000,
-        broker_commit_interval=1.0,
-        producer_linger=0.01,
-        consumer_auto_offset_reset="earliest",
-        web_enabled=bool(settings.processors.web_port),
-        web_port=settings.processors.web_port or 6066,
-        web_host="127.0.0.1",
-        stream_buffer_maxsize=max(4096, settings.processors.batch_size * 2),
-        logging_config=None,
-    )
-    config.update(overrides)
-    return faust.App(app_id, **config)
-
 
 def _headers(message: Any) -> dict[str, bytes]:
     raw = message.headers or {}
@@ -75,7 +48,7 @@ class Processors:
         self.settings = settings
         self.store = store
         p = settings.processors
-        self.app = faust_app(APP_ID, settings)
+        self.app = faust_app(settings.processors.group_id, settings)
         k = settings.kafka
         self.raw = self.app.topic(k.raw_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.deadletter = self.app.topic(k.deadletter_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -153,46 +126,12 @@ def _by_partition(batch: Batch) -> Iterator[tuple[int, dict[str, list[dict[str, 
     yield from sorted(parts.items())
 
 
-class ApiService(Service):
-    """Serves the HTTP API/dashboard inside the worker (chDB can only be read by the process that writes it)."""
-
-    def __init__(self, settings: Settings, store: ClickHouseStore, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        from dashboard.api import create_app, embedded_server
-
-        self.server = embedded_server(create_app(settings, store), settings.api.host, settings.api.port)
-        self._task: asyncio.Task[None] | None = None
-
-    async def on_start(self) -> None:
-        self._task = asyncio.ensure_future(self.server.serve())
-
-    async def on_stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 5)
-
-
 def run_worker(settings: Settings, with_sink: bool = True, serve_api: bool = False, log_level: str = "warning") -> int:
     """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered."""
     ensure_topics(settings)
     store = None
     if with_sink or serve_api:
-        store = ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store.open()
+        store = ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days).open()
     processors = Processors(settings, store if with_sink else None)
-    services: list[Service] = []
-    if serve_api and store is not None:
-        services.append(ApiService(settings, store, loop=None))
-    worker = faust.Worker(processors.app, *services, loglevel=log_level.upper(), quiet=True, override_logging=False)
-    worker.spinner = None
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        if store is not None:
-            store.stopping.set()
-            store.close()
-    return 0
+    return run_faust(processors.app, settings, store, serve_api, log_level)

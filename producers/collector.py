@@ -50,6 +50,10 @@ BODY_READ_TIMEOUT_S = 30.0  # a body not fully received within this is answered 
 USER_AGENT_MAX = 512  # longer User-Agent values are truncated before they go into a record header
 READY_CACHE_S = 1.0  # /readyz probes Kafka at most once per this interval
 READY_PROBE_TIMEOUT_S = 0.5
+# Idle keep-alive connections are closed after this. Longer than HTTP clients' own idle expiry (httpx 5 s,
+# Go's net/http 90 s) so that a client never sends a POST on a connection the server is just closing
+# (the request would fail with a reset, and POSTs are not retried).
+KEEP_ALIVE_S = 95
 
 _ACCEPTED = b'{"status":"accepted"}'
 _JSON = "application/json"
@@ -574,6 +578,7 @@ def make_config(settings: Settings, app: ASGIApp | None = None, log_level: str =
         log_level=log_level.lower(),
         access_log=False,  # access logs would record client IPs: the collector stores none
         server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         # in-flight requests get this long to finish after SIGTERM; the producer flush follows
         timeout_graceful_shutdown=int(settings.collector.publish_timeout_s) + 10,

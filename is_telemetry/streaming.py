@@ -1,0 +1,75 @@
+"""faust plumbing shared by the processors worker and the sink process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import faust
+from mode import Service
+
+from is_telemetry.config import Settings
+from sinks.clickhouse import ClickHouseStore
+
+
+def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
+    """A faust app with the settings every worker here needs (Tansu-friendly timeouts, no changelogs)."""
+    config: dict[str, Any] = dict(
+        broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",") if s.strip()],
+        store="memory://",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        processing_guarantee="at_least_once",
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=1.0,
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        producer_linger=0.01,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=bool(settings.processors.web_port),
+        web_port=settings.processors.web_port or 6066,
+        web_host="127.0.0.1",
+        stream_buffer_maxsize=max(4096, settings.processors.batch_size * 2),
+        logging_config=None,
+    )
+    config.update(overrides)
+    return faust.App(app_id, **config)
+
+
+class ApiService(Service):
+    """Serves the HTTP API/dashboard inside the worker (chDB can only be read by the process that writes it)."""
+
+    def __init__(self, settings: Settings, store: ClickHouseStore, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from dashboard.api import create_app, embedded_server
+
+        self.server = embedded_server(create_app(settings, store), settings.api.host, settings.api.port)
+        self._task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._task = asyncio.ensure_future(self.server.serve())
+
+    async def on_stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
+
+
+def run_faust(app: faust.App, settings: Settings, store: ClickHouseStore | None, serve_api: bool, log_level: str) -> int:
+    """Run a faust app as a worker until SIGTERM/SIGINT (graceful), optionally serving the API from it."""
+    services: list[Service] = []
+    if serve_api and store is not None:
+        services.append(ApiService(settings, store))
+    worker = faust.Worker(app, *services, loglevel=log_level.upper(), quiet=True, override_logging=False)
+    worker.spinner = None  # faust's spinner sets the root logger to DEBUG: costly, and noise in services
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        if store is not None:
+            store.stopping.set()
+            store.close()
+    return 0

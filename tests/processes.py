@@ -1,0 +1,119 @@
+"""Real pipeline processes for multi-process tests: start, SIGTERM, SIGKILL, and read the views back."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from is_telemetry.broker import free_port
+
+VIEW_QUERIES = {
+    "fleet_daily": "SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, "
+    "active_last_week, active_last_month, applications, users_standard, users_admin, organizations "
+    "FROM fleet_daily ORDER BY day",
+    "gateways_by_frequency_plan_daily": "SELECT day, frequency_plan_id, gateways FROM gateways_by_frequency_plan_daily "
+    "ORDER BY day, frequency_plan_id",
+    "deployments_by_version_daily": "SELECT day, version, deployments FROM deployments_by_version_daily ORDER BY day, version",
+    "rejected_daily": "SELECT day, reason, messages FROM rejected_daily ORDER BY day, reason",
+}
+
+
+class Proc:
+    """An `is-telemetry ...` process with its log file; `api` is set when it serves the API."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, api_port: int | None = None) -> None:
+        self.name, self.args, self.log_path = name, args, log_dir / f"{name}.log"
+        self.api = f"http://127.0.0.1:{api_port}" if api_port else None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "is_telemetry", *self.args], stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"{self.name} ignored SIGTERM for {timeout_s}s:\n{self.log()}")
+        return self.process.returncode
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        assert self.api
+        r = httpx.post(self.api + "/api/sql", content=query.encode(), timeout=30)
+        r.raise_for_status()
+        body = r.json()
+        return [dict(zip(body["columns"], row)) for row in body["rows"]]
+
+    def metric(self, name: str) -> float:
+        assert self.api
+        for line in httpx.get(self.api + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
+    def views(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: self.sql(q) for name, q in VIEW_QUERIES.items()}
+
+
+def worker(bootstrap: str, data_dir: Path, name: str = "worker", *extra: str, api: bool = True) -> Proc:
+    port = free_port() if api else None
+    args = ["worker", "--kafka", bootstrap, "--data-dir", str(data_dir), "--log-level", "info", *extra]
+    args += ["--api-port", str(port)] if port else ["--api-port", "-1"]
+    return Proc(name, args, data_dir, port)
+
+
+def wait_until_ready(proc: Proc, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.alive(), f"{proc.name} exited:\n{proc.log()}"
+        try:
+            if proc.api and httpx.get(proc.api + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{proc.name} not ready:\n{proc.log()}")
+
+
+def expected_views(truth: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return {name: truth[name] for name in VIEW_QUERIES}
+
+
+def wait_for_views(proc: Proc, expected: dict[str, Any], timeout_s: float = 180) -> dict[str, Any]:
+    """Poll until the views equal `expected`; on timeout fail with the first difference."""
+    deadline = time.monotonic() + timeout_s
+    got: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            got = proc.views()
+        except httpx.HTTPError:
+            got = {}
+        if got == expected:
+            return got
+        time.sleep(1)
+    diff = {k: (got.get(k, [])[:3], expected[k][:3]) for k in expected if got.get(k) != expected[k]}
+    raise AssertionError(f"views never matched the ground truth; first rows (got, expected): {diff}\n{proc.log()}")
