@@ -119,6 +119,8 @@ class Metrics:
         self.kafka_ready = Gauge("collector_kafka_producer_ready", "1 once the Kafka producer is connected",
                                  registry=r)
         self._children: dict[tuple[str, int], Any] = {}
+        for reason in ("timeout", "error", "not_ready"):
+            self.kafka_errors.labels(reason)
 
     def count(self, endpoint: str, status: int) -> None:
         child = self._children.get((endpoint, status))
@@ -234,8 +236,8 @@ class Publisher:
     async def start(self, wait_s: float = 5.0) -> None:
         """Create the producer (unless injected) on a daemon thread; retry until Kafka answers.
 
-        Waits up to wait_s for the first connection, then lets the server start anyway: until the
-        producer exists, POST /collect answers 503 and /readyz 503.
+        Waits up to wait_s (at most publish_timeout_s) for the first connection, then lets the server
+        start anyway: until the producer exists, POST /collect and /readyz answer 503.
         """
         loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
@@ -261,7 +263,7 @@ class Publisher:
 
         threading.Thread(target=run, name="collector-connect", daemon=True).start()
         try:
-            await asyncio.wait_for(self._connected.wait(), wait_s)
+            await asyncio.wait_for(self._connected.wait(), min(wait_s, self.timeout_s))
         except asyncio.TimeoutError:
             log.warning("Kafka at %s not reachable yet; answering 503 until it is", self.settings.bootstrap_servers)
 
