@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 ENV_PREFIX = "IS_TELEMETRY_"
@@ -18,7 +18,11 @@ CONFIG_ENV = "IS_TELEMETRY_CONFIG"
 DEFAULT_CONFIG_FILE = "is-telemetry.yml"
 
 
-class KafkaSettings(BaseModel):
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
     bootstrap_servers: str = Field("", description="Kafka bootstrap servers, host:port,...; empty = the embedded broker")
     raw_topic: str = Field("tts-telemetry-raw", description="Topic the collector and producers write, keyed by UID")
     deadletter_topic: str = Field("tts-telemetry-deadletter", description="Rejected messages with their reason")
@@ -28,30 +32,30 @@ class KafkaSettings(BaseModel):
     session_timeout_s: float = Field(10.0, description="Consumer group session timeout (seconds)")
 
 
-class ClickHouseSettings(BaseModel):
+class ClickHouseSettings(_Section):
     dsn: str = Field("", description="chdb:///abs/path or http(s)://user:pass@host:8123/db; empty = chdb under data_dir")
     snapshot_ttl_days: int = Field(0, ge=0, description="Delete per-UID snapshot rows after N days (0 = keep)")
 
 
-class BrokerSettings(BaseModel):
+class BrokerSettings(_Section):
     host: str = Field("127.0.0.1", description="Embedded broker listen address")
     port: int = Field(19092, ge=0, le=65535, description="Embedded broker port")
 
 
-class CollectorSettings(BaseModel):
+class CollectorSettings(_Section):
     host: str = Field("127.0.0.1", description="Collector listen address")
     port: int = Field(8480, ge=0, le=65535, description="Collector port (POST /collect)")
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies are refused with 413")
     publish_timeout_s: float = Field(10.0, description="Kafka acknowledgement wait before answering 503")
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(_Section):
     host: str = Field("127.0.0.1", description="HTTP API / dashboard listen address")
     port: int = Field(8481, ge=0, le=65535, description="HTTP API / dashboard port")
     token: str = Field("", description="Bearer token required by /api/sql when set")
 
 
-class ProcessorSettings(BaseModel):
+class ProcessorSettings(_Section):
     group_id: str = Field("is-telemetry-processors", description="Consumer group of the processors (a new one replays the topic from offset 0)")
     sink_group_id: str = Field("is-telemetry-sink", description="Consumer group of a separate sink process")
     batch_size: int = Field(5000, ge=1, description="Most events handled and flushed per batch")
