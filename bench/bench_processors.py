@@ -1,0 +1,406 @@
+"""Processors throughput: the full worker against a bare faust agent and a raw aiokafka consumer.
+
+    python -m bench.bench_processors [--messages N] [--repeats R] [--take]
+
+One embedded broker (Tansu, 8 partitions). N realistic bodies from the fleet simulator
+(`producers.simulator.generate`: ~510-byte IS/CLI bodies over 30 days, with its re-sends, changed bodies and
+~1% malformed ones) are produced once into the raw topic with `send_to_kafka` (the collector's headers).
+Then, R times, each variant reads the whole topic from offset 0 with a consumer group of its own:
+
+1. raw     - aiokafka `AIOKafkaConsumer.getmany()` in this process, bytes only (no deserialization);
+2. bare    - a faust agent in a child process (`faust_app()` with the worker's settings, spinner off, log level
+             warning): `async for value in stream: orjson.loads(value)`;
+3. take    - (with --take) the same, but the worker's loop shape: `stream.noack_take(batch_size, within)`, orjson
+             per event, `stream.ack(event)` per event; no pipeline, no sink;
+4. full    - a real `is-telemetry worker` process (its API serves /metrics), the sink writing to a fresh chDB dir.
+
+Timing starts when the consumer has its partitions: the aiokafka rebalance listener (raw), faust's worker
+"Ready" (bare/take: a hook in the child; full: the worker's own "[^Worker]: Ready" log line, which faust
+logs once the first assignment is done). Tansu's group join (~half the session timeout) is thus excluded
+from every variant. The full run ends at the sink's last write (gauge
+is_telemetry_sink_last_write_timestamp_seconds) once valid + rejected records == N, i.e. once every record
+is in ClickHouse; it is then checked with `SELECT count() FROM snapshots FINAL` against the distinct
+(day, UID) pairs of the valid bodies. CPU seconds of the consuming process over the same interval are
+reported too (per message), being less sensitive than wall time to the other load on a shared machine.
+
+`main()` prints and returns the medians (and every sample) as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+READY_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO faust\.worker: \[\^Worker\]: Ready", re.M)
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The input
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def produce(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    """Generate at least n simulator deliveries, send the first n; return what ClickHouse must end up with."""
+    from processors.rollup import day_of
+    from processors.validate import Rejection, validate
+    from producers.simulator import generate, send_to_kafka
+
+    deployments = max(10, n * 1300 // 41_600 + 10)  # 1300 deployments + 200 CLIs over 30 days ~ 41.6k deliveries
+    sim = generate(deployments, max(2, deployments // 6), 30, seed=1, end_day="2025-01-31")
+    deliveries = sim.deliveries[:n]
+    if len(deliveries) < n:
+        raise RuntimeError(f"the simulator gave {len(deliveries)} deliveries, fewer than {n}")
+    keys: set[tuple[Any, str]] = set()
+    rejected = 0
+    for d in deliveries:
+        r = validate(d.body)
+        if isinstance(r, Rejection):
+            rejected += 1
+        else:
+            keys.add((day_of(d.received_at_ms), r.uid))
+    started = time.perf_counter()
+    # Order within a partition is kept (one request in flight); bigger batches only make the setup quicker.
+    result = send_to_kafka(deliveries, bootstrap, topic, linger_ms=20, batch_size=512 * 1024)
+    return {
+        "messages": n,
+        "mean_body_bytes": round(sum(len(d.body) for d in deliveries) / n),
+        "rejected": rejected,
+        "distinct_day_uid": len(keys),
+        "produce_s": round(time.perf_counter() - started, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. raw aiokafka
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def _raw(bootstrap: str, topic: str, n: int, group: str) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+    marks: dict[str, float] = {}
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            marks.setdefault("t0", time.perf_counter())
+            marks.setdefault("cpu0", time.process_time())
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False,
+        session_timeout_ms=10_000, heartbeat_interval_ms=1_000, max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.subscribe([topic], listener=Listener())
+        count = 0
+        total_bytes = 0
+        while count < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batches.values():
+                count += len(records)
+                for r in records:
+                    total_bytes += len(r.value)
+        t1, cpu1 = time.perf_counter(), time.process_time()
+    finally:
+        await consumer.stop()
+    return _figures(count, t1 - marks["t0"], cpu1 - marks["cpu0"])
+
+
+def run_raw(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    return asyncio.run(_raw(bootstrap, topic, n, f"bench-raw-{uuid.uuid4().hex[:8]}"))
+
+
+def _figures(count: int, seconds: float, cpu_s: float) -> dict[str, Any]:
+    return {
+        "messages": count,
+        "seconds": round(seconds, 3),
+        "msgs_per_s": round(count / seconds),
+        "cpu_s": round(cpu_s, 2),
+        "cpu_us_per_msg": round(cpu_s / count * 1e6, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2./3. faust agents (child processes)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _faust_child(mode: str, bootstrap: str, group: str, n: int, out: str) -> None:
+    """A faust worker with one agent over the raw topic: `bare` iteration or the worker's `take` loop shape."""
+    import logging
+
+    import faust
+    import orjson
+
+    from is_telemetry.config import load_settings
+    from is_telemetry.streaming import faust_app
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
+    app = faust_app(group, settings)  # the worker's settings: buffer sizes, linger, timeouts, no web
+    topic = app.topic(settings.kafka.raw_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw")
+    state: dict[str, Any] = {"count": 0}
+
+    def finish() -> None:
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        Path(out).write_text(json.dumps(_figures(state["count"], t1 - state["t0"], cpu1 - state["cpu0"])))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def parse(value: bytes) -> None:
+        try:
+            orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+
+    async def bare(stream: Any) -> None:
+        async for value in stream:
+            parse(value)
+            state["count"] += 1
+            if state["count"] == n:
+                finish()
+
+    async def take(stream: Any) -> None:
+        p = settings.processors
+        async for events in stream.noack_take(p.batch_size, within=p.batch_seconds):
+            for event in events:
+                parse(event.value)
+            for event in events:
+                await stream.ack(event)
+            state["count"] += len(events)
+            if state["count"] >= n:
+                finish()
+
+    app.agent(topic, name=f"bench_{mode}")(bare if mode == "bare" else take)
+
+    class Worker(faust.Worker):
+        async def on_startup_finished(self) -> None:  # faust: first assignment done, streams flowing
+            state.setdefault("t0", time.perf_counter())
+            state.setdefault("cpu0", time.process_time())
+            await super().on_startup_finished()
+
+    worker = Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
+    worker.spinner = None  # the spinner sets the root logger to DEBUG (see is_telemetry.streaming.run_faust)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+
+
+def run_faust_variant(mode: str, bootstrap: str, n: int, workdir: Path, timeout_s: float = 300) -> dict[str, Any]:
+    out = workdir / f"{mode}-{uuid.uuid4().hex[:8]}.json"
+    group = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+    log = workdir / f"{mode}.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_processors", "--child", mode, "--bootstrap", bootstrap, "--group", group,
+             "--messages", str(n), "--out", str(out)],
+            cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if not out.exists():
+        raise RuntimeError(f"the {mode} faust child gave no result (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+    return json.loads(out.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. the full worker
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _metrics(api: str) -> dict[str, float]:
+    import httpx
+
+    out: dict[str, float] = {}
+    for line in httpx.get(api + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("is_telemetry_"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def _sum(m: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in m.items() if k == prefix or k.startswith(prefix + "{"))
+
+
+def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, timeout_s: float = 600) -> dict[str, Any]:
+    import httpx
+
+    from is_telemetry.broker import free_port
+
+    data = workdir / f"worker-{uuid.uuid4().hex[:8]}"
+    data.mkdir(parents=True)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    log = data / "worker.log"
+    # --log-level info only adds faust's start/assignment lines (the "Ready" we time from); spinner is off
+    args = ["worker", "--kafka", bootstrap, "--data-dir", str(data), "--group-id", f"bench-full-{uuid.uuid4().hex[:8]}",
+            "--api-port", str(port), "--log-level", "info"]
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", *args], cwd=REPO, stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        t0 = cpu0 = None
+        while t0 is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not become ready:\n{log.read_text()[-3000:]}")
+            m = READY_LINE.search(log.read_text(errors="replace"))
+            if m:
+                cpu0 = _cpu_s(proc.pid)  # read within one poll (<= 50 ms) of the Ready line
+                t0 = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            else:
+                time.sleep(0.05)
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not finish:\n{log.read_text()[-3000:]}")
+            try:
+                m = _metrics(api)
+            except httpx.HTTPError:
+                m = {}
+            done = m.get("is_telemetry_processor_valid_total", 0) + _sum(m, "is_telemetry_processor_rejected_total")
+            if done >= n:
+                cpu1 = _cpu_s(proc.pid)
+                break
+            time.sleep(0.1)
+        t1 = m["is_telemetry_sink_last_write_timestamp_seconds"]
+        body = httpx.post(api + "/api/sql", content=b"SELECT count() FROM snapshots FINAL", timeout=60).json()
+        in_clickhouse = int(body["rows"][0][0])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if in_clickhouse != expect["distinct_day_uid"]:
+        raise RuntimeError(f"ClickHouse has {in_clickhouse} snapshots, expected {expect['distinct_day_uid']}")
+    fig = _figures(int(m["is_telemetry_processor_records_total"]), t1 - t0, cpu1 - cpu0)
+    batches = m.get("is_telemetry_processor_batch_size_count", 0)
+    writes = m.get("is_telemetry_sink_write_seconds_count", 0)
+    fig.update(
+        snapshots_final=in_clickhouse,
+        snapshot_rows_written=int(m.get('is_telemetry_sink_rows_total{table="snapshots"}', 0)),
+        duplicates=int(m.get("is_telemetry_processor_duplicates_total", 0)),
+        rejected=int(_sum(m, "is_telemetry_processor_rejected_total")),
+        batches=int(batches),
+        mean_batch=round(m.get("is_telemetry_processor_batch_size_sum", 0) / batches) if batches else 0,
+        sink_write_s_total=round(m.get("is_telemetry_sink_write_seconds_sum", 0), 2),
+        sink_write_ms_mean=round(m.get("is_telemetry_sink_write_seconds_sum", 0) / writes * 1000) if writes else 0,
+    )
+    shutil.rmtree(data, ignore_errors=True)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_processors", description="processors throughput")
+    ap.add_argument("--messages", type=int, default=40_000, help="simulator bodies sent once to the raw topic")
+    ap.add_argument("--repeats", type=int, default=3, help="measurements of each variant (medians are reported)")
+    ap.add_argument("--take", action="store_true", help="also measure a faust agent with the worker's noack_take loop")
+    ap.add_argument("--child", choices=["bare", "take"], help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    ap.add_argument("--group", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _faust_child(args.child, args.bootstrap, args.group, args.messages, args.out)
+        return {}
+
+    from is_telemetry.broker import EmbeddedBroker, free_port
+    from is_telemetry.config import load_settings
+    from is_telemetry.kafka import ensure_topics
+
+    n = args.messages
+    variants = ["raw", "bare", *(["take"] if args.take else []), "full"]
+    samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    load = {"before": _loadavg()}
+    with tempfile.TemporaryDirectory(prefix="bench-processors-") as tmp:
+        workdir = Path(tmp)
+        with EmbeddedBroker(port=free_port(), log_file=workdir / "broker.log") as broker:
+            settings = load_settings(None, kafka={"bootstrap_servers": broker.bootstrap_servers})
+            ensure_topics(settings)
+            topic = settings.kafka.raw_topic
+            expect = produce(broker.bootstrap_servers, topic, n)
+            print(f"produced {n} bodies ({expect['mean_body_bytes']} bytes mean, {expect['rejected']} malformed) to "
+                  f"{settings.kafka.partitions} partitions in {expect['produce_s']}s; load {_loadavg()}", flush=True)
+            for i in range(args.repeats):
+                for v in variants:
+                    if v == "raw":
+                        fig = run_raw(broker.bootstrap_servers, topic, n)
+                    elif v == "full":
+                        fig = run_full(broker.bootstrap_servers, n, expect, workdir)
+                    else:
+                        fig = run_faust_variant(v, broker.bootstrap_servers, n, workdir)
+                    samples[v].append(fig)
+                    print(f"  run {i + 1} {v:5s} {fig['msgs_per_s']:>8,} msgs/s  {fig['seconds']:7.2f}s  "
+                          f"{fig['cpu_us_per_msg']:6.1f} us CPU/msg" + (
+                              f"  ({fig['batches']} batches of ~{fig['mean_batch']}, sink {fig['sink_write_ms_mean']} ms"
+                              f"/batch, {fig['sink_write_s_total']}s in all)" if v == "full" else ""), flush=True)
+    load["after"] = _loadavg()
+    med = {v: round(statistics.median(s["msgs_per_s"] for s in samples[v])) for v in variants}
+    cpu = {v: round(statistics.median(s["cpu_us_per_msg"] for s in samples[v]), 1) for v in variants}
+    result: dict[str, Any] = {
+        "messages": n,
+        "mean_body_bytes": expect["mean_body_bytes"],
+        "partitions": settings.kafka.partitions,
+        "repeats": args.repeats,
+        "msgs_per_s": med,
+        "cpu_us_per_msg": cpu,
+        "full_over_bare": round(med["full"] / med["bare"], 3),
+        "bare_over_raw": round(med["bare"] / med["raw"], 3),
+        "targets": {"full_over_bare_min": 0.6, "full_msgs_per_s_min": 4000},
+        "targets_met": med["full"] >= 0.6 * med["bare"] and med["full"] >= 4000,
+        "cpus": os.cpu_count(),
+        "loadavg": load,
+        "samples": samples,
+    }
+    if "take" in med:
+        result["take_over_bare"] = round(med["take"] / med["bare"], 3)
+    print(f"medians of {args.repeats} ({n} msgs, {settings.kafka.partitions} partitions, {os.cpu_count()} CPUs, load "
+          f"{load['before']} -> {load['after']}):")
+    for v in variants:
+        print(f"  {v:5s} {med[v]:>8,} msgs/s  {cpu[v]:6.1f} us CPU/msg")
+    print(f"  full/bare {result['full_over_bare']:.2f} (target >= 0.60), bare/raw {result['bare_over_raw']:.3f}, "
+          f"full {med['full']:,}/s (target >= 4,000/s): targets {'met' if result['targets_met'] else 'MISSED'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

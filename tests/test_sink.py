@@ -1,0 +1,687 @@
+"""The ClickHouse sink against a real engine (embedded chDB in a temporary directory).
+
+chDB runs one engine per process and that engine serves ONE data path at a time: opening a second
+path while a client on the first is open fails ("EmbeddedServer already initialized with path ...").
+Once every client of a path is closed the engine is released and another path can be opened in the
+same process, so each test gets its own directory and the `open_store` fixture always closes its
+store (checked in `test_chdb_one_path_at_a_time`).
+
+Covered: migrations (idempotent), idempotent writes (re-sent batches, other batch splits, older
+snapshots arriving late), exactness of every analyst view against the simulator's ground truth,
+backpressure (retry with backoff while ClickHouse fails, give up on stop), the snapshot TTL, values
+never spliced into SQL, read-only analyst access, and every ```sql query of docs/analysts.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.exceptions import OperationalError
+
+from is_telemetry.kafka import HEADER_RECEIVED_AT
+from is_telemetry.schema import TelemetryMessage
+from processors.dedup import Deduplicator
+from processors.pipeline import RawRecord, process
+from processors.rollup import day_of, major_minor, rejection_row
+from processors.validate import Rejection, inconsistencies, validate
+from producers.simulator import Delivery, generate, ground_truth
+from sinks.clickhouse import Batch, ClickHouseStore, migrations
+
+ROOT = Path(__file__).resolve().parent.parent
+ANALYSTS_DOC = ROOT / "docs" / "analysts.md"
+PARTITIONS = 8
+TOPIC = "tts-telemetry-raw"
+DAY0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+H = 3_600_000
+
+IS_UID_A = "A" * 86 + "=="
+IS_UID_B = "B" * 86 + "=="
+CLI_UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+ANALYST_VIEWS = [
+    "fleet_daily", "gateways_by_frequency_plan_daily", "deployments_by_version_daily", "deployments_by_os_daily",
+    "deployments_by_arch_daily", "deployments_by_go_version_daily", "cli_installs_by_version_daily",
+    "cli_installs_by_arch_daily", "cli_installs_by_os_daily", "rejected_daily", "snapshots_latest",
+]
+TABLES = ["schema_migrations", "snapshots", "rejections", "daily_rollup"]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def opened(path: Path, **kwargs: Any) -> Iterator[ClickHouseStore]:
+    store = ClickHouseStore(f"chdb://{path.resolve()}", **kwargs).open()
+    try:
+        yield store
+    finally:
+        store.close()  # releases the chDB engine so the next test can open its own directory
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ClickHouseStore]:
+    with opened(tmp_path / "chdb") as s:
+        yield s
+
+
+def partition_of(key: bytes | None) -> int:
+    """Deterministic: one UID always lands in one partition (as the collector's keyed produce does)."""
+    return zlib.crc32(key or b"") % PARTITIONS
+
+
+def to_records(deliveries: Sequence[Sequence[Any]]) -> list[RawRecord]:
+    """Deliveries as the raw topic holds them: keyed partition, offsets increasing per partition."""
+    next_offset = [0] * PARTITIONS
+    out = []
+    for received_at_ms, key, body in deliveries:
+        p = partition_of(key)
+        out.append(RawRecord(TOPIC, p, next_offset[p], received_at_ms, {HEADER_RECEIVED_AT: str(received_at_ms).encode()},
+                             body))
+        next_offset[p] += 1
+    return out
+
+
+def split(records: Sequence[RawRecord], sizes: Sequence[int]) -> list[list[RawRecord]]:
+    """Consecutive chunks of the given sizes (the last size repeats) covering every record."""
+    out, i, k = [], 0, 0
+    while i < len(records):
+        n = sizes[min(k, len(sizes) - 1)]
+        out.append(list(records[i:i + n]))
+        i, k = i + n, k + 1
+    return out
+
+
+def consume(store: ClickHouseStore, chunks: Sequence[Sequence[RawRecord]], dedup: Deduplicator | None = None) -> None:
+    """What the worker does per batch: validate/dedup/roll up, write, then commit the dedup state."""
+    dedup = dedup or Deduplicator()
+    for chunk in chunks:
+        outcome = process(list(chunk), dedup)
+        store.write(outcome.batch)
+        dedup.commit()
+
+
+def rows(store: ClickHouseStore, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    columns, result = store.query(sql, parameters)
+    return [{c: (v.isoformat() if isinstance(v, date) else v) for c, v in zip(columns, r)} for r in result]
+
+
+def view(store: ClickHouseStore, name: str, columns: Sequence[str]) -> list[dict[str, Any]]:
+    got = rows(store, f"SELECT {', '.join(columns)} FROM {name}")
+    return sorted(got, key=lambda r: tuple(str(r[c]) for c in columns))
+
+
+def truth_views(store: ClickHouseStore, truth: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every view of the ground-truth dict, read with exactly the ground truth's columns."""
+    out = {}
+    for name in ("fleet_daily", "gateways_by_frequency_plan_daily", "deployments_by_version_daily", "rejected_daily"):
+        expected = truth[name]
+        columns = list(expected[0]) if expected else ["day"]
+        out[name] = view(store, name, columns)
+    return out
+
+
+def sorted_truth(truth: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for name in ("fleet_daily", "gateways_by_frequency_plan_daily", "deployments_by_version_daily", "rejected_daily"):
+        columns = list(truth[name][0]) if truth[name] else ["day"]
+        out[name] = sorted(truth[name], key=lambda r: tuple(str(r[c]) for c in columns))
+    return out
+
+
+def latest_messages(deliveries: Sequence[Sequence[Any]]) -> dict[tuple[str, str], TelemetryMessage]:
+    """Per (day, uid) the valid message with the latest receive time (ties: later in the list), as ground_truth()."""
+    latest: dict[tuple[str, str], tuple[int, TelemetryMessage]] = {}
+    for received_at_ms, _key, body in deliveries:
+        m = validate(body)
+        if isinstance(m, Rejection):
+            continue
+        k = (day_of(received_at_ms).isoformat(), m.uid)
+        if k not in latest or received_at_ms >= latest[k][0]:
+            latest[k] = (received_at_ms, m)
+    return {k: m for k, (_t, m) in latest.items()}
+
+
+def extra_truth(deliveries: Sequence[Sequence[Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The views ground_truth() does not cover, derived the same way (latest valid body per day and UID)."""
+    by: dict[str, Counter[tuple[str, str]]] = {n: Counter() for n in (
+        "deployments_by_os_daily", "deployments_by_arch_daily", "deployments_by_go_version_daily",
+        "cli_installs_by_version_daily", "cli_installs_by_os_daily", "cli_installs_by_arch_daily")}
+    flags: Counter[tuple[str, str]] = Counter()
+    for (day, _uid), m in latest_messages(deliveries).items():
+        o = m.os
+        os_, arch = (o.operating_system, o.arch) if o else ("", "")
+        if m.kind == "is":
+            by["deployments_by_os_daily"][(day, os_)] += 1
+            by["deployments_by_arch_daily"][(day, arch)] += 1
+            by["deployments_by_go_version_daily"][(day, o.golang_version.strip() if o else "")] += 1
+            flags[(day, "default_uid_deployments")] += int(m.is_default_uid)
+            flags[(day, "inconsistent_deployments")] += int(bool(inconsistencies(m)))
+        else:
+            by["cli_installs_by_version_daily"][(day, major_minor(o.binary_version) if o else "unknown")] += 1
+            by["cli_installs_by_os_daily"][(day, os_)] += 1
+            by["cli_installs_by_arch_daily"][(day, arch)] += 1
+            flags[(day, "default_uid_deployments")] += 0
+            flags[(day, "inconsistent_deployments")] += 0
+    cols = {"deployments_by_os_daily": ("operating_system", "deployments"), "deployments_by_arch_daily": ("arch", "deployments"),
+            "deployments_by_go_version_daily": ("golang_version", "deployments"),
+            "cli_installs_by_version_daily": ("version", "installs"), "cli_installs_by_os_daily": ("operating_system", "installs"),
+            "cli_installs_by_arch_daily": ("arch", "installs")}
+    out = {name: sorted(({"day": d, cols[name][0]: k, cols[name][1]: n} for (d, k), n in c.items()),
+                        key=lambda r: (r["day"], r[cols[name][0]])) for name, c in by.items()}
+    days = sorted({d for d, _ in flags})
+    out["fleet_flags"] = [{"day": d, "default_uid_deployments": flags[(d, "default_uid_deployments")],
+                           "inconsistent_deployments": flags[(d, "inconsistent_deployments")]} for d in days]
+    return out
+
+
+def extra_views(store: ClickHouseStore) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for name, (key, value) in {
+        "deployments_by_os_daily": ("operating_system", "deployments"), "deployments_by_arch_daily": ("arch", "deployments"),
+        "deployments_by_go_version_daily": ("golang_version", "deployments"),
+        "cli_installs_by_version_daily": ("version", "installs"), "cli_installs_by_os_daily": ("operating_system", "installs"),
+        "cli_installs_by_arch_daily": ("arch", "installs"),
+    }.items():
+        out[name] = view(store, name, ["day", key, value])
+    out["fleet_flags"] = view(store, "fleet_daily", ["day", "default_uid_deployments", "inconsistent_deployments"])
+    return out
+
+
+def everything(store: ClickHouseStore) -> dict[str, Any]:
+    """Every analyst view in full (for "unchanged" comparisons)."""
+    out: dict[str, Any] = {}
+    for name in ANALYST_VIEWS:
+        columns, result = store.query(f"SELECT * FROM {name}")
+        out[name] = sorted(repr(r) for r in result)
+    out["snapshots_rows"] = store.query("SELECT count() FROM snapshots_latest")[1]
+    out["rejections_rows"] = store.query("SELECT count() FROM rejections FINAL")[1]
+    return out
+
+
+def is_body(uid: str, *, end_devices: int = 10, gateways: dict[str, int] | None = None, binary_version: str = "3.32.1",
+            operating_system: str = "linux", arch: str = "amd64", golang_version: str = "go1.22.5",
+            last_day: int = 1) -> bytes:
+    plans = gateways if gateways is not None else {"EU_863_870_TTN": 2}
+    obj = {
+        "uid": uid,
+        "os": {"operating_system": operating_system, "arch": arch, "binary_version": binary_version,
+               "golang_version": golang_version},
+        "cli": None,
+        "entities_count": {
+            "gateways": {"total": sum(plans.values()), "gateways_by_frequency_plan_id": plans},
+            "end_devices": {"total": end_devices, "activate_end_devices": {
+                "total": end_devices, "last_day": last_day, "last_week": 2, "last_month": 3}},
+            "applications": {"total": 1},
+            "accounts": {"users": {"standard": 4, "admin": 1}, "organizations": {"total": 2}},
+        },
+    }
+    return json.dumps(obj, ensure_ascii=False).encode()
+
+
+def cli_body(uid: str = CLI_UID, binary_version: str = "3.34.2") -> bytes:
+    return json.dumps({"uid": uid, "os": {"operating_system": "darwin", "arch": "arm64", "binary_version": binary_version,
+                                          "golang_version": "go1.23.1"}, "cli": {}, "entities_count": None}).encode()
+
+
+def small_deliveries() -> list[Delivery]:
+    """Two days, two deployments (one sending twice on day 1), a CLI install, two rejects."""
+    return [
+        Delivery(DAY0 + 1 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=10)),
+        Delivery(DAY0 + 2 * H, IS_UID_B.encode(), is_body(IS_UID_B, end_devices=7, gateways={"US_902_928_FSB_2": 3})),
+        Delivery(DAY0 + 3 * H, CLI_UID.encode(), cli_body()),
+        Delivery(DAY0 + 4 * H, None, b"{not json"),
+        Delivery(DAY0 + 5 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=12, binary_version="3.33.0")),
+        Delivery(DAY0 + 26 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=13)),
+        Delivery(DAY0 + 27 * H, b"x", b'{"uid":"x","os":null,"cli":{},"entities_count":null}'),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# chDB itself
+# ---------------------------------------------------------------------------------------------
+
+
+def test_chdb_one_path_at_a_time(tmp_path: Path):
+    """The constraint these tests are built on: a second path needs the first closed."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = ClickHouseStore(f"chdb://{a}").open()
+    try:
+        with pytest.raises(Exception, match="already initialized with path"):
+            ClickHouseStore(f"chdb://{b}", retry_max_s=0.01).client.query("SELECT 1")
+    finally:
+        first.close()
+    with opened(b) as second:  # once the first is closed, another path opens in the same process
+        assert second.query("SELECT 1")[1] == [(1,)]
+    with opened(a) as again:
+        assert again.query("SELECT count() FROM schema_migrations")[1] == [(len(migrations()),)]
+
+
+# ---------------------------------------------------------------------------------------------
+# migrations
+# ---------------------------------------------------------------------------------------------
+
+
+def test_migrations_are_idempotent(tmp_path: Path):
+    files = migrations()
+    assert files and [v for v, _, _ in files] == sorted({v for v, _, _ in files})
+    with opened(tmp_path / "chdb") as s:
+        assert s.migrate() == []  # open() applied everything; a second run in the same process applies nothing
+        names = {r[0] for r in s.query("SELECT name FROM system.tables WHERE database = currentDatabase()")[1]}
+        assert set(TABLES + ANALYST_VIEWS) <= names
+        created = s.query("SELECT name, create_table_query FROM system.tables WHERE database = currentDatabase()")[1]
+    with opened(tmp_path / "chdb") as s:  # a restart
+        assert s.migrate() == []
+        got = s.query("SELECT version, name FROM schema_migrations ORDER BY version")[1]  # no FINAL: really one row each
+        assert got == [(v, n) for v, n, _ in files]
+        assert s.query("SELECT name, create_table_query FROM system.tables WHERE database = currentDatabase()")[1] == created
+
+
+# ---------------------------------------------------------------------------------------------
+# idempotent writes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_small_batch_matches_ground_truth(store: ClickHouseStore):
+    deliveries = small_deliveries()
+    consume(store, [to_records(deliveries)])
+    truth = ground_truth(deliveries)
+    assert truth_views(store, truth) == sorted_truth(truth)
+    fleet = {r["day"]: r for r in truth["fleet_daily"]}
+    assert fleet["2025-01-01"]["deployments"] == 2 and fleet["2025-01-01"]["end_devices"] == 12 + 7
+    assert fleet["2025-01-01"]["cli_installs"] == 1
+    assert rows(store, "SELECT day, reason, messages FROM rejected_daily ORDER BY day") == [
+        {"day": "2025-01-01", "reason": "not_json", "messages": 1}, {"day": "2025-01-02", "reason": "bad_uid", "messages": 1}]
+
+
+def test_batch_written_twice_or_split_differently_counts_once(store: ClickHouseStore):
+    deliveries = small_deliveries()
+    records = to_records(deliveries)
+    consume(store, [records])
+    once = everything(store)
+    consume(store, [records])  # the same batch again (a worker died before committing its offsets)
+    assert everything(store) == once
+    consume(store, split(records, [3, 4]))  # re-sent with the rows split differently, fresh dedup state
+    consume(store, split(records, [1]))
+    assert everything(store) == once
+    # the same Batch object written twice, bypassing the pipeline's dedup
+    batch = process(records, Deduplicator()).batch
+    store.write(batch)
+    store.write(batch)
+    assert everything(store) == once
+    truth = ground_truth(deliveries)
+    assert truth_views(store, truth) == sorted_truth(truth)
+
+
+def test_older_snapshot_written_later_does_not_win(store: ClickHouseStore):
+    newer = Delivery(DAY0 + 5 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=50))
+    older = Delivery(DAY0 + 1 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=5))
+    [rec_newer] = to_records([newer])
+    rec_older = RawRecord(TOPIC, rec_newer.partition, rec_newer.offset + 7, older.received_at_ms,
+                          {HEADER_RECEIVED_AT: str(older.received_at_ms).encode()}, older.body)
+    consume(store, [[rec_newer]])
+    consume(store, [[rec_older]])  # a higher offset but an earlier receive time: receive time decides
+    assert rows(store, "SELECT deployments, end_devices FROM fleet_daily") == [{"deployments": 1, "end_devices": 50}]
+    assert rows(store, "SELECT end_devices, received_at FROM snapshots_latest")[0]["end_devices"] == 50
+    # the other order gives the same answer
+    assert ground_truth([older, newer])["fleet_daily"][0]["end_devices"] == 50
+
+
+def test_latest_received_body_of_a_day_is_the_snapshot(store: ClickHouseStore):
+    first = Delivery(DAY0 + 1 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=10, gateways={"EU_863_870": 1}))
+    second = Delivery(DAY0 + 9 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=11, gateways={"AS_923": 4},
+                                                               binary_version="3.33.1"))
+    consume(store, [to_records([first, second])])  # both in one batch
+    assert rows(store, "SELECT deployments, end_devices, gateways FROM fleet_daily") == [
+        {"deployments": 1, "end_devices": 11, "gateways": 4}]
+    assert view(store, "gateways_by_frequency_plan_daily", ["frequency_plan_id", "gateways"]) == [
+        {"frequency_plan_id": "AS_923", "gateways": 4}]
+    assert view(store, "deployments_by_version_daily", ["version", "deployments"]) == [{"version": "3.33", "deployments": 1}]
+    latest = rows(store, "SELECT uid, body, source_offset FROM snapshots_latest")
+    assert latest == [{"uid": IS_UID_A, "body": second.body.decode(), "source_offset": 1}]
+    # equal receive times: the later offset (later in the partition) wins, as in ground_truth()
+    tie = Delivery(DAY0 + 9 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=99))
+    consume(store, [to_records([first, second, tie])])
+    assert rows(store, "SELECT end_devices FROM fleet_daily") == [{"end_devices": 99}]
+    assert ground_truth([first, second, tie])["fleet_daily"][0]["end_devices"] == 99
+
+
+def test_zero_gateway_plan_is_kept_as_sent(store: ClickHouseStore):
+    d = [Delivery(DAY0 + H, IS_UID_A.encode(), is_body(IS_UID_A, gateways={"EU_863_870": 0, "US_902_928_FSB_2": 2}))]
+    consume(store, [to_records(d)])
+    truth = ground_truth(d)
+    assert truth_views(store, truth) == sorted_truth(truth)
+    assert {"day": "2025-01-01", "frequency_plan_id": "EU_863_870", "gateways": 0} in truth["gateways_by_frequency_plan_daily"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG sinks/clickhouse.py ClickHouseStore._refresh: the row of a day without "
+                   "snapshots has 15 zeros instead of 14 -> 'Insert data column count does not match column names', "
+                   "retried forever. Remove this marker with the fix.")
+def test_day_with_only_rejections(store: ClickHouseStore):
+    store.stopping.set()  # fail at once instead of retrying forever
+    store.write(Batch(rejections=[rejection_row("not_json", "x", b"{", DAY0 + H, TOPIC, 0, 0)]))
+    assert rows(store, "SELECT day, reason, messages FROM rejected_daily") == [
+        {"day": "2025-01-01", "reason": "not_json", "messages": 1}]
+    assert rows(store, "SELECT * FROM fleet_daily") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# exactness against the simulator
+# ---------------------------------------------------------------------------------------------
+
+
+def test_views_equal_the_simulator_ground_truth_exactly(store: ClickHouseStore):
+    sim = generate(deployments=60, cli_installs=20, days=5, seed=7, end_day="2025-03-05")
+    deliveries = sim.deliveries
+    assert sim.stats["resend"] and sim.stats["changed"] and sim.stats["malformed"]  # the cases that matter occur
+    records = to_records(deliveries)
+    truth = ground_truth(deliveries)
+    want, want_extra = sorted_truth(truth), extra_truth(deliveries)
+
+    consume(store, split(records, [50, 17, 133, 64]))
+    assert truth_views(store, truth) == want
+    assert extra_views(store) == want_extra
+    assert sum(r["messages"] for r in truth["rejected_daily"]) == sim.stats["malformed"]
+    n_latest = sum(r["deployments"] + r["cli_installs"] for r in truth["fleet_daily"])
+    assert store.query("SELECT count() FROM snapshots_latest")[1] == [(n_latest,)]
+    state = everything(store)
+
+    # a replay of everything, split differently, by a restarted worker (empty dedup state)
+    consume(store, split(records, [211, 9, 77]))
+    assert truth_views(store, truth) == want
+    assert everything(store) == state
+    # and the stream in reverse batch order (an older batch re-delivered after newer ones)
+    consume(store, list(reversed(split(records, [120]))))
+    assert everything(store) == state
+    # merges change nothing either
+    for table in ("snapshots", "rejections", "daily_rollup"):
+        store.client.command(f"OPTIMIZE TABLE {table} FINAL")
+    assert everything(store) == state
+
+
+# ---------------------------------------------------------------------------------------------
+# backpressure while ClickHouse is unavailable
+# ---------------------------------------------------------------------------------------------
+
+
+class RecordingStop(threading.Event):
+    """The store's `stopping` event: records each backoff wait instead of sleeping; sets itself after `stop_after`."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+        self.stop_after = stop_after
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(float(timeout or 0))
+        if self.stop_after is not None and len(self.waits) >= self.stop_after:
+            self.set()
+        return self.is_set()
+
+
+def flaky(fn: Callable[..., Any], failures: list[bool]) -> Callable[..., Any]:
+    """fn, but the k-th call raises a driver error when failures[k] is True (calls beyond the list pass)."""
+    calls = [0]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        k = calls[0]
+        calls[0] += 1
+        if k < len(failures) and failures[k]:
+            raise OperationalError("Error HTTPConnectionPool(host='clickhouse', port=8123): Connection refused")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def test_write_retries_with_backoff_and_loses_nothing(store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture):
+    deliveries = small_deliveries()
+    batch = process(to_records(deliveries), Deduplicator()).batch
+    client = store.client
+    store.retry_max_s = 2.0
+    store.stopping = RecordingStop()
+    # inserts: snapshots fail, fail, ok, then rejections fail (after the snapshots went in), then all ok;
+    # the rollup read fails once too: every retry re-runs the whole write
+    monkeypatch.setattr(client, "insert", flaky(client.insert, [True, True, False, True]))
+    monkeypatch.setattr(client, "query", flaky(client.query, [True]))
+    with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"):
+        store.write(batch)
+    assert store.stopping.waits == [0.5, 1.0, 2.0, 2.0]  # exponential, capped at retry_max_s
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 4
+    assert all(re.match(r"ClickHouse write of \d+ rows failed \(attempt \d, chdb://", w) for w in warnings), warnings
+    assert "Connection refused" in warnings[0] and "offsets are held, retrying in 0.5s" in warnings[0]
+    assert "attempt 4" in warnings[-1]
+    assert store.last_write_at is not None
+    monkeypatch.undo()
+    truth = ground_truth(deliveries)
+    assert truth_views(store, truth) == sorted_truth(truth)  # nothing lost, nothing twice
+    consume(store, [to_records(deliveries)])
+    assert truth_views(store, truth) == sorted_truth(truth)
+
+
+def test_write_gives_up_when_stopping(store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture):
+    batch = process(to_records(small_deliveries()), Deduplicator()).batch
+    client = store.client
+    monkeypatch.setattr(client, "insert", flaky(client.insert, [True] * 1000))
+    store.stopping = RecordingStop(stop_after=3)
+    store.last_write_at = None
+    with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"), pytest.raises(OperationalError):
+        store.write(batch)
+    assert store.stopping.waits == [0.5, 1.0, 2.0]  # three backoffs, then the stop is seen at the next failure
+    assert store.last_write_at is None
+    store.stopping = RecordingStop()
+    store.stopping.set()
+    with pytest.raises(OperationalError):
+        store.write(batch)  # already stopping: the first failure is raised, no wait
+    assert store.stopping.waits == []
+    monkeypatch.undo()
+    assert store.query("SELECT count() FROM snapshots")[1] == [(0,)]
+
+
+def test_write_does_not_retry_our_own_bugs(store: ClickHouseStore):
+    bad = Batch(snapshots=[{"day": "2025-01-01"}])  # a row without its fields: a KeyError, not an outage
+    store.stopping = RecordingStop()
+    with pytest.raises(KeyError):
+        store.write(bad)
+    assert store.stopping.waits == []
+
+
+def test_server_unreachable_retries_and_redacts_password(caplog: pytest.LogCaptureFixture):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = ClickHouseStore(f"http://default:s3cret@127.0.0.1:{port}/default", retry_max_s=1.0)
+    s.stopping = RecordingStop(stop_after=2)
+    with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"), pytest.raises(Exception):
+        s.open()
+    s.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and s.stopping.waits == [0.5, 1.0]
+    assert all("connect and migrate failed" in w for w in warnings)
+    assert f"http://default:***@127.0.0.1:{port}/default" in warnings[0]
+    assert not any("s3cret" in w for w in warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# snapshot TTL
+# ---------------------------------------------------------------------------------------------
+
+
+def test_snapshot_ttl_setting_adds_and_removes_the_ttl(tmp_path: Path):
+    path = tmp_path / "chdb"
+
+    def create(s: ClickHouseStore) -> str:
+        return str(s.client.command("SHOW CREATE TABLE snapshots"))
+
+    with opened(path) as s:
+        assert "TTL" not in create(s)
+    with opened(path, snapshot_ttl_days=30) as s:
+        assert "TTL day + toIntervalDay(30)" in create(s)
+        consume(s, [to_records(small_deliveries())])
+        assert "TTL" not in str(s.client.command("SHOW CREATE TABLE daily_rollup"))  # aggregates are kept
+    with opened(path, snapshot_ttl_days=90) as s:
+        assert "toIntervalDay(90)" in create(s) and "toIntervalDay(30)" not in create(s)
+    with opened(path) as s:
+        assert "TTL" not in create(s)
+        # old test days (2025-01) are far beyond any TTL: rows are still there once the TTL is gone
+        assert s.query("SELECT count() FROM fleet_daily")[1] == [(2,)]
+
+
+# ---------------------------------------------------------------------------------------------
+# values are never spliced into SQL
+# ---------------------------------------------------------------------------------------------
+
+NASTY = [
+    "EU'); DROP TABLE snapshots; --",
+    'US_902"928\\FSB_2\\\'',
+    "ünïcødé_€_😀_计划",
+    "{days:Array(Date)} %s %(x)s ?",
+    "tab\there\nnewline\r\x00nul",
+    "' OR 1=1 UNION SELECT * FROM system.tables --",
+    "\\",
+]
+
+
+def test_values_round_trip_exactly_and_are_never_spliced(store: ClickHouseStore):
+    plans = {p: i + 1 for i, p in enumerate(NASTY)}
+    binary_version = "3.32.1 ('); DROP TABLE daily_rollup; -- \\ \" ü 😀)"
+    os_name = "lin'ux\"\\ ☃"
+    arch = "x' || '1"
+    deliveries = [
+        Delivery(DAY0 + H, IS_UID_A.encode(), is_body(IS_UID_A, gateways=plans, binary_version=binary_version,
+                                                      operating_system=os_name, arch=arch, golang_version=" go1.22'")),
+        Delivery(DAY0 + 2 * H, None, "{\"uid\": \"'); DROP TABLE rejections; -- ü\\\\\"".encode()),
+    ]
+    outcome = process(to_records(deliveries), Deduplicator())
+    assert len(outcome.batch.snapshots) == 1 and len(outcome.batch.rejections) == 1
+    store.write(outcome.batch)
+    truth = ground_truth(deliveries)
+    assert truth_views(store, truth) == sorted_truth(truth)
+    got = {r["frequency_plan_id"]: r["gateways"] for r in rows(store, "SELECT * FROM gateways_by_frequency_plan_daily")}
+    assert got == plans
+    assert rows(store, "SELECT operating_system, deployments FROM deployments_by_os_daily") == [
+        {"operating_system": os_name, "deployments": 1}]
+    assert rows(store, "SELECT arch FROM deployments_by_arch_daily") == [{"arch": arch}]
+    assert rows(store, "SELECT golang_version FROM deployments_by_go_version_daily") == [{"golang_version": "go1.22'"}]
+    assert rows(store, "SELECT version FROM deployments_by_version_daily") == [{"version": "3.32"}]  # major.minor
+    latest = rows(store, "SELECT binary_version, gateways_by_frequency_plan, body FROM snapshots_latest")
+    assert latest == [{"binary_version": binary_version, "gateways_by_frequency_plan": plans,
+                       "body": deliveries[0].body.decode()}]
+    rej = rows(store, "SELECT reason, body FROM rejections")
+    assert rej == [{"reason": "not_json", "body": deliveries[1].body.decode()}]
+    # query parameters are bound by ClickHouse, not formatted into the text
+    for plan in NASTY:
+        found = rows(store, "SELECT gateways FROM gateways_by_frequency_plan_daily WHERE frequency_plan_id = {p:String}",
+                     {"p": plan})
+        assert found == [{"gateways": plans[plan]}], plan
+    # every table is still there
+    names = {r[0] for r in store.query("SELECT name FROM system.tables WHERE database = currentDatabase()")[1]}
+    assert set(TABLES + ANALYST_VIEWS) <= names
+
+
+# ---------------------------------------------------------------------------------------------
+# read-only analyst access
+# ---------------------------------------------------------------------------------------------
+
+WRITES = [
+    "INSERT INTO rejections (day, reason) VALUES ('2025-01-01', 'forged')",
+    "DROP TABLE snapshots",
+    "TRUNCATE TABLE daily_rollup",
+    "ALTER TABLE snapshots DELETE WHERE 1",
+    "CREATE TABLE intruder (a UInt8) ENGINE = Memory",
+    "OPTIMIZE TABLE snapshots FINAL",
+    "SET max_threads = 1",
+]
+
+
+def test_query_is_read_only(store: ClickHouseStore):
+    consume(store, [to_records(small_deliveries())])
+    before = everything(store)
+    for sql in WRITES:
+        with pytest.raises(Exception, match="(?i)readonly"):
+            store.query(sql)
+    store.close()  # check with a fresh session (see the next test for why)
+    store.open()
+    assert store.query("SELECT count() FROM system.tables WHERE name = 'intruder'")[1] == [(0,)]
+    assert everything(store) == before
+    with pytest.raises(Exception, match="TOO_MANY_ROWS|Limit for result exceeded"):
+        store.query("SELECT number FROM numbers(1000)", limit_rows=10)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG sinks/clickhouse.py ClickHouseStore.query: on chDB a refused non-SELECT "
+                   "statement leaves the store's only session at readonly=1 (clickhouse-connect applies DDL/INSERT "
+                   "settings with SET and cannot restore them under readonly), so every later write fails forever; "
+                   "a result-limit error leaves unread blocks that break the next query. Remove this marker with the fix.")
+def test_refused_analyst_statements_do_not_break_the_writer(store: ClickHouseStore):
+    store.stopping.set()  # fail at once instead of retrying forever
+    for sql in WRITES:
+        with pytest.raises(Exception):
+            store.query(sql)
+    with pytest.raises(Exception):
+        store.query("SELECT number FROM numbers(300000)")  # over the 100k result limit, in several blocks
+    assert store.query("SELECT 42")[1] == [(42,)]  # the next query gets its own answer
+    consume(store, [to_records(small_deliveries())])  # and the writer still writes
+    truth = ground_truth(small_deliveries())
+    assert truth_views(store, truth) == sorted_truth(truth)
+
+
+# ---------------------------------------------------------------------------------------------
+# the ready queries of docs/analysts.md
+# ---------------------------------------------------------------------------------------------
+
+
+def doc_queries() -> list[tuple[str, str]]:
+    """(title, sql) of every ```sql block of docs/analysts.md; the title is the nearest heading above it."""
+    text = ANALYSTS_DOC.read_text()
+    out, heading = [], ""
+    for m in re.finditer(r"^(#{2,4} .+)$|^```sql\n(.*?)^```", text, re.M | re.S):
+        if m.group(1):
+            heading = m.group(1).lstrip("#").strip()
+        else:
+            out.append((heading, m.group(2).strip()))
+    return out
+
+
+def test_analysts_doc_has_ready_queries():
+    queries = doc_queries()
+    assert len(queries) >= 10
+    text = ANALYSTS_DOC.read_text()
+    for name in TABLES + ANALYST_VIEWS:  # every table and view is documented
+        assert f"`{name}`" in text, name
+
+
+def test_analysts_doc_queries_run(tmp_path: Path):
+    sim = generate(deployments=60, cli_installs=20, days=15, seed=7, default_uid_rate=0.1, malformed_rate=0.03)
+    with opened(tmp_path / "chdb") as s:
+        consume(s, split(to_records(sim.deliveries), [400]))
+        # the doc names every column of every table and view
+        text = ANALYSTS_DOC.read_text()
+        for name in TABLES + ANALYST_VIEWS:
+            for (column,) in s.query(f"SELECT name FROM system.columns WHERE database = currentDatabase() "
+                                     f"AND table = '{name}'")[1]:
+                assert f"`{column}`" in text, f"{name}.{column} is not documented in docs/analysts.md"
+        empty = []
+        for title, sql in doc_queries():
+            try:
+                columns, result = s.query(sql)  # exactly as /api/sql and `is-telemetry sql` run it: read-only
+            except Exception as exc:  # noqa: BLE001
+                pytest.fail(f"docs/analysts.md query {title!r} failed: {exc}\n{sql}")
+            assert columns, title
+            if not result:
+                empty.append(title)
+        assert not empty, f"queries without rows on simulated data: {empty}"
