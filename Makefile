@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean schema
+.PHONY: install run test test-deps bench soak clean schema
 
 install: $(STAMP)
 
@@ -18,11 +18,26 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/is-telemetry up
 
-test: install
+# Debian packages the tests use: PostgreSQL 15 server (IS database), Chromium (dashboard), docker-compose (validates compose/).
+test-deps:
+	@missing=""; \
+	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium chromium-driver"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: install test-deps
 	$(BIN)/python -m pytest -q tests
 
 bench: install
 	$(BIN)/python -m bench
+
+soak: install
+	$(BIN)/python -m bench.soak_collector --seconds 300
 
 schema: install
 	$(BIN)/is-telemetry schema > docs/telemetry-message.schema.json

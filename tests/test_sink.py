@@ -201,11 +201,17 @@ def extra_views(store: ClickHouseStore) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def everything(store: ClickHouseStore) -> dict[str, Any]:
-    """Every analyst view in full (for "unchanged" comparisons)."""
+def everything(store: ClickHouseStore, positions: bool = True) -> dict[str, Any]:
+    """Every analyst view in full (for "unchanged" comparisons).
+
+    positions=False leaves out where each snapshot was read from (receive time, partition, offset): the dedup
+    drops an exact re-send of the body it last saw, so after a replay in another order the stored copy of a
+    (day, UID) snapshot can be an identical body received at another time. Its content, and every aggregate,
+    are the same."""
     out: dict[str, Any] = {}
     for name in ANALYST_VIEWS:
-        columns, result = store.query(f"SELECT * FROM {name}")
+        columns = "*" if positions or name != "snapshots_latest" else "* EXCEPT (received_at, source_partition, source_offset)"
+        columns, result = store.query(f"SELECT {columns} FROM {name}")
         out[name] = sorted(repr(r) for r in result)
     out["snapshots_rows"] = store.query("SELECT count() FROM snapshots_latest")[1]
     out["rejections_rows"] = store.query("SELECT count() FROM rejections FINAL")[1]
@@ -404,12 +410,15 @@ def test_views_equal_the_simulator_ground_truth_exactly(store: ClickHouseStore):
     assert truth_views(store, truth) == want
     assert everything(store) == state
     # and the stream in reverse batch order (an older batch re-delivered after newer ones)
+    content = everything(store, positions=False)
     consume(store, list(reversed(split(records, [120]))))
-    assert everything(store) == state
+    assert truth_views(store, truth) == want
+    assert extra_views(store) == want_extra
+    assert everything(store, positions=False) == content
     # merges change nothing either
     for table in ("snapshots", "rejections", "daily_rollup"):
         store.client.command(f"OPTIMIZE TABLE {table} FINAL")
-    assert everything(store) == state
+    assert everything(store, positions=False) == content
 
 
 # ---------------------------------------------------------------------------------------------
