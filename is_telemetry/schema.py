@@ -8,6 +8,7 @@ fields. Every count is an unsigned 64-bit integer (strict: no floats, no strings
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,20 @@ IS_UID_PATTERN = r"^[A-Za-z0-9+/]{86}==$"
 CLI_UID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _IS_UID = re.compile(IS_UID_PATTERN)
 _CLI_UID = re.compile(CLI_UID_PATTERN)
+
+def _valid_is_uid(uid: str) -> bool:
+    """Standard base64 (with padding) of exactly 64 bytes, as TTS's SHA-512 UID."""
+    if not _IS_UID.match(uid):
+        return False
+    try:
+        return len(base64.b64decode(uid, validate=True)) == 64 and base64.b64encode(base64.b64decode(uid)).decode() == uid
+    except ValueError:
+        return False
+
+
+def _valid_cli_uid(uid: str) -> bool:
+    return bool(_CLI_UID.match(uid))
+
 
 Count = Annotated[int, Field(ge=0, le=UINT64_MAX, strict=True)]
 
@@ -114,8 +129,7 @@ class TelemetryMessage(_Model):
     def _one_kind(self) -> TelemetryMessage:
         if (self.cli is None) == (self.entities_count is None):
             raise PydanticCustomError("kind_ambiguous", "exactly one of 'cli' and 'entities_count' must be non-null")
-        pattern = _CLI_UID if self.cli is not None else _IS_UID
-        if not pattern.match(self.uid):
+        if not (_valid_cli_uid(self.uid) if self.cli is not None else _valid_is_uid(self.uid)):
             kind = "a UUID (CLI)" if self.cli is not None else "88-char base64 of a SHA-512 digest (Identity Server)"
             raise PydanticCustomError("bad_uid", "uid must be {kind}", {"kind": kind})
         return self

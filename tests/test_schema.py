@@ -67,6 +67,8 @@ EC = ["entities_count"]
         (_mutate([*EC, "applications", "total"], 1.5), Reason.FRACTIONAL),
         (IS_SAMPLE.replace(b'"total":120', b'"total":18446744073709551616'), Reason.OUT_OF_RANGE),
         (_mutate(["uid"], "short"), Reason.BAD_UID),
+        (_mutate(["uid"], DEFAULT_UID[:85] + "B=="), Reason.BAD_UID),  # 88 chars, but not 64 canonical bytes
+        (_mutate(["uid"], DEFAULT_UID[:86] + "A="), Reason.BAD_UID),
         (_mutate(["uid"], "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94"), Reason.BAD_UID),
         (_mutate(["cli"], {}), Reason.KIND_AMBIGUOUS),
         (_mutate(["entities_count"], None), Reason.KIND_AMBIGUOUS),

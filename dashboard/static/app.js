@@ -8,6 +8,7 @@
   const charts = {};
   const PALETTE = ["#0d6efd", "#e8590c", "#2b8a3e", "#ae3ec9", "#1098ad", "#c92a2a", "#5c940d", "#d6336c",
     "#495057", "#f08c00", "#364fc7", "#087f5b", "#862e9c", "#a61e4d", "#74b816", "#0b7285"];
+  const DAY_TICKS = { maxRotation: 0, autoSkipPadding: 14 };
   let generation = 0; // a newer load supersedes an older one still in flight
 
   // JSON with exact 64-bit integers: a number beyond 2^53 becomes a BigInt (from its source text).
@@ -112,7 +113,7 @@
         const sign = c > 0 ? "+" : c < 0 ? "−" : "±";
         const abs = typeof r.change === "bigint" ? (r.change < 0n ? -r.change : r.change) : Math.abs(r.change);
         text = sign + fmt(abs) + (r.change_pct !== null ? " (" + (r.change_pct > 0 ? "+" : "") + r.change_pct.toFixed(1) + "%)" : "") +
-          " vs a week before";
+          " in a week";
       }
       return el("div", { class: "card", "data-metric": r.metric, title: r.metric }, [
         el("span", { class: "label", text: r.label }),
@@ -129,7 +130,7 @@
     draw("chart-gateways", {
       type: "bar",
       data: { labels: rows.map((r) => r.frequency_plan_id),
-        datasets: [{ label: "Gateways", data: rows.map((r) => num(r.gateways)), backgroundColor: PALETTE[0] }] },
+        datasets: [{ label: "Gateways", data: rows.map((r) => num(r.gateways)), backgroundColor: PALETTE[0], maxBarThickness: 26 }] },
       options: { indexAxis: "y", plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true } } },
     });
     fillTable("table-gateways", rows.map((r) => el("tr", { "data-plan": r.frequency_plan_id }, [
@@ -137,14 +138,14 @@
     setPanel("#panel-gateways", rows.length ? "ready" : "empty", data.day);
   }
 
-  function lineChart(id, labels, series) {
+  function lineChart(id, labels, series, scales) {
     draw(id, {
       type: "line",
       data: { labels, datasets: series.map((s, i) => ({ label: s.label, data: s.data, borderColor: PALETTE[i],
         backgroundColor: PALETTE[i], pointRadius: labels.length > 60 ? 0 : 2, tension: 0.15, spanGaps: false,
         yAxisID: s.axis || "y" })) },
-      options: { interaction: { mode: "index", intersect: false }, plugins: { legend: { position: "bottom" } },
-        scales: series.options || { y: { beginAtZero: true } } },
+      options: { interaction: { mode: "index", intersect: false }, plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
+        scales: Object.assign({ x: { ticks: DAY_TICKS } }, scales || { y: { beginAtZero: true } }) },
     });
   }
 
@@ -167,8 +168,7 @@
       { label: "Users", data: col("users") },
       { label: "Organizations", data: col("organizations") },
     ];
-    entities.options = { y: { type: "logarithmic" } };
-    lineChart("chart-entities", axis, entities);
+    lineChart("chart-entities", axis, entities, { y: { type: "logarithmic" } });
     const newest = data.rows.slice().reverse();
     fillTable("table-active", newest.map((r) => el("tr", { "data-day": r.day }, [el("td", { text: r.day }),
       td(r.active_last_day, { "data-metric": "active_last_day" }), td(r.active_last_week, { "data-metric": "active_last_week" }),
@@ -186,9 +186,9 @@
       type: "bar",
       data: { labels: axis, datasets: versions.map((v, i) => ({ label: v, backgroundColor: PALETTE[i % PALETTE.length],
         data: axis.map((d) => { const s = share.get(d + "|" + v); return s === undefined || s === null ? null : s * 100; }) })) },
-      options: { plugins: { legend: { position: "right" },
+      options: { plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } },
         tooltip: { callbacks: { label: (c) => c.dataset.label + ": " + c.parsed.y.toFixed(1) + "%" } } },
-        scales: { x: { stacked: true }, y: { stacked: true, min: 0, max: 100, ticks: { callback: (v) => v + "%" } } } },
+        scales: { x: { stacked: true, ticks: DAY_TICKS }, y: { stacked: true, min: 0, max: 100, ticks: { callback: (v) => v + "%" } } } },
     });
     const adoption = data.tables.adoption.rows;
     fillTable("table-versions", adoption.map((r) => el("tr", { "data-version": r.version }, [el("td", { text: r.version }),
@@ -203,7 +203,8 @@
       draw(id, {
         type: "bar",
         data: { labels: rows.map((r) => r.value || "(empty)"),
-          datasets: [{ label: "Deployments", data: rows.map((r) => num(r.deployments)), backgroundColor: PALETTE[k + 1] }] },
+          datasets: [{ label: "Deployments", data: rows.map((r) => num(r.deployments)), backgroundColor: PALETTE[k + 1],
+            maxBarThickness: 26 }] },
         options: { indexAxis: "y", plugins: { legend: { display: false }, title: { display: true, text: title } },
           scales: { x: { beginAtZero: true } } },
       });
@@ -220,12 +221,12 @@
     const rate = new Map(data.rows.map((r) => [r.day, r.rate === null ? null : r.rate * 100]));
     const datasets = data.reasons.map((reason, i) => ({ type: "bar", label: reason, yAxisID: "y", stack: "rejected",
       backgroundColor: PALETTE[(i + 4) % PALETTE.length], data: axis.map((d) => count.get(d + "|" + reason) || 0) }));
-    datasets.push({ type: "line", label: "Rejected rate (%)", yAxisID: "rate", borderColor: "#c92a2a", backgroundColor: "#c92a2a",
+    datasets.push({ type: "line", label: "Rejected rate (%)", yAxisID: "rate", borderColor: "#212529", backgroundColor: "#212529",
       pointRadius: axis.length > 60 ? 0 : 2, data: axis.map((d) => (rate.has(d) ? rate.get(d) : null)), order: -1 });
     draw("chart-rejected", {
       data: { labels: axis, datasets },
-      options: { interaction: { mode: "index", intersect: false }, plugins: { legend: { position: "bottom" } },
-        scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, title: { display: true, text: "messages" } },
+      options: { interaction: { mode: "index", intersect: false }, plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
+        scales: { x: { stacked: true, ticks: DAY_TICKS }, y: { stacked: true, beginAtZero: true, title: { display: true, text: "messages" } },
           rate: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false },
             ticks: { callback: (v) => v + "%" } } } },
     });
