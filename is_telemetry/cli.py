@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from is_telemetry.config import Settings, load_settings
+from is_telemetry import status
 from producers import identity_server, simulator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The Things Stack Identity Server telemetry pipeline.")
@@ -235,6 +236,7 @@ def config_cmd(
 
 app.command("produce")(identity_server.command)
 app.command("simulate")(simulator.command)
+app.command("status")(status.command)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ class CollectorSettings(_Section):
     host: str = Field("127.0.0.1", description="Collector listen address")
     port: int = Field(8480, ge=0, le=65535, description="Collector port (POST /collect)")
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies are refused with 413")
-    publish_timeout_s: float = Field(10.0, description="Kafka acknowledgement wait before answering 503")
+    publish_timeout_s: float = Field(8.0, description="Kafka acknowledgement wait before answering 503 (below TTS's 10 s client timeout)")
 
 
 class ApiSettings(_Section):

@@ -66,6 +66,9 @@ def make_producer(bootstrap_servers: str, **overrides: object) -> KafkaProducer:
         request_timeout_ms=10_000,
         max_block_ms=10_000,
         client_id="is-telemetry",
+        # kafka-python 3 turns idempotence on by default; Tansu answers InitProducerId with UnknownError after a
+        # restart and the producer then fails every send. Duplicates are harmless downstream (dedup + snapshots).
+        enable_idempotence=False,
     )
     config.update(overrides)
     return KafkaProducer(**config)

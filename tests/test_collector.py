@@ -623,7 +623,7 @@ def test_10k_concurrent_requests_none_lost_or_duplicated(start_collector: Callab
     assert delta("collector_body_bytes_count") == n
     assert metric(after, "collector_in_flight_requests") == 1
     print(f"\n10k requests in {elapsed:.1f}s ({n / elapsed:.0f} req/s)")
-    assert elapsed < 60
+    assert elapsed < 120  # typically 13-30 s on 2 shared cores; a bound, not a benchmark
 
 
 # --------------------------------------------------------------------------------- graceful shutdown

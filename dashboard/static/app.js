@@ -219,7 +219,7 @@
     const byReason = data.tables.by_reason.rows;
     const count = new Map(byReason.map((r) => [r.day + "|" + r.reason, num(r.messages)]));
     const rate = new Map(data.rows.map((r) => [r.day, r.rate === null ? null : r.rate * 100]));
-    const datasets = data.reasons.map((reason, i) => ({ type: "bar", label: reason, yAxisID: "y", stack: "rejected",
+    const datasets = data.reasons.map((reason, i) => ({ type: "bar", label: reason, yAxisID: "y", stack: "rejected", maxBarThickness: 48,
       backgroundColor: PALETTE[(i + 4) % PALETTE.length], data: axis.map((d) => count.get(d + "|" + reason) || 0) }));
     datasets.push({ type: "line", label: "Rejected rate (%)", yAxisID: "rate", borderColor: "#212529", backgroundColor: "#212529",
       pointRadius: axis.length > 60 ? 0 : 2, data: axis.map((d) => (rate.has(d) ? rate.get(d) : null)), order: -1 });
