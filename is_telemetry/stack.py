@@ -5,6 +5,12 @@ the embedded chDB is readable only by the process that writes it) -> collector -
 (backfill straight to Kafka, then a live feed through the collector). Ctrl-C/SIGTERM stops the
 simulator, then the collector (flushes its producer), then the worker (finishes and acks its batch),
 then the broker.
+
+The embedded broker keeps everything in memory. If it dies (or its topics vanish), the watch loop says so
+on the console, with what was lost (records the collector acknowledged that the worker had not stored
+yet; ClickHouse is intact), and recovers: the collector and the worker are stopped, the broker is
+started again on the same port once the old process is gone, the topics are created again, and the
+collector and the worker are started again (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import httpx
 
 from is_telemetry.broker import EmbeddedBroker, port_open
 from is_telemetry.config import Settings
-from is_telemetry.kafka import ensure_topics
+from is_telemetry.kafka import ensure_topics, topic_names
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,8 @@ class StackOptions:
     seed: int = 1
     log_level: str = "warning"
     summary_every_s: float = 15.0
+    broker_restarts_max: int = 5  # embedded broker restarts within broker_restarts_window_s before giving up
+    broker_restarts_window_s: float = 600.0
 
 
 class Child:
@@ -53,9 +61,10 @@ class Child:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, timeout_s: float) -> int | None:
+    def stop(self, timeout_s: float, signalled: bool = False) -> int | None:
         if self.alive():
-            self.process.send_signal(signal.SIGTERM)
+            if not signalled:
+                self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -80,6 +89,13 @@ class Stack:
         self.feed: Any = None
         self.api_url = f"http://{_client_host(settings.api.host)}:{settings.api.port}"
         self.collector_url = f"http://{_client_host(settings.collector.host)}:{settings.collector.port}/collect"
+        # What the current broker has taken in and what the current worker has stored (for the loss report
+        # after a broker restart): last values seen, refreshed by the watch loop.
+        self.counts = {"collector_published": 0.0, "worker_stored": 0.0}
+        self.backfill_acked = 0  # simulator records acknowledged by the current broker (backfill runs once)
+        self.broker_restarts: list[float] = []
+        self._counts_at = 0.0
+        self._topics_checked_at = time.monotonic()
 
     # -- start ------------------------------------------------------------------------------------------------
 
@@ -101,19 +117,25 @@ class Stack:
         for name, port in (("API", self.s.api.port), ("collector", self.s.collector.port)):
             if port_open(_client_host(self.s.api.host), port):
                 raise RuntimeError(f"port {port} for the {name} is already in use: pick another (--{name.lower()}-port)")
-        kafka = self.s.bootstrap_servers
-        self.children.append(Child("worker", self._cli(
-            "worker", "--kafka", kafka, "--clickhouse", self.s.clickhouse_dsn, "--data-dir", str(self.data_dir),
-            "--api-port", str(self.s.api.port)), self.log_dir))
-        self._wait_http(self.api_url + "/healthz", "worker", 90)
+        self._start_worker()
         print(f"  worker     processors + sink -> {self.s.clickhouse_dsn}", flush=True)
         print(f"  API        {self.api_url}/  (dashboard; POST /api/sql)", flush=True)
-        self.children.append(Child("collector", self._cli(
-            "collect", "--kafka", kafka, "--port", str(self.s.collector.port), "--host", self.s.collector.host), self.log_dir))
-        self._wait_http(self.collector_url.rsplit("/", 1)[0] + "/readyz", "collector", 60)
+        self._start_collector()
         print(f"  collector  {self.collector_url}  (set TTS telemetry.target to this)", flush=True)
         print(f"  logs       {self.log_dir}/", flush=True)
         print(f"  ready in {time.monotonic() - started:.1f}s", flush=True)
+
+    def _start_worker(self) -> None:
+        self.children.append(Child("worker", self._cli(
+            "worker", "--kafka", self.s.bootstrap_servers, "--clickhouse", self.s.clickhouse_dsn,
+            "--data-dir", str(self.data_dir), "--api-port", str(self.s.api.port)), self.log_dir))
+        self._wait_http(self.api_url + "/healthz", "worker", 90)
+
+    def _start_collector(self) -> None:
+        self.children.append(Child("collector", self._cli(
+            "collect", "--kafka", self.s.bootstrap_servers, "--port", str(self.s.collector.port),
+            "--host", self.s.collector.host), self.log_dir))
+        self._wait_http(self.collector_url.rsplit("/", 1)[0] + "/readyz", "collector", 60)
 
     def _wait_http(self, url: str, name: str, timeout_s: float) -> None:
         child = next(c for c in self.children if c.name == name)
@@ -130,14 +152,18 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError(f"the {name} was not ready at {url} within {timeout_s:.0f}s; see {child.log_path}")
 
-    def start_simulator(self) -> None:
+    def start_simulator(self, live_only: bool = False) -> None:
         from producers import simulator
 
         def backfill_then_live() -> None:
             try:
-                if self.o.days > 0:
+                if self.o.days > 0 and not live_only:
+                    def progress(done: int, total: int) -> None:
+                        self.backfill_acked = done
+
                     self.backfilled = simulator.backfill(self.s.bootstrap_servers, self.s.kafka.raw_topic,
-                                                         self.o.deployments, self.o.cli_installs, self.o.days, self.o.seed)
+                                                         self.o.deployments, self.o.cli_installs, self.o.days, self.o.seed,
+                                                         progress=progress)
                 if self.stop_event.is_set():
                     return
                 self.feed = simulator.LiveFeed(self.collector_url, self.o.deployments, self.o.cli_installs, self.o.seed,
@@ -151,20 +177,23 @@ class Stack:
         t = threading.Thread(target=backfill_then_live, name="simulator", daemon=True)
         t.start()
         self.sim_threads.append(t)
+        if live_only:
+            print("  simulator  live feed through the collector started again", flush=True)
+            return
         print(f"  simulator  {self.o.deployments} deployments + {self.o.cli_installs} CLI installs: "
               f"{self.o.days} days backfilled to Kafka, then live through the collector", flush=True)
 
     # -- watch ------------------------------------------------------------------------------------------------
 
-    def query(self, sql: str) -> list[list[Any]]:
-        r = httpx.post(self.api_url + "/api/sql", content=sql.encode(), timeout=10,
+    def query(self, sql: str, timeout_s: float = 10) -> list[list[Any]]:
+        r = httpx.post(self.api_url + "/api/sql", content=sql.encode(), timeout=timeout_s,
                        headers={"authorization": f"Bearer {self.s.api.token}"} if self.s.api.token else {})
         r.raise_for_status()
         return list(r.json()["rows"])
 
     def progress_line(self) -> str:
         stored = self.query("SELECT (SELECT count() FROM snapshots), (SELECT count() FROM rejections), "
-                            "(SELECT count() FROM daily_rollup FINAL)")[0]
+                            "(SELECT count() FROM daily_rollup FINAL)", timeout_s=5)[0]
         live = f"live {self.feed.posted}" if self.feed is not None else "live -"
         return (f"backfill {self.backfilled}  {live}  | ClickHouse: {stored[0]} snapshot rows, {stored[1]} rejected, "
                 f"{stored[2]} days")
@@ -172,7 +201,7 @@ class Stack:
     def summary(self) -> str:
         rows = self.query("SELECT day, deployments, cli_installs, gateways, end_devices, active_last_day, active_last_week, "
                           "active_last_month, applications, users_standard + users_admin, organizations "
-                          "FROM fleet_daily ORDER BY day DESC LIMIT 1")
+                          "FROM fleet_daily ORDER BY day DESC LIMIT 1", timeout_s=5)
         if not rows:
             return "today: no data yet"
         d = rows[0]
@@ -185,10 +214,15 @@ class Stack:
         started = time.monotonic()
         next_summary = time.monotonic() + 5
         while not self.stop_event.wait(1.0):
+            lost = self.broker_lost()
+            if lost:
+                self.recover_broker(lost)
+                continue
             for c in self.children:
                 if not c.alive():
                     raise RuntimeError(f"the {c.name} exited with code {c.process.returncode}; see {c.log_path}:\n"
                                        + _tail(c.log_path))
+            self.poll_counts()
             try:
                 line = self.progress_line()
                 if first_row_at is None and not line.split("ClickHouse: ")[1].startswith("0 snapshot"):
@@ -201,6 +235,105 @@ class Stack:
                     next_summary = time.monotonic() + self.o.summary_every_s
             except httpx.HTTPError as exc:
                 log.debug("progress query failed: %s", exc)
+
+
+    # -- the embedded broker: detect a restart, report what was lost, recover --------------------------------
+
+    def broker_lost(self) -> str | None:
+        """Why the embedded broker's state is gone (its process exited, or its topics vanished), else None."""
+        b = self.broker
+        if b is None:  # external Kafka: durable; its outages are the operator's, children reconnect by themselves
+            return None
+        p = b.process
+        if p is None or p.poll() is not None:
+            code = None if p is None else p.returncode
+            return f"the embedded broker (pid {p.pid if p else '?'}) exited with {_exit_status(code)}"
+        now = time.monotonic()
+        child_died = any(not c.alive() for c in self.children)
+        if child_died or now - self._topics_checked_at >= 15:
+            self._topics_checked_at = now
+            missing = _missing_topics(self.s)
+            if missing:
+                return f"the embedded broker lost its topics ({', '.join(missing)} no longer exist)"
+        return None
+
+    def poll_counts(self, every_s: float = 2.0, force: bool = False) -> None:
+        """Refresh the collector's published and the worker's stored counters (best effort, short timeouts)."""
+        if not force and time.monotonic() - self._counts_at < every_s:
+            return
+        self._counts_at = time.monotonic()
+        collector = _metrics(self.collector_url.rsplit("/", 1)[0] + "/metrics")
+        if collector is not None:
+            self.counts["collector_published"] = collector.get("collector_records_published_total", 0.0)
+        worker = _metrics(self.api_url + "/metrics")
+        if worker is not None:
+            # valid (duplicates included) + rejected: records whose batch reached ClickHouse
+            self.counts["worker_stored"] = sum(v for k, v in worker.items() if k.startswith((
+                "is_telemetry_processor_valid_total", "is_telemetry_processor_rejected_total{")))
+
+    def recover_broker(self, why: str) -> None:
+        """Report the loss of the embedded broker's memory and bring the pipeline back on a new broker."""
+        assert self.broker is not None
+        started = time.monotonic()
+        now = time.time()
+        self.broker_restarts = [t for t in self.broker_restarts if now - t < self.o.broker_restarts_window_s] + [now]
+        self.poll_counts(force=True)  # the collector (and the worker, if alive) still answer
+        published = int(self.counts["collector_published"])
+        backfill = int(self.backfill_acked)
+        stored = int(self.counts["worker_stored"])
+        lost = max(0, published + backfill - stored)
+        try:
+            ch = self.query("SELECT (SELECT count() FROM snapshots), (SELECT count() FROM daily_rollup FINAL)",
+                            timeout_s=3)[0]
+            kept = f"{ch[0]} snapshot rows over {ch[1]} days"
+        except (httpx.HTTPError, KeyError, IndexError, ValueError):
+            kept = "every row it had stored"
+        sources = f"the collector acknowledged {published}"
+        if backfill:
+            sources += f", the simulator backfilled {backfill}"
+        print(
+            f"\n!! BROKER LOST: {why}.\n"
+            f"!! Its memory storage is gone: every topic, offset and consumer group.\n"
+            f"!! Lost: about {lost} records acknowledged to their senders but not yet stored by the worker "
+            f"({sources} since the broker started; the worker stored {stored}). Senders got 202 and will not "
+            f"re-send them (TTS sends again the next day).\n"
+            f"!! ClickHouse is intact ({self.s.clickhouse_dsn}): {kept}.\n"
+            f"!! Recovering: stopping the collector and the worker, restarting the broker on "
+            f"{self.broker.bootstrap_servers}, recreating the topics, restarting the worker and the collector.",
+            flush=True)
+        if len(self.broker_restarts) > self.o.broker_restarts_max:
+            raise RuntimeError(f"the embedded broker was lost {len(self.broker_restarts)} times within "
+                               f"{self.o.broker_restarts_window_s:.0f}s: giving up; see {self.log_dir / 'broker.log'}")
+        # Stop the broker's clients first: on a fresh broker they would auto-create the topics (Tansu does, with
+        # its default partition count) before ensure_topics() creates them as configured.
+        signalled = [c for c in self.children if c.alive()]
+        for c in signalled:
+            c.process.send_signal(signal.SIGTERM)  # both at once; each finishes what it has in flight
+        for c in self.children:
+            code = c.stop(20, signalled=c in signalled)
+            print(f"   {c.name} stopped ({_exit_status(code)})", flush=True)
+        self.children = []
+        self.broker.stop()  # already exited, or (topics vanished) stop it: its PID must be gone before the port is reused
+        self.broker = _start_broker_again(self.s, self.log_dir / "broker.log", self.stop_event)
+        if self.broker is None:
+            return  # stopping meanwhile
+        ensure_topics(self.s)
+        wrong = _wrong_partitions(self.s)
+        if wrong:
+            print(f"   warning: topics with an unexpected partition count: {wrong}", flush=True)
+        print(f"   broker     kafka://{self.broker.bootstrap_servers} again (pid {self.broker.process.pid}); "
+              f"topics {', '.join(topic_names(self.s))} created", flush=True)
+        self.counts = {"collector_published": 0.0, "worker_stored": 0.0}
+        self.backfill_acked = 0
+        self._topics_checked_at = time.monotonic()
+        self._start_worker()
+        print(f"   worker     running again; API {self.api_url}/", flush=True)
+        self._start_collector()
+        print(f"   collector  {self.collector_url} running again", flush=True)
+        if self.o.simulate and not any(t.is_alive() for t in self.sim_threads) and not self.stop_event.is_set():
+            self.start_simulator(live_only=True)
+        print(f"!! RECOVERED from the broker loss in {time.monotonic() - started:.1f}s "
+              f"(broker restarts so far: {len(self.broker_restarts)})", flush=True)
 
     # -- stop -------------------------------------------------------------------------------------------------
 
@@ -243,6 +376,89 @@ class Stack:
             for sig, h in previous.items():
                 signal.signal(sig, h)
         return code
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def _metrics(url: str, timeout_s: float = 2.0) -> dict[str, float] | None:
+    """Prometheus text from url as {series: value}; None if it does not answer."""
+    try:
+        r = httpx.get(url, timeout=timeout_s)
+        r.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    out: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        try:
+            out[series] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def _admin(settings: Settings) -> Any:
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-watch",
+                            request_timeout_ms=3000, api_version_auto_timeout_ms=2000)
+
+
+def _missing_topics(settings: Settings) -> list[str]:
+    """The pipeline's topics the broker no longer has ([] if it has them all, or does not answer)."""
+    from kafka.errors import KafkaError
+
+    try:
+        admin = _admin(settings)
+    except KafkaError:
+        return []  # not answering: a dead process is detected by its exit, a hang is not a restart
+    try:
+        existing = set(admin.list_topics())
+    except KafkaError:
+        return []
+    finally:
+        admin.close()
+    return [t for t in topic_names(settings) if t not in existing]
+
+
+def _wrong_partitions(settings: Settings) -> dict[str, int]:
+    from kafka.errors import KafkaError
+
+    try:
+        admin = _admin(settings)
+        try:
+            described = admin.describe_topics(topic_names(settings))
+        finally:
+            admin.close()
+    except KafkaError:
+        return {}
+    return {t["name"]: len(t["partitions"]) for t in described if len(t["partitions"]) != settings.kafka.partitions}
+
+
+def _start_broker_again(settings: Settings, log_file: Path, stop: threading.Event,
+                        timeout_s: float = 30.0) -> EmbeddedBroker | None:
+    """A new embedded broker on the same host:port (retried while the old socket is still held)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if stop.is_set():
+            return None
+        try:
+            return EmbeddedBroker(settings.broker.host, settings.broker.port, log_file).start()
+        except RuntimeError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded broker could not be started again: {exc}") from exc
+            time.sleep(0.5)
 
 
 def _client_host(bind: str) -> str:

@@ -79,7 +79,7 @@ def _reason(exc: BaseException) -> str:
     if "refused" in text.lower() or name == "ConnectError":
         return "connection refused" if "refused" in text.lower() else f"cannot connect ({text or name})"
     if "timeout" in name.lower() or "timed out" in text.lower():
-        return "timed out"
+        return f"timed out: {text}"[:200] if text and "timed out" not in text.lower() else "timed out"
     return f"{name}: {text}"[:200] if text else name
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from xml.dom import minidom
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose"
@@ -178,10 +179,10 @@ def test_clickhouse_server_and_grafana_provisioning(config: dict[str, Any]) -> N
         src = volume.split(":")[0]
         if src.startswith("/"):
             assert Path(src).is_file(), src
-    for xml in (COMPOSE / "clickhouse").rglob("*.xml"):
-        import xml.dom.minidom
-
-        xml.dom.minidom.parse(str(xml))
+    xml_files = sorted((COMPOSE / "clickhouse").rglob("*.xml"))
+    assert len(xml_files) == 2
+    for path in xml_files:
+        minidom.parse(str(path))  # well-formed
 
     grafana = services["grafana"]
     assert "grafana-clickhouse-datasource" in env_of(grafana)["GF_PLUGINS_PREINSTALL_SYNC"]

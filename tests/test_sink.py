@@ -19,6 +19,7 @@ import logging
 import re
 import socket
 import threading
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -32,11 +33,12 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from is_telemetry.kafka import HEADER_RECEIVED_AT
 from is_telemetry.schema import TelemetryMessage
+from is_telemetry.uid import uid_from_elements
 from processors.dedup import Deduplicator
 from processors.pipeline import RawRecord, process
 from processors.rollup import day_of, major_minor, rejection_row
 from processors.validate import Rejection, inconsistencies, validate
-from producers.simulator import Delivery, generate, ground_truth
+from producers.simulator import DAY_MS, Delivery, generate, ground_truth
 from sinks.clickhouse import Batch, ClickHouseStore, migrations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +48,8 @@ TOPIC = "tts-telemetry-raw"
 DAY0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 H = 3_600_000
 
-IS_UID_A = "A" * 86 + "=="
-IS_UID_B = "B" * 86 + "=="
+IS_UID_A = uid_from_elements(["https://a.example.net/api/v3"] * 5)
+IS_UID_B = uid_from_elements(["https://b.example.net/api/v3"] * 5)
 CLI_UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 ANALYST_VIEWS = [
@@ -66,6 +68,7 @@ TABLES = ["schema_migrations", "snapshots", "rejections", "daily_rollup"]
 @contextmanager
 def opened(path: Path, **kwargs: Any) -> Iterator[ClickHouseStore]:
     store = ClickHouseStore(f"chdb://{path.resolve()}", **kwargs).open()
+    store.stopping.set()  # a failing write raises at once instead of retrying until the test times out
     try:
         yield store
     finally:
@@ -243,8 +246,9 @@ def cli_body(uid: str = CLI_UID, binary_version: str = "3.34.2") -> bytes:
                                           "golang_version": "go1.23.1"}, "cli": {}, "entities_count": None}).encode()
 
 
-def small_deliveries() -> list[Delivery]:
-    """Two days, two deployments (one sending twice on day 1), a CLI install, two rejects."""
+def small_deliveries(day0: int = DAY0) -> list[Delivery]:
+    """Two days from day0 (ms): two deployments (one sending twice on day 1), a CLI install, two rejects."""
+    DAY0 = day0  # noqa: N806
     return [
         Delivery(DAY0 + 1 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=10)),
         Delivery(DAY0 + 2 * H, IS_UID_B.encode(), is_body(IS_UID_B, end_devices=7, gateways={"US_902_928_FSB_2": 3})),
@@ -377,7 +381,6 @@ def test_zero_gateway_plan_is_kept_as_sent(store: ClickHouseStore):
                    "snapshots has 15 zeros instead of 14 -> 'Insert data column count does not match column names', "
                    "retried forever. Remove this marker with the fix.")
 def test_day_with_only_rejections(store: ClickHouseStore):
-    store.stopping.set()  # fail at once instead of retrying forever
     store.write(Batch(rejections=[rejection_row("not_json", "x", b"{", DAY0 + H, TOPIC, 0, 0)]))
     assert rows(store, "SELECT day, reason, messages FROM rejected_daily") == [
         {"day": "2025-01-01", "reason": "not_json", "messages": 1}]
@@ -469,7 +472,7 @@ def test_write_retries_with_backoff_and_loses_nothing(store: ClickHouseStore, mo
     with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"):
         store.write(batch)
     assert store.stopping.waits == [0.5, 1.0, 2.0, 2.0]  # exponential, capped at retry_max_s
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "sinks.clickhouse"]
     assert len(warnings) == 4
     assert all(re.match(r"ClickHouse write of \d+ rows failed \(attempt \d, chdb://", w) for w in warnings), warnings
     assert "Connection refused" in warnings[0] and "offsets are held, retrying in 0.5s" in warnings[0]
@@ -519,7 +522,8 @@ def test_server_unreachable_retries_and_redacts_password(caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"), pytest.raises(Exception):
         s.open()
     s.close()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert not any("s3cret" in r.getMessage() for r in caplog.records)  # nor in the driver's own logs
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "sinks.clickhouse"]
     assert len(warnings) == 2 and s.stopping.waits == [0.5, 1.0]
     assert all("connect and migrate failed" in w for w in warnings)
     assert f"http://default:***@127.0.0.1:{port}/default" in warnings[0]
@@ -533,6 +537,7 @@ def test_server_unreachable_retries_and_redacts_password(caplog: pytest.LogCaptu
 
 def test_snapshot_ttl_setting_adds_and_removes_the_ttl(tmp_path: Path):
     path = tmp_path / "chdb"
+    recent = (int(time.time() * 1000) // DAY_MS - 3) * DAY_MS  # three days ago, 00:00 UTC: well within the TTL
 
     def create(s: ClickHouseStore) -> str:
         return str(s.client.command("SHOW CREATE TABLE snapshots"))
@@ -541,14 +546,35 @@ def test_snapshot_ttl_setting_adds_and_removes_the_ttl(tmp_path: Path):
         assert "TTL" not in create(s)
     with opened(path, snapshot_ttl_days=30) as s:
         assert "TTL day + toIntervalDay(30)" in create(s)
-        consume(s, [to_records(small_deliveries())])
+        consume(s, [to_records(small_deliveries(recent))])
         assert "TTL" not in str(s.client.command("SHOW CREATE TABLE daily_rollup"))  # aggregates are kept
+        assert s.query("SELECT count() FROM fleet_daily")[1] == [(2,)]
     with opened(path, snapshot_ttl_days=90) as s:
         assert "toIntervalDay(90)" in create(s) and "toIntervalDay(30)" not in create(s)
     with opened(path) as s:
         assert "TTL" not in create(s)
-        # old test days (2025-01) are far beyond any TTL: rows are still there once the TTL is gone
-        assert s.query("SELECT count() FROM fleet_daily")[1] == [(2,)]
+        assert s.query("SELECT count() FROM snapshots_latest")[1] == [(4,)]
+        truth = ground_truth(small_deliveries(recent))
+        assert truth_views(s, truth) == sorted_truth(truth)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG sinks/clickhouse.py ClickHouseStore._refresh: re-writing a day whose "
+                   "snapshots the TTL already deleted recomputes its daily_rollup row from nothing (today: the 15-zeros "
+                   "insert error, retried forever; with that fixed: the day's aggregates silently become 0). "
+                   "Remove this marker with the fix.")
+def test_replay_older_than_the_ttl_keeps_the_aggregates(tmp_path: Path):
+    path = tmp_path / "chdb"
+    deliveries = small_deliveries()  # 2025-01: older than any TTL below
+    truth = ground_truth(deliveries)
+    with opened(path) as s:
+        consume(s, [to_records(deliveries)])
+        assert truth_views(s, truth) == sorted_truth(truth)
+    with opened(path, snapshot_ttl_days=30) as s:
+        s.client.command("OPTIMIZE TABLE snapshots FINAL")  # the TTL deletes the old snapshots
+        assert s.query("SELECT count() FROM snapshots")[1] == [(0,)]
+        assert truth_views(s, truth) == sorted_truth(truth)  # the day aggregates outlive the snapshots
+        consume(s, [to_records(deliveries)])  # a replay of the whole topic
+        assert truth_views(s, truth) == sorted_truth(truth)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,7 +663,6 @@ def test_query_is_read_only(store: ClickHouseStore):
                    "settings with SET and cannot restore them under readonly), so every later write fails forever; "
                    "a result-limit error leaves unread blocks that break the next query. Remove this marker with the fix.")
 def test_refused_analyst_statements_do_not_break_the_writer(store: ClickHouseStore):
-    store.stopping.set()  # fail at once instead of retrying forever
     for sql in WRITES:
         with pytest.raises(Exception):
             store.query(sql)
