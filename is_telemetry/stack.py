@@ -298,20 +298,22 @@ class Stack:
             f"({sources} since the broker started; the worker stored {stored}). Senders got 202 and will not "
             f"re-send them (TTS sends again the next day).\n"
             f"!! ClickHouse is intact ({self.s.clickhouse_dsn}): {kept}.\n"
-            f"!! Recovering: stopping the collector and the worker, restarting the broker on "
-            f"{self.broker.bootstrap_servers}, recreating the topics, restarting the worker and the collector.",
+            f"!! Recovering: stopping the worker and the collector, restarting the broker on "
+            f"{self.broker.bootstrap_servers}, recreating the topics, restarting the collector and the worker.",
             flush=True)
         if len(self.broker_restarts) > self.o.broker_restarts_max:
             raise RuntimeError(f"the embedded broker was lost {len(self.broker_restarts)} times within "
                                f"{self.o.broker_restarts_window_s:.0f}s: giving up; see {self.log_dir / 'broker.log'}")
-        # Stop the broker's clients first: on a fresh broker they would auto-create the topics (Tansu does, with
-        # its default partition count) before ensure_topics() creates them as configured.
-        signalled = [c for c in self.children if c.alive()]
-        for c in signalled:
-            c.process.send_signal(signal.SIGTERM)  # both at once; each finishes what it has in flight
-        for c in self.children:
-            code = c.stop(20, signalled=c in signalled)
-            print(f"   {c.name} stopped ({_exit_status(code)})", flush=True)
+        # Stop the broker's clients before a new broker listens: on a fresh broker they would auto-create the topics
+        # (Tansu does, with its own partition count) before ensure_topics() creates them as configured. The worker
+        # first, with a short grace (it finishes a ClickHouse write in flight; leaving its group on a dead broker
+        # would hang), while the collector still answers 503 + Retry-After; then the collector.
+        by_name = {c.name: c for c in self.children}
+        for name, grace_s in (("worker", 10.0), ("collector", 20.0)):
+            c = by_name.get(name)
+            if c is not None:
+                code = c.stop(grace_s)
+                print(f"   {name} stopped ({_exit_status(code)})", flush=True)
         self.children = []
         self.broker.stop()  # already exited, or (topics vanished) stop it: its PID must be gone before the port is reused
         self.broker = _start_broker_again(self.s, self.log_dir / "broker.log", self.stop_event)
@@ -326,10 +328,11 @@ class Stack:
         self.counts = {"collector_published": 0.0, "worker_stored": 0.0}
         self.backfill_acked = 0
         self._topics_checked_at = time.monotonic()
+        self._start_collector()  # first: records it accepts wait in the topic for the worker
+        print(f"   collector  {self.collector_url} running again", flush=True)
         self._start_worker()
         print(f"   worker     running again; API {self.api_url}/", flush=True)
-        self._start_collector()
-        print(f"   collector  {self.collector_url} running again", flush=True)
+        self.children.sort(key=lambda c: c.name != "worker")  # stop order stays: collector, then worker
         if self.o.simulate and not any(t.is_alive() for t in self.sim_threads) and not self.stop_event.is_set():
             self.start_simulator(live_only=True)
         print(f"!! RECOVERED from the broker loss in {time.monotonic() - started:.1f}s "
