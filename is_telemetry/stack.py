@@ -161,9 +161,9 @@ class Stack:
                     def progress(done: int, total: int) -> None:
                         self.backfill_acked = done
 
-                    self.backfilled = simulator.backfill(self.s.bootstrap_servers, self.s.kafka.raw_topic,
-                                                         self.o.deployments, self.o.cli_installs, self.o.days, self.o.seed,
-                                                         progress=progress)
+                    self.backfilled = simulator.backfill(
+                        self.s.bootstrap_servers, self.s.kafka.raw_topic, self.o.deployments, self.o.cli_installs,
+                        self.o.days, self.o.seed, progress=progress)
                 if self.stop_event.is_set():
                     return
                 self.feed = simulator.LiveFeed(self.collector_url, self.o.deployments, self.o.cli_installs, self.o.seed,
@@ -285,7 +285,7 @@ class Stack:
         try:
             ch = self.query("SELECT (SELECT count() FROM snapshots), (SELECT count() FROM daily_rollup FINAL)",
                             timeout_s=3)[0]
-            kept = f"{ch[0]} snapshot rows over {ch[1]} days"
+            kept = f"{ch[0]} snapshot rows over {ch[1]} day{'' if ch[1] == 1 else 's'}"
         except (httpx.HTTPError, KeyError, IndexError, ValueError):
             kept = "every row it had stored"
         sources = f"the collector acknowledged {published}"
@@ -309,13 +309,13 @@ class Stack:
         # first, with a short grace (it finishes a ClickHouse write in flight; leaving its group on a dead broker
         # would hang), while the collector still answers 503 + Retry-After; then the collector.
         by_name = {c.name: c for c in self.children}
-        for name, grace_s in (("worker", 10.0), ("collector", 20.0)):
+        for name, grace_s in (("worker", 6.0), ("collector", 20.0)):
             c = by_name.get(name)
             if c is not None:
                 code = c.stop(grace_s)
                 print(f"   {name} stopped ({_exit_status(code)})", flush=True)
         self.children = []
-        self.broker.stop()  # already exited, or (topics vanished) stop it: its PID must be gone before the port is reused
+        self.broker.stop()  # exited, or (topics vanished) stop it: the old PID must be gone before the port is reused
         self.broker = _start_broker_again(self.s, self.log_dir / "broker.log", self.stop_event)
         if self.broker is None:
             return  # stopping meanwhile
@@ -328,6 +328,8 @@ class Stack:
         self.counts = {"collector_published": 0.0, "worker_stored": 0.0}
         self.backfill_acked = 0
         self._topics_checked_at = time.monotonic()
+        if self.stop_event.is_set():
+            return  # Ctrl-C meanwhile: stop() stops the new broker
         self._start_collector()  # first: records it accepts wait in the topic for the worker
         print(f"   collector  {self.collector_url} running again", flush=True)
         self._start_worker()

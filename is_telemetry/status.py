@@ -16,8 +16,8 @@ Lag method: lag = high-water mark - committed offset, per partition of the raw t
 come from the group coordinator (OffsetFetch through the admin client). High-water marks are NOT taken from
 ListOffsets "latest" (`end_offsets()`), which the embedded Tansu broker answers wrongly (it returns the last
 batch's start + 1); instead a group-less KafkaConsumer is assigned every partition, positioned at the committed
-offset (the log start where nothing is committed) and polled once: every fetch response carries the partition's
-high-water mark, which kafka-python keeps (`KafkaConsumer.highwater()`). A fetch at the committed offset reads at
+offset (the log start where nothing is committed) and polled until every partition has answered a fetch: each
+fetch response carries the partition's high-water mark, which kafka-python keeps (`KafkaConsumer.highwater()`). A fetch at the committed offset reads at
 most one small batch, so this costs little even far behind, and it is right on Tansu and on Apache Kafka alike.
 Nothing is committed and no group is joined.
 
@@ -112,7 +112,8 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
     try:
         health = client.get(f"{api}/healthz")
         up = health.status_code == 200
-        api_line = Line("API", OK if up else DOWN, f"{api}  healthz " + ("ok" if up else f"answered {health.status_code}"))
+        state = "ok" if up else f"answered {health.status_code}"
+        api_line = Line("API", OK if up else DOWN, f"{api}  healthz {state}")
     except Exception as exc:
         api_line = Line("API", DOWN, f"{api}  {_reason(exc)}")
         up = False
@@ -271,7 +272,7 @@ def check_kafka(bootstrap: str, topic: str, group: str, timeout_s: float, max_la
         return (Line("Kafka", DOWN, f"{bootstrap}  not reachable ({_reason(exc)})"),
                 Line("lag", UNKNOWN, "not computed: Kafka is not reachable"))
     kafka = Line("Kafka", OK, f"{bootstrap}  reachable; topic {topic}: {lag.partitions} partitions, "
-                              f"{sum(lag.highwater.values())} records (high-water marks)")
+                              f"high-water marks sum to {sum(lag.highwater.values())}")
     return kafka, _lag_line("lag", lag, topic, group, max_lag)
 
 

@@ -102,8 +102,9 @@ def test_project_processes_are_configured_by_environment(config: dict[str, Any])
         assert e["IS_TELEMETRY_KAFKA__BOOTSTRAP_SERVERS"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
         assert e["IS_TELEMETRY_KAFKA__REPLICATION_FACTOR"] == "3"
         assert e["IS_TELEMETRY_KAFKA__PARTITIONS"] == "8"
-        assert e["IS_TELEMETRY_CLICKHOUSE__DSN"].startswith("http://") and "@clickhouse:8123/" in e["IS_TELEMETRY_CLICKHOUSE__DSN"]
-        # Every IS_TELEMETRY_* variable is a real setting (Settings forbids unknown keys): load them as the process would.
+        dsn = e["IS_TELEMETRY_CLICKHOUSE__DSN"]
+        assert dsn.startswith("http://") and "@clickhouse:8123/" in dsn
+        # Every IS_TELEMETRY_* variable is a real setting (Settings forbids unknown keys): load them as a process does.
         ours = {k: v for k, v in e.items() if k.startswith(ENV_PREFIX)}
         saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(ENV_PREFIX)}
         try:
@@ -154,8 +155,8 @@ def test_collector_sits_behind_the_tls_proxy_with_limits(config: dict[str, Any])
     mounted = [v for v in proxy["volumes"] if v.endswith(":/etc/nginx/templates:ro")]
     assert mounted and Path(mounted[0].split(":")[0]) == template_dir()
     assert "client_max_body_size ${COLLECTOR_BODY_LIMIT};" in template
-    assert re.search(r"limit_req_zone \$binary_remote_addr zone=collect_per_client:\S+ rate=\$\{COLLECTOR_RATE_LIMIT\};",
-                     template)
+    zone = r"limit_req_zone \$binary_remote_addr zone=collect_per_client:\S+ rate=\$\{COLLECTOR_RATE_LIMIT\};"
+    assert re.search(zone, template)
     collect = template[template.index("location = /collect"):]
     collect = collect[: collect.index("}\n    location")]
     assert "limit_req zone=collect_per_client" in collect and "proxy_pass http://collector;" in collect
@@ -266,7 +267,8 @@ def test_dashboard_sql_runs_on_the_real_schema(tmp_path: Path) -> None:
     fleet = out["Fleet (latest complete day)"]
     assert len(fleet) == 1 and fleet[0]["Deployments"] == "3" and fleet[0]["CLI installs"] == "1"
     assert fleet[0]["Gateways"] == "5"
-    plans = {row["frequency_plan_id"]: row["gateways"] for row in out["Gateways per frequency plan (latest complete day)"]}
+    by_plan = out["Gateways per frequency plan (latest complete day)"]
+    plans = {row["frequency_plan_id"]: row["gateways"] for row in by_plan}
     assert plans == {"EU_863_870": "2", "EU_863_870_TTN": "3", "US_902_928_FSB_1": "1", "US_902_928_FSB_2": "2"}
     assert len(out["Deployments and CLI installs"]) == 3  # three days
     assert {row["reason"] for row in out["Rejected messages per reason"]} and all(
@@ -303,3 +305,38 @@ def test_dockerfile_installs_the_project_from_the_repository_root() -> None:
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for pattern in packages:
         assert f"COPY {pattern.rstrip('*')} " in dockerfile, f"the image misses the {pattern} package"
+
+
+def _columns(create_sql: str) -> list[str]:
+    body = create_sql[create_sql.index("(") + 1:]
+    depth, end = 1, 0
+    for i, ch in enumerate(body):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            end = i
+            break
+    cols = []
+    for part in re.split(r",\s*\n", body[:end]):
+        part = part.strip()
+        if part and not part.startswith("--"):
+            cols.append(" ".join(part.split()))
+    return cols
+
+
+def test_operations_cluster_ddl_matches_the_schema() -> None:
+    """docs/operations.md gives the ClickHouse-cluster DDL by hand: its columns must stay those of the migrations."""
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    schema = "\n".join(p.read_text() for p in MIGRATIONS)
+
+    def create(text: str, name: str) -> str:
+        m = re.search(rf"CREATE TABLE IF NOT EXISTS (?:telemetry\.)?{name}\b[^\n]*\n\(", text)
+        assert m, name
+        return text[m.start():]
+
+    for local, table in (("snapshots_local", "snapshots"), ("rejections", "rejections"),
+                         ("daily_rollup", "daily_rollup")):
+        assert _columns(create(docs, local)) == _columns(create(schema, table)), table
+    engine = "ReplicatedReplacingMergeTree('/clickhouse/tables/{}/telemetry/{}', '{{replica}}'{})"
+    assert engine.format("{shard}", "snapshots_local", ", version") in docs
+    assert "Distributed(telemetry, telemetry, snapshots_local, cityHash64(uid))" in docs
+    assert engine.format("all", "daily_rollup", ", computed_at") in docs

@@ -1,0 +1,113 @@
+"""Run the benchmarks: `python -m bench` runs every bench/bench_*.py, `python -m bench sink collector` only those.
+
+Each module's `main()` (which prints its figures and returns them as a dict) runs in its own subprocess:
+chDB serves one data path per process, and some benches start brokers and servers of their own. The
+benches run one after the other (never side by side: they would measure each other). A summary table
+follows. The exit status is 1 if any bench failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+MARKER = "@@bench-result@@ "
+# main() runs with its defaults: an empty command line (some benches read sys.argv[1:] when given no argv)
+RUNNER = (
+    "import importlib, json, sys\n"
+    "module = 'bench.bench_' + sys.argv[1]\n"
+    "sys.argv = ['python -m ' + module]\n"
+    "result = importlib.import_module(module).main()\n"
+    f"print({MARKER!r} + json.dumps(result, default=str), flush=True)\n"
+)
+
+
+def available() -> list[str]:
+    return sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
+
+
+def run_one(name: str) -> tuple[dict[str, Any] | None, float, int]:
+    """Run bench_<name>.main() in a subprocess, echoing its output; returns (its dict, seconds, exit code)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    started = time.monotonic()
+    result: dict[str, Any] | None = None
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, name], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            text=True, bufsize=1)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if line.startswith(MARKER):
+                result = json.loads(line[len(MARKER):])
+            else:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise
+    return result, time.monotonic() - started, code
+
+
+def _is_figure(key: str) -> bool:
+    return "per_" in key or "ratio" in key or "_over_" in key
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
+
+
+def headline(result: dict[str, Any] | None) -> str:
+    """The figures worth a summary line: top-level rates and ratios (keys with per_, ratio, _over_; one level
+    of dicts of them, e.g. msgs_per_s.full) and whether targets were met (*_met)."""
+    if not result:
+        return ""
+    parts = []
+    for key, value in result.items():
+        if isinstance(value, bool):
+            if key.endswith("_met"):
+                parts.append(f"{key}={value}")
+        elif isinstance(value, (int, float)) and _is_figure(key):
+            parts.append(f"{key}={_fmt(value)}")
+        elif isinstance(value, dict) and _is_figure(key):
+            parts.extend(f"{key}.{k}={_fmt(v)}" for k, v in value.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return "  ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    names = available()
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__.strip())
+        print(f"\navailable: {' '.join(names)}")
+        return 0
+    wanted = [a.removeprefix("bench_").removesuffix(".py") for a in args] or names
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        print(f"unknown bench(es): {' '.join(unknown)}; available: {' '.join(names)}", file=sys.stderr)
+        return 2
+    rows = []
+    for name in wanted:
+        print(f"=== bench {name} ===", flush=True)
+        result, seconds, code = run_one(name)
+        status = "ok" if code == 0 and result is not None else f"FAILED (exit {code})"
+        rows.append((name, status, f"{seconds:.0f}s", headline(result)))
+        print(flush=True)
+    widths = [max(len(r[i]) for r in [("bench", "status", "time", "figures"), *rows]) for i in range(4)]
+    print("=== summary ===")
+    for r in [("bench", "status", "time", "figures"), *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0 if all(r[1] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
