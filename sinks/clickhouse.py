@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -152,6 +152,7 @@ class ClickHouseStore:
         self.snapshot_ttl_days = snapshot_ttl_days
         self.retry_max_s = retry_max_s
         self._client: Client | None = None
+        self._reader: Client | None = None  # analysts' queries get their own session: nothing they send touches the writer's
         self._lock = threading.RLock()  # chDB is one session per process: serialise every call
         self.stopping = threading.Event()
         self.last_write_at: float | None = None
@@ -170,9 +171,10 @@ class ClickHouseStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in (self._reader, self._client):
+                if client is not None:
+                    client.close()
+            self._reader = self._client = None
 
     def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run fn until it succeeds, backing off while ClickHouse is unavailable (or until stopping is set)."""
@@ -245,6 +247,10 @@ class ClickHouseStore:
         self._retrying("refresh", lambda: self._refresh(sorted(set(days))))
 
     def _refresh(self, days: Sequence[date]) -> None:
+        if self.snapshot_ttl_days > 0:
+            # Snapshots of days beyond the TTL are gone: recomputing such a day would zero its aggregates.
+            horizon = datetime.now(UTC).date() - timedelta(days=self.snapshot_ttl_days)
+            days = [d for d in days if d > horizon]
         if not days:
             return
         c = self.client
@@ -256,7 +262,7 @@ class ClickHouseStore:
             computed_at = c.query("SELECT now64(6, 'UTC')").result_rows[0][0]
         out = []
         for day in days:
-            row = rows.get(day) or [day, *([0] * 15), *([{}] * 8), computed_at]
+            row = rows.get(day) or [day, *([0] * 14), *([{}] * 8), computed_at]
             out.append([*row[:-1], computed_at, rejected.get(day, {})])
         c.insert("daily_rollup", out, column_names=ROLLUP_COLUMNS)
 
@@ -269,8 +275,17 @@ class ClickHouseStore:
         if readonly and limit_rows:
             settings.update(max_result_rows=limit_rows, result_overflow_mode="throw")
         with self._lock:
-            result = self.client.query(sql, parameters=parameters, settings=settings)
-        return list(result.column_names), list(result.result_rows)
+            if self._reader is None:
+                self._reader = connect(self.dsn)
+            try:
+                result = self._reader.query(sql, parameters=parameters, settings=settings)
+                return list(result.column_names), list(result.result_rows)
+            except Exception:
+                # A refused write can leave a chDB session stuck at readonly=1, an over-limit result leaves unread
+                # data: start the next query on a fresh session.
+                self._reader.close()
+                self._reader = None
+                raise
 
 
 def _redact(dsn: str) -> str:

@@ -12,8 +12,6 @@ backpressure (retry with backoff while ClickHouse fails, give up on stop), the s
 never spliced into SQL, read-only analyst access (store.query and POST /api/sql), and every ```sql
 query of docs/analysts.md.
 
-Three tests are marked xfail(strict=True): they show bugs in sinks/clickhouse.py (see their reasons).
-When a bug is fixed its test passes, strict xfail turns that into a failure, and the marker must go.
 """
 
 from __future__ import annotations
@@ -389,9 +387,6 @@ def test_zero_gateway_plan_is_kept_as_sent(store: ClickHouseStore):
     assert zero in truth["gateways_by_frequency_plan_daily"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sinks/clickhouse.py ClickHouseStore._refresh: the row of a day without "
-                   "snapshots has 15 zeros instead of 14 -> 'Insert data column count does not match column names', "
-                   "retried forever. Remove this marker with the fix.")
 def test_day_with_only_rejections(store: ClickHouseStore):
     store.write(Batch(rejections=[rejection_row("not_json", "x", b"{", DAY0 + H, TOPIC, 0, 0)]))
     assert rows(store, "SELECT day, reason, messages FROM rejected_daily") == [
@@ -570,10 +565,6 @@ def test_snapshot_ttl_setting_adds_and_removes_the_ttl(tmp_path: Path):
         assert truth_views(s, truth) == sorted_truth(truth)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sinks/clickhouse.py ClickHouseStore._refresh: re-writing a day whose "
-                   "snapshots the TTL already deleted recomputes its daily_rollup row from nothing (today: "
-                   "the 15-zeros insert error, retried forever; with that fixed: the day's aggregates silently "
-                   "become 0). Remove this marker with the fix.")
 def test_replay_older_than_the_ttl_keeps_the_aggregates(tmp_path: Path):
     path = tmp_path / "chdb"
     deliveries = small_deliveries()  # 2025-01: older than any TTL below
@@ -670,11 +661,6 @@ def test_query_is_read_only(store: ClickHouseStore):
         store.query("SELECT number FROM numbers(1000)", limit_rows=10)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sinks/clickhouse.py ClickHouseStore.query: on chDB a refused non-SELECT "
-                   "statement leaves the store's only session at readonly=1 (clickhouse-connect applies DDL/INSERT "
-                   "settings with SET and cannot restore them under readonly), so every later write fails forever; "
-                   "a result-limit error leaves unread blocks that break the next query. "
-                   "Remove this marker with the fix.")
 def test_refused_analyst_statements_do_not_break_the_writer(store: ClickHouseStore):
     for sql in WRITES:
         with pytest.raises(Exception):
