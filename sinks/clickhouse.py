@@ -182,7 +182,10 @@ class ClickHouseStore:
         while True:
             try:
                 with self._lock:
-                    return fn()
+                    result = fn()
+                if attempt:
+                    log.warning("ClickHouse %s succeeded after %d failed attempts: recovered", what, attempt)
+                return result
             except (TypeError, KeyError, AttributeError):
                 raise  # our bug, not ClickHouse's availability: fail loudly at once
             except Exception as exc:  # driver, network, disk: retry with backoff; the log says so
