@@ -480,6 +480,8 @@ def test_write_retries_with_backoff_and_loses_nothing(store: ClickHouseStore, mo
         store.write(batch)
     assert store.stopping.waits == [0.5, 1.0, 2.0, 2.0]  # exponential, capped at retry_max_s
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "sinks.clickhouse"]
+    assert warnings[-1] == "ClickHouse write of 7 rows succeeded after 4 failed attempts: recovered"
+    warnings = warnings[:-1]
     assert len(warnings) == 4
     assert all(re.match(r"ClickHouse write of \d+ rows failed \(attempt \d, chdb://", w) for w in warnings), warnings
     assert "Connection refused" in warnings[0] and "offsets are held, retrying in 0.5s" in warnings[0]
