@@ -192,7 +192,8 @@ class ClickHouseStore:
                 attempt += 1
                 if self.stopping.is_set():
                     raise
-                log.warning("ClickHouse %s failed (attempt %d, %s): %s; offsets are held, retrying in %.1fs",
+                level = logging.WARNING if attempt < 10 else logging.ERROR  # a lasting failure may be ours, not ClickHouse's
+                log.log(level, "ClickHouse %s failed (attempt %d, %s): %s; offsets are held, retrying in %.1fs",
                             what, attempt, _redact(self.dsn), str(exc).splitlines()[0][:300], delay)
                 if self._client is not None and not self.dsn.startswith("chdb:"):
                     self._client = None  # reconnect to a server
