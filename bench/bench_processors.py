@@ -23,6 +23,13 @@ is in ClickHouse; it is then checked with `SELECT count() FROM snapshots FINAL` 
 (day, UID) pairs of the valid bodies. CPU seconds of the consuming process over the same interval are
 reported too (per message), being less sensitive than wall time to the other load on a shared machine.
 
+The worker flushes a batch when it has processors.batch_size records or processors.batch_seconds have passed,
+so the final, partial batch waits out the timer (up to 1 s by default) for records that never come. The full
+variant's rate therefore also comes without that tail ("steady": records stored by the write before the last
+one, over the time to that write; read from the metrics, which change together with the write gauge).
+The worker runs with `--log-level info` (only faust's start and assignment lines, for the Ready time; its
+spinner is off), every child in the temporary directory (faust makes `<app id>-data` in its cwd).
+
 `main()` prints and returns the medians (and every sample) as a dict.
 """
 
@@ -52,6 +59,20 @@ READY_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO faust\.wo
 
 def _loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _child_env() -> dict[str, str]:
+    """Children run in the temporary directory (faust makes an `<app id>-data` dir in its cwd) and import from REPO."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -224,7 +245,7 @@ def run_faust_variant(mode: str, bootstrap: str, n: int, workdir: Path, timeout_
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_processors", "--child", mode, "--bootstrap", bootstrap, "--group", group,
              "--messages", str(n), "--out", str(out)],
-            cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=workdir, env=_child_env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         proc.wait(timeout_s)
@@ -270,18 +291,19 @@ def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, time
     args = ["worker", "--kafka", bootstrap, "--data-dir", str(data), "--group-id", f"bench-full-{uuid.uuid4().hex[:8]}",
             "--api-port", str(port), "--log-level", "info"]
     with open(log, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", *args], cwd=REPO, stdout=logf,
+        proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", *args], cwd=data, env=_child_env(), stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
-        t0 = cpu0 = None
+        t0: float | None = None
+        cpu0 = 0.0
         while t0 is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not become ready:\n{log.read_text()[-3000:]}")
-            m = READY_LINE.search(log.read_text(errors="replace"))
-            if m:
+            ready = READY_LINE.search(log.read_text(errors="replace"))
+            if ready:
                 cpu0 = _cpu_s(proc.pid)  # read within one poll (<= 50 ms) of the Ready line
-                t0 = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                t0 = datetime.strptime(ready.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
             else:
                 time.sleep(0.05)
         writes: dict[float, float] = {}  # sink write end time -> records done by then (same event-loop step)
@@ -297,6 +319,7 @@ def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, time
                 writes[m["is_telemetry_sink_last_write_timestamp_seconds"]] = done
             if done >= n:
                 cpu1 = _cpu_s(proc.pid)
+                peak_rss_mb = _peak_rss_mb(proc.pid)
                 break
             time.sleep(0.1)
         t1 = m["is_telemetry_sink_last_write_timestamp_seconds"]
@@ -319,7 +342,7 @@ def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, time
     if before_last is not None and before_last > t0:
         fig["steady_msgs_per_s"] = round(writes[before_last] / (before_last - t0))
     batches = m.get("is_telemetry_processor_batch_size_count", 0)
-    writes = m.get("is_telemetry_sink_write_seconds_count", 0)
+    n_writes = m.get("is_telemetry_sink_write_seconds_count", 0)
     fig.update(
         snapshots_final=in_clickhouse,
         snapshot_rows_written=int(m.get('is_telemetry_sink_rows_total{table="snapshots"}', 0)),
@@ -328,7 +351,8 @@ def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, time
         batches=int(batches),
         mean_batch=round(m.get("is_telemetry_processor_batch_size_sum", 0) / batches) if batches else 0,
         sink_write_s_total=round(m.get("is_telemetry_sink_write_seconds_sum", 0), 2),
-        sink_write_ms_mean=round(m.get("is_telemetry_sink_write_seconds_sum", 0) / writes * 1000) if writes else 0,
+        sink_write_ms_mean=round(m.get("is_telemetry_sink_write_seconds_sum", 0) / n_writes * 1000) if n_writes else 0,
+        peak_rss_mb=peak_rss_mb,
     )
     shutil.rmtree(data, ignore_errors=True)
     return fig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 from typing import Any
 
@@ -64,6 +65,8 @@ def run_faust(app: faust.App, settings: Settings, store: ClickHouseStore | None,
         services.append(ApiService(settings, store))
     worker = faust.Worker(app, *services, loglevel=log_level.upper(), quiet=True, override_logging=False)
     worker.spinner = None  # faust's spinner sets the root logger to DEBUG: costly, and noise in services
+    # Per-event objects churn the young generation; fewer full collections: +12% msgs/s (docs/benchmarks.md).
+    gc.set_threshold(50_000, 20, 10)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

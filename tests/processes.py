@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -117,3 +118,21 @@ def wait_for_views(proc: Proc, expected: dict[str, Any], timeout_s: float = 180)
         time.sleep(1)
     diff = {k: (got.get(k, [])[:3], expected[k][:3]) for k in expected if got.get(k) != expected[k]}
     raise AssertionError(f"views never matched the ground truth; first rows (got, expected): {diff}\n{proc.log()}")
+
+
+def consume(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout_s: float = 30.0) -> list[Any]:
+    """Every record of topic from the beginning, until done(records) or timeout_s (counting by consuming:
+    Tansu's ListOffsets 'latest' is wrong)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False, max_poll_records=5000)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done(records) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records

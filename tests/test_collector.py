@@ -35,7 +35,6 @@ import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
-from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.future import Future
 
@@ -43,6 +42,7 @@ from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import Settings, load_settings
 from is_telemetry.kafka import ensure_topics
 from producers.collector import CollectorServer, create_app, make_config
+from tests.processes import consume
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_SAMPLES = Path("/work/shared/reference/samples")
@@ -175,20 +175,6 @@ class ThreadCollector:
         self.thread.join(30)
         assert not self.thread.is_alive()
 
-
-def consume(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout_s: float = 30.0) -> list[Any]:
-    """Every record of topic (from the beginning) until done(records) or timeout_s."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, max_poll_records=5000)
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not done(records) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-    finally:
-        consumer.close()
-    return records
 
 
 def record_headers(record: Any) -> dict[str, bytes]:

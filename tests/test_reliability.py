@@ -44,7 +44,7 @@ from is_telemetry.kafka import ensure_topics
 from processors.validate import Rejection, validate
 from producers.simulator import generate, ground_truth, send_to_kafka
 from tests.conftest import RunningStack, start_stack
-from tests.processes import Proc, expected_views, wait_for_views, wait_until_ready
+from tests.processes import Proc, consume, expected_views, wait_for_views, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW_TOPIC = "tts-telemetry-raw"
@@ -198,21 +198,6 @@ def collect_statuses(stack: RunningStack) -> Counter[str]:
             out[found.group(1)] = int(v)
     return out
 
-
-def consume(bootstrap: str, topic: str, done: Any, timeout_s: float = 30) -> list[Any]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, max_poll_records=5000)
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not done(records) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-    finally:
-        consumer.close()
-    return records
 
 
 def pid_of(pattern: str) -> int:
