@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from is_telemetry.broker import free_port
+from is_telemetry.broker import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "reference" / "samples"
@@ -66,7 +66,7 @@ class RunningStack:
 
 
 def start_stack(data_dir: Path, *extra: str) -> RunningStack:
-    broker, collector, api = free_port(), free_port(), free_port()
+    broker, collector, api = free_ports(3)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "up.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
