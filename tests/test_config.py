@@ -40,3 +40,27 @@ def test_errors_are_clear(tmp_path: Path) -> None:
 
 def test_configuration_doc_is_current() -> None:
     assert reference_markdown() in (ROOT / "docs" / "configuration.md").read_text(), "run: is-telemetry config --docs"
+
+
+def test_json_logs_on_request(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IS_TELEMETRY_LOG_FORMAT": "json"}
+    # A sink pointed at a ClickHouse server where nothing listens logs its retries; stop it after the first lines.
+    proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", "api", "--clickhouse", "http://127.0.0.1:9/db",
+                             "--port", "0"], env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    entries = []
+    try:
+        while not any(e["logger"] == "sinks.clickhouse" for e in entries):
+            line = proc.stderr.readline()  # type: ignore[union-attr]
+            assert line, entries
+            entries.append(json.loads(line))  # every line is one JSON object
+    finally:
+        proc.kill()
+        proc.wait()
+    entry = entries[-1]
+    assert entry["level"] == "WARNING"
+    assert "ClickHouse connect and migrate failed" in entry["message"]
