@@ -17,9 +17,6 @@ import asyncio
 import json
 import os
 import re
-import selectors
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +27,7 @@ from typing import Any
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import load_settings
 from is_telemetry.kafka import ensure_topics, headers, make_producer
+from bench.soak_collector import Collector
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PATHS = [Path("/work/shared/reference/samples/is-3.32.json")]
@@ -148,44 +146,6 @@ def kafka_produce_rate(bootstrap: str, topic: str, body: bytes, total: int, seco
             "records_per_s": round(acked[0] / elapsed, 1)}
 
 
-class _Collector:
-    def __init__(self, bootstrap: str, topic: str, log_path: Path) -> None:
-        env = dict(os.environ, IS_TELEMETRY_KAFKA__RAW_TOPIC=topic)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        env.pop("IS_TELEMETRY_CONFIG", None)
-        with open(log_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "producers.collector", "--kafka", bootstrap, "--host", "127.0.0.1",
-                 "--port", "0"],
-                stdout=subprocess.PIPE, stderr=err, cwd=log_path.parent, env=env,
-            )
-        assert self.proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        buf, deadline = b"", time.monotonic() + 30
-        while b"\n" not in buf:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"collector did not start: {log_path.read_text()[-2000:]}")
-            if sel.select(0.1):
-                buf += os.read(self.proc.stdout.fileno(), 4096)
-        sel.close()
-        m = re.search(rb"http://([\d.]+):(\d+)/collect", buf)
-        assert m, buf
-        self.host, self.port = m.group(1).decode(), int(m.group(2))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_collector", description="collector throughput")
     ap.add_argument("--requests", type=int, default=20_000, help="HTTP requests (and Kafka records) at most")
@@ -199,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers})
         ensure_topics(settings)
         topic = settings.kafka.raw_topic
-        collector = _Collector(broker.bootstrap_servers, topic, Path(tmp) / "collector.log")
+        collector = Collector(broker.bootstrap_servers, topic, Path(tmp) / "collector.log")
         try:
             asyncio.run(_http_load(collector.host, collector.port, body, 500, 10, args.concurrency))  # warm-up
             http = asyncio.run(_http_load(collector.host, collector.port, body, args.requests, args.seconds,
