@@ -747,6 +747,16 @@ class SendError(RuntimeError):
         self.result = result
 
 
+def _finish(result: SendResult, n: int, started: float, progress: Progress | None, raise_on_failure: bool) -> SendResult:
+    """Close a send: elapsed time, a last progress report, and SendError if anything was not delivered."""
+    result.elapsed_s = time.monotonic() - started
+    if progress is not None:
+        progress(result.sent, n)
+    if raise_on_failure and (result.failed or (result.not_attempted and not result.interrupted)):
+        raise SendError(result)
+    return result
+
+
 def send_to_kafka(
     deliveries: Sequence[Delivery],
     bootstrap_servers: str,
@@ -841,12 +851,7 @@ def send_to_kafka(
                                  "they may or may not be in Kafka")
         result.sent_deliveries = [d for d, ok in zip(deliveries, acked) if ok]
     result.not_attempted = n - submitted
-    result.elapsed_s = time.monotonic() - started
-    if progress is not None:
-        progress(result.sent, n)
-    if raise_on_failure and (result.failed or (result.not_attempted and not result.interrupted)):
-        raise SendError(result)
-    return result
+    return _finish(result, n, started, progress, raise_on_failure)
 
 
 def _now_ms() -> int:
@@ -952,12 +957,7 @@ def send_to_collector(
     result.refused = counters["refused"]
     result.not_attempted = n - sum(attempted)
     result.sent_deliveries = [Delivery(s, d.key, d.body) for d, s in zip(deliveries, stamps) if s is not None]
-    result.elapsed_s = time.monotonic() - started
-    if progress is not None:
-        progress(result.sent, n)
-    if raise_on_failure and (result.failed or (result.not_attempted and not result.interrupted)):
-        raise SendError(result)
-    return result
+    return _finish(result, n, started, progress, raise_on_failure)
 
 
 # --------------------------------------------------------------------------------------------
