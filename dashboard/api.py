@@ -1,145 +1,194 @@
-"""The HTTP API: read-only SQL, health, metrics (and the dashboard's panels, dashboard/panels.py).
+"""The HTTP API: analysts' read-only SQL, health, metrics, and the dashboard (dashboard/panels.py).
 
-In embedded mode chDB is locked by the process that writes it, so this app runs inside the processors
-worker; against a ClickHouse server it also runs standalone (`is-telemetry api`).
-Read-only is enforced by ClickHouse itself (`readonly=1`), never by parsing the SQL.
+`POST /api/sql` takes `application/json` `{"query": "SELECT ..."}` only (a browser cannot send that cross-site
+without a CORS preflight, which this server never grants), with `Authorization: Bearer <api.token>` when a token
+is set. Every query runs through dashboard/analyst_sql.py: one reading statement, checked by ClickHouse's
+parser, on a read-only session with time, memory and result limits, cancelled when the client goes away.
+
+Every `/api/*` and `/metrics` request is refused (403) when the browser says it comes from another site
+(`Sec-Fetch-Site`, `Origin`), and, without a token, when its `Host` is not a loopback name or one of
+`api.allowed_hosts` (a DNS-rebinding page would otherwise be "same-origin").
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hmac
 import logging
-from collections.abc import Iterator
-from datetime import date, datetime
-from decimal import Decimal
-from typing import Any
-from uuid import UUID
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from is_telemetry.config import Settings
-from sinks.clickhouse import ClickHouseStore
+from dashboard import metrics, panels
+from dashboard.analyst_sql import AnalystSessions, new_query_id
+from dashboard.responses import OrjsonResponse, error, json_value, refused
+from is_telemetry.config import Settings, is_loopback
+from is_telemetry.errors import Forbidden, RequestRefused, Unauthorized, UnsupportedMediaType
+from is_telemetry.httpedge import read_body
 
 log = logging.getLogger(__name__)
 
-MAX_SQL_BYTES = 64 * 1024
+BODY_TIMEOUT_S = 10.0
+_JSON = "application/json"
+_GUARDED = ("/api/", "/metrics")
+_SAME_SITE_FETCH = frozenset({"same-origin", "none"})
 
 
-def json_value(v: Any) -> Any:
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, date):
-        return v.isoformat()
-    if isinstance(v, int) and not -(2**63) <= v < 2**64:
-        return str(v)
-    if isinstance(v, (Decimal, UUID)):
-        return str(v)
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, dict):
-        return {str(k): json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_value(x) for x in v]
-    return v
+def host_name(host_header: str) -> str:
+    """'127.0.0.1:8481' -> '127.0.0.1'; '[::1]:8481' -> '::1'; 'Example.net' -> 'example.net'."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h[1:]
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
-def rows_json(columns: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [{c: json_value(v) for c, v in zip(columns, row)} for row in rows]
+class BrowserGuard:
+    """Refuses cross-site browser requests (and, without a token, unknown Host names) on the API's paths."""
+
+    def __init__(self, app: ASGIApp, check_host: bool, allowed_hosts: frozenset[str]) -> None:
+        self.app, self.check_host, self.allowed_hosts = app, check_host, allowed_hosts
+
+    def problem(self, scope: Scope) -> str | None:
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if self.check_host:
+            name = host_name(host)
+            if not (is_loopback(name) or name in self.allowed_hosts):
+                return (f"Host {host[:100]!r} is not allowed without a token: use 127.0.0.1 or localhost, "
+                        "add the name to api.allowed_hosts, or set api.token")
+        fetch_site = headers.get("sec-fetch-site")
+        if fetch_site is not None and fetch_site.lower() not in _SAME_SITE_FETCH:
+            return f"cross-site request refused (Sec-Fetch-Site: {fetch_site[:40]})"
+        origin = headers.get("origin")
+        if origin is not None:
+            scheme = scope.get("scheme", "http")
+            if origin.lower() != f"{scheme}://{host}".lower():
+                return f"cross-origin request refused (Origin: {origin[:100]})"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(_GUARDED):
+            problem = self.problem(scope)
+            if problem is not None:
+                metrics.REFUSED.labels("cross_site").inc()
+                await refused(Forbidden(problem, code="cross_site"))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
-class OrjsonResponse(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+def _run_sql(sessions: AnalystSessions, query: str, query_id: str) -> bytes:
+    """Check, run and serialise one analyst query (on an analyst thread, never on an event loop)."""
+    result = sessions.run_client_sql(query, query_id)
+    return orjson.dumps({"columns": result.columns, "rows": [[json_value(v) for v in r] for r in result.rows]})
 
 
-def error(status: int, code: str, message: str) -> OrjsonResponse:
-    return OrjsonResponse({"error": code, "message": message}, status_code=status)
+def _query_of(raw: bytes) -> str:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    query = body.get("query") if isinstance(body, dict) else None
+    if not isinstance(query, str):
+        raise RequestRefused('the body must be JSON {"query": "SELECT ..."}')
+    if not query.strip():
+        raise RequestRefused("empty query")
+    return query
 
 
-def create_app(settings: Settings, store: ClickHouseStore) -> Starlette:
-    token = settings.api.token
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: the next message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
-    def authorized(request: Request) -> bool:
+
+def create_app(settings: Settings, sessions: AnalystSessions) -> Starlette:
+    token = settings.api.token.encode()
+    executor = ThreadPoolExecutor(max_workers=settings.api.query_concurrency + 1, thread_name_prefix="analyst-sql")
+
+    def check_token(request: Request) -> None:
         if not token:
-            return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given, f"Bearer {token}")
+            return
+        given = request.headers.get("authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, b"Bearer " + token):
+            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <api.token>)")
 
     async def sql(request: Request) -> Response:
-        if not authorized(request):
-            return error(401, "unauthorized", "missing or wrong bearer token (api.token)")
-        raw = await request.body()
-        if len(raw) > MAX_SQL_BYTES:
-            return error(413, "too_large", f"query over {MAX_SQL_BYTES} bytes")
-        query = raw.decode("utf-8", "replace")
-        if request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                query = str(orjson.loads(raw)["query"])
-            except Exception:
-                return error(400, "bad_request", 'JSON body must be {"query": "SELECT ..."}')
-        if not query.strip():
-            return error(400, "bad_request", "empty query")
+        check_token(request)
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != _JSON:
+            raise UnsupportedMediaType('POST /api/sql takes Content-Type: application/json, {"query": "SELECT ..."}')
+        raw = await read_body(request, settings.api.max_sql_bytes, BODY_TIMEOUT_S)
+        query = _query_of(raw)
+        query_id = new_query_id()
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        work = loop.run_in_executor(executor, _run_sql, sessions, query, query_id)
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            columns, rows = await _in_thread(store.query, query)
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()[0][:1000] if str(exc).strip() else type(exc).__name__
-            status = 403 if "readonly" in msg.lower() or "READONLY" in msg else 400
-            return error(status, "query_failed", msg)
-        return OrjsonResponse({"columns": columns, "rows": [[json_value(v) for v in r] for r in rows]})
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():  # the client hung up: stop its query instead of finishing it for nobody
+            await loop.run_in_executor(None, sessions.cancel, query_id)
+            metrics.QUERIES.labels("cancelled").inc()
+            return Response(status_code=499)
+        try:
+            body = work.result()
+        except RequestRefused as exc:
+            metrics.QUERIES.labels(exc.code).inc()
+            raise
+        metrics.QUERIES.labels("ok").inc()
+        metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
+        return Response(body, media_type=_JSON)
 
     async def healthz(request: Request) -> Response:
         return OrjsonResponse({"status": "ok"})
 
-    async def metrics(request: Request) -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def on_refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestRefused)
+        return refused(exc)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error(exc.status_code, f"http_{exc.status_code}", str(exc.detail), dict(exc.headers or {}))
+
+    async def on_internal(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error(500, "internal", "internal error")
 
     routes: list[BaseRoute] = [
         Route("/api/sql", sql, methods=["POST"]),
         Route("/healthz", healthz),
-        Route("/metrics", metrics),
+        Route("/metrics", metrics_endpoint),
+        *panels.routes(settings, sessions),
     ]
-    routes.extend(_panel_routes(settings, store))
-    return Starlette(routes=routes)
+    allowed = frozenset(h.lower() for h in [*settings.api.allowed_hosts, settings.api.host] if h)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(BrowserGuard, check_host=not token, allowed_hosts=allowed)],
+        exception_handlers={RequestRefused: on_refused, HTTPException: on_http, Exception: on_internal},
+    )
+    app.state.sessions = sessions
+    app.state.executor = executor
+    return app
 
 
-def _panel_routes(settings: Settings, store: ClickHouseStore) -> list[BaseRoute]:
-    try:
-        from dashboard import panels
-    except ImportError:
-        return []
-    return list(panels.routes(settings, store))
+def app_from_settings(settings: Settings) -> tuple[Starlette, AnalystSessions]:
+    sessions = AnalystSessions.from_settings(settings)
+    return create_app(settings, sessions), sessions
 
-
-async def _in_thread(fn: Any, *args: Any) -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)
-
-
-class EmbeddedServer(uvicorn.Server):
-    """uvicorn inside another event loop's process (the faust worker): the host owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def embedded_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
-    return EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"))
-
-
-def serve(settings: Settings, log_level: str = "warning") -> None:
-    store = ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days).open()
-    print(f"API and dashboard on http://{settings.api.host}:{settings.api.port}/", flush=True)
-    try:
-        uvicorn.run(create_app(settings, store), host=settings.api.host, port=settings.api.port, log_level=log_level,
-                    access_log=False)
-    finally:
-        store.close()

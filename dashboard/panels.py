@@ -1,7 +1,7 @@
 """The public dashboard: the page (`/`, `/static/...`) and one JSON API per panel (docs/dashboard.md).
 
 Every panel endpoint reads the analyst views of sinks/migrations (fleet_daily and the `*_daily` views over
-daily_rollup) through `ClickHouseStore.query` with server-side parameters, and answers
+daily_rollup) on the analysts' read-only, limited sessions (dashboard/analyst_sql.py) with server-side parameters, and answers
 `{"panel", "from", "to", ..., "columns", "rows", "tables"}`; `?format=csv` gives the same `rows` as CSV
 (`&table=NAME` one of the extra `tables` instead). Counts are JSON numbers (UInt64 fits: orjson writes
 unsigned 64-bit integers exactly).
@@ -29,9 +29,11 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dashboard.api import OrjsonResponse, error, json_value
+from dashboard.analyst_sql import AnalystSessions
+from dashboard.responses import OrjsonResponse, error, json_value
 from is_telemetry.config import Settings
-from sinks.clickhouse import ClickHouseStore
+from is_telemetry.csvsafe import csv_cell
+from is_telemetry.errors import RequestRefused
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_DAYS = 30
@@ -305,22 +307,22 @@ PANELS: dict[str, Callable[[Query, Range], Result]] = {
 def csv_body(table: Table) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(table.columns)
+    writer.writerow([csv_cell(c) for c in table.columns])
     for row in table.rows:
-        writer.writerow(["" if row.get(c) is None else json_value(row.get(c)) for c in table.columns])
+        writer.writerow([csv_cell(json_value(row.get(c))) for c in table.columns])  # formulas neutralised
     return out.getvalue()
 
 
-def run_panel(store: ClickHouseStore, name: str, params: dict[str, str], today: date) -> tuple[Range, Result]:
+def run_panel(sessions: AnalystSessions, name: str, params: dict[str, str], today: date) -> tuple[Range, Result]:
     def q(sql: str, parameters: dict[str, Any] | None) -> list[dict[str, Any]]:
-        columns, rows = store.query(sql, parameters=parameters)
-        return [dict(zip(columns, row)) for row in rows]
+        result = sessions.run(sql, parameters)
+        return [dict(zip(result.columns, row)) for row in result.rows]
 
     r = resolve_range(params, q, today)
     return r, PANELS[name](q, r)
 
 
-def routes(settings: Settings, store: ClickHouseStore) -> list[BaseRoute]:
+def routes(settings: Settings, sessions: AnalystSessions) -> list[BaseRoute]:
     def endpoint(name: str) -> Callable[[Request], Any]:
         async def handle(request: Request) -> Response:
             params = dict(request.query_params)
@@ -328,12 +330,11 @@ def routes(settings: Settings, store: ClickHouseStore) -> list[BaseRoute]:
             if fmt not in ("json", "csv"):
                 return error(400, "bad_request", f"format must be json or csv, not {fmt[:20]!r}")
             try:
-                r, result = await asyncio.to_thread(run_panel, store, name, params, utc_today())
+                r, result = await asyncio.to_thread(run_panel, sessions, name, params, utc_today())
             except BadRequest as exc:
                 return error(400, "bad_request", str(exc))
-            except Exception as exc:  # ClickHouse unavailable or failing: one line, no trace
-                msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                return error(503, "query_failed", msg)
+            except RequestRefused as exc:  # ClickHouse unavailable (503), busy (503) or a limit hit (400)
+                return error(exc.status, exc.code, exc.message, exc.headers or None)
             table_name = params.get("table", "rows")
             if table_name != "rows" and table_name not in result.tables:
                 known = ", ".join(["rows", *result.tables])

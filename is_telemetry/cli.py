@@ -10,8 +10,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from is_telemetry.config import Settings, load_settings
 from is_telemetry import status
+from is_telemetry.config import Settings, check_api_exposure, load_settings
+from is_telemetry.errors import ConfigError
+from is_telemetry.logsetup import setup_logging
 from producers import identity_server, simulator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The Things Stack Identity Server telemetry pipeline.")
@@ -23,35 +25,16 @@ DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Embedded
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")]
 
 
-def settings_from(config: Path | None, **flags: Any) -> Settings:
+def settings_from(config: Path | None, serves_api: bool = False, **flags: Any) -> Settings:
+    """Settings from defaults < file < environment < flags; a bad configuration ends the command with one line."""
     try:
-        return load_settings(config, **flags)
-    except Exception as exc:  # config errors end the command with one clear line
+        settings = load_settings(config, **flags)
+        if serves_api:
+            check_api_exposure(settings)
+        return settings
+    except (ConfigError, ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
         typer.echo(f"error: bad configuration: {exc}", err=True)
         raise typer.Exit(2) from exc
-
-
-LOG_FORMAT_ENV = "IS_TELEMETRY_LOG_FORMAT"  # "json": one JSON object per line (inherited by the stack's children)
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        import orjson
-
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get(LOG_FORMAT_ENV, "").lower() == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def _port(value: int | None) -> int | None:
@@ -87,7 +70,8 @@ def up(
     broker_port: Annotated[int, typer.Option("--broker-port")] = 0,
     collector_port: Annotated[int, typer.Option("--collector-port")] = 0,
     api_port: Annotated[int, typer.Option("--api-port")] = 0,
-    host: Annotated[str, typer.Option("--host", help="Bind address for collector and API")] = "",
+    collector_host: Annotated[str, typer.Option("--collector-host", help="Collector bind address (default 127.0.0.1; 0.0.0.0 = every interface)")] = "",
+    api_host: Annotated[str, typer.Option("--api-host", help="API/dashboard bind address (default 127.0.0.1; beyond loopback only with api.token)")] = "",
     simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Feed simulated deployments")] = True,
     deployments: Annotated[int, typer.Option("--deployments", help="Simulated deployments")] = 300,
     cli_installs: Annotated[int, typer.Option("--cli-installs", help="Simulated CLI installs")] = 100,
@@ -100,12 +84,13 @@ def up(
 
     s = settings_from(
         config,
+        serves_api=True,
         data_dir=data_dir,
         kafka={"bootstrap_servers": kafka},
         clickhouse={"dsn": clickhouse},
         broker={"port": _port(broker_port)},
-        collector={"port": _port(collector_port), "host": host or None},
-        api={"port": _port(api_port), "host": host or None},
+        collector={"port": _port(collector_port), "host": collector_host or None},
+        api={"port": _port(api_port), "host": api_host or None},
     )
     setup_logging(log_level)
     opts = StackOptions(config=config, simulate=simulate, deployments=deployments, cli_installs=cli_installs,
@@ -127,7 +112,8 @@ def worker(
     """Run a processors worker (faust): validate -> dedup -> roll up -> sink."""
     from processors.worker import run_worker
 
-    s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
+    s = settings_from(config, serves_api=api_port is not None and api_port >= 0, data_dir=data_dir,
+                      kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
                       api={"port": api_port if api_port and api_port > 0 else None}, processors={"group_id": group_id})
     setup_logging(log_level)
     raise typer.Exit(run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level))
@@ -145,7 +131,8 @@ def sink(
     """Run the sink as its own process: snapshots topic -> ClickHouse (for workers started with --no-sink)."""
     from sinks.consumer import run_sink
 
-    s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
+    s = settings_from(config, serves_api=api_port is not None and api_port >= 0, data_dir=data_dir,
+                      kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
                       api={"port": api_port if api_port and api_port > 0 else None})
     setup_logging(log_level)
     raise typer.Exit(run_sink(s, serve_api=api_port is not None and api_port >= 0, log_level=log_level))
@@ -176,9 +163,9 @@ def api(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Serve the HTTP API and dashboard standalone (against a ClickHouse server)."""
-    from dashboard.api import serve
+    from dashboard.server import serve
 
-    s = settings_from(config, clickhouse={"dsn": clickhouse}, api={"port": _port(port), "host": host or None})
+    s = settings_from(config, serves_api=True, clickhouse={"dsn": clickhouse}, api={"port": _port(port), "host": host or None})
     setup_logging(log_level)
     serve(s, log_level=log_level)
 
@@ -193,15 +180,15 @@ def sql(
     config: ConfigOpt = None,
 ) -> None:
     """Run a read-only query: through a running stack's API, or directly against a ClickHouse server."""
-    from is_telemetry.sqlcli import format_result, run_query
+    from is_telemetry.sqlcli import SqlError, format_result, run_query
 
     if fmt not in ("table", "csv", "json"):
         typer.echo("error: --format must be table, csv or json", err=True)
         raise typer.Exit(2)
-    s = settings_from(config, clickhouse={"dsn": clickhouse})
+    s = settings_from(config, clickhouse={"dsn": clickhouse}, api={"clickhouse_dsn": clickhouse})
     try:
         columns, rows = run_query(s, query, api=api, token=token, direct=clickhouse is not None)
-    except RuntimeError as exc:
+    except SqlError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     sys.stdout.write(format_result(columns, rows, fmt))

@@ -6,12 +6,15 @@ Every key, its default and its environment variable are listed in docs/configura
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from is_telemetry.errors import ConfigError
 
 ENV_PREFIX = "IS_TELEMETRY_"
 CONFIG_ENV = "IS_TELEMETRY_CONFIG"
@@ -42,17 +45,37 @@ class BrokerSettings(_Section):
     port: int = Field(19092, ge=0, le=65535, description="Embedded broker port")
 
 
-class CollectorSettings(_Section):
+class _HttpEdge(_Section):
+    """Bounds every HTTP server of this project applies before a request reaches the application."""
+
+    header_timeout_s: float = Field(10.0, gt=0, description="A request's line and headers must arrive within this (else 408 and close)")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Larger request line + headers are refused with 431")
+    max_connections: int = Field(1024, ge=1, description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)")
+
+
+class CollectorSettings(_HttpEdge):
     host: str = Field("127.0.0.1", description="Collector listen address")
     port: int = Field(8480, ge=0, le=65535, description="Collector port (POST /collect)")
+    max_connections: int = Field(4096, ge=1, description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)")
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies are refused with 413")
     publish_timeout_s: float = Field(8.0, description="Kafka acknowledgement wait before answering 503 (below TTS's 10 s client timeout)")
 
 
-class ApiSettings(_Section):
-    host: str = Field("127.0.0.1", description="HTTP API / dashboard listen address")
+class ApiSettings(_HttpEdge):
+    host: str = Field("127.0.0.1", description="HTTP API / dashboard listen address (beyond loopback only with a token)")
     port: int = Field(8481, ge=0, le=65535, description="HTTP API / dashboard port")
-    token: str = Field("", description="Bearer token required by /api/sql when set")
+    token: str = Field("", description="Bearer token required by /api/sql (required when the API listens beyond loopback)")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names accepted in the Host header besides loopback ones, when no token is set (DNS-rebinding guard)")
+    clickhouse_dsn: str = Field("", description="DSN of a read-only ClickHouse user for analysts' queries; empty = clickhouse.dsn in read-only sessions")
+    max_connections: int = Field(256, ge=1, description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)")
+    max_sql_bytes: int = Field(64 * 1024, ge=1, description="POST /api/sql bodies larger than this are refused with 413 (checked while reading)")
+    query_timeout_s: float = Field(30.0, gt=0, description="An analyst query running longer is stopped by ClickHouse (400 TIMEOUT_EXCEEDED)")
+    query_max_memory_bytes: int = Field(1_000_000_000, ge=10_000_000, description="Memory one analyst query may use (ClickHouse max_memory_usage)")
+    query_max_result_rows: int = Field(100_000, ge=1, description="Rows one analyst query may return")
+    query_max_result_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Uncompressed bytes one analyst query may return")
+    query_max_threads: int = Field(1, ge=1, description="ClickHouse threads per analyst query (the rest of the cores stay with ingestion)")
+    query_concurrency: int = Field(4, ge=1, description="Analyst queries (SQL and dashboard) running at once per process; others wait up to query_queue_s")
+    query_queue_s: float = Field(5.0, ge=0, description="How long a query waits for a free slot before 503")
 
 
 class ProcessorSettings(_Section):
@@ -87,6 +110,30 @@ class Settings(BaseSettings):
     @property
     def clickhouse_dsn(self) -> str:
         return self.clickhouse.dsn or f"chdb://{(self.data_dir / 'chdb').resolve()}"
+
+    @property
+    def analyst_dsn(self) -> str:
+        """Where analysts' queries go: a dedicated read-only user if configured, else the store itself."""
+        return self.api.clickhouse_dsn or self.clickhouse_dsn
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_exposure(settings: Settings) -> None:
+    """The API must not listen beyond loopback without a token: raise ConfigError saying what to do."""
+    if not is_loopback(settings.api.host) and not settings.api.token:
+        raise ConfigError(
+            f"the API would listen on {settings.api.host or 'every address'} without a token: anyone who can reach it "
+            "could query ClickHouse. Set api.token (IS_TELEMETRY_API__TOKEN=<random secret>) or keep api.host on 127.0.0.1"
+        )
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -139,7 +186,7 @@ def reference_markdown() -> str:
                 continue
             key = f"{prefix}{name}"
             env = ENV_PREFIX + key.replace(".", "__").upper()
-            default = field.default
+            default = field.get_default(call_default_factory=True)
             rows.append(f"| `{key}` | `{env}` | `{default!s}` | {field.description or ''} |")
 
     walk(Settings, "")

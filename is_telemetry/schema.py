@@ -20,19 +20,30 @@ UINT64_MAX = 2**64 - 1
 #: Every deployment left on TTS's default console URLs shares this UID.
 DEFAULT_UID = "m64Jv5T3Bqnxz3tSgOAYD0w25UqWwP5DgIsuKbS0g5dBQkA8ZEHwlV1iDoKgjeF7uE3dt+3SDMdANJ41xDZqag=="
 
-IS_UID_PATTERN = r"^[A-Za-z0-9+/]{86}==$"
+# Anchored at both ends; checked with fullmatch (a `$` alone would also match before a trailing newline), and
+# in the JSON Schema with an exact length, so that no validator's `$` can let a trailing newline through.
+IS_UID_PATTERN = r"^[A-Za-z0-9+/]{85}[AQgw]==$"
 CLI_UID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_IS_UID = re.compile(IS_UID_PATTERN)
-_CLI_UID = re.compile(CLI_UID_PATTERN)
+_IS_UID = re.compile(IS_UID_PATTERN.strip("^$"))
+_CLI_UID = re.compile(CLI_UID_PATTERN.strip("^$"))
+
 
 def _valid_is_uid(uid: str) -> bool:
     """Canonical standard base64 of exactly 64 bytes (a SHA-512 digest): 86 symbols + "==", and the last
     symbol carries 2 data bits and 4 zero bits, so it is one of A, Q, g, w."""
-    return bool(_IS_UID.match(uid)) and uid[85] in "AQgw"
+    return _IS_UID.fullmatch(uid) is not None
 
 
 def _valid_cli_uid(uid: str) -> bool:
-    return bool(_CLI_UID.match(uid))
+    return _CLI_UID.fullmatch(uid) is not None
+
+
+_UID_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"pattern": IS_UID_PATTERN, "minLength": 88, "maxLength": 88},
+        {"pattern": CLI_UID_PATTERN, "minLength": 36, "maxLength": 36},
+    ]
+}
 
 
 Count = Annotated[int, Field(ge=0, le=UINT64_MAX, strict=True)]
@@ -112,7 +123,8 @@ class EntitiesCount(_Model):
 class TelemetryMessage(_Model):
     """A telemetry body as TTS posts it to `telemetry.target`."""
 
-    uid: Annotated[str, Field(strict=True, description="IS: base64 SHA-512 (88 chars); CLI: UUID v4")]
+    uid: Annotated[str, Field(strict=True, description="IS: base64 SHA-512 (88 chars); CLI: UUID v4",
+                              json_schema_extra=_UID_JSON_SCHEMA)]
     os: OSTelemetry | None = None
     cli: dict[str, Any] | None = Field(
         default=None,

@@ -6,37 +6,39 @@ import csv
 import io
 from typing import Any
 
-import httpx
 import orjson
 
+from is_telemetry import apiclient
 from is_telemetry.config import Settings
+from is_telemetry.csvsafe import csv_cell
+from is_telemetry.errors import RequestRefused, TelemetryError
+
+
+class SqlError(TelemetryError):
+    """The query could not run; the message says where it was sent and why."""
 
 
 def run_query(settings: Settings, query: str, api: str | None, token: str | None, direct: bool) -> tuple[list[str], list[list[Any]]]:
     if api and not direct:
-        headers = {"content-type": "text/plain; charset=utf-8"}
-        if token:
-            headers["authorization"] = f"Bearer {token}"
         try:
-            r = httpx.post(api.rstrip("/") + "/api/sql", content=query.encode(), headers=headers, timeout=60)
-        except httpx.HTTPError as exc:
-            raise RuntimeError(f"cannot reach the API at {api}: {exc}; is the stack running (is-telemetry up)?") from exc
-        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-        if r.status_code != 200:
-            raise RuntimeError(f"{r.status_code} {body.get('error', '')}: {body.get('message', r.text[:500])}")
-        return body["columns"], body["rows"]
+            return apiclient.sql(api, query, token or "", timeout_s=settings.api.query_timeout_s + 30)
+        except apiclient.ApiError as exc:
+            hint = "; is the stack running (is-telemetry up)?" if exc.status == 0 else ""
+            raise SqlError(f"{exc}{hint}") from exc
     if settings.clickhouse_dsn.startswith("chdb:") and not direct:
-        raise RuntimeError("the embedded chDB is locked by the running stack: pass --api http://127.0.0.1:PORT "
-                           "(or --clickhouse for a ClickHouse server)")
-    from dashboard.api import json_value
-    from sinks.clickhouse import ClickHouseStore
+        raise SqlError("the embedded chDB is locked by the running stack: pass --api http://127.0.0.1:PORT "
+                       "(or --clickhouse for a ClickHouse server)")
+    from dashboard.analyst_sql import AnalystSessions, new_query_id
+    from dashboard.responses import json_value
 
-    store = ClickHouseStore(settings.clickhouse_dsn)
+    sessions = AnalystSessions.from_settings(settings)
     try:
-        columns, rows = store.query(query)
+        result = sessions.run_client_sql(query, new_query_id())  # the same checks and limits as POST /api/sql
+    except RequestRefused as exc:
+        raise SqlError(f"{exc.status} {exc.code}: {exc.message}") from exc
     finally:
-        store.close()
-    return columns, [[json_value(v) for v in row] for row in rows]
+        sessions.close()
+    return result.columns, [[json_value(v) for v in row] for row in result.rows]
 
 
 def format_result(columns: list[str], rows: list[list[Any]], fmt: str) -> str:
@@ -45,9 +47,9 @@ def format_result(columns: list[str], rows: list[list[Any]], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
+        w.writerow([csv_cell(c) for c in columns])
         for row in rows:
-            w.writerow([_cell(v) for v in row])
+            w.writerow([csv_cell(v) for v in row])  # formulas neutralised for spreadsheets
         return buf.getvalue()
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]

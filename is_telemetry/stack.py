@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import httpx
 
+from is_telemetry import apiclient
 from is_telemetry.broker import EmbeddedBroker, port_open
 from is_telemetry.config import Settings
 from is_telemetry.kafka import ensure_topics, topic_names
@@ -52,11 +53,12 @@ class StackOptions:
 class Child:
     """A child process of the stack, its output in data_dir/logs/NAME.log."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "ab")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, **(env or {})})
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -114,8 +116,9 @@ class Stack:
         else:
             print(f"  kafka      {self.s.bootstrap_servers}  (external)", flush=True)
         ensure_topics(self.s)
-        for name, port in (("API", self.s.api.port), ("collector", self.s.collector.port)):
-            if port_open(_client_host(self.s.api.host), port):
+        for name, host, port in (("API", self.s.api.host, self.s.api.port),
+                                 ("collector", self.s.collector.host, self.s.collector.port)):
+            if port_open(_client_host(host), port):
                 raise RuntimeError(f"port {port} for the {name} is already in use: pick another (--{name.lower()}-port)")
         self._start_worker()
         print(f"  worker     processors + sink -> {self.s.clickhouse_dsn}", flush=True)
@@ -128,7 +131,8 @@ class Stack:
     def _start_worker(self) -> None:
         self.children.append(Child("worker", self._cli(
             "worker", "--kafka", self.s.bootstrap_servers, "--clickhouse", self.s.clickhouse_dsn,
-            "--data-dir", str(self.data_dir), "--api-port", str(self.s.api.port)), self.log_dir))
+            "--data-dir", str(self.data_dir), "--api-port", str(self.s.api.port)), self.log_dir,
+            env={"IS_TELEMETRY_API__HOST": self.s.api.host, "IS_TELEMETRY_API__TOKEN": self.s.api.token}))
         self._wait_http(self.api_url + "/healthz", "worker", 90)
 
     def _start_collector(self) -> None:
@@ -186,10 +190,7 @@ class Stack:
     # -- watch ------------------------------------------------------------------------------------------------
 
     def query(self, sql: str, timeout_s: float = 10) -> list[list[Any]]:
-        r = httpx.post(self.api_url + "/api/sql", content=sql.encode(), timeout=timeout_s,
-                       headers={"authorization": f"Bearer {self.s.api.token}"} if self.s.api.token else {})
-        r.raise_for_status()
-        return list(r.json()["rows"])
+        return apiclient.sql(self.api_url, sql, self.s.api.token, timeout_s)[1]
 
     def progress_line(self) -> str:
         stored = self.query("SELECT (SELECT count() FROM snapshots), (SELECT count() FROM rejections), "
@@ -233,7 +234,7 @@ class Stack:
                 if time.monotonic() >= next_summary:
                     print(("\n" if tty else "") + self.summary() + ("" if tty else f"\n  {line}"), flush=True)
                     next_summary = time.monotonic() + self.o.summary_every_s
-            except httpx.HTTPError as exc:
+            except apiclient.ApiError as exc:
                 log.debug("progress query failed: %s", exc)
 
 
@@ -262,10 +263,10 @@ class Stack:
         if not force and time.monotonic() - self._counts_at < every_s:
             return
         self._counts_at = time.monotonic()
-        collector = _metrics(self.collector_url.rsplit("/", 1)[0] + "/metrics")
+        collector = apiclient.metrics(self.collector_url.rsplit("/", 1)[0] + "/metrics")
         if collector is not None:
             self.counts["collector_published"] = collector.get("collector_records_published_total", 0.0)
-        worker = _metrics(self.api_url + "/metrics")
+        worker = apiclient.metrics(self.api_url + "/metrics")
         if worker is not None:
             # valid (duplicates included) + rejected: records whose batch reached ClickHouse
             self.counts["worker_stored"] = sum(v for k, v in worker.items() if k.startswith((
@@ -286,7 +287,7 @@ class Stack:
             ch = self.query("SELECT (SELECT count() FROM snapshots), (SELECT count() FROM daily_rollup FINAL)",
                             timeout_s=3)[0]
             kept = f"{ch[0]} snapshot rows over {ch[1]} day{'' if ch[1] == 1 else 's'}"
-        except (httpx.HTTPError, KeyError, IndexError, ValueError):
+        except (apiclient.ApiError, KeyError, IndexError, ValueError):
             kept = "every row it had stored"
         sources = f"the collector acknowledged {published}"
         if backfill:
@@ -392,25 +393,6 @@ def _exit_status(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"code {code}"
-
-
-def _metrics(url: str, timeout_s: float = 2.0) -> dict[str, float] | None:
-    """Prometheus text from url as {series: value}; None if it does not answer."""
-    try:
-        r = httpx.get(url, timeout=timeout_s)
-        r.raise_for_status()
-    except httpx.HTTPError:
-        return None
-    out: dict[str, float] = {}
-    for line in r.text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        try:
-            out[series] = float(value)
-        except ValueError:
-            pass
-    return out
 
 
 def _admin(settings: Settings) -> Any:

@@ -120,14 +120,10 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
     if not up:
         return api_line, Line("ClickHouse", UNKNOWN, "not checked: the API (its only route here) is down"), ""
 
-    headers = {"authorization": f"Bearer {token}"} if token else {}
+    from is_telemetry import apiclient
 
     def sql(query: str) -> list[dict[str, Any]]:
-        r = client.post(f"{api}/api/sql", content=query.encode(), headers=headers)
-        if r.status_code != 200:
-            raise RuntimeError(_json_field(r, "message") or f"POST /api/sql answered {r.status_code}")
-        body = r.json()
-        return [dict(zip(body["columns"], row)) for row in body["rows"]]
+        return apiclient.sql_rows(api, query, token, client=client, timeout_s=client.timeout.read or 10.0)
 
     try:
         last = sql(LAST_SNAPSHOT_SQL)[0]

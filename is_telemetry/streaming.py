@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import contextlib
 from typing import Any
 
 import faust
@@ -39,30 +38,27 @@ def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
 
 
 class ApiService(Service):
-    """Serves the HTTP API/dashboard inside the worker (chDB can only be read by the process that writes it)."""
+    """Serves the HTTP API/dashboard from the worker (chDB can only be read by the process that writes it), on a
+    thread and event loop of its own, with its queries on their own read-only ClickHouse sessions."""
 
-    def __init__(self, settings: Settings, store: ClickHouseStore, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, log_level: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from dashboard.api import create_app, embedded_server
+        from dashboard.server import ApiThread
 
-        self.server = embedded_server(create_app(settings, store), settings.api.host, settings.api.port)
-        self._task: asyncio.Task[None] | None = None
+        self.api = ApiThread(settings, log_level)
 
     async def on_start(self) -> None:
-        self._task = asyncio.ensure_future(self.server.serve())
+        self.api.start()
 
     async def on_stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 5)
+        await asyncio.get_running_loop().run_in_executor(None, self.api.stop, 5.0)
 
 
 def run_faust(app: faust.App, settings: Settings, store: ClickHouseStore | None, serve_api: bool, log_level: str) -> int:
     """Run a faust app as a worker until SIGTERM/SIGINT (graceful), optionally serving the API from it."""
     services: list[Service] = []
-    if serve_api and store is not None:
-        services.append(ApiService(settings, store))
+    if serve_api:
+        services.append(ApiService(settings, log_level))
     worker = faust.Worker(app, *services, loglevel=log_level.upper(), quiet=True, override_logging=False)
     worker.spinner = None  # faust's spinner sets the root logger to DEBUG: costly, and noise in services
     # Per-event objects churn the young generation; fewer full collections: +12% msgs/s (docs/benchmarks.md).

@@ -38,6 +38,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from is_telemetry.config import Settings, load_settings
+from is_telemetry.errors import RequestRefused, Unavailable, UnsupportedMediaType
+from is_telemetry.httpedge import edge_limits, read_body, server_config
+from is_telemetry.logsetup import setup_logging
 from is_telemetry.kafka import headers as record_headers
 from is_telemetry.kafka import make_producer
 
@@ -62,21 +65,13 @@ _ENDPOINTS = frozenset({COLLECT_PATH, "/healthz", "/readyz", "/metrics"})
 
 # ---------------------------------------------------------------------------------------------- errors
 
-class Rejected(Exception):
-    """A request answered with a one-line JSON error."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-
-
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps({"error": code, "message": message})
     return Response(body, status_code=status, media_type=_JSON, headers=headers)
 
 
-def _unavailable(message: str) -> Rejected:
-    return Rejected(503, "kafka_unavailable", message, {"Retry-After": str(RETRY_AFTER_S)})
+def _unavailable(message: str) -> Unavailable:
+    return Unavailable(message, code="kafka_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -340,7 +335,7 @@ class Publisher:
             return False
 
     async def publish(self, body: bytes, key: bytes | None, received_at_ms: int, user_agent: str) -> Any:
-        """Publish one record; returns once Kafka acknowledged it. Raises Rejected(503) otherwise."""
+        """Publish one record; returns once Kafka acknowledged it. Raises Unavailable (503) otherwise."""
         p = self.producer
         if p is None:
             self.metrics.kafka_errors.labels("not_ready").inc()
@@ -412,41 +407,14 @@ def _check_media_type(content_type: str | None) -> None:
         return
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != _JSON:
-        raise Rejected(415, "unsupported_media_type",
-                       f"Content-Type must be application/json, not {content_type[:100]!r}")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise Rejected(400, "bad_content_length", "Content-Length is not a number") from None
-        if length > limit:
-            raise Rejected(413, "body_too_large", f"body of {length} bytes exceeds the limit of {limit} bytes",
-                           {"Connection": "close"})
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise Rejected(413, "body_too_large", f"body exceeds the limit of {limit} bytes",
-                                   {"Connection": "close"})
-                chunks.append(chunk)
-    except TimeoutError:
-        raise Rejected(408, "request_timeout", f"body not received within {BODY_READ_TIMEOUT_S:g}s",
-                       {"Connection": "close"}) from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type[:100]!r}")
 
 
 def _key_of(body: bytes) -> bytes | None:
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise Rejected(400, "not_json", f"body is not JSON: {exc}"[:300]) from None
+        raise RequestRefused(f"body is not JSON: {exc}"[:300], code="not_json") from None
     if isinstance(message, dict):
         uid = message.get("uid")
         if isinstance(uid, str):
@@ -465,14 +433,14 @@ def create_app(settings: Settings, producer: Any = None) -> Starlette:
         received_at_ms = time.time_ns() // 1_000_000  # receive time, UTC Unix ms, before reading the body
         try:
             _check_media_type(request.headers.get("content-type"))
-            body = await _read_body(request, limit)
+            body = await read_body(request, limit, BODY_READ_TIMEOUT_S)
             metrics.body_bytes.observe(len(body))
             if not body:
-                raise Rejected(400, "empty_body", "the body is empty; expected a JSON telemetry message")
+                raise RequestRefused("the body is empty; expected a JSON telemetry message", code="empty_body")
             key = _key_of(body)
             user_agent = request.headers.get("user-agent", "")[:USER_AGENT_MAX]
             await publisher.publish(body, key, received_at_ms, user_agent)
-        except Rejected as r:
+        except RequestRefused as r:
             return error_response(r.status, r.code, r.message, r.headers)
         except ClientDisconnect:
             return Response(status_code=499)  # never delivered: the client is gone; counted in metrics
@@ -573,13 +541,12 @@ class _SignalCapture:
 
 
 def make_config(settings: Settings, app: ASGIApp | None = None, log_level: str = "warning") -> uvicorn.Config:
-    return uvicorn.Config(
+    return server_config(
         app if app is not None else create_app(settings),
-        host=settings.collector.host,
-        port=settings.collector.port,
-        log_level=log_level.lower(),
-        access_log=False,  # access logs would record client IPs: the collector stores none
-        server_header=False,
+        settings.collector.host,
+        settings.collector.port,
+        edge_limits(settings.collector),  # header timeout and size, connection cap (is_telemetry/httpedge.py)
+        log_level,
         timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         # in-flight requests get this long to finish after SIGTERM; the producer flush follows
@@ -606,8 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     settings = load_settings(args.config, kafka={"bootstrap_servers": args.kafka},
                              collector={"host": args.host, "port": args.port})
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     serve(settings, log_level=args.log_level)
 
 

@@ -111,12 +111,15 @@ def rejection_values(row: dict[str, Any]) -> list[Any]:
     ]
 
 
-def connect(dsn: str) -> Client:
-    """chdb:///abs/path -> embedded chDB; http(s)://user:pass@host:port/db -> a ClickHouse server."""
+def connect(dsn: str, settings: dict[str, Any] | None = None) -> Client:
+    """chdb:///abs/path -> embedded chDB; http(s)://user:pass@host:port/db -> a ClickHouse server.
+    `settings` go with every request (servers only)."""
     url = urlparse(dsn)
     if url.scheme == "chdb":
         if not url.path.startswith("/"):
             raise ValueError(f"chdb DSN needs an absolute path: chdb:///abs/path (got {dsn})")
+        if settings:
+            raise ValueError("per-request settings are for servers; on chDB use SET on the session")
         return clickhouse_connect.get_client(dsn=dsn)
     if url.scheme in ("http", "https"):
         database = url.path.strip("/") or "default"
@@ -124,7 +127,7 @@ def connect(dsn: str) -> Client:
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         return clickhouse_connect.get_client(
             host=url.hostname or "localhost", port=url.port or (8443 if secure else 8123), username=url.username or "default",
-            password=url.password or "", database=database, secure=secure, **query,
+            password=url.password or "", database=database, secure=secure, settings=settings, **query,
         )
     raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use chdb:///abs/path or http(s)://user:pass@host:8123/db")
 
@@ -152,8 +155,9 @@ class ClickHouseStore:
         self.snapshot_ttl_days = snapshot_ttl_days
         self.retry_max_s = retry_max_s
         self._client: Client | None = None
-        self._reader: Client | None = None  # analysts' queries get their own session: nothing they send touches the writer's
-        self._lock = threading.RLock()  # chDB is one session per process: serialise every call
+        self._reader: Client | None = None  # query() has a session of its own: reads never wait for the writer
+        self._lock = threading.RLock()  # serialises the writer's calls on its session
+        self._read_lock = threading.Lock()
         self.stopping = threading.Event()
         self.last_write_at: float | None = None
 
@@ -170,11 +174,14 @@ class ClickHouseStore:
         return self
 
     def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = None
         with self._lock:
-            for client in (self._reader, self._client):
-                if client is not None:
-                    client.close()
-            self._reader = self._client = None
+            if self._client is not None:
+                self._client.close()
+            self._client = None
 
     def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run fn until it succeeds, backing off while ClickHouse is unavailable (or until stopping is set)."""
@@ -194,7 +201,7 @@ class ClickHouseStore:
                     raise
                 level = logging.WARNING if attempt < 10 else logging.ERROR  # a lasting failure may be ours, not ClickHouse's
                 log.log(level, "ClickHouse %s failed (attempt %d, %s): %s; offsets are held, retrying in %.1fs",
-                            what, attempt, _redact(self.dsn), str(exc).splitlines()[0][:300], delay)
+                            what, attempt, redact(self.dsn), str(exc).splitlines()[0][:300], delay)
                 if self._client is not None and not self.dsn.startswith("chdb:"):
                     self._client = None  # reconnect to a server
                 self.stopping.wait(delay)
@@ -275,10 +282,12 @@ class ClickHouseStore:
     def query(
         self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = True, limit_rows: int = 100_000
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """The project's own reads (tests, benches, status). Analysts' SQL goes through dashboard/analyst_sql.py,
+        which checks the statement and runs it on read-only sessions with limits."""
         settings: dict[str, Any] = {"readonly": 1} if readonly else {}
         if readonly and limit_rows:
             settings.update(max_result_rows=limit_rows, result_overflow_mode="throw")
-        with self._lock:
+        with self._read_lock:
             if self._reader is None:
                 self._reader = connect(self.dsn)
             try:
@@ -292,7 +301,8 @@ class ClickHouseStore:
                 raise
 
 
-def _redact(dsn: str) -> str:
+def redact(dsn: str) -> str:
+    """The DSN with its password replaced by ***."""
     url = urlparse(dsn)
     if url.password:
         return dsn.replace(f":{url.password}@", ":***@")

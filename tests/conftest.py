@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from is_telemetry import apiclient
 from is_telemetry.broker import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +36,7 @@ class RunningStack:
     log_path: Path
 
     def sql(self, query: str) -> list[dict[str, Any]]:
-        r = httpx.post(self.api_url + "/api/sql", content=query.encode(), timeout=30)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        return [dict(zip(body["columns"], row)) for row in body["rows"]]
+        return apiclient.sql_rows(self.api_url, query)
 
     def wait_for(self, query: str, predicate: Any, timeout_s: float = 90) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from is_telemetry import apiclient
 from is_telemetry.broker import free_port
 
 VIEW_QUERIES = {
@@ -64,17 +65,11 @@ class Proc:
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         assert self.api
-        r = httpx.post(self.api + "/api/sql", content=query.encode(), timeout=30)
-        r.raise_for_status()
-        body = r.json()
-        return [dict(zip(body["columns"], row)) for row in body["rows"]]
+        return apiclient.sql_rows(self.api, query)
 
     def metric(self, name: str) -> float:
         assert self.api
-        for line in httpx.get(self.api + "/metrics", timeout=10).text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return 0.0
+        return (apiclient.metrics(self.api + "/metrics", timeout_s=10) or {}).get(name, 0.0)
 
     def views(self) -> dict[str, list[dict[str, Any]]]:
         return {name: self.sql(q) for name, q in VIEW_QUERIES.items()}
@@ -111,7 +106,7 @@ def wait_for_views(proc: Proc, expected: dict[str, Any], timeout_s: float = 180)
     while time.monotonic() < deadline:
         try:
             got = proc.views()
-        except httpx.HTTPError:
+        except (httpx.HTTPError, apiclient.ApiError):
             got = {}
         if got == expected:
             return got

@@ -41,6 +41,8 @@ from processors.pipeline import RawRecord, process
 from processors.rollup import day_of, major_minor, rejection_row
 from processors.validate import Rejection, inconsistencies, validate
 from producers.simulator import DAY_MS, Delivery, generate, ground_truth
+from dashboard.analyst_sql import AnalystSessions, QueryLimits, new_query_id
+from is_telemetry.errors import QueryFailed, RequestRefused, WriteRefused
 from sinks.clickhouse import Batch, ClickHouseStore, migrations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -646,30 +648,46 @@ WRITES = [
     "CREATE TABLE intruder (a UInt8) ENGINE = Memory",
     "OPTIMIZE TABLE snapshots FINAL",
     "SET max_threads = 1",
+    "\ufeffDROP TABLE snapshots; SELECT 1",  # a byte-order mark and a second statement
+    "SELECT 1; DROP TABLE snapshots",
+    "SELECT 1 SETTINGS readonly = 0",
+    "KILL QUERY WHERE 1",
 ]
 
 
-def test_query_is_read_only(store: ClickHouseStore):
+def analyst_sessions(store: ClickHouseStore, **limits: Any) -> AnalystSessions:
+    return AnalystSessions(store.dsn, QueryLimits(**limits), size=2, queue_s=1)
+
+
+def test_analyst_queries_cannot_write(store: ClickHouseStore):
     consume(store, [to_records(small_deliveries())])
     before = everything(store)
-    for sql in WRITES:
-        with pytest.raises(Exception, match="(?i)readonly"):
-            store.query(sql)
-    store.close()  # check with a fresh session (see the next test for why)
-    store.open()
-    assert store.query("SELECT count() FROM system.tables WHERE name = 'intruder'")[1] == [(0,)]
+    sessions = analyst_sessions(store)
+    try:
+        for sql in WRITES:
+            with pytest.raises((WriteRefused, QueryFailed)) as refused:
+                sessions.run_client_sql(sql, new_query_id())
+            assert refused.value.status in (400, 403), sql
+        assert sessions.run_client_sql("SELECT count() FROM system.tables WHERE name = 'intruder'", "q").rows == [(0,)]
+        with pytest.raises(QueryFailed) as too_many:
+            AnalystSessions(store.dsn, QueryLimits(max_result_rows=10)).run_client_sql("SELECT number FROM numbers(1000)", "q")
+        assert too_many.value.extra["clickhouse_error"] == "TOO_MANY_ROWS_OR_BYTES"
+    finally:
+        sessions.close()
     assert everything(store) == before
-    with pytest.raises(Exception, match="TOO_MANY_ROWS|Limit for result exceeded"):
-        store.query("SELECT number FROM numbers(1000)", limit_rows=10)
 
 
 def test_refused_analyst_statements_do_not_break_the_writer(store: ClickHouseStore):
-    for sql in WRITES:
-        with pytest.raises(Exception):
-            store.query(sql)
-    with pytest.raises(Exception):
-        store.query("SELECT number FROM numbers(300000)")  # over the 100k result limit, in several blocks
-    assert store.query("SELECT 42")[1] == [(42,)]  # the next query gets its own answer
+    sessions = analyst_sessions(store)
+    try:
+        for sql in WRITES:
+            with pytest.raises((WriteRefused, QueryFailed)):
+                sessions.run_client_sql(sql, new_query_id())
+        with pytest.raises(QueryFailed):
+            sessions.run_client_sql("SELECT number FROM numbers(300000)", "q")  # over the 100k result limit
+        assert sessions.run_client_sql("SELECT 42", "q").rows == [(42,)]  # the next query gets its own answer
+    finally:
+        sessions.close()
     consume(store, [to_records(small_deliveries())])  # and the writer still writes
     truth = ground_truth(small_deliveries())
     assert truth_views(store, truth) == sorted_truth(truth)
@@ -712,37 +730,45 @@ def test_analysts_doc_queries_run(tmp_path: Path):
                 assert f"`{column}`" in text, f"{name}.{column} is not documented in docs/analysts.md"
         empty, queries = [], doc_queries()
         assert len(queries) >= 10
+        sessions = analyst_sessions(s)
         for title, sql in queries:
-            try:
-                columns, result = s.query(sql)  # exactly as /api/sql and `is-telemetry sql` run it: read-only
-            except Exception as exc:  # noqa: BLE001
-                pytest.fail(f"docs/analysts.md query {title!r} failed: {exc}\n{sql}")
+            try:  # exactly as /api/sql and `is-telemetry sql` run it: checked, read-only, limited
+                result_ = sessions.run_client_sql(sql, new_query_id())
+            except RequestRefused as exc:
+                pytest.fail(f"docs/analysts.md query {title!r} failed: {exc.status} {exc.message}\n{sql}")
+            columns, result = result_.columns, result_.rows
             assert columns, title
             if not result:
                 empty.append(title)
+        sessions.close()
         assert not empty, f"queries without rows on simulated data: {empty}"
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_api_sql_endpoint_as_documented(store: ClickHouseStore):
-    """docs/analysts.md: POST /api/sql with the SQL as the body (or JSON), bearer token, 401/403/400 errors."""
+    """docs/analysts.md: POST /api/sql with JSON {"query": ...}, bearer token, 401/403/400/415 errors."""
     from starlette.testclient import TestClient
 
     from dashboard.api import create_app
     from is_telemetry.config import load_settings
 
     consume(store, [to_records(small_deliveries())])
-    app = create_app(load_settings(None, api={"token": "s3cret"}), store)
+    settings = load_settings(None, api={"token": "s3cret"}, clickhouse={"dsn": store.dsn})
+    sessions = AnalystSessions.from_settings(settings)
+    app = create_app(settings, sessions)
     auth = {"authorization": "Bearer s3cret"}
-    with TestClient(app) as http:
-        assert http.post("/api/sql", content=b"SELECT 1").status_code == 401
-        assert http.post("/api/sql", content=b"SELECT 1", headers={"authorization": "Bearer nope"}).status_code == 401
-        r = http.post("/api/sql", content=b"SELECT day, deployments FROM fleet_daily ORDER BY day", headers=auth)
+    with TestClient(app, base_url="http://127.0.0.1:8481") as http:
+        assert http.post("/api/sql", json={"query": "SELECT 1"}).status_code == 401
+        assert http.post("/api/sql", json={"query": "SELECT 1"}, headers={"authorization": "Bearer nope"}).status_code == 401
+        r = http.post("/api/sql", json={"query": "SELECT day, deployments FROM fleet_daily ORDER BY day"}, headers=auth)
         assert r.status_code == 200, r.text
         assert r.json() == {"columns": ["day", "deployments"], "rows": [["2025-01-01", 2], ["2025-01-02", 1]]}
         r = http.post("/api/sql", json={"query": "SELECT count() AS n FROM snapshots_latest"}, headers=auth)
         assert r.json() == {"columns": ["n"], "rows": [[4]]}
-        r = http.post("/api/sql", content=b"SELEC nonsense", headers=auth)
-        assert r.status_code == 400 and r.json()["error"] == "query_failed"
-        r = http.post("/api/sql", content=b"DROP TABLE snapshots", headers=auth)
-        assert r.status_code == 403, r.text
+        r = http.post("/api/sql", json={"query": "SELEC nonsense"}, headers=auth)
+        assert r.status_code == 400 and r.json()["error"] == "query_failed" and isinstance(r.json()["clickhouse_code"], int)
+        r = http.post("/api/sql", json={"query": "DROP TABLE snapshots"}, headers=auth)
+        assert r.status_code == 403 and r.json()["error"] == "writes_not_allowed", r.text
+        r = http.post("/api/sql", content=b"SELECT 1", headers={**auth, "content-type": "text/plain"})
+        assert r.status_code == 415, r.text
+    sessions.close()

@@ -1,0 +1,75 @@
+"""The project's exception hierarchy: the type of an error decides what callers do with it.
+
+- `ConfigError`: the configuration is wrong; a command ends with one line saying what to change.
+- `RequestRefused` and its subclasses: an HTTP request is answered with `status` and a one-line JSON error
+  `{"error": code, "message": message}` (plus `headers`); the class, never the message text, decides the status.
+"""
+
+from __future__ import annotations
+
+
+class TelemetryError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(TelemetryError, ValueError):
+    """The configuration cannot work; the message says what to change."""
+
+
+class RequestRefused(TelemetryError):
+    """An HTTP request answered with an error status (4xx/5xx) and a one-line JSON body."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: object) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        self.extra = extra  # more fields for the JSON body (e.g. ClickHouse's error code)
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class Unauthorized(RequestRefused):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(RequestRefused):
+    status, code = 403, "forbidden"
+
+
+class WriteRefused(Forbidden):
+    """A statement that would write, change settings or reach outside the database."""
+
+    code = "writes_not_allowed"
+
+
+class PayloadTooLarge(RequestRefused):
+    status, code = 413, "too_large"
+
+
+class UnsupportedMediaType(RequestRefused):
+    status, code = 415, "unsupported_media_type"
+
+
+class RequestTimeout(RequestRefused):
+    status, code = 408, "request_timeout"
+
+
+class QueryFailed(RequestRefused):
+    """ClickHouse refused or stopped the query (syntax, unknown table, a limit): 400 with ClickHouse's code."""
+
+    code = "query_failed"
+
+
+class Unavailable(RequestRefused):
+    """A dependency (Kafka, ClickHouse) cannot serve the request now; retry later."""
+
+    status, code = 503, "unavailable"

@@ -1,0 +1,67 @@
+"""Logging for every command: one line per record (or JSON with IS_TELEMETRY_LOG_FORMAT=json), and a filter
+that keeps a repeated error from flooding the disk.
+
+`RepeatFilter`: the same message template from the same logger at the same level passes at most `burst` times
+per `window_s`; the rest are counted, and the next one that passes after the window says how many were
+suppressed. So an error repeated a million times a minute costs a handful of lines a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+
+import orjson
+
+LOG_FORMAT_ENV = "IS_TELEMETRY_LOG_FORMAT"  # "json": one JSON object per line (inherited by the stack's children)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+class RepeatFilter(logging.Filter):
+    """Let each (logger, level, message template) through at most `burst` times per `window_s` seconds."""
+
+    def __init__(self, burst: int = 10, window_s: float = 60.0, max_keys: int = 10_000) -> None:
+        super().__init__()
+        self.burst, self.window_s, self.max_keys = burst, window_s, max_keys
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # key -> [window start, passed, suppressed]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg)[:200])
+        now = time.monotonic()
+        with self._lock:
+            state = self._seen.get(key)
+            if state is None or now - state[0] >= self.window_s:
+                suppressed = int(state[2]) if state is not None else 0
+                if len(self._seen) >= self.max_keys:
+                    self._seen.clear()
+                self._seen[key] = [now, 1, 0]
+                if suppressed:
+                    record.msg = f"{record.msg} (and {suppressed} more like it in the previous {self.window_s:g}s, not logged)"
+                return True
+            if state[1] < self.burst:
+                state[1] += 1
+                return True
+            state[2] += 1
+            return False
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get(LOG_FORMAT_ENV, "").lower() == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RepeatFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
