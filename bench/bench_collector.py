@@ -30,23 +30,12 @@ from is_telemetry.kafka import ensure_topics, headers, make_producer
 from bench.soak_collector import Collector
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_PATHS = [Path("/work/shared/reference/samples/is-3.32.json")]
-# is-3.32.json byte for byte (used when the reference directory is not on this machine)
-SAMPLE_IS_3_32 = (
-    b'{"uid":"nN1/26NfwZTLgQsAZSQNKGTne6q3Guw40E5WGximPCsg0k5pLii4mPLft92T8Q5u0l+lpiYJHG+bwO0Fyc2HVg==",'
-    b'"os":{"operating_system":"linux","arch":"amd64","binary_version":"3.32.1 (1d218216, 2024-10-24T13:28:12Z)",'
-    b'"golang_version":"go1.22.5"},"cli":null,"entities_count":{"gateways":{"total":3,"gateways_by_frequency_plan_id":'
-    b'{"EU_863_870_TTN":2,"US_902_928_FSB_2":1}},"end_devices":{"total":120,"activate_end_devices":{"total":95,'
-    b'"last_day":60,"last_week":80,"last_month":90}},"applications":{"total":7},"accounts":{"users":{"standard":4,'
-    b'"admin":1},"organizations":{"total":2}}}}\n'
-)
+SAMPLE_PATH = REPO / "tests" / "fixtures" / "tts-samples" / "is-3.32.json"
 
 
 def sample_body() -> bytes:
-    for p in SAMPLE_PATHS:
-        if p.is_file():
-            return p.read_bytes()
-    return SAMPLE_IS_3_32
+    """is-3.32.json byte for byte (tests/fixtures/tts-samples/)."""
+    return SAMPLE_PATH.read_bytes()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

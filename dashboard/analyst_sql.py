@@ -129,8 +129,8 @@ class AnalystSessions:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AnalystSessions:
-        return cls(settings.analyst_dsn, QueryLimits.from_settings(settings), settings.api.query_concurrency,
+    def from_settings(cls, settings: Settings, size: int | None = None) -> AnalystSessions:
+        return cls(settings.analyst_dsn, QueryLimits.from_settings(settings), size or settings.api.query_concurrency,
                    settings.api.query_queue_s)
 
     # -- sessions ---------------------------------------------------------------------------------------------

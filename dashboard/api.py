@@ -113,7 +113,9 @@ async def _client_gone(request: Request) -> None:
             return
 
 
-def create_app(settings: Settings, sessions: AnalystSessions) -> Starlette:
+def create_app(settings: Settings, sessions: AnalystSessions, panel_sessions: AnalystSessions | None = None) -> Starlette:
+    """The API app: POST /api/sql runs on `sessions`; the dashboard's panels on `panel_sessions` (default: the same),
+    so that a pool saturated by ad-hoc queries leaves the dashboard answering."""
     token = settings.api.token.encode()
     executor = ThreadPoolExecutor(max_workers=settings.api.query_concurrency + 1, thread_name_prefix="analyst-sql")
 
@@ -175,7 +177,7 @@ def create_app(settings: Settings, sessions: AnalystSessions) -> Starlette:
         Route("/api/sql", sql, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint),
-        *panels.routes(settings, sessions),
+        *panels.routes(settings, panel_sessions or sessions),
     ]
     allowed = frozenset(h.lower() for h in [*settings.api.allowed_hosts, settings.api.host] if h)
     app = Starlette(
@@ -188,7 +190,12 @@ def create_app(settings: Settings, sessions: AnalystSessions) -> Starlette:
     return app
 
 
-def app_from_settings(settings: Settings) -> tuple[Starlette, AnalystSessions]:
+PANEL_SESSIONS = 2
+
+
+def app_from_settings(settings: Settings) -> tuple[Starlette, list[AnalystSessions]]:
+    """The app with its two session pools: ad-hoc SQL (api.query_concurrency) and the dashboard (2)."""
     sessions = AnalystSessions.from_settings(settings)
-    return create_app(settings, sessions), sessions
+    panel_sessions = AnalystSessions.from_settings(settings, size=PANEL_SESSIONS)
+    return create_app(settings, sessions, panel_sessions), [sessions, panel_sessions]
 

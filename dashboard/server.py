@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 KEEP_ALIVE_S = 5
 
 
-def api_server(settings: Settings, log_level: str = "warning") -> tuple[uvicorn.Server, AnalystSessions]:
+def api_server(settings: Settings, log_level: str = "warning") -> tuple[uvicorn.Server, list[AnalystSessions]]:
     check_api_exposure(settings)
     app, sessions = app_from_settings(settings)
     config = server_config(app, settings.api.host, settings.api.port, edge_limits(settings.api), log_level,
@@ -42,7 +42,8 @@ class ApiThread:
         try:
             self.server.run()
         finally:
-            self.sessions.close()
+            for pool in self.sessions:
+                pool.close()
 
     def start(self) -> ApiThread:
         self.thread.start()
@@ -58,11 +59,12 @@ class ApiThread:
 def serve(settings: Settings, log_level: str = "warning") -> None:
     """`is-telemetry api`: the API and dashboard until SIGTERM/SIGINT."""
     server, sessions = api_server(settings, log_level)
-    sessions.probe()
+    sessions[0].probe()
     print(f"API and dashboard on http://{settings.api.host}:{settings.api.port}/", flush=True)
     try:
         server.run()
     finally:
-        sessions.close()
+        for pool in sessions:
+            pool.close()
     if not server.started:
         raise SystemExit(f"the API could not listen on {settings.api.host}:{settings.api.port}")

@@ -17,13 +17,11 @@ import pytest
 
 from is_telemetry import apiclient
 from is_telemetry.broker import free_ports
+from tests.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT.parent / "shared" / "reference" / "samples"
-
-
 def sample_bodies() -> dict[str, bytes]:
-    return {p.name: p.read_bytes().strip() for p in sorted(SAMPLES.glob("*.json"))}
+    return dict(SAMPLES)
 
 
 @dataclass
@@ -63,7 +61,10 @@ class RunningStack:
         return self.process.returncode
 
 
-def start_stack(data_dir: Path, *extra: str) -> RunningStack:
+def start_stack(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                preexec_fn: Any = None) -> RunningStack:
+    """`is-telemetry up` on free ports with `extra` flags; `env` adds environment variables (IS_TELEMETRY_*),
+    `preexec_fn` runs in the child before exec (e.g. to lower its file-descriptor limit)."""
     broker, collector, api = free_ports(3)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "up.log"
@@ -72,6 +73,7 @@ def start_stack(data_dir: Path, *extra: str) -> RunningStack:
         [sys.executable, "-m", "is_telemetry", "up", "--data-dir", str(data_dir), "--broker-port", str(broker),
          "--collector-port", str(collector), "--api-port", str(api), *extra],
         stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir,
+        env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
     )
     stack = RunningStack(proc, data_dir, f"http://127.0.0.1:{api}", f"http://127.0.0.1:{collector}/collect", broker, log_path)
     deadline = time.monotonic() + 120

@@ -45,35 +45,15 @@ from processors.validate import Rejection, validate
 from producers.simulator import generate, ground_truth, send_to_kafka
 from tests.conftest import RunningStack, start_stack
 from tests.processes import Proc, consume, expected_views, wait_for_views, wait_until_ready
+from tests.samples import SAMPLES as TTS_SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW_TOPIC = "tts-telemetry-raw"
 DEADLETTER_TOPIC = "tts-telemetry-deadletter"
 GROUP = "is-telemetry-processors"
 HEADERS = {"Content-Type": "application/json", "User-Agent": "TheThingsStack/3.32.1 (linux/amd64)"}
-# The reference bodies (/work/shared/reference/samples/), byte for byte, as in tests/test_collector.py.
-SAMPLES: dict[str, bytes] = {
-    "cli-3.30.json": b'{"uid":"3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94","os":{"operating_system":"darwin","arch":"arm64",'
-    b'"binary_version":"3.30.2","golang_version":"go1.21.9"},"cli":{},"entities_count":null}',
-    "is-3.27-dev.json": b'{"uid":"m64Jv5T3Bqnxz3tSgOAYD0w25UqWwP5DgIsuKbS0g5dBQkA8ZEHwlV1iDoKgjeF7uE3dt+3SDMdANJ41xDZqag==",'
-    b'"os":{"operating_system":"linux","arch":"amd64","binary_version":"3.27.0-dev","golang_version":" go1.20.7"},'
-    b'"cli":null,"entities_count":{"gateways":{"total":0,"gateways_by_frequency_plan_id":{"US_902_928_FSB_1":1,'
-    b'"US_902_928_FSB_2":1}},"end_devices":{"total":0,"activate_end_devices":{"total":0,"last_day":0,"last_week":0,'
-    b'"last_month":0}},"applications":{"total":0},"accounts":{"users":{"total":1,"standard":0,"admin":1},'
-    b'"organizations":{"total":0}}}}',
-    "is-3.32.json": b'{"uid":"nN1/26NfwZTLgQsAZSQNKGTne6q3Guw40E5WGximPCsg0k5pLii4mPLft92T8Q5u0l+lpiYJHG+bwO0Fyc2HVg==",'
-    b'"os":{"operating_system":"linux","arch":"amd64","binary_version":"3.32.1 (1d218216, 2024-10-24T13:28:12Z)",'
-    b'"golang_version":"go1.22.5"},"cli":null,"entities_count":{"gateways":{"total":3,"gateways_by_frequency_plan_id":'
-    b'{"EU_863_870_TTN":2,"US_902_928_FSB_2":1}},"end_devices":{"total":120,"activate_end_devices":{"total":95,'
-    b'"last_day":60,"last_week":80,"last_month":90}},"applications":{"total":7},"accounts":{"users":{"standard":4,'
-    b'"admin":1},"organizations":{"total":2}}}}',
-    "is-multi-plan.json": b'{"uid":"wBs9NNSlIoSm2v/pcVCrI1j1UuOMFF36AFsiKszEq2r33ghp6MjSyxRci9Wqs5t3JkyLEUaouYHEO5gdyRFh3Q==",'
-    b'"os":{"operating_system":"linux","arch":"arm64","binary_version":"3.33.0","golang_version":"go1.23.4"},'
-    b'"cli":null,"entities_count":{"gateways":{"total":2,"gateways_by_frequency_plan_id":{"EU_863_870":2,'
-    b'"EU_863_870_TTN":1}},"end_devices":{"total":12,"activate_end_devices":{"total":5,"last_day":1,"last_week":2,'
-    b'"last_month":3}},"applications":{"total":1},"accounts":{"users":{"standard":0,"admin":1},'
-    b'"organizations":{"total":0}}}}',
-}
+# The reference bodies (tests/fixtures/tts-samples/), byte for byte.
+SAMPLES: dict[str, bytes] = TTS_SAMPLES
 IS_SAMPLE = orjson.loads(SAMPLES["is-3.32.json"])
 CLI_SAMPLE = orjson.loads(SAMPLES["cli-3.30.json"])
 LIMIT = 10**9  # processors.plausibility_limit (default)

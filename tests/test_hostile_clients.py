@@ -1,0 +1,513 @@
+"""Hostile clients against a running `is-telemetry up` (real HTTP, real chDB, real broker, all on 127.0.0.1).
+
+Every attack of the API-hardening issue, written down before its door was closed: SQL that writes, reads the
+host or writes files; cross-site requests; queries without limits and clients that hang up; analyst queries
+beside ingestion; connection floods under a 1,024 file-descriptor limit; slow and huge headers; huge bodies;
+a uid with a trailing newline; formula cells in CSV exports. Each test asserts on what the pipeline stored and
+answered, not on timings. docs/reliability.md lists them with what was measured.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from is_telemetry import apiclient
+from is_telemetry.broker import free_port
+from tests.conftest import RunningStack, start_stack
+from tests.samples import SAMPLES
+
+QUERY_TIMEOUT_S = 20
+HEADER_TIMEOUT_S = 2
+FD_LIMIT = 1024
+HEAVY = "SELECT count() FROM numbers(1e13)"  # hours of work without a limit
+JSON = {"content-type": "application/json"}
+TABLES = {"schema_migrations", "snapshots", "rejections", "daily_rollup"}
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    env = {
+        "IS_TELEMETRY_API__QUERY_TIMEOUT_S": str(QUERY_TIMEOUT_S),
+        "IS_TELEMETRY_API__QUERY_MAX_MEMORY_BYTES": "300000000",
+        "IS_TELEMETRY_API__QUERY_QUEUE_S": "1",
+        "IS_TELEMETRY_API__HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "IS_TELEMETRY_COLLECTOR__HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+    }
+    s = start_stack(tmp_path_factory.mktemp("hostile") / "stack", "--no-simulate", env=env, preexec_fn=_low_fd_limit)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+
+def body_for(seed: str, plans: dict[str, int] | None = None, uid_suffix: str = "") -> bytes:
+    message = orjson.loads(SAMPLES["is-3.32.json"])
+    message["uid"] = base64.b64encode(hashlib.sha512(seed.encode()).digest()).decode() + uid_suffix
+    if plans is not None:
+        message["entities_count"]["gateways"]["gateways_by_frequency_plan_id"] = dict(sorted(plans.items()))
+        message["entities_count"]["gateways"]["total"] = sum(plans.values())
+    return orjson.dumps(message)
+
+
+def post(stack: RunningStack, body: bytes) -> None:
+    r = httpx.post(stack.collector_url, content=body, headers=JSON, timeout=15)
+    assert r.status_code == 202, r.text
+
+
+def uid_of(body: bytes) -> str:
+    return str(orjson.loads(body)["uid"])
+
+
+def stored(stack: RunningStack, uid: str) -> int:
+    rows = stack.sql(f"SELECT count() AS n FROM snapshots WHERE uid = '{uid}'")
+    return int(rows[0]["n"])
+
+
+def wait_stored(stack: RunningStack, uid: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while stored(stack, uid) == 0:
+        assert time.monotonic() < deadline, f"{uid} never reached ClickHouse\n{stack.log()}"
+        time.sleep(0.1)
+
+
+def sql_http(stack: RunningStack, query: str, timeout_s: float = 60, **kwargs: Any) -> httpx.Response:
+    return httpx.post(stack.api_url + "/api/sql", json={"query": query}, timeout=timeout_s, **kwargs)
+
+
+def assert_intact_and_ingesting(stack: RunningStack, seed: str) -> None:
+    names = {r["name"] for r in stack.sql("SELECT name FROM system.tables WHERE database = currentDatabase()")}
+    assert TABLES <= names, names
+    body = body_for(seed)
+    post(stack, body)
+    wait_stored(stack, uid_of(body))
+
+
+def worker_pid(stack: RunningStack) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmd and str(stack.data_dir).encode() in b" ".join(cmd):
+            return int(entry.name)
+    raise AssertionError("worker process not found")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def running_heavy(stack: RunningStack) -> list[dict[str, Any]]:
+    # what runs is ClickHouse's canonical text of the query: numbers(10000000000000.)
+    return stack.sql("SELECT elapsed FROM system.processes WHERE query LIKE '%numbers(10000000000000.)%' "
+                     "AND query NOT LIKE '%system.processes%'")
+
+
+def metric(stack: RunningStack, series: str) -> float:
+    """A series of the worker's /metrics (readable when every SQL session is busy)."""
+    return (apiclient.metrics(stack.api_url + "/metrics") or {}).get(series, 0.0)
+
+
+BUSY = 'is_telemetry_api_sql_queries_total{outcome="busy"}'
+SNAPSHOT_ROWS = 'is_telemetry_sink_rows_total{table="snapshots"}'
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def raw_exchange(port: int, data: bytes, read_timeout_s: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout_s) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return out
+
+
+def port_of(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+# ---------------------------------------------------------------------------- SQL: read-only by construction
+
+REFUSED_SQL = [
+    ("\ufeffDROP TABLE snapshots; SELECT 1", 400, "query_failed"),  # BOM + two statements: one statement only
+    ("SELECT 1; DROP TABLE snapshots", 400, "query_failed"),
+    ("DROP TABLE snapshots", 403, "writes_not_allowed"),
+    ("\ufeff DROP TABLE snapshots", 403, "writes_not_allowed"),
+    ("/* c */ TRUNCATE TABLE daily_rollup", 403, "writes_not_allowed"),
+    ("INSERT INTO rejections (day, reason) VALUES ('2025-01-01', 'forged')", 403, "writes_not_allowed"),
+    ("ALTER TABLE snapshots DELETE WHERE 1", 403, "writes_not_allowed"),
+    ("CREATE TABLE intruder (a UInt8) ENGINE = Memory", 403, "writes_not_allowed"),
+    ("OPTIMIZE TABLE snapshots FINAL", 403, "writes_not_allowed"),
+    ("KILL QUERY WHERE 1", 403, "writes_not_allowed"),
+    ("SYSTEM SHUTDOWN", 403, "writes_not_allowed"),
+    ("SET readonly = 0", 403, "writes_not_allowed"),
+    ("SELECT 1 SETTINGS readonly = 0", 403, "writes_not_allowed"),
+    ("SELECT 1 SETTINGS max_execution_time = 0", 403, "writes_not_allowed"),
+    ("SELECT file('/etc/passwd')", 403, "outside_database"),
+    ("SELECT substring(file('/etc/passwd'), 1, 10)", 403, "outside_database"),
+    ("SELECT * FROM file('/etc/passwd', LineAsString)", 403, "outside_database"),
+    ("DESCRIBE TABLE file('/etc/passwd')", 403, "outside_database"),
+    ("SELECT * FROM url('http://127.0.0.1:9/', LineAsString)", 403, "outside_database"),
+    ("SELECT * FROM s3('http://127.0.0.1:9/b/k.csv')", 403, "outside_database"),
+    ("SELECT * FROM executable('id', TSV, 'a String')", 403, "outside_database"),
+    ("SELECT * FROM remote('127.0.0.1:9', system.one)", 403, "outside_database"),
+    ("SELECT * FROM filesystem('/etc')", 403, "outside_database"),
+    ("SELECT * FROM python('x')", 403, "outside_database"),
+    ("WITH (SELECT file('/etc/hostname')) AS h SELECT h", 403, "outside_database"),
+]
+
+
+@pytest.mark.parametrize(("query", "status", "code"), REFUSED_SQL, ids=[q[:40] for q, _, _ in REFUSED_SQL])
+def test_sql_that_writes_or_reaches_the_host_is_refused(stack: RunningStack, query: str, status: int, code: str) -> None:
+    r = sql_http(stack, query)
+    assert (r.status_code, r.json()["error"]) == (status, code), r.text
+    assert "root:" not in r.text
+
+
+def test_into_outfile_writes_no_file(stack: RunningStack, tmp_path: Path) -> None:
+    target = tmp_path / "written-by-an-analyst"
+    r = sql_http(stack, f"SELECT 'pwned' INTO OUTFILE '{target}' TRUNCATE")
+    assert (r.status_code, r.json()["error"]) == (403, "writes_not_allowed"), r.text
+    assert not target.exists()
+    # ... while a string or name that merely says INTO OUTFILE is a harmless query
+    r = sql_http(stack, "SELECT 'INTO OUTFILE' AS `INTO OUTFILE`")
+    assert r.json() == {"columns": ["INTO OUTFILE"], "rows": [["INTO OUTFILE"]]}, r.text
+
+
+def test_tables_survive_the_refused_statements(stack: RunningStack) -> None:
+    for query, _, _ in REFUSED_SQL:
+        sql_http(stack, query)
+    assert_intact_and_ingesting(stack, "after-refused-sql")
+
+
+_PREFIXES = st.sampled_from(["", "\ufeff", " \n\t", "/* x */ ", "-- c\n", "(", "\ufeff\ufeff"])
+_STATEMENTS = st.sampled_from([
+    "SELECT 1", "select count() from snapshots", "WITH 1 AS x SELECT x", "SHOW TABLES", "DESCRIBE snapshots",
+    "EXPLAIN SELECT 1", "DROP TABLE snapshots", "drop table if exists rejections", "TRUNCATE daily_rollup",
+    "INSERT INTO snapshots (uid) VALUES ('x')", "ALTER TABLE snapshots DROP COLUMN body", "RENAME TABLE snapshots TO s2",
+    "DETACH TABLE snapshots", "CREATE DATABASE evil", "SET allow_ddl = 1", "SELECT file('/etc/passwd')",
+    "SELECT * FROM file('/etc/shadow')", "KILL QUERY WHERE 1", "SYSTEM DROP MARK CACHE", "USE system",
+    "SELECT 1 INTO OUTFILE '/tmp/x'", "EXCHANGE TABLES snapshots AND rejections", "GRANT ALL ON *.* TO default",
+    "SELECT 1 FORMAT TabSeparated", "DELETE FROM snapshots WHERE 1", "UNDROP TABLE snapshots", "BACKUP TABLE snapshots TO Disk('default', 'x')",
+])
+_SEPARATORS = st.sampled_from(["", ";", "; ", ";\n", " -- ;", "; --", "\n;\n"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=_PREFIXES, first=_STATEMENTS, sep=_SEPARATORS, second=st.one_of(st.just(""), _STATEMENTS),
+       noise=st.text(max_size=12))
+def test_generated_sql_never_writes(stack: RunningStack, prefix: str, first: str, sep: str, second: str,
+                                    noise: str) -> None:
+    query = prefix + first + sep + second + (noise if noise.strip() else "")
+    r = sql_http(stack, query)
+    assert r.status_code in (200, 400, 403, 503), (query, r.status_code, r.text)
+    if r.status_code == 200:  # only reading statements ever run
+        first_word = first.split(None, 1)[0].upper()
+        assert first_word in ("SELECT", "WITH", "SHOW", "DESCRIBE", "EXPLAIN"), (query, r.text)
+
+
+def test_generated_sql_left_everything_in_place(stack: RunningStack) -> None:
+    names = {r["name"] for r in stack.sql("SELECT name FROM system.databases")}
+    assert "evil" not in names
+    assert_intact_and_ingesting(stack, "after-generated-sql")
+
+
+# --------------------------------------------------------------------------------- browsers and tokens
+
+def test_cross_site_requests_are_refused(stack: RunningStack) -> None:
+    api = stack.api_url
+    # A "simple" cross-site POST (no CORS preflight) is text/plain or a form: not accepted.
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""):
+        r = httpx.post(api + "/api/sql", content=b'{"query": "SELECT 1"}', headers={"content-type": content_type})
+        assert r.status_code == 415, (content_type, r.text)
+    for headers in ({"origin": "http://evil.example"}, {"origin": "null"}, {"sec-fetch-site": "cross-site"},
+                    {"sec-fetch-site": "same-site"}, {"origin": "http://127.0.0.1:1"}):
+        r = httpx.post(api + "/api/sql", json={"query": "SELECT 1"}, headers=headers)
+        assert (r.status_code, r.json()["error"]) == (403, "cross_site"), (headers, r.text)
+        r = httpx.get(api + "/api/summary", headers=headers)
+        assert r.status_code == 403, (headers, r.text)
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1 is "same-origin" with itself
+    host = {"host": "evil.example", "origin": "http://evil.example", "sec-fetch-site": "same-origin"}
+    assert httpx.post(api + "/api/sql", json={"query": "SELECT 1"}, headers=host).status_code == 403
+    # the dashboard's own requests (same origin) and tools (no Origin) pass
+    own = {"origin": api, "sec-fetch-site": "same-origin"}
+    assert httpx.post(api + "/api/sql", json={"query": "SELECT 1"}, headers=own).status_code == 200
+    assert httpx.get(api + "/api/summary", headers=own).status_code == 200
+    assert httpx.get(api + "/", headers={"sec-fetch-site": "none"}).status_code == 200
+
+
+def test_the_api_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IS_TELEMETRY_")}
+    for args in (["api", "--host", "0.0.0.0", "--port", str(free_port())],
+                 ["up", "--api-host", "0.0.0.0", "--no-simulate", "--data-dir", str(tmp_path / "d")],
+                 ["worker", "--api-port", str(free_port())]):
+        run_env = {**env, "IS_TELEMETRY_API__HOST": "0.0.0.0"} if args[0] == "worker" else env
+        done = subprocess.run([sys.executable, "-m", "is_telemetry", *args], capture_output=True, text=True,
+                              env=run_env, timeout=60, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "without a token" in done.stderr and "IS_TELEMETRY_API__TOKEN" in done.stderr, done.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything started
+
+
+def test_a_token_protects_the_api_beyond_loopback(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("IS_TELEMETRY_")},
+           "IS_TELEMETRY_API__TOKEN": "t0ken-for-the-test"}
+    proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", "api", "--host", "0.0.0.0", "--port", str(port),
+                             "--clickhouse", f"chdb://{tmp_path / 'chdb'}"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url + "/healthz"), 60, "the API did not start")
+        assert httpx.post(url + "/api/sql", json={"query": "SELECT 1"}).status_code == 401
+        ok = httpx.post(url + "/api/sql", json={"query": "SELECT 1"},
+                        headers={"authorization": "Bearer t0ken-for-the-test"})
+        assert ok.json() == {"columns": ["1"], "rows": [[1]]}, ok.text
+        evil = httpx.post(url + "/api/sql", json={"query": "SELECT 1"},
+                          headers={"authorization": "Bearer t0ken-for-the-test", "origin": "http://evil.example"})
+        assert evil.status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# ----------------------------------------------------------------------------------- limits on a query
+
+@pytest.mark.parametrize(("query", "clickhouse_error"), [
+    ("SELECT groupArray(number) FROM numbers(1e9)", "MEMORY_LIMIT_EXCEEDED"),
+    ("SELECT range(100000000)", "MEMORY_LIMIT_EXCEEDED"),  # one row holding a 1e8-element array
+    ("SELECT number FROM numbers(1e7)", "TOO_MANY_ROWS_OR_BYTES"),
+    ("SELECT repeat(toString(number % 10), 1000) FROM numbers(90000)", "TOO_MANY_ROWS_OR_BYTES"),  # 90 MB, < 100k rows
+    # a constant column is counted once by max_result_bytes; writing it out 90,000 times hits the memory limit
+    ("SELECT repeat('x', 10000) FROM numbers(90000)", "MEMORY_LIMIT_EXCEEDED"),
+])
+def test_expensive_queries_are_stopped_by_clickhouse(stack: RunningStack, query: str, clickhouse_error: str) -> None:
+    pid = worker_pid(stack)
+    r = sql_http(stack, query)
+    assert (r.status_code, r.json().get("clickhouse_error")) == (400, clickhouse_error), r.text[:300]
+    assert rss_mb(pid) < 2500  # the worker stays alive and within bounds
+    assert sql_http(stack, "SELECT 1").status_code == 200
+
+
+def test_the_body_limit_is_checked_while_reading(stack: RunningStack) -> None:
+    port = port_of(stack.api_url)
+    head = (b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n")
+    # announced: refused before a byte of the body is sent
+    answer = raw_exchange(port, head + b"Content-Length: 524288000\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    # chunked, never announced: cut off soon after the limit instead of read to the end
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+        sent, answer = 0, b""
+        try:
+            while sent < 100 * 65536:
+                s.sendall(chunk)
+                sent += 65536
+                s.settimeout(0.05)
+                try:
+                    answer = s.recv(4096)
+                except TimeoutError:
+                    continue
+                if answer:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 40 * 65536  # the server stopped reading long before the 6.5 MB were sent
+
+
+# --------------------------------------------------------------------- analyst queries beside ingestion
+
+def test_an_expensive_query_never_stalls_ingestion(stack: RunningStack) -> None:
+    outcome: dict[str, Any] = {}
+
+    def heavy() -> None:
+        started = time.monotonic()
+        r = sql_http(stack, HEAVY, timeout_s=QUERY_TIMEOUT_S + 30)
+        outcome.update(status=r.status_code, body=r.json(), seconds=time.monotonic() - started)
+
+    thread = threading.Thread(target=heavy)
+    thread.start()
+    wait_until(lambda: bool(running_heavy(stack)), 10, "the heavy query never started")
+    latencies = []
+    for i in range(5):
+        body = body_for(f"beside-a-heavy-query-{i}")
+        started = time.monotonic()
+        post(stack, body)
+        wait_stored(stack, uid_of(body))
+        latencies.append(time.monotonic() - started)
+        assert thread.is_alive(), "the heavy query ended before ingestion was shown to go on beside it"
+    # more analyst queries than sessions: the extra ones wait briefly, then 503; ingestion and the dashboard go on
+    results: list[int] = []
+    busy_before = metric(stack, BUSY)
+    threads = [threading.Thread(target=lambda: results.append(
+        sql_http(stack, HEAVY, timeout_s=QUERY_TIMEOUT_S + 30).status_code)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    # 3 of the 6 take the 3 free sessions (the first heavy query holds the 4th); the other 3 are turned away
+    wait_until(lambda: metric(stack, BUSY) >= busy_before + 3, 15, "the extra queries were not turned away")
+    before = metric(stack, SNAPSHOT_ROWS)
+    body = body_for("beside-many-heavy-queries")
+    post(stack, body)
+    wait_until(lambda: metric(stack, SNAPSHOT_ROWS) > before, 60, "nothing was written while the sessions were busy")
+    assert httpx.get(stack.api_url + "/api/summary", timeout=10).status_code == 200  # the dashboard's own sessions
+    busy_while_stored = any(t.is_alive() for t in threads)
+    for t in threads:
+        t.join()
+    thread.join()
+    wait_stored(stack, uid_of(body))
+    assert busy_while_stored, "the heavy queries ended before the write was shown to go on beside them"
+    assert outcome["status"] == 400 and outcome["body"]["clickhouse_error"] == "TIMEOUT_EXCEEDED", outcome
+    assert results.count(503) >= 3 and set(results) <= {400, 503}, results  # 4 sessions: the rest were turned away
+    print(f"post-to-stored beside a {HEAVY!r}: {', '.join(f'{x:.2f}s' for x in latencies)}")
+
+
+def test_a_client_that_hangs_up_cancels_its_query(stack: RunningStack) -> None:
+    port = port_of(stack.api_url)
+    payload = orjson.dumps({"query": HEAVY})
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    wait_until(lambda: bool(running_heavy(stack)), 10, "the query never started")
+    s.close()
+    last_elapsed = 0.0
+    deadline = time.monotonic() + QUERY_TIMEOUT_S + 10
+    while (running := running_heavy(stack)) and time.monotonic() < deadline:
+        last_elapsed = float(running[0]["elapsed"])
+        time.sleep(0.2)
+    assert not running, "the abandoned query is still running"
+    assert last_elapsed < QUERY_TIMEOUT_S / 2, f"it ran {last_elapsed:.1f}s: stopped by its time limit, not cancelled"
+
+
+# ---------------------------------------------------------------------------------- the HTTP edges
+
+@pytest.mark.parametrize("which", ["api", "collector"])
+def test_slow_and_huge_headers_are_cut_off(stack: RunningStack, which: str) -> None:
+    port = port_of(stack.api_url if which == "api" else stack.collector_url)
+    # headers that never end: 408 once the header timeout passes
+    answer = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", read_timeout_s=HEADER_TIMEOUT_S + 10)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    # a connection that sends nothing at all is closed the same way
+    assert raw_exchange(port, b"", read_timeout_s=HEADER_TIMEOUT_S + 10).startswith(b"HTTP/1.1 408")
+    # a 10 MB header line: 431 without buffering it
+    answer = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 10_000_000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    # and normal requests are untouched
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+
+
+def test_connection_floods_under_a_1024_descriptor_limit(stack: RunningStack) -> None:
+    socks: list[socket.socket] = []
+    try:
+        for url in (stack.api_url, stack.collector_url):
+            port = port_of(url)
+            for _ in range(2 * FD_LIMIT):  # idle connections, twice the processes' descriptor limit
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            for _ in range(200):  # connections whose headers never end
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(b"POST /collect HTTP/1.1\r\nHost: x\r\n")
+                socks.append(s)
+        # every client is still served: idle connections made room
+        assert httpx.get(stack.api_url + "/healthz", timeout=10).status_code == 200
+        assert sql_http(stack, "SELECT 1").status_code == 200
+        assert_intact_and_ingesting(stack, "during-a-connection-flood")
+    finally:
+        for s in socks:
+            s.close()
+    logs = stack.data_dir / "logs"
+    worker_log = (logs / "worker.log").read_text(errors="replace")
+    assert "Too many open files" not in worker_log and "epoll" not in worker_log
+    for name in ("worker.log", "collector.log"):
+        text = (logs / name).read_text(errors="replace")
+        assert text.count("connection limit") <= 10, f"{name} is flooded"  # repeated lines are rate-limited
+        assert len(text) < 200_000, name
+
+
+# ------------------------------------------------------------------------------------ strict identifiers
+
+def test_a_uid_with_a_trailing_newline_is_rejected(stack: RunningStack) -> None:
+    good = body_for("trailing-newline")
+    bad = body_for("trailing-newline", uid_suffix="\n")
+    post(stack, bad)
+    post(stack, good)
+    wait_stored(stack, uid_of(good))
+    stack.wait_for("SELECT count() AS n FROM rejections WHERE reason = 'bad_uid' "
+                   "AND JSONExtractString(body, 'uid') = {uid:String}".replace("{uid:String}", f"'{uid_of(good)}\\n'"),
+                   lambda rows: rows[0]["n"] == 1)
+    assert stored(stack, uid_of(bad)) == 0
+
+
+def test_csv_exports_neutralise_formulas(stack: RunningStack, tmp_path: Path) -> None:
+    plans = {'=HYPERLINK("http://evil.example/","x")': 3, "+cmd|' /C calc'!A0": 2, "-2+3": 1, "@SUM(A1)": 1,
+             "\tTAB": 1, "EU_863_870": 4}
+    body = body_for("csv-injection", plans=plans)
+    post(stack, body)
+    wait_stored(stack, uid_of(body))
+    today = datetime.now(UTC).date().isoformat()
+    stack.wait_for("SELECT count() AS n FROM daily_rollup FINAL WHERE has(mapKeys(gateways_by_frequency_plan), '-2+3')",
+                   lambda rows: rows[0]["n"] >= 1)
+    r = httpx.get(stack.api_url + "/api/gateways-by-frequency-plan", params={"from": today, "to": today, "format": "csv"})
+    assert r.status_code == 200, r.text
+    rows = {row["frequency_plan_id"]: row["gateways"] for row in csv.DictReader(io.StringIO(r.text))}
+    for plan in plans:
+        cell = ("'" + plan) if plan[0] in "=+-@\t" else plan
+        assert cell in rows, (plan, rows)
+        assert rows[cell].isdigit()  # numbers stay numbers
+    # the CLI's CSV too, where a negative number stays a number
+    done = subprocess.run([sys.executable, "-m", "is_telemetry", "sql", "--api", stack.api_url, "--format", "csv",
+                           "SELECT frequency_plan_id, gateways, -1 AS negative FROM gateways_by_frequency_plan_daily "
+                           "WHERE frequency_plan_id LIKE '=HYPER%'"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = list(csv.reader(io.StringIO(done.stdout)))
+    assert lines[1][0].startswith("'=HYPERLINK") and lines[1][2] == "-1", lines
