@@ -333,8 +333,8 @@ def routes(settings: Settings, sessions: AnalystSessions) -> list[BaseRoute]:
                 r, result = await asyncio.to_thread(run_panel, sessions, name, params, utc_today())
             except BadRequest as exc:
                 return error(400, "bad_request", str(exc))
-            except RequestRefused as exc:  # ClickHouse unavailable (503), busy (503) or a limit hit (400)
-                return error(exc.status, exc.code, exc.message, exc.headers or None)
+            except RequestRefused as exc:  # ClickHouse unavailable, busy, not migrated yet or over a limit
+                return error(503, exc.code, exc.message, {"Retry-After": "5", **exc.headers})
             table_name = params.get("table", "rows")
             if table_name != "rows" and table_name not in result.tables:
                 known = ", ".join(["rows", *result.tables])
