@@ -181,9 +181,18 @@ def test_clickhouse_server_and_grafana_provisioning(config: dict[str, Any]) -> N
         if src.startswith("/"):
             assert Path(src).is_file(), src
     xml_files = sorted((COMPOSE / "clickhouse").rglob("*.xml"))
-    assert len(xml_files) == 2
+    assert len(xml_files) == 3
     for path in xml_files:
         minidom.parse(str(path))  # well-formed
+    mounted = {v.split(":")[1] for v in ch["volumes"]}
+    assert "/etc/clickhouse-server/users.d/analyst.xml" in mounted
+    # the API's analysts' user: read-only, with limits, and the API points at it
+    analyst = minidom.parse(str(COMPOSE / "clickhouse" / "users.d" / "analyst.xml"))
+    profile = analyst.getElementsByTagName("analyst_readonly")[0]
+    assert profile.getElementsByTagName("readonly")[0].firstChild.data == "1"  # type: ignore[union-attr]
+    for limit in ("max_execution_time", "max_memory_usage", "max_result_rows", "max_result_bytes"):
+        assert profile.getElementsByTagName(limit), limit
+    assert env_of(services["api"])["IS_TELEMETRY_API__CLICKHOUSE_DSN"].startswith("http://analyst:")
 
     grafana = services["grafana"]
     assert "grafana-clickhouse-datasource" in env_of(grafana)["GF_PLUGINS_PREINSTALL_SYNC"]
