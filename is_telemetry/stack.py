@@ -96,6 +96,7 @@ class Stack:
         self.counts = {"collector_published": 0.0, "worker_stored": 0.0}
         self.backfill_acked = 0  # simulator records acknowledged by the current broker (backfill runs once)
         self.broker_restarts: list[float] = []
+        self.child_restarts: list[float] = []
         self._counts_at = 0.0
         self._topics_checked_at = time.monotonic()
 
@@ -219,10 +220,9 @@ class Stack:
             if lost:
                 self.recover_broker(lost)
                 continue
-            for c in self.children:
+            for c in list(self.children):
                 if not c.alive():
-                    raise RuntimeError(f"the {c.name} exited with code {c.process.returncode}; see {c.log_path}:\n"
-                                       + _tail(c.log_path))
+                    self.restart_child(c)
             self.poll_counts()
             try:
                 line = self.progress_line()
@@ -237,6 +237,29 @@ class Stack:
             except apiclient.ApiError as exc:
                 log.debug("progress query failed: %s", exc)
 
+
+    def restart_child(self, child: Child) -> None:
+        """A worker or collector that exited on its own is started again (the broker keeps what it had not
+        stored: a worker resumes from its committed offsets); more than broker_restarts_max restarts within the
+        window end `up` with the child's last log lines."""
+        now = time.time()
+        self.child_restarts = [t for t in self.child_restarts if now - t < self.o.broker_restarts_window_s] + [now]
+        status = _exit_status(child.process.returncode)
+        child.stop(1)
+        self.children.remove(child)
+        if len(self.child_restarts) > self.o.broker_restarts_max:
+            raise RuntimeError(f"the {child.name} exited with {status} ({len(self.child_restarts)} exits within "
+                               f"{self.o.broker_restarts_window_s:.0f}s): giving up; see {child.log_path}:\n"
+                               + _tail(child.log_path))
+        print(f"\n!! the {child.name} exited with {status}; see {child.log_path}. Starting it again: records the "
+              f"broker holds are not lost{' (the worker resumes from its committed offsets)' if child.name == 'worker' else ''}.",
+              flush=True)
+        if child.name == "worker":
+            self._start_worker()
+        else:
+            self._start_collector()
+        self.children.sort(key=lambda c: c.name != "worker")  # stop order stays: collector, then worker
+        print(f"   {child.name} running again", flush=True)
 
     # -- the embedded broker: detect a restart, report what was lost, recover --------------------------------
 

@@ -428,6 +428,7 @@ def test_a_client_that_hangs_up_cancels_its_query(stack: RunningStack) -> None:
         time.sleep(0.2)
     assert not running, "the abandoned query is still running"
     assert last_elapsed < QUERY_TIMEOUT_S / 2, f"it ran {last_elapsed:.1f}s: stopped by its time limit, not cancelled"
+    print(f"abandoned query last seen running at {last_elapsed:.2f}s")
 
 
 # ---------------------------------------------------------------------------------- the HTTP edges
@@ -511,3 +512,20 @@ def test_csv_exports_neutralise_formulas(stack: RunningStack, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     lines = list(csv.reader(io.StringIO(done.stdout)))
     assert lines[1][0].startswith("'=HYPERLINK") and lines[1][2] == "-1", lines
+
+
+# --------------------------------------------------------------------------- a worker killed from outside
+
+def test_a_killed_worker_is_started_again_and_nothing_is_lost(stack: RunningStack) -> None:
+    """Should anything still take the worker down (the kernel's OOM killer, say), `up` starts it again instead of
+    stopping the whole stack with its memory-only broker; what the collector accepted meanwhile is stored."""
+    pid = worker_pid(stack)
+    os.kill(pid, 9)
+    bodies = [body_for(f"while-the-worker-was-down-{i}") for i in range(5)]
+    for body in bodies:
+        post(stack, body)  # acknowledged by Kafka; no worker is reading
+    wait_until(lambda: "worker running again" in stack.log(), 120, f"the worker was not started again\n{stack.log()}")
+    assert worker_pid(stack) != pid
+    for body in bodies:
+        wait_stored(stack, uid_of(body), timeout_s=90)
+    assert stack.process.poll() is None
