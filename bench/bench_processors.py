@@ -88,7 +88,7 @@ def _cpu_s(pid: int) -> float:
 
 def produce(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
     """Generate at least n simulator deliveries, send the first n; return what ClickHouse must end up with."""
-    from processors.rollup import day_of
+    from processors.snapshot import day_of
     from processors.validate import Rejection, validate
     from producers.simulator import generate, send_to_kafka
 

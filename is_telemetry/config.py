@@ -38,6 +38,7 @@ class KafkaSettings(_Section):
 class ClickHouseSettings(_Section):
     dsn: str = Field("", description="chdb:///abs/path or http(s)://user:pass@host:8123/db; empty = chdb under data_dir")
     snapshot_ttl_days: int = Field(0, ge=0, description="Delete per-UID snapshot rows after N days (0 = keep)")
+    retry_s: float = Field(30.0, gt=0, description="How long a write retries while ClickHouse is unavailable before its partitions are paused and rewound (and the longest a stop or rebalance waits for it)")
 
 
 class BrokerSettings(_Section):
@@ -84,7 +85,7 @@ class ProcessorSettings(_Section):
     batch_size: int = Field(5000, ge=1, description="Most events handled and flushed per batch")
     batch_seconds: float = Field(1.0, gt=0, description="Longest wait to fill a batch (seconds)")
     plausibility_limit: int = Field(10**9, ge=0, description="A count above this rejects the message as 'implausible'")
-    dedup_days: int = Field(3, ge=1, description="Days of per-UID dedup state kept in memory")
+    state_days: int = Field(3, ge=1, description="Days of per-UID state (roll-up, dedup) kept in memory; a record for an older day recomputes that day and partition from ClickHouse")
     web_port: int = Field(0, ge=0, le=65535, description="faust's own web port (0 = off)")
 
 

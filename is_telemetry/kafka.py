@@ -81,3 +81,15 @@ def headers(received_at_ms: int, source: str, user_agent: str = "", body_length:
         (HEADER_USER_AGENT, user_agent.encode("utf-8", "replace")),
         (HEADER_BODY_LENGTH, str(body_length).encode()),
     ]
+
+
+def topic_partitions(settings: Settings, topic: str) -> int:
+    """The partition count of `topic` (from the brokers' metadata)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-admin")
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    if not described or not described[0].get("partitions"):
+        raise RuntimeError(f"topic {topic} has no partitions at {settings.bootstrap_servers}")
+    return len(described[0]["partitions"])

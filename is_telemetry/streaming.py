@@ -7,6 +7,7 @@ import gc
 from typing import Any
 
 import faust
+from faust.types import TP
 from mode import Service
 
 from is_telemetry.config import Settings
@@ -35,6 +36,49 @@ def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
     )
     config.update(overrides)
     return faust.App(app_id, **config)
+
+
+class FaustRewinder:
+    """The checkpoint's consumer controls (sinks/checkpoint.py `Rewinder`) on faust's consumer, for one topic.
+
+    After a rewind, events of that partition already fetched beyond the rewind position still come out of faust's
+    buffers: `accepted` drops them until the record at the rewind position arrives again."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self.app, self.topic = app, topic
+        self.rewinding: dict[int, int] = {}  # partition -> the position to read next
+
+    def _tps(self, partitions: set[int]) -> set[TP]:
+        return {TP(self.topic, p) for p in partitions}
+
+    def pause(self, partitions: set[int]) -> None:
+        self.app.consumer.pause_partitions(self._tps(partitions))
+
+    async def rewind(self, partition: int, position: int) -> None:
+        self.rewinding[partition] = position
+        await self.app.consumer.seek(TP(self.topic, partition), position)
+
+    def resume(self, partitions: set[int]) -> None:
+        assigned = {tp for tp in self.app.consumer.assignment() if tp.topic == self.topic}
+        self.app.consumer.resume_partitions(self._tps(partitions) & assigned)
+
+    def forget(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.rewinding.pop(p, None)
+
+    def accepted(self, events: list[Any]) -> list[Any]:
+        if not self.rewinding:
+            return events
+        out = []
+        for event in events:
+            m = event.message
+            expected = self.rewinding.get(m.partition)
+            if expected is None:
+                out.append(event)
+            elif m.offset == expected:
+                del self.rewinding[m.partition]
+                out.append(event)
+        return out
 
 
 class ApiService(Service):

@@ -1,21 +1,27 @@
-"""One batch through the stages: validate -> dedup -> roll up. Pure logic; the faust agent drives it.
+"""One batch of raw records through the first stages: validate -> (re-key) -> dedup. Pure logic; the faust agent
+drives it (processors/worker.py), the roll-up follows (processors/rollup.py, applied where the rows are written).
 
-Input: raw records as they sit in the raw topic. Output: the rows the sink writes (snapshots and
-rejections) and the dead-letter records to publish. The day of a record is the UTC day of the receive
-time the collector stamped (header `received_at_ms`, else the record timestamp), never the
-processing time, so a replay gives the same answer.
+Input: raw records as they sit in the raw topic. Output: the snapshot and rejection rows, the dead-letter records,
+and the records to re-key. The day of a record is the UTC day of the receive time the collector stamped (header
+`received_at_ms`, else the record timestamp), never the processing time, so a replay gives the same answer.
+
+One UID, one partition: a valid record whose key is not its UID, or that is not in the partition Kafka's default
+partitioner gives its UID (a third-party producer, a null key, another partitioner), is not rolled up where it is:
+it is listed in `rekey`, and the worker publishes it again keyed by its UID, so all of a UID's messages meet in one
+partition, in order.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from is_telemetry.kafka import HEADER_RECEIVED_AT
-from processors.dedup import Deduplicator
-from processors.rollup import day_of, rejection_row, snapshot_row
+from is_telemetry.partitioning import partition_of
+from is_telemetry.rows import RejectionRow, SnapshotRow
+from processors.snapshot import day_of, rejection_row, snapshot_row
 from processors.validate import Rejection, inconsistencies, validate
-from sinks.clickhouse import Batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,7 @@ class RawRecord:
     timestamp_ms: int
     headers: dict[str, bytes]
     value: bytes
+    key: bytes | None = None
 
     @property
     def received_at_ms(self) -> int:
@@ -45,43 +52,61 @@ class DeadLetter:
     headers: list[tuple[str, bytes]]
 
 
+@dataclass(frozen=True, slots=True)
+class Rekey:
+    """A valid record to publish again, keyed by its UID (headers kept: the receive time stays the collector's)."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class Dedup(Protocol):
+    def is_duplicate(self, day: object, uid: str, body: bytes) -> bool: ...
+
+
 @dataclass
 class Outcome:
-    batch: Batch = field(default_factory=Batch)
+    snapshots: list[SnapshotRow] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # the raw body of each snapshot, for the roll-up's body hash
+    rejections: list[RejectionRow] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    rekey: list[Rekey] = field(default_factory=list)
     valid: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
 
 
-def process(records: list[RawRecord], dedup: Deduplicator, plausibility_limit: int = 10**9) -> Outcome:
+def process(records: list[RawRecord], partitions: int, dedup: Dedup | None = None,
+            plausibility_limit: int = 10**9) -> Outcome:
+    """Validate `records`; `partitions` is the raw topic's partition count (for the one-UID-one-partition check);
+    `dedup` drops exact re-sends early (workers that publish rows for a separate sink)."""
     out = Outcome()
     for r in records:
         received = r.received_at_ms
         result = validate(r.value, plausibility_limit)
         if isinstance(result, Rejection):
             out.rejected[result.reason] += 1
-            out.batch.rejections.append(
-                rejection_row(result.reason, result.message, r.value, received, r.topic, r.partition, r.offset)
-            )
-            out.dead_letters.append(
-                DeadLetter(
-                    key=None,
-                    value=r.value,
-                    headers=[
-                        ("reason", result.reason.encode()),
-                        ("message", result.message.encode("utf-8", "replace")),
-                        ("source_topic", r.topic.encode()),
-                        ("source_partition", str(r.partition).encode()),
-                        ("source_offset", str(r.offset).encode()),
-                        (HEADER_RECEIVED_AT, str(received).encode()),
-                    ],
-                )
-            )
+            out.rejections.append(
+                rejection_row(result.reason, result.message, r.value, received, r.topic, r.partition, r.offset))
+            out.dead_letters.append(DeadLetter(key=None, value=r.value, headers=[
+                ("reason", result.reason.encode()),
+                ("message", result.message.encode("utf-8", "replace")),
+                ("source_topic", r.topic.encode()),
+                ("source_partition", str(r.partition).encode()),
+                ("source_offset", str(r.offset).encode()),
+                (HEADER_RECEIVED_AT, str(received).encode()),
+            ]))
+            continue
+        uid = result.uid.encode("utf-8", "surrogatepass")
+        if r.key != uid or r.partition != partition_of(uid, partitions):
+            headers = [(k, v) for k, v in r.headers.items() if k != HEADER_RECEIVED_AT]
+            out.rekey.append(Rekey(uid, r.value, [(HEADER_RECEIVED_AT, str(received).encode()), *headers]))
             continue
         out.valid += 1
-        if dedup.is_duplicate(day_of(received), result.uid, r.value):
+        if dedup is not None and dedup.is_duplicate(day_of(received), result.uid, r.value):
             out.duplicates += 1
             continue
-        out.batch.snapshots.append(snapshot_row(result, r.value, received, r.partition, r.offset, inconsistencies(result)))
+        out.snapshots.append(snapshot_row(result, r.value, received, r.partition, r.offset, inconsistencies(result)))
+        out.bodies.append(r.value)
     return out

@@ -1,85 +1,320 @@
-"""Roll a validated message up into its per-(day, UID) snapshot row: the unit of truth.
+"""The roll-up: per source partition and UTC day, the sums over the latest message of each UID, kept incrementally.
 
-Aggregates are never counters: every day aggregate is recomputed from the latest snapshot of each
-UID of that day (sinks/clickhouse.py `refresh_days`), so re-processing the same record changes nothing.
-Rows are plain JSON-safe dicts so they can travel through Kafka to a separate sink process.
+Exact under at-least-once delivery because nothing is ever just added: each UID has one counted contribution per
+day, its latest message (greatest receive time, then position, as the `snapshots` table's version orders them).
+A newer message replaces it (subtract the old contribution, add the new), an older one or an exact re-send changes
+nothing. So processing a record twice, or processing the same records again from a state rebuilt from ClickHouse,
+gives the same sums. Every figure the views show is kept: the fleet counts and sums, and per-key maps (gateways per
+plan; deployments and CLI installs per version, OS, architecture, Go version; rejections per reason).
+
+State per UID and day (about 230 bytes, bench/bench_state_memory.py): a 128-bit key of the UID -> one packed bytes
+entry (receive time, position, body hash, and the contribution: flags, four interned strings, ten counts, the plan
+map). Days older than `state_days` behind the newest day seen are dropped; a record for such a day is *late*: its
+snapshot is written and the sink recomputes that (day, partition) from ClickHouse (`ClickHouseStore.recompute`).
+
+A partition's state is rebuilt from ClickHouse (the snapshots are the truth) when the partition is taken on:
+`Rollups.load` reads the latest snapshot of every UID the partition owns (`kafkaMurmurHash(uid) % partitions`) for
+the window's days, and the rejections. Each load takes a new *generation* above every one written so far, and
+every row this state emits carries `generation << 64 | position`: rows of the current owner replace rows of any
+earlier one, whatever the positions (a replay from offset 0, a broker that lost its topics).
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from enum import Enum
+from typing import Protocol
 
-import orjson
+from is_telemetry.rows import (
+    COUNT_COLUMNS, MAP_COLUMNS, Batch, PartitionBatch, RejectionRow, RollupRow, SnapshotRow, datetime_to_ms,
+)
 
-from is_telemetry.schema import TelemetryMessage
+# Count fields of a snapshot that are summed (the rest of COUNT_COLUMNS are counts of deployments/installs).
+SUMMED = ("gateways", "end_devices", "active_end_devices", "active_last_day", "active_last_week", "active_last_month",
+          "applications", "users_standard", "users_admin", "organizations")
+_HEAD = struct.Struct("<QQQBIIII")  # received ms, position, body hash, flags, 4 string ids
+_NARROW = struct.Struct("<10I")
+_WIDE = struct.Struct("<10Q")
+_IS, _DEFAULT, _INCONSISTENT, _WIDE_FLAG = 1, 2, 4, 8
+_U32 = 0xFFFFFFFF
 
-_MAJOR_MINOR = re.compile(r"^\s*v?(\d+)\.(\d+)")
-
-
-def major_minor(binary_version: str) -> str:
-    """'3.32.1 (1d218216, 2024-10-24T13:28:12Z)' -> '3.32'; '3.27.0-dev' -> '3.27'; else 'unknown'."""
-    m = _MAJOR_MINOR.match(binary_version)
-    return f"{int(m.group(1))}.{int(m.group(2))}" if m else "unknown"
-
-
-def day_of(received_at_ms: int) -> date:
-    """The UTC day of the receive time the collector stamped."""
-    return datetime.fromtimestamp(received_at_ms / 1000, tz=UTC).date()
-
-
-def snapshot_row(
-    message: TelemetryMessage, body: bytes, received_at_ms: int, partition: int, offset: int, flags: list[str]
-) -> dict[str, Any]:
-    os_ = message.os
-    row: dict[str, Any] = {
-        "day": day_of(received_at_ms).isoformat(),
-        "uid": message.uid,
-        "kind": message.kind,
-        "received_at_ms": received_at_ms,
-        "source_partition": partition,
-        "source_offset": offset,
-        "default_uid": message.is_default_uid,
-        "flags": flags,
-        "operating_system": os_.operating_system if os_ else "",
-        "arch": os_.arch if os_ else "",
-        "binary_version": os_.binary_version if os_ else "",
-        "version": major_minor(os_.binary_version) if os_ else "unknown",
-        "golang_version": (os_.golang_version.strip() if os_ else ""),
-        "cli": orjson.dumps(message.cli).decode() if message.cli is not None else "",
-        "body": body.decode("utf-8", "replace"),
-    }
-    ec = message.entities_count
-    if ec is not None:
-        a = ec.end_devices.activate_end_devices
-        row.update(
-            gateways=ec.gateways.total,
-            gateways_by_frequency_plan=dict(ec.gateways.gateways_by_frequency_plan_id),
-            end_devices=ec.end_devices.total,
-            active_end_devices=a.total,
-            active_last_day=a.last_day,
-            active_last_week=a.last_week,
-            active_last_month=a.last_month,
-            applications=ec.applications.total,
-            users_standard=ec.accounts.users.standard,
-            users_admin=ec.accounts.users.admin,
-            users_total=ec.accounts.users.total,
-            organizations=ec.accounts.organizations.total,
-        )
-    return row
+# Indexes into DayRollup.counts (COUNT_COLUMNS order) and DayRollup.maps (MAP_COLUMNS order, without rejections).
+_DEPLOYMENTS, _DEFAULT_UID, _INCONSISTENT_N, _CLI = 0, 1, 2, 3
+_PLANS, _IS_VERSION, _IS_OS, _IS_ARCH, _IS_GO, _CLI_VERSION, _CLI_OS, _CLI_ARCH = range(8)
 
 
-def rejection_row(
-    reason: str, message: str, body: bytes, received_at_ms: int, topic: str, partition: int, offset: int
-) -> dict[str, Any]:
-    return {
-        "day": day_of(received_at_ms).isoformat(),
-        "received_at_ms": received_at_ms,
-        "reason": reason,
-        "message": message,
-        "source_topic": topic,
-        "source_partition": partition,
-        "source_offset": offset,
-        "body": body[:4096].decode("utf-8", "replace"),
-    }
+def uid_key(uid: str) -> int:
+    """A 128-bit key for a UID (the state holds keys, not the 36-88 character UIDs)."""
+    return int.from_bytes(hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), digest_size=16).digest(), "little")
+
+
+def body_hash(body: bytes) -> int:
+    """The first 8 bytes of MD5, little-endian: what ClickHouse's `reinterpretAsUInt64(MD5(body))` gives."""
+    return int.from_bytes(hashlib.md5(body).digest()[:8], "little")
+
+
+class Interner:
+    """Strings (versions, OS, architectures, Go versions, plan IDs) as small ids, shared by every partition."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.strings: list[str] = []
+
+    def id(self, s: str) -> int:
+        i = self.ids.get(s)
+        if i is None:
+            i = self.ids[s] = len(self.strings)
+            self.strings.append(s)
+        return i
+
+
+class Applied(Enum):
+    ADDED = "added"  # the first message of this UID on this day
+    REPLACED = "replaced"  # newer than the counted one: replaces it
+    DUPLICATE = "duplicate"  # the same body as the counted one: nothing changes, nothing to write
+    OLDER = "older"  # older than the counted one: nothing changes (ClickHouse keeps the newer too)
+    LATE = "late"  # a day before the state window: written, and the day recomputed from ClickHouse
+
+
+@dataclass(slots=True)
+class DayRollup:
+    """One partition's state for one day."""
+
+    uids: dict[int, bytes] = field(default_factory=dict)
+    counts: list[int] = field(default_factory=lambda: [0] * len(COUNT_COLUMNS))
+    maps: list[dict[str, list[int]]] = field(default_factory=lambda: [{} for _ in range(8)])  # key -> [sum, refs]
+    rejected: dict[str, int] = field(default_factory=dict)
+    rejected_keys: set[tuple[int, int]] = field(default_factory=set)  # (position, received ms)
+
+
+def _bump(m: dict[str, list[int]], key: str, value: int, sign: int) -> None:
+    slot = m.get(key)
+    if slot is None:
+        m[key] = [value, 1]  # only ever reached with sign = +1
+        return
+    slot[0] += sign * value
+    slot[1] += sign
+    if slot[1] == 0:
+        del m[key]
+
+
+class PartitionRollup:
+    """The roll-up state of one source partition."""
+
+    def __init__(self, partition: int, generation: int, state_days: int, interner: Interner) -> None:
+        self.partition, self.generation, self.state_days, self.strings = partition, generation, state_days, interner
+        self.days: dict[int, DayRollup] = {}
+        self.newest: int | None = None  # ordinal of the newest day seen
+
+    # -- the window ---------------------------------------------------------------------------------------------
+
+    def _day(self, day: date) -> DayRollup | None:
+        """The state of `day`, moving the window forward if it is newer; None if it is before the window."""
+        d = day.toordinal()
+        if self.newest is None or d > self.newest:
+            self.newest = d
+            for old in [x for x in self.days if x <= d - self.state_days]:
+                del self.days[old]
+        elif d <= self.newest - self.state_days:
+            return None
+        state = self.days.get(d)
+        if state is None:
+            state = self.days[d] = DayRollup()
+        return state
+
+    # -- contributions ------------------------------------------------------------------------------------------
+
+    def _encode(self, row: SnapshotRow, h: int) -> bytes:
+        s = self.strings
+        flags = (_IS if row.kind == "is" else 0) | (_DEFAULT if row.default_uid else 0) | (_INCONSISTENT if row.flags else 0)
+        counts = [getattr(row, f) for f in SUMMED]
+        plans = row.gateways_by_frequency_plan
+        wide = max(counts, default=0) > _U32 or any(v > _U32 for v in plans.values())
+        if wide:
+            flags |= _WIDE_FLAG
+        head = _HEAD.pack(row.received_at_ms, row.source_offset, h, flags, s.id(row.version_major_minor),
+                          s.id(row.operating_system), s.id(row.arch), s.id(row.golang_version))
+        body = (_WIDE if wide else _NARROW).pack(*counts)
+        tail = struct.pack(f"<I{2 * len(plans)}{'Q' if wide else 'I'}", len(plans),
+                           *(x for k, v in plans.items() for x in (s.id(k), v)))
+        return head + body + tail
+
+    def _apply(self, state: DayRollup, entry: bytes, sign: int) -> None:
+        _ms, _pos, _h, flags, version, os_, arch, go = _HEAD.unpack_from(entry)
+        wide = flags & _WIDE_FLAG
+        counts_struct = _WIDE if wide else _NARROW
+        values = counts_struct.unpack_from(entry, _HEAD.size)
+        offset = _HEAD.size + counts_struct.size
+        (n_plans,) = struct.unpack_from("<I", entry, offset)
+        plans = struct.unpack_from(f"<{2 * n_plans}{'Q' if wide else 'I'}", entry, offset + 4)
+        c, m, strings = state.counts, state.maps, self.strings.strings
+        if flags & _IS:
+            c[_DEPLOYMENTS] += sign
+            if flags & _DEFAULT:
+                c[_DEFAULT_UID] += sign
+            if flags & _INCONSISTENT:
+                c[_INCONSISTENT_N] += sign
+            targets = ((_IS_VERSION, version), (_IS_OS, os_), (_IS_ARCH, arch), (_IS_GO, go))
+        else:
+            c[_CLI] += sign
+            targets = ((_CLI_VERSION, version), (_CLI_OS, os_), (_CLI_ARCH, arch))
+        for i, v in enumerate(values, start=4):
+            c[i] += sign * v
+        for i in range(0, 2 * n_plans, 2):
+            _bump(m[_PLANS], strings[plans[i]], plans[i + 1], sign)
+        for which, sid in targets:
+            _bump(m[which], strings[sid], 1, sign)
+
+    # -- applying records ---------------------------------------------------------------------------------------
+
+    def apply_snapshot(self, row: SnapshotRow, body: bytes) -> Applied:
+        state = self._day(row.day)
+        if state is None:
+            return Applied.LATE
+        key = uid_key(row.uid)
+        h = body_hash(body)
+        current = state.uids.get(key)
+        if current is not None:
+            ms, pos, current_h = _HEAD.unpack_from(current)[:3]
+            if (row.received_at_ms, row.source_offset) <= (ms, pos):
+                return Applied.OLDER
+            if h == current_h:
+                return Applied.DUPLICATE
+            self._apply(state, current, -1)
+        entry = self._encode(row, h)
+        state.uids[key] = entry
+        self._apply(state, entry, +1)
+        return Applied.ADDED if current is None else Applied.REPLACED
+
+    def apply_rejection(self, row: RejectionRow) -> Applied:
+        state = self._day(row.day)
+        if state is None:
+            return Applied.LATE
+        key = (row.source_offset, datetime_to_ms(row.received_at))
+        if key in state.rejected_keys:
+            return Applied.DUPLICATE
+        state.rejected_keys.add(key)
+        state.rejected[row.reason] = state.rejected.get(row.reason, 0) + 1
+        return Applied.ADDED
+
+    # -- rows ---------------------------------------------------------------------------------------------------
+
+    def row(self, day: date, position: int, computed_at: datetime | None = None) -> RollupRow:
+        """The aggregate row of `day` as of `position` (the last position applied), for the sink to write."""
+        state = self.days.get(day.toordinal()) or DayRollup()
+        maps = {name: {k: v[0] for k, v in m.items()} for name, m in zip(MAP_COLUMNS, state.maps)}
+        return RollupRow(day, self.partition, (self.generation << 64) | (position + 1),
+                         computed_at or datetime.now(UTC), *state.counts, **maps, rejected_by_reason=dict(state.rejected))
+
+    def uid_days(self) -> int:
+        return sum(len(s.uids) for s in self.days.values())
+
+
+# -- rebuilding from the truth ------------------------------------------------------------------------------------
+
+class StateSource(Protocol):
+    """Where a partition's state comes from when it is taken on: ClickHouse (sinks/clickhouse.py)."""
+
+    def newest_day(self) -> date | None: ...
+
+    def allocate_generation(self) -> int: ...
+
+    def latest_snapshots(self, partitions: list[int], partitions_total: int, since: date) -> Iterator[tuple[SnapshotRow, int]]:
+        """(row, body hash) of the latest snapshot of every UID-day from `since` whose UID the partitions own, with
+        `source_partition` set to the owning partition (`kafkaMurmurHash(uid) % partitions_total`)."""
+        ...
+
+    def rejections_since(self, partitions: list[int], since: date) -> Iterator[RejectionRow]: ...
+
+
+class Rollups:
+    """The roll-up state of every partition this process owns."""
+
+    def __init__(self, state_days: int, partitions_total: int) -> None:
+        self.state_days, self.partitions_total = state_days, partitions_total
+        self.strings = Interner()
+        self.parts: dict[int, PartitionRollup] = {}
+
+    def missing(self, partitions: Iterable[int]) -> list[int]:
+        return sorted({p for p in partitions if p not in self.parts})
+
+    def load(self, source: StateSource, partitions: list[int]) -> None:
+        """Rebuild the state of `partitions` from `source`, under a new generation."""
+        if not partitions:
+            return
+        generation = source.allocate_generation()
+        newest = source.newest_day()
+        parts = {p: PartitionRollup(p, generation, self.state_days, self.strings) for p in partitions}
+        if newest is not None:
+            since = date.fromordinal(newest.toordinal() - self.state_days + 1)
+            for part in parts.values():
+                part._day(newest)  # the window ends at the newest day in ClickHouse
+            for row, h in source.latest_snapshots(partitions, self.partitions_total, since):
+                part = parts[row.source_partition]
+                state = part._day(row.day)
+                if state is not None:
+                    entry = part._encode(row, h)
+                    state.uids[uid_key(row.uid)] = entry
+                    part._apply(state, entry, +1)
+            for rejection in source.rejections_since(partitions, since):
+                parts[rejection.source_partition].apply_rejection(rejection)
+        self.parts.update(parts)
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.parts.pop(p, None)
+
+    def uid_days(self) -> int:
+        return sum(p.uid_days() for p in self.parts.values())
+
+
+def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatch]) -> Batch:
+    """Apply `parts` to the roll-up (loading the state of partitions not held yet) and return what to write: the
+    new and late snapshots, the new rejections, the aggregate rows of the days touched, the late days to
+    recompute. Exact re-sends and older messages change nothing and are not written."""
+    parts = list(parts)
+    rollups.load(source, rollups.missing(p.partition for p in parts))
+    b = Batch(partitions_total=rollups.partitions_total)
+    for part in parts:
+        roll = rollups.parts[part.partition]
+        touched: set[date] = set()
+        late: set[date] = set()
+        for row, body in zip(part.snapshots, part.bodies):
+            applied = roll.apply_snapshot(row, body)
+            if applied is Applied.ADDED or applied is Applied.REPLACED:
+                b.snapshots.append(row)
+                touched.add(row.day)
+            elif applied is Applied.LATE:
+                b.snapshots.append(row)
+                late.add(row.day)
+            elif applied is Applied.DUPLICATE:
+                b.duplicates += 1
+        for rejection in part.rejections:
+            applied = roll.apply_rejection(rejection)
+            if applied is Applied.ADDED:
+                b.rejections.append(rejection)
+                touched.add(rejection.day)
+            elif applied is Applied.LATE:
+                b.rejections.append(rejection)
+                late.add(rejection.day)
+        b.rollups.extend(roll.row(day, part.position) for day in sorted(touched))
+        version = (roll.generation << 64) | (part.position + 1)
+        b.recompute.extend((day, part.partition, version) for day in sorted(late))
+    return b
+
+
+def preparer(rollups: Rollups, source: StateSource) -> Callable[[list[PartitionBatch]], Batch]:
+    """The sink checkpoint's `prepare` (sinks/checkpoint.py): roll a batch up, counting exact re-sends."""
+    from processors import metrics
+
+    def prepare(parts: list[PartitionBatch]) -> Batch:
+        batch = roll_up(rollups, source, parts)
+        metrics.DUPLICATES.inc(batch.duplicates)
+        metrics.STATE_UID_DAYS.set(rollups.uid_days())
+        return batch
+
+    return prepare

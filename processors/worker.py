@@ -1,33 +1,39 @@
 """The processors worker: a faust agent over the raw topic.
 
-Each batch (`stream.noack_take`: bounded by size and time) goes validate -> dedup -> roll up, then
-its dead letters are published and its rows are written by the sink (in this process) or published to
-the snapshots topic (for a separate `is-telemetry sink`). Only then are the batch's events acked, so
-faust commits an offset only once everything before it is stored: at-least-once delivery whose
-re-deliveries collapse in ClickHouse (idempotent snapshots, recomputed day aggregates).
+Each take of the stream (`noack_take`: bounded by size and time) goes validate -> re-key -> roll up -> sink:
+- records not keyed by their UID, or not in its partition, are published again keyed by their UID (pipeline.py);
+- dead letters are published;
+- with the sink in this process (the default), the checkpoint (sinks/checkpoint.py) rolls the batch up per source
+  partition (processors/rollup.py), writes it to ClickHouse while the next batch is processed, and only then
+  acknowledges its events, so faust commits an offset only once everything before it is stored;
+- with `--no-sink`, exact re-sends are dropped here (processors/dedup.py) and the rows are published to the
+  snapshots topic, one record per source partition and batch, into the same partition number, for `is-telemetry
+  sink`, which rolls up and writes them through the same checkpoint. Events are acknowledged once the records are
+  stored in Kafka.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
-import orjson
 
 from is_telemetry.config import Settings
-from is_telemetry.kafka import ensure_topics
-from is_telemetry.streaming import ApiService, faust_app, run_faust
+from is_telemetry.kafka import ensure_topics, topic_partitions
+from is_telemetry.rows import PartitionBatch, encode_payload
+from is_telemetry.streaming import FaustRewinder, faust_app, run_faust
 from processors import metrics
 from processors.dedup import Deduplicator
-from processors.pipeline import RawRecord, process
-from sinks.clickhouse import Batch, ClickHouseStore
+from processors.pipeline import Outcome, RawRecord, process
+from processors.rollup import Rollups, preparer
+from sinks.checkpoint import Checkpoint
+from sinks.clickhouse import ClickHouseStore
 
 log = logging.getLogger(__name__)
+
 
 def _headers(message: Any) -> dict[str, bytes]:
     raw = message.headers or {}
@@ -35,75 +41,126 @@ def _headers(message: Any) -> dict[str, bytes]:
     return {k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in items}
 
 
-def _to_record(event: Any) -> RawRecord:
+def to_record(event: Any) -> RawRecord:
     m = event.message
     value = m.value if isinstance(m.value, bytes) else (event.value or b"")
-    return RawRecord(m.topic, m.partition, m.offset, int(m.timestamp * 1000), _headers(m), value)
+    key = m.key if isinstance(m.key, bytes) or m.key is None else str(m.key).encode()
+    return RawRecord(m.topic, m.partition, m.offset, int(m.timestamp * 1000), _headers(m), value, key)
+
+
+def partition_batches(records: Sequence[RawRecord], outcome: Outcome) -> list[PartitionBatch]:
+    """The outcome's rows per source partition, each with the last position the batch consumed there."""
+    parts: dict[int, PartitionBatch] = {}
+    for r in records:
+        part = parts.get(r.partition)
+        if part is None:
+            parts[r.partition] = PartitionBatch(r.partition, r.offset)
+        elif r.offset > part.position:
+            part.position = r.offset
+    for row, body in zip(outcome.snapshots, outcome.bodies):
+        part = parts[row.source_partition]
+        part.snapshots.append(row)
+        part.bodies.append(body)
+    for rejection in outcome.rejections:
+        parts[rejection.source_partition].rejections.append(rejection)
+    return sorted(parts.values(), key=lambda p: p.partition)
 
 
 class Processors:
     """Wires the raw topic to the pipeline and the sink."""
 
-    def __init__(self, settings: Settings, store: ClickHouseStore | None) -> None:
+    def __init__(self, settings: Settings, store: ClickHouseStore | None, partitions_total: int) -> None:
         self.settings = settings
         self.store = store
-        p = settings.processors
-        self.app = faust_app(settings.processors.group_id, settings)
-        k = settings.kafka
-        self.raw = self.app.topic(k.raw_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self.deadletter = self.app.topic(k.deadletter_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self.snapshots = self.app.topic(k.snapshots_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self.dedup = Deduplicator(keep_days=p.dedup_days)
-        self.processed = 0
+        self.partitions_total = partitions_total
+        p, k = settings.processors, settings.kafka
+        self.app = faust_app(p.group_id, settings)
+        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.raw = self.app.topic(k.raw_topic, **raw)
+        self.deadletter = self.app.topic(k.deadletter_topic, **raw)
+        self.snapshots = self.app.topic(k.snapshots_topic, **raw)
+        self.rewinder = FaustRewinder(self.app, k.raw_topic)
+        self.dedup = Deduplicator(keep_days=p.state_days)
+        self.rollups = Rollups(p.state_days, partitions_total)
+        self.checkpoint: Checkpoint | None = None
+        self._stream: Any = None
+        if store is not None:
+            self.checkpoint = Checkpoint(
+                store, preparer(self.rollups, store),
+                needs_io=lambda parts: bool(self.rollups.missing(x.partition for x in parts)),
+                on_rewind=self.rollups.drop, rewinder=self.rewinder, ack=self._ack,
+                deadline_s=settings.clickhouse.retry_s)
         self.app.agent(self.raw, name="process")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
+    async def _ack(self, events: Sequence[Any]) -> None:
+        for event in events:
+            await self._stream.ack(event)
+
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
+        partitions = {tp.partition for tp in revoked if tp.topic == self.settings.kafka.raw_topic}
+        if self.checkpoint is not None:
+            await self.checkpoint.drain()  # the write in flight finishes (or gives up) before another owner reads
+            self.checkpoint.revoked(partitions)
+        self.rollups.drop(partitions)
+        self.rewinder.forget(partitions)
         # Another worker may own these UIDs now: our memory of their last bodies can no longer be trusted.
         self.dedup.rollback()
-        self.dedup = Deduplicator(keep_days=self.settings.processors.dedup_days)
+        self.dedup = Deduplicator(keep_days=self.settings.processors.state_days)
 
     async def _agent(self, stream: Any) -> None:
+        self._stream = stream
         p = self.settings.processors
-        async for events in stream.noack_take(p.batch_size, within=p.batch_seconds):
-            await self.handle(events)
-            for event in events:
-                await stream.ack(event)
+        try:
+            async for events in stream.noack_take(p.batch_size, within=p.batch_seconds):
+                events = self.rewinder.accepted(events)
+                if events:
+                    await self.handle(events)
+        finally:
+            if self.checkpoint is not None:
+                with contextlib.suppress(Exception):
+                    await self.checkpoint.drain()
+
+    async def _send(self, topic: Any, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Awaitable[Any]:
+        """Publish now (not attached to a commit) and return the delivery future."""
+        return await topic.send(key=key, value=value, headers=headers, force=True)
 
     async def handle(self, events: list[Any]) -> None:
-        records = [_to_record(e) for e in events]
+        records = [to_record(e) for e in events]
         metrics.RECORDS.inc(len(records))
         metrics.BATCH_SIZE.observe(len(records))
-        outcome = process(records, self.dedup, self.settings.processors.plausibility_limit)
-        for dl in outcome.dead_letters:
-            await self.deadletter.send(key=dl.key, value=dl.value, headers=dl.headers)
+        outcome = process(records, self.partitions_total, None if self.checkpoint else self.dedup,
+                          self.settings.processors.plausibility_limit)
+        sends = [await self._send(self.deadletter, dl.key, dl.value, dl.headers) for dl in outcome.dead_letters]
+        sends += [await self._send(self.raw, r.key, r.value, r.headers) for r in outcome.rekey]
+        metrics.VALID.inc(outcome.valid)
+        metrics.REKEYED.inc(len(outcome.rekey))
+        for reason, n in outcome.rejected.items():
+            metrics.REJECTED.labels(reason).inc(n)
+        parts = partition_batches(records, outcome)
+        if self.checkpoint is not None:
+            for r in records:
+                self.checkpoint.first_seen(r.partition, r.offset)
+            await self.checkpoint.submit(parts, events, sends)
+        else:
+            await self.publish(parts, events, sends)
+        self._observe_lag(records)
+
+    async def publish(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]]) -> None:
+        """Separate sink process: one snapshots-topic record per batch and source partition, in that partition."""
+        for part in parts:
+            if part.snapshots or part.rejections:
+                payload = encode_payload(part.snapshots, part.rejections)
+                sends.append(await self.snapshots.send(key=str(part.partition).encode(), value=payload,
+                                                        partition=part.partition, force=True))
         try:
-            await self.store_batch(outcome.batch, records)
-        except BaseException:
+            for send in sends:
+                await send
+        except Exception:
             self.dedup.rollback()
             raise
         self.dedup.commit()
-        metrics.VALID.inc(outcome.valid)
-        metrics.DUPLICATES.inc(outcome.duplicates)
-        for reason, n in outcome.rejected.items():
-            metrics.REJECTED.labels(reason).inc(n)
-        self.processed += len(records)
-        self._observe_lag(records)
-
-    async def store_batch(self, batch: Batch, records: list[RawRecord]) -> None:
-        if not batch:
-            return
-        if self.store is not None:
-            started = time.perf_counter()
-            await asyncio.to_thread(self.store.write, batch)
-            metrics.SINK_SECONDS.observe(time.perf_counter() - started)
-            metrics.SINK_ROWS.labels("snapshots").inc(len(batch.snapshots))
-            metrics.SINK_ROWS.labels("rejections").inc(len(batch.rejections))
-            metrics.LAST_WRITE.set(time.time())
-            return
-        # Separate sink process: one record per batch and source partition (never one per event).
-        for partition, part in _by_partition(batch):
-            await self.snapshots.send(key=str(partition).encode(), value=orjson.dumps(part))
+        await self._ack(events)
 
     def _observe_lag(self, records: list[RawRecord]) -> None:
         last: dict[int, int] = {}
@@ -117,21 +174,17 @@ class Processors:
                     metrics.LAG.labels(str(partition)).set(max(0, hw - offset - 1))
 
 
-def _by_partition(batch: Batch) -> Iterator[tuple[int, dict[str, list[dict[str, Any]]]]]:
-    parts: dict[int, dict[str, list[dict[str, Any]]]] = {}
-    for row in batch.snapshots:
-        parts.setdefault(row["source_partition"], {"snapshots": [], "rejections": []})["snapshots"].append(row)
-    for row in batch.rejections:
-        parts.setdefault(row["source_partition"], {"snapshots": [], "rejections": []})["rejections"].append(row)
-    yield from sorted(parts.items())
-
-
 def run_worker(settings: Settings, with_sink: bool = True, serve_api: bool = False, log_level: str = "warning") -> int:
     """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered."""
     ensure_topics(settings)
+    partitions_total = topic_partitions(settings, settings.kafka.raw_topic)
     store = None
     if with_sink or serve_api:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days).open()
-    processors = Processors(settings, store if with_sink else None)
+        store = ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days,
+                                settings.clickhouse.retry_s).open()
+        if with_sink:
+            store.check_partitions(partitions_total, settings.kafka.raw_topic)
+    processors = Processors(settings, store if with_sink else None, partitions_total)
     return run_faust(processors.app, settings, store, serve_api, log_level)
+

@@ -41,7 +41,7 @@ import typer
 
 from is_telemetry.schema import DEFAULT_UID, TelemetryMessage
 from is_telemetry.uid import uid_from_elements
-from processors.rollup import day_of, major_minor
+from processors.snapshot import day_of, major_minor
 from processors.validate import Reason, Rejection, validate
 
 log = logging.getLogger(__name__)

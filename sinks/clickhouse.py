@@ -1,15 +1,15 @@
 """ClickHouse access: one code path for chDB (`chdb:///path`) and a server (`http(s)://...`).
 
-`ClickHouseStore` applies the migrations, writes batches idempotently and recomputes day aggregates:
-- snapshots: ReplacingMergeTree(version) keyed (day, uid); version = receive ms << 64 | source offset,
-  so a re-written snapshot collapses and the latest received wins;
-- rejections: ReplacingMergeTree keyed by source position and receive time: a re-processed record
-  counts once;
-- daily_rollup: one row per day recomputed whole from that day's snapshots (FINAL) and rejections,
-  versioned by the ClickHouse time at which the read began, so the newest computation wins even with
-  several writers.
-A write retries with backoff while ClickHouse is unavailable (the caller does not commit offsets until
-it returns), so nothing is lost and nothing is counted twice.
+`ClickHouseStore` applies the migrations and writes batches of typed rows (is_telemetry/rows.py) idempotently:
+- snapshots: ReplacingMergeTree(version) keyed (day, uid); version = receive ms << 64 | source offset, so a
+  re-written snapshot collapses and the latest received wins;
+- rejections: ReplacingMergeTree keyed by source position and receive time: a re-processed record counts once;
+- rollup_partitions: the processors' day aggregates per source partition (processors/rollup.py), versioned by
+  roll-up generation and position; the views sum the partitions. No write reads a whole day back: the only reads
+  are a late day's recompute (one day and partition) and a partition's state when it is taken on.
+A write retries with backoff while ClickHouse is unavailable, for at most `retry_s`; then it raises
+`SinkUnavailable` and the caller pauses and rewinds (sinks/checkpoint.py). Offsets are committed only after a
+write succeeded, so nothing is lost and nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import importlib.resources
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -27,26 +26,18 @@ from urllib.parse import parse_qs, urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from is_telemetry.errors import ConfigError, TelemetryError
+from is_telemetry.rows import (
+    COUNT_COLUMNS, MAP_COLUMNS, Batch, RejectionRow, RollupRow, SnapshotRow, columns, ms_to_datetime, values,
+)
+
 log = logging.getLogger(__name__)
 
-SNAPSHOT_COLUMNS = [
-    "day", "uid", "kind", "received_at", "version", "source_partition", "source_offset", "default_uid", "flags",
-    "operating_system", "arch", "binary_version", "version_major_minor", "golang_version", "gateways",
-    "gateways_by_frequency_plan", "end_devices", "active_end_devices", "active_last_day", "active_last_week",
-    "active_last_month", "applications", "users_standard", "users_admin", "users_total", "organizations", "cli", "body",
-]
-_COUNT_FIELDS = [
-    "gateways", "end_devices", "active_end_devices", "active_last_day", "active_last_week", "active_last_month",
-    "applications", "users_standard", "users_admin", "organizations",
-]
-REJECTION_COLUMNS = ["day", "received_at", "reason", "message", "source_topic", "source_partition", "source_offset", "body"]
-
-ROLLUP_SQL = """
-SELECT day,
-       countIf(kind = 'is') AS deployments,
-       countIf(kind = 'is' AND default_uid) AS default_uid_deployments,
-       countIf(kind = 'is' AND notEmpty(flags)) AS inconsistent_deployments,
-       countIf(kind = 'cli') AS cli_installs,
+# The day aggregates of snapshots, per day and owning partition (`{partition}` is an SQL expression).
+_AGGREGATES_SQL = """
+SELECT day, {partition} AS part,
+       countIf(kind = 'is'), countIf(kind = 'is' AND default_uid), countIf(kind = 'is' AND notEmpty(flags)),
+       countIf(kind = 'cli'),
        sum(gateways), sum(end_devices), sum(active_end_devices), sum(active_last_day), sum(active_last_week),
        sum(active_last_month), sum(applications), sum(users_standard), sum(users_admin), sum(organizations),
        sumMap(gateways_by_frequency_plan),
@@ -56,59 +47,26 @@ SELECT day,
        sumMapIf(map(golang_version, toUInt64(1)), kind = 'is'),
        sumMapIf(map(version_major_minor, toUInt64(1)), kind = 'cli'),
        sumMapIf(map(operating_system, toUInt64(1)), kind = 'cli'),
-       sumMapIf(map(arch, toUInt64(1)), kind = 'cli'),
-       now64(6, 'UTC')
+       sumMapIf(map(arch, toUInt64(1)), kind = 'cli')
 FROM snapshots FINAL
-WHERE day IN {days:Array(Date)}
-GROUP BY day
+WHERE {where}
+GROUP BY day, part
 """
-REJECTED_SQL = """
-SELECT day, sumMap(map(reason, toUInt64(1)))
+_REJECTED_SQL = """
+SELECT day, source_partition, sumMap(map(reason, toUInt64(1)))
 FROM rejections FINAL
-WHERE day IN {days:Array(Date)}
-GROUP BY day
+WHERE {where}
+GROUP BY day, source_partition
 """
-ROLLUP_COLUMNS = [
-    "day", "deployments", "default_uid_deployments", "inconsistent_deployments", "cli_installs", *_COUNT_FIELDS,
-    "gateways_by_frequency_plan", "deployments_by_version", "deployments_by_os", "deployments_by_arch",
-    "deployments_by_go_version", "cli_by_version", "cli_by_os", "cli_by_arch", "computed_at", "rejected_by_reason",
-]
+_OWNER = "kafkaMurmurHash(uid) % {n:UInt32}"  # the partition Kafka's default partitioner gives the UID
 
 
-@dataclass
-class Batch:
-    """What one flush writes: snapshot rows and rejection rows (dicts from processors.rollup)."""
-
-    snapshots: list[dict[str, Any]] = field(default_factory=list)
-    rejections: list[dict[str, Any]] = field(default_factory=list)
-
-    def days(self) -> set[date]:
-        return {date.fromisoformat(r["day"]) for r in (*self.snapshots, *self.rejections)}
-
-    def __len__(self) -> int:
-        return len(self.snapshots) + len(self.rejections)
+class SinkUnavailable(TelemetryError):
+    """ClickHouse did not take a write within the retry time; the caller rewinds and tries again later."""
 
 
-def _ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def snapshot_values(row: dict[str, Any]) -> list[Any]:
-    return [
-        date.fromisoformat(row["day"]), row["uid"], row["kind"], _ms(row["received_at_ms"]),
-        (row["received_at_ms"] << 64) | row["source_offset"], row["source_partition"], row["source_offset"],
-        row["default_uid"], row["flags"], row["operating_system"], row["arch"], row["binary_version"], row["version"],
-        row["golang_version"], row.get("gateways", 0), row.get("gateways_by_frequency_plan", {}),
-        *(row.get(f, 0) for f in _COUNT_FIELDS[1:-1]), row.get("users_total"), row.get("organizations", 0),
-        row["cli"], row["body"],
-    ]
-
-
-def rejection_values(row: dict[str, Any]) -> list[Any]:
-    return [
-        date.fromisoformat(row["day"]), _ms(row["received_at_ms"]), row["reason"], row["message"], row["source_topic"],
-        row["source_partition"], row["source_offset"], row["body"],
-    ]
+class PartitionCountChanged(ConfigError):
+    """The raw topic's partition count differs from the one the roll-up in ClickHouse was built for."""
 
 
 def connect(dsn: str, settings: dict[str, Any] | None = None) -> Client:
@@ -150,10 +108,14 @@ def _strip_comments(sql: str) -> str:
 
 
 class ClickHouseStore:
-    def __init__(self, dsn: str, snapshot_ttl_days: int = 0, retry_max_s: float = 30.0) -> None:
+    """The pipeline's ClickHouse: migrations, idempotent writes, and the roll-up's state source (processors/rollup.py
+    `StateSource`)."""
+
+    def __init__(self, dsn: str, snapshot_ttl_days: int = 0, retry_s: float = 30.0, retry_max_s: float = 8.0) -> None:
         self.dsn = dsn
         self.snapshot_ttl_days = snapshot_ttl_days
-        self.retry_max_s = retry_max_s
+        self.retry_s = retry_s  # how long one write retries before SinkUnavailable
+        self.retry_max_s = retry_max_s  # the longest pause between two attempts
         self._client: Client | None = None
         self._reader: Client | None = None  # query() has a session of its own: reads never wait for the writer
         self._lock = threading.RLock()  # serialises the writer's calls on its session
@@ -170,7 +132,7 @@ class ClickHouseStore:
         return self._client
 
     def open(self) -> ClickHouseStore:
-        self._retrying("connect and migrate", self.migrate)
+        self._retrying("connect and migrate", self.migrate, deadline_s=None)
         return self
 
     def close(self) -> None:
@@ -183,9 +145,10 @@ class ClickHouseStore:
                 self._client.close()
             self._client = None
 
-    def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run fn until it succeeds, backing off while ClickHouse is unavailable (or until stopping is set)."""
-        delay, attempt = 0.5, 0
+    def _retrying(self, what: str, fn: Callable[[], Any], deadline_s: float | None) -> Any:
+        """Run fn, backing off while ClickHouse is unavailable, until it succeeds, `stopping` is set (the error is
+        raised) or `deadline_s` has passed (SinkUnavailable is raised)."""
+        delay, attempt, started = 0.5, 0, time.monotonic()
         while True:
             try:
                 with self._lock:
@@ -193,15 +156,19 @@ class ClickHouseStore:
                 if attempt:
                     log.warning("ClickHouse %s succeeded after %d failed attempts: recovered", what, attempt)
                 return result
-            except (TypeError, KeyError, AttributeError):
+            except (TypeError, KeyError, AttributeError, ValueError):
                 raise  # our bug, not ClickHouse's availability: fail loudly at once
-            except Exception as exc:  # driver, network, disk: retry with backoff; the log says so
+            except Exception as exc:  # noqa: BLE001 - driver, network, disk: retry with backoff; the log says so
                 attempt += 1
                 if self.stopping.is_set():
                     raise
+                reason = str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                if deadline_s is not None and time.monotonic() - started + delay > deadline_s:
+                    raise SinkUnavailable(f"ClickHouse {what} failed for {time.monotonic() - started:.0f}s "
+                                          f"({attempt} attempts): {reason}") from exc
                 level = logging.WARNING if attempt < 10 else logging.ERROR  # a lasting failure may be ours, not ClickHouse's
                 log.log(level, "ClickHouse %s failed (attempt %d, %s): %s; offsets are held, retrying in %.1fs",
-                            what, attempt, redact(self.dsn), str(exc).splitlines()[0][:300], delay)
+                        what, attempt, redact(self.dsn), reason, delay)
                 if self._client is not None and not self.dsn.startswith("chdb:"):
                     self._client = None  # reconnect to a server
                 self.stopping.wait(delay)
@@ -239,43 +206,144 @@ class ClickHouseStore:
     # -- writes -----------------------------------------------------------------------------------------------
 
     def write(self, batch: Batch) -> None:
-        """Insert the batch and recompute its days; idempotent, retried until ClickHouse takes it."""
+        """Insert the batch (snapshots, rejections, then the aggregate rows); idempotent. Retries for `retry_s`,
+        then raises SinkUnavailable."""
         if not batch:
             return
-        days = sorted(batch.days())
-
-        def _do() -> None:
-            if batch.snapshots:
-                self.client.insert("snapshots", [snapshot_values(r) for r in batch.snapshots], column_names=SNAPSHOT_COLUMNS)
-            if batch.rejections:
-                self.client.insert("rejections", [rejection_values(r) for r in batch.rejections], column_names=REJECTION_COLUMNS)
-            self._refresh(days)
-
-        self._retrying(f"write of {len(batch)} rows", _do)
+        self._retrying(f"write of {len(batch)} rows", lambda: self._write(batch), deadline_s=self.retry_s)
         self.last_write_at = time.time()
 
-    def refresh_days(self, days: Iterable[date]) -> None:
-        self._retrying("refresh", lambda: self._refresh(sorted(set(days))))
+    def _insert(self, rows: Sequence[Any]) -> None:
+        if rows:
+            row_type = type(rows[0])
+            self.client.insert(_TABLES[row_type], [values(r) for r in rows], column_names=columns(row_type))
 
-    def _refresh(self, days: Sequence[date]) -> None:
-        if self.snapshot_ttl_days > 0:
-            # Snapshots of days beyond the TTL are gone: recomputing such a day would zero its aggregates.
-            horizon = datetime.now(UTC).date() - timedelta(days=self.snapshot_ttl_days)
-            days = [d for d in days if d > horizon]
-        if not days:
-            return
+    def _write(self, batch: Batch) -> None:
+        self._insert(batch.snapshots)
+        self._insert(batch.rejections)
+        rollups = list(batch.rollups)
+        horizon = self._ttl_horizon()
+        for day, partition, version in batch.recompute:
+            if horizon is None or day > horizon:  # beyond the TTL the snapshots are gone: keep the day's rows
+                rollups.append(self.recompute(day, partition, batch.partitions_total, version))
+        self._insert(rollups)
+
+    def _ttl_horizon(self) -> date | None:
+        if self.snapshot_ttl_days <= 0:
+            return None
+        return datetime.now(UTC).date() - timedelta(days=self.snapshot_ttl_days)
+
+    def recompute(self, day: date, partition: int, partitions_total: int, version: int) -> RollupRow:
+        """The aggregate row of (day, partition) computed from ClickHouse (a late record's day)."""
+        params = {"day": day, "p": partition, "n": partitions_total}
+        rows = self._aggregates(f"day = {{day:Date}} AND {_OWNER} = {{p:UInt32}}",
+                                "day = {day:Date} AND source_partition = {p:UInt32}", _OWNER, params, version)
+        return rows.get((day, partition)) or RollupRow(day, partition, version, datetime.now(UTC))
+
+    def _aggregates(self, where: str, rejections_where: str, partition: str, params: dict[str, Any],
+                    version: int) -> dict[tuple[date, int], RollupRow]:
         c = self.client
-        params = {"days": list(days)}
-        rows = {r[0]: list(r) for r in c.query(ROLLUP_SQL, parameters=params).result_rows}
-        rejected = dict(c.query(REJECTED_SQL, parameters=params).result_rows)
-        computed_at = next(iter(rows.values()))[-1] if rows else None
-        if computed_at is None:
-            computed_at = c.query("SELECT now64(6, 'UTC')").result_rows[0][0]
-        out = []
-        for day in days:
-            row = rows.get(day) or [day, *([0] * 14), *([{}] * 8), computed_at]
-            out.append([*row[:-1], computed_at, rejected.get(day, {})])
-        c.insert("daily_rollup", out, column_names=ROLLUP_COLUMNS)
+        now = datetime.now(UTC)
+        out: dict[tuple[date, int], RollupRow] = {}
+        for r in c.query(_AGGREGATES_SQL.format(partition=partition, where=where), parameters=params).result_rows:
+            counts, maps = r[2:2 + len(COUNT_COLUMNS)], r[2 + len(COUNT_COLUMNS):]
+            out[(r[0], int(r[1]))] = RollupRow(r[0], int(r[1]), version, now, *counts,
+                                               **dict(zip(MAP_COLUMNS, maps)))
+        for day, part, rejected in c.query(_REJECTED_SQL.format(where=rejections_where), parameters=params).result_rows:
+            row = out.get((day, int(part)))
+            if row is None:
+                row = out[(day, int(part))] = RollupRow(day, int(part), version, now)
+            row.rejected_by_reason = dict(rejected)
+        return out
+
+    # -- the roll-up's state source (processors/rollup.py) ------------------------------------------------------
+
+    def newest_day(self) -> date | None:
+        """The newest day with a snapshot or a rejection."""
+        with self._lock:
+            r = self.client.query("SELECT (SELECT count() FROM snapshots), (SELECT max(day) FROM snapshots), "
+                                  "(SELECT count() FROM rejections), (SELECT max(day) FROM rejections)").result_rows[0]
+        days = [d for n, d in ((r[0], r[1]), (r[2], r[3])) if n]
+        return max(days) if days else None
+
+    def allocate_generation(self) -> int:
+        """A roll-up generation above every one in `rollup_partitions`: rows written under it replace older ones."""
+        with self._lock:
+            top = self.client.query("SELECT max(version) FROM rollup_partitions").result_rows[0][0]
+        return (int(top) >> 64) + 1
+
+    def latest_snapshots(self, partitions: list[int], partitions_total: int, since: date) -> Iterator[tuple[SnapshotRow, int]]:
+        """(row, body hash) of the latest snapshot of every UID-day from `since` that `partitions` own; the row's
+        `source_partition` is the owning partition. Only what the roll-up needs is read (no body)."""
+        sql = (
+            "SELECT day, uid, kind, toUnixTimestamp64Milli(received_at), source_offset, default_uid, notEmpty(flags), "
+            "version_major_minor, operating_system, arch, golang_version, gateways, gateways_by_frequency_plan, "
+            "end_devices, active_end_devices, active_last_day, active_last_week, active_last_month, applications, "
+            f"users_standard, users_admin, organizations, reinterpretAsUInt64(MD5(body)), {_OWNER} AS owner "
+            "FROM snapshots FINAL WHERE day >= {since:Date} AND owner IN {parts:Array(UInt32)}"
+        )
+        with self._lock:
+            result = self.client.query(sql, parameters={"since": since, "n": partitions_total, "parts": partitions})
+        for r in result.result_rows:
+            ms, offset = int(r[3]), int(r[4])
+            row = SnapshotRow(r[0], r[1], r[2], ms_to_datetime(ms), (ms << 64) | offset, int(r[23]), offset, bool(r[5]),
+                              ["flagged"] if r[6] else [], r[8], r[9], "", r[7], r[10], int(r[11]), dict(r[12]),
+                              *(int(x) for x in r[13:19]), int(r[19]), int(r[20]), None, int(r[21]))
+            yield row, int(r[22])
+
+    def rejections_since(self, partitions: list[int], since: date) -> Iterator[RejectionRow]:
+        with self._lock:
+            result = self.client.query(
+                "SELECT day, received_at, reason, source_partition, source_offset FROM rejections FINAL "
+                "WHERE day >= {since:Date} AND source_partition IN {parts:Array(UInt32)}",
+                parameters={"since": since, "parts": partitions})
+        for day, received_at, reason, partition, offset in result.result_rows:
+            yield RejectionRow(day, received_at, reason, "", "", int(partition), int(offset), "")
+
+    # -- the raw topic's partition count --------------------------------------------------------------------------
+
+    def recorded_partitions(self) -> int | None:
+        with self._lock:
+            rows = self.client.query("SELECT value FROM pipeline_settings FINAL WHERE name = 'raw_partitions'").result_rows
+        return int(rows[0][0]) if rows else None
+
+    def record_partitions(self, partitions: int) -> None:
+        with self._lock:
+            self.client.insert("pipeline_settings", [["raw_partitions", str(partitions), datetime.now(UTC)]],
+                               column_names=["name", "value", "set_at"])
+
+    def check_partitions(self, partitions: int, topic: str) -> None:
+        """Record the raw topic's partition count on first use; refuse (PartitionCountChanged) if it has changed."""
+        recorded = self.recorded_partitions()
+        if recorded is None:
+            self.record_partitions(partitions)
+        elif recorded != partitions:
+            raise PartitionCountChanged(
+                f"the raw topic {topic!r} has {partitions} partitions, but the roll-up in ClickHouse was built for "
+                f"{recorded}: adding partitions moves UIDs to other partitions, and a day could count a UID twice. "
+                "Stop every worker and sink, run `is-telemetry rollup repartition`, then start them again "
+                "(docs/operations.md, \"Adding partitions\")")
+
+    def repartition(self, partitions: int) -> int:
+        """Rewrite the aggregate rows of every day that still has snapshots for `partitions` partitions, under a new
+        generation, and record the count. Returns the number of rows written. Run with every writer stopped."""
+        with self._lock:
+            version = self.allocate_generation() << 64
+            horizon = self._ttl_horizon() or date(1970, 1, 1)
+            days = [r[0] for r in self.client.query(
+                "SELECT DISTINCT day FROM snapshots WHERE day > {h:Date} ORDER BY day", parameters={"h": horizon}).result_rows]
+            existing = self.client.query("SELECT max(source_partition) + 1 FROM rollup_partitions").result_rows[0][0]
+            width = max(partitions, int(existing or 0))
+            written = 0
+            for day in days:  # one day at a time: bounded memory whatever the history
+                rows = self._aggregates(f"day = {{day:Date}}", "day = {day:Date}", _OWNER, {"day": day, "n": partitions},
+                                        version)
+                now = datetime.now(UTC)
+                batch = [rows.get((day, p)) or RollupRow(day, p, version, now) for p in range(width)]
+                self._insert(batch)
+                written += len(batch)
+            self.record_partitions(partitions)
+        return written
 
     # -- reads ------------------------------------------------------------------------------------------------
 
@@ -299,6 +367,9 @@ class ClickHouseStore:
                 self._reader.close()
                 self._reader = None
                 raise
+
+
+_TABLES = {SnapshotRow: "snapshots", RejectionRow: "rejections", RollupRow: "rollup_partitions"}
 
 
 def redact(dsn: str) -> str:

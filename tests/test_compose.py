@@ -242,8 +242,9 @@ DASHBOARD_SQL_CHECK = r"""
 import json, sys, time
 from pathlib import Path
 from is_telemetry.kafka import HEADER_RECEIVED_AT
-from processors.dedup import Deduplicator
-from processors.pipeline import RawRecord, process
+from is_telemetry.partitioning import partition_of
+from processors.pipeline import RawRecord
+from processors.replay import Replayer
 from sinks.clickhouse import ClickHouseStore
 
 store = ClickHouseStore("chdb://" + sys.argv[1]).open()
@@ -252,9 +253,11 @@ records = []
 for i, body in enumerate(json.loads(sys.argv[2])):
     for days_ago in (0, 1, 2):  # today (incomplete) and two complete days
         at = now - days_ago * 86_400_000
-        records.append(RawRecord("raw", 0, len(records), at, {HEADER_RECEIVED_AT: str(at).encode()}, body.encode()))
+        key = json.loads(body)["uid"].encode()
+        records.append(RawRecord("raw", partition_of(key, 8), len(records), at, {HEADER_RECEIVED_AT: str(at).encode()},
+                                 body.encode(), key))
 records.append(RawRecord("raw", 0, len(records), now, {HEADER_RECEIVED_AT: str(now).encode()}, b"not json"))
-store.write(process(records, Deduplicator()).batch)
+Replayer(store, 8).feed(records)
 out = {}
 for title, sql in json.loads(sys.argv[3]):
     sql = sql.replace("$__dateFilter(day)", "day >= toDate(now('UTC')) - 90 AND day <= toDate(now('UTC'))")

@@ -1,0 +1,46 @@
+"""Records through the whole path in one process, synchronously: validate -> re-key -> roll up -> write.
+
+What the worker does, without Kafka: for tests, benches and tools. A record that the worker would publish again
+keyed by its UID is appended, with its headers, to the partition Kafka's default partitioner gives that UID (the
+next offset there) and processed in the same call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from is_telemetry.partitioning import partition_of
+from is_telemetry.rows import Batch
+from processors.pipeline import Outcome, RawRecord, process
+from processors.rollup import Rollups, roll_up
+from processors.worker import partition_batches
+from sinks.clickhouse import ClickHouseStore
+
+
+class Replayer:
+    def __init__(self, store: ClickHouseStore, partitions_total: int = 8, state_days: int = 3,
+                 plausibility_limit: int = 10**9) -> None:
+        self.store, self.partitions_total, self.plausibility_limit = store, partitions_total, plausibility_limit
+        self.rollups = Rollups(state_days, partitions_total)
+        self.next_offset: dict[int, int] = {}
+
+    def feed(self, records: Iterable[RawRecord]) -> tuple[Outcome, Batch]:
+        """Process and write one batch (and the records it re-keys); returns the last round's outcome and batch."""
+        records = list(records)
+        topic = records[0].topic if records else "tts-telemetry-raw"
+        while True:
+            for r in records:
+                self.next_offset[r.partition] = max(self.next_offset.get(r.partition, 0), r.offset + 1)
+            outcome = process(records, self.partitions_total, None, self.plausibility_limit)
+            batch = roll_up(self.rollups, self.store, partition_batches(records, outcome))
+            self.store.write(batch)
+            if not outcome.rekey:
+                return outcome, batch
+            records = []
+            for r in outcome.rekey:
+                p = partition_of(r.key, self.partitions_total)
+                offset = self.next_offset.get(p, 0)
+                self.next_offset[p] = offset + 1
+                headers = dict(r.headers)
+                records.append(RawRecord(topic, p, offset, int(headers.get("received_at_ms", b"0")), headers, r.value,
+                                         r.key))

@@ -1,0 +1,164 @@
+"""The sink's checkpoint: batches per source partition, prepared (rolled up) and written, and only then acknowledged.
+
+In the shape of quix-streams' `sinks/base` and `checkpointing/checkpoint.py`:
+- a batch holds, per source partition, the rows one take of the stream produced (`PartitionBatch`);
+- at the checkpoint, `prepare` turns them into what to write (the processors' roll-up, processors/rollup.py
+  `roll_up`) and the batch is written in one go (`ClickHouseStore.write`); only after the write are its events
+  acknowledged, and faust commits only acknowledged offsets: a flush always precedes the commit of its offsets;
+- the next batch is prepared while the previous one is written (one write in flight);
+- a write that fails for `clickhouse.retry_s` raises SinkUnavailable: the partitions of the failed and the next
+  batch are paused, their prepared state dropped (`on_rewind`), and they are rewound to the first position not yet
+  written; after a back-off they resume, and the records are processed again from a state rebuilt from ClickHouse.
+  Nothing is retried forever in a thread; stopping and rebalancing wait for the write in flight at most
+  `deadline_s`.
+
+One write path for the in-worker sink (`is-telemetry worker`) and the separate one (`is-telemetry sink`): both feed
+`Checkpoint.submit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from is_telemetry.rows import Batch, PartitionBatch
+from sinks import metrics
+from sinks.clickhouse import ClickHouseStore, SinkUnavailable
+
+log = logging.getLogger(__name__)
+
+Prepare = Callable[[list[PartitionBatch]], Batch]
+
+
+class Rewinder(Protocol):
+    """What the checkpoint needs from the consumer (processors/worker.py adapts faust's)."""
+
+    def pause(self, partitions: set[int]) -> None: ...
+
+    async def rewind(self, partition: int, position: int) -> None:
+        """Read `partition` again from `position`; drop what was fetched beyond it before."""
+        ...
+
+    def resume(self, partitions: set[int]) -> None: ...
+
+
+@dataclass
+class _Pending:
+    parts: list[PartitionBatch]
+    events: list[Any]
+    sends: list[Awaitable[Any]]
+    batch: Batch | None = None
+    write: asyncio.Future[None] | None = None
+
+
+class Checkpoint:
+    """Prepare, write, then acknowledge; one write in flight; pause and rewind on a lasting failure."""
+
+    def __init__(self, store: ClickHouseStore, prepare: Prepare, needs_io: Callable[[list[PartitionBatch]], bool],
+                 on_rewind: Callable[[set[int]], None], rewinder: Rewinder,
+                 ack: Callable[[Sequence[Any]], Awaitable[None]], deadline_s: float = 30.0,
+                 backoff_s: tuple[float, float] = (2.0, 60.0)) -> None:
+        self.store, self.prepare, self.needs_io, self.on_rewind = store, prepare, needs_io, on_rewind
+        self.rewinder, self.ack, self.deadline_s = rewinder, ack, deadline_s
+        self.backoff_s, self._backoff = backoff_s, backoff_s[0]
+        self.written: dict[int, int] = {}  # partition -> the first position not yet written
+        self._inflight: _Pending | None = None
+        self._resume: asyncio.TimerHandle | None = None
+        self.paused: set[int] = set()
+
+    def first_seen(self, partition: int, position: int) -> None:
+        """Where a partition's reading starts (its committed offset), the first time it is seen."""
+        self.written.setdefault(partition, position)
+
+    async def submit(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]]) -> None:
+        """Prepare this batch, wait for the previous write, then start this one's."""
+        pending = _Pending(parts, events, sends)
+        try:
+            if self.needs_io(parts):  # state to load from ClickHouse first: off the event loop
+                pending.batch = await asyncio.to_thread(self.prepare, parts)
+            else:
+                pending.batch = self.prepare(parts)
+        except (SinkUnavailable, ClickHouseError, OSError) as exc:
+            if await self._finish_inflight():
+                await self._fail([pending], exc)
+            return
+        if not await self._finish_inflight(also_failing=pending):
+            return
+        pending.write = asyncio.ensure_future(asyncio.to_thread(self._write, pending.batch))
+        self._inflight = pending
+
+    def _write(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        self.store.write(batch)
+        metrics.SINK_SECONDS.observe(time.perf_counter() - started)
+        metrics.SINK_ROWS.labels("snapshots").inc(len(batch.snapshots))
+        metrics.SINK_ROWS.labels("rejections").inc(len(batch.rejections))
+        metrics.SINK_ROWS.labels("rollup_partitions").inc(len(batch.rollups) + len(batch.recompute))
+        metrics.LAST_WRITE.set(time.time())
+
+    async def _finish_inflight(self, also_failing: _Pending | None = None, timeout_s: float | None = None) -> bool:
+        """Wait for the write in flight and acknowledge its events; on failure rewind it (and `also_failing`)."""
+        pending, self._inflight = self._inflight, None
+        if pending is None or pending.write is None:
+            return True
+        try:
+            if timeout_s is None:
+                await asyncio.shield(pending.write)
+            else:
+                await asyncio.wait_for(asyncio.shield(pending.write), timeout_s)
+            for send in pending.sends:  # dead letters and re-keyed records: stored before the offsets move on
+                await send
+        except asyncio.TimeoutError:
+            log.warning("a ClickHouse write did not finish within %.0fs: its records are not acknowledged and will "
+                        "be processed again", timeout_s)
+            return False
+        except Exception as exc:  # noqa: BLE001 - SinkUnavailable, or a dead-letter/re-key send that failed
+            await self._fail([pending, *([also_failing] if also_failing else [])], exc)
+            return False
+        for part in pending.parts:
+            self.written[part.partition] = max(self.written.get(part.partition, 0), part.position + 1)
+        await self.ack(pending.events)
+        self._backoff = self.backoff_s[0]
+        return True
+
+    async def _fail(self, batches: list[_Pending], exc: BaseException) -> None:
+        """Pause and rewind every partition of `batches`; resume after a back-off."""
+        partitions = {p.partition for b in batches for p in b.parts}
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        log.warning("ClickHouse did not take a batch (%s): pausing partitions %s and rewinding them to the last "
+                    "written position; resuming in %.0fs", reason, sorted(partitions), self._backoff)
+        metrics.REWINDS.inc()
+        self.rewinder.pause(partitions)
+        self.paused |= partitions
+        self.on_rewind(partitions)
+        for p in sorted(partitions):
+            first = min((part.position for b in batches for part in b.parts if part.partition == p), default=0)
+            await self.rewinder.rewind(p, self.written.get(p, first))
+        if self._resume is not None:
+            self._resume.cancel()
+        self._resume = asyncio.get_running_loop().call_later(self._backoff, self._resume_all)
+        self._backoff = min(self._backoff * 2, self.backoff_s[1])
+
+    def _resume_all(self) -> None:
+        self._resume = None
+        partitions, self.paused = self.paused, set()
+        log.info("resuming partitions %s", sorted(partitions))
+        self.rewinder.resume(partitions)
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Finish (or give up on) the write in flight: before stopping, and before partitions are revoked."""
+        await self._finish_inflight(timeout_s=self.deadline_s if timeout_s is None else timeout_s)
+
+    def revoked(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.written.pop(p, None)
+            self.paused.discard(p)
+        if self._resume is not None and not self.paused:
+            self._resume.cancel()
+            self._resume = None
