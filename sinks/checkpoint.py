@@ -54,7 +54,6 @@ class _Pending:
     events: list[Any]
     sends: list[Awaitable[Any]]
     batch: Batch | None = None
-    write: asyncio.Future[None] | None = None
 
 
 class Checkpoint:
@@ -68,7 +67,7 @@ class Checkpoint:
         self.rewinder, self.ack, self.deadline_s = rewinder, ack, deadline_s
         self.backoff_s, self._backoff = backoff_s, backoff_s[0]
         self.written: dict[int, int] = {}  # partition -> the first position not yet written
-        self._inflight: _Pending | None = None
+        self._inflight: asyncio.Task[bool] | None = None
         self._resume: asyncio.TimerHandle | None = None
         self.paused: set[int] = set()
 
@@ -77,7 +76,7 @@ class Checkpoint:
         self.written.setdefault(partition, position)
 
     async def submit(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]]) -> None:
-        """Prepare this batch, wait for the previous write, then start this one's."""
+        """Prepare this batch while the previous one is written, wait for that write, then start this one's."""
         pending = _Pending(parts, events, sends)
         try:
             if self.needs_io(parts):  # state to load from ClickHouse first: off the event loop
@@ -85,13 +84,32 @@ class Checkpoint:
             else:
                 pending.batch = self.prepare(parts)
         except (SinkUnavailable, ClickHouseError, OSError) as exc:
-            if await self._finish_inflight():
-                await self._fail([pending], exc)
+            await self._wait_inflight()
+            await self._fail([pending], exc)
             return
-        if not await self._finish_inflight(also_failing=pending):
+        if not await self._wait_inflight():
+            # the previous batch failed and was rewound; this one was prepared on its state: rewind it too
+            await self._fail([pending], SinkUnavailable("the previous batch was not written"))
             return
-        pending.write = asyncio.ensure_future(asyncio.to_thread(self._write, pending.batch))
-        self._inflight = pending
+        self._inflight = asyncio.ensure_future(self._complete(pending))
+
+    async def _complete(self, pending: _Pending) -> bool:
+        """Write, wait for this batch's sends, acknowledge its events; on failure rewind. True if written."""
+        assert pending.batch is not None
+        try:
+            await asyncio.to_thread(self._write, pending.batch)
+            for send in pending.sends:  # dead letters and re-keyed records: stored before the offsets move on
+                await send
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SinkUnavailable, or a dead-letter/re-key send that failed
+            await self._fail([pending], exc)
+            return False
+        for part in pending.parts:
+            self.written[part.partition] = max(self.written.get(part.partition, 0), part.position + 1)
+        await self.ack(pending.events)
+        self._backoff = self.backoff_s[0]
+        return True
 
     def _write(self, batch: Batch) -> None:
         started = time.perf_counter()
@@ -102,30 +120,19 @@ class Checkpoint:
         metrics.SINK_ROWS.labels("rollup_partitions").inc(len(batch.rollups) + len(batch.recompute))
         metrics.LAST_WRITE.set(time.time())
 
-    async def _finish_inflight(self, also_failing: _Pending | None = None, timeout_s: float | None = None) -> bool:
-        """Wait for the write in flight and acknowledge its events; on failure rewind it (and `also_failing`)."""
-        pending, self._inflight = self._inflight, None
-        if pending is None or pending.write is None:
+    async def _wait_inflight(self, timeout_s: float | None = None) -> bool:
+        """Wait for the batch in flight to be written and acknowledged (or rewound); False if it was not."""
+        task, self._inflight = self._inflight, None
+        if task is None:
             return True
         try:
             if timeout_s is None:
-                await asyncio.shield(pending.write)
-            else:
-                await asyncio.wait_for(asyncio.shield(pending.write), timeout_s)
-            for send in pending.sends:  # dead letters and re-keyed records: stored before the offsets move on
-                await send
+                return await asyncio.shield(task)
+            return await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except asyncio.TimeoutError:
             log.warning("a ClickHouse write did not finish within %.0fs: its records are not acknowledged and will "
                         "be processed again", timeout_s)
             return False
-        except Exception as exc:  # noqa: BLE001 - SinkUnavailable, or a dead-letter/re-key send that failed
-            await self._fail([pending, *([also_failing] if also_failing else [])], exc)
-            return False
-        for part in pending.parts:
-            self.written[part.partition] = max(self.written.get(part.partition, 0), part.position + 1)
-        await self.ack(pending.events)
-        self._backoff = self.backoff_s[0]
-        return True
 
     async def _fail(self, batches: list[_Pending], exc: BaseException) -> None:
         """Pause and rewind every partition of `batches`; resume after a back-off."""
@@ -153,7 +160,7 @@ class Checkpoint:
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Finish (or give up on) the write in flight: before stopping, and before partitions are revoked."""
-        await self._finish_inflight(timeout_s=self.deadline_s if timeout_s is None else timeout_s)
+        await self._wait_inflight(self.deadline_s if timeout_s is None else timeout_s)
 
     def revoked(self, partitions: Iterable[int]) -> None:
         for p in partitions:
