@@ -301,7 +301,10 @@ def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatc
             elif applied is Applied.LATE:
                 b.rejections.append(rejection)
                 late.add(rejection.day)
-        b.rollups.extend(roll.row(day, part.position) for day in sorted(touched))
+        # A day the window left during this batch (a newer day came after it) is no longer held: its row is
+        # recomputed from ClickHouse once this batch's snapshots are in.
+        late |= {day for day in touched if day.toordinal() not in roll.days}
+        b.rollups.extend(roll.row(day, part.position) for day in sorted(touched - late))
         version = (roll.generation << 64) | (part.position + 1)
         b.recompute.extend((day, part.partition, version) for day in sorted(late))
     return b
