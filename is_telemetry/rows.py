@@ -184,6 +184,8 @@ def _to_json(row: Any) -> list[Any]:
             out[i] = datetime_to_ms(v)
         elif isinstance(v, date):
             out[i] = v.toordinal()
+        elif isinstance(v, int) and not isinstance(v, bool) and v > 0xFFFFFFFFFFFFFFFF:
+            out[i] = str(v)  # a UInt128 version: JSON numbers stop at 64 bits here
     return out
 
 
@@ -194,6 +196,8 @@ def _from_json(row_type: type[Any], data: list[Any]) -> Any:
             args[i] = date.fromordinal(args[i])
         elif f.type == "datetime":
             args[i] = ms_to_datetime(args[i])
+        elif f.type == "int" and isinstance(args[i], str):
+            args[i] = int(args[i])
     return row_type(*args)
 
 
