@@ -116,7 +116,12 @@ def worker(
                       kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
                       api={"port": api_port if api_port and api_port > 0 else None}, processors={"group_id": group_id})
     setup_logging(log_level)
-    raise typer.Exit(run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level))
+    try:
+        code = run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
+    except ConfigError as exc:  # e.g. the raw topic's partition count changed
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -135,7 +140,12 @@ def sink(
                       kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
                       api={"port": api_port if api_port and api_port > 0 else None})
     setup_logging(log_level)
-    raise typer.Exit(run_sink(s, serve_api=api_port is not None and api_port >= 0, log_level=log_level))
+    try:
+        code = run_sink(s, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -241,6 +251,36 @@ def config_cmd(
     typer.echo(yaml.safe_dump(settings_from(config).model_dump(mode="json"), sort_keys=False), nl=False)
 
 
+rollup_app = typer.Typer(no_args_is_help=True, help="The roll-up's day aggregates in ClickHouse (per source partition).")
+
+
+@rollup_app.command("repartition")
+def rollup_repartition(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    kafka: KafkaOpt = None,
+    clickhouse: ClickHouseOpt = None,
+    partitions: Annotated[Optional[int], typer.Option("--partitions", min=1, help="The raw topic's partition count (default: read from Kafka)")] = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """After adding partitions to the raw topic: rewrite the day aggregates for the new count. Stop every worker and
+    sink first (docs/operations.md, "Adding partitions")."""
+    from is_telemetry.kafka import topic_partitions
+    from sinks.clickhouse import ClickHouseStore
+
+    s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse})
+    setup_logging(log_level)
+    n = partitions or topic_partitions(s, s.kafka.raw_topic)
+    store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days).open()
+    try:
+        before = store.recorded_partitions()
+        rows = store.repartition(n)
+    finally:
+        store.close()
+    typer.echo(f"day aggregates rewritten for {n} partitions (were {before}): {rows} rows; workers may start")
+
+
+app.add_typer(rollup_app, name="rollup")
 app.command("produce")(identity_server.command)
 app.command("simulate")(simulator.command)
 app.command("status")(status.command)

@@ -98,7 +98,7 @@ MAP_COLUMNS = (
 @dataclass(slots=True)
 class RollupRow:
     """One day's aggregates over the UIDs one source partition owns (table `rollup_partitions`); the views sum the
-    partitions. `version` = roll-up generation << 64 | position: the newest owner's latest row wins."""
+    partitions. `version` = roll-up generation << 64 | sequence: the newest owner's latest row wins."""
 
     day: date
     source_partition: int

@@ -247,6 +247,8 @@ class Stack:
         status = _exit_status(child.process.returncode)
         child.stop(1)
         self.children.remove(child)
+        if child.process.returncode == 2:  # a configuration error: starting it again cannot help
+            raise RuntimeError(f"the {child.name} refused to run; see {child.log_path}:\n" + _tail(child.log_path))
         if len(self.child_restarts) > self.o.broker_restarts_max:
             raise RuntimeError(f"the {child.name} exited with {status} ({len(self.child_restarts)} exits within "
                                f"{self.o.broker_restarts_window_s:.0f}s): giving up; see {child.log_path}:\n"

@@ -15,8 +15,9 @@ snapshot is written and the sink recomputes that (day, partition) from ClickHous
 A partition's state is rebuilt from ClickHouse (the snapshots are the truth) when the partition is taken on:
 `Rollups.load` reads the latest snapshot of every UID the partition owns (`kafkaMurmurHash(uid) % partitions`) for
 the window's days, and the rejections. Each load takes a new *generation* above every one written so far, and
-every row this state emits carries `generation << 64 | position`: rows of the current owner replace rows of any
-earlier one, whatever the positions (a replay from offset 0, a broker that lost its topics).
+every row this state emits carries `generation << 64 | sequence`: a later row of one owner replaces an earlier
+one, and rows of the current owner replace rows of any earlier one, whatever the Kafka positions (a replay from
+offset 0, a broker that lost its topics, a stale owner still writing after a rebalance).
 """
 
 from __future__ import annotations
@@ -109,6 +110,13 @@ class PartitionRollup:
         self.partition, self.generation, self.state_days, self.strings = partition, generation, state_days, interner
         self.days: dict[int, DayRollup] = {}
         self.newest: int | None = None  # ordinal of the newest day seen
+        self.seq = 0  # rows emitted under this generation: a later row always reflects more records
+
+    def next_version(self) -> int:
+        """generation << 64 | a sequence: a row emitted later replaces one emitted earlier, and a newer owner's rows
+        (a higher generation) replace every row of an earlier one, whatever the Kafka positions."""
+        self.seq += 1
+        return (self.generation << 64) | self.seq
 
     # -- the window ---------------------------------------------------------------------------------------------
 
@@ -203,12 +211,12 @@ class PartitionRollup:
 
     # -- rows ---------------------------------------------------------------------------------------------------
 
-    def row(self, day: date, position: int, computed_at: datetime | None = None) -> RollupRow:
-        """The aggregate row of `day` as of `position` (the last position applied), for the sink to write."""
-        state = self.days.get(day.toordinal()) or DayRollup()
+    def row(self, day: date, computed_at: datetime | None = None) -> RollupRow:
+        """The aggregate row of `day` (held in the window) as the state stands, for the sink to write."""
+        state = self.days[day.toordinal()]
         maps = {name: {k: v[0] for k, v in m.items()} for name, m in zip(MAP_COLUMNS, state.maps)}
-        return RollupRow(day, self.partition, (self.generation << 64) | (position + 1),
-                         computed_at or datetime.now(UTC), *state.counts, **maps, rejected_by_reason=dict(state.rejected))
+        return RollupRow(day, self.partition, self.next_version(), computed_at or datetime.now(UTC), *state.counts,
+                         **maps, rejected_by_reason=dict(state.rejected))
 
     def uid_days(self) -> int:
         return sum(len(s.uids) for s in self.days.values())
@@ -304,9 +312,8 @@ def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatc
         # A day the window left during this batch (a newer day came after it) is no longer held: its row is
         # recomputed from ClickHouse once this batch's snapshots are in.
         late |= {day for day in touched if day.toordinal() not in roll.days}
-        b.rollups.extend(roll.row(day, part.position) for day in sorted(touched - late))
-        version = (roll.generation << 64) | (part.position + 1)
-        b.recompute.extend((day, part.partition, version) for day in sorted(late))
+        b.rollups.extend(roll.row(day) for day in sorted(touched - late))
+        b.recompute.extend((day, part.partition, roll.next_version()) for day in sorted(late))
     return b
 
 

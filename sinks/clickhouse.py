@@ -5,7 +5,7 @@
   re-written snapshot collapses and the latest received wins;
 - rejections: ReplacingMergeTree keyed by source position and receive time: a re-processed record counts once;
 - rollup_partitions: the processors' day aggregates per source partition (processors/rollup.py), versioned by
-  roll-up generation and position; the views sum the partitions. No write reads a whole day back: the only reads
+  roll-up generation and sequence; the views sum the partitions. No write reads a whole day back: the only reads
   are a late day's recompute (one day and partition) and a partition's state when it is taken on.
 A write retries with backoff while ClickHouse is unavailable, for at most `retry_s`; then it raises
 `SinkUnavailable` and the caller pauses and rewinds (sinks/checkpoint.py). Offsets are committed only after a

@@ -2,7 +2,7 @@
 -- kept incrementally by the processors' roll-up (processors/rollup.py) and summed by the views. `daily_rollup`
 -- becomes a view with the same columns; every analyst view keeps its name, columns and numbers.
 
--- One day's aggregates over the UIDs one source partition owns. version = roll-up generation << 64 | position:
+-- One day's aggregates over the UIDs one source partition owns. version = roll-up generation << 64 | sequence:
 -- the newest owner's latest row wins.
 CREATE TABLE IF NOT EXISTS rollup_partitions
 (
