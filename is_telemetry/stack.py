@@ -293,9 +293,8 @@ class Stack:
             self.counts["collector_published"] = collector.get("collector_records_published_total", 0.0)
         worker = apiclient.metrics(self.api_url + "/metrics")
         if worker is not None:
-            # valid (duplicates included) + rejected: records whose batch reached ClickHouse
-            self.counts["worker_stored"] = sum(v for k, v in worker.items() if k.startswith((
-                "is_telemetry_processor_valid_total", "is_telemetry_processor_rejected_total{")))
+            # records acknowledged once their batch reached ClickHouse
+            self.counts["worker_stored"] = worker.get("is_telemetry_processor_stored_total", 0.0)
 
     def recover_broker(self, why: str) -> None:
         """Report the loss of the embedded broker's memory and bring the pipeline back on a new broker."""

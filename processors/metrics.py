@@ -3,6 +3,8 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS = Counter("is_telemetry_processor_records_total", "Records taken from the raw topic")
+STORED = Counter("is_telemetry_processor_stored_total", "Raw records acknowledged once their batch was stored "
+                 "(in ClickHouse; with --no-sink in the snapshots topic)")
 VALID = Counter("is_telemetry_processor_valid_total", "Records that passed validation")
 DUPLICATES = Counter("is_telemetry_processor_duplicates_total", "Exact re-sends dropped (dedup or roll-up)")
 REJECTED = Counter("is_telemetry_processor_rejected_total", "Records rejected, by reason", ["reason"])

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import Enum
+from operator import attrgetter
 from typing import Protocol
 
 from is_telemetry.rows import (
@@ -37,6 +38,7 @@ from is_telemetry.rows import (
 # Count fields of a snapshot that are summed (the rest of COUNT_COLUMNS are counts of deployments/installs).
 SUMMED = ("gateways", "end_devices", "active_end_devices", "active_last_day", "active_last_week", "active_last_month",
           "applications", "users_standard", "users_admin", "organizations")
+_summed = attrgetter(*SUMMED)
 _HEAD = struct.Struct("<QQQBIIII")  # received ms, position, body hash, flags, 4 string ids
 _NARROW = struct.Struct("<10I")
 _WIDE = struct.Struct("<10Q")
@@ -136,46 +138,62 @@ class PartitionRollup:
 
     # -- contributions ------------------------------------------------------------------------------------------
 
-    def _encode(self, row: SnapshotRow, h: int) -> bytes:
+    def _encode(self, row: SnapshotRow, h: int, state: DayRollup | None = None) -> bytes:
+        """The packed entry of `row`; with `state`, its contribution is added to it too (without decoding)."""
         s = self.strings
-        flags = (_IS if row.kind == "is" else 0) | (_DEFAULT if row.default_uid else 0) | (_INCONSISTENT if row.flags else 0)
-        counts = [getattr(row, f) for f in SUMMED]
+        is_ = row.kind == "is"
+        flags = (_IS if is_ else 0) | (_DEFAULT if row.default_uid else 0) | (_INCONSISTENT if row.flags else 0)
+        counts = _summed(row)
         plans = row.gateways_by_frequency_plan
-        wide = max(counts, default=0) > _U32 or any(v > _U32 for v in plans.values())
+        wide = max(counts) > _U32 or any(v > _U32 for v in plans.values())
         if wide:
             flags |= _WIDE_FLAG
-        head = _HEAD.pack(row.received_at_ms, row.source_offset, h, flags, s.id(row.version_major_minor),
-                          s.id(row.operating_system), s.id(row.arch), s.id(row.golang_version))
-        body = (_WIDE if wide else _NARROW).pack(*counts)
-        tail = struct.pack(f"<I{2 * len(plans)}{'Q' if wide else 'I'}", len(plans),
-                           *(x for k, v in plans.items() for x in (s.id(k), v)))
-        return head + body + tail
+        ids = (s.id(row.version_major_minor), s.id(row.operating_system), s.id(row.arch), s.id(row.golang_version))
+        plan_ids = [(s.id(k), v) for k, v in plans.items()]
+        entry = (_HEAD.pack(row.received_at_ms, row.source_offset, h, flags, *ids)
+                 + (_WIDE if wide else _NARROW).pack(*counts)
+                 + struct.pack(f"<I{2 * len(plan_ids)}{'Q' if wide else 'I'}", len(plan_ids),
+                               *(x for pair in plan_ids for x in pair)))
+        if state is not None:
+            self._contribute(state, flags, ids, counts, plan_ids, +1)
+        return entry
 
     def _apply(self, state: DayRollup, entry: bytes, sign: int) -> None:
-        _ms, _pos, _h, flags, version, os_, arch, go = _HEAD.unpack_from(entry)
+        """Add (sign +1) or take away (-1) the contribution a packed entry holds."""
+        _ms, _pos, _h, flags, *ids = _HEAD.unpack_from(entry)
         wide = flags & _WIDE_FLAG
         counts_struct = _WIDE if wide else _NARROW
-        values = counts_struct.unpack_from(entry, _HEAD.size)
+        counts = counts_struct.unpack_from(entry, _HEAD.size)
         offset = _HEAD.size + counts_struct.size
         (n_plans,) = struct.unpack_from("<I", entry, offset)
-        plans = struct.unpack_from(f"<{2 * n_plans}{'Q' if wide else 'I'}", entry, offset + 4)
+        flat = struct.unpack_from(f"<{2 * n_plans}{'Q' if wide else 'I'}", entry, offset + 4)
+        self._contribute(state, flags, ids, counts, list(zip(flat[::2], flat[1::2])), sign)
+
+    def _contribute(self, state: DayRollup, flags: int, ids: Sequence[int], counts: Sequence[int],
+                    plans: list[tuple[int, int]], sign: int) -> None:
         c, m, strings = state.counts, state.maps, self.strings.strings
+        version, os_, arch, go = ids
         if flags & _IS:
             c[_DEPLOYMENTS] += sign
             if flags & _DEFAULT:
                 c[_DEFAULT_UID] += sign
             if flags & _INCONSISTENT:
                 c[_INCONSISTENT_N] += sign
-            targets = ((_IS_VERSION, version), (_IS_OS, os_), (_IS_ARCH, arch), (_IS_GO, go))
+            _bump(m[_IS_VERSION], strings[version], 1, sign)
+            _bump(m[_IS_OS], strings[os_], 1, sign)
+            _bump(m[_IS_ARCH], strings[arch], 1, sign)
+            _bump(m[_IS_GO], strings[go], 1, sign)
         else:
             c[_CLI] += sign
-            targets = ((_CLI_VERSION, version), (_CLI_OS, os_), (_CLI_ARCH, arch))
-        for i, v in enumerate(values, start=4):
-            c[i] += sign * v
-        for i in range(0, 2 * n_plans, 2):
-            _bump(m[_PLANS], strings[plans[i]], plans[i + 1], sign)
-        for which, sid in targets:
-            _bump(m[which], strings[sid], 1, sign)
+            _bump(m[_CLI_VERSION], strings[version], 1, sign)
+            _bump(m[_CLI_OS], strings[os_], 1, sign)
+            _bump(m[_CLI_ARCH], strings[arch], 1, sign)
+        for i, v in enumerate(counts, start=4):
+            if v:
+                c[i] += sign * v
+        plan_map = m[_PLANS]
+        for plan, v in plans:
+            _bump(plan_map, strings[plan], v, sign)
 
     # -- applying records ---------------------------------------------------------------------------------------
 
@@ -193,9 +211,7 @@ class PartitionRollup:
             if h == current_h:
                 return Applied.DUPLICATE
             self._apply(state, current, -1)
-        entry = self._encode(row, h)
-        state.uids[key] = entry
-        self._apply(state, entry, +1)
+        state.uids[key] = self._encode(row, h, state)
         return Applied.ADDED if current is None else Applied.REPLACED
 
     def apply_rejection(self, row: RejectionRow) -> Applied:
@@ -265,9 +281,7 @@ class Rollups:
                 part = parts[row.source_partition]
                 state = part._day(row.day)
                 if state is not None:
-                    entry = part._encode(row, h)
-                    state.uids[uid_key(row.uid)] = entry
-                    part._apply(state, entry, +1)
+                    state.uids[uid_key(row.uid)] = part._encode(row, h, state)
             for rejection in source.rejections_since(partitions, since):
                 parts[rejection.source_partition].apply_rejection(rejection)
         self.parts.update(parts)

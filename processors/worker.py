@@ -96,6 +96,7 @@ class Processors:
     async def _ack(self, events: Sequence[Any]) -> None:
         for event in events:
             await self._stream.ack(event)
+        metrics.STORED.inc(len(events))
 
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.kafka.raw_topic}

@@ -33,8 +33,10 @@ from is_telemetry.rows import (
 
 log = logging.getLogger(__name__)
 
-# The day aggregates of snapshots, per day and owning partition (`{partition}` is an SQL expression).
-_AGGREGATES_SQL = """
+def _aggregates_sql(partition: str, where: str) -> str:
+    """The day aggregates of snapshots per day and owning partition; `partition` and `where` are code constants
+    (an expression, a WHERE clause with {name:Type} parameters), never values."""
+    return f"""
 SELECT day, {partition} AS part,
        countIf(kind = 'is'), countIf(kind = 'is' AND default_uid), countIf(kind = 'is' AND notEmpty(flags)),
        countIf(kind = 'cli'),
@@ -52,7 +54,10 @@ FROM snapshots FINAL
 WHERE {where}
 GROUP BY day, part
 """
-_REJECTED_SQL = """
+
+
+def _rejected_sql(where: str) -> str:
+    return f"""
 SELECT day, source_partition, sumMap(map(reason, toUInt64(1)))
 FROM rejections FINAL
 WHERE {where}
@@ -245,11 +250,11 @@ class ClickHouseStore:
         c = self.client
         now = datetime.now(UTC)
         out: dict[tuple[date, int], RollupRow] = {}
-        for r in c.query(_AGGREGATES_SQL.format(partition=partition, where=where), parameters=params).result_rows:
+        for r in c.query(_aggregates_sql(partition, where), parameters=params).result_rows:
             counts, maps = r[2:2 + len(COUNT_COLUMNS)], r[2 + len(COUNT_COLUMNS):]
             out[(r[0], int(r[1]))] = RollupRow(r[0], int(r[1]), version, now, *counts,
                                                **dict(zip(MAP_COLUMNS, maps)))
-        for day, part, rejected in c.query(_REJECTED_SQL.format(where=rejections_where), parameters=params).result_rows:
+        for day, part, rejected in c.query(_rejected_sql(rejections_where), parameters=params).result_rows:
             row = out.get((day, int(part)))
             if row is None:
                 row = out[(day, int(part))] = RollupRow(day, int(part), version, now)

@@ -346,9 +346,9 @@ def test_operations_cluster_ddl_matches_the_schema() -> None:
         return text[m.start():]
 
     for local, table in (("snapshots_local", "snapshots"), ("rejections", "rejections"),
-                         ("daily_rollup", "daily_rollup")):
+                         ("rollup_partitions", "rollup_partitions"), ("pipeline_settings", "pipeline_settings")):
         assert _columns(create(docs, local)) == _columns(create(schema, table)), table
     engine = "ReplicatedReplacingMergeTree('/clickhouse/tables/{}/telemetry/{}', '{{replica}}'{})"
     assert engine.format("{shard}", "snapshots_local", ", version") in docs
     assert "Distributed(telemetry, telemetry, snapshots_local, cityHash64(uid))" in docs
-    assert engine.format("all", "daily_rollup", ", computed_at") in docs
+    assert engine.format("all", "rollup_partitions", ", version") in docs

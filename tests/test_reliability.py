@@ -115,10 +115,8 @@ def base(stack: RunningStack) -> str:
 
 
 def stored_count(stack: RunningStack) -> float:
-    """Records whose batch reached ClickHouse (valid, duplicates included, + rejected), from the worker's /metrics."""
-    m = metrics(stack.api_url + "/metrics")
-    return m.get("is_telemetry_processor_valid_total", 0.0) + sum(
-        v for k, v in m.items() if k.startswith("is_telemetry_processor_rejected_total{"))
+    """Records whose batch reached ClickHouse (acknowledged after the write), from the worker's /metrics."""
+    return metrics(stack.api_url + "/metrics").get("is_telemetry_processor_stored_total", 0.0)
 
 
 def published_count(stack: RunningStack) -> float:
@@ -270,9 +268,7 @@ class FaultableWorker(Proc):
         self.ns(f'umount "{self.chdb}" || umount -l "{self.chdb}"')
 
     def stored(self) -> float:
-        m = metrics(str(self.api) + "/metrics")
-        return m.get("is_telemetry_processor_valid_total", 0.0) + sum(
-            v for k, v in m.items() if k.startswith("is_telemetry_processor_rejected_total{"))
+        return metrics(str(self.api) + "/metrics").get("is_telemetry_processor_stored_total", 0.0)
 
 
 def committed(bootstrap: str) -> dict[int, int]:
@@ -410,7 +406,7 @@ def test_broker_restart_is_detected_reported_and_recovered(tmp_path: Path) -> No
                 assert post(stack, cli_body(uid)).status_code == 202
             worker_log = data / "logs" / "worker.log"
             deadline = time.monotonic() + 20
-            while not re.search(r"ClickHouse write of [1-5] rows failed", worker_log.read_text(errors="replace")):
+            while not re.search(r"ClickHouse write of \d+ rows failed", worker_log.read_text(errors="replace")):
                 assert time.monotonic() < deadline, worker_log.read_text(errors="replace")[-3000:]
                 time.sleep(0.2)
 
@@ -837,6 +833,9 @@ SQL_KEYWORDS = re.compile(r"\b(SELECT|INSERT|ALTER|CREATE|DROP|DELETE|UPDATE|WHE
 # Every interpolation into SQL text in the source, and why it is safe: code constants or int() of configuration.
 ALLOWED_SQL_INTERPOLATIONS = {
     ("sinks/clickhouse.py", "int(self.snapshot_ttl_days)"),  # an int from the configuration
+    ("sinks/clickhouse.py", "_OWNER"),  # a module constant: the owner-partition expression with an {n:UInt32} parameter
+    ("sinks/clickhouse.py", "partition"),  # _aggregates_sql: callers pass _OWNER or a column name
+    ("sinks/clickhouse.py", "where"),  # _aggregates_sql: callers pass literal WHERE clauses with {name:Type} parameters
     ("dashboard/panels.py", "', '.join(FLEET_COLUMNS)"),  # a module constant
     ("dashboard/panels.py", "where"),  # _fleet_rows: callers pass literal WHERE clauses with {name:Type} parameters
     ("dashboard/panels.py", "dimension"),  # from a literal tuple in panel_os
