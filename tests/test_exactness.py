@@ -105,3 +105,103 @@ def _send_paced(deliveries: list, bootstrap: str, chunks: int) -> None:  # type:
     for i in range(0, len(deliveries), size):
         send_to_kafka(deliveries[i : i + size], bootstrap, TOPIC)
         time.sleep(1.0)
+
+
+def _produce(bootstrap: str, records: list[tuple[bytes | None, bytes, int, int | None]]) -> None:
+    """(key, body, received_at_ms, partition) straight to the raw topic, as a third-party producer might."""
+    from kafka import KafkaProducer
+
+    from is_telemetry.kafka import HEADER_RECEIVED_AT
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    try:
+        for key, body, at, partition in records:
+            producer.send(TOPIC, value=body, key=key, partition=partition, timestamp_ms=at,
+                          headers=[(HEADER_RECEIVED_AT, str(at).encode())])
+        producer.flush(30)
+    finally:
+        producer.close()
+
+
+def test_records_with_null_and_wrong_keys_are_rekeyed(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """One UID, one partition: records with a null key, a wrong key or in the wrong partition are published again
+    keyed by their UID, before or after the UID's correctly keyed records: the views equal the ground truth."""
+    from is_telemetry.partitioning import partition_of
+    from producers.simulator import Delivery
+
+    deliveries, _ = _simulation(80, 20, 3, seed=13)
+    rng = random.Random(4)
+    wrong: list[tuple[bytes | None, bytes, int, int | None]] = []
+    right: list[tuple[bytes | None, bytes, int, int | None]] = []
+    for i, (at, key, body) in enumerate(deliveries):
+        if key is None or i % 3:
+            right.append((key, body, at, None))
+            continue
+        mode = i % 4
+        home = partition_of(key, 8)
+        if mode == 0:
+            wrong.append((None, body, at, rng.choice([p for p in range(8) if p != home])))  # null key
+        elif mode == 1:
+            wrong.append((b"not-the-uid", body, at, None))  # a wrong key
+        else:
+            wrong.append((key, body, at, (home + 1) % 8))  # the right key in another partition
+    # foreign records first for one half of the history, after the UID's own records for the other half
+    half = len(wrong) // 2
+    _produce(broker.bootstrap_servers, wrong[:half] + right + wrong[half:])
+    expected = expected_views(ground_truth([Delivery(at, k, b) for k, b, at, _ in wrong + right]))
+    w = worker(broker.bootstrap_servers, tmp_path)
+    try:
+        wait_until_ready(w)
+        wait_for_views(w, expected)
+        assert w.metric("is_telemetry_processor_rekeyed_total") >= len(wrong)
+    finally:
+        assert w.terminate() == 0
+
+
+def test_a_worker_joins_and_leaves_while_records_flow(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """Rebalances: a second --no-sink worker joins while records flow (partitions move to it), then stops (they
+    move back); the sink's roll-up and the views stay exact."""
+    deliveries, expected = _simulation(300, 60, 4, seed=17)
+    b = broker.bootstrap_servers
+    sink_port = free_port()
+    sink = Proc("sink", ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port),
+                         "--log-level", "info"], tmp_path, sink_port)
+    w1 = worker(b, tmp_path, "worker-1", "--no-sink", api=False)
+    w2: Proc | None = None
+    sender = threading.Thread(target=_send_paced, args=(deliveries, b, 12), daemon=True)
+    try:
+        wait_until_ready(sink)
+        sender.start()
+        time.sleep(3)
+        w2 = worker(b, tmp_path, "worker-2", "--no-sink", api=False)  # joins: a rebalance
+        deadline = time.monotonic() + 60
+        while "Setting newly assigned partitions" not in w2.log():
+            assert time.monotonic() < deadline, w2.log()
+            time.sleep(0.5)
+        assigned = w2.log().split("Setting newly assigned partitions")[-1].split("\n")[0]
+        assert "tts-telemetry-raw" in assigned, assigned  # it really took raw-topic partitions
+        time.sleep(3)
+        assert w2.terminate() == 0  # leaves: another rebalance
+        sender.join(120)
+        assert not sender.is_alive()
+        wait_for_views(sink, expected, timeout_s=240)
+    finally:
+        for p in (w1, *([w2] if w2 else []), sink):
+            p.terminate()
+
+
+def test_a_changed_partition_count_is_refused(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """The roll-up in ClickHouse was built for another partition count: the worker says what to do, exits 2."""
+    import subprocess
+    import sys
+
+    from sinks.clickhouse import ClickHouseStore
+
+    store = ClickHouseStore(f"chdb://{tmp_path / 'chdb'}").open()
+    store.record_partitions(12)  # as if built for 12; the raw topic has 8
+    store.close()
+    done = subprocess.run([sys.executable, "-m", "is_telemetry", "worker", "--kafka", broker.bootstrap_servers,
+                           "--data-dir", str(tmp_path), "--api-port", "-1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "has 8 partitions, but the roll-up in ClickHouse was built for 12" in done.stderr
+    assert "is-telemetry rollup repartition" in done.stderr
