@@ -10,9 +10,9 @@ directory:
 (a) raw: clickhouse-connect `client.insert` of the same rows (already converted to lists) into a fresh table
     with the schema and engine of `snapshots` (`CREATE TABLE ... AS snapshots`), in batches of B (default
     5000);
-(b) store: `ClickHouseStore.write(Batch(snapshots=...))` in batches of B into the store's own `snapshots`,
-    which includes converting the row dicts and recomputing the `daily_rollup` row of every day the batch
-    touches (a FINAL read of the whole day); the time in that recompute is reported separately.
+(b) store: the sink's write path in batches of B: the roll-up (`processors.rollup.roll_up`, per source partition:
+    the day aggregate rows of the days the batch touches, no read of ClickHouse) and `ClickHouseStore.write`
+    (snapshots and aggregate rows, converted from the typed rows); the roll-up's share is reported separately.
 (a) and (b) alternate batch by batch, so both see the same background merges and the same load from other
 processes (the machine may be shared). For reference, one single insert of all N rows into another fresh
 table is timed at the end.
@@ -31,45 +31,59 @@ import os
 import sys
 import tempfile
 import time
-import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from is_telemetry.kafka import HEADER_RECEIVED_AT
-from processors.dedup import Deduplicator
+from is_telemetry.partitioning import partition_of
+from is_telemetry.rows import PartitionBatch, SnapshotRow, columns, ms_to_datetime, values
 from processors.pipeline import RawRecord, process
+from processors.rollup import Rollups, roll_up
+from processors.snapshot import day_of
 from producers.simulator import DAY_MS, generate
-from sinks.clickhouse import SNAPSHOT_COLUMNS, Batch, ClickHouseStore, snapshot_values
+from sinks.clickhouse import ClickHouseStore
 
 PARTITIONS = 8
 FIRST_DAY_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 
 
-def template_rows(seed: int = 11) -> list[dict[str, Any]]:
+def template_rows(seed: int = 11) -> list[SnapshotRow]:
     """Real snapshot rows: one simulated day of 300 deployments and 60 CLI installs through the pipeline."""
     sim = generate(300, 60, 1, seed, end_day="2025-01-01", resend_rate=0.0, changed_rate=0.0, malformed_rate=0.0)
-    records = [RawRecord("raw", 0, i, d.received_at_ms, {HEADER_RECEIVED_AT: str(d.received_at_ms).encode()}, d.body)
-               for i, d in enumerate(sim.deliveries)]
-    return process(records, Deduplicator()).batch.snapshots
+    records = [RawRecord("raw", partition_of(d.key, PARTITIONS), i, d.received_at_ms,
+                         {HEADER_RECEIVED_AT: str(d.received_at_ms).encode()}, d.body, d.key)
+               for i, d in enumerate(sim.deliveries) if d.key]
+    return process(records, PARTITIONS).snapshots
 
 
-def make_rows(n: int, days: int) -> list[dict[str, Any]]:
+def make_rows(n: int, days: int) -> list[SnapshotRow]:
     """n rows: a fleet of ceil(n/days) UIDs, each reporting once a day, over `days` days, in receive-time order."""
     templates = template_rows()
     per_day = -(-n // days)
     uids = [base64.b64encode(hashlib.sha512(b"bench-%d" % j).digest()).decode() for j in range(per_day)]
+    partitions = [partition_of(u.encode(), PARTITIONS) for u in uids]
     offsets = [0] * PARTITIONS
-    rows: list[dict[str, Any]] = []
+    rows: list[SnapshotRow] = []
     for i in range(n):
         day, j = divmod(i, per_day)
         t = templates[j % len(templates)]
         received = FIRST_DAY_MS + day * DAY_MS + (j * (DAY_MS - 1)) // per_day
-        partition = zlib.crc32(uids[j].encode()) % PARTITIONS
-        row = dict(t, uid=uids[j], received_at_ms=received, source_partition=partition,
-                   source_offset=offsets[partition], day=time.strftime("%Y-%m-%d", time.gmtime(received // 1000)))
-        offsets[partition] += 1
-        rows.append(row)
+        p = partitions[j]
+        rows.append(replace(t, uid=uids[j], day=day_of(received), received_at=ms_to_datetime(received),
+                            version=(received << 64) | offsets[p], source_partition=p, source_offset=offsets[p]))
+        offsets[p] += 1
     return rows
+
+
+def batches(rows: list[SnapshotRow]) -> list[PartitionBatch]:
+    parts: dict[int, PartitionBatch] = {}
+    for r in rows:
+        part = parts.setdefault(r.source_partition, PartitionBatch(r.source_partition, r.source_offset))
+        part.position = max(part.position, r.source_offset)
+        part.snapshots.append(r)
+        part.bodies.append(r.body.encode())
+    return list(parts.values())
 
 
 def _rate(rows: int, seconds: float) -> float:
@@ -88,9 +102,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = make_rows(n, args.days)
     gen_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    values = [snapshot_values(r) for r in rows]
+    converted = [values(r) for r in rows]
     convert_s = time.perf_counter() - t0
-    body_bytes = sum(len(r["body"]) for r in rows) // n
+    body_bytes = sum(len(r.body) for r in rows) // n
+    names = columns(SnapshotRow)
 
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
         store = ClickHouseStore(f"chdb://{Path(tmp).resolve() / 'chdb'}").open()
@@ -100,32 +115,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 c.command(f"DROP TABLE IF EXISTS {table}")
                 c.command(f"CREATE TABLE {table} AS snapshots")
 
-            c.insert("bench_raw_batched", values[:100], column_names=SNAPSHOT_COLUMNS)  # warm-up
+            c.insert("bench_raw_batched", converted[:100], column_names=names)  # warm-up
             c.command("TRUNCATE TABLE bench_raw_batched")
-            refresh_s = [0.0]
-            refresh = store._refresh
-
-            def timed_refresh(days: Any) -> None:
-                t = time.perf_counter()
-                try:
-                    refresh(days)
-                finally:
-                    refresh_s[0] += time.perf_counter() - t
-
-            store._refresh = timed_refresh  # type: ignore[method-assign]
+            rollups = Rollups(3, PARTITIONS)
+            rollup_s = 0.0
             # (a) and (b) batch by batch, interleaved, so that both see the same background merges and the same
             # load from whatever else runs on the machine
             raw_s = write_s = 0.0
             for i in range(0, n, b):
                 t0 = time.perf_counter()
-                c.insert("bench_raw_batched", values[i:i + b], column_names=SNAPSHOT_COLUMNS)  # (a) raw
+                c.insert("bench_raw_batched", converted[i:i + b], column_names=names)  # (a) raw
                 t1 = time.perf_counter()
-                store.write(Batch(snapshots=rows[i:i + b]))  # (b) convert + insert + recompute the touched days
+                batch = roll_up(rollups, store, batches(rows[i:i + b]))  # (b) roll up, convert, insert
                 t2 = time.perf_counter()
+                store.write(batch)
+                t3 = time.perf_counter()
                 raw_s += t1 - t0
-                write_s += t2 - t1
+                write_s += t3 - t1
+                rollup_s += t2 - t1
             t0 = time.perf_counter()
-            c.insert("bench_raw_single", values, column_names=SNAPSHOT_COLUMNS)  # reference: one big insert
+            c.insert("bench_raw_single", converted, column_names=names)  # reference: one big insert
             raw_single_s = time.perf_counter() - t0
 
             stored = store.query("SELECT count() FROM snapshots FINAL")[1][0][0]
@@ -156,17 +165,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "raw_single_insert_rows_per_s": _rate(n, raw_single_s),
         "store_write_s": round(write_s, 2),
         "store_write_rows_per_s": write_rate,
-        "store_refresh_s": round(refresh_s[0], 2),
-        "store_refresh_share": round(refresh_s[0] / write_s, 3) if write_s else None,
+        "rollup_s": round(rollup_s, 2),
+        "rollup_share": round(rollup_s / write_s, 3) if write_s else None,
         "ratio": round(write_rate / raw_rate, 3) if raw_rate else None,
     }
     print(f"sink bench: {n} snapshot rows ({result['uids_per_day']} UIDs/day x {args.days} days, "
           f"body ~{body_bytes} B), batches of {b}, {result['engine']}, {result['cpus']} CPUs")
     print(f"  (a) raw clickhouse-connect insert, batches of {b}: {raw_rate:>12,.0f} rows/s ({raw_s:.2f}s)")
     print(f"      raw, one insert of all {n} rows:   {result['raw_single_insert_rows_per_s']:>12,.0f} rows/s")
-    print(f"  (b) ClickHouseStore.write, batches of {b}: {write_rate:>12,.0f} rows/s ({write_s:.2f}s, of which "
-          f"{refresh_s[0]:.2f}s day-rollup recompute)")
-    print(f"      row dict -> values conversion alone: {result['convert_rows_per_s']:>12,.0f} rows/s")
+    print(f"  (b) roll-up + ClickHouseStore.write, batches of {b}: {write_rate:>12,.0f} rows/s ({write_s:.2f}s, of which "
+          f"{rollup_s:.2f}s roll-up)")
+    print(f"      row -> values conversion alone: {result['convert_rows_per_s']:>12,.0f} rows/s")
     print(f"  b/a = {result['ratio']}")
     print(json.dumps(result))
     return result

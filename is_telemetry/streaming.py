@@ -66,10 +66,16 @@ class FaustRewinder:
         for p in partitions:
             self.rewinding.pop(p, None)
 
+    def discard(self, events: list[Any]) -> None:
+        """Events that will not be acknowledged because they are read again: done for faust (its stop waits for
+        every fetched message), but their offsets are not marked committable."""
+        for event in events:
+            event.message.acked = True
+
     def accepted(self, events: list[Any]) -> list[Any]:
         if not self.rewinding:
             return events
-        out = []
+        out, stale = [], []
         for event in events:
             m = event.message
             expected = self.rewinding.get(m.partition)
@@ -78,6 +84,9 @@ class FaustRewinder:
             elif m.offset == expected:
                 del self.rewinding[m.partition]
                 out.append(event)
+            else:
+                stale.append(event)
+        self.discard(stale)
         return out
 
 

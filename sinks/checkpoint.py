@@ -47,6 +47,10 @@ class Rewinder(Protocol):
 
     def resume(self, partitions: set[int]) -> None: ...
 
+    def discard(self, events: list[Any]) -> None:
+        """Events that will not be acknowledged: they are read again after the rewind."""
+        ...
+
 
 @dataclass
 class _Pending:
@@ -144,6 +148,8 @@ class Checkpoint:
         self.rewinder.pause(partitions)
         self.paused |= partitions
         self.on_rewind(partitions)
+        for b in batches:
+            self.rewinder.discard(b.events)
         for p in sorted(partitions):
             first = min((part.position for b in batches for part in b.parts if part.partition == p), default=0)
             await self.rewinder.rewind(p, self.written.get(p, first))

@@ -1017,3 +1017,74 @@ def test_soak_collector_briefly_flat_memory_and_nothing_lost() -> None:
     assert out["rss_samples"] >= 8
     assert out["rss_last_mb"] - out["rss_first_mb"] < 10, out["rss_series_mb"]
     assert out["rss_max_mb"] < 200, out["rss_series_mb"]
+
+
+@pytest.mark.slow
+def test_clickhouse_refusing_writes_pauses_rewinds_and_stops_in_bounded_time(tmp_path: Path) -> None:
+    """ClickHouse refuses writes (chDB's table directories immutable) for longer than clickhouse.retry_s: the
+    worker pauses and rewinds the partitions instead of retrying for ever, commits nothing, stores everything once
+    the fault is gone, and a SIGTERM during the fault ends it within the bound (no SIGKILL needed)."""
+    from kafka import KafkaProducer
+
+    from is_telemetry.broker import EmbeddedBroker, free_port as port
+    from is_telemetry.config import load_settings
+    from is_telemetry.kafka import ensure_topics
+    from tests.processes import worker as worker_proc
+
+    if not _chattr_works(tmp_path):
+        pytest.skip("chattr +i does not stop writes here (not root, or not ext4)")
+    with EmbeddedBroker(port=port(), log_file=tmp_path / "broker.log") as broker:
+        ensure_topics(load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers}))
+        os.environ["IS_TELEMETRY_CLICKHOUSE__RETRY_S"] = "3"
+        try:
+            w = worker_proc(broker.bootstrap_servers, tmp_path)
+        finally:
+            del os.environ["IS_TELEMETRY_CLICKHOUSE__RETRY_S"]
+        frozen: list[str] = []
+        try:
+            wait_until_ready(w)
+            producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, enable_idempotence=False)
+            first = [cli_uid(f"before-{i}") for i in range(3)]
+            for uid in first:
+                producer.send(RAW_TOPIC, key=uid.encode(), value=cli_body(uid),
+                              headers=[("received_at_ms", str(int(time.time() * 1000)).encode())])
+            producer.flush()
+            wait_for(lambda: w.sql("SELECT count() AS n FROM snapshots")[0]["n"] == 3, 60, w)
+            frozen = _table_dirs(tmp_path / "chdb")
+            subprocess.run(["chattr", "+i", *frozen], check=True)
+            during = [cli_uid(f"during-{i}") for i in range(4)]
+            for uid in during:
+                producer.send(RAW_TOPIC, key=uid.encode(), value=cli_body(uid),
+                              headers=[("received_at_ms", str(int(time.time() * 1000)).encode())])
+            producer.flush()
+            wait_for(lambda: "pausing partitions" in w.log() and "rewinding" in w.log(), 60, w)
+            assert w.metric("is_telemetry_sink_rewinds_total") >= 1
+            wait_for(lambda: "resuming partitions" in w.log(), 120, w)  # and it tries again, by itself
+            assert w.sql("SELECT count() AS n FROM snapshots")[0]["n"] == 3  # nothing stored meanwhile ...
+            # ... and a stop during the fault ends within the bound: retry_s for the write in flight, plus faust
+            started = time.monotonic()
+            assert w.terminate(timeout_s=60) == 0
+            stop_s = time.monotonic() - started
+            subprocess.run(["chattr", "-i", *frozen], check=True)
+            frozen = []
+            w.start()  # the records it did not store are delivered again
+            wait_until_ready(w)
+            wait_for(lambda: w.sql("SELECT count() AS n FROM snapshots")[0]["n"] == 7, 120, w)
+            assert w.sql("SELECT sum(cli_installs) AS n FROM fleet_daily")[0]["n"] == 7
+            print(f"\nstopped in {stop_s:.1f}s during the fault")
+        finally:
+            if frozen:
+                subprocess.run(["chattr", "-i", *frozen])
+            w.terminate()
+
+
+def wait_for(predicate: Any, timeout_s: float, proc: Any) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - the API may not answer yet
+            pass
+        assert time.monotonic() < deadline, proc.log()
+        time.sleep(0.5)

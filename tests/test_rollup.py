@@ -196,6 +196,9 @@ class FakeRewinder:
     def resume(self, partitions: set[int]) -> None:
         self.calls.append(("resume", sorted(partitions)))
 
+    def discard(self, events: list[Any]) -> None:
+        self.calls.append(("discard", list(events)))
+
 
 def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(store: ClickHouseStore,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
