@@ -123,18 +123,26 @@ class PartitionRollup:
     # -- the window ---------------------------------------------------------------------------------------------
 
     def _day(self, day: date) -> DayRollup | None:
-        """The state of `day`, moving the window forward if it is newer; None if it is before the window."""
+        """The state of `day`: held, or new if the day is in the window (a newer day moves the window forward);
+        None if it is before the window and not held. Days are dropped by `evict`, after a batch's rows are out."""
         d = day.toordinal()
+        state = self.days.get(d)
+        if state is not None:
+            if d > (self.newest or d - 1):
+                self.newest = d
+            return state
         if self.newest is None or d > self.newest:
             self.newest = d
-            for old in [x for x in self.days if x <= d - self.state_days]:
-                del self.days[old]
         elif d <= self.newest - self.state_days:
             return None
-        state = self.days.get(d)
-        if state is None:
-            state = self.days[d] = DayRollup()
+        state = self.days[d] = DayRollup()
         return state
+
+    def evict(self) -> None:
+        """Drop the days before the window (after the batch that moved it has emitted its rows)."""
+        if self.newest is not None:
+            for old in [x for x in self.days if x <= self.newest - self.state_days]:
+                del self.days[old]
 
     # -- contributions ------------------------------------------------------------------------------------------
 
@@ -277,6 +285,7 @@ class Rollups:
             since = date.fromordinal(newest.toordinal() - self.state_days + 1)
             for part in parts.values():
                 part._day(newest)  # the window ends at the newest day in ClickHouse
+                part.evict()
             for row, h in source.latest_snapshots(partitions, self.partitions_total, since):
                 part = parts[row.source_partition]
                 state = part._day(row.day)
@@ -284,6 +293,8 @@ class Rollups:
                     state.uids[uid_key(row.uid)] = part._encode(row, h, state)
             for rejection in source.rejections_since(partitions, since):
                 parts[rejection.source_partition].apply_rejection(rejection)
+            for part in parts.values():
+                part.evict()
         self.parts.update(parts)
 
     def drop(self, partitions: Iterable[int]) -> None:
@@ -323,11 +334,9 @@ def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatc
             elif applied is Applied.LATE:
                 b.rejections.append(rejection)
                 late.add(rejection.day)
-        # A day the window left during this batch (a newer day came after it) is no longer held: its row is
-        # recomputed from ClickHouse once this batch's snapshots are in.
-        late |= {day for day in touched if day.toordinal() not in roll.days}
-        b.rollups.extend(roll.row(day) for day in sorted(touched - late))
-        b.recompute.extend((day, part.partition, roll.next_version()) for day in sorted(late))
+        b.rollups.extend(roll.row(day) for day in sorted(touched))
+        b.recompute.extend((day, part.partition, roll.next_version()) for day in sorted(late - touched))
+        roll.evict()
     return b
 
 
