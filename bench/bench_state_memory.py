@@ -73,7 +73,7 @@ def snapshot_of(i: int, uid: str, day: date, body: bytes) -> Any:
     d = (i * 7919) % 100_000
     a = d * 3 // 4
     ms = day.toordinal() * 86_400_000 + i  # any time of the day, increasing
-    return SnapshotRow(day, uid, "is", ms_to_datetime(1_700_000_000_000), (ms << 64) | i, 0, i, False, [], "linux",
+    return SnapshotRow(day, uid, "is", ms_to_datetime(1_700_000_000_000), (ms << 64) | i, 0, i, 0, False, [], "linux",
                        "amd64", "3.32.1 (1d218216, 2024-10-24T13:28:12Z)", "3.32", "go1.22.5", g,
                        {"EU_863_870_TTN": g // 2, "US_902_928_FSB_2": g // 3, "AU_915_928_FSB_2": g - g // 2 - g // 3},
                        d, a, a // 3, a // 2, a * 2 // 3, i % 300, i % 50, i % 5, None, i % 20, "", "")

@@ -42,3 +42,47 @@ def murmur2(data: bytes) -> int:
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives `key` among `partitions`."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def partitions_of(keys: list[bytes], partitions: int) -> list[int]:
+    """`partition_of` for many keys at once: keys of the same length are hashed together with numpy (a UID is 88 or
+    36 bytes), the rest one by one."""
+    out = [0] * len(keys)
+    by_length: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_length.setdefault(len(key), []).append(i)
+    for length, idx in by_length.items():
+        if len(idx) < 16 or length < 4:
+            for i in idx:
+                out[i] = partition_of(keys[i], partitions)
+            continue
+        for i, h in zip(idx, _murmur2_same_length([keys[i] for i in idx], length)):
+            out[i] = (h & 0x7FFFFFFF) % partitions
+    return out
+
+
+def _murmur2_same_length(keys: list[bytes], length: int) -> list[int]:
+    import numpy as np
+
+    n4 = length >> 2
+    data = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), length)
+    words = data[:, :n4 * 4].copy().view("<u4").astype(np.uint64)
+    m, mask = np.uint64(_M), np.uint64(_MASK)
+    h = np.full(len(keys), (_SEED ^ length) & _MASK, dtype=np.uint64)
+    for j in range(n4):
+        k = (words[:, j] * m) & mask
+        k ^= k >> np.uint64(24)
+        h = ((h * m) & mask) ^ ((k * m) & mask)
+    tail = length & 3
+    if tail:
+        rest = data[:, n4 * 4:].astype(np.uint64)
+        if tail == 3:
+            h ^= rest[:, 2] << np.uint64(16)
+        if tail >= 2:
+            h ^= rest[:, 1] << np.uint64(8)
+        h ^= rest[:, 0]
+        h = (h * m) & mask
+    h ^= h >> np.uint64(13)
+    h = (h * m) & mask
+    h ^= h >> np.uint64(15)
+    return [int(x) for x in h]

@@ -40,9 +40,10 @@ class SnapshotRow:
     uid: str
     kind: str  # "is" | "cli"
     received_at: datetime
-    version: int  # received_at ms << 64 | source_offset: the latest received wins
+    version: int  # received_at ms << 64 | position: the latest received wins
     source_partition: int
     source_offset: int
+    source_index: int  # the body's index in its Kafka record (0 for a single-body record)
     default_uid: bool
     flags: list[str]
     operating_system: str
@@ -69,6 +70,15 @@ class SnapshotRow:
     def received_at_ms(self) -> int:
         return self.version >> 64
 
+    @property
+    def position(self) -> int:
+        return position(self.source_offset, self.source_index)
+
+
+def position(offset: int, index: int) -> int:
+    """A body's place in its partition: offset << 16 | index in the record (a record holds fewer than 65,536)."""
+    return (offset << 16) | index
+
 
 @dataclass(slots=True)
 class RejectionRow:
@@ -81,6 +91,7 @@ class RejectionRow:
     source_topic: str
     source_partition: int
     source_offset: int
+    source_index: int
     body: str
 
 

@@ -8,24 +8,29 @@ and the records to re-key. The day of a record is the UTC day of the receive tim
 One UID, one partition: a valid record whose key is not its UID, or that is not in the partition Kafka's default
 partitioner gives its UID (a third-party producer, a null key, another partitioner), is not rolled up where it is:
 it is listed in `rekey`, and the worker publishes it again keyed by its UID, so all of a UID's messages meet in one
-partition, in order.
+partition, in order. A body of a many-bodies record (is_telemetry/envelope.py) has no key of its own: only its
+partition is checked.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from is_telemetry.envelope import HEADER_FORMAT
 from is_telemetry.kafka import HEADER_RECEIVED_AT
-from is_telemetry.partitioning import partition_of
+from is_telemetry.partitioning import partitions_of
 from is_telemetry.rows import RejectionRow, SnapshotRow
 from processors.snapshot import day_of, rejection_row, snapshot_row
-from processors.validate import Rejection, inconsistencies, validate
+from processors.validate import Reason, Rejection, inconsistencies, validate
 
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
+    """One body as the raw topic holds it: a single-body record, or one frame of a many-bodies record (`batched`,
+    `index` its place in the record)."""
+
     topic: str
     partition: int
     offset: int
@@ -33,6 +38,9 @@ class RawRecord:
     headers: dict[str, bytes]
     value: bytes
     key: bytes | None = None
+    index: int = 0
+    batched: bool = False
+    error: str | None = None  # a many-bodies record that could not be read: rejected whole as `bad_batch`
 
     @property
     def received_at_ms(self) -> int:
@@ -77,36 +85,48 @@ class Outcome:
     rejected: Counter[str] = field(default_factory=Counter)
 
 
+def _reject(out: Outcome, r: RawRecord, reason: str, message: str) -> None:
+    received = r.received_at_ms
+    out.rejected[reason] += 1
+    out.rejections.append(rejection_row(reason, message, r.value, received, r.topic, r.partition, r.offset, r.index))
+    out.dead_letters.append(DeadLetter(key=None, value=r.value, headers=[
+        ("reason", reason.encode()),
+        ("message", message.encode("utf-8", "replace")),
+        ("source_topic", r.topic.encode()),
+        ("source_partition", str(r.partition).encode()),
+        ("source_offset", str(r.offset).encode()),
+        ("source_index", str(r.index).encode()),
+        (HEADER_RECEIVED_AT, str(received).encode()),
+    ]))
+
+
 def process(records: list[RawRecord], partitions: int, dedup: Dedup | None = None,
             plausibility_limit: int = 10**9) -> Outcome:
     """Validate `records`; `partitions` is the raw topic's partition count (for the one-UID-one-partition check);
     `dedup` drops exact re-sends early (workers that publish rows for a separate sink)."""
     out = Outcome()
+    valid: list[tuple[RawRecord, Any, bytes]] = []
     for r in records:
-        received = r.received_at_ms
+        if r.error is not None:
+            _reject(out, r, Reason.BAD_BATCH, r.error)
+            continue
         result = validate(r.value, plausibility_limit)
         if isinstance(result, Rejection):
-            out.rejected[result.reason] += 1
-            out.rejections.append(
-                rejection_row(result.reason, result.message, r.value, received, r.topic, r.partition, r.offset))
-            out.dead_letters.append(DeadLetter(key=None, value=r.value, headers=[
-                ("reason", result.reason.encode()),
-                ("message", result.message.encode("utf-8", "replace")),
-                ("source_topic", r.topic.encode()),
-                ("source_partition", str(r.partition).encode()),
-                ("source_offset", str(r.offset).encode()),
-                (HEADER_RECEIVED_AT, str(received).encode()),
-            ]))
-            continue
-        uid = result.uid.encode("utf-8", "surrogatepass")
-        if r.key != uid or r.partition != partition_of(uid, partitions):
-            headers = [(k, v) for k, v in r.headers.items() if k != HEADER_RECEIVED_AT]
+            _reject(out, r, result.reason, result.message)
+        else:
+            valid.append((r, result, result.uid.encode("utf-8", "surrogatepass")))
+    homes = partitions_of([uid for _r, _m, uid in valid], partitions)  # one numpy pass for the batch
+    for (r, message, uid), home in zip(valid, homes):
+        received = r.received_at_ms
+        if r.partition != home or (not r.batched and r.key != uid):
+            headers = [(k, v) for k, v in r.headers.items() if k not in (HEADER_RECEIVED_AT, HEADER_FORMAT)]
             out.rekey.append(Rekey(uid, r.value, [(HEADER_RECEIVED_AT, str(received).encode()), *headers]))
             continue
         out.valid += 1
-        if dedup is not None and dedup.is_duplicate(day_of(received), result.uid, r.value):
+        if dedup is not None and dedup.is_duplicate(day_of(received), message.uid, r.value):
             out.duplicates += 1
             continue
-        out.snapshots.append(snapshot_row(result, r.value, received, r.partition, r.offset, inconsistencies(result)))
+        out.snapshots.append(snapshot_row(message, r.value, received, r.partition, r.offset, inconsistencies(message),
+                                          r.index))
         out.bodies.append(r.value)
     return out

@@ -32,7 +32,7 @@ from operator import attrgetter
 from typing import Protocol
 
 from is_telemetry.rows import (
-    COUNT_COLUMNS, MAP_COLUMNS, Batch, PartitionBatch, RejectionRow, RollupRow, SnapshotRow, datetime_to_ms,
+    COUNT_COLUMNS, MAP_COLUMNS, Batch, PartitionBatch, RejectionRow, RollupRow, SnapshotRow, datetime_to_ms, position,
 )
 
 # Count fields of a snapshot that are summed (the rest of COUNT_COLUMNS are counts of deployments/installs).
@@ -158,7 +158,7 @@ class PartitionRollup:
             flags |= _WIDE_FLAG
         ids = (s.id(row.version_major_minor), s.id(row.operating_system), s.id(row.arch), s.id(row.golang_version))
         plan_ids = [(s.id(k), v) for k, v in plans.items()]
-        entry = (_HEAD.pack(row.received_at_ms, row.source_offset, h, flags, *ids)
+        entry = (_HEAD.pack(row.received_at_ms, row.position, h, flags, *ids)
                  + (_WIDE if wide else _NARROW).pack(*counts)
                  + struct.pack(f"<I{2 * len(plan_ids)}{'Q' if wide else 'I'}", len(plan_ids),
                                *(x for pair in plan_ids for x in pair)))
@@ -214,7 +214,7 @@ class PartitionRollup:
         current = state.uids.get(key)
         if current is not None:
             ms, pos, current_h = _HEAD.unpack_from(current)[:3]
-            if (row.received_at_ms, row.source_offset) <= (ms, pos):
+            if (row.received_at_ms, row.position) <= (ms, pos):
                 return Applied.OLDER
             if h == current_h:
                 return Applied.DUPLICATE
@@ -226,7 +226,7 @@ class PartitionRollup:
         state = self._day(row.day)
         if state is None:
             return Applied.LATE
-        key = (row.source_offset, datetime_to_ms(row.received_at))
+        key = (position(row.source_offset, row.source_index), datetime_to_ms(row.received_at))
         if key in state.rejected_keys:
             return Applied.DUPLICATE
         state.rejected_keys.add(key)

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 
 import orjson
 
-from is_telemetry.rows import RejectionRow, SnapshotRow, ms_to_datetime
+from is_telemetry.rows import RejectionRow, SnapshotRow, ms_to_datetime, position
 from is_telemetry.schema import TelemetryMessage
 
 _MAJOR_MINOR = re.compile(r"^\s*v?(\d+)\.(\d+)")
@@ -30,16 +30,18 @@ def day_of(received_at_ms: int) -> date:
 
 
 def snapshot_row(message: TelemetryMessage, body: bytes, received_at_ms: int, partition: int, offset: int,
-                 flags: list[str]) -> SnapshotRow:
+                 flags: list[str], index: int = 0) -> SnapshotRow:
     os_ = message.os
+    received_at = ms_to_datetime(received_at_ms)
     row = SnapshotRow(
-        day=day_of(received_at_ms),
+        day=received_at.date(),
         uid=message.uid,
         kind=message.kind,
-        received_at=ms_to_datetime(received_at_ms),
-        version=(received_at_ms << 64) | offset,
+        received_at=received_at,
+        version=(received_at_ms << 64) | position(offset, index),
         source_partition=partition,
         source_offset=offset,
+        source_index=index,
         default_uid=message.is_default_uid,
         flags=flags,
         operating_system=os_.operating_system if os_ else "",
@@ -69,14 +71,16 @@ def snapshot_row(message: TelemetryMessage, body: bytes, received_at_ms: int, pa
 
 
 def rejection_row(reason: str, message: str, body: bytes, received_at_ms: int, topic: str, partition: int,
-                  offset: int) -> RejectionRow:
+                  offset: int, index: int = 0) -> RejectionRow:
+    received_at = ms_to_datetime(received_at_ms)
     return RejectionRow(
-        day=day_of(received_at_ms),
-        received_at=ms_to_datetime(received_at_ms),
+        day=received_at.date(),
+        received_at=received_at,
         reason=reason,
         message=message,
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,
+        source_index=index,
         body=body[:REJECTED_BODY_MAX].decode("utf-8", "replace"),
     )

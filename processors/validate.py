@@ -28,6 +28,7 @@ class Reason(StrEnum):
     KIND_AMBIGUOUS = "kind_ambiguous"  # both or neither of cli and entities_count
     IMPLAUSIBLE = "implausible"  # a count above the plausibility limit
     BODY_TOO_LARGE = "body_too_large"  # larger than the collector's limit (only if it got past the edge)
+    BAD_BATCH = "bad_batch"  # a many-bodies record whose frames cannot be read (is_telemetry/envelope.py)
 
 
 @dataclass(frozen=True, slots=True)

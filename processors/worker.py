@@ -22,7 +22,8 @@ from typing import Any
 import faust
 
 from is_telemetry.config import Settings
-from is_telemetry.kafka import ensure_topics, topic_partitions
+from is_telemetry.envelope import EnvelopeError, is_batch, unpack
+from is_telemetry.kafka import HEADER_RECEIVED_AT, HEADER_USER_AGENT, ensure_topics, topic_partitions
 from is_telemetry.rows import PartitionBatch, encode_payload
 from is_telemetry.streaming import FaustRewinder, faust_app, run_faust
 from processors import metrics
@@ -41,11 +42,22 @@ def _headers(message: Any) -> dict[str, bytes]:
     return {k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in items}
 
 
-def to_record(event: Any) -> RawRecord:
+def records_of(event: Any) -> list[RawRecord]:
+    """The bodies of one Kafka record: itself, or the frames of a many-bodies record (is_telemetry/envelope.py)."""
     m = event.message
     value = m.value if isinstance(m.value, bytes) else (event.value or b"")
     key = m.key if isinstance(m.key, bytes) or m.key is None else str(m.key).encode()
-    return RawRecord(m.topic, m.partition, m.offset, int(m.timestamp * 1000), _headers(m), value, key)
+    headers = _headers(m)
+    timestamp_ms = int(m.timestamp * 1000)
+    if not is_batch(headers):
+        return [RawRecord(m.topic, m.partition, m.offset, timestamp_ms, headers, value, key)]
+    try:
+        frames = list(unpack(value))
+    except EnvelopeError as exc:
+        return [RawRecord(m.topic, m.partition, m.offset, timestamp_ms, headers, value[:4096], key, error=str(exc))]
+    return [RawRecord(m.topic, m.partition, m.offset, timestamp_ms,
+                      {HEADER_RECEIVED_AT: str(f.received_at_ms).encode(), HEADER_USER_AGENT: f.user_agent},
+                      f.body, None, i, True) for i, f in enumerate(frames)]
 
 
 def partition_batches(records: Sequence[RawRecord], outcome: Outcome) -> list[PartitionBatch]:
@@ -127,7 +139,7 @@ class Processors:
         return await topic.send(key=key, value=value, headers=headers, force=True)
 
     async def handle(self, events: list[Any]) -> None:
-        records = [to_record(e) for e in events]
+        records = [r for e in events for r in records_of(e)]
         metrics.RECORDS.inc(len(records))
         metrics.BATCH_SIZE.observe(len(records))
         outcome = process(records, self.partitions_total, None if self.checkpoint else self.dedup,

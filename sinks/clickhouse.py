@@ -28,7 +28,7 @@ from clickhouse_connect.driver.client import Client
 
 from is_telemetry.errors import ConfigError, TelemetryError
 from is_telemetry.rows import (
-    COUNT_COLUMNS, MAP_COLUMNS, Batch, RejectionRow, RollupRow, SnapshotRow, columns, ms_to_datetime, values,
+    COUNT_COLUMNS, MAP_COLUMNS, Batch, RejectionRow, RollupRow, SnapshotRow, columns, ms_to_datetime, position, values,
 )
 
 log = logging.getLogger(__name__)
@@ -284,26 +284,27 @@ class ClickHouseStore:
             "SELECT day, uid, kind, toUnixTimestamp64Milli(received_at), source_offset, default_uid, notEmpty(flags), "
             "version_major_minor, operating_system, arch, golang_version, gateways, gateways_by_frequency_plan, "
             "end_devices, active_end_devices, active_last_day, active_last_week, active_last_month, applications, "
-            f"users_standard, users_admin, organizations, reinterpretAsUInt64(MD5(body)), {_OWNER} AS owner "
-            "FROM snapshots FINAL WHERE day >= {since:Date} AND owner IN {parts:Array(UInt32)}"
+            f"users_standard, users_admin, organizations, reinterpretAsUInt64(MD5(body)), {_OWNER} AS owner, "
+            "source_index FROM snapshots FINAL WHERE day >= {since:Date} AND owner IN {parts:Array(UInt32)}"
         )
         with self._lock:
             result = self.client.query(sql, parameters={"since": since, "n": partitions_total, "parts": partitions})
         for r in result.result_rows:
-            ms, offset = int(r[3]), int(r[4])
-            row = SnapshotRow(r[0], r[1], r[2], ms_to_datetime(ms), (ms << 64) | offset, int(r[23]), offset, bool(r[5]),
-                              ["flagged"] if r[6] else [], r[8], r[9], "", r[7], r[10], int(r[11]), dict(r[12]),
-                              *(int(x) for x in r[13:19]), int(r[19]), int(r[20]), None, int(r[21]))
+            ms, offset, index = int(r[3]), int(r[4]), int(r[24])
+            row = SnapshotRow(r[0], r[1], r[2], ms_to_datetime(ms), (ms << 64) | position(offset, index), int(r[23]),
+                              offset, index, bool(r[5]), ["flagged"] if r[6] else [], r[8], r[9], "", r[7], r[10],
+                              int(r[11]), dict(r[12]), *(int(x) for x in r[13:19]), int(r[19]), int(r[20]), None,
+                              int(r[21]))
             yield row, int(r[22])
 
     def rejections_since(self, partitions: list[int], since: date) -> Iterator[RejectionRow]:
         with self._lock:
             result = self.client.query(
-                "SELECT day, received_at, reason, source_partition, source_offset FROM rejections FINAL "
+                "SELECT day, received_at, reason, source_partition, source_offset, source_index FROM rejections FINAL "
                 "WHERE day >= {since:Date} AND source_partition IN {parts:Array(UInt32)}",
                 parameters={"since": since, "parts": partitions})
-        for day, received_at, reason, partition, offset in result.result_rows:
-            yield RejectionRow(day, received_at, reason, "", "", int(partition), int(offset), "")
+        for day, received_at, reason, partition, offset, index in result.result_rows:
+            yield RejectionRow(day, received_at, reason, "", "", int(partition), int(offset), int(index), "")
 
     # -- the raw topic's partition count --------------------------------------------------------------------------
 

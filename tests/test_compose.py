@@ -345,9 +345,19 @@ def test_operations_cluster_ddl_matches_the_schema() -> None:
         assert m, name
         return text[m.start():]
 
+    def migrated(table: str) -> list[str]:
+        """The table's columns after every migration: its CREATE, then each ADD COLUMN ... AFTER in order."""
+        cols = _columns(create(schema, table))
+        for m in re.finditer(rf"ALTER TABLE {table}\b(.*?);", schema, re.S):
+            for add in re.finditer(r"ADD COLUMN IF NOT EXISTS (\w+) (\w+) AFTER (\w+)", m.group(1)):
+                after = next(i for i, c in enumerate(cols) if c.split()[0] == add.group(3))
+                cols.insert(after + 1, f"{add.group(1)} {add.group(2)}")
+        return cols
+
     for local, table in (("snapshots_local", "snapshots"), ("rejections", "rejections"),
                          ("rollup_partitions", "rollup_partitions"), ("pipeline_settings", "pipeline_settings")):
-        assert _columns(create(docs, local)) == _columns(create(schema, table)), table
+        assert _columns(create(docs, local)) == migrated(table), table
+    assert "ORDER BY (day, source_topic, source_partition, source_offset, received_at, source_index);" in docs
     engine = "ReplicatedReplacingMergeTree('/clickhouse/tables/{}/telemetry/{}', '{{replica}}'{})"
     assert engine.format("{shard}", "snapshots_local", ", version") in docs
     assert "Distributed(telemetry, telemetry, snapshots_local, cityHash64(uid))" in docs
