@@ -60,6 +60,9 @@ class CollectorSettings(_HttpEdge):
     max_connections: int = Field(4096, ge=1, description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)")
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies are refused with 413")
     publish_timeout_s: float = Field(8.0, description="Kafka acknowledgement wait before answering 503 (below TTS's 10 s client timeout)")
+    batch_linger_ms: float = Field(5.0, ge=0, description="Bodies of one partition that arrive within this share one Kafka record (0 = one record per body)")
+    batch_max_bodies: int = Field(500, ge=1, le=65535, description="Most bodies in one Kafka record")
+    batch_max_bytes: int = Field(512 * 1024, ge=1024, description="Most bytes in one Kafka record (below the brokers' message.max.bytes)")
 
 
 class ApiSettings(_HttpEdge):

@@ -214,10 +214,10 @@ class PartitionRollup:
         current = state.uids.get(key)
         if current is not None:
             ms, pos, current_h = _HEAD.unpack_from(current)[:3]
+            if h == current_h:  # an exact re-send (whenever it was received): nothing changes
+                return Applied.DUPLICATE
             if (row.received_at_ms, row.position) <= (ms, pos):
                 return Applied.OLDER
-            if h == current_h:
-                return Applied.DUPLICATE
             self._apply(state, current, -1)
         state.uids[key] = self._encode(row, h, state)
         return Applied.ADDED if current is None else Applied.REPLACED

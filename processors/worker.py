@@ -105,10 +105,10 @@ class Processors:
         self.app.agent(self.raw, name="process")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
-    async def _ack(self, events: Sequence[Any]) -> None:
+    async def _ack(self, events: Sequence[Any], bodies: int) -> None:
         for event in events:
             await self._stream.ack(event)
-        metrics.STORED.inc(len(events))
+        metrics.STORED.inc(bodies)
 
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.kafka.raw_topic}
@@ -154,12 +154,13 @@ class Processors:
         if self.checkpoint is not None:
             for r in records:
                 self.checkpoint.first_seen(r.partition, r.offset)
-            await self.checkpoint.submit(parts, events, sends)
+            await self.checkpoint.submit(parts, events, sends, len(records))
         else:
-            await self.publish(parts, events, sends)
+            await self.publish(parts, events, sends, len(records))
         self._observe_lag(records)
 
-    async def publish(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]]) -> None:
+    async def publish(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]],
+                      bodies: int) -> None:
         """Separate sink process: one snapshots-topic record per batch and source partition, in that partition."""
         for part in parts:
             if part.snapshots or part.rejections:
@@ -173,7 +174,7 @@ class Processors:
             self.dedup.rollback()
             raise
         self.dedup.commit()
-        await self._ack(events)
+        await self._ack(events, bodies)
 
     def _observe_lag(self, records: list[RawRecord]) -> None:
         last: dict[int, int] = {}

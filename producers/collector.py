@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -41,8 +42,11 @@ from is_telemetry.config import Settings, load_settings
 from is_telemetry.errors import RequestRefused, Unavailable, UnsupportedMediaType
 from is_telemetry.httpedge import edge_limits, read_body, server_config
 from is_telemetry.logsetup import setup_logging
+from is_telemetry.envelope import BATCH_FORMAT, HEADER_FORMAT, Frame, frame_size, pack
+from is_telemetry.kafka import HEADER_SOURCE
 from is_telemetry.kafka import headers as record_headers
 from is_telemetry.kafka import make_producer
+from is_telemetry.partitioning import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,10 @@ class Metrics:
         self.body_bytes = Histogram("collector_body_bytes", "Sizes of POST /collect bodies read in full",
                                     buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144),
                                     registry=r)
-        self.published = Counter("collector_records_published", "Records acknowledged by Kafka", registry=r)
+        self.published = Counter("collector_records_published", "Bodies acknowledged by Kafka (alone or in a batch "
+                                 "record)", registry=r)
+        self.batch_bodies = Histogram("collector_batch_bodies", "Bodies per many-bodies Kafka record",
+                                      buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=r)
         self.published_bytes = Counter("collector_published_bytes", "Body bytes acknowledged by Kafka", registry=r)
         self.publish_seconds = Histogram("collector_publish_seconds", "Kafka publish latency (send to ack)",
                                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
@@ -224,6 +231,11 @@ class Publisher:
         self._connected: asyncio.Event | None = None
         self._ready_at = 0.0
         self._ready = False
+        c = settings.collector
+        self.linger_s = c.batch_linger_ms / 1000
+        self.batch_max_bodies, self.batch_max_bytes = c.batch_max_bodies, c.batch_max_bytes
+        self.partition_count = 0  # the raw topic's, once its metadata is known (then bodies are batched)
+        self._batches: dict[int, _Batch] = {}
         if producer is not None:
             self.metrics.kafka_ready.set(1)
 
@@ -280,16 +292,20 @@ class Publisher:
         return None
 
     def _warm_metadata(self, p: Any) -> None:
-        """Fetch the raw topic's metadata once so that send() never waits for it on the event loop."""
+        """Fetch the raw topic's metadata once so that send() never waits for it on the event loop, and learn its
+        partition count (a body's batch is the partition Kafka's default partitioner gives its UID)."""
         if not hasattr(p, "partitions_for"):
             return
         try:
-            p.partitions_for(self.topic)
-        except Exception as exc:  # noqa: BLE001 - sends fall back to the thread pool
+            partitions = p.partitions_for(self.topic)
+        except Exception as exc:  # noqa: BLE001 - sends fall back to the thread pool, unbatched
             log.warning("no metadata for topic %s yet (%s)", self.topic, exc)
+            return
+        self.partition_count = len(partitions or ())
 
     async def stop(self) -> None:
         """Flush (and, if we created it, close) the producer. Called after in-flight requests finished."""
+        await self.flush_batches()
         self._stopping.set()
         p = self.producer
         if p is not None:
@@ -327,23 +343,17 @@ class Publisher:
             pass
 
     # -- publishing -------------------------------------------------------------------------------
-    def _metadata_known(self, p: Any) -> bool:
-        md = getattr(p, "_metadata", None)  # kafka-python's cluster metadata; absent on test doubles
-        try:
-            return md is not None and md.partitions_for_topic(self.topic) is not None
-        except Exception:  # noqa: BLE001
-            return False
-
-    async def publish(self, body: bytes, key: bytes | None, received_at_ms: int, user_agent: str) -> Any:
-        """Publish one record; returns once Kafka acknowledged it. Raises Unavailable (503) otherwise."""
+    async def _send(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]], timestamp_ms: int,
+                    partition: int | None = None) -> asyncio.Future[Any]:
+        """Hand one record to the producer; the returned future resolves when Kafka acknowledged it (acks=all)."""
         p = self.producer
         if p is None:
             self.metrics.kafka_errors.labels("not_ready").inc()
             raise _unavailable("the Kafka producer is not connected yet")
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[Any] = loop.create_future()
-        hdrs = record_headers(received_at_ms, SOURCE, user_agent, len(body))
-        send = partial(p.send, self.topic, value=body, key=key, headers=hdrs, timestamp_ms=received_at_ms)
+        send = partial(p.send, self.topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms,
+                       partition=partition)
 
         def on_success(metadata: Any) -> None:
             try:
@@ -357,19 +367,30 @@ class Publisher:
             except RuntimeError:
                 pass
 
+        if self.partition_count:
+            future = send()  # the topic's metadata is known: send() only appends to the accumulator
+        else:
+            future = await loop.run_in_executor(self._sender_pool, send)  # may wait for metadata
+        future.add_callback(on_success)
+        future.add_errback(on_error)
+        return acked
+
+    async def publish(self, body: bytes, key: bytes | None, received_at_ms: int, user_agent: str) -> Any:
+        """Store one body in Kafka, alone or in its partition's batch; returns once Kafka acknowledged the record
+        that holds it. Raises Unavailable (503) otherwise."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
-                if self._metadata_known(p):
-                    future = send()  # metadata cached: send() only appends to the accumulator
+                if key is not None and self.linger_s > 0 and self.partition_count:
+                    metadata = await asyncio.shield(self._batched(body, key, received_at_ms, user_agent))
                 else:
-                    future = await loop.run_in_executor(self._sender_pool, send)  # may wait for metadata
-                future.add_callback(on_success)
-                future.add_errback(on_error)
-                metadata = await acked
+                    hdrs = record_headers(received_at_ms, SOURCE, user_agent, len(body))
+                    metadata = await await_acked(await self._send(body, key, hdrs, received_at_ms))
         except TimeoutError:
             self.metrics.kafka_errors.labels("timeout").inc()
             raise _unavailable(f"Kafka did not acknowledge the record within {self.timeout_s:g}s") from None
+        except Unavailable:
+            raise
         except Exception as exc:  # noqa: BLE001 - any producer failure is "not stored"
             self.metrics.kafka_errors.labels("error").inc()
             log.warning("Kafka publish failed: %r", exc)
@@ -378,6 +399,46 @@ class Publisher:
         self.metrics.published.inc()
         self.metrics.published_bytes.inc(len(body))
         return metadata
+
+    def _batched(self, body: bytes, key: bytes, received_at_ms: int, user_agent: str) -> asyncio.Future[Any]:
+        """Add the body to its partition's batch; the future resolves when the batch's record is acknowledged."""
+        partition = partition_of(key, self.partition_count)
+        batch = self._batches.get(partition)
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._batches[partition] = _Batch(loop.create_future())
+            batch.timer = loop.call_later(self.linger_s, self._flush, partition)
+        ua = user_agent.encode("utf-8", "replace")
+        batch.frames.append(Frame(received_at_ms, ua, body))
+        batch.size += frame_size(body, ua)
+        if len(batch.frames) >= self.batch_max_bodies or batch.size >= self.batch_max_bytes:
+            self._flush(partition)
+        return batch.done
+
+    def _flush(self, partition: int) -> None:
+        batch = self._batches.pop(partition, None)
+        if batch is None:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+        self.metrics.batch_bodies.observe(len(batch.frames))
+        headers = [(HEADER_FORMAT, BATCH_FORMAT), (HEADER_SOURCE, SOURCE.encode()),
+                   ("bodies", str(len(batch.frames)).encode())]
+        task = asyncio.ensure_future(self._send(pack(batch.frames), None, headers, batch.frames[0].received_at_ms,
+                                                partition))
+
+        def sent(t: asyncio.Future[Any]) -> None:
+            if t.cancelled() or t.exception() is not None:
+                _resolve(batch.done, None, t.exception() if not t.cancelled() else asyncio.CancelledError())
+                return
+            t.result().add_done_callback(lambda acked: _resolve(
+                batch.done, None if acked.exception() else acked.result(), acked.exception()))
+
+        task.add_done_callback(sent)
+
+    async def flush_batches(self) -> None:
+        for partition in list(self._batches):
+            self._flush(partition)
 
     # -- readiness --------------------------------------------------------------------------------
     async def ready(self) -> bool:
@@ -388,6 +449,18 @@ class Publisher:
             self._ready_at = now
             self._ready = await kafka_ping(self.settings.bootstrap_servers)
         return self._ready
+
+
+@dataclass
+class _Batch:
+    done: asyncio.Future[Any]
+    frames: list[Frame] = field(default_factory=list)
+    size: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+async def await_acked(acked: asyncio.Future[Any]) -> Any:
+    return await acked
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

@@ -57,6 +57,7 @@ class _Pending:
     parts: list[PartitionBatch]
     events: list[Any]
     sends: list[Awaitable[Any]]
+    bodies: int
     batch: Batch | None = None
 
 
@@ -65,7 +66,7 @@ class Checkpoint:
 
     def __init__(self, store: ClickHouseStore, prepare: Prepare, needs_io: Callable[[list[PartitionBatch]], bool],
                  on_rewind: Callable[[set[int]], None], rewinder: Rewinder,
-                 ack: Callable[[Sequence[Any]], Awaitable[None]], deadline_s: float = 30.0,
+                 ack: Callable[[Sequence[Any], int], Awaitable[None]], deadline_s: float = 30.0,
                  backoff_s: tuple[float, float] = (2.0, 60.0)) -> None:
         self.store, self.prepare, self.needs_io, self.on_rewind = store, prepare, needs_io, on_rewind
         self.rewinder, self.ack, self.deadline_s = rewinder, ack, deadline_s
@@ -79,9 +80,11 @@ class Checkpoint:
         """Where a partition's reading starts (its committed offset), the first time it is seen."""
         self.written.setdefault(partition, position)
 
-    async def submit(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]]) -> None:
-        """Prepare this batch while the previous one is written, wait for that write, then start this one's."""
-        pending = _Pending(parts, events, sends)
+    async def submit(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]],
+                     bodies: int | None = None) -> None:
+        """Prepare this batch while the previous one is written, wait for that write, then start this one's.
+        `bodies`: how many bodies the events hold (a Kafka record may hold many), for the acknowledgement."""
+        pending = _Pending(parts, events, sends, len(events) if bodies is None else bodies)
         try:
             if self.needs_io(parts):  # state to load from ClickHouse first: off the event loop
                 pending.batch = await asyncio.to_thread(self.prepare, parts)
@@ -111,7 +114,7 @@ class Checkpoint:
             return False
         for part in pending.parts:
             self.written[part.partition] = max(self.written.get(part.partition, 0), part.position + 1)
-        await self.ack(pending.events)
+        await self.ack(pending.events, pending.bodies)
         self._backoff = self.backoff_s[0]
         return True
 

@@ -68,7 +68,7 @@ def run_sink(settings: Settings, serve_api: bool = False, log_level: str = "warn
     rewinder = FaustRewinder(app, k.snapshots_topic)
     stream_ref: list[Any] = []
 
-    async def ack(events: Sequence[Any]) -> None:
+    async def ack(events: Sequence[Any], bodies: int) -> None:
         for event in events:
             await stream_ref[0].ack(event)
 

@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from is_telemetry import apiclient
 from is_telemetry.broker import free_port
@@ -131,3 +133,50 @@ def consume(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeo
     finally:
         consumer.close()
     return records
+
+
+@dataclass(frozen=True)
+class Body:
+    """One body as the raw topic carries it, alone in its record or in a many-bodies record (expanded)."""
+
+    value: bytes
+    key: bytes | None  # the record's key; for a body of a many-bodies record, the UID it was batched by
+    headers: list[tuple[str, bytes]]
+    timestamp: int
+    partition: int
+    offset: int
+    index: int
+    batched: bool
+
+
+def expand(records: list[Any]) -> list[Body]:
+    from is_telemetry.envelope import is_batch, unpack
+
+    out: list[Body] = []
+    for r in records:
+        headers = dict(r.headers or [])
+        if not is_batch(headers):
+            out.append(Body(r.value, r.key, list(r.headers or []), r.timestamp, r.partition, r.offset, 0, False))
+            continue
+        for i, f in enumerate(unpack(r.value)):
+            try:
+                uid = orjson.loads(f.body).get("uid")
+            except (orjson.JSONDecodeError, AttributeError):
+                uid = None
+            hdrs = [("received_at_ms", str(f.received_at_ms).encode()), ("source", headers.get("source", b"")),
+                    ("user_agent", f.user_agent), ("body_length", str(len(f.body)).encode())]
+            out.append(Body(f.body, uid.encode() if isinstance(uid, str) else None, hdrs, f.received_at_ms,
+                            r.partition, r.offset, i, True))
+    return out
+
+
+def consume_bodies(bootstrap: str, topic: str, done: Callable[[list[Body]], bool], timeout_s: float = 30.0) -> list[Body]:
+    """Every body of topic from the beginning (many-bodies records expanded), until done(bodies) or timeout_s."""
+    found: list[Body] = []
+
+    def enough(records: list[Any]) -> bool:
+        found[:] = expand(records)
+        return done(found)
+
+    records = consume(bootstrap, topic, enough, timeout_s)
+    return expand(records)

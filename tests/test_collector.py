@@ -42,7 +42,7 @@ from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import Settings, load_settings
 from is_telemetry.kafka import ensure_topics
 from producers.collector import CollectorServer, create_app, make_config
-from tests.processes import consume
+from tests.processes import consume_bodies
 from tests.samples import SAMPLES as TTS_SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,7 +253,7 @@ def test_every_sample_is_published_exactly(start_collector: Callable[..., Collec
             assert r.status_code == 202, r.text
             sent.append((body, "no-content-type", before, now_ms()))
 
-    records = consume(broker.bootstrap_servers, topic, lambda rs: len(rs) >= len(sent))
+    records = consume_bodies(broker.bootstrap_servers, topic, lambda rs: len(rs) >= len(sent))
     assert len(records) == len(sent)
     by_value = {r.value: r for r in records}
     for body, ua, before, after in sent:
@@ -494,7 +494,7 @@ def test_kafka_down_503_then_recovery(logs: Path) -> None:
             while http.get("/readyz").status_code != 200:
                 assert time.monotonic() < deadline
                 time.sleep(0.3)
-        records = consume(broker.bootstrap_servers, topic, lambda rs: any(r.key == b"after-outage" for r in rs))
+        records = consume_bodies(broker.bootstrap_servers, topic, lambda rs: any(r.key == b"after-outage" for r in rs))
         assert any(r.key == b"after-outage" for r in records)
     finally:
         c.stop()
@@ -566,9 +566,9 @@ def test_10k_concurrent_requests_none_lost_or_duplicated(start_collector: Callab
     elapsed = time.monotonic() - t0
     assert statuses.count(202) == n, {s: statuses.count(s) for s in set(statuses)}
 
-    records = consume(broker.bootstrap_servers, topic, lambda rs: len(rs) >= n, timeout_s=40)
+    records = consume_bodies(broker.bootstrap_servers, topic, lambda rs: len(rs) >= n, timeout_s=40)
     time.sleep(0.5)  # anything beyond n would be a duplicate: give it a moment to show up
-    records += consume(broker.bootstrap_servers, topic, lambda rs: False, timeout_s=0.1)[len(records):]
+    records += consume_bodies(broker.bootstrap_servers, topic, lambda rs: False, timeout_s=0.1)[len(records):]
     keys = [r.key for r in records]
     assert len(keys) == n, f"{len(keys)} records for {n} accepted requests"
     assert set(keys) == {f"load-{i:05d}".encode() for i in range(n)}
@@ -610,7 +610,7 @@ def test_sigterm_finishes_in_flight_requests_and_flushes(start_collector: Callab
     status, headers, answer = _parse_raw(data)
     assert status == 202 and answer == {"status": "accepted"}
     assert c.proc.wait(20) == 0
-    records = consume(broker.bootstrap_servers, topic, lambda rs: len(rs) >= 1)
+    records = consume_bodies(broker.bootstrap_servers, topic, lambda rs: len(rs) >= 1)
     assert [r.key for r in records] == [b"in-flight-at-sigterm"]
 
 

@@ -205,3 +205,32 @@ def test_a_changed_partition_count_is_refused(broker: EmbeddedBroker, tmp_path: 
     assert done.returncode == 2, done.stderr[-2000:]
     assert "has 8 partitions, but the roll-up in ClickHouse was built for 12" in done.stderr
     assert "is-telemetry rollup repartition" in done.stderr
+
+
+def test_many_bodies_per_record_and_a_corrupt_batch(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """The history packed many bodies to a Kafka record (as the collector batches them), plus one batch record
+    that cannot be read: the views equal the ground truth, and the corrupt record is one `bad_batch` rejection."""
+    from kafka import KafkaProducer
+
+    from is_telemetry.envelope import BATCH_FORMAT, HEADER_FORMAT
+    from producers.packed import send_packed
+
+    deliveries, expected = _simulation(200, 40, 4, seed=23)
+    assert send_packed(deliveries, broker.bootstrap_servers, TOPIC, bodies_per_record=37) == len(deliveries)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, enable_idempotence=False)
+    at = max(d.received_at_ms for d in deliveries)
+    producer.send(TOPIC, value=b"\x05\x00\x00\x00truncated", partition=3, timestamp_ms=at,
+                  headers=[(HEADER_FORMAT, BATCH_FORMAT)])
+    producer.flush()
+    producer.close()
+    day = datetime.fromtimestamp(at / 1000, UTC).date().isoformat()
+    expected["rejected_daily"] = sorted([*expected["rejected_daily"], {"day": day, "reason": "bad_batch", "messages": 1}],
+                                        key=lambda r: (r["day"], r["reason"]))
+    w = worker(broker.bootstrap_servers, tmp_path)
+    try:
+        wait_until_ready(w)
+        wait_for_views(w, expected)
+        records = w.metric("is_telemetry_processor_records_total")
+        assert records == len(deliveries) + 1  # bodies, not Kafka records
+    finally:
+        assert w.terminate() == 0

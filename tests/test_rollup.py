@@ -211,7 +211,7 @@ def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(store: ClickHouseSt
     store.retry_s, store.retry_max_s = 0.3, 0.1
     store.stopping.clear()
 
-    async def ack(events: Sequence[Any]) -> None:
+    async def ack(events: Sequence[Any], bodies: int) -> None:
         acked.append(list(events))
 
     async def run() -> None:
