@@ -1,0 +1,550 @@
+-- Analyst depth (docs/analysts.md "The fleet over time"): every object here derives from `snapshots`, never
+-- from daily_rollup. Two kinds of derived tables, both exact under replay, kill -9 and several writers:
+--   * uid_activity: per UID its first and last day and the set of its days, fed by a materialized view on every
+--     insert into snapshots. min, max and bitmap union are idempotent: a re-inserted row changes nothing.
+--   * analyst_daily: one row per day, recomputed whole from `snapshots FINAL` (the view analyst_compute) by a
+--     refreshable materialized view whenever a day it depends on changed, versioned by the computation time
+--     (the newest computation wins), like daily_rollup.
+-- Defaults behind the named views: look-back 7 days (IS), 30 days (CLI installs), gap 7 days, jump factor 10.
+
+-- The frequency plan -> region rules: the one place the mapping lives. A plan ID belongs to the region of the
+-- rule whose prefix it starts with; a plan no rule matches is in region 'other'.
+CREATE VIEW IF NOT EXISTS frequency_plan_regions AS
+SELECT rule.1 AS prefix, rule.2 AS region
+FROM
+(
+    SELECT arrayJoin([
+        ('EU_863_870', 'EU868'), ('EU_433', 'EU433'), ('US_902_928', 'US915'), ('AU_915_928', 'AU915'),
+        ('AS_923', 'AS923'), ('AS_920_923', 'AS923'), ('CN_470_510', 'CN470'), ('CN_779_787', 'CN779'),
+        ('IN_865_867', 'IN865'), ('KR_920_923', 'KR920'), ('RU_864_870', 'RU864'), ('ISM_2400', 'ISM2400')
+    ]) AS rule
+);
+
+-- Per UID: first and last day seen and the set of days seen (as day numbers), over all history.
+CREATE TABLE IF NOT EXISTS uid_activity
+(
+    kind LowCardinality(String),
+    uid String,
+    first_day SimpleAggregateFunction(min, Date),
+    last_day SimpleAggregateFunction(max, Date),
+    days AggregateFunction(groupBitmap, UInt32)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (kind, uid);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS uid_activity_mv TO uid_activity AS
+SELECT kind, uid, min(day) AS first_day, max(day) AS last_day, groupBitmapState(toUInt32(day)) AS days
+FROM snapshots
+GROUP BY kind, uid;
+
+-- Rows already in snapshots when this migration runs (idempotent: re-running it changes nothing).
+INSERT INTO uid_activity
+SELECT kind, uid, min(day), max(day), groupBitmapState(toUInt32(day)) FROM snapshots GROUP BY kind, uid;
+
+-- When the snapshots of each day last changed (the time an insert touching that day ran): what makes a day due.
+CREATE TABLE IF NOT EXISTS snapshot_changes
+(
+    day Date,
+    changed_at SimpleAggregateFunction(max, DateTime64(6, 'UTC'))
+)
+ENGINE = AggregatingMergeTree
+ORDER BY day;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS snapshot_changes_mv TO snapshot_changes AS
+SELECT day, max(now64(6, 'UTC')) AS changed_at
+FROM snapshots
+GROUP BY day;
+
+INSERT INTO snapshot_changes SELECT DISTINCT day, now64(6, 'UTC') FROM snapshots;
+
+-- One row per day with data: the carried-forward fleet, its shape, regions, versions, CLI activity and data
+-- quality. Written only by analyst_daily_refresh; read through the views below.
+CREATE TABLE IF NOT EXISTS analyst_daily
+(
+    day Date,
+    computed_at DateTime64(6, 'UTC'),
+    deployments UInt64,
+    cli_installs UInt64,
+    gateways UInt64,
+    end_devices UInt64,
+    active_end_devices UInt64,
+    active_last_day UInt64,
+    active_last_week UInt64,
+    active_last_month UInt64,
+    applications UInt64,
+    users_standard UInt64,
+    users_admin UInt64,
+    organizations UInt64,
+    default_uid_deployments UInt64,
+    inconsistent_deployments UInt64,
+    reported_deployments UInt64,
+    reported_default_uid_deployments UInt64,
+    reported_inconsistent_deployments UInt64,
+    gateway_buckets Map(UInt64, UInt64),
+    gateway_buckets_carried Map(UInt64, UInt64),
+    end_device_buckets Map(UInt64, UInt64),
+    end_device_buckets_carried Map(UInt64, UInt64),
+    region_deployments Map(LowCardinality(String), UInt64),
+    region_deployments_carried Map(LowCardinality(String), UInt64),
+    region_gateways Map(LowCardinality(String), UInt64),
+    region_gateways_carried Map(LowCardinality(String), UInt64),
+    versions_carried Map(LowCardinality(String), UInt64),
+    newest_version String,
+    versions_behind_carried Map(UInt32, UInt64),
+    cli_active_installs UInt64,
+    cli_versions_active Map(LowCardinality(String), UInt64),
+    cli_os_active Map(LowCardinality(String), UInt64),
+    cli_arch_active Map(LowCardinality(String), UInt64),
+    cli_command_installs Map(String, UInt64),
+    cli_command_executions Map(String, UInt64),
+    jumps Array(Tuple(uid String, metric LowCardinality(String), previous_day Date, previous UInt64, current UInt64))
+)
+ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY day;
+
+-- The snapshot of each UID that day D carries: its latest snapshot of [D - lookback + 1, D] (CLI installs:
+-- [D - cli_lookback + 1, D]), for any one day. Columns of snapshots plus source_day (the snapshot's own day).
+CREATE VIEW IF NOT EXISTS carried_snapshots AS
+SELECT {day:Date} AS day, source_day, uid, kind, default_uid, flags, operating_system, arch, binary_version,
+       version_major_minor, golang_version, gateways, gateways_by_frequency_plan, end_devices, active_end_devices,
+       active_last_day, active_last_week, active_last_month, applications, users_standard, users_admin, organizations,
+       cli
+FROM
+(
+    SELECT s.day AS source_day, s.uid AS uid, s.kind AS kind, s.default_uid AS default_uid, s.flags AS flags,
+           s.operating_system AS operating_system, s.arch AS arch, s.binary_version AS binary_version,
+           s.version_major_minor AS version_major_minor, s.golang_version AS golang_version, s.gateways AS gateways,
+           s.gateways_by_frequency_plan AS gateways_by_frequency_plan, s.end_devices AS end_devices,
+           s.active_end_devices AS active_end_devices, s.active_last_day AS active_last_day,
+           s.active_last_week AS active_last_week, s.active_last_month AS active_last_month,
+           s.applications AS applications, s.users_standard AS users_standard, s.users_admin AS users_admin,
+           s.organizations AS organizations, s.cli AS cli
+    FROM snapshots AS s FINAL
+    WHERE s.day <= {day:Date}
+      AND s.day > {day:Date} - if(s.kind = 'is', {lookback:UInt32}, {cli_lookback:UInt32})
+    ORDER BY s.day DESC
+    LIMIT 1 BY s.uid
+);
+
+-- Everything analyst_daily holds, computed from snapshots FINAL for the given days (any look-backs, any jump
+-- factor). Each snapshot of day d reaches the days D >= d its look-back covers; per (D, UID) the latest wins.
+CREATE VIEW IF NOT EXISTS analyst_compute AS
+WITH (SELECT groupArray((prefix, region)) FROM frequency_plan_regions) AS region_rules
+SELECT
+    day,
+    now64(6, 'UTC') AS computed_at,
+    countIf(is_carried) AS deployments,
+    countIf(cli_carried) AS cli_installs,
+    sumIf(gateways, is_carried) AS gateways,
+    sumIf(end_devices, is_carried) AS end_devices,
+    sumIf(active_end_devices, is_carried) AS active_end_devices,
+    sumIf(active_last_day, is_carried) AS active_last_day,
+    sumIf(active_last_week, is_carried) AS active_last_week,
+    sumIf(active_last_month, is_carried) AS active_last_month,
+    sumIf(applications, is_carried) AS applications,
+    sumIf(users_standard, is_carried) AS users_standard,
+    sumIf(users_admin, is_carried) AS users_admin,
+    sumIf(organizations, is_carried) AS organizations,
+    countIf(is_carried AND default_uid) AS default_uid_deployments,
+    countIf(is_carried AND inconsistent) AS inconsistent_deployments,
+    countIf(is_reported) AS reported_deployments,
+    countIf(is_reported AND default_uid) AS reported_default_uid_deployments,
+    countIf(is_reported AND inconsistent) AS reported_inconsistent_deployments,
+    sumMapIf(map(gateway_bucket, toUInt64(1)), is_reported) AS gateway_buckets,
+    sumMapIf(map(gateway_bucket, toUInt64(1)), is_carried) AS gateway_buckets_carried,
+    sumMapIf(map(end_device_bucket, toUInt64(1)), is_reported) AS end_device_buckets,
+    sumMapIf(map(end_device_bucket, toUInt64(1)), is_carried) AS end_device_buckets_carried,
+    CAST(sumMapIf(deployment_regions, arrayMap(r -> toUInt64(1), deployment_regions), is_reported) AS Map(LowCardinality(String), UInt64)) AS region_deployments,
+    CAST(sumMapIf(deployment_regions, arrayMap(r -> toUInt64(1), deployment_regions), is_carried) AS Map(LowCardinality(String), UInt64)) AS region_deployments_carried,
+    CAST(sumMapIf(plan_regions, plan_gateways, is_reported) AS Map(LowCardinality(String), UInt64)) AS region_gateways,
+    CAST(sumMapIf(plan_regions, plan_gateways, is_carried) AS Map(LowCardinality(String), UInt64)) AS region_gateways_carried,
+    sumMapIf(map(version_major_minor, toUInt64(1)), is_carried) AS versions_carried,
+    if(any(newest) > 0, concat(toString(intDiv(any(newest), 1000)), '.', toString(any(newest) % 1000)), '') AS newest_version,
+    sumMapIf(map(toUInt32(greatest(toInt64(newest) - toInt64(ordinal), 0)), toUInt64(1)), is_carried AND ordinal > 0) AS versions_behind_carried,
+    countIf(cli_active) AS cli_active_installs,
+    sumMapIf(map(cli_version, toUInt64(1)), cli_active) AS cli_versions_active,
+    sumMapIf(map(cli_operating_system, toUInt64(1)), cli_active) AS cli_os_active,
+    sumMapIf(map(cli_arch, toUInt64(1)), cli_active) AS cli_arch_active,
+    sumMapIf(arrayDistinct(command_paths), arrayMap(c -> toUInt64(1), arrayDistinct(command_paths)), cli_active) AS cli_command_installs,
+    sumMapIf(command_paths, command_executions, cli_active) AS cli_command_executions,
+    arraySort(groupArrayArray(uid_jumps)) AS jumps
+FROM
+(
+    SELECT
+        *,
+        -- the newest major.minor that deployments run on D, -dev builds left out (major * 1000 + minor)
+        maxIf(ordinal, is_carried AND NOT dev) OVER (PARTITION BY day) AS newest
+    FROM
+    (
+        SELECT
+            day, uid, kind,
+            kind = 'is' AND last_is > toDate(0) AS is_carried,
+            kind = 'is' AND reported_today AS is_reported,
+            kind = 'cli' AND last_is > toDate(0) AS cli_carried,
+            kind = 'cli' AND last_cli > toDate(0) AS cli_active,
+            default_uid, inconsistent, gateways, end_devices, active_end_devices, active_last_day, active_last_week,
+            active_last_month, applications, users_standard, users_admin, organizations, version_major_minor,
+            position(binary_version, '-dev') > 0 AS dev,
+            if(match(version_major_minor, '^\\d+\\.\\d+$'),
+               toUInt32(splitByChar('.', version_major_minor)[1]) * 1000 + toUInt32(splitByChar('.', version_major_minor)[2]),
+               0) AS ordinal,
+            if(gateways > 0, gateways, arraySum(mapValues(plans))) AS gateways_effective,
+            multiIf(gateways_effective = 0, 0, gateways_effective < 10, 1, gateways_effective < 100, 10,
+                    gateways_effective < 1000, 100, gateways_effective < 10000, 1000, 10000) AS gateway_bucket,
+            multiIf(end_devices = 0, 0, end_devices < 10, 1, end_devices < 100, 10, end_devices < 1000, 100,
+                    end_devices < 10000, 1000, 10000) AS end_device_bucket,
+            arrayMap(p -> if(empty(arrayFirst(r -> startsWith(p, r.1), region_rules).2), 'other',
+                             arrayFirst(r -> startsWith(p, r.1), region_rules).2), mapKeys(plans)) AS plan_regions,
+            mapValues(plans) AS plan_gateways,
+            arrayDistinct(arrayFilter((r, g) -> g > 0, plan_regions, plan_gateways)) AS deployment_regions,
+            cli_version, cli_operating_system, cli_arch,
+            arrayMap(o -> JSONExtractString(o, 'command_path'), command_objects) AS command_paths,
+            arrayMap(o -> JSONExtractUInt(o, 'execution_count'), command_objects) AS command_executions,
+            -- day-over-day jumps: against the figures it carried the day before (its latest of [D - lookback, D - 1])
+            if(reported_today AND kind = 'is' AND prev_day > toDate(0),
+               arrayMap(m -> (uid, m.1, prev_day, m.2, m.3),
+                        arrayFilter(m -> greatest(m.2, m.3) >= 100
+                                         AND toUInt128(greatest(m.2, m.3)) > toUInt128({factor:UInt32}) * greatest(least(m.2, m.3), 1),
+                                    [('end_devices', prev.2, cur.2), ('gateways', prev.1, cur.1),
+                                     ('applications', prev.3, cur.3), ('users', prev.4, cur.4),
+                                     ('organizations', prev.5, cur.5)])),
+               []) AS uid_jumps
+        FROM
+        (
+            SELECT
+                target AS day, s.uid AS uid, s.kind AS kind,
+                maxIf(s.day, s.day > target - {lookback:UInt32}) AS last_is,
+                max(s.day) AS last_cli,
+                countIf(s.day = target) > 0 AS reported_today,
+                argMaxIf(s.default_uid, s.day, s.day > target - {lookback:UInt32}) AS default_uid,
+                argMaxIf(notEmpty(s.flags), s.day, s.day > target - {lookback:UInt32}) AS inconsistent,
+                argMaxIf(s.gateways, s.day, s.day > target - {lookback:UInt32}) AS gateways,
+                argMaxIf(s.gateways_by_frequency_plan, s.day, s.day > target - {lookback:UInt32}) AS plans,
+                argMaxIf(s.end_devices, s.day, s.day > target - {lookback:UInt32}) AS end_devices,
+                argMaxIf(s.active_end_devices, s.day, s.day > target - {lookback:UInt32}) AS active_end_devices,
+                argMaxIf(s.active_last_day, s.day, s.day > target - {lookback:UInt32}) AS active_last_day,
+                argMaxIf(s.active_last_week, s.day, s.day > target - {lookback:UInt32}) AS active_last_week,
+                argMaxIf(s.active_last_month, s.day, s.day > target - {lookback:UInt32}) AS active_last_month,
+                argMaxIf(s.applications, s.day, s.day > target - {lookback:UInt32}) AS applications,
+                argMaxIf(s.users_standard, s.day, s.day > target - {lookback:UInt32}) AS users_standard,
+                argMaxIf(s.users_admin, s.day, s.day > target - {lookback:UInt32}) AS users_admin,
+                argMaxIf(s.organizations, s.day, s.day > target - {lookback:UInt32}) AS organizations,
+                argMaxIf(s.version_major_minor, s.day, s.day > target - {lookback:UInt32}) AS version_major_minor,
+                argMaxIf(s.binary_version, s.day, s.day > target - {lookback:UInt32}) AS binary_version,
+                argMax(s.version_major_minor, s.day) AS cli_version,
+                argMax(s.operating_system, s.day) AS cli_operating_system,
+                argMax(s.arch, s.day) AS cli_arch,
+                extractAll(argMax(s.cli, s.day), '\\{[^{}]*"command_path"[^{}]*\\}') AS command_objects,
+                argMaxIf((s.gateways_effective, s.end_devices, s.applications, s.users_standard + s.users_admin, s.organizations),
+                         s.day, s.day = target) AS cur,
+                argMaxIf((s.gateways_effective, s.end_devices, s.applications, s.users_standard + s.users_admin, s.organizations),
+                         s.day, s.day < target) AS prev,
+                maxIf(s.day, s.day < target) AS prev_day
+            FROM
+            (
+                SELECT *, if(gateways > 0, gateways, arraySum(mapValues(gateways_by_frequency_plan))) AS gateways_effective
+                FROM snapshots FINAL
+                WHERE notEmpty({days:Array(Date)})
+                  AND day >= arrayMin({days:Array(Date)}) - greatest({lookback:UInt32}, {cli_lookback:UInt32})
+                  AND day <= arrayMax({days:Array(Date)})
+            ) AS s
+            ARRAY JOIN arrayFilter(t -> t >= s.day
+                                        AND t <= s.day + if(s.kind = 'is', {lookback:UInt32}, {cli_lookback:UInt32} - 1),
+                                   {days:Array(Date)}) AS target
+            GROUP BY target, s.uid, s.kind
+        )
+    )
+)
+GROUP BY day;
+
+-- Days whose analyst_daily row is missing or older than a change of the snapshots it depends on ([D - 29, D]).
+CREATE VIEW IF NOT EXISTS analyst_daily_pending AS
+SELECT c.day AS day, c.inputs_changed_at AS inputs_changed_at, a.computed_at AS computed_at
+FROM
+(
+    SELECT day, max(changed_at) OVER (ORDER BY toUInt32(day) RANGE BETWEEN 29 PRECEDING AND CURRENT ROW) AS inputs_changed_at
+    FROM (SELECT day, max(changed_at) AS changed_at FROM snapshot_changes GROUP BY day)
+) AS c
+LEFT JOIN (SELECT day, max(computed_at) AS computed_at FROM analyst_daily GROUP BY day) AS a ON a.day = c.day
+WHERE c.inputs_changed_at > a.computed_at;
+
+-- What the next refresh recomputes: the pending days, and days computed less than 10 s after their inputs last
+-- changed (an insert still committing then may have been missed: look again). Days whose look-back reaches past
+-- the snapshot TTL (clickhouse.snapshot_ttl_days) are left as they are: their snapshots are partly gone.
+CREATE VIEW IF NOT EXISTS analyst_daily_due AS
+WITH (SELECT toUInt32OrZero(extract(engine_full, 'toIntervalDay\\((\\d+)\\)')) FROM system.tables
+      WHERE database = currentDatabase() AND name = 'snapshots') AS ttl_days
+SELECT c.day AS day
+FROM
+(
+    SELECT day, max(changed_at) OVER (ORDER BY toUInt32(day) RANGE BETWEEN 29 PRECEDING AND CURRENT ROW) AS inputs_changed_at
+    FROM (SELECT day, max(changed_at) AS changed_at FROM snapshot_changes GROUP BY day)
+) AS c
+LEFT JOIN (SELECT day, max(computed_at) AS computed_at FROM analyst_daily GROUP BY day) AS a ON a.day = c.day
+WHERE c.inputs_changed_at > a.computed_at - INTERVAL 10 SECOND
+  AND (ttl_days = 0 OR c.day - 29 > today() - ttl_days);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS analyst_daily_refresh
+REFRESH EVERY 5 SECOND APPEND TO analyst_daily AS
+SELECT * FROM analyst_compute(days = (SELECT groupArray(day) FROM analyst_daily_due), lookback = 7, cli_lookback = 30, factor = 10);
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- Views for analysts (docs/analysts.md). The named views use the defaults; the parameterized ones take others.
+-- ---------------------------------------------------------------------------------------------------------------
+
+-- The carried-forward fleet: fleet_daily's columns, each UID counted with its latest snapshot of [D-6, D].
+CREATE VIEW IF NOT EXISTS fleet_daily_carried AS
+SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, active_last_week,
+       active_last_month, applications, users_standard, users_admin, organizations, default_uid_deployments,
+       inconsistent_deployments
+FROM analyst_daily FINAL;
+
+-- The same for another look-back, computed on the fly from snapshots: fleet_daily_carried_lookback(lookback = 14,
+-- first = '2025-01-01', last = '2025-01-31').
+CREATE VIEW IF NOT EXISTS fleet_daily_carried_lookback AS
+SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, active_last_week,
+       active_last_month, applications, users_standard, users_admin, organizations, default_uid_deployments,
+       inconsistent_deployments
+FROM analyst_compute(days = (SELECT groupArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}),
+                     lookback = {lookback:UInt32}, cli_lookback = 30, factor = 10);
+
+-- Deployments per size bucket: by gateways (gateways.total, or the sum of the plan counts when the sender leaves
+-- the total at 0) and by end devices. bucket_min is the bucket's lower bound: 0, 1, 10, 100, 1000, 10000.
+CREATE VIEW IF NOT EXISTS fleet_size_daily AS
+SELECT day, dimension, bucket_min,
+       multiIf(bucket_min = 0, '0', bucket_min = 10000, '10000+',
+               concat(toString(bucket_min), '-', toString(bucket_min * 10 - 1))) AS bucket,
+       deployments, deployments_carried
+FROM
+(
+    SELECT day, 'gateways' AS dimension, bucket_min, gateway_buckets[bucket_min] AS deployments,
+           gateway_buckets_carried[bucket_min] AS deployments_carried
+    FROM analyst_daily FINAL
+    ARRAY JOIN mapKeys(gateway_buckets_carried) AS bucket_min
+    UNION ALL
+    SELECT day, 'end_devices' AS dimension, bucket_min, end_device_buckets[bucket_min] AS deployments,
+           end_device_buckets_carried[bucket_min] AS deployments_carried
+    FROM analyst_daily FINAL
+    ARRAY JOIN mapKeys(end_device_buckets_carried) AS bucket_min
+);
+
+-- Deployments and gateways per region (frequency_plan_regions). A deployment counts in every region it has
+-- gateways in; gateways are the plans' counts (a gateway with several plans counts under each).
+CREATE VIEW IF NOT EXISTS regions_daily AS
+SELECT day, region, region_deployments[region] AS deployments, region_gateways[region] AS gateways,
+       region_deployments_carried[region] AS deployments_carried, region_gateways_carried[region] AS gateways_carried
+FROM analyst_daily FINAL
+ARRAY JOIN arrayDistinct(arrayConcat(mapKeys(region_gateways_carried), mapKeys(region_deployments_carried))) AS region;
+
+-- Deployments per major.minor version in the carried-forward fleet, and the share on that version or newer.
+CREATE VIEW IF NOT EXISTS version_adoption_daily AS
+SELECT day, version, deployments,
+       if(ordinal = 0, 0, sum(if(ordinal = 0, 0, deployments)) OVER (PARTITION BY day ORDER BY ordinal DESC)) AS deployments_at_or_above,
+       active_deployments,
+       round(deployments / active_deployments, 6) AS share,
+       round(deployments_at_or_above / active_deployments, 6) AS share_at_or_above
+FROM
+(
+    SELECT a.day AS day, version, a.versions_carried[version] AS deployments, a.deployments AS active_deployments,
+           if(match(version, '^\\d+\\.\\d+$'),
+              toUInt32(splitByChar('.', version)[1]) * 1000 + toUInt32(splitByChar('.', version)[2]), 0) AS ordinal
+    FROM analyst_daily AS a FINAL
+    ARRAY JOIN mapKeys(a.versions_carried) AS version
+);
+
+-- Per version: first day seen, the first day it (or a newer version) ran on half of the carried-forward fleet,
+-- and the days between. seen_on_first_day: the version was already there on the first day with data, so it
+-- may be older than first_seen says.
+CREATE VIEW IF NOT EXISTS version_adoption_speed AS
+SELECT version, first_seen, if(half_reached, half_on, NULL) AS half_on,
+       if(half_reached, toUInt32(half_on - first_seen), NULL) AS days_to_half,
+       first_seen = (SELECT min(day) FROM analyst_daily) AS seen_on_first_day
+FROM
+(
+    SELECT version, minIf(day, deployments > 0) AS first_seen,
+           minIf(day, deployments_at_or_above * 2 >= active_deployments AND deployments > 0) AS half_on,
+           countIf(deployments_at_or_above * 2 >= active_deployments AND deployments > 0) > 0 AS half_reached
+    FROM version_adoption_daily
+    WHERE version != 'unknown'
+    GROUP BY version
+);
+
+-- How many minor versions behind the newest release running in the fleet (newest_version, -dev builds left out)
+-- each carried-forward deployment is; deployments with an unparseable version are left out.
+CREATE VIEW IF NOT EXISTS versions_behind_daily AS
+SELECT day, newest_version, behind, versions_behind_carried[behind] AS deployments
+FROM analyst_daily FINAL
+ARRAY JOIN mapKeys(versions_behind_carried) AS behind;
+
+-- The deployments of one day's carried-forward fleet that are at least min_behind minor versions behind:
+-- deployments_behind(day = '2025-01-31', min_behind = 3).
+CREATE VIEW IF NOT EXISTS deployments_behind AS
+SELECT c.day AS day, c.uid AS uid, c.source_day AS source_day, c.binary_version AS binary_version,
+       c.version_major_minor AS version, a.newest_version AS newest_version,
+       toUInt32((toUInt32(splitByChar('.', a.newest_version)[1]) * 1000 + toUInt32(splitByChar('.', a.newest_version)[2]))
+                - (toUInt32(splitByChar('.', c.version_major_minor)[1]) * 1000 + toUInt32(splitByChar('.', c.version_major_minor)[2]))) AS behind,
+       c.end_devices AS end_devices, c.gateways AS gateways
+FROM carried_snapshots(day = {day:Date}, lookback = 7, cli_lookback = 30) AS c
+INNER JOIN (SELECT day, newest_version FROM analyst_daily FINAL WHERE day = {day:Date}) AS a ON a.day = c.day
+WHERE c.kind = 'is' AND match(c.version_major_minor, '^\\d+\\.\\d+$') AND a.newest_version != ''
+  AND toInt64(toUInt32(splitByChar('.', a.newest_version)[1]) * 1000 + toUInt32(splitByChar('.', a.newest_version)[2]))
+      - toInt64(toUInt32(splitByChar('.', c.version_major_minor)[1]) * 1000 + toUInt32(splitByChar('.', c.version_major_minor)[2]))
+      >= {min_behind:UInt32}
+ORDER BY behind DESC, end_devices DESC, uid;
+
+-- CLI installs active in the last 30 days (a report in [D-29, D]), by their latest report's version, OS and arch.
+CREATE VIEW IF NOT EXISTS cli_installs_active_daily AS
+SELECT day, dimension, value, installs
+FROM
+(
+    SELECT day, 'version' AS dimension, k AS value, cli_versions_active[k] AS installs
+    FROM analyst_daily FINAL ARRAY JOIN mapKeys(cli_versions_active) AS k
+    UNION ALL
+    SELECT day, 'operating_system' AS dimension, k AS value, cli_os_active[k] AS installs
+    FROM analyst_daily FINAL ARRAY JOIN mapKeys(cli_os_active) AS k
+    UNION ALL
+    SELECT day, 'arch' AS dimension, k AS value, cli_arch_active[k] AS installs
+    FROM analyst_daily FINAL ARRAY JOIN mapKeys(cli_arch_active) AS k
+);
+
+-- CLI command usage (2025+ CLIs): per command, the installs active in the last 30 days whose latest report lists
+-- it, and the sum of their execution counts (cumulative per install).
+CREATE VIEW IF NOT EXISTS cli_command_usage_daily AS
+SELECT day, command_path, cli_command_installs[command_path] AS installs,
+       cli_command_executions[command_path] AS executions, cli_active_installs AS active_installs
+FROM analyst_daily FINAL
+ARRAY JOIN mapKeys(cli_command_installs) AS command_path;
+
+-- Data quality per day, over the deployments that reported that day.
+CREATE VIEW IF NOT EXISTS data_quality_daily AS
+SELECT a.day AS day, a.reported_deployments AS deployments, a.reported_default_uid_deployments AS default_uid_deployments,
+       a.reported_inconsistent_deployments AS inconsistent_deployments,
+       length(arrayDistinct(arrayMap(j -> j.1, a.jumps))) AS jumping_deployments, length(a.jumps) AS jumps
+FROM analyst_daily AS a FINAL;
+
+-- Day-over-day jumps beyond a factor of 10: a reported figure against the one the deployment carried the day
+-- before (its latest report of the 7 days before), where the larger of the two is at least 100.
+CREATE VIEW IF NOT EXISTS sender_jumps_daily AS
+SELECT day, j.1 AS uid, j.2 AS metric, j.3 AS previous_day, j.4 AS previous, j.5 AS current,
+       round(greatest(j.4, j.5) / greatest(least(j.4, j.5), 1), 2) AS factor
+FROM analyst_daily FINAL
+ARRAY JOIN jumps AS j;
+
+-- The same for another factor, computed on the fly: sender_jumps(factor = 5, first = '2025-01-01', last = '2025-01-31').
+CREATE VIEW IF NOT EXISTS sender_jumps AS
+SELECT day, j.1 AS uid, j.2 AS metric, j.3 AS previous_day, j.4 AS previous, j.5 AS current,
+       round(greatest(j.4, j.5) / greatest(least(j.4, j.5), 1), 2) AS factor
+FROM analyst_compute(days = (SELECT groupArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}),
+                     lookback = 7, cli_lookback = 30, factor = {factor:UInt32})
+ARRAY JOIN jumps AS j;
+
+-- Per UID: first and last day seen and the number of days seen.
+CREATE VIEW IF NOT EXISTS sender_lifespans AS
+SELECT kind, uid, min(first_day) AS first_seen, max(last_day) AS last_seen, groupBitmapMerge(days) AS days_seen
+FROM uid_activity
+GROUP BY kind, uid;
+
+-- Lifecycle per day for one kind ('is' or 'cli') and gap G, over [first, last] (days with data only):
+-- lifecycle_daily(kind = 'is', gap = 7, first = '2025-01-01', last = '2025-01-31').
+--   active_1d / active_7d / active_30d: distinct UIDs seen on any day of [D, D], [D-6, D], [D-29, D]
+--   new: UIDs first seen on D; returning: seen on D, silent on [D-G, D-1], seen before D-G;
+--   churned: seen on D-G and silent on [D-G+1, D].
+-- Each UID contributes a few events (the starts and ends of its runs of activity, its first day, its returns and
+-- its churns) from its days within [first - max(29, G), last]; active counts are running sums of them.
+CREATE VIEW IF NOT EXISTS lifecycle_daily AS
+WITH toUInt32({first:Date}) AS f, toUInt32({last:Date}) AS l, {gap:UInt32} AS g, greatest(toUInt32(29), g) AS w
+SELECT day, toUInt64(active_1d) AS active_1d, toUInt64(active_7d) AS active_7d, toUInt64(active_30d) AS active_30d,
+       toUInt64(new) AS new, toUInt64(returning) AS returning, toUInt64(churned) AS churned
+FROM
+(
+    SELECT DATE '1970-01-01' + d AS day,
+           sum(a1) OVER (ORDER BY d) AS active_1d, sum(a7) OVER (ORDER BY d) AS active_7d,
+           sum(a30) OVER (ORDER BY d) AS active_30d, n AS new, r AS returning, c AS churned
+    FROM
+    (
+        SELECT d, sum(a1) AS a1, sum(a7) AS a7, sum(a30) AS a30, sum(n) AS n, sum(r) AS r, sum(c) AS c
+        FROM
+        (
+            SELECT arrayJoin(range(toUInt32(f - w), toUInt32(l + 1))) AS d, toInt64(0) AS a1, toInt64(0) AS a7, toInt64(0) AS a30,
+                   toInt64(0) AS n, toInt64(0) AS r, toInt64(0) AS c
+            UNION ALL
+            SELECT toUInt32(e.1) AS d, if(e.2 = 1, e.3, 0) AS a1, if(e.2 = 7, e.3, 0) AS a7, if(e.2 = 30, e.3, 0) AS a30,
+                   toInt64(e.2 = 100) AS n, toInt64(e.2 = 101) AS r, toInt64(e.2 = 102) AS c
+            FROM
+            (
+                SELECT arrayConcat(
+                           arrayMap(i -> (ds[i], 1, toInt64(1)), arrayFilter(i -> gb[i] > 1, idx)),
+                           arrayMap(i -> (ds[i] + 1, 1, toInt64(-1)), arrayFilter(i -> ga[i] > 1, idx)),
+                           arrayMap(i -> (ds[i], 7, toInt64(1)), arrayFilter(i -> gb[i] > 7, idx)),
+                           arrayMap(i -> (ds[i] + 7, 7, toInt64(-1)), arrayFilter(i -> ga[i] > 7, idx)),
+                           arrayMap(i -> (ds[i], 30, toInt64(1)), arrayFilter(i -> gb[i] > 30, idx)),
+                           arrayMap(i -> (ds[i] + 30, 30, toInt64(-1)), arrayFilter(i -> ga[i] > 30, idx)),
+                           if(first_seen BETWEEN f AND l, [(first_seen, 100, toInt64(1))], []),
+                           arrayMap(i -> (ds[i], 101, toInt64(1)), arrayFilter(i -> gb[i] > g AND first_seen + g < ds[i], idx)),
+                           arrayMap(i -> (ds[i] + g, 102, toInt64(1)), arrayFilter(i -> ga[i] > g, idx))
+                       ) AS events
+                FROM
+                (
+                    SELECT toUInt32(min(first_day)) AS first_seen,
+                           arraySort(bitmapToArray(bitmapSubsetInRange(groupBitmapMergeState(days), toUInt32(f - w), toUInt32(l + 1)))) AS ds,
+                           arrayEnumerate(ds) AS idx,
+                           arrayMap(i -> if(i = 1, toUInt32(4294967295), ds[i] - ds[i - 1]), idx) AS gb,
+                           arrayMap(i -> if(i = length(ds), toUInt32(4294967295), ds[i + 1] - ds[i]), idx) AS ga
+                    FROM uid_activity
+                    WHERE kind = {kind:String}
+                    GROUP BY uid
+                    HAVING max(last_day) >= toDate(f - w) AND min(first_day) <= toDate(l)
+                )
+            )
+            ARRAY JOIN events AS e
+            WHERE e.1 <= l
+        )
+        GROUP BY d
+    )
+)
+WHERE day BETWEEN {first:Date} AND {last:Date}
+  AND day IN (SELECT day FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date});
+
+CREATE VIEW IF NOT EXISTS deployment_lifecycle_daily AS
+SELECT * FROM lifecycle_daily(kind = 'is', gap = 7, first = (SELECT min(day) FROM snapshot_changes),
+                              last = (SELECT max(day) FROM snapshot_changes));
+
+CREATE VIEW IF NOT EXISTS cli_lifecycle_daily AS
+SELECT * FROM lifecycle_daily(kind = 'cli', gap = 7, first = (SELECT min(day) FROM snapshot_changes),
+                              last = (SELECT max(day) FROM snapshot_changes));
+
+-- Retention by first-seen cohort: of the UIDs first seen in a week (Monday) or month, how many were seen again
+-- N weeks or months later (any day of that week or month).
+CREATE VIEW IF NOT EXISTS retention_weekly AS
+SELECT kind, cohort, weeks_since, max(active) OVER (PARTITION BY kind, cohort) AS cohort_size, active,
+       round(active / cohort_size, 6) AS retention
+FROM
+(
+    SELECT kind, cohort, toUInt32(intDiv(week - cohort, 7)) AS weeks_since, count() AS active
+    FROM
+    (
+        SELECT kind, toMonday(min(first_day)) AS cohort,
+               arrayDistinct(arrayMap(x -> toMonday(DATE '1970-01-01' + x), bitmapToArray(groupBitmapMergeState(days)))) AS weeks
+        FROM uid_activity
+        GROUP BY kind, uid
+    )
+    ARRAY JOIN weeks AS week
+    GROUP BY kind, cohort, weeks_since
+);
+
+CREATE VIEW IF NOT EXISTS retention_monthly AS
+SELECT kind, cohort, months_since, max(active) OVER (PARTITION BY kind, cohort) AS cohort_size, active,
+       round(active / cohort_size, 6) AS retention
+FROM
+(
+    SELECT kind, cohort, toUInt32(dateDiff('month', cohort, month)) AS months_since, count() AS active
+    FROM
+    (
+        SELECT kind, toStartOfMonth(min(first_day)) AS cohort,
+               arrayDistinct(arrayMap(x -> toStartOfMonth(DATE '1970-01-01' + x), bitmapToArray(groupBitmapMergeState(days)))) AS months
+        FROM uid_activity
+        GROUP BY kind, uid
+    )
+    ARRAY JOIN months AS month
+    GROUP BY kind, cohort, months_since
+);
