@@ -42,6 +42,7 @@ import typer
 from is_telemetry.schema import DEFAULT_UID, TelemetryMessage
 from is_telemetry.uid import uid_from_elements
 from processors.snapshot import day_of, major_minor
+from producers.fleet_lifecycle import Lifecycle, Outages, cli_lifecycle, deployment_lifecycle, jump
 from processors.validate import Reason, Rejection, validate
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class Deployment:
     uid: str
     operating_system: str
     arch: str
-    minor: int  # version on the end day (earlier days may run older versions)
+    minor: int  # base version: what it runs before it upgrades (producers/fleet_lifecycle.py)
     patch: int
     dev: bool
     commit_suffix: bool
@@ -208,6 +209,7 @@ class Deployment:
     ratio_day: float  # last_day / last_week
     device_growth: float  # mean daily relative growth of end devices
     plan_combos: list[tuple[tuple[str, ...], float]] = field(default_factory=list)  # fractions sum to 1
+    life: Lifecycle = field(default_factory=Lifecycle)  # upgrades, churn, outages
 
     @property
     def default_uid(self) -> bool:
@@ -226,6 +228,7 @@ class CliInstall:
     age_days: int
     commands: list[tuple[str, int, float]]  # (command_path, executions on the end day, executions per use day)
     aliases: list[tuple[str, str, int]]  # (command_name, alias, usage count on the end day)
+    life: Lifecycle = field(default_factory=Lifecycle)  # upgrades, churn
 
 
 @dataclass
@@ -298,8 +301,14 @@ def build_fleet(deployments: int, cli_installs: int, seed: int, default_uid_rate
     """The same fleet for the same arguments (independent of days and rates)."""
     rng_is = random.Random(f"simulator:{seed}:deployments")
     rng_cli = random.Random(f"simulator:{seed}:cli")
-    return Fleet([_make_deployment(rng_is, i, default_uid_rate) for i in range(deployments)],
-                 [_make_cli(rng_cli, i) for i in range(cli_installs)])
+    fleet = Fleet([_make_deployment(rng_is, i, default_uid_rate) for i in range(deployments)],
+                  [_make_cli(rng_cli, i) for i in range(cli_installs)])
+    rng_life = random.Random(f"simulator:{seed}:lifecycle")
+    for dep in fleet.deployments:  # -dev builds and the tiny default-UID setups never upgrade
+        dep.life = deployment_lifecycle(rng_life, frozen=dep.dev or dep.default_uid, dev=dep.dev)
+    for ci in fleet.cli_installs:
+        ci.life = cli_lifecycle(rng_life)
+    return fleet
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +351,8 @@ def _is_object(dep: Deployment, minor: int, patch: int, counts: dict[str, int]) 
 
 def _cli_object(ci: CliInstall, back: int, received_at_ms: int, rng: random.Random) -> dict[str, Any]:
     cli: dict[str, Any] = {}
-    if ci.minor >= _CLI_USAGE_MIN_MINOR:
+    minor, patch = ci.life.version((ci.minor, ci.patch), back)
+    if minor >= _CLI_USAGE_MIN_MINOR:
         now_s = received_at_ms // 1000
         cmds = []
         for j, (path, count, per_day) in enumerate(ci.commands):
@@ -355,8 +365,8 @@ def _cli_object(ci: CliInstall, back: int, received_at_ms: int, rng: random.Rand
     return {
         "uid": ci.uid,
         "os": {"operating_system": ci.operating_system, "arch": ci.arch,
-               "binary_version": version_string(ci.minor, ci.patch),
-               "golang_version": go_version(ci.minor, ci.patch)},
+               "binary_version": version_string(minor, patch),
+               "golang_version": go_version(minor, patch)},
         "cli": cli,
         "entities_count": None,
     }
@@ -494,23 +504,17 @@ def _day_start_ms(d: date) -> int:
 
 
 class _Evolution:
-    """Per-deployment day-by-day factors, walked backwards from the end day (where the counts are the fleet's)."""
+    """Per-deployment day-by-day factors, walked backwards from the end day (where the counts are the fleet's),
+    and the version it runs each day (its lifecycle: upgrades after releases)."""
 
     def __init__(self, dep: Deployment, days: int, rng: random.Random) -> None:
         self.dev = [1.0] * days
         self.org = [1.0] * days
-        self.version = [(dep.minor, dep.patch)] * days
-        minor, patch = dep.minor, dep.patch
+        self.version = [dep.life.version((dep.minor, dep.patch), days - 1 - i) for i in range(days)]
         for i in range(days - 2, -1, -1):
             self.dev[i] = self.dev[i + 1] / (1.0 + rng.gauss(dep.device_growth, 0.004))
             step = rng.gauss(0.01, 0.02) if rng.random() < 0.1 else 0.0
             self.org[i] = self.org[i + 1] / (1.0 + step)
-            if rng.random() < 0.004 and not dep.dev:  # upgraded on day i+1: older before
-                if patch > 0:
-                    patch -= 1
-                elif minor > min(_IS_MINORS):
-                    minor, patch = minor - 1, rng.randint(0, 3)
-            self.version[i] = (minor, patch)
 
 
 def _counts(dep: Deployment, ev: _Evolution, i: int, rng: random.Random) -> dict[str, int]:
@@ -544,16 +548,19 @@ def generate(
     malformed_rate: float = 0.01,
     inconsistent_rate: float = 0.02,
     default_uid_rate: float = 0.04,
+    jump_rate: float = 0.001,
+    lifecycle: bool = True,
     now_ms: int | None = None,
 ) -> Simulation:
     """Deliveries of the fleet over `days` days ending `end_day` (default: today, UTC).
 
     Deterministic for the same arguments; for a window that includes today only receive times up to
-    `now_ms` (default: the wall clock) are produced.
+    `now_ms` (default: the wall clock) are produced. `lifecycle=False` leaves out churn and outages (every
+    sender that has started sends); upgrades after releases and jumps (`jump_rate`) happen either way.
     """
     for name, rate in (("resend_rate", resend_rate), ("changed_rate", changed_rate), ("missed_rate", missed_rate),
                        ("malformed_rate", malformed_rate), ("inconsistent_rate", inconsistent_rate),
-                       ("default_uid_rate", default_uid_rate)):
+                       ("default_uid_rate", default_uid_rate), ("jump_rate", jump_rate)):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be within [0, 1], not {rate}")
     if days < 1 or deployments < 0 or cli_installs < 0:
@@ -569,6 +576,8 @@ def generate(
     evolutions = [_Evolution(dep, days, rng_ev) for dep in fleet.deployments]
     rng_val = random.Random(f"simulator:{seed}:values:{days}:{end.isoformat()}")
     rng = random.Random(f"simulator:{seed}:events:{days}:{end.isoformat()}")
+    rng_life = random.Random(f"simulator:{seed}:life:{days}:{end.isoformat()}")
+    outages = Outages()
 
     out: list[tuple[int, Delivery, str | None]] = []
     stats: Counter[str] = Counter()
@@ -603,7 +612,16 @@ def generate(
         for dep, ev in zip(fleet.deployments, evolutions):
             if back >= dep.age_days:
                 continue  # not started yet
+            if lifecycle and dep.life.stopped(back):
+                stats["churned"] += 1  # stopped for good
+                continue
+            if lifecycle and outages.silent(dep.index, rng_life, dep.life.outage_rate):
+                stats["outage"] += 1  # silent for a few days, back later
+                continue
             counts = _counts(dep, ev, i, rng_val)
+            if rng_life.random() < jump_rate:
+                counts = jump(counts, rng_life, _COUNT_CAP)
+                stats["jump"] += 1
             jitter = rng.randint(-120_000, 120_000)
             stats["is_slots"] += 1
             if rng.random() < missed_rate:
@@ -621,7 +639,7 @@ def generate(
             stats["is_messages"] += 1
             emit(t, obj, limit, MALFORMED_KINDS_IS)
         for ci in fleet.cli_installs:
-            if back >= ci.age_days:
+            if back >= ci.age_days or (lifecycle and ci.life.stopped(back)):
                 continue
             used = rng.random() < ci.use_probability or back == ci.age_days - 1  # first use sends
             t = start + rng.randrange(DAY_MS)

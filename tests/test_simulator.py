@@ -397,12 +397,14 @@ def test_send_to_collector():
     try:
         sim = simulator.generate(10, 6, 2, seed=8, end_day="2025-01-02", resend_rate=0.3, changed_rate=0.3,
                                  malformed_rate=0.1)
-        result = simulator.send_to_collector(sim.deliveries, col.url, concurrency=4)
+        # one form-encoded body for sure (the collector refuses it at the edge), whatever the seed drew
+        deliveries = sim.deliveries + [Delivery(sim.deliveries[-1].received_at_ms, None, b"uid=x&os=linux")]
+        intended = sim.intended + ["not_json"]
+        result = simulator.send_to_collector(deliveries, col.url, concurrency=4)
     finally:
         col.close()
-    n = len(sim.deliveries)
-    not_json = [d for d, k in zip(sim.deliveries, sim.intended) if k == "not_json"]
-    accepted = [d for d, k in zip(sim.deliveries, sim.intended) if k != "not_json"]
+    not_json = [d for d, k in zip(deliveries, intended) if k == "not_json"]
+    accepted = [d for d, k in zip(deliveries, intended) if k != "not_json"]
     assert not_json and result.refused == len(not_json)
     assert result.ok and result.sent == len(accepted) and result.retried == 2
     assert Counter(b for _, b in col.posts) == Counter(d.body for d in accepted)

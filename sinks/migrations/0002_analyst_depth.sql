@@ -358,7 +358,7 @@ FROM
 CREATE VIEW IF NOT EXISTS version_adoption_speed AS
 SELECT version, first_seen, if(half_reached, half_on, NULL) AS half_on,
        if(half_reached, toUInt32(half_on - first_seen), NULL) AS days_to_half,
-       first_seen = (SELECT min(day) FROM analyst_daily) AS seen_on_first_day
+       first_seen = (SELECT min(day) FROM version_adoption_daily) AS seen_on_first_day
 FROM
 (
     SELECT version, minIf(day, deployments > 0) AS first_seen,
