@@ -102,3 +102,68 @@ def test_every_view_equals_the_ground_truth(filled: tuple[ClickHouseStore, list[
     truth = fleet_truth.analyst_ground_truth(deliveries)
     truth["version_adoption_speed"] = booleans(truth["version_adoption_speed"])
     compare(store, truth)
+
+
+def test_parameterized_views_take_other_lookbacks_gaps_and_factors(filled: tuple[ClickHouseStore, list[Delivery]]) -> None:
+    store, deliveries = filled
+    snaps = fleet_truth.Snapshots.of(deliveries)
+    first, last = END - timedelta(days=DAYS - 1), END
+    span = f"first = '{first}', last = '{last}'"
+    # the defaults give the named views
+    carried = fleet_truth.carried_fleet(snaps)
+    columns = list(carried[0])
+    assert view_rows(store, f"fleet_daily_carried_lookback(lookback = 7, {span})", columns) == truth_rows(carried, columns)
+    for lookback in (1, 3, 14):
+        want = fleet_truth.carried_fleet(snaps, lookback=lookback)
+        got = view_rows(store, f"fleet_daily_carried_lookback(lookback = {lookback}, {span})", columns)
+        assert got == truth_rows(want, columns), lookback
+    # lookback 1 is the as-reported fleet
+    reported = store.query("SELECT day, deployments, end_devices FROM fleet_daily ORDER BY day")[1]
+    one = store.query(f"SELECT day, deployments, end_devices FROM fleet_daily_carried_lookback(lookback = 1, {span}) "
+                      "ORDER BY day")[1]
+    assert one == reported
+    for kind in ("is", "cli"):
+        for gap in (2, 7, 14):
+            want = fleet_truth.lifecycle(snaps, kind, gap=gap, first=first + timedelta(days=5), last=last)
+            columns = list(want[0])
+            got = view_rows(store, f"lifecycle_daily(kind = '{kind}', gap = {gap}, first = '{first + timedelta(days=5)}', "
+                                   f"last = '{last}')", columns)
+            assert got == truth_rows(want, columns), (kind, gap)
+    for factor in (2, 3, 10):
+        want = fleet_truth.jumps(snaps, factor=factor)
+        assert want, factor
+        columns = list(want[0])
+        assert view_rows(store, f"sender_jumps(factor = {factor}, {span})", columns) == truth_rows(want, columns), factor
+    for min_behind in (0, 2, 5):
+        want = fleet_truth.deployments_behind(snaps, END, min_behind)
+        assert want, min_behind
+        columns = list(want[0])
+        got = view_rows(store, f"deployments_behind(day = '{END}', min_behind = {min_behind})", columns)
+        assert got == truth_rows(want, columns), min_behind
+    # the carried snapshots of one day: every UID once, with its latest day of the look-back
+    day = END - timedelta(days=3)
+    want_uids = sorted((s.uid, s.day.isoformat()) for kind, lb in (("is", 7), ("cli", 30))
+                       for s in snaps.carried(day, kind, lb))
+    got_uids = sorted((u, d.isoformat()) for u, d in store.query(
+        f"SELECT uid, source_day FROM carried_snapshots(day = '{day}', lookback = 7, cli_lookback = 30)")[1])
+    assert got_uids == want_uids
+
+
+def everything(store: ClickHouseStore) -> dict[str, list[str]]:
+    return {name: sorted(repr(r) for r in store.query(f"SELECT * FROM {name}")[1]) for name in NAMED_VIEWS}
+
+
+def test_replays_resplits_and_merges_change_nothing(filled: tuple[ClickHouseStore, list[Delivery]]) -> None:
+    store, deliveries = filled
+    before = everything(store)
+    records = to_records(deliveries)
+    consume(store, list(reversed(split(records, [211, 9, 77]))))  # a replay, older batches last, fresh dedup
+    consume(store, split(records[: len(records) // 3], [50]))  # a worker killed and restarted mid-way
+    refresh(store)
+    assert everything(store) == before
+    for table in ("snapshots", "uid_activity", "snapshot_changes", "analyst_daily"):
+        store.client.command(f"OPTIMIZE TABLE {table} FINAL")
+    assert everything(store) == before
+    truth = fleet_truth.analyst_ground_truth(deliveries)
+    truth["version_adoption_speed"] = booleans(truth["version_adoption_speed"])
+    compare(store, truth)
