@@ -127,99 +127,96 @@ FROM
 );
 
 -- Everything analyst_daily holds, computed from snapshots FINAL for the given days (any look-backs, any jump
--- factor). Each snapshot of day d reaches the days D >= d its look-back covers; per (D, UID) the latest wins.
+-- factor): analyst_compute(days = [...], lookback = 7, cli_lookback = 30, factor = 10). UIDs are grouped by their
+-- 128-bit SipHash (as ClickHouse's uniqExact does).
 CREATE VIEW IF NOT EXISTS analyst_compute AS
 WITH (SELECT groupArray((prefix, region)) FROM frequency_plan_regions) AS region_rules
 SELECT
     day,
     now64(6, 'UTC') AS computed_at,
-    countIf(is_carried) AS deployments,
-    countIf(cli_carried) AS cli_installs,
-    sumIf(gateways, is_carried) AS gateways,
-    sumIf(end_devices, is_carried) AS end_devices,
-    sumIf(active_end_devices, is_carried) AS active_end_devices,
-    sumIf(active_last_day, is_carried) AS active_last_day,
-    sumIf(active_last_week, is_carried) AS active_last_week,
-    sumIf(active_last_month, is_carried) AS active_last_month,
-    sumIf(applications, is_carried) AS applications,
-    sumIf(users_standard, is_carried) AS users_standard,
-    sumIf(users_admin, is_carried) AS users_admin,
-    sumIf(organizations, is_carried) AS organizations,
-    countIf(is_carried AND default_uid) AS default_uid_deployments,
-    countIf(is_carried AND inconsistent) AS inconsistent_deployments,
-    countIf(is_reported) AS reported_deployments,
-    countIf(is_reported AND default_uid) AS reported_default_uid_deployments,
-    countIf(is_reported AND inconsistent) AS reported_inconsistent_deployments,
-    sumMapIf(map(gateway_bucket, toUInt64(1)), is_reported) AS gateway_buckets,
-    sumMapIf(map(gateway_bucket, toUInt64(1)), is_carried) AS gateway_buckets_carried,
-    sumMapIf(map(end_device_bucket, toUInt64(1)), is_reported) AS end_device_buckets,
-    sumMapIf(map(end_device_bucket, toUInt64(1)), is_carried) AS end_device_buckets_carried,
-    CAST(sumMapIf(deployment_regions, arrayMap(r -> toUInt64(1), deployment_regions), is_reported) AS Map(LowCardinality(String), UInt64)) AS region_deployments,
-    CAST(sumMapIf(deployment_regions, arrayMap(r -> toUInt64(1), deployment_regions), is_carried) AS Map(LowCardinality(String), UInt64)) AS region_deployments_carried,
-    CAST(sumMapIf(plan_regions, plan_gateways, is_reported) AS Map(LowCardinality(String), UInt64)) AS region_gateways,
-    CAST(sumMapIf(plan_regions, plan_gateways, is_carried) AS Map(LowCardinality(String), UInt64)) AS region_gateways_carried,
-    sumMapIf(map(version_major_minor, toUInt64(1)), is_carried) AS versions_carried,
-    if(any(newest) > 0, concat(toString(intDiv(any(newest), 1000)), '.', toString(any(newest) % 1000)), '') AS newest_version,
-    sumMapIf(map(toUInt32(greatest(toInt64(newest) - toInt64(ordinal), 0)), toUInt64(1)), is_carried AND ordinal > 0) AS versions_behind_carried,
-    countIf(cli_active) AS cli_active_installs,
-    sumMapIf(map(cli_version, toUInt64(1)), cli_active) AS cli_versions_active,
-    sumMapIf(map(cli_operating_system, toUInt64(1)), cli_active) AS cli_os_active,
-    sumMapIf(map(cli_arch, toUInt64(1)), cli_active) AS cli_arch_active,
-    sumMapIf(arrayDistinct(command_paths), arrayMap(c -> toUInt64(1), arrayDistinct(command_paths)), cli_active) AS cli_command_installs,
-    sumMapIf(command_paths, command_executions, cli_active) AS cli_command_executions,
-    arraySort(groupArrayArray(uid_jumps)) AS jumps
+    i.deployments AS deployments, c.cli_installs AS cli_installs,
+    i.gateways AS gateways, i.end_devices AS end_devices, i.active_end_devices AS active_end_devices,
+    i.active_last_day AS active_last_day, i.active_last_week AS active_last_week, i.active_last_month AS active_last_month,
+    i.applications AS applications, i.users_standard AS users_standard, i.users_admin AS users_admin,
+    i.organizations AS organizations, i.default_uid_deployments AS default_uid_deployments,
+    i.inconsistent_deployments AS inconsistent_deployments, i.reported_deployments AS reported_deployments,
+    i.reported_default_uid_deployments AS reported_default_uid_deployments,
+    i.reported_inconsistent_deployments AS reported_inconsistent_deployments,
+    i.gateway_buckets AS gateway_buckets, i.gateway_buckets_carried AS gateway_buckets_carried,
+    i.end_device_buckets AS end_device_buckets, i.end_device_buckets_carried AS end_device_buckets_carried,
+    i.region_deployments AS region_deployments, i.region_deployments_carried AS region_deployments_carried,
+    i.region_gateways AS region_gateways, i.region_gateways_carried AS region_gateways_carried,
+    i.versions_carried AS versions_carried, i.newest_version AS newest_version,
+    i.versions_behind_carried AS versions_behind_carried,
+    c.cli_active_installs AS cli_active_installs, c.cli_versions_active AS cli_versions_active,
+    c.cli_os_active AS cli_os_active, c.cli_arch_active AS cli_arch_active,
+    c.cli_command_installs AS cli_command_installs, c.cli_command_executions AS cli_command_executions,
+    i.jumps AS jumps
 FROM
 (
+    -- Identity Server deployments. Each snapshot of day d reaches the days d .. d + lookback; per (D, UID) the
+    -- latest of [D - lookback + 1, D] is carried (argMax over plain columns: fast; the plan map travels as text)
+    -- and the latest before D is what a jump on D is measured against.
     SELECT
-        *,
-        -- the newest major.minor that deployments run on D, -dev builds left out (major * 1000 + minor)
-        maxIf(ordinal, is_carried AND NOT dev) OVER (PARTITION BY day) AS newest
+        day,
+        countIf(carried) AS deployments,
+        sumIf(gateways, carried) AS gateways, sumIf(end_devices, carried) AS end_devices,
+        sumIf(active_end_devices, carried) AS active_end_devices, sumIf(active_last_day, carried) AS active_last_day,
+        sumIf(active_last_week, carried) AS active_last_week, sumIf(active_last_month, carried) AS active_last_month,
+        sumIf(applications, carried) AS applications, sumIf(users_standard, carried) AS users_standard,
+        sumIf(users_admin, carried) AS users_admin, sumIf(organizations, carried) AS organizations,
+        countIf(carried AND default_uid) AS default_uid_deployments, countIf(carried AND inconsistent) AS inconsistent_deployments,
+        countIf(reported) AS reported_deployments, countIf(reported AND default_uid) AS reported_default_uid_deployments,
+        countIf(reported AND inconsistent) AS reported_inconsistent_deployments,
+        sumMapIf(map(gateway_bucket, toUInt64(1)), reported) AS gateway_buckets,
+        sumMapIf(map(gateway_bucket, toUInt64(1)), carried) AS gateway_buckets_carried,
+        sumMapIf(map(end_device_bucket, toUInt64(1)), reported) AS end_device_buckets,
+        sumMapIf(map(end_device_bucket, toUInt64(1)), carried) AS end_device_buckets_carried,
+        CAST(sumMapIf(deployment_regions, arrayMap(r -> toUInt64(1), deployment_regions), reported) AS Map(LowCardinality(String), UInt64)) AS region_deployments,
+        CAST(sumMapIf(deployment_regions, arrayMap(r -> toUInt64(1), deployment_regions), carried) AS Map(LowCardinality(String), UInt64)) AS region_deployments_carried,
+        CAST(sumMapIf(plan_regions, plan_gateways, reported) AS Map(LowCardinality(String), UInt64)) AS region_gateways,
+        CAST(sumMapIf(plan_regions, plan_gateways, carried) AS Map(LowCardinality(String), UInt64)) AS region_gateways_carried,
+        sumMapIf(map(if(ordinal = 0, 'unknown', concat(toString(intDiv(ordinal, 1000)), '.', toString(ordinal % 1000))), toUInt64(1)), carried) AS versions_carried,
+        if(any(newest) > 0, concat(toString(intDiv(any(newest), 1000)), '.', toString(any(newest) % 1000)), '') AS newest_version,
+        sumMapIf(map(toUInt32(greatest(toInt64(newest) - toInt64(ordinal), 0)), toUInt64(1)), carried AND ordinal > 0) AS versions_behind_carried,
+        arraySort(groupArrayArray(uid_jumps)) AS jumps
     FROM
     (
         SELECT
-            day, uid, kind,
-            kind = 'is' AND last_is > toDate(0) AS is_carried,
-            kind = 'is' AND reported_today AS is_reported,
-            kind = 'cli' AND last_is > toDate(0) AS cli_carried,
-            kind = 'cli' AND last_cli > toDate(0) AS cli_active,
-            default_uid, inconsistent, gateways, end_devices, active_end_devices, active_last_day, active_last_week,
-            active_last_month, applications, users_standard, users_admin, organizations, version_major_minor,
-            position(binary_version, '-dev') > 0 AS dev,
-            if(match(version_major_minor, '^\\d+\\.\\d+$'),
-               toUInt32(splitByChar('.', version_major_minor)[1]) * 1000 + toUInt32(splitByChar('.', version_major_minor)[2]),
-               0) AS ordinal,
-            if(gateways > 0, gateways, arraySum(mapValues(plans))) AS gateways_effective,
+            target AS day, carried, reported, default_uid, inconsistent, gateways, end_devices, active_end_devices,
+            active_last_day, active_last_week, active_last_month, applications, users_standard, users_admin, organizations,
+            ordinal,
+            maxIf(ordinal, carried AND NOT dev) OVER (PARTITION BY target) AS newest,
             multiIf(gateways_effective = 0, 0, gateways_effective < 10, 1, gateways_effective < 100, 10,
                     gateways_effective < 1000, 100, gateways_effective < 10000, 1000, 10000) AS gateway_bucket,
             multiIf(end_devices = 0, 0, end_devices < 10, 1, end_devices < 100, 10, end_devices < 1000, 100,
                     end_devices < 10000, 1000, 10000) AS end_device_bucket,
+            -- plans as 'REGION=gateways,...' (argMax over a string is cheap, over arrays it is not)
+            arrayFilter(x -> notEmpty(x), splitByChar(',', plans)) AS plan_items,
+            arrayMap(x -> splitByChar('=', x)[1], plan_items) AS plan_ids,
             arrayMap(p -> if(empty(arrayFirst(r -> startsWith(p, r.1), region_rules).2), 'other',
-                             arrayFirst(r -> startsWith(p, r.1), region_rules).2), mapKeys(plans)) AS plan_regions,
-            mapValues(plans) AS plan_gateways,
+                             arrayFirst(r -> startsWith(p, r.1), region_rules).2), plan_ids) AS plan_regions,
+            arrayMap(x -> toUInt64(splitByChar('=', x)[2]), plan_items) AS plan_gateways,
             arrayDistinct(arrayFilter((r, g) -> g > 0, plan_regions, plan_gateways)) AS deployment_regions,
-            cli_version, cli_operating_system, cli_arch,
-            arrayMap(o -> JSONExtractString(o, 'command_path'), command_objects) AS command_paths,
-            arrayMap(o -> JSONExtractUInt(o, 'execution_count'), command_objects) AS command_executions,
-            -- day-over-day jumps: against the figures it carried the day before (its latest of [D - lookback, D - 1])
-            if(reported_today AND kind = 'is' AND prev_day > toDate(0),
+            if(reported AND prev_day > toDate(0),
                arrayMap(m -> (uid, m.1, prev_day, m.2, m.3),
                         arrayFilter(m -> greatest(m.2, m.3) >= 100
                                          AND toUInt128(greatest(m.2, m.3)) > toUInt128({factor:UInt32}) * greatest(least(m.2, m.3), 1),
-                                    [('end_devices', prev.2, cur.2), ('gateways', prev.1, cur.1),
-                                     ('applications', prev.3, cur.3), ('users', prev.4, cur.4),
-                                     ('organizations', prev.5, cur.5)])),
+                                    [('end_devices', prev_end_devices, end_devices), ('gateways', prev_gateways, gateways_effective),
+                                     ('applications', prev_applications, applications), ('users', prev_users, users_standard + users_admin),
+                                     ('organizations', prev_organizations, organizations)])),
                []) AS uid_jumps
         FROM
         (
             SELECT
-                target AS day, s.uid AS uid, s.kind AS kind,
-                maxIf(s.day, s.day > target - {lookback:UInt32}) AS last_is,
-                max(s.day) AS last_cli,
-                countIf(s.day = target) > 0 AS reported_today,
+                target, s.key AS key,
+                any(s.uid) AS uid,
+                maxIf(s.day, s.day > target - {lookback:UInt32}) > toDate(0) AS carried,
+                max(s.day) = target AS reported,
                 argMaxIf(s.default_uid, s.day, s.day > target - {lookback:UInt32}) AS default_uid,
-                argMaxIf(notEmpty(s.flags), s.day, s.day > target - {lookback:UInt32}) AS inconsistent,
+                argMaxIf(s.inconsistent, s.day, s.day > target - {lookback:UInt32}) AS inconsistent,
                 argMaxIf(s.gateways, s.day, s.day > target - {lookback:UInt32}) AS gateways,
-                argMaxIf(s.gateways_by_frequency_plan, s.day, s.day > target - {lookback:UInt32}) AS plans,
+                argMaxIf(s.gateways_effective, s.day, s.day > target - {lookback:UInt32}) AS gateways_effective,
                 argMaxIf(s.end_devices, s.day, s.day > target - {lookback:UInt32}) AS end_devices,
                 argMaxIf(s.active_end_devices, s.day, s.day > target - {lookback:UInt32}) AS active_end_devices,
                 argMaxIf(s.active_last_day, s.day, s.day > target - {lookback:UInt32}) AS active_last_day,
@@ -229,33 +226,72 @@ FROM
                 argMaxIf(s.users_standard, s.day, s.day > target - {lookback:UInt32}) AS users_standard,
                 argMaxIf(s.users_admin, s.day, s.day > target - {lookback:UInt32}) AS users_admin,
                 argMaxIf(s.organizations, s.day, s.day > target - {lookback:UInt32}) AS organizations,
-                argMaxIf(s.version_major_minor, s.day, s.day > target - {lookback:UInt32}) AS version_major_minor,
-                argMaxIf(s.binary_version, s.day, s.day > target - {lookback:UInt32}) AS binary_version,
-                argMax(s.version_major_minor, s.day) AS cli_version,
-                argMax(s.operating_system, s.day) AS cli_operating_system,
-                argMax(s.arch, s.day) AS cli_arch,
-                extractAll(argMax(s.cli, s.day), '\\{[^{}]*"command_path"[^{}]*\\}') AS command_objects,
-                argMaxIf((s.gateways_effective, s.end_devices, s.applications, s.users_standard + s.users_admin, s.organizations),
-                         s.day, s.day = target) AS cur,
-                argMaxIf((s.gateways_effective, s.end_devices, s.applications, s.users_standard + s.users_admin, s.organizations),
-                         s.day, s.day < target) AS prev,
-                maxIf(s.day, s.day < target) AS prev_day
+                argMaxIf(s.ordinal, s.day, s.day > target - {lookback:UInt32}) AS ordinal,
+                argMaxIf(s.dev, s.day, s.day > target - {lookback:UInt32}) AS dev,
+                argMaxIf(s.plans, s.day, s.day > target - {lookback:UInt32}) AS plans,
+                maxIf(s.day, s.day < target) AS prev_day,
+                argMaxIf(s.gateways_effective, s.day, s.day < target) AS prev_gateways,
+                argMaxIf(s.end_devices, s.day, s.day < target) AS prev_end_devices,
+                argMaxIf(s.applications, s.day, s.day < target) AS prev_applications,
+                argMaxIf(s.users_standard + s.users_admin, s.day, s.day < target) AS prev_users,
+                argMaxIf(s.organizations, s.day, s.day < target) AS prev_organizations
             FROM
             (
-                SELECT *, if(gateways > 0, gateways, arraySum(mapValues(gateways_by_frequency_plan))) AS gateways_effective
+                SELECT day, uid, sipHash128(uid) AS key, toUInt8(default_uid) AS default_uid, toUInt8(notEmpty(flags)) AS inconsistent,
+                       gateways, end_devices, active_end_devices, active_last_day, active_last_week, active_last_month,
+                       applications, users_standard, users_admin, organizations,
+                       if(match(version_major_minor, '^\\d+\\.\\d+$'),
+                          toUInt32(splitByChar('.', version_major_minor)[1]) * 1000 + toUInt32(splitByChar('.', version_major_minor)[2]),
+                          0) AS ordinal,
+                       toUInt8(position(binary_version, '-dev') > 0) AS dev,
+                       if(gateways > 0, gateways, arraySum(mapValues(gateways_by_frequency_plan))) AS gateways_effective,
+                       arrayStringConcat(arrayMap((p, g) -> concat(p, '=', toString(g)),
+                                                  mapKeys(gateways_by_frequency_plan), mapValues(gateways_by_frequency_plan)), ',') AS plans
                 FROM snapshots FINAL
-                WHERE notEmpty({days:Array(Date)})
-                  AND day >= arrayMin({days:Array(Date)}) - greatest({lookback:UInt32}, {cli_lookback:UInt32})
-                  AND day <= arrayMax({days:Array(Date)})
+                WHERE kind = 'is' AND notEmpty({days:Array(Date)})
+                  AND day >= arrayMin({days:Array(Date)}) - {lookback:UInt32} AND day <= arrayMax({days:Array(Date)})
             ) AS s
-            ARRAY JOIN arrayFilter(t -> t >= s.day
-                                        AND t <= s.day + if(s.kind = 'is', {lookback:UInt32}, {cli_lookback:UInt32} - 1),
-                                   {days:Array(Date)}) AS target
-            GROUP BY target, s.uid, s.kind
+            ARRAY JOIN arrayFilter(t -> t >= s.day AND t <= s.day + {lookback:UInt32}, {days:Array(Date)}) AS target
+            GROUP BY target, s.key
         )
     )
-)
-GROUP BY day;
+    GROUP BY day
+) AS i
+FULL OUTER JOIN
+(
+    -- CLI installs: per (D, UID) the latest report of the look-backs (7 days for fleet_daily_carried, cli_lookback
+    -- for the active installs); the command usage is read from that report's cli object.
+    SELECT
+        day,
+        countIf(last_day > day - {lookback:UInt32}) AS cli_installs,
+        countIf(last_day > day - {cli_lookback:UInt32}) AS cli_active_installs,
+        sumMapIf(map(version, toUInt64(1)), last_day > day - {cli_lookback:UInt32}) AS cli_versions_active,
+        sumMapIf(map(operating_system, toUInt64(1)), last_day > day - {cli_lookback:UInt32}) AS cli_os_active,
+        sumMapIf(map(arch, toUInt64(1)), last_day > day - {cli_lookback:UInt32}) AS cli_arch_active,
+        sumMapIf(arrayDistinct(paths), arrayMap(p -> toUInt64(1), arrayDistinct(paths)), last_day > day - {cli_lookback:UInt32}) AS cli_command_installs,
+        sumMapIf(paths, executions, last_day > day - {cli_lookback:UInt32}) AS cli_command_executions
+    FROM
+    (
+        SELECT target AS day, max(s.day) AS last_day,
+               argMax(s.version_major_minor, s.day) AS version, argMax(s.operating_system, s.day) AS operating_system,
+               argMax(s.arch, s.day) AS arch, argMax(s.cli, s.day) AS latest_cli,
+               extractAll(latest_cli, '\\{[^{}]*"command_path"[^{}]*\\}') AS objects,
+               arrayMap(o -> JSONExtractString(o, 'command_path'), objects) AS paths,
+               arrayMap(o -> JSONExtractUInt(o, 'execution_count'), objects) AS executions
+        FROM
+        (
+            SELECT day, sipHash128(uid) AS key, toString(version_major_minor) AS version_major_minor,
+                   toString(operating_system) AS operating_system, toString(arch) AS arch, cli
+            FROM snapshots FINAL
+            WHERE kind = 'cli' AND notEmpty({days:Array(Date)})
+              AND day > arrayMin({days:Array(Date)}) - greatest({lookback:UInt32}, {cli_lookback:UInt32})
+              AND day <= arrayMax({days:Array(Date)})
+        ) AS s
+        ARRAY JOIN arrayFilter(t -> t >= s.day AND t < s.day + greatest({lookback:UInt32}, {cli_lookback:UInt32}), {days:Array(Date)}) AS target
+        GROUP BY target, s.key
+    )
+    GROUP BY day
+) AS c USING day;
 
 -- Days whose analyst_daily row is missing or older than a change of the snapshots it depends on ([D - 29, D]).
 CREATE VIEW IF NOT EXISTS analyst_daily_pending AS
@@ -285,7 +321,7 @@ WHERE c.inputs_changed_at > a.computed_at - INTERVAL 10 SECOND
   AND (ttl_days = 0 OR c.day - 29 > today() - ttl_days);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS analyst_daily_refresh
-REFRESH EVERY 5 SECOND APPEND TO analyst_daily AS
+REFRESH EVERY 10 SECOND APPEND TO analyst_daily AS
 SELECT * FROM analyst_compute(days = (SELECT groupArray(day) FROM analyst_daily_due), lookback = 7, cli_lookback = 30, factor = 10);
 
 -- ---------------------------------------------------------------------------------------------------------------
