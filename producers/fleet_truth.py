@@ -293,6 +293,22 @@ def versions_behind(snaps: Snapshots) -> list[dict[str, Any]]:
     return rows
 
 
+BEHIND_TOP = 25  # deployments_behind_daily: the largest this many
+BEHIND_MIN = 3  # ... of those at least this many minor versions behind
+
+
+def deployments_behind_top(snaps: Snapshots) -> list[dict[str, Any]]:
+    rows = []
+    for day in snaps.days:
+        carried = snaps.carried(day, "is", LOOKBACK)
+        top = newest(carried)
+        behind = [s for s in carried if s.version != "unknown" and top - ordinal(s.version) >= BEHIND_MIN]
+        behind.sort(key=lambda s: (-s.counts["end_devices"], s.uid))
+        rows += [{"day": day.isoformat(), "uid": s.uid, "version": s.version, "behind": top - ordinal(s.version),
+                  "end_devices": s.counts["end_devices"], "gateways": s.gateways_effective} for s in behind[:BEHIND_TOP]]
+    return rows
+
+
 def deployments_behind(snaps: Snapshots, day: date, min_behind: int) -> list[dict[str, Any]]:
     carried = snaps.carried(day, "is", LOOKBACK)
     top = newest(carried)
@@ -431,6 +447,7 @@ def analyst_ground_truth(deliveries: Iterable[Sequence[Any]], plausibility_limit
         "version_adoption_daily": adoption,
         "version_adoption_speed": version_adoption_speed(adoption),
         "versions_behind_daily": versions_behind(snaps),
+        "deployments_behind_daily": deployments_behind_top(snaps),
         "cli_installs_active_daily": active,
         "cli_command_usage_daily": commands,
         "data_quality_daily": data_quality(snaps, jump_rows),

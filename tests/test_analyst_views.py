@@ -28,7 +28,7 @@ END = date(2025, 3, 31)
 DAYS = 45
 NAMED_VIEWS = [
     "fleet_daily_carried", "fleet_size_daily", "regions_daily", "version_adoption_daily", "version_adoption_speed",
-    "versions_behind_daily", "cli_installs_active_daily", "cli_command_usage_daily", "data_quality_daily",
+    "versions_behind_daily", "deployments_behind_daily", "cli_installs_active_daily", "cli_command_usage_daily", "data_quality_daily",
     "sender_jumps_daily", "sender_lifespans", "deployment_lifecycle_daily", "cli_lifecycle_daily", "retention_weekly",
     "retention_monthly",
 ]

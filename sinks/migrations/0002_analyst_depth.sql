@@ -20,26 +20,32 @@ FROM
     ]) AS rule
 );
 
--- Per UID: first and last day seen and the set of days seen (as day numbers), over all history.
+-- Per UID: first and last day seen and the sets of days, weeks (their Mondays) and months (their first days)
+-- seen, as day numbers, over all history.
 CREATE TABLE IF NOT EXISTS uid_activity
 (
     kind LowCardinality(String),
     uid String,
     first_day SimpleAggregateFunction(min, Date),
     last_day SimpleAggregateFunction(max, Date),
-    days AggregateFunction(groupBitmap, UInt32)
+    days AggregateFunction(groupBitmap, UInt32),
+    weeks AggregateFunction(groupBitmap, UInt32),
+    months AggregateFunction(groupBitmap, UInt32)
 )
 ENGINE = AggregatingMergeTree
 ORDER BY (kind, uid);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS uid_activity_mv TO uid_activity AS
-SELECT kind, uid, min(day) AS first_day, max(day) AS last_day, groupBitmapState(toUInt32(day)) AS days
+SELECT kind, uid, min(day) AS first_day, max(day) AS last_day, groupBitmapState(toUInt32(day)) AS days,
+       groupBitmapState(toUInt32(toMonday(day))) AS weeks, groupBitmapState(toUInt32(toStartOfMonth(day))) AS months
 FROM snapshots
 GROUP BY kind, uid;
 
 -- Rows already in snapshots when this migration runs (idempotent: re-running it changes nothing).
 INSERT INTO uid_activity
-SELECT kind, uid, min(day), max(day), groupBitmapState(toUInt32(day)) FROM snapshots GROUP BY kind, uid;
+SELECT kind, uid, min(day), max(day), groupBitmapState(toUInt32(day)), groupBitmapState(toUInt32(toMonday(day))),
+       groupBitmapState(toUInt32(toStartOfMonth(day)))
+FROM snapshots GROUP BY kind, uid;
 
 -- When the snapshots of each day last changed (the time an insert touching that day ran): what makes a day due.
 CREATE TABLE IF NOT EXISTS snapshot_changes
@@ -56,6 +62,59 @@ FROM snapshots
 GROUP BY day;
 
 INSERT INTO snapshot_changes SELECT DISTINCT day, now64(6, 'UTC') FROM snapshots;
+
+-- Lifecycle per day for one kind ('is' or 'cli') and gap G, over [first, last] (days with data only):
+-- lifecycle_daily(kind = 'is', gap = 7, first = '2025-01-01', last = '2025-01-31').
+--   active_1d / active_7d / active_30d: distinct UIDs seen on any day of [D, D], [D-6, D], [D-29, D]
+--   new: UIDs first seen on D; returning: seen on D, silent on [D-G, D-1], seen before D-G;
+--   churned: seen on D-G and silent on [D-G+1, D].
+-- Each UID contributes a few events from its days within [first - max(29, G), last]: where its runs of activity
+-- (days closer than k apart, for k = 1, 7, 30) start and end, its first day, its returns and its churns. Events
+-- are counted per day (sumMap over UIDs); the active counts are running sums of starts minus ends.
+CREATE VIEW IF NOT EXISTS lifecycle_daily AS
+WITH toUInt32({first:Date}) AS f, toUInt32({last:Date}) AS l, {gap:UInt32} AS g, greatest(toUInt32(29), g) AS w,
+     (SELECT groupArray(toUInt32(day)) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}) AS axis
+SELECT DATE '1970-01-01' + d AS day,
+       toUInt64(arraySum(arrayFilter((v, k) -> k <= d, s1.2, s1.1)) - arraySum(arrayFilter((v, k) -> k <= d, e1.2, e1.1))) AS active_1d,
+       toUInt64(arraySum(arrayFilter((v, k) -> k <= d, s7.2, s7.1)) - arraySum(arrayFilter((v, k) -> k <= d, e7.2, e7.1))) AS active_7d,
+       toUInt64(arraySum(arrayFilter((v, k) -> k <= d, s30.2, s30.1)) - arraySum(arrayFilter((v, k) -> k <= d, e30.2, e30.1))) AS active_30d,
+       toUInt64(arraySum(arrayFilter((v, k) -> k = d, n.2, n.1))) AS new,
+       toUInt64(arraySum(arrayFilter((v, k) -> k = d, r.2, r.1))) AS returning,
+       toUInt64(arraySum(arrayFilter((v, k) -> k = d, c.2, c.1))) AS churned
+FROM
+(
+    SELECT sumMap(starts1, arrayMap(x -> toInt64(1), starts1)) AS s1, sumMap(ends1, arrayMap(x -> toInt64(1), ends1)) AS e1,
+           sumMap(starts7, arrayMap(x -> toInt64(1), starts7)) AS s7, sumMap(ends7, arrayMap(x -> toInt64(1), ends7)) AS e7,
+           sumMap(starts30, arrayMap(x -> toInt64(1), starts30)) AS s30, sumMap(ends30, arrayMap(x -> toInt64(1), ends30)) AS e30,
+           sumMap(firsts, arrayMap(x -> toInt64(1), firsts)) AS n, sumMap(returns, arrayMap(x -> toInt64(1), returns)) AS r,
+           sumMap(churns, arrayMap(x -> toInt64(1), churns)) AS c
+    FROM
+    (
+        SELECT
+            arrayFilter((d, x) -> x > 1, ds, gap_before) AS starts1,
+            arrayMap(d -> d + 1, arrayFilter((d, x) -> x > 1, ds, gap_after)) AS ends1,
+            arrayFilter((d, x) -> x > 7, ds, gap_before) AS starts7,
+            arrayMap(d -> d + 7, arrayFilter((d, x) -> x > 7, ds, gap_after)) AS ends7,
+            arrayFilter((d, x) -> x > 30, ds, gap_before) AS starts30,
+            arrayMap(d -> d + 30, arrayFilter((d, x) -> x > 30, ds, gap_after)) AS ends30,
+            if(first_seen BETWEEN f AND l, [first_seen], []) AS firsts,
+            arrayFilter((d, x) -> x > g AND first_seen + g < d, ds, gap_before) AS returns,
+            arrayFilter(d -> d <= l, arrayMap(d -> d + g, arrayFilter((d, x) -> x > g, ds, gap_after))) AS churns
+        FROM
+        (
+            SELECT toUInt32(min(first_day)) AS first_seen,
+                   arraySort(bitmapToArray(bitmapSubsetInRange(groupBitmapMergeState(days), toUInt32(f - w), toUInt32(l + 1)))) AS ds,
+                   -- days since the UID's previous day in the window (none: a large number), and until its next one
+                   arrayPushFront(arrayPopFront(arrayDifference(ds)), toInt64(4294967295)) AS gap_before,
+                   arrayPushBack(arrayPopFront(arrayDifference(ds)), toInt64(4294967295)) AS gap_after
+            FROM uid_activity
+            WHERE kind = {kind:String}
+            GROUP BY uid
+            HAVING max(last_day) >= toDate(f - w) AND min(first_day) <= toDate(l)
+        )
+    )
+)
+ARRAY JOIN axis AS d;
 
 -- One row per day with data: the carried-forward fleet, its shape, regions, versions, CLI activity and data
 -- quality. Written only by analyst_daily_refresh; read through the views below.
@@ -97,7 +156,20 @@ CREATE TABLE IF NOT EXISTS analyst_daily
     cli_arch_active Map(LowCardinality(String), UInt64),
     cli_command_installs Map(String, UInt64),
     cli_command_executions Map(String, UInt64),
-    jumps Array(Tuple(uid String, metric LowCardinality(String), previous_day Date, previous UInt64, current UInt64))
+    behind_top Array(Tuple(uid String, version String, behind UInt32, end_devices UInt64, gateways UInt64)),
+    jumps Array(Tuple(uid String, metric LowCardinality(String), previous_day Date, previous UInt64, current UInt64)),
+    is_active_1d UInt64,
+    is_active_7d UInt64,
+    is_active_30d UInt64,
+    is_new UInt64,
+    is_returning UInt64,
+    is_churned UInt64,
+    cli_active_1d UInt64,
+    cli_active_7d UInt64,
+    cli_active_30d UInt64,
+    cli_new UInt64,
+    cli_returning UInt64,
+    cli_churned UInt64
 )
 ENGINE = ReplacingMergeTree(computed_at)
 ORDER BY day;
@@ -127,7 +199,7 @@ FROM
 );
 
 -- Everything analyst_daily holds, computed from snapshots FINAL for the given days (any look-backs, any jump
--- factor): analyst_compute(days = [...], lookback = 7, cli_lookback = 30, factor = 10). UIDs are grouped by their
+-- factor, any gap): analyst_compute(days = [...], lookback = 7, cli_lookback = 30, factor = 10, gap = 7). UIDs are grouped by their
 -- 128-bit SipHash (as ClickHouse's uniqExact does).
 CREATE VIEW IF NOT EXISTS analyst_compute AS
 WITH (SELECT groupArray((prefix, region)) FROM frequency_plan_regions) AS region_rules
@@ -151,7 +223,11 @@ SELECT
     c.cli_active_installs AS cli_active_installs, c.cli_versions_active AS cli_versions_active,
     c.cli_os_active AS cli_os_active, c.cli_arch_active AS cli_arch_active,
     c.cli_command_installs AS cli_command_installs, c.cli_command_executions AS cli_command_executions,
-    i.jumps AS jumps
+    i.behind_top AS behind_top, i.jumps AS jumps,
+    li.active_1d AS is_active_1d, li.active_7d AS is_active_7d, li.active_30d AS is_active_30d, li.new AS is_new,
+    li.returning AS is_returning, li.churned AS is_churned,
+    lc.active_1d AS cli_active_1d, lc.active_7d AS cli_active_7d, lc.active_30d AS cli_active_30d, lc.new AS cli_new,
+    lc.returning AS cli_returning, lc.churned AS cli_churned
 FROM
 (
     -- Identity Server deployments. Each snapshot of day d reaches the days d .. d + lookback; per (D, UID) the
@@ -179,11 +255,17 @@ FROM
         sumMapIf(map(if(ordinal = 0, 'unknown', concat(toString(intDiv(ordinal, 1000)), '.', toString(ordinal % 1000))), toUInt64(1)), carried) AS versions_carried,
         if(any(newest) > 0, concat(toString(intDiv(any(newest), 1000)), '.', toString(any(newest) % 1000)), '') AS newest_version,
         sumMapIf(map(toUInt32(greatest(toInt64(newest) - toInt64(ordinal), 0)), toUInt64(1)), carried AND ordinal > 0) AS versions_behind_carried,
+        -- the 25 largest (by end devices) of the deployments 3 or more minor versions behind
+        arraySlice(arraySort(x -> (-toInt64(x.4), x.1),
+                             groupArrayIf((uid, concat(toString(intDiv(ordinal, 1000)), '.', toString(ordinal % 1000)),
+                                           toUInt32(newest - ordinal), row_end_devices, gateways_effective),
+                                          carried AND ordinal > 0 AND toInt64(newest) - toInt64(ordinal) >= 3)), 1, 25) AS behind_top,
         arraySort(groupArrayArray(uid_jumps)) AS jumps
     FROM
     (
         SELECT
-            target AS day, carried, reported, default_uid, inconsistent, gateways, end_devices, active_end_devices,
+            target AS day, uid, carried, reported, default_uid, inconsistent, gateways, gateways_effective, end_devices,
+            end_devices AS row_end_devices, active_end_devices,
             active_last_day, active_last_week, active_last_month, applications, users_standard, users_admin, organizations,
             ordinal,
             maxIf(ordinal, carried AND NOT dev) OVER (PARTITION BY target) AS newest,
@@ -291,38 +373,65 @@ FULL OUTER JOIN
         GROUP BY target, s.key
     )
     GROUP BY day
-) AS c USING day;
-
--- Days whose analyst_daily row is missing or older than a change of the snapshots it depends on ([D - 29, D]).
-CREATE VIEW IF NOT EXISTS analyst_daily_pending AS
-SELECT c.day AS day, c.inputs_changed_at AS inputs_changed_at, a.computed_at AS computed_at
-FROM
+) AS c USING day
+LEFT JOIN
 (
-    SELECT day, max(changed_at) OVER (ORDER BY toUInt32(day) RANGE BETWEEN 29 PRECEDING AND CURRENT ROW) AS inputs_changed_at
-    FROM (SELECT day, max(changed_at) AS changed_at FROM snapshot_changes GROUP BY day)
-) AS c
-LEFT JOIN (SELECT day, max(computed_at) AS computed_at FROM analyst_daily GROUP BY day) AS a ON a.day = c.day
-WHERE c.inputs_changed_at > a.computed_at;
+    SELECT * FROM lifecycle_daily(kind = 'is', gap = {gap:UInt32}, first = arrayMin({days:Array(Date)}), last = arrayMax({days:Array(Date)}))
+) AS li USING day
+LEFT JOIN
+(
+    SELECT * FROM lifecycle_daily(kind = 'cli', gap = {gap:UInt32}, first = arrayMin({days:Array(Date)}), last = arrayMax({days:Array(Date)}))
+) AS lc USING day;
 
--- What the next refresh recomputes: the pending days, and days computed less than 10 s after their inputs last
--- changed (an insert still committing then may have been missed: look again). Days whose look-back reaches past
--- the snapshot TTL (clickhouse.snapshot_ttl_days) are left as they are: their snapshots are partly gone.
-CREATE VIEW IF NOT EXISTS analyst_daily_due AS
+-- Per day with data: when the snapshots it depends on ([D - 29, D]) last changed, when its analyst_daily row was
+-- computed, the UIDs first seen that day now and when it was computed (a UID whose older history arrives late
+-- changes `new` and `returning` of later days), and whether it can be recomputed: with a snapshot TTL
+-- (clickhouse.snapshot_ttl_days), a day whose look-back reaches past it keeps its row, as daily_rollup does.
+CREATE VIEW IF NOT EXISTS analyst_daily_state AS
 WITH (SELECT toUInt32OrZero(extract(engine_full, 'toIntervalDay\\((\\d+)\\)')) FROM system.tables
       WHERE database = currentDatabase() AND name = 'snapshots') AS ttl_days
-SELECT c.day AS day
+SELECT c.day AS day, c.inputs_changed_at AS inputs_changed_at, a.last_computed_at AS computed_at,
+       ttl_days = 0 OR c.day - 29 > today() - ttl_days AS recomputable,
+       (f.is_new, f.cli_new) != (a.is_new, a.cli_new) AS first_seen_changed
 FROM
 (
     SELECT day, max(changed_at) OVER (ORDER BY toUInt32(day) RANGE BETWEEN 29 PRECEDING AND CURRENT ROW) AS inputs_changed_at
     FROM (SELECT day, max(changed_at) AS changed_at FROM snapshot_changes GROUP BY day)
 ) AS c
-LEFT JOIN (SELECT day, max(computed_at) AS computed_at FROM analyst_daily GROUP BY day) AS a ON a.day = c.day
-WHERE c.inputs_changed_at > a.computed_at - INTERVAL 10 SECOND
-  AND (ttl_days = 0 OR c.day - 29 > today() - ttl_days);
+LEFT JOIN
+(
+    SELECT day, max(computed_at) AS last_computed_at, argMax(is_new, computed_at) AS is_new,
+           argMax(cli_new, computed_at) AS cli_new
+    FROM analyst_daily GROUP BY day
+) AS a ON a.day = c.day
+LEFT JOIN
+(
+    SELECT day, countIf(kind = 'is') AS is_new, countIf(kind = 'cli') AS cli_new
+    FROM (SELECT kind, min(first_day) AS day FROM uid_activity GROUP BY kind, uid)
+    GROUP BY day
+) AS f ON f.day = c.day;
+
+-- Days whose analyst_daily row is missing or out of date: a change of their snapshots since it was computed, or
+-- a day on or after the first one whose first-seen UIDs changed.
+CREATE VIEW IF NOT EXISTS analyst_daily_pending AS
+SELECT day, inputs_changed_at, computed_at
+FROM analyst_daily_state
+WHERE recomputable
+  AND (inputs_changed_at > computed_at
+       OR day >= (SELECT minOrNull(day) FROM analyst_daily_state WHERE recomputable AND first_seen_changed));
+
+-- What the next refresh recomputes: the pending days, and days computed less than 10 s after their inputs last
+-- changed (an insert still committing then may have been missed: look again).
+CREATE VIEW IF NOT EXISTS analyst_daily_due AS
+SELECT day
+FROM analyst_daily_state
+WHERE recomputable
+  AND (inputs_changed_at > computed_at - INTERVAL 10 SECOND
+       OR day >= (SELECT minOrNull(day) FROM analyst_daily_state WHERE recomputable AND first_seen_changed));
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS analyst_daily_refresh
 REFRESH EVERY 10 SECOND APPEND TO analyst_daily AS
-SELECT * FROM analyst_compute(days = (SELECT groupArray(day) FROM analyst_daily_due), lookback = 7, cli_lookback = 30, factor = 10);
+SELECT * FROM analyst_compute(days = (SELECT groupArray(day) FROM analyst_daily_due), lookback = 7, cli_lookback = 30, factor = 10, gap = 7);
 
 -- ---------------------------------------------------------------------------------------------------------------
 -- Views for analysts (docs/analysts.md). The named views use the defaults; the parameterized ones take others.
@@ -342,7 +451,7 @@ SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices
        active_last_month, applications, users_standard, users_admin, organizations, default_uid_deployments,
        inconsistent_deployments
 FROM analyst_compute(days = (SELECT groupArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}),
-                     lookback = {lookback:UInt32}, cli_lookback = 30, factor = 10);
+                     lookback = {lookback:UInt32}, cli_lookback = 30, factor = 10, gap = 7);
 
 -- Deployments per size bucket: by gateways (gateways.total, or the sum of the plan counts when the sender leaves
 -- the total at 0) and by end devices. bucket_min is the bucket's lower bound: 0, 1, 10, 100, 1000, 10000.
@@ -412,6 +521,12 @@ SELECT day, newest_version, behind, versions_behind_carried[behind] AS deploymen
 FROM analyst_daily FINAL
 ARRAY JOIN mapKeys(versions_behind_carried) AS behind;
 
+-- Per day: the 25 largest (by end devices) carried-forward deployments 3 or more minor versions behind.
+CREATE VIEW IF NOT EXISTS deployments_behind_daily AS
+SELECT day, d.1 AS uid, d.2 AS version, d.3 AS behind, d.4 AS end_devices, d.5 AS gateways
+FROM analyst_daily FINAL
+ARRAY JOIN behind_top AS d;
+
 -- The deployments of one day's carried-forward fleet that are at least min_behind minor versions behind:
 -- deployments_behind(day = '2025-01-31', min_behind = 3).
 CREATE VIEW IF NOT EXISTS deployments_behind AS
@@ -471,7 +586,7 @@ CREATE VIEW IF NOT EXISTS sender_jumps AS
 SELECT day, j.1 AS uid, j.2 AS metric, j.3 AS previous_day, j.4 AS previous, j.5 AS current,
        round(greatest(j.4, j.5) / greatest(least(j.4, j.5), 1), 2) AS factor
 FROM analyst_compute(days = (SELECT groupArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}),
-                     lookback = 7, cli_lookback = 30, factor = {factor:UInt32})
+                     lookback = 7, cli_lookback = 30, factor = {factor:UInt32}, gap = 7)
 ARRAY JOIN jumps AS j;
 
 -- Per UID: first and last day seen and the number of days seen.
@@ -480,74 +595,16 @@ SELECT kind, uid, min(first_day) AS first_seen, max(last_day) AS last_seen, grou
 FROM uid_activity
 GROUP BY kind, uid;
 
--- Lifecycle per day for one kind ('is' or 'cli') and gap G, over [first, last] (days with data only):
--- lifecycle_daily(kind = 'is', gap = 7, first = '2025-01-01', last = '2025-01-31').
---   active_1d / active_7d / active_30d: distinct UIDs seen on any day of [D, D], [D-6, D], [D-29, D]
---   new: UIDs first seen on D; returning: seen on D, silent on [D-G, D-1], seen before D-G;
---   churned: seen on D-G and silent on [D-G+1, D].
--- Each UID contributes a few events (the starts and ends of its runs of activity, its first day, its returns and
--- its churns) from its days within [first - max(29, G), last]; active counts are running sums of them.
-CREATE VIEW IF NOT EXISTS lifecycle_daily AS
-WITH toUInt32({first:Date}) AS f, toUInt32({last:Date}) AS l, {gap:UInt32} AS g, greatest(toUInt32(29), g) AS w
-SELECT day, toUInt64(active_1d) AS active_1d, toUInt64(active_7d) AS active_7d, toUInt64(active_30d) AS active_30d,
-       toUInt64(new) AS new, toUInt64(returning) AS returning, toUInt64(churned) AS churned
-FROM
-(
-    SELECT DATE '1970-01-01' + d AS day,
-           sum(a1) OVER (ORDER BY d) AS active_1d, sum(a7) OVER (ORDER BY d) AS active_7d,
-           sum(a30) OVER (ORDER BY d) AS active_30d, n AS new, r AS returning, c AS churned
-    FROM
-    (
-        SELECT d, sum(a1) AS a1, sum(a7) AS a7, sum(a30) AS a30, sum(n) AS n, sum(r) AS r, sum(c) AS c
-        FROM
-        (
-            SELECT arrayJoin(range(toUInt32(f - w), toUInt32(l + 1))) AS d, toInt64(0) AS a1, toInt64(0) AS a7, toInt64(0) AS a30,
-                   toInt64(0) AS n, toInt64(0) AS r, toInt64(0) AS c
-            UNION ALL
-            SELECT toUInt32(e.1) AS d, if(e.2 = 1, e.3, 0) AS a1, if(e.2 = 7, e.3, 0) AS a7, if(e.2 = 30, e.3, 0) AS a30,
-                   toInt64(e.2 = 100) AS n, toInt64(e.2 = 101) AS r, toInt64(e.2 = 102) AS c
-            FROM
-            (
-                SELECT arrayConcat(
-                           arrayMap(i -> (ds[i], 1, toInt64(1)), arrayFilter(i -> gb[i] > 1, idx)),
-                           arrayMap(i -> (ds[i] + 1, 1, toInt64(-1)), arrayFilter(i -> ga[i] > 1, idx)),
-                           arrayMap(i -> (ds[i], 7, toInt64(1)), arrayFilter(i -> gb[i] > 7, idx)),
-                           arrayMap(i -> (ds[i] + 7, 7, toInt64(-1)), arrayFilter(i -> ga[i] > 7, idx)),
-                           arrayMap(i -> (ds[i], 30, toInt64(1)), arrayFilter(i -> gb[i] > 30, idx)),
-                           arrayMap(i -> (ds[i] + 30, 30, toInt64(-1)), arrayFilter(i -> ga[i] > 30, idx)),
-                           if(first_seen BETWEEN f AND l, [(first_seen, 100, toInt64(1))], []),
-                           arrayMap(i -> (ds[i], 101, toInt64(1)), arrayFilter(i -> gb[i] > g AND first_seen + g < ds[i], idx)),
-                           arrayMap(i -> (ds[i] + g, 102, toInt64(1)), arrayFilter(i -> ga[i] > g, idx))
-                       ) AS events
-                FROM
-                (
-                    SELECT toUInt32(min(first_day)) AS first_seen,
-                           arraySort(bitmapToArray(bitmapSubsetInRange(groupBitmapMergeState(days), toUInt32(f - w), toUInt32(l + 1)))) AS ds,
-                           arrayEnumerate(ds) AS idx,
-                           arrayMap(i -> if(i = 1, toUInt32(4294967295), ds[i] - ds[i - 1]), idx) AS gb,
-                           arrayMap(i -> if(i = length(ds), toUInt32(4294967295), ds[i + 1] - ds[i]), idx) AS ga
-                    FROM uid_activity
-                    WHERE kind = {kind:String}
-                    GROUP BY uid
-                    HAVING max(last_day) >= toDate(f - w) AND min(first_day) <= toDate(l)
-                )
-            )
-            ARRAY JOIN events AS e
-            WHERE e.1 <= l
-        )
-        GROUP BY d
-    )
-)
-WHERE day BETWEEN {first:Date} AND {last:Date}
-  AND day IN (SELECT day FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date});
-
+-- The lifecycle with the defaults (G = 7), per day with data: refreshed with analyst_daily.
 CREATE VIEW IF NOT EXISTS deployment_lifecycle_daily AS
-SELECT * FROM lifecycle_daily(kind = 'is', gap = 7, first = (SELECT min(day) FROM snapshot_changes),
-                              last = (SELECT max(day) FROM snapshot_changes));
+SELECT day, is_active_1d AS active_1d, is_active_7d AS active_7d, is_active_30d AS active_30d, is_new AS new,
+       is_returning AS returning, is_churned AS churned
+FROM analyst_daily FINAL;
 
 CREATE VIEW IF NOT EXISTS cli_lifecycle_daily AS
-SELECT * FROM lifecycle_daily(kind = 'cli', gap = 7, first = (SELECT min(day) FROM snapshot_changes),
-                              last = (SELECT max(day) FROM snapshot_changes));
+SELECT day, cli_active_1d AS active_1d, cli_active_7d AS active_7d, cli_active_30d AS active_30d, cli_new AS new,
+       cli_returning AS returning, cli_churned AS churned
+FROM analyst_daily FINAL;
 
 -- Retention by first-seen cohort: of the UIDs first seen in a week (Monday) or month, how many were seen again
 -- N weeks or months later (any day of that week or month).
@@ -560,7 +617,7 @@ FROM
     FROM
     (
         SELECT kind, toMonday(min(first_day)) AS cohort,
-               arrayDistinct(arrayMap(x -> toMonday(DATE '1970-01-01' + x), bitmapToArray(groupBitmapMergeState(days)))) AS weeks
+               arrayMap(x -> DATE '1970-01-01' + x, bitmapToArray(groupBitmapMergeState(weeks))) AS weeks
         FROM uid_activity
         GROUP BY kind, uid
     )
@@ -577,7 +634,7 @@ FROM
     FROM
     (
         SELECT kind, toStartOfMonth(min(first_day)) AS cohort,
-               arrayDistinct(arrayMap(x -> toStartOfMonth(DATE '1970-01-01' + x), bitmapToArray(groupBitmapMergeState(days)))) AS months
+               arrayMap(x -> DATE '1970-01-01' + x, bitmapToArray(groupBitmapMergeState(months))) AS months
         FROM uid_activity
         GROUP BY kind, uid
     )
