@@ -81,11 +81,12 @@ WHERE cityHash64(n, {index:UInt32}, 23) % 100 < 5 + cityHash64(n, 24) % 60
 """
 
 
-def fill(store: ClickHouseStore, deployments: int, cli_installs: int, days: int, end: date) -> None:
-    """Write `days` days ending `end`: one INSERT per day and kind, oldest first."""
-    for index in range(days):
-        day = end - timedelta(days=days - 1 - index)
-        params = {"day": day, "index": index, "deployments": deployments, "installs": cli_installs}
+def fill(store: ClickHouseStore, deployments: int, cli_installs: int, days: int, end: date, first_index: int = 0) -> None:
+    """Write `days` days ending `end`: one INSERT per day and kind, oldest first. `first_index` is the first day's
+    number in the fleet's life (its onboarding, churn and upgrades go by it): continue a fill with its day count."""
+    for i in range(days):
+        day = end - timedelta(days=days - 1 - i)
+        params = {"day": day, "index": first_index + i, "deployments": deployments, "installs": cli_installs}
         store.client.command(IS_DAY_SQL, parameters=params)
         if cli_installs:
             store.client.command(CLI_DAY_SQL, parameters=params)

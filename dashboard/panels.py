@@ -361,3 +361,10 @@ def routes(settings: Settings, sessions: AnalystSessions) -> list[BaseRoute]:
     out += [Route(f"/api/{name}", endpoint(name), methods=["GET", "HEAD"]) for name in PANELS]
     out.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     return out
+
+
+# The fleet over time (carried-forward fleet, lifecycle, shape, regions, versions, CLI, data quality): its panels
+# live in dashboard/analyst_panels.py, which uses this module's helpers, hence the import at the end.
+from dashboard import analyst_panels  # noqa: E402
+
+PANELS.update(analyst_panels.PANELS)

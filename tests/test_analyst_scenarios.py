@@ -230,3 +230,22 @@ def test_a_replay_older_than_the_snapshot_ttl_keeps_the_analyst_rows(tmp_path: P
         s.client.command("SYSTEM WAIT VIEW analyst_daily_refresh")
         assert s.query("SELECT * FROM fleet_daily_carried ORDER BY day")[1] == before
         assert s.query("SELECT * FROM deployment_lifecycle_daily ORDER BY day")[1] == lifecycle
+
+
+def test_older_history_written_late_moves_new_and_returning(store: ClickHouseStore) -> None:
+    """A UID's first days arrive after its later ones, 40 days apart (a backfill of old data): the days they
+    change are out of every look-back, so only the first-seen check makes them due."""
+    a, b = uid("a"), uid("b")
+    later = [send(a, d, is_body(a)) for d in range(41, 46)] + [send(b, d, is_body(b)) for d in range(1, 46)]
+    write(store, later)
+    assert by_day(store, "SELECT day, new FROM deployment_lifecycle_daily")[41]["new"] == 1
+    earlier = [send(a, d, is_body(a)) for d in range(1, 4)]
+    consume(store, [to_records(earlier)])
+    pending = {(d - D1).days + 1 for (d,) in store.query("SELECT day FROM analyst_daily_pending")[1]}
+    assert pending >= {1, 2, 3, 41}
+    refresh(store)
+    rows = by_day(store, "SELECT * FROM deployment_lifecycle_daily")
+    assert (rows[1]["new"], rows[41]["new"], rows[41]["returning"], rows[10]["churned"]) == (2, 0, 1, 1)
+    truth = fleet_truth.lifecycle(fleet_truth.Snapshots.of(later + earlier), "is")
+    assert [tuple(r.values()) for r in sorted(truth, key=lambda r: r["day"])] == \
+           [(d.isoformat(), *v) for d, *v in store.query("SELECT * FROM deployment_lifecycle_daily ORDER BY day")[1]]

@@ -35,11 +35,15 @@ NAMED_VIEWS = [
 
 
 def refresh(store: ClickHouseStore, attempts: int = 5) -> None:
-    """Run the analyst refresh now (as its 5 s schedule would) until no day is pending."""
+    """Run the analyst refreshes now (as their 10 s schedule would) until no day is pending."""
     for _ in range(attempts):
-        store.client.command("SYSTEM REFRESH VIEW analyst_daily_refresh")
-        store.client.command("SYSTEM WAIT VIEW analyst_daily_refresh")
-        if not store.query("SELECT day FROM analyst_daily_pending")[1]:
+        for view in ("analyst_daily_refresh", "retention_refresh"):
+            store.client.command(f"SYSTEM REFRESH VIEW {view}")
+            store.client.command(f"SYSTEM WAIT VIEW {view}")
+        pending = store.query("SELECT day FROM analyst_daily_pending")[1]
+        retention = store.query("SELECT (SELECT sum(changes) FROM snapshot_changes) > "
+                                "(SELECT max(inputs_seen) FROM retention_cohorts)")[1][0][0]
+        if not pending and not retention:
             return
     raise AssertionError(f"analyst days still pending: {store.query('SELECT * FROM analyst_daily_pending')[1]}")
 

@@ -47,21 +47,26 @@ SELECT kind, uid, min(day), max(day), groupBitmapState(toUInt32(day)), groupBitm
        groupBitmapState(toUInt32(toStartOfMonth(day)))
 FROM snapshots GROUP BY kind, uid;
 
--- When the snapshots of each day last changed (the time an insert touching that day ran): what makes a day due.
+-- How often, and when last, the snapshots of each day changed: one count per insert touching the day. Fed from the
+-- inserts into uid_activity (a chain: snapshots -> uid_activity -> snapshot_changes), so a change counted here is
+-- visible only once the snapshots and uid_activity rows behind it are. The refresh records the counts it saw: a
+-- count it did not see makes the day due again (analyst_daily_pending). Counts only grow (replays too).
 CREATE TABLE IF NOT EXISTS snapshot_changes
 (
     day Date,
+    changes SimpleAggregateFunction(sum, UInt64),
     changed_at SimpleAggregateFunction(max, DateTime64(6, 'UTC'))
 )
 ENGINE = AggregatingMergeTree
 ORDER BY day;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS snapshot_changes_mv TO snapshot_changes AS
-SELECT day, max(now64(6, 'UTC')) AS changed_at
-FROM snapshots
-GROUP BY day;
+SELECT DATE '1970-01-01' + d AS day, toUInt64(1) AS changes, max(now64(6, 'UTC')) AS changed_at
+FROM uid_activity
+ARRAY JOIN bitmapToArray(days) AS d
+GROUP BY d;
 
-INSERT INTO snapshot_changes SELECT DISTINCT day, now64(6, 'UTC') FROM snapshots;
+INSERT INTO snapshot_changes SELECT day, toUInt64(1), now64(6, 'UTC') FROM snapshots GROUP BY day
 
 -- Lifecycle per day for one kind ('is' or 'cli') and gap G, over [first, last] (days with data only):
 -- lifecycle_daily(kind = 'is', gap = 7, first = '2025-01-01', last = '2025-01-31').
@@ -73,7 +78,7 @@ INSERT INTO snapshot_changes SELECT DISTINCT day, now64(6, 'UTC') FROM snapshots
 -- are counted per day (sumMap over UIDs); the active counts are running sums of starts minus ends.
 CREATE VIEW IF NOT EXISTS lifecycle_daily AS
 WITH toUInt32({first:Date}) AS f, toUInt32({last:Date}) AS l, {gap:UInt32} AS g, greatest(toUInt32(29), g) AS w,
-     (SELECT groupArray(toUInt32(day)) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}) AS axis
+     (SELECT groupUniqArray(toUInt32(day)) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}) AS axis
 SELECT DATE '1970-01-01' + d AS day,
        toUInt64(arraySum(arrayFilter((v, k) -> k <= d, s1.2, s1.1)) - arraySum(arrayFilter((v, k) -> k <= d, e1.2, e1.1))) AS active_1d,
        toUInt64(arraySum(arrayFilter((v, k) -> k <= d, s7.2, s7.1)) - arraySum(arrayFilter((v, k) -> k <= d, e7.2, e7.1))) AS active_7d,
@@ -122,6 +127,7 @@ CREATE TABLE IF NOT EXISTS analyst_daily
 (
     day Date,
     computed_at DateTime64(6, 'UTC'),
+    inputs_seen UInt64,
     deployments UInt64,
     cli_installs UInt64,
     gateways UInt64,
@@ -199,13 +205,15 @@ FROM
 );
 
 -- Everything analyst_daily holds, computed from snapshots FINAL for the given days (any look-backs, any jump
--- factor, any gap): analyst_compute(days = [...], lookback = 7, cli_lookback = 30, factor = 10, gap = 7). UIDs are grouped by their
+-- factor, any gap): analyst_compute(days = [...], seen = [], lookback = 7, cli_lookback = 30, factor = 10, gap = 7).
+-- `seen`: per day, the change count the caller read before (stored as inputs_seen). UIDs are grouped by their
 -- 128-bit SipHash (as ClickHouse's uniqExact does).
 CREATE VIEW IF NOT EXISTS analyst_compute AS
 WITH (SELECT groupArray((prefix, region)) FROM frequency_plan_regions) AS region_rules
 SELECT
     day,
     now64(6, 'UTC') AS computed_at,
+    {seen:Array(UInt64)}[indexOf({days:Array(Date)}, day)] AS inputs_seen,
     i.deployments AS deployments, c.cli_installs AS cli_installs,
     i.gateways AS gateways, i.end_devices AS end_devices, i.active_end_devices AS active_end_devices,
     i.active_last_day AS active_last_day, i.active_last_week AS active_last_week, i.active_last_month AS active_last_month,
@@ -383,25 +391,25 @@ LEFT JOIN
     SELECT * FROM lifecycle_daily(kind = 'cli', gap = {gap:UInt32}, first = arrayMin({days:Array(Date)}), last = arrayMax({days:Array(Date)}))
 ) AS lc USING day;
 
--- Per day with data: when the snapshots it depends on ([D - 29, D]) last changed, when its analyst_daily row was
--- computed, the UIDs first seen that day now and when it was computed (a UID whose older history arrives late
--- changes `new` and `returning` of later days), and whether it can be recomputed: with a snapshot TTL
+-- Per day with data: the changes of the snapshots it depends on ([D - 29, D]) now and when its analyst_daily row
+-- was computed, the UIDs first seen that day now and then (a UID whose older history arrives late changes `new`
+-- and `returning` of later days), and whether it can be recomputed: with a snapshot TTL
 -- (clickhouse.snapshot_ttl_days), a day whose look-back reaches past it keeps its row, as daily_rollup does.
 CREATE VIEW IF NOT EXISTS analyst_daily_state AS
 WITH (SELECT toUInt32OrZero(extract(engine_full, 'toIntervalDay\\((\\d+)\\)')) FROM system.tables
       WHERE database = currentDatabase() AND name = 'snapshots') AS ttl_days
-SELECT c.day AS day, c.inputs_changed_at AS inputs_changed_at, a.last_computed_at AS computed_at,
+SELECT c.day AS day, c.inputs AS inputs, a.inputs_seen AS inputs_seen, a.last_computed_at AS computed_at,
        ttl_days = 0 OR c.day - 29 > today() - ttl_days AS recomputable,
        (f.is_new, f.cli_new) != (a.is_new, a.cli_new) AS first_seen_changed
 FROM
 (
-    SELECT day, max(changed_at) OVER (ORDER BY toUInt32(day) RANGE BETWEEN 29 PRECEDING AND CURRENT ROW) AS inputs_changed_at
-    FROM (SELECT day, max(changed_at) AS changed_at FROM snapshot_changes GROUP BY day)
+    SELECT day, sum(changes) OVER (ORDER BY toUInt32(day) RANGE BETWEEN 29 PRECEDING AND CURRENT ROW) AS inputs
+    FROM (SELECT day, sum(changes) AS changes FROM snapshot_changes GROUP BY day)
 ) AS c
 LEFT JOIN
 (
-    SELECT day, max(computed_at) AS last_computed_at, argMax(is_new, computed_at) AS is_new,
-           argMax(cli_new, computed_at) AS cli_new
+    SELECT day, max(computed_at) AS last_computed_at, argMax(inputs_seen, computed_at) AS inputs_seen,
+           argMax(is_new, computed_at) AS is_new, argMax(cli_new, computed_at) AS cli_new
     FROM analyst_daily GROUP BY day
 ) AS a ON a.day = c.day
 LEFT JOIN
@@ -411,27 +419,19 @@ LEFT JOIN
     GROUP BY day
 ) AS f ON f.day = c.day;
 
--- Days whose analyst_daily row is missing or out of date: a change of their snapshots since it was computed, or
--- a day on or after the first one whose first-seen UIDs changed.
+-- Days whose analyst_daily row is missing or out of date (what the next refresh recomputes): changes of their
+-- snapshots it has not seen, or a day on or after the first one whose first-seen UIDs changed.
 CREATE VIEW IF NOT EXISTS analyst_daily_pending AS
-SELECT day, inputs_changed_at, computed_at
+SELECT day, inputs, inputs_seen
 FROM analyst_daily_state
 WHERE recomputable
-  AND (inputs_changed_at > computed_at
-       OR day >= (SELECT minOrNull(day) FROM analyst_daily_state WHERE recomputable AND first_seen_changed));
-
--- What the next refresh recomputes: the pending days, and days computed less than 10 s after their inputs last
--- changed (an insert still committing then may have been missed: look again).
-CREATE VIEW IF NOT EXISTS analyst_daily_due AS
-SELECT day
-FROM analyst_daily_state
-WHERE recomputable
-  AND (inputs_changed_at > computed_at - INTERVAL 10 SECOND
+  AND (inputs > inputs_seen
        OR day >= (SELECT minOrNull(day) FROM analyst_daily_state WHERE recomputable AND first_seen_changed));
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS analyst_daily_refresh
 REFRESH EVERY 10 SECOND APPEND TO analyst_daily AS
-SELECT * FROM analyst_compute(days = (SELECT groupArray(day) FROM analyst_daily_due), lookback = 7, cli_lookback = 30, factor = 10, gap = 7);
+WITH (SELECT groupArray((day, inputs)) FROM analyst_daily_pending) AS due
+SELECT * FROM analyst_compute(days = due.1, seen = due.2, lookback = 7, cli_lookback = 30, factor = 10, gap = 7);
 
 -- ---------------------------------------------------------------------------------------------------------------
 -- Views for analysts (docs/analysts.md). The named views use the defaults; the parameterized ones take others.
@@ -450,7 +450,7 @@ CREATE VIEW IF NOT EXISTS fleet_daily_carried_lookback AS
 SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, active_last_week,
        active_last_month, applications, users_standard, users_admin, organizations, default_uid_deployments,
        inconsistent_deployments
-FROM analyst_compute(days = (SELECT groupArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}),
+FROM analyst_compute(days = (SELECT groupUniqArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}), seen = [],
                      lookback = {lookback:UInt32}, cli_lookback = 30, factor = 10, gap = 7);
 
 -- Deployments per size bucket: by gateways (gateways.total, or the sum of the plan counts when the sender leaves
@@ -585,7 +585,7 @@ ARRAY JOIN jumps AS j;
 CREATE VIEW IF NOT EXISTS sender_jumps AS
 SELECT day, j.1 AS uid, j.2 AS metric, j.3 AS previous_day, j.4 AS previous, j.5 AS current,
        round(greatest(j.4, j.5) / greatest(least(j.4, j.5), 1), 2) AS factor
-FROM analyst_compute(days = (SELECT groupArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}),
+FROM analyst_compute(days = (SELECT groupUniqArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}), seen = [],
                      lookback = 7, cli_lookback = 30, factor = {factor:UInt32}, gap = 7)
 ARRAY JOIN jumps AS j;
 
@@ -606,23 +606,47 @@ SELECT day, cli_active_1d AS active_1d, cli_active_7d AS active_7d, cli_active_3
        cli_returning AS returning, cli_churned AS churned
 FROM analyst_daily FINAL;
 
--- Retention by first-seen cohort: of the UIDs first seen in a week (Monday) or month, how many were seen again
--- N weeks or months later (any day of that week or month).
+-- Retention by first-seen cohort: of the UIDs first seen in a week (its Monday) or month (its first day), how many
+-- were seen again N weeks or months later (on any day of that week or month). Recomputed whole from uid_activity
+-- by retention_refresh whenever snapshots changed (the total change count it saw is kept): the newest wins.
+CREATE TABLE IF NOT EXISTS retention_cohorts
+(
+    computed_at DateTime64(6, 'UTC'),
+    inputs_seen UInt64,
+    weekly Array(Tuple(kind String, cohort Date, periods_since UInt32, active UInt64)),
+    monthly Array(Tuple(kind String, cohort Date, periods_since UInt32, active UInt64))
+)
+ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY tuple();
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS retention_refresh
+REFRESH EVERY 10 SECOND APPEND TO retention_cohorts AS
+WITH (SELECT sum(changes) FROM snapshot_changes) AS inputs
+SELECT now64(6, 'UTC') AS computed_at, inputs AS inputs_seen,
+       (SELECT groupArray((kind, cohort, periods_since, active))
+        FROM (SELECT kind, cohort, toUInt32(intDiv(week - cohort, 7)) AS periods_since, count() AS active
+              FROM (SELECT kind, toMonday(min(first_day)) AS cohort,
+                           arrayMap(x -> DATE '1970-01-01' + x, bitmapToArray(groupBitmapMergeState(weeks))) AS weeks
+                    FROM uid_activity GROUP BY kind, uid)
+              ARRAY JOIN weeks AS week
+              GROUP BY kind, cohort, periods_since)) AS weekly,
+       (SELECT groupArray((kind, cohort, periods_since, active))
+        FROM (SELECT kind, cohort, toUInt32(dateDiff('month', cohort, month)) AS periods_since, count() AS active
+              FROM (SELECT kind, toStartOfMonth(min(first_day)) AS cohort,
+                           arrayMap(x -> DATE '1970-01-01' + x, bitmapToArray(groupBitmapMergeState(months))) AS months
+                    FROM uid_activity GROUP BY kind, uid)
+              ARRAY JOIN months AS month
+              GROUP BY kind, cohort, periods_since)) AS monthly
+WHERE inputs > (SELECT max(inputs_seen) FROM retention_cohorts);
+
 CREATE VIEW IF NOT EXISTS retention_weekly AS
 SELECT kind, cohort, weeks_since, max(active) OVER (PARTITION BY kind, cohort) AS cohort_size, active,
        round(active / cohort_size, 6) AS retention
 FROM
 (
-    SELECT kind, cohort, toUInt32(intDiv(week - cohort, 7)) AS weeks_since, count() AS active
-    FROM
-    (
-        SELECT kind, toMonday(min(first_day)) AS cohort,
-               arrayMap(x -> DATE '1970-01-01' + x, bitmapToArray(groupBitmapMergeState(weeks))) AS weeks
-        FROM uid_activity
-        GROUP BY kind, uid
-    )
-    ARRAY JOIN weeks AS week
-    GROUP BY kind, cohort, weeks_since
+    SELECT r.1 AS kind, r.2 AS cohort, r.3 AS weeks_since, r.4 AS active
+    FROM (SELECT weekly FROM retention_cohorts FINAL)
+    ARRAY JOIN weekly AS r
 );
 
 CREATE VIEW IF NOT EXISTS retention_monthly AS
@@ -630,14 +654,7 @@ SELECT kind, cohort, months_since, max(active) OVER (PARTITION BY kind, cohort) 
        round(active / cohort_size, 6) AS retention
 FROM
 (
-    SELECT kind, cohort, toUInt32(dateDiff('month', cohort, month)) AS months_since, count() AS active
-    FROM
-    (
-        SELECT kind, toStartOfMonth(min(first_day)) AS cohort,
-               arrayMap(x -> DATE '1970-01-01' + x, bitmapToArray(groupBitmapMergeState(months))) AS months
-        FROM uid_activity
-        GROUP BY kind, uid
-    )
-    ARRAY JOIN months AS month
-    GROUP BY kind, cohort, months_since
+    SELECT r.1 AS kind, r.2 AS cohort, r.3 AS months_since, r.4 AS active
+    FROM (SELECT monthly FROM retention_cohorts FINAL)
+    ARRAY JOIN monthly AS r
 );

@@ -1,0 +1,143 @@
+"""Analyst views and dashboard panels on a large fleet: each panel must answer in under 200 ms.
+
+    python -m bench.bench_analyst [--deployments 100000] [--cli-installs 20000] [--days 30] [--repeats 7]
+
+Writes a synthetic fleet (bench/analyst_data.py: N deployments and M CLI installs over D days, shaped like the
+simulator's fleet) straight into `snapshots` of an embedded chDB in a temporary directory, one INSERT per day
+and kind, as the sink's inserts (the materialized views run on each). Then:
+
+1. the analyst refresh of all D days (the refreshable view's query, `SYSTEM REFRESH VIEW`, timed), and of one
+   day after one more day of data is written (what the 10 s schedule costs in live operation);
+2. every dashboard panel through `dashboard.panels.run_panel` (the API's own code path, SQL and Python), for
+   the default range (the last 30 days), `--repeats` times each after one warm-up: median and worst;
+3. the named analyst views read whole, and the parameterized ones (computed on the fly) once, for reference.
+
+The refresh's own schedule is stopped while panels are timed, so they are measured against a quiet store.
+Prints the figures and the load average; `main()` returns them as a dict. The panels' target: every median and
+every worst case under 200 ms (`panels_met`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.analyst_data import fill
+from dashboard.panels import PANELS, run_panel
+from sinks.clickhouse import ClickHouseStore
+
+TARGET_MS = 200.0
+END = date(2025, 6, 30)
+VIEWS = [
+    "fleet_daily_carried", "deployment_lifecycle_daily", "cli_lifecycle_daily", "retention_weekly", "retention_monthly",
+    "fleet_size_daily", "regions_daily", "version_adoption_daily", "version_adoption_speed", "versions_behind_daily",
+    "deployments_behind_daily", "cli_installs_active_daily", "cli_command_usage_daily", "data_quality_daily",
+    "sender_jumps_daily",
+]
+
+
+def refresh(store: ClickHouseStore) -> float:
+    """Seconds of one refresh run now (what the 10 s schedule runs), waited for."""
+    started = time.perf_counter()
+    store.client.command("SYSTEM REFRESH VIEW analyst_daily_refresh")
+    store.client.command("SYSTEM WAIT VIEW analyst_daily_refresh")
+    return time.perf_counter() - started
+
+
+def timed(fn: Any, repeats: int) -> tuple[float, float]:
+    """(median, worst) milliseconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), max(times)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_analyst", description=__doc__.splitlines()[0])
+    ap.add_argument("--deployments", type=int, default=100_000)
+    ap.add_argument("--cli-installs", type=int, default=20_000)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-analyst-"))
+    store = ClickHouseStore(f"chdb://{tmp / 'chdb'}").open()
+    out: dict[str, Any] = {"deployments": args.deployments, "cli_installs": args.cli_installs, "days": args.days}
+    try:
+        store.client.command("SYSTEM STOP VIEW analyst_daily_refresh")  # we run it ourselves, timed
+        started = time.perf_counter()
+        fill(store, args.deployments, args.cli_installs, args.days, END - timedelta(days=1))
+        out["fill_s"] = round(time.perf_counter() - started, 1)
+        (rows, days), = store.query("SELECT count(), uniqExact(day) FROM snapshots")[1]
+        out["snapshot_rows"] = rows
+        print(f"filled {rows:,} snapshot rows over {days} days in {out['fill_s']} s "
+              f"({args.deployments:,} deployments, {args.cli_installs:,} CLI installs)", flush=True)
+
+        store.client.command("SYSTEM START VIEW analyst_daily_refresh")
+        out["refresh_all_days_s"] = round(refresh(store), 2)
+        fill(store, args.deployments, args.cli_installs, 1, END, first_index=args.days)  # one more day: the live one
+        time.sleep(11)  # past the refresh's 10 s second look at the days before
+        out["refresh_one_day_s"] = round(refresh(store), 2)
+        store.client.command("SYSTEM STOP VIEW analyst_daily_refresh")
+        pending = store.query("SELECT count() FROM analyst_daily_pending")[1][0][0]
+        assert pending == 0, f"{pending} analyst days still pending"
+        (n_days,), = store.query("SELECT count() FROM fleet_daily_carried")[1]
+        assert n_days == args.days + 1, n_days
+        print(f"analyst refresh: {args.days} days {out['refresh_all_days_s']} s, then one more day "
+              f"{out['refresh_one_day_s']} s", flush=True)
+
+        today = END + timedelta(days=1)
+        panels: dict[str, dict[str, float]] = {}
+        print(f"\npanels (default range: the 30 days to {END}), {args.repeats} runs each after a warm-up")
+        for name in PANELS:
+            median, worst = timed(lambda: run_panel(store, name, {}, today), args.repeats)
+            panels[name] = {"median_ms": round(median, 1), "worst_ms": round(worst, 1)}
+            mark = "" if worst < TARGET_MS else "   <-- over 200 ms"
+            print(f"  /api/{name:<28} median {median:7.1f} ms   worst {worst:7.1f} ms{mark}", flush=True)
+        out["panels"] = panels
+        out["panels_worst_ms"] = max(p["worst_ms"] for p in panels.values())
+        out["panels_met"] = out["panels_worst_ms"] < TARGET_MS
+
+        print("\nnamed views, read whole")
+        views = {}
+        for view in VIEWS:
+            median, _worst = timed(lambda: store.query(f"SELECT * FROM {view}"), 3)
+            views[view] = round(median, 1)
+            print(f"  {view:<28} {median:7.1f} ms")
+        first = END - timedelta(days=29)
+        on_the_fly = {
+            "fleet_daily_carried_lookback(14)": f"fleet_daily_carried_lookback(lookback = 14, first = '{first}', last = '{END}')",
+            "lifecycle_daily(gap 14)": f"lifecycle_daily(kind = 'is', gap = 14, first = '{first}', last = '{END}')",
+            "sender_jumps(factor 5)": f"sender_jumps(factor = 5, first = '{first}', last = '{END}')",
+            "deployments_behind(3)": f"deployments_behind(day = '{END}', min_behind = 3)",
+        }
+        print("parameterized views, computed on the fly over the 30 days")
+        for label, source in on_the_fly.items():
+            started = time.perf_counter()
+            store.query(f"SELECT * FROM {source}", limit_rows=0)
+            views[label] = round((time.perf_counter() - started) * 1000, 1)
+            print(f"  {label:<34} {views[label]:9.1f} ms")
+        out["views_ms"] = views
+        load = os.getloadavg()
+        out["load_avg"] = [round(x, 2) for x in load]
+        print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f};  panels under {TARGET_MS:.0f} ms: "
+              f"{out['panels_met']} (worst {out['panels_worst_ms']} ms)")
+        return out
+    finally:
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The dashboard's panels on the fleet over time (docs/dashboard.md, "The fleet over time").
+
+They read the analyst views of sinks/migrations/0002_analyst_depth.sql: the carried-forward fleet, lifecycle,
+retention, fleet shape, regions, version adoption, versions behind, CLI activity and data quality. All of them
+read one pre-computed row per day (`analyst_daily`, refreshed by ClickHouse) or per UID, so each answers in a
+few milliseconds whatever the fleet's size (bench/bench_analyst.py). Same envelope, range rules, JSON and CSV as
+dashboard/panels.py, which registers these panels.
+
+Single-day tables (the deployments far behind, CLI command usage) show the latest complete day in the range
+that has an analyst row (`analyst_day`), else its latest day with one (`complete: false`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Any
+
+from dashboard.panels import FLEET_COLUMNS, SUMMARY_METRICS, Query, Range, Result, Table, version_key
+
+CARRIED_NOTE = "carried forward: each deployment counts with its latest report of the last 7 days"
+LIFECYCLE_COLUMNS = ["active_1d", "active_7d", "active_30d", "new", "returning", "churned"]
+
+
+def _range(r: Range) -> dict[str, Any]:
+    return {"start": r.start, "end": r.end}
+
+
+def analyst_day(q: Query, r: Range) -> tuple[date | None, bool]:
+    """The day a single-day table shows: the latest complete day in range with an analyst row, else the latest
+    day in range with one (flagged incomplete), else None."""
+    row = q(
+        "SELECT countIf(day <= {complete:Date}) AS n_complete, maxIf(day, day <= {complete:Date}) AS complete_day, "
+        "count() AS n, max(day) AS last FROM fleet_daily_carried WHERE day BETWEEN {start:Date} AND {end:Date}",
+        {**_range(r), "complete": r.complete_until},
+    )[0]
+    if int(row["n_complete"]):
+        return row["complete_day"], True
+    if int(row["n"]):
+        return row["last"], False
+    return None, False
+
+
+def _carried_rows(q: Query, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = q(f"SELECT {', '.join(FLEET_COLUMNS)} FROM fleet_daily_carried WHERE {where} ORDER BY day", params)
+    for row in rows:
+        row["users"] = row["users_standard"] + row["users_admin"]
+    return rows
+
+
+# -- the carried-forward fleet ---------------------------------------------------------------------------------
+
+
+def panel_fleet_carried(q: Query, r: Range) -> Result:
+    """/api/fleet's rows, from fleet_daily_carried."""
+    rows = _carried_rows(q, "day BETWEEN {start:Date} AND {end:Date}", _range(r))
+    columns = FLEET_COLUMNS[:13] + ["users"] + FLEET_COLUMNS[13:]
+    return Result(Table(columns, [{c: row[c] for c in columns} for row in rows]), {"fleet": "carried", "note": CARRIED_NOTE})
+
+
+def panel_summary_carried(q: Query, r: Range) -> Result:
+    """/api/summary's cards, from fleet_daily_carried."""
+    day, complete = analyst_day(q, r)
+    columns = ["metric", "label", "day", "value", "week_before_day", "week_before", "change", "change_pct"]
+    meta: dict[str, Any] = {"day": day, "complete": complete, "week_before_day": None, "fleet": "carried",
+                            "note": CARRIED_NOTE}
+    if day is None:
+        return Result(Table(columns, []), meta)
+    before = day - timedelta(days=7)
+    by_day = {row["day"]: row for row in _carried_rows(q, "day IN {days:Array(Date)}", {"days": [day, before]})}
+    now, then = by_day[day], by_day.get(before)
+    rows = []
+    for metric, label in SUMMARY_METRICS:
+        value = now[metric]
+        prev = then[metric] if then is not None else None
+        change = value - prev if prev is not None else None
+        pct = round(change * 100 / prev, 2) if prev else None
+        rows.append({"metric": metric, "label": label, "day": day, "value": value, "week_before_day": before,
+                     "week_before": prev, "change": change, "change_pct": pct})
+    return Result(Table(columns, rows), {**meta, "week_before_day": before})
+
+
+# -- lifecycle and retention -----------------------------------------------------------------------------------
+
+
+def panel_lifecycle(q: Query, r: Range) -> Result:
+    """Active (1/7/30 days), new, returning and churned UIDs per day, deployments and CLI installs apart (G = 7)."""
+    rows = []
+    for kind, view in (("is", "deployment_lifecycle_daily"), ("cli", "cli_lifecycle_daily")):
+        part = q(f"SELECT day, {', '.join(LIFECYCLE_COLUMNS)} FROM {view} "
+                 "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day", _range(r))
+        rows += [{"day": x["day"], "kind": kind, **{c: x[c] for c in LIFECYCLE_COLUMNS}} for x in part]
+    return Result(Table(["day", "kind", *LIFECYCLE_COLUMNS], rows), {"gap": 7})
+
+
+def panel_retention(q: Query, r: Range) -> Result:
+    """Retention of the cohorts first seen in the range: weekly (rows) and monthly (tables.monthly)."""
+    out: dict[str, Table] = {}
+    for period, view, since in (("week", "retention_weekly", "weeks_since"), ("month", "retention_monthly", "months_since")):
+        part = q(f"SELECT kind, cohort, {since} AS periods_since, cohort_size, active, retention FROM {view} "
+                 "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
+                 {"first": _period_start(r.start, period), "end": r.end})
+        out[period] = Table(["kind", "cohort", "periods_since", "cohort_size", "active", "retention"], part)
+    return Result(out["week"], {}, {"monthly": out["month"]})
+
+
+def _period_start(d: date, period: str) -> date:
+    return d - timedelta(days=d.weekday()) if period == "week" else d.replace(day=1)
+
+
+# -- fleet shape and regions -----------------------------------------------------------------------------------
+
+
+def panel_fleet_shape(q: Query, r: Range) -> Result:
+    """Deployments per size bucket (by gateways and by end devices) per day, as reported and carried forward."""
+    rows = q("SELECT day, dimension, bucket, bucket_min, deployments, deployments_carried FROM fleet_size_daily "
+             "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, bucket_min", _range(r))
+    columns = ["day", "dimension", "bucket", "bucket_min", "deployments", "deployments_carried"]
+    buckets = {dim: [b for _, b in sorted({(x["bucket_min"], x["bucket"]) for x in rows if x["dimension"] == dim})]
+               for dim in ("gateways", "end_devices")}
+    return Result(Table(columns, rows), {"buckets": buckets})
+
+
+def panel_regions(q: Query, r: Range) -> Result:
+    """Deployments and gateways per region per day, as reported and carried forward (frequency_plan_regions)."""
+    rows = q("SELECT day, region, deployments, gateways, deployments_carried, gateways_carried FROM regions_daily "
+             "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, region", _range(r))
+    totals: dict[str, int] = {}
+    for x in rows:
+        totals[x["region"]] = totals.get(x["region"], 0) + x["gateways_carried"]
+    regions = sorted(totals, key=lambda k: (-totals[k], k))
+    rules = q("SELECT prefix, region FROM frequency_plan_regions ORDER BY region, prefix", None)
+    return Result(Table(["day", "region", "deployments", "gateways", "deployments_carried", "gateways_carried"], rows),
+                  {"regions": regions}, {"rules": Table(["prefix", "region"], rules)})
+
+
+# -- versions --------------------------------------------------------------------------------------------------
+
+
+def panel_version_adoption(q: Query, r: Range) -> Result:
+    """Per day and version in the carried-forward fleet: deployments, and the share on it or a newer version;
+    tables.speed: per version, the days from its first sighting until it (or newer) ran on half the fleet."""
+    rows = q("SELECT day, version, deployments, deployments_at_or_above, active_deployments, share, share_at_or_above "
+             "FROM version_adoption_daily WHERE day BETWEEN {start:Date} AND {end:Date}", _range(r))
+    rows.sort(key=lambda x: (x["day"], version_key(x["version"])))
+    speed = q("SELECT version, first_seen, half_on, days_to_half, seen_on_first_day FROM version_adoption_speed", None)
+    for x in speed:
+        x["seen_on_first_day"] = bool(x["seen_on_first_day"])
+    speed.sort(key=lambda x: version_key(x["version"]))
+    versions = sorted({x["version"] for x in rows}, key=version_key)
+    return Result(Table(["day", "version", "deployments", "deployments_at_or_above", "active_deployments", "share",
+                         "share_at_or_above"], rows), {"versions": versions},
+                  {"speed": Table(["version", "first_seen", "half_on", "days_to_half", "seen_on_first_day"], speed)})
+
+
+def panel_versions_behind(q: Query, r: Range) -> Result:
+    """Carried-forward deployments per number of minor versions behind the newest, per day; tables.deployments:
+    the largest deployments 3 or more behind on the panel's day."""
+    rows = q("SELECT day, newest_version, behind, deployments FROM versions_behind_daily "
+             "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, behind", _range(r))
+    day, complete = analyst_day(q, r)
+    top: list[dict[str, Any]] = []
+    if day is not None:
+        top = q("SELECT day, uid, version, behind, end_devices, gateways FROM deployments_behind_daily "
+                "WHERE day = {day:Date} ORDER BY end_devices DESC, uid", {"day": day})
+    return Result(Table(["day", "newest_version", "behind", "deployments"], rows), {"day": day, "complete": complete},
+                  {"deployments": Table(["day", "uid", "version", "behind", "end_devices", "gateways"], top)})
+
+
+# -- CLI and data quality --------------------------------------------------------------------------------------
+
+
+def panel_cli(q: Query, r: Range) -> Result:
+    """CLI installs active in the last 30 days by version, OS and arch, per day; tables.commands: command usage on
+    the panel's day."""
+    rows = q("SELECT day, dimension, value, installs FROM cli_installs_active_daily "
+             "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, value", _range(r))
+    day, complete = analyst_day(q, r)
+    commands: list[dict[str, Any]] = []
+    if day is not None:
+        commands = q("SELECT day, command_path, installs, executions, active_installs FROM cli_command_usage_daily "
+                     "WHERE day = {day:Date} ORDER BY installs DESC, command_path", {"day": day})
+    return Result(Table(["day", "dimension", "value", "installs"], rows), {"day": day, "complete": complete},
+                  {"commands": Table(["day", "command_path", "installs", "executions", "active_installs"], commands)})
+
+
+def panel_data_quality(q: Query, r: Range) -> Result:
+    """Per day: deployments that reported, on the default UID, with inconsistent figures, with a jump beyond a
+    factor of 10; tables.jumps: every jump in the range."""
+    rows = q("SELECT day, deployments, default_uid_deployments, inconsistent_deployments, jumping_deployments, jumps "
+             "FROM data_quality_daily WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day", _range(r))
+    jumps = q("SELECT day, uid, metric, previous_day, previous, current, factor FROM sender_jumps_daily "
+              "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, uid, metric", _range(r))
+    return Result(Table(["day", "deployments", "default_uid_deployments", "inconsistent_deployments",
+                         "jumping_deployments", "jumps"], rows), {"factor": 10},
+                  {"jumps": Table(["day", "uid", "metric", "previous_day", "previous", "current", "factor"], jumps)})
+
+
+PANELS: dict[str, Callable[[Query, Range], Result]] = {
+    "summary-carried": panel_summary_carried,
+    "fleet-carried": panel_fleet_carried,
+    "lifecycle": panel_lifecycle,
+    "retention": panel_retention,
+    "fleet-shape": panel_fleet_shape,
+    "regions": panel_regions,
+    "version-adoption": panel_version_adoption,
+    "versions-behind": panel_versions_behind,
+    "cli": panel_cli,
+    "data-quality": panel_data_quality,
+}
