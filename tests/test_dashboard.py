@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from producers import simulator
+from producers import fleet_truth, simulator
+from tests.analyst_checks import normalise, wait_for_analyst_views
 from tests.conftest import ROOT, RunningStack, start_stack
 
 TOPIC = "tts-telemetry-raw"
@@ -37,6 +38,9 @@ FLEET_KEYS = ["deployments", "cli_installs", "gateways", "end_devices", "active_
 SUMMARY_METRICS = ["deployments", "gateways", "end_devices", "active_last_day", "active_last_week",
                    "active_last_month", "applications", "users", "organizations", "cli_installs"]
 PANELS = ["summary", "fleet", "gateways-by-frequency-plan", "versions", "os", "rejected", "days"]
+#: The panels on the fleet over time (dashboard/analyst_panels.py), over the analyst views of migration 0002.
+ANALYST_PANELS = ["summary-carried", "fleet-carried", "lifecycle", "retention", "fleet-shape", "regions",
+                  "version-adoption", "versions-behind", "cli", "data-quality"]
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Fed:
     truth: dict[str, Any]
     yesterday: date
     fleet: dict[str, dict[str, Any]] = field(default_factory=dict)  # ground truth fleet_daily by day
+    analyst: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # producers.fleet_truth of what was sent
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return httpx.get(self.stack.api_url + path, params=params, timeout=30)
@@ -72,7 +77,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
     stack = start_stack(tmp_path_factory.mktemp("dashboard") / "stack", "--no-simulate")
     try:
         yesterday = datetime.now(UTC).date() - timedelta(days=1)
-        sim = simulator.generate(40, 15, DAYS, seed=11, end_day=yesterday, malformed_rate=0.05)
+        sim = simulator.generate(40, 15, DAYS, seed=11, end_day=yesterday, malformed_rate=0.05, jump_rate=0.03)
         sent = simulator.send_to_kafka(sim.deliveries, f"127.0.0.1:{stack.broker_port}", TOPIC)
         truth = simulator.ground_truth(sent.sent_deliveries)
         assert len(truth["fleet_daily"]) == DAYS and truth["rejected_daily"], "the simulation must cover every day"
@@ -81,7 +86,10 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
                        lambda rows: rows == want_fleet)
         stack.wait_for("SELECT day, reason, messages FROM rejected_daily ORDER BY day, reason",
                        lambda rows: rows == truth["rejected_daily"])
-        yield Fed(stack, truth, yesterday, {r["day"]: r for r in truth["fleet_daily"]})
+        analyst = fleet_truth.analyst_ground_truth(sent.sent_deliveries)
+        assert analyst["sender_jumps_daily"] and analyst["deployments_behind_daily"], "the simulation must cover them"
+        wait_for_analyst_views(stack.api_url, analyst)  # refreshed by ClickHouse every 10 s
+        yield Fed(stack, truth, yesterday, {r["day"]: r for r in truth["fleet_daily"]}, analyst)
     finally:
         stack.stop()
 
@@ -152,8 +160,56 @@ def test_panels_equal_ground_truth(fed: Fed) -> None:
     assert (days["default_from"], days["default_to"]) == (fed.day(29), latest)
 
 
+def api_rows(rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:
+    return normalise(rows, columns)
+
+
+def test_analyst_panels_equal_ground_truth(fed: Fed) -> None:
+    a, latest = fed.analyst, fed.day(0)
+
+    def same(panel_rows: list[dict[str, Any]], view: str, keep: Any = None, rename: dict[str, str] | None = None) -> None:
+        want = [r for r in a[view] if keep is None or keep(r)]
+        assert want, view
+        columns = list(want[0])
+        got = [{(rename or {}).get(k, k): v for k, v in r.items()} for r in panel_rows]
+        assert api_rows(got, columns) == api_rows(want, columns), view
+
+    same(fed.json("/api/fleet-carried")["rows"], "fleet_daily_carried")
+    summary = fed.json("/api/summary-carried")
+    assert (summary["day"], summary["fleet"]) == (latest, "carried")
+    carried = {r["day"]: r for r in a["fleet_daily_carried"]}
+    for r in summary["rows"]:
+        row = carried[latest]
+        want = row["users_standard"] + row["users_admin"] if r["metric"] == "users" else row[r["metric"]]
+        assert r["value"] == want, r
+    lifecycle = fed.json("/api/lifecycle")["rows"]
+    same([r for r in lifecycle if r["kind"] == "is"], "deployment_lifecycle_daily")
+    same([r for r in lifecycle if r["kind"] == "cli"], "cli_lifecycle_daily")
+    retention = fed.json("/api/retention")
+    same(retention["rows"], "retention_weekly", rename={"periods_since": "weeks_since"})
+    same(retention["tables"]["monthly"]["rows"], "retention_monthly", rename={"periods_since": "months_since"})
+    same(fed.json("/api/fleet-shape")["rows"], "fleet_size_daily")
+    same(fed.json("/api/regions")["rows"], "regions_daily")
+    adoption = fed.json("/api/version-adoption")
+    same(adoption["rows"], "version_adoption_daily")
+    same(adoption["tables"]["speed"]["rows"], "version_adoption_speed")
+    behind = fed.json("/api/versions-behind")
+    same(behind["rows"], "versions_behind_daily")
+    assert behind["day"] == latest
+    same(behind["tables"]["deployments"]["rows"], "deployments_behind_daily", keep=lambda r: r["day"] == latest)
+    cli = fed.json("/api/cli")
+    same(cli["rows"], "cli_installs_active_daily")
+    same(cli["tables"]["commands"]["rows"], "cli_command_usage_daily", keep=lambda r: r["day"] == latest)
+    quality = fed.json("/api/data-quality")
+    same(quality["rows"], "data_quality_daily")
+    same(quality["tables"]["jumps"]["rows"], "sender_jumps_daily")
+    # a range: only its days
+    part = fed.json("/api/lifecycle", **{"from": fed.day(4), "to": fed.day(2)})["rows"]
+    assert sorted({r["day"] for r in part}) == [fed.day(4), fed.day(3), fed.day(2)]
+
+
 def test_csv_downloads_are_the_same_rows(fed: Fed) -> None:
-    for panel in PANELS:
+    for panel in PANELS + ANALYST_PANELS:
         body = fed.json(f"/api/{panel}")
         r = fed.get(f"/api/{panel}", format="csv")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), (panel, r.text)
@@ -238,7 +294,8 @@ def test_page_uses_only_local_assets(fed: Fed) -> None:
     assert not re.search(r"https?://", app_js)
     # Every panel's CSV link points at the panel's API.
     links = re.findall(r'data-csv="([^"]+)"', html)
-    assert set(links) == {"summary", "fleet", "gateways-by-frequency-plan", "versions", "os", "rejected"}
+    assert set(links) == {"summary", "fleet", "gateways-by-frequency-plan", "versions", "os", "rejected"} | \
+        set(ANALYST_PANELS) - {"summary-carried", "fleet-carried"}
 
 
 # -- a real browser --------------------------------------------------------------------------------------------
@@ -297,6 +354,8 @@ class Dom(HTMLParser):
 def load_page(fed: Fed, profile: Path, query: str = "") -> Dom:
     result = run_chromium(profile, fed.stack.api_url + "/" + query, "--dump-dom")
     assert result.returncode == 0, result.stderr[-2000:]
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "dashboard-dom.html").write_text(result.stdout)  # the last page loaded, for a failing assertion
     dom = Dom(result.stdout)
     body = next(n for n in dom.nodes if n["tag"] == "body")
     assert body["attrs"].get("data-state") == "ready", (body["attrs"], result.stdout[:3000])
@@ -348,11 +407,52 @@ def test_browser_shows_the_ground_truth(fed: Fed, tmp_path: Path) -> None:
     assert {m: v for m, (v, _, _) in cards(dom).items()} == {m: fed.metric(fed.day(3), m) for m in SUMMARY_METRICS}
     assert [n["attrs"]["data-plan"] for n in dom.with_attr("data-plan")] == [p for p, _ in fed.plans(fed.day(3))]
 
+    # The fleet over time (default range again): every panel ready, the numbers in its tables are the ground truth.
+    dom = load_page(fed, tmp_path / "profile")
+    a = fed.analyst
+    for panel in ("lifecycle", "retention", "fleet-shape", "regions", "version-adoption", "versions-behind", "cli",
+                  "data-quality"):
+        assert [n["attrs"]["data-state"] for n in dom.find(data_panel=panel)] == ["ready"], panel
+    lifecycle = {(n["parent"]["attrs"]["data-day"], n["parent"]["attrs"]["data-kind"], n["attrs"]["data-metric"]):
+                 int(n["attrs"]["data-value"]) for n in dom.nodes
+                 if n["tag"] == "td" and n["parent"] is not None and "data-kind" in n["parent"]["attrs"]
+                 and "data-day" in n["parent"]["attrs"] and n["attrs"].get("data-metric")}
+    want = {(r["day"], kind, m): r[m] for kind, view in (("is", "deployment_lifecycle_daily"), ("cli", "cli_lifecycle_daily"))
+            for r in a[view] for m in ("active_1d", "active_7d", "active_30d", "new", "returning", "churned")}
+    assert lifecycle == want
+    regions = {n["attrs"]["data-region"]: tuple(int(c["attrs"]["data-value"]) for c in dom.nodes if c["parent"] is n
+                                                 and "data-value" in c["attrs"]) for n in dom.with_attr("data-region")}
+    assert regions == {r["region"]: (r["deployments"], r["gateways"]) for r in a["regions_daily"] if r["day"] == latest}
+    jumps = sorted((n["attrs"]["data-day"], n["attrs"]["data-uid"], n["attrs"]["data-jump"]) for n in dom.with_attr("data-jump"))
+    assert jumps == sorted((r["day"], r["uid"], r["metric"]) for r in a["sender_jumps_daily"]) != []
+    behind = [n["attrs"]["data-uid"] for n in dom.with_attr("data-uid") if n["tag"] == "tr" and "data-jump" not in n["attrs"]]
+    assert behind == [r["uid"] for r in a["deployments_behind_daily"] if r["day"] == latest]
+    commands = {n["attrs"]["data-command"]: int(next(c for c in dom.nodes if c["parent"] is n and
+                                                     c["attrs"].get("data-metric") == "installs")["attrs"]["data-value"])
+                for n in dom.with_attr("data-command")}
+    assert commands == {r["command_path"]: r["installs"] for r in a["cli_command_usage_daily"] if r["day"] == latest} != {}
+
+    # The carried-forward fleet, switched on in the address: its figures, the switch pressed.
+    dom = load_page(fed, tmp_path / "profile", "?fleet=carried")
+    body = next(n for n in dom.nodes if n["tag"] == "body")
+    assert body["attrs"]["data-fleet"] == "carried"
+    assert [n["attrs"]["data-fleet"] for n in dom.find(aria_pressed="true") if "data-fleet" in n["attrs"]] == ["carried"]
+    carried = {r["day"]: r for r in a["fleet_daily_carried"]}
+    want_cards = {m: (carried[latest]["users_standard"] + carried[latest]["users_admin"] if m == "users" else carried[latest][m])
+                  for m in SUMMARY_METRICS}
+    assert {m: v for m, (v, _, _) in cards(dom).items()} == want_cards
+    regions = {n["attrs"]["data-region"]: tuple(int(c["attrs"]["data-value"]) for c in dom.nodes if c["parent"] is n
+                                                 and "data-value" in c["attrs"]) for n in dom.with_attr("data-region")}
+    assert regions == {r["region"]: (r["deployments_carried"], r["gateways_carried"]) for r in a["regions_daily"]
+                       if r["day"] == latest}
+    links = {n["attrs"]["href"] for n in dom.with_attr("data-csv")}
+    assert f"/api/fleet-carried?from={fed.day(29)}&to={latest}&format=csv" in links
+
     # The picture, kept among the test artifacts.
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
     result = run_chromium(tmp_path / "profile", fed.stack.api_url + "/", f"--screenshot={shot}",
-                          "--window-size=1400,2150")
+                          "--window-size=1400,4300")
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000

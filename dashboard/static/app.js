@@ -86,10 +86,12 @@
   }
 
   function setCsvLinks(range) {
+    const carried = new URLSearchParams(location.search).get("fleet") === "carried";
     $$("a[data-csv]").forEach((a) => {
       const qs = new URLSearchParams({ from: range.from, to: range.to, format: "csv" });
       if (a.dataset.table) qs.set("table", a.dataset.table);
-      a.href = "/api/" + a.dataset.csv + "?" + qs;
+      const panel = carried && (a.dataset.csv === "summary" || a.dataset.csv === "fleet") ? a.dataset.csv + "-carried" : a.dataset.csv;
+      a.href = "/api/" + panel + "?" + qs;
     });
   }
 
@@ -180,16 +182,7 @@
   }
 
   function renderVersions(data, axis) {
-    const versions = data.versions;
-    const share = new Map(data.rows.map((r) => [r.day + "|" + r.version, r.share]));
-    draw("chart-versions", {
-      type: "bar",
-      data: { labels: axis, datasets: versions.map((v, i) => ({ label: v, backgroundColor: PALETTE[i % PALETTE.length],
-        data: axis.map((d) => { const s = share.get(d + "|" + v); return s === undefined || s === null ? null : s * 100; }) })) },
-      options: { plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } },
-        tooltip: { callbacks: { label: (c) => c.dataset.label + ": " + c.parsed.y.toFixed(1) + "%" } } },
-        scales: { x: { stacked: true, ticks: DAY_TICKS }, y: { stacked: true, min: 0, max: 100, ticks: { callback: (v) => v + "%" } } } },
-    });
+    renderVersionsReadable(data, axis); // the top versions and "other", share or number (the switch), counts on hover
     const adoption = data.tables.adoption.rows;
     fillTable("table-versions", adoption.map((r) => el("tr", { "data-version": r.version }, [el("td", { text: r.version }),
       td(r.deployments), el("td", { class: "num", text: pct(r.share) })])));
@@ -236,6 +229,247 @@
     setPanel("#panel-rejected", data.rows.length ? "ready" : "empty");
   }
 
+  // -- the fleet over time (docs/dashboard.md) -----------------------------------------------------------------
+
+  // Distinct colours for the top series (no two alike), and grey for "other".
+  const DISTINCT = ["#1f6feb", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0c8599", "#e67700", "#5c940d",
+    "#862e9c", "#364fc7"];
+  const OTHER_COLOUR = "#adb5bd";
+  const TOP_N = 8;
+  const modes = {}; // switch name -> mode
+  const cache = {}; // panel -> last response, to re-render when a switch changes
+  const renderers = {}; // switch name -> function re-rendering its panel from the cache
+
+  function mode(name, fallback) {
+    if (!(name in modes)) {
+      const pressed = $('[data-switch="' + name + '"] button[aria-pressed="true"]');
+      modes[name] = pressed ? pressed.dataset.mode : fallback;
+    }
+    return modes[name];
+  }
+
+  function fleetMode() {
+    return new URLSearchParams(location.search).get("fleet") === "carried" ? "carried" : "reported";
+  }
+
+  // Stacked bars over the day axis: the TOP_N keys with the largest totals over the range, the rest as "other".
+  // `order` (optional) fixes the order of keys (e.g. size buckets) instead of largest first. Hover: count and share.
+  function stackedBars(id, axis, rows, keyOf, valueOf, switchName, order) {
+    const totals = new Map();
+    const perDay = new Map();
+    rows.forEach((r) => {
+      const k = keyOf(r), v = num(valueOf(r)) || 0;
+      totals.set(k, (totals.get(k) || 0) + v);
+      perDay.set(r.day, (perDay.get(r.day) || 0) + v);
+    });
+    let keys = Array.from(totals.keys()).filter((k) => totals.get(k) > 0);
+    keys.sort((a, b) => totals.get(b) - totals.get(a) || String(a).localeCompare(String(b)));
+    let top = keys.slice(0, TOP_N);
+    const rest = new Set(keys.slice(TOP_N));
+    if (order) top = order(top);
+    const value = new Map(rows.map((r) => [r.day + "|" + keyOf(r), num(valueOf(r)) || 0]));
+    const series = top.map((k) => ({ label: String(k), counts: axis.map((d) => value.get(d + "|" + k) || 0) }));
+    if (rest.size) {
+      series.push({ label: "other (" + rest.size + ")", other: true, counts: axis.map((d) => {
+        let n = 0;
+        rest.forEach((k) => { n += value.get(d + "|" + k) || 0; });
+        return n;
+      }) });
+    }
+    const share = mode(switchName, "absolute") === "share";
+    draw(id, {
+      type: "bar",
+      data: { labels: axis, datasets: series.map((s, i) => ({
+        label: s.label, counts: s.counts, backgroundColor: s.other ? OTHER_COLOUR : DISTINCT[i % DISTINCT.length],
+        data: s.counts.map((n, j) => {
+          const t = perDay.get(axis[j]) || 0;
+          return share ? (t ? n * 100 / t : null) : n;
+        }) })) },
+      options: { interaction: { mode: "index", intersect: false },
+        plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } },
+          tooltip: { callbacks: { label: (c) => {
+            const n = c.dataset.counts[c.dataIndex], t = perDay.get(axis[c.dataIndex]) || 0;
+            return c.dataset.label + ": " + fmt(n) + (t ? " (" + (n * 100 / t).toFixed(1) + "%)" : "");
+          } } } },
+        scales: { x: { stacked: true, ticks: DAY_TICKS },
+          y: share ? { stacked: true, min: 0, max: 100, ticks: { callback: (v) => v + "%" } } : { stacked: true, beginAtZero: true } } },
+    });
+    return { top, rest };
+  }
+
+  function renderVersionsReadable(data, axis) {
+    cache.versions = { data, axis };
+    stackedBars("chart-versions", axis, data.rows, (r) => r.version, (r) => r.deployments, "versions",
+      (top) => top.slice().sort((a, b) => {
+        const ka = a.split(".").map(Number), kb = b.split(".").map(Number);
+        return (kb[0] - ka[0]) || (kb[1] - ka[1]) || String(a).localeCompare(String(b));
+      }));
+  }
+  renderers.versions = () => cache.versions && renderVersionsReadable(cache.versions.data, cache.versions.axis);
+
+  function renderLifecycle(data, axis) {
+    cache.lifecycle = { data, axis };
+    const kind = mode("lifecycle-kind", "is");
+    const byDay = new Map(data.rows.filter((r) => r.kind === kind).map((r) => [r.day, r]));
+    const col = (name) => axis.map((d) => (byDay.has(d) ? num(byDay.get(d)[name]) : null));
+    const lines = [["active_1d", "Active, last day"], ["active_7d", "Active, last 7 days"], ["active_30d", "Active, last 30 days"]];
+    const bars = [["new", "New"], ["returning", "Returning"], ["churned", "Churned"]];
+    draw("chart-lifecycle", {
+      data: { labels: axis, datasets: [
+        ...lines.map(([k, label], i) => ({ type: "line", label, data: col(k), borderColor: DISTINCT[i], backgroundColor: DISTINCT[i],
+          pointRadius: axis.length > 60 ? 0 : 2, yAxisID: "y", order: -1 })),
+        ...bars.map(([k, label], i) => ({ type: "bar", label, data: col(k), backgroundColor: DISTINCT[i + 3], yAxisID: "events",
+          maxBarThickness: 14 })),
+      ] },
+      options: { interaction: { mode: "index", intersect: false }, plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
+        scales: { x: { ticks: DAY_TICKS }, y: { beginAtZero: true, title: { display: true, text: "active" } },
+          events: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "per day" } } } },
+    });
+    fillTable("table-lifecycle", data.rows.slice().reverse().map((r) => el("tr", { "data-day": r.day, "data-kind": r.kind }, [
+      el("td", { text: r.day }), el("td", { text: r.kind === "is" ? "deployments" : "CLI" }),
+      ...LIFECYCLE.map((m) => td(r[m], { "data-metric": m }))])));
+    setPanel("#panel-lifecycle", data.rows.length ? "ready" : "empty");
+  }
+  const LIFECYCLE = ["active_1d", "active_7d", "active_30d", "new", "returning", "churned"];
+  renderers["lifecycle-kind"] = () => cache.lifecycle && renderLifecycle(cache.lifecycle.data, cache.lifecycle.axis);
+
+  function renderRetention(data) {
+    cache.retention = data;
+    const kind = mode("retention-kind", "is");
+    const rows = data.rows.filter((r) => r.kind === kind);
+    const cohorts = Array.from(new Set(rows.map((r) => r.cohort))).sort();
+    const maxSince = rows.reduce((m, r) => Math.max(m, r.periods_since), 0);
+    const cell = new Map(rows.map((r) => [r.cohort + "|" + r.periods_since, r]));
+    $("#table-retention thead").replaceChildren(el("tr", {}, [el("th", { text: "First seen (week of)" }), el("th", { text: "Size" }),
+      ...Array.from({ length: maxSince + 1 }, (_, i) => el("th", { text: "+" + i + "w" }))]));
+    fillTable("table-retention", cohorts.map((c) => {
+      const size = (cell.get(c + "|0") || {}).cohort_size || 0;
+      return el("tr", { "data-cohort": c, "data-kind": kind }, [el("td", { text: c }), td(size, { "data-metric": "cohort_size" }),
+        ...Array.from({ length: maxSince + 1 }, (_, i) => {
+          const r = cell.get(c + "|" + i);
+          if (!r) return el("td", { text: "" });
+          const share = Number(r.retention);
+          const e = el("td", { "data-since": i, "data-value": String(r.active), title: fmt(r.active) + " of " + fmt(r.cohort_size),
+            text: (share * 100).toFixed(0) + "%" });
+          e.style.background = "rgba(31, 111, 235, " + (0.08 + 0.8 * share).toFixed(3) + ")";
+          if (share > 0.55) e.style.color = "#fff";
+          return e;
+        })]);
+    }));
+    setPanel("#panel-retention", rows.length ? "ready" : "empty");
+  }
+  renderers["retention-kind"] = () => cache.retention && renderRetention(cache.retention);
+
+  function renderShape(data, axis) {
+    cache.shape = { data, axis };
+    const dim = mode("shape-dimension", "gateways");
+    const value = fleetMode() === "carried" ? "deployments_carried" : "deployments";
+    const rows = data.rows.filter((r) => r.dimension === dim);
+    const order = (data.buckets && data.buckets[dim]) || [];
+    stackedBars("chart-shape", axis, rows, (r) => r.bucket, (r) => r[value], "shape",
+      (top) => order.filter((b) => top.includes(b)));
+    const last = axis.length ? rows.filter((r) => r.day === rows.reduce((m, x) => (x.day > m ? x.day : m), "")) : [];
+    fillTable("table-shape", last.map((r) => el("tr", { "data-bucket": r.bucket, "data-dimension": dim }, [el("td", { text: r.bucket }),
+      td(r[value], { "data-measure": value })])));
+    setPanel("#panel-shape", data.rows.length ? "ready" : "empty");
+  }
+  renderers["shape-dimension"] = renderers.shape = () => cache.shape && renderShape(cache.shape.data, cache.shape.axis);
+
+  function renderRegions(data, axis) {
+    cache.regions = { data, axis };
+    const measure = mode("regions-measure", "gateways");
+    const value = measure + (fleetMode() === "carried" ? "_carried" : "");
+    stackedBars("chart-regions", axis, data.rows, (r) => r.region, (r) => r[value], "regions");
+    const lastDay = data.rows.reduce((m, x) => (x.day > m ? x.day : m), "");
+    const suffix = fleetMode() === "carried" ? "_carried" : "";
+    fillTable("table-regions", data.rows.filter((r) => r.day === lastDay)
+      .sort((a, b) => Number(b["gateways" + suffix]) - Number(a["gateways" + suffix]) || a.region.localeCompare(b.region))
+      .map((r) => el("tr", { "data-region": r.region, "data-day": r.day }, [el("td", { text: r.region }),
+        td(r["deployments" + suffix], { "data-measure": "deployments" }), td(r["gateways" + suffix], { "data-measure": "gateways" })])));
+    setPanel("#panel-regions", data.rows.length ? "ready" : "empty");
+  }
+  renderers["regions-measure"] = renderers.regions = () => cache.regions && renderRegions(cache.regions.data, cache.regions.axis);
+
+  function renderAdoption(data, axis) {
+    const newest = data.versions.filter((v) => v !== "unknown").slice(-5).reverse();
+    const share = new Map(data.rows.map((r) => [r.day + "|" + r.version, r]));
+    draw("chart-adoption", {
+      type: "line",
+      data: { labels: axis, datasets: newest.map((v, i) => ({ label: v + " or newer", borderColor: DISTINCT[i], backgroundColor: DISTINCT[i],
+        pointRadius: axis.length > 60 ? 0 : 2, spanGaps: true,
+        data: axis.map((d) => { const r = share.get(d + "|" + v); return r ? Number(r.share_at_or_above) * 100 : null; }),
+        counts: axis.map((d) => { const r = share.get(d + "|" + v); return r ? r.deployments_at_or_above : null; }) })) },
+      options: { interaction: { mode: "index", intersect: false },
+        plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } },
+          tooltip: { callbacks: { label: (c) => c.dataset.label + ": " + (c.parsed.y === null ? "–" : c.parsed.y.toFixed(1) + "%") +
+            " (" + fmt(c.dataset.counts[c.dataIndex]) + ")" } } },
+        scales: { x: { ticks: DAY_TICKS }, y: { min: 0, max: 100, ticks: { callback: (v) => v + "%" } } } },
+    });
+    fillTable("table-adoption", data.tables.speed.rows.slice().reverse().map((r) => el("tr", { "data-version": r.version }, [
+      el("td", { text: r.version }), el("td", { text: r.first_seen + (r.seen_on_first_day ? " or before" : "") }),
+      el("td", { text: r.half_on || "not yet" }),
+      el("td", { class: "num", "data-value": r.days_to_half === null ? "" : String(r.days_to_half), text: r.days_to_half === null ? "–" : String(r.days_to_half) })])));
+    setPanel("#panel-adoption", data.rows.length ? "ready" : "empty");
+  }
+
+  function renderBehind(data, axis) {
+    cache.behind = { data, axis };
+    const label = (b) => (b === 0 ? "current" : b + " behind");
+    stackedBars("chart-behind", axis, data.rows, (r) => label(r.behind), (r) => r.deployments, "behind",
+      (top) => top.slice().sort((a, b) => (parseInt(a, 10) || 0) - (parseInt(b, 10) || 0)));
+    fillTable("table-behind", data.tables.deployments.rows.map((r) => el("tr", { "data-uid": r.uid }, [
+      el("td", { class: "uid", text: r.uid.slice(0, 12) + "…", title: r.uid }), el("td", { text: r.version }),
+      td(r.behind, { "data-metric": "behind" }), td(r.end_devices, { "data-metric": "end_devices" })])));
+    setPanel("#panel-behind", data.rows.length ? "ready" : "empty", data.day);
+  }
+  renderers.behind = () => cache.behind && renderBehind(cache.behind.data, cache.behind.axis);
+
+  function renderCli(data, axis) {
+    cache.cli = { data, axis };
+    const dim = mode("cli-dimension", "version");
+    stackedBars("chart-cli", axis, data.rows.filter((r) => r.dimension === dim), (r) => r.value || "(empty)", (r) => r.installs, "cli");
+    fillTable("table-cli", data.tables.commands.rows.map((r) => el("tr", { "data-command": r.command_path }, [
+      el("td", { text: r.command_path }), td(r.installs, { "data-metric": "installs" }), td(r.executions, { "data-metric": "executions" })])));
+    setPanel("#panel-cli", data.rows.length ? "ready" : "empty", data.day);
+  }
+  renderers["cli-dimension"] = renderers.cli = () => cache.cli && renderCli(cache.cli.data, cache.cli.axis);
+
+  function renderQuality(data, axis) {
+    const byDay = new Map(data.rows.map((r) => [r.day, r]));
+    const col = (name) => axis.map((d) => (byDay.has(d) ? num(byDay.get(d)[name]) : null));
+    lineChart("chart-quality", axis, [
+      { label: "Default-UID deployments", data: col("default_uid_deployments") },
+      { label: "Inconsistent deployments", data: col("inconsistent_deployments") },
+      { label: "Deployments with a jump", data: col("jumping_deployments") },
+    ]);
+    fillTable("table-quality", data.tables.jumps.rows.slice().reverse().map((r) => el("tr", { "data-day": r.day, "data-uid": r.uid, "data-jump": r.metric }, [
+      el("td", { text: r.day }), el("td", { class: "uid", text: r.uid.slice(0, 12) + "…", title: r.uid }), el("td", { text: r.metric }),
+      td(r.previous, { "data-metric": "previous" }), td(r.current, { "data-metric": "current" })])));
+    setPanel("#panel-quality", data.rows.length ? "ready" : "empty");
+  }
+
+  function wireSwitches() {
+    $$("[data-switch]").forEach((group) => {
+      group.addEventListener("click", (ev) => {
+        const button = ev.target.closest("button[data-mode]");
+        if (!button) return;
+        $$("button", group).forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+        modes[group.dataset.switch] = button.dataset.mode;
+        const render = renderers[group.dataset.switch];
+        if (render) render();
+      });
+    });
+    $$("#fleet-switch button").forEach((b) => {
+      b.setAttribute("aria-pressed", String(b.dataset.fleet === fleetMode()));
+      b.addEventListener("click", () => {
+        const p = currentParams();
+        if (b.dataset.fleet === "carried") p.fleet = "carried"; else delete p.fleet;
+        $$("#fleet-switch button").forEach((x) => x.setAttribute("aria-pressed", String(x === b)));
+        navigate(p);
+      });
+    });
+  }
+
   // -- loading --------------------------------------------------------------------------------------------
 
   function status(text, isError) {
@@ -276,13 +510,26 @@
     const hi = info.last_day && info.last_day < range.to ? info.last_day : range.to;
     const axis = info.first_day ? daysBetween(lo, hi) : [];
 
+    const carried = fleetMode() === "carried";
+    document.body.dataset.fleet = fleetMode();
+    $("#fleet-note").textContent = carried
+      ? "Each deployment counts with its latest report of the last 7 days (carried forward)"
+      : "Sums over every deployment that reported that day";
     const jobs = [
-      ["summary", "#panel-summary", renderSummary],
-      ["fleet", null, (d) => renderFleet(d, axis)],
+      [carried ? "summary-carried" : "summary", "#panel-summary", renderSummary],
+      [carried ? "fleet-carried" : "fleet", null, (d) => renderFleet(d, axis)],
       ["gateways-by-frequency-plan", "#panel-gateways", renderGateways],
       ["versions", "#panel-versions", (d) => renderVersions(d, axis)],
       ["os", "#panel-os", renderOs],
       ["rejected", "#panel-rejected", (d) => renderRejected(d, axis)],
+      ["lifecycle", "#panel-lifecycle", (d) => renderLifecycle(d, axis)],
+      ["retention", "#panel-retention", renderRetention],
+      ["fleet-shape", "#panel-shape", (d) => renderShape(d, axis)],
+      ["regions", "#panel-regions", (d) => renderRegions(d, axis)],
+      ["version-adoption", "#panel-adoption", (d) => renderAdoption(d, axis)],
+      ["versions-behind", "#panel-behind", (d) => renderBehind(d, axis)],
+      ["cli", "#panel-cli", (d) => renderCli(d, axis)],
+      ["data-quality", "#panel-quality", (d) => renderQuality(d, axis)],
     ];
     const results = await Promise.allSettled(jobs.map(([name]) => getJSON("/api/" + name, range)));
     if (mine !== generation) return;
@@ -317,6 +564,7 @@
     const p = {};
     if (q.get("from")) p.from = q.get("from");
     if (q.get("to")) p.to = q.get("to");
+    if (q.get("fleet") === "carried") p.fleet = "carried";
     return p;
   }
 
@@ -336,10 +584,13 @@
     Chart.defaults.color = "#5d6b7e";
     $("#range").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      navigate({ from: $("#from").value, to: $("#to").value });
+      const p = { from: $("#from").value, to: $("#to").value };
+      if (fleetMode() === "carried") p.fleet = "carried";
+      navigate(p);
     });
-    $("#reset").addEventListener("click", () => navigate({}));
+    $("#reset").addEventListener("click", () => navigate(fleetMode() === "carried" ? { fleet: "carried" } : {}));
     window.addEventListener("popstate", () => load(currentParams()));
+    wireSwitches();
     load(currentParams());
   });
 })();
