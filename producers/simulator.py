@@ -97,6 +97,7 @@ _REGIONS: dict[str, tuple[int, list[tuple[tuple[str, ...], int]]]] = {
     "RU": (3, [(("RU_864_870_TTN",), 1)]),
     "CN": (2, [(("CN_470_510_FSB_11",), 1)]),
     "ISM": (1, [(("ISM_2400_3CH_DRAFT2",), 1)]),
+    "MA": (1, [(("MA_869_870_DRAFT",), 1)]),  # a plan no region rule of the analyst views knows: region "other"
 }
 
 _CLI_COMMANDS = [
@@ -1129,6 +1130,8 @@ def command(
     malformed_rate: Annotated[float, typer.Option("--malformed-rate", min=0.0, max=1.0, help="Messages replaced by a malformed body")] = 0.01,
     inconsistent_rate: Annotated[float, typer.Option("--inconsistent-rate", min=0.0, max=1.0, help="IS messages with inconsistent active windows")] = 0.02,
     default_uid_rate: Annotated[float, typer.Option("--default-uid-rate", min=0.0, max=1.0, help="Deployments on the shared default-URL UID")] = 0.04,
+    jump_rate: Annotated[float, typer.Option("--jump-rate", min=0.0, max=1.0, help="IS messages whose end-device figures jump 20-200 fold for a day")] = 0.001,
+    analyst_truth_file: Annotated[Optional[Path], typer.Option("--analyst-ground-truth", help="Write the expected analyst views (producers/fleet_truth.py) of what was sent (JSON)")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel HTTP connections (--collector)")] = 8,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Generate (and write --ground-truth) without sending")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (for the default Kafka and topic)")] = None,
@@ -1140,7 +1143,7 @@ def command(
     try:
         sim = generate(deployments, cli_installs, days, seed, end_day, resend_rate=resend_rate,
                        changed_rate=changed_rate, missed_rate=missed_rate, malformed_rate=malformed_rate,
-                       inconsistent_rate=inconsistent_rate, default_uid_rate=default_uid_rate)
+                       inconsistent_rate=inconsistent_rate, default_uid_rate=default_uid_rate, jump_rate=jump_rate)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -1156,6 +1159,11 @@ def command(
         if ground_truth_file is not None:
             write_ground_truth(ground_truth(sent), ground_truth_file)
             typer.echo(f"ground truth of {len(sent)} deliveries written to {ground_truth_file}", err=True)
+        if analyst_truth_file is not None:
+            from producers.fleet_truth import analyst_ground_truth
+
+            write_ground_truth(analyst_ground_truth(sent), analyst_truth_file)
+            typer.echo(f"analyst ground truth of {len(sent)} deliveries written to {analyst_truth_file}", err=True)
 
     if dry_run:
         finish(sim.deliveries)

@@ -1,6 +1,8 @@
 """Day aggregates equal the simulator's ground truth exactly: clean run, full replay, kill -9, scale-out.
 
-Real processes throughout: the embedded broker, `is-telemetry worker` / `sink` processes, chDB.
+Real processes throughout: the embedded broker, `is-telemetry worker` / `sink` processes, chDB. The analyst views
+of migration 0002 (carried-forward fleet, lifecycle, shape, regions, versions, CLI, data quality: refreshed by
+ClickHouse itself) are checked in the same runs against `producers.fleet_truth`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import pytest
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import load_settings
 from is_telemetry.kafka import ensure_topics
+from producers.fleet_truth import analyst_ground_truth
 from producers.simulator import generate, ground_truth, send_to_kafka
+from tests.analyst_checks import wait_for_analyst_views
 from tests.processes import Proc, expected_views, wait_for_views, wait_until_ready, worker
 
 pytestmark = pytest.mark.slow
@@ -39,11 +43,13 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_clean_run_then_full_replay_into_the_same_clickhouse(broker: EmbeddedBroker, tmp_path: Path) -> None:
     deliveries, expected = _simulation(150, 40, 5, seed=3)
+    analyst = analyst_ground_truth(deliveries)
     send_to_kafka(deliveries, broker.bootstrap_servers, TOPIC)
     w = worker(broker.bootstrap_servers, tmp_path)
     try:
         wait_until_ready(w)
         wait_for_views(w, expected)
+        wait_for_analyst_views(w.api, analyst)
     finally:
         assert w.terminate() == 0
     # A new consumer group reads the whole topic again from offset 0 into the same ClickHouse.
@@ -55,6 +61,7 @@ def test_clean_run_then_full_replay_into_the_same_clickhouse(broker: EmbeddedBro
             assert time.monotonic() < deadline, replay.log()
             time.sleep(0.5)
         assert replay.views() == expected
+        wait_for_analyst_views(replay.api, analyst)
     finally:
         assert replay.terminate() == 0
 
@@ -76,6 +83,7 @@ def test_kill_9_at_random_moments_during_ingest(broker: EmbeddedBroker, tmp_path
         assert not sender.is_alive()
         wait_until_ready(w)
         wait_for_views(w, expected, timeout_s=240)
+        wait_for_analyst_views(w.api, analyst_ground_truth(deliveries))
     finally:
         w.terminate()
 
@@ -92,6 +100,7 @@ def test_two_workers_and_a_separate_sink_process(broker: EmbeddedBroker, tmp_pat
         wait_until_ready(sink)
         send_to_kafka(deliveries, b, TOPIC)
         wait_for_views(sink, expected, timeout_s=240)
+        wait_for_analyst_views(sink.api, analyst_ground_truth(deliveries))
         # Both workers took part: each logged an assignment of raw-topic partitions.
         for w in (w1, w2):
             assert "tts-telemetry-raw" in w.log() and w.alive()

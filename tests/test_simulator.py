@@ -346,11 +346,14 @@ def test_command_to_kafka_writes_ground_truth(broker, tmp_path, monkeypatch):
     truth = json.loads(out.read_text())
     assert truth == ground_truth(sim.deliveries)
     assert len(_consume(broker.bootstrap_servers, "sim-command", truth["messages"])) == truth["messages"]
-    # --dry-run: same ground truth, nothing sent
-    out2 = tmp_path / "dry.json"
-    res = CliRunner().invoke(app, args[:-4] + ["--ground-truth", str(out2), "--malformed-rate", "0.1", "--dry-run"])
+    # --dry-run: same ground truth, nothing sent; the analyst views' ground truth beside it
+    out2, out3 = tmp_path / "dry.json", tmp_path / "analyst.json"
+    res = CliRunner().invoke(app, args[:-4] + ["--ground-truth", str(out2), "--malformed-rate", "0.1", "--dry-run",
+                                               "--analyst-ground-truth", str(out3)])
     assert res.exit_code == 0, res.output
     assert json.loads(out2.read_text()) == truth
+    from producers.fleet_truth import analyst_ground_truth
+    assert json.loads(out3.read_text()) == json.loads(json.dumps(analyst_ground_truth(sim.deliveries)))
 
 
 class _Collector:
@@ -463,3 +466,49 @@ def test_backfill_is_fast(broker):
     assert sent == len(sim.deliveries) > 900
     days = {simulator.day_of(d.received_at_ms) for d in sim.deliveries}
     assert max(days) == datetime.now(UTC).date() - timedelta(days=1) and len(days) == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# the life of the fleet (producers/fleet_lifecycle.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_releases_and_upgrades_by_the_rules():
+    from producers.fleet_lifecycle import Lifecycle, newest_release, release_back
+
+    assert release_back(35, 0) == 30 and release_back(34, 0) == 80 and release_back(35, 2) == 6
+    assert newest_release(31) == (34, 4) and newest_release(30) == (35, 0) and newest_release(0) == (35, 2)
+    eager = Lifecycle(upgrade_lag=3)
+    assert eager.version((30, 1), 27) == (35, 0) and eager.version((30, 1), 28) == (34, 4)  # 3 days after it
+    assert eager.version((30, 1), 40) == (34, 3)
+    assert Lifecycle().version((33, 2), 0) == (33, 2)  # a laggard stays
+    assert Lifecycle().version((35, 4), 40) == (34, 3)  # never a version before its release ...
+    assert Lifecycle(prerelease=True).version((35, 0), 40) == (35, 0)  # ... except a -dev build
+    assert Lifecycle(stop_back=5).stopped(4) and not Lifecycle(stop_back=5).stopped(5)
+
+
+def test_the_fleet_lives():
+    """60 days of 300 deployments: onboarding, churn for good, outages with returns, upgrades after the release
+    30 days before the end, one-day jumps, and the sizes stay heavily skewed."""
+    sim = simulator.generate(300, 80, 60, seed=13, end_day="2025-06-30", jump_rate=0.002)
+    msgs = [(simulator.day_of(d.received_at_ms), m) for d in sim.deliveries
+            if not isinstance(m := validate(d.body), Rejection)]
+    days: dict[str, list] = defaultdict(list)
+    for day, m in msgs:
+        if m.kind == "is" and m.uid != DEFAULT_UID:
+            days[m.uid].append(day)
+    first, last = min(d for ds in days.values() for d in ds), max(d for ds in days.values() for d in ds)
+    assert sum(min(ds) > first for ds in days.values()) >= 5  # onboarded during the window
+    assert sum(max(ds) < last - timedelta(days=10) for ds in days.values()) >= 5  # stopped for good
+    gaps = [max((b - a).days for a, b in zip(sorted(set(ds)), sorted(set(ds))[1:]))
+            for ds in days.values() if len(set(ds)) > 1]
+    assert sum(g > 7 for g in gaps) >= 3  # silent for more than a week, then back
+    assert sim.stats["churned"] and sim.stats["outage"] and sim.stats["jump"]
+    share_35 = {}
+    for when in (first, last - timedelta(days=25), last):
+        on_day = [m for d, m in msgs if d == when and m.kind == "is"]
+        share_35[when] = sum(simulator.major_minor(m.os.binary_version) == "3.35" for m in on_day) / len(on_day)
+    before, soon, end = share_35.values()
+    assert before < 0.05 < soon < end and end > 0.4  # adopted after its release, 30 days before the end
+    cli_35 = [m for d, m in msgs if m.kind == "cli" and d == last and simulator.major_minor(m.os.binary_version) == "3.35"]
+    assert cli_35 and all(m.cli.get("commands") for m in cli_35)  # upgraded CLIs send command usage
