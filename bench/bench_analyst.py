@@ -8,9 +8,11 @@ and kind, as the sink's inserts (the materialized views run on each). Then:
 
 1. the analyst refresh of all D days (the refreshable view's query, `SYSTEM REFRESH VIEW`, timed), of one day
    after one more day of data is written (what the 10 s schedule costs in live operation), and of retention;
-2. every dashboard panel through `dashboard.panels.run_panel` (the API's own code path, SQL and Python), for
-   the default range (the last 30 days), `--repeats` times each after one warm-up: median and worst;
-3. the named analyst views read whole, and the parameterized ones (computed on the fly) once, for reference.
+2. every dashboard panel through `dashboard.panels.run_panel` (the API's own code path, SQL and Python, on the
+   API's read-only analyst sessions with their default limits: one ClickHouse thread per query), for the
+   default range (the last 30 days), `--repeats` times each after one warm-up: median and worst;
+3. the named analyst views read whole, and the parameterized ones (computed on the fly) once, on the same
+   sessions (as POST /api/sql runs them), for reference.
 
 The refreshes' own schedules are stopped while panels are timed, so they are measured against a quiet store.
 Prints the figures and the load average; `main()` returns them as a dict. The panels' target: every median and
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analyst_data import fill
+from dashboard.analyst_sql import AnalystSessions, QueryLimits
 from dashboard.panels import PANELS, run_panel
 from sinks.clickhouse import ClickHouseStore
 
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-analyst-"))
     store = ClickHouseStore(f"chdb://{tmp / 'chdb'}").open()
+    sessions = AnalystSessions(store.dsn, QueryLimits(timeout_s=300.0), size=1)  # the API's defaults, longer timeout
     out: dict[str, Any] = {"deployments": args.deployments, "cli_installs": args.cli_installs, "days": args.days}
     try:
         for view in ("analyst_daily_refresh", "retention_refresh"):  # we run them ourselves, timed
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         panels: dict[str, dict[str, float]] = {}
         print(f"\npanels (default range: the 30 days to {END}), {args.repeats} runs each after a warm-up")
         for name in PANELS:
-            median, worst = timed(lambda: run_panel(store, name, {}, today), args.repeats)
+            median, worst = timed(lambda: run_panel(sessions, name, {}, today), args.repeats)
             panels[name] = {"median_ms": round(median, 1), "worst_ms": round(worst, 1)}
             mark = "" if worst < TARGET_MS else "   <-- over 200 ms"
             print(f"  /api/{name:<28} median {median:7.1f} ms   worst {worst:7.1f} ms{mark}", flush=True)
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("\nnamed views, read whole")
         views = {}
         for view in VIEWS:
-            median, _worst = timed(lambda: store.query(f"SELECT * FROM {view}"), 3)
+            median, _worst = timed(lambda: sessions.run(f"SELECT * FROM {view}"), 3)
             views[view] = round(median, 1)
             print(f"  {view:<28} {median:7.1f} ms")
         first = END - timedelta(days=29)
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("parameterized views, computed on the fly over the 30 days")
         for label, source in on_the_fly.items():
             started = time.perf_counter()
-            store.query(f"SELECT * FROM {source}", limit_rows=0)
+            sessions.run(f"SELECT * FROM {source}")
             views[label] = round((time.perf_counter() - started) * 1000, 1)
             print(f"  {label:<34} {views[label]:9.1f} ms")
         out["views_ms"] = views
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{out['panels_met']} (worst {out['panels_worst_ms']} ms)")
         return out
     finally:
+        sessions.close()
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
