@@ -99,7 +99,8 @@ def csv_rows(text: str) -> list[dict[str, str]]:
 
 
 def as_csv_cells(rows: list[dict[str, Any]], columns: list[str]) -> list[dict[str, str]]:
-    return [{c: "" if r[c] is None else str(r[c]) for c in columns} for r in rows]
+    return [{c: "" if r[c] is None else ("true" if r[c] else "false") if isinstance(r[c], bool) else str(r[c])
+             for c in columns} for r in rows]  # booleans as in JSON
 
 
 # -- the JSON API ----------------------------------------------------------------------------------------------
