@@ -41,8 +41,33 @@ def analyst_day(q: Query, r: Range) -> tuple[date | None, bool]:
     return None, False
 
 
-def _carried_rows(q: Query, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = q(f"SELECT {', '.join(FLEET_COLUMNS)} FROM fleet_daily_carried WHERE {where} ORDER BY day", params)
+# SQL texts are constants: values travel as {name:Type} parameters (tests/test_reliability.py checks the source).
+CARRIED_IN_RANGE = (
+    "SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, "
+    "active_last_week, active_last_month, applications, users_standard, users_admin, organizations, "
+    "default_uid_deployments, inconsistent_deployments FROM fleet_daily_carried "
+    "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day")
+CARRIED_ON_DAYS = (
+    "SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, "
+    "active_last_week, active_last_month, applications, users_standard, users_admin, organizations, "
+    "default_uid_deployments, inconsistent_deployments FROM fleet_daily_carried "
+    "WHERE day IN {days:Array(Date)} ORDER BY day")
+LIFECYCLE_SQL = {
+    "is": "SELECT day, active_1d, active_7d, active_30d, new, returning, churned FROM deployment_lifecycle_daily "
+          "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
+    "cli": "SELECT day, active_1d, active_7d, active_30d, new, returning, churned FROM cli_lifecycle_daily "
+           "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
+}
+RETENTION_SQL = {
+    "week": "SELECT kind, cohort, weeks_since AS periods_since, cohort_size, active, retention FROM retention_weekly "
+            "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
+    "month": "SELECT kind, cohort, months_since AS periods_since, cohort_size, active, retention FROM retention_monthly "
+             "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
+}
+
+
+def _carried_rows(q: Query, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = q(sql, params)
     for row in rows:
         row["users"] = row["users_standard"] + row["users_admin"]
     return rows
@@ -53,7 +78,7 @@ def _carried_rows(q: Query, where: str, params: dict[str, Any]) -> list[dict[str
 
 def panel_fleet_carried(q: Query, r: Range) -> Result:
     """/api/fleet's rows, from fleet_daily_carried."""
-    rows = _carried_rows(q, "day BETWEEN {start:Date} AND {end:Date}", _range(r))
+    rows = _carried_rows(q, CARRIED_IN_RANGE, _range(r))
     columns = FLEET_COLUMNS[:13] + ["users"] + FLEET_COLUMNS[13:]
     return Result(Table(columns, [{c: row[c] for c in columns} for row in rows]), {"fleet": "carried", "note": CARRIED_NOTE})
 
@@ -67,7 +92,7 @@ def panel_summary_carried(q: Query, r: Range) -> Result:
     if day is None:
         return Result(Table(columns, []), meta)
     before = day - timedelta(days=7)
-    by_day = {row["day"]: row for row in _carried_rows(q, "day IN {days:Array(Date)}", {"days": [day, before]})}
+    by_day = {row["day"]: row for row in _carried_rows(q, CARRIED_ON_DAYS, {"days": [day, before]})}
     now, then = by_day[day], by_day.get(before)
     rows = []
     for metric, label in SUMMARY_METRICS:
@@ -86,20 +111,16 @@ def panel_summary_carried(q: Query, r: Range) -> Result:
 def panel_lifecycle(q: Query, r: Range) -> Result:
     """Active (1/7/30 days), new, returning and churned UIDs per day, deployments and CLI installs apart (G = 7)."""
     rows = []
-    for kind, view in (("is", "deployment_lifecycle_daily"), ("cli", "cli_lifecycle_daily")):
-        part = q(f"SELECT day, {', '.join(LIFECYCLE_COLUMNS)} FROM {view} "
-                 "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day", _range(r))
-        rows += [{"day": x["day"], "kind": kind, **{c: x[c] for c in LIFECYCLE_COLUMNS}} for x in part]
+    for kind, sql in LIFECYCLE_SQL.items():
+        rows += [{"day": x["day"], "kind": kind, **{c: x[c] for c in LIFECYCLE_COLUMNS}} for x in q(sql, _range(r))]
     return Result(Table(["day", "kind", *LIFECYCLE_COLUMNS], rows), {"gap": 7})
 
 
 def panel_retention(q: Query, r: Range) -> Result:
     """Retention of the cohorts first seen in the range: weekly (rows) and monthly (tables.monthly)."""
     out: dict[str, Table] = {}
-    for period, view, since in (("week", "retention_weekly", "weeks_since"), ("month", "retention_monthly", "months_since")):
-        part = q(f"SELECT kind, cohort, {since} AS periods_since, cohort_size, active, retention FROM {view} "
-                 "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
-                 {"first": _period_start(r.start, period), "end": r.end})
+    for period, sql in RETENTION_SQL.items():
+        part = q(sql, {"first": _period_start(r.start, period), "end": r.end})
         out[period] = Table(["kind", "cohort", "periods_since", "cohort_size", "active", "retention"], part)
     return Result(out["week"], {}, {"monthly": out["month"]})
 

@@ -1,10 +1,13 @@
 -- Analyst depth (docs/analysts.md "The fleet over time"): every object here derives from `snapshots`, never
--- from daily_rollup. Two kinds of derived tables, both exact under replay, kill -9 and several writers:
---   * uid_activity: per UID its first and last day and the set of its days, fed by a materialized view on every
---     insert into snapshots. min, max and bitmap union are idempotent: a re-inserted row changes nothing.
---   * analyst_daily: one row per day, recomputed whole from `snapshots FINAL` (the view analyst_compute) by a
---     refreshable materialized view whenever a day it depends on changed, versioned by the computation time
---     (the newest computation wins), like daily_rollup.
+-- from the day totals (daily_rollup). Derived tables, each exact under replay, kill -9 and several writers:
+--   * uid_activity: per UID its first and last day and the sets of its days, weeks and months, fed by a
+--     materialized view on every insert into snapshots. min, max and bitmap union are idempotent.
+--   * snapshot_changes: per day the number of inserts that touched it, fed after uid_activity (a chain), so a
+--     counted change is visible only once its rows are.
+--   * analyst_daily: one row per day, recomputed whole from `snapshots FINAL` (the view analyst_compute) by the
+--     refreshable materialized view analyst_daily_refresh whenever changes of the days it depends on are more
+--     than those it was computed from (the counts it saw are kept); the newest computation wins.
+--   * retention_cohorts: the retention tables, recomputed whole the same way by retention_refresh.
 -- Defaults behind the named views: look-back 7 days (IS), 30 days (CLI installs), gap 7 days, jump factor 10.
 
 -- The frequency plan -> region rules: the one place the mapping lives. A plan ID belongs to the region of the
