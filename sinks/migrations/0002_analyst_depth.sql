@@ -157,6 +157,7 @@ CREATE TABLE IF NOT EXISTS analyst_daily
     region_gateways Map(LowCardinality(String), UInt64),
     region_gateways_carried Map(LowCardinality(String), UInt64),
     versions_carried Map(LowCardinality(String), UInt64),
+    versions_at_or_above_carried Map(LowCardinality(String), UInt64),
     newest_version String,
     versions_behind_carried Map(UInt32, UInt64),
     cli_active_installs UInt64,
@@ -229,7 +230,18 @@ SELECT
     i.end_device_buckets AS end_device_buckets, i.end_device_buckets_carried AS end_device_buckets_carried,
     i.region_deployments AS region_deployments, i.region_deployments_carried AS region_deployments_carried,
     i.region_gateways AS region_gateways, i.region_gateways_carried AS region_gateways_carried,
-    i.versions_carried AS versions_carried, i.newest_version AS newest_version,
+    i.versions_carried AS versions_carried,
+    -- per version, the deployments on it or a newer one: a running sum down the versions, newest first
+    CAST(mapFromArrays(
+             arraySort(k -> -toInt64(if(match(k, '^\\d+\\.\\d+$'),
+                                        toUInt32(splitByChar('.', k)[1]) * 1000 + toUInt32(splitByChar('.', k)[2]), 0)),
+                       mapKeys(i.versions_carried)),
+             arrayCumSum(arrayMap(k -> if(k = 'unknown', 0, i.versions_carried[k]),
+                                  arraySort(k -> -toInt64(if(match(k, '^\\d+\\.\\d+$'),
+                                                             toUInt32(splitByChar('.', k)[1]) * 1000 + toUInt32(splitByChar('.', k)[2]), 0)),
+                                            mapKeys(i.versions_carried)))))
+         AS Map(LowCardinality(String), UInt64)) AS versions_at_or_above_carried,
+    i.newest_version AS newest_version,
     i.versions_behind_carried AS versions_behind_carried,
     c.cli_active_installs AS cli_active_installs, c.cli_versions_active AS cli_versions_active,
     c.cli_os_active AS cli_os_active, c.cli_arch_active AS cli_arch_active,
@@ -486,19 +498,13 @@ ARRAY JOIN arrayDistinct(arrayConcat(mapKeys(region_gateways_carried), mapKeys(r
 
 -- Deployments per major.minor version in the carried-forward fleet, and the share on that version or newer.
 CREATE VIEW IF NOT EXISTS version_adoption_daily AS
-SELECT day, version, deployments,
-       if(ordinal = 0, 0, sum(if(ordinal = 0, 0, deployments)) OVER (PARTITION BY day ORDER BY ordinal DESC)) AS deployments_at_or_above,
-       active_deployments,
+SELECT a.day AS day, version, a.versions_carried[version] AS deployments,
+       if(version = 'unknown', 0, a.versions_at_or_above_carried[version]) AS deployments_at_or_above,
+       a.deployments AS active_deployments,
        round(deployments / active_deployments, 6) AS share,
        round(deployments_at_or_above / active_deployments, 6) AS share_at_or_above
-FROM
-(
-    SELECT a.day AS day, version, a.versions_carried[version] AS deployments, a.deployments AS active_deployments,
-           if(match(version, '^\\d+\\.\\d+$'),
-              toUInt32(splitByChar('.', version)[1]) * 1000 + toUInt32(splitByChar('.', version)[2]), 0) AS ordinal
-    FROM analyst_daily AS a FINAL
-    ARRAY JOIN mapKeys(a.versions_carried) AS version
-);
+FROM analyst_daily AS a FINAL
+ARRAY JOIN mapKeys(a.versions_carried) AS version;
 
 -- Per version: first day seen, the first day it (or a newer version) ran on half of the carried-forward fleet,
 -- and the days between. seen_on_first_day: the version was already there on the first day with data, so it
