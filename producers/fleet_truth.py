@@ -315,8 +315,8 @@ def deployments_behind(snaps: Snapshots, day: date, min_behind: int) -> list[dic
     if not top:
         return []
     return [{"day": day.isoformat(), "uid": s.uid, "source_day": s.day.isoformat(), "version": s.version,
-             "newest_version": f"{top // 1000}.{top % 1000}", "behind": top - ordinal(s.version)}
-            for s in carried if s.version != "unknown" and top - ordinal(s.version) >= min_behind]
+             "newest_version": f"{top // 1000}.{top % 1000}", "behind": max(top - ordinal(s.version), 0)}
+            for s in carried if s.version != "unknown" and max(top - ordinal(s.version), 0) >= min_behind]
 
 
 # -- CLI -------------------------------------------------------------------------------------------------------

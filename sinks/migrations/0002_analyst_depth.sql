@@ -462,11 +462,37 @@ FROM analyst_daily FINAL;
 -- The same for another look-back, computed on the fly from snapshots: fleet_daily_carried_lookback(lookback = 14,
 -- first = '2025-01-01', last = '2025-01-31').
 CREATE VIEW IF NOT EXISTS fleet_daily_carried_lookback AS
-SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, active_last_week,
-       active_last_month, applications, users_standard, users_admin, organizations, default_uid_deployments,
-       inconsistent_deployments
-FROM analyst_compute(days = (SELECT groupUniqArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}), seen = [],
-                     lookback = {lookback:UInt32}, cli_lookback = 30, factor = 10, gap = 7);
+SELECT day, countIf(kind = 'is') AS deployments, countIf(kind = 'cli') AS cli_installs,
+       sumIf(gateways, kind = 'is') AS gateways, sumIf(end_devices, kind = 'is') AS end_devices,
+       sumIf(active_end_devices, kind = 'is') AS active_end_devices, sumIf(active_last_day, kind = 'is') AS active_last_day,
+       sumIf(active_last_week, kind = 'is') AS active_last_week, sumIf(active_last_month, kind = 'is') AS active_last_month,
+       sumIf(applications, kind = 'is') AS applications, sumIf(users_standard, kind = 'is') AS users_standard,
+       sumIf(users_admin, kind = 'is') AS users_admin, sumIf(organizations, kind = 'is') AS organizations,
+       countIf(kind = 'is' AND default_uid) AS default_uid_deployments,
+       countIf(kind = 'is' AND inconsistent) AS inconsistent_deployments
+FROM
+(
+    SELECT target AS day, s.kind AS kind,
+           argMax(s.gateways, s.day) AS gateways, argMax(s.end_devices, s.day) AS end_devices,
+           argMax(s.active_end_devices, s.day) AS active_end_devices, argMax(s.active_last_day, s.day) AS active_last_day,
+           argMax(s.active_last_week, s.day) AS active_last_week, argMax(s.active_last_month, s.day) AS active_last_month,
+           argMax(s.applications, s.day) AS applications, argMax(s.users_standard, s.day) AS users_standard,
+           argMax(s.users_admin, s.day) AS users_admin, argMax(s.organizations, s.day) AS organizations,
+           argMax(s.default_uid, s.day) AS default_uid, argMax(s.inconsistent, s.day) AS inconsistent
+    FROM
+    (
+        SELECT day, kind, sipHash128(uid) AS key, gateways, end_devices, active_end_devices, active_last_day,
+               active_last_week, active_last_month, applications, users_standard, users_admin, organizations,
+               toUInt8(default_uid) AS default_uid, toUInt8(notEmpty(flags)) AS inconsistent
+        FROM snapshots FINAL
+        WHERE day > {first:Date} - {lookback:UInt32} AND day <= {last:Date}
+    ) AS s
+    ARRAY JOIN arrayFilter(t -> t >= s.day AND t < s.day + {lookback:UInt32},
+                           (SELECT groupUniqArray(day) FROM snapshot_changes
+                            WHERE day BETWEEN {first:Date} AND {last:Date})) AS target
+    GROUP BY target, s.kind, s.key
+)
+GROUP BY day;
 
 -- Deployments per size bucket: by gateways (gateways.total, or the sum of the plan counts when the sender leaves
 -- the total at 0) and by end devices. bucket_min is the bucket's lower bound: 0, 1, 10, 100, 1000, 10000.
@@ -540,16 +566,27 @@ ARRAY JOIN behind_top AS d;
 -- deployments_behind(day = '2025-01-31', min_behind = 3).
 CREATE VIEW IF NOT EXISTS deployments_behind AS
 SELECT c.day AS day, c.uid AS uid, c.source_day AS source_day, c.binary_version AS binary_version,
-       c.version_major_minor AS version, a.newest_version AS newest_version,
-       toUInt32((toUInt32(splitByChar('.', a.newest_version)[1]) * 1000 + toUInt32(splitByChar('.', a.newest_version)[2]))
-                - (toUInt32(splitByChar('.', c.version_major_minor)[1]) * 1000 + toUInt32(splitByChar('.', c.version_major_minor)[2]))) AS behind,
+       c.version AS version, a.newest_version AS newest_version,
+       toUInt32(greatest(toInt64(toUInt32(splitByChar('.', a.newest_version)[1]) * 1000
+                                 + toUInt32(splitByChar('.', a.newest_version)[2])) - c.ordinal, 0)) AS behind,
        c.end_devices AS end_devices, c.gateways AS gateways
-FROM carried_snapshots(day = {day:Date}, lookback = 7, cli_lookback = 30) AS c
+FROM
+(
+    -- each deployment's latest snapshot of the 7 days up to the day
+    SELECT {day:Date} AS day, uid, max(s.day) AS source_day, argMax(binary_version, s.day) AS binary_version,
+           argMax(version_major_minor, s.day) AS version,
+           if(match(version, '^\\d+\\.\\d+$'),
+              toInt64(toUInt32(splitByChar('.', version)[1]) * 1000 + toUInt32(splitByChar('.', version)[2])), 0) AS ordinal,
+           argMax(end_devices, s.day) AS end_devices,
+           argMax(if(gateways > 0, gateways, arraySum(mapValues(gateways_by_frequency_plan))), s.day) AS gateways
+    FROM snapshots AS s FINAL
+    WHERE kind = 'is' AND s.day <= {day:Date} AND s.day > {day:Date} - 7
+    GROUP BY uid
+) AS c
 INNER JOIN (SELECT day, newest_version FROM analyst_daily FINAL WHERE day = {day:Date}) AS a ON a.day = c.day
-WHERE c.kind = 'is' AND match(c.version_major_minor, '^\\d+\\.\\d+$') AND a.newest_version != ''
-  AND toInt64(toUInt32(splitByChar('.', a.newest_version)[1]) * 1000 + toUInt32(splitByChar('.', a.newest_version)[2]))
-      - toInt64(toUInt32(splitByChar('.', c.version_major_minor)[1]) * 1000 + toUInt32(splitByChar('.', c.version_major_minor)[2]))
-      >= {min_behind:UInt32}
+WHERE c.ordinal > 0 AND a.newest_version != ''
+  AND greatest(toInt64(toUInt32(splitByChar('.', a.newest_version)[1]) * 1000
+                        + toUInt32(splitByChar('.', a.newest_version)[2])) - c.ordinal, 0) >= {min_behind:UInt32}
 ORDER BY behind DESC, end_devices DESC, uid;
 
 -- CLI installs active in the last 30 days (a report in [D-29, D]), by their latest report's version, OS and arch.
@@ -594,9 +631,43 @@ ARRAY JOIN jumps AS j;
 CREATE VIEW IF NOT EXISTS sender_jumps AS
 SELECT day, j.1 AS uid, j.2 AS metric, j.3 AS previous_day, j.4 AS previous, j.5 AS current,
        round(greatest(j.4, j.5) / greatest(least(j.4, j.5), 1), 2) AS factor
-FROM analyst_compute(days = (SELECT groupUniqArray(day) FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date}), seen = [],
-                     lookback = 7, cli_lookback = 30, factor = {factor:UInt32}, gap = 7)
-ARRAY JOIN jumps AS j;
+FROM
+(
+    SELECT target AS day,
+           arrayMap(m -> (uid, m.1, prev_day, m.2, m.3),
+                    arrayFilter(m -> greatest(m.2, m.3) >= 100
+                                     AND toUInt128(greatest(m.2, m.3)) > toUInt128({factor:UInt32}) * greatest(least(m.2, m.3), 1),
+                                [('end_devices', prev_end_devices, cur_end_devices), ('gateways', prev_gateways, cur_gateways),
+                                 ('applications', prev_applications, cur_applications), ('users', prev_users, cur_users),
+                                 ('organizations', prev_organizations, cur_organizations)])) AS uid_jumps
+    FROM
+    (
+        SELECT target, any(s.uid) AS uid, maxIf(s.day, s.day < target) AS prev_day,
+               argMaxIf(s.gateways_effective, s.day, s.day = target) AS cur_gateways,
+               argMaxIf(s.end_devices, s.day, s.day = target) AS cur_end_devices,
+               argMaxIf(s.applications, s.day, s.day = target) AS cur_applications,
+               argMaxIf(s.users, s.day, s.day = target) AS cur_users,
+               argMaxIf(s.organizations, s.day, s.day = target) AS cur_organizations,
+               argMaxIf(s.gateways_effective, s.day, s.day < target) AS prev_gateways,
+               argMaxIf(s.end_devices, s.day, s.day < target) AS prev_end_devices,
+               argMaxIf(s.applications, s.day, s.day < target) AS prev_applications,
+               argMaxIf(s.users, s.day, s.day < target) AS prev_users,
+               argMaxIf(s.organizations, s.day, s.day < target) AS prev_organizations
+        FROM
+        (
+            SELECT day, uid, sipHash128(uid) AS key, end_devices, applications, organizations,
+                   users_standard + users_admin AS users,
+                   if(gateways > 0, gateways, arraySum(mapValues(gateways_by_frequency_plan))) AS gateways_effective
+            FROM snapshots FINAL
+            WHERE kind = 'is' AND day >= {first:Date} - 7 AND day <= {last:Date}
+        ) AS s
+        ARRAY JOIN arrayFilter(t -> t >= s.day AND t <= s.day + 7 AND t >= {first:Date} AND t <= {last:Date},
+                               [s.day, s.day + 1, s.day + 2, s.day + 3, s.day + 4, s.day + 5, s.day + 6, s.day + 7]) AS target
+        GROUP BY target, s.key
+        HAVING countIf(s.day = target) > 0 AND prev_day > toDate(0)
+    )
+)
+ARRAY JOIN uid_jumps AS j;
 
 -- Per UID: first and last day seen and the number of days seen.
 CREATE VIEW IF NOT EXISTS sender_lifespans AS
