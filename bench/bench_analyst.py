@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         on_the_fly = {
             "fleet_daily_carried_lookback(14), 7 days": f"fleet_daily_carried_lookback(lookback = 14, first = '{week}', last = '{END}')",
             "lifecycle_daily(gap 14), 30 days": f"lifecycle_daily(kind = 'is', gap = 14, first = '{END - timedelta(days=29)}', last = '{END}')",
+            "sender_jumps(factor 5), 3 days": f"sender_jumps(factor = 5, first = '{END - timedelta(days=2)}', last = '{END}')",
             "sender_jumps(factor 5), 7 days": f"sender_jumps(factor = 5, first = '{week}', last = '{END}')",
             "deployments_behind(3), one day": f"deployments_behind(day = '{END}', min_behind = 3)",
         }
