@@ -1,36 +1,34 @@
-"""Processors throughput: the full worker against a bare faust agent and a raw aiokafka consumer.
+"""Processors throughput: the full worker against the alternatives a user would pick instead, in one run.
 
-    python -m bench.bench_processors [--messages N] [--repeats R] [--take]
+    python -m bench.bench_processors [--messages N] [--repeats R] [--take] [--single]
 
 One embedded broker (Tansu, 8 partitions). N realistic bodies from the fleet simulator
-(`producers.simulator.generate`: ~510-byte IS/CLI bodies over 30 days, with its re-sends, changed bodies and
-~1% malformed ones) are produced once into the raw topic with `send_to_kafka` (the collector's headers).
-Then, R times, each variant reads the whole topic from offset 0 with a consumer group of its own:
+(`producers.simulator.generate`: ~510-byte IS/CLI bodies over 30 days, with its re-sends, changed bodies,
+~1% malformed ones and its fleet's lifecycle) are produced once into two topics:
+- the raw topic as the project's producers write it: many bodies per Kafka record (`producers/packed.py`, 100 a
+  record, JSON lines: is_telemetry/envelope.py), as the collector batches them under load;
+- a single-body topic (`send_to_kafka`, one body a record with the collector's headers), for the references.
+Then, R times, each variant reads a whole topic from offset 0 with a consumer group of its own:
 
-1. raw     - aiokafka `AIOKafkaConsumer.getmany()` in this process, bytes only (no deserialization);
-2. bare    - a faust agent in a child process (`faust_app()` with the worker's settings, spinner off, log level
-             warning): `async for value in stream: orjson.loads(value)`;
-3. take    - (with --take) the same, but the worker's loop shape: `stream.noack_take(batch_size, within)`, orjson
-             per event, `stream.ack(event)` per event; no pipeline, no sink;
-4. full    - a real `is-telemetry worker` process (its API serves /metrics), the sink writing to a fresh chDB dir.
+1. raw          - aiokafka `getmany()` in this process, bytes only (single-body topic): the floor;
+2. bare         - a faust agent in a child (`faust_app()` with the worker's settings, spinner off):
+                  `async for value in stream: orjson.loads(value)` (single-body topic): faust's per-record cost;
+3. take         - (with --take) the same with the worker's loop shape (`noack_take`, per-event acks);
+4. plain        - peer: an aiokafka consumer with the project's own parsing and validation, latest per (day, UID),
+                  one insert per table per batch, commit after insert, the worker's GC settings (bench/peers.py);
+5. kafka_engine - peer: ClickHouse's Kafka table engine in chDB, validation and extraction in SQL materialized
+                  views (bench/peers.py);
+6. full         - a real `is-telemetry worker` process (validate, re-key check, roll-up, sink to a fresh chDB);
+7. full_single  - (with --single) the same worker on the single-body topic.
+Peers and the worker read the raw topic; each must end with the exact snapshot count (distinct (day, UID) of the
+valid bodies) and rejection count, or the run fails.
 
-Timing starts when the consumer has its partitions: the aiokafka rebalance listener (raw), faust's worker
-"Ready" (bare/take: a hook in the child; full: the worker's own "[^Worker]: Ready" log line, which faust
-logs once the first assignment is done). Tansu's group join (~half the session timeout) is thus excluded
-from every variant. The full run ends at the sink's last write (gauge
-is_telemetry_sink_last_write_timestamp_seconds) once is_telemetry_processor_stored_total == N, i.e. once every
-record is in ClickHouse; it is then checked with `SELECT count() FROM snapshots FINAL` against the distinct
-(day, UID) pairs of the valid bodies. CPU seconds of the consuming process over the same interval are
-reported too (per message), being less sensitive than wall time to the other load on a shared machine.
-
-The worker flushes a batch when it has processors.batch_size records or processors.batch_seconds have passed,
-so the final, partial batch waits out the timer (up to 1 s by default) for records that never come. The full
-variant's rate therefore also comes without that tail ("steady": records stored by the write before the last
-one, over the time to that write; read from the metrics, which change together with the write gauge).
-The worker runs with `--log-level info` (only faust's start and assignment lines, for the Ready time; its
-spinner is off), every child in the temporary directory (faust makes `<app id>-data` in its cwd).
-
-`main()` prints and returns the medians (and every sample) as a dict.
+Timing starts when the consumer has its partitions (rebalance listener; faust's "Ready"; the Kafka engine's
+`system.kafka_consumers` assignment) and ends when everything is stored. CPU seconds of the consuming process over
+the same interval are reported per body. The worker's run ends at its sink's last write once every body is
+acknowledged as stored; its final partial batch waits out processors.batch_seconds, so a "steady" rate without it
+is reported too. `main()` prints and returns the medians (and every sample); the last line is
+`full_vs_fastest_peer=<ratio>` (the worker's median over the faster peer's).
 """
 
 from __future__ import annotations
@@ -86,17 +84,21 @@ def _cpu_s(pid: int) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def produce(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
-    """Generate at least n simulator deliveries, send the first n; return what ClickHouse must end up with."""
+def produce(bootstrap: str, topic: str, single_topic: str, n: int) -> dict[str, Any]:
+    """Generate at least n simulator deliveries, send the first n to both topics; return what ClickHouse must end up
+    with."""
     from processors.snapshot import day_of
     from processors.validate import Rejection, validate
+    from producers.packed import send_packed
     from producers.simulator import generate, send_to_kafka
 
-    deployments = max(10, n * 1300 // 41_600 + 10)  # 1300 deployments + 200 CLIs over 30 days ~ 41.6k deliveries
-    sim = generate(deployments, max(2, deployments // 6), 30, seed=1, end_day="2025-01-31")
+    deployments = max(10, n * 1300 // 36_000 + 10)  # 1300 deployments + 200 CLIs over 30 days ~ 36k deliveries
+    while True:
+        sim = generate(deployments, max(2, deployments // 6), 30, seed=1, end_day="2025-01-31")
+        if len(sim.deliveries) >= n:
+            break
+        deployments = deployments * 11 // 10 + 1
     deliveries = sim.deliveries[:n]
-    if len(deliveries) < n:
-        raise RuntimeError(f"the simulator gave {len(deliveries)} deliveries, fewer than {n}")
     keys: set[tuple[Any, str]] = set()
     rejected = 0
     for d in deliveries:
@@ -107,7 +109,9 @@ def produce(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
             keys.add((day_of(d.received_at_ms), r.uid))
     started = time.perf_counter()
     # Order within a partition is kept (one request in flight); bigger batches only make the setup quicker.
-    result = send_to_kafka(deliveries, bootstrap, topic, linger_ms=20, batch_size=512 * 1024)
+    send_packed(deliveries, bootstrap, topic, bodies_per_record=100, pack_keyless=True, linger_ms=20,
+                batch_size=512 * 1024)
+    send_to_kafka(deliveries, bootstrap, single_topic, linger_ms=20, batch_size=512 * 1024)
     return {
         "messages": n,
         "mean_body_bytes": round(sum(len(d.body) for d in deliveries) / n),
@@ -175,8 +179,8 @@ def _figures(count: int, seconds: float, cpu_s: float) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _faust_child(mode: str, bootstrap: str, group: str, n: int, out: str) -> None:
-    """A faust worker with one agent over the raw topic: `bare` iteration or the worker's `take` loop shape."""
+def _faust_child(mode: str, bootstrap: str, topic_name: str, group: str, n: int, out: str) -> None:
+    """A faust worker with one agent over `topic_name`: `bare` iteration or the worker's `take` loop shape."""
     import logging
 
     import faust
@@ -188,7 +192,7 @@ def _faust_child(mode: str, bootstrap: str, group: str, n: int, out: str) -> Non
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
     app = faust_app(group, settings)  # the worker's settings: buffer sizes, linger, timeouts, no web
-    topic = app.topic(settings.kafka.raw_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+    topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     state: dict[str, Any] = {"count": 0}
 
@@ -237,14 +241,18 @@ def _faust_child(mode: str, bootstrap: str, group: str, n: int, out: str) -> Non
         pass
 
 
-def run_faust_variant(mode: str, bootstrap: str, n: int, workdir: Path, timeout_s: float = 300) -> dict[str, Any]:
-    out = workdir / f"{mode}-{uuid.uuid4().hex[:8]}.json"
-    group = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+def run_child(mode: str, bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir: Path,
+              timeout_s: float = 300) -> dict[str, Any]:
+    """One measurement in a child process of its own: `bare`/`take` faust agents, the `plain`/`kafka_engine` peers."""
+    tag = uuid.uuid4().hex[:8]
+    out = workdir / f"{mode}-{tag}.json"
+    group = f"bench-{mode}-{tag}"
     log = workdir / f"{mode}.log"
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_processors", "--child", mode, "--bootstrap", bootstrap, "--group", group,
-             "--messages", str(n), "--out", str(out)],
+            [sys.executable, "-m", "bench.bench_processors", "--child", mode, "--bootstrap", bootstrap, "--topic",
+             topic, "--group", group, "--messages", str(n), "--out", str(out), "--chdb", str(workdir / f"chdb-{tag}"),
+             "--expect", json.dumps(expect)],
             cwd=workdir, env=_child_env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -253,8 +261,13 @@ def run_faust_variant(mode: str, bootstrap: str, n: int, workdir: Path, timeout_
         proc.kill()
         proc.wait()
     if not out.exists():
-        raise RuntimeError(f"the {mode} faust child gave no result (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
-    return json.loads(out.read_text())
+        raise RuntimeError(f"the {mode} child gave no result (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+    fig: dict[str, Any] = json.loads(out.read_text())
+    shutil.rmtree(workdir / f"chdb-{tag}", ignore_errors=True)
+    if "snapshots" in fig and (fig["snapshots"], fig["rejections"]) != (expect["distinct_day_uid"], expect["rejected"]):
+        raise RuntimeError(f"{mode} stored {fig['snapshots']} snapshots and {fig['rejections']} rejections, expected "
+                           f"{expect['distinct_day_uid']} and {expect['rejected']}")
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,7 +290,8 @@ def _sum(m: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in m.items() if k == prefix or k.startswith(prefix + "{"))
 
 
-def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, timeout_s: float = 600) -> dict[str, Any]:
+def run_full(bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir: Path,
+             timeout_s: float = 600) -> dict[str, Any]:
     import httpx
 
     from is_telemetry.broker import free_port
@@ -291,7 +305,8 @@ def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, time
     args = ["worker", "--kafka", bootstrap, "--data-dir", str(data), "--group-id", f"bench-full-{uuid.uuid4().hex[:8]}",
             "--api-port", str(port), "--log-level", "info"]
     with open(log, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", *args], cwd=data, env=_child_env(), stdout=logf,
+        env = {**_child_env(), "IS_TELEMETRY_KAFKA__RAW_TOPIC": topic}
+        proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", *args], cwd=data, env=env, stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
@@ -338,6 +353,9 @@ def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, time
                 proc.wait()
     if in_clickhouse != expect["distinct_day_uid"]:
         raise RuntimeError(f"ClickHouse has {in_clickhouse} snapshots, expected {expect['distinct_day_uid']}")
+    if int(_sum(m, "is_telemetry_processor_rejected_total")) != expect["rejected"]:
+        raise RuntimeError(f"the worker rejected {_sum(m, 'is_telemetry_processor_rejected_total')} bodies, expected "
+                           f"{expect['rejected']}")
     fig = _figures(int(m["is_telemetry_processor_records_total"]), t1 - t0, cpu1 - cpu0)
     if before_last is not None and before_last > t0:
         fig["steady_msgs_per_s"] = round(writes[before_last] / (before_last - t0))
@@ -354,6 +372,8 @@ def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, time
         sink_write_ms_mean=round(m.get("is_telemetry_sink_write_seconds_sum", 0) / n_writes * 1000) if n_writes else 0,
         peak_rss_mb=peak_rss_mb,
     )
+    if os.environ.get("BENCH_KEEP_LOG"):
+        shutil.copy(log, os.environ["BENCH_KEEP_LOG"])
     shutil.rmtree(data, ignore_errors=True)
     return fig
 
@@ -363,16 +383,23 @@ def run_full(bootstrap: str, n: int, expect: dict[str, Any], workdir: Path, time
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_processors", description="processors throughput")
-    ap.add_argument("--messages", type=int, default=40_000, help="simulator bodies sent once to the raw topic")
+    ap.add_argument("--messages", type=int, default=40_000, help="simulator bodies sent once to each topic")
     ap.add_argument("--repeats", type=int, default=3, help="measurements of each variant (medians are reported)")
     ap.add_argument("--take", action="store_true", help="also measure a faust agent with the worker's noack_take loop")
-    ap.add_argument("--child", choices=["bare", "take"], help=argparse.SUPPRESS)
-    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
-    ap.add_argument("--group", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--single", action="store_true", help="also measure the worker on the single-body topic")
+    ap.add_argument("--only", help="comma-separated variants to measure (default: all)")
+    ap.add_argument("--child", choices=["bare", "take", "plain", "kafka_engine"], help=argparse.SUPPRESS)
+    for hidden in ("--bootstrap", "--topic", "--group", "--out", "--chdb", "--expect"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child in ("bare", "take"):
+        _faust_child(args.child, args.bootstrap, args.topic, args.group, args.messages, args.out)
+        return {}
     if args.child:
-        _faust_child(args.child, args.bootstrap, args.group, args.messages, args.out)
+        from bench import peers
+
+        run = peers.run_plain if args.child == "plain" else peers.run_kafka_engine
+        run(args.bootstrap, args.topic, args.group, args.messages, json.loads(args.expect), args.chdb, args.out)
         return {}
 
     from is_telemetry.broker import EmbeddedBroker, free_port
@@ -380,32 +407,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from is_telemetry.kafka import ensure_topics
 
     n = args.messages
-    variants = ["raw", "bare", *(["take"] if args.take else []), "full"]
+    variants = ["raw", "bare", *(["take"] if args.take else []), "plain", "kafka_engine", "full",
+                *(["full_single"] if args.single else [])]
+    if args.only:
+        variants = [v for v in variants if v in args.only.split(",")]
+    peer_names = [v for v in ("plain", "kafka_engine") if v in variants]
     samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     load = {"before": _loadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-processors-") as tmp:
         workdir = Path(tmp)
         with EmbeddedBroker(port=free_port(), log_file=workdir / "broker.log") as broker:
-            settings = load_settings(None, kafka={"bootstrap_servers": broker.bootstrap_servers})
+            bootstrap = broker.bootstrap_servers
+            settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
+            topic, single = settings.kafka.raw_topic, settings.kafka.raw_topic + "-single"
             ensure_topics(settings)
-            topic = settings.kafka.raw_topic
-            expect = produce(broker.bootstrap_servers, topic, n)
-            print(f"produced {n} bodies ({expect['mean_body_bytes']} bytes mean, {expect['rejected']} malformed) to "
-                  f"{settings.kafka.partitions} partitions in {expect['produce_s']}s; load {_loadavg()}", flush=True)
+            ensure_topics(load_settings(None, kafka={"bootstrap_servers": bootstrap, "raw_topic": single}))
+            expect = produce(bootstrap, topic, single, n)
+            print(f"produced {n} bodies ({expect['mean_body_bytes']} bytes mean, {expect['rejected']} malformed, "
+                  f"{expect['distinct_day_uid']} distinct (day, UID)) to {settings.kafka.partitions} partitions, packed "
+                  f"and single, in {expect['produce_s']}s; load {_loadavg()}", flush=True)
             for i in range(args.repeats):
                 for v in variants:
                     if v == "raw":
-                        fig = run_raw(broker.bootstrap_servers, topic, n)
-                    elif v == "full":
-                        fig = run_full(broker.bootstrap_servers, n, expect, workdir)
+                        fig = run_raw(bootstrap, single, n)
+                    elif v in ("full", "full_single"):
+                        fig = run_full(bootstrap, topic if v == "full" else single, n, expect, workdir)
                     else:
-                        fig = run_faust_variant(v, broker.bootstrap_servers, n, workdir)
+                        fig = run_child(v, bootstrap, single if v in ("bare", "take") else topic, n, expect, workdir)
                     samples[v].append(fig)
-                    print(f"  run {i + 1} {v:5s} {fig['msgs_per_s']:>8,} msgs/s  {fig['seconds']:7.2f}s  "
-                          f"{fig['cpu_us_per_msg']:6.1f} us CPU/msg" + (
-                              f"  (without the last batch {fig.get('steady_msgs_per_s', 0):,}/s; {fig['batches']} batches of "
-                              f"~{fig['mean_batch']}, sink {fig['sink_write_ms_mean']} ms"
-                              f"/batch, {fig['sink_write_s_total']}s in all)" if v == "full" else ""), flush=True)
+                    extra = ""
+                    if v.startswith("full"):
+                        extra = (f"  (without the last batch {fig.get('steady_msgs_per_s', 0):,}/s; {fig['batches']} "
+                                 f"batches of ~{fig['mean_batch']}, sink {fig['sink_write_ms_mean']} ms/batch, "
+                                 f"{fig['sink_write_s_total']}s in all, peak RSS {fig['peak_rss_mb']} MB)")
+                    print(f"  run {i + 1} {v:12s} {fig['msgs_per_s']:>8,} msgs/s  {fig['seconds']:7.2f}s  "
+                          f"{fig['cpu_us_per_msg']:6.1f} us CPU/msg{extra}  load {_loadavg()}", flush=True)
     load["after"] = _loadavg()
     med = {v: round(statistics.median(s["msgs_per_s"] for s in samples[v])) for v in variants}
     cpu = {v: round(statistics.median(s["cpu_us_per_msg"] for s in samples[v]), 1) for v in variants}
@@ -416,29 +452,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeats": args.repeats,
         "msgs_per_s": med,
         "cpu_us_per_msg": cpu,
-        "full_over_bare": round(med["full"] / med["bare"], 3),
-        "bare_over_raw": round(med["bare"] / med["raw"], 3),
-        "targets": {"full_over_bare_min": 0.6, "full_msgs_per_s_min": 4000},
-        "targets_met": med["full"] >= 0.6 * med["bare"] and med["full"] >= 4000,
         "cpus": os.cpu_count(),
         "loadavg": load,
         "samples": samples,
     }
-    steady = [s["steady_msgs_per_s"] for s in samples["full"] if "steady_msgs_per_s" in s]
+    ratios = {f"full_vs_{p}": round(med["full"] / med[p], 3) for p in peer_names if "full" in med}
+    if "full" in med and "bare" in med:
+        ratios["full_vs_bare"] = round(med["full"] / med["bare"], 3)
+    if "take" in med and "bare" in med:
+        ratios["take_vs_bare"] = round(med["take"] / med["bare"], 3)
+    if "full_single" in med and "full" in med:
+        ratios["full_vs_full_single"] = round(med["full"] / med["full_single"], 3)
+    result["ratios"] = ratios
+    steady = [s["steady_msgs_per_s"] for s in samples.get("full", []) if "steady_msgs_per_s" in s]
     if steady:
         result["full_steady_msgs_per_s"] = round(statistics.median(steady))
-        result["full_steady_over_bare"] = round(result["full_steady_msgs_per_s"] / med["bare"], 3)
-    if "take" in med:
-        result["take_over_bare"] = round(med["take"] / med["bare"], 3)
-    print(f"medians of {args.repeats} ({n} msgs, {settings.kafka.partitions} partitions, {os.cpu_count()} CPUs, load "
+    print(f"medians of {args.repeats} ({n} bodies, {settings.kafka.partitions} partitions, {os.cpu_count()} CPUs, load "
           f"{load['before']} -> {load['after']}):")
     for v in variants:
-        print(f"  {v:5s} {med[v]:>8,} msgs/s  {cpu[v]:6.1f} us CPU/msg")
-    print(f"  full/bare {result['full_over_bare']:.2f} (target >= 0.60), bare/raw {result['bare_over_raw']:.3f}, "
-          f"full {med['full']:,}/s (target >= 4,000/s): targets {'met' if result['targets_met'] else 'MISSED'}")
+        print(f"  {v:12s} {med[v]:>8,} msgs/s  {cpu[v]:6.1f} us CPU/msg")
+    for k, r in ratios.items():
+        print(f"  {k} {r:.2f}")
     if steady:
-        print(f"  full without its last (partial, timer-flushed) batch: {result['full_steady_msgs_per_s']:,} msgs/s, "
-              f"{result['full_steady_over_bare']:.2f} of bare")
+        print(f"  full without its last (partial, timer-flushed) batch: {result['full_steady_msgs_per_s']:,} msgs/s")
+    if peer_names and "full" in med:
+        fastest = max(peer_names, key=lambda p: med[p])
+        result["full_vs_fastest_peer"] = round(med["full"] / med[fastest], 3)
+        print(f"full_vs_fastest_peer={result['full_vs_fastest_peer']:.2f} ({fastest})")
     return result
 
 

@@ -85,8 +85,10 @@ class ApiSettings(_HttpEdge):
 class ProcessorSettings(_Section):
     group_id: str = Field("is-telemetry-processors", description="Consumer group of the processors (a new one replays the topic from offset 0)")
     sink_group_id: str = Field("is-telemetry-sink", description="Consumer group of a separate sink process")
-    batch_size: int = Field(5000, ge=1, description="Most events handled and flushed per batch")
-    batch_seconds: float = Field(1.0, gt=0, description="Longest wait to fill a batch (seconds)")
+    batch_size: int = Field(5000, ge=1, description="Most bodies handled and written per batch (each body of a many-bodies record counts)")
+    batch_seconds: float = Field(1.0, gt=0, description="Longest a body waits in an unfinished batch (seconds)")
+    batch_idle_seconds: float = Field(0.05, gt=0, description="A batch is handled once no record came for this long (seconds): the end of a backlog, or a trickle, is written at once")
+    stop_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM/SIGINT, longest wait for the batch in flight and the commits; then the process exits (what was not stored is read again)")
     plausibility_limit: int = Field(10**9, ge=0, description="A count above this rejects the message as 'implausible'")
     state_days: int = Field(3, ge=1, description="Days of per-UID state (roll-up, dedup) kept in memory; a record for an older day recomputes that day and partition from ClickHouse")
     web_port: int = Field(0, ge=0, le=65535, description="faust's own web port (0 = off)")

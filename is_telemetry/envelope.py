@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -47,6 +47,11 @@ def encode_frame(frame: Frame) -> bytes:
     except UnicodeDecodeError:
         return orjson.dumps({"received_at_ms": frame.received_at_ms, "user_agent": ua,
                              "body_base64": base64.b64encode(frame.body).decode()})
+
+
+def bodies_in(headers: Mapping[str, bytes], value: bytes | None) -> int:
+    """How many bodies a raw-topic record carries (one line a frame; a record of another producer: 1)."""
+    return (value or b"").count(b"\n") + 1 if is_batch(headers) else 1
 
 
 def pack(frames: Sequence[Frame]) -> bytes:

@@ -14,7 +14,7 @@ snapshot is written and the sink recomputes that (day, partition) from ClickHous
 
 A partition's state is rebuilt from ClickHouse (the snapshots are the truth) when the partition is taken on:
 `Rollups.load` reads the latest snapshot of every UID the partition owns (`kafkaMurmurHash(uid) % partitions`) for
-the window's days, and the rejections. Each load takes a new *generation* above every one written so far, and
+the window's days (the window ends at the newest day of the partition's own aggregate rows), and the rejections. Each load takes a new *generation* above every one written so far, and
 every row this state emits carries `generation << 64 | sequence`: a later row of one owner replaces an earlier
 one, and rows of the current owner replace rows of any earlier one, whatever the Kafka positions (a replay from
 offset 0, a broker that lost its topics, a stale owner still writing after a rebalance).
@@ -251,7 +251,9 @@ class PartitionRollup:
 class StateSource(Protocol):
     """Where a partition's state comes from when it is taken on: ClickHouse (sinks/clickhouse.py)."""
 
-    def newest_day(self) -> date | None: ...
+    def newest_days(self, partitions: list[int]) -> dict[int, date]:
+        """The newest day each partition has written aggregate rows for (absent: none yet)."""
+        ...
 
     def allocate_generation(self) -> int: ...
 
@@ -279,19 +281,22 @@ class Rollups:
         if not partitions:
             return
         generation = source.allocate_generation()
-        newest = source.newest_day()
         parts = {p: PartitionRollup(p, generation, self.state_days, self.strings) for p in partitions}
-        if newest is not None:
-            since = date.fromordinal(newest.toordinal() - self.state_days + 1)
-            for part in parts.values():
-                part._day(newest)  # the window ends at the newest day in ClickHouse
-                part.evict()
-            for row, h in source.latest_snapshots(partitions, self.partitions_total, since):
+        # Each partition's window ends where its own rows ended: partitions are read at their own pace (a worker
+        # may have read one to the end of the month before it takes the next one on), and a window set by
+        # another partition's newest day would make this one's every record late (each a recompute).
+        newest = source.newest_days(partitions)
+        if newest:
+            for p, day in newest.items():
+                parts[p]._day(day)
+            loaded = sorted(newest)
+            since = date.fromordinal(min(newest.values()).toordinal() - self.state_days + 1)
+            for row, h in source.latest_snapshots(loaded, self.partitions_total, since):
                 part = parts[row.source_partition]
                 state = part._day(row.day)
                 if state is not None:
                     state.uids[uid_key(row.uid)] = part._encode(row, h, state)
-            for rejection in source.rejections_since(partitions, since):
+            for rejection in source.rejections_since(loaded, since):
                 parts[rejection.source_partition].apply_rejection(rejection)
             for part in parts.values():
                 part.evict()
@@ -342,10 +347,12 @@ def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatc
 
 def preparer(rollups: Rollups, source: StateSource) -> Callable[[list[PartitionBatch]], Batch]:
     """The sink checkpoint's `prepare` (sinks/checkpoint.py): roll a batch up, counting exact re-sends."""
+    from is_telemetry import gctuning
     from processors import metrics
 
     def prepare(parts: list[PartitionBatch]) -> Batch:
-        batch = roll_up(rollups, source, parts)
+        with gctuning.paused():
+            batch = roll_up(rollups, source, parts)
         metrics.DUPLICATES.inc(batch.duplicates)
         metrics.STATE_UID_DAYS.set(rollups.uid_days())
         return batch

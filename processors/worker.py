@@ -22,10 +22,11 @@ from typing import Any
 import faust
 
 from is_telemetry.config import Settings
-from is_telemetry.envelope import EnvelopeError, is_batch, unpack
+from is_telemetry import gctuning
+from is_telemetry.envelope import EnvelopeError, bodies_in, is_batch, unpack
 from is_telemetry.kafka import HEADER_RECEIVED_AT, HEADER_USER_AGENT, ensure_topics, topic_partitions
 from is_telemetry.rows import PartitionBatch, encode_payload
-from is_telemetry.streaming import FaustRewinder, faust_app, run_faust
+from is_telemetry.streaming import FaustRewinder, faust_app, run_faust, take_bodies
 from processors import metrics
 from processors.dedup import Deduplicator
 from processors.pipeline import Outcome, RawRecord, process
@@ -78,6 +79,10 @@ def partition_batches(records: Sequence[RawRecord], outcome: Outcome) -> list[Pa
     return sorted(parts.values(), key=lambda p: p.partition)
 
 
+def _bodies(event: Any) -> int:
+    return bodies_in(_headers(event.message), event.message.value)
+
+
 class Processors:
     """Wires the raw topic to the pipeline and the sink."""
 
@@ -125,7 +130,7 @@ class Processors:
         self._stream = stream
         p = self.settings.processors
         try:
-            async for events in stream.noack_take(p.batch_size, within=p.batch_seconds):
+            async for events in take_bodies(stream, p.batch_size, p.batch_seconds, p.batch_idle_seconds, _bodies):
                 events = self.rewinder.accepted(events)
                 if events:
                     await self.handle(events)
@@ -139,11 +144,12 @@ class Processors:
         return await topic.send(key=key, value=value, headers=headers, force=True)
 
     async def handle(self, events: list[Any]) -> None:
-        records = [r for e in events for r in records_of(e)]
+        with gctuning.paused():  # every row stays alive until written: no collector passes over them meanwhile
+            records = [r for e in events for r in records_of(e)]
+            outcome = process(records, self.partitions_total, None if self.checkpoint else self.dedup,
+                              self.settings.processors.plausibility_limit)
         metrics.RECORDS.inc(len(records))
         metrics.BATCH_SIZE.observe(len(records))
-        outcome = process(records, self.partitions_total, None if self.checkpoint else self.dedup,
-                          self.settings.processors.plausibility_limit)
         sends = [await self._send(self.deadletter, dl.key, dl.value, dl.headers) for dl in outcome.dead_letters]
         sends += [await self._send(self.raw, r.key, r.value, r.headers) for r in outcome.rekey]
         metrics.VALID.inc(outcome.valid)

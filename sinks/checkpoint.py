@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from is_telemetry import gctuning
 from is_telemetry.rows import Batch, PartitionBatch
 from sinks import metrics
 from sinks.clickhouse import ClickHouseStore, SinkUnavailable
@@ -120,7 +121,8 @@ class Checkpoint:
 
     def _write(self, batch: Batch) -> None:
         started = time.perf_counter()
-        self.store.write(batch)
+        with gctuning.paused():
+            self.store.write(batch)
         metrics.SINK_SECONDS.observe(time.perf_counter() - started)
         metrics.SINK_ROWS.labels("snapshots").inc(len(batch.snapshots))
         metrics.SINK_ROWS.labels("rejections").inc(len(batch.rejections))

@@ -263,13 +263,14 @@ class ClickHouseStore:
 
     # -- the roll-up's state source (processors/rollup.py) ------------------------------------------------------
 
-    def newest_day(self) -> date | None:
-        """The newest day with a snapshot or a rejection."""
+    def newest_days(self, partitions: list[int]) -> dict[int, date]:
+        """The newest day of each partition's aggregate rows: where its roll-up window ended (partitions never
+        written are absent)."""
         with self._lock:
-            r = self.client.query("SELECT (SELECT count() FROM snapshots), (SELECT max(day) FROM snapshots), "
-                                  "(SELECT count() FROM rejections), (SELECT max(day) FROM rejections)").result_rows[0]
-        days = [d for n, d in ((r[0], r[1]), (r[2], r[3])) if n]
-        return max(days) if days else None
+            rows = self.client.query("SELECT source_partition, max(day) FROM rollup_partitions WHERE source_partition "
+                                     "IN {parts:Array(UInt32)} GROUP BY source_partition",
+                                     parameters={"parts": partitions}).result_rows
+        return {int(p): d for p, d in rows}
 
     def allocate_generation(self) -> int:
         """A roll-up generation above every one in `rollup_partitions`: rows written under it replace older ones."""
