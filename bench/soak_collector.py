@@ -43,6 +43,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import load_settings
 from is_telemetry.kafka import ensure_topics
@@ -217,10 +219,21 @@ async def load(host: str, port: int, run: str, seconds: float, clients: int, thi
             "requests_per_s": round(counter[0] / elapsed, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
 
 
+def _uid_of(body: bytes) -> bytes:
+    try:
+        uid = orjson.loads(body).get("uid")
+    except (orjson.JSONDecodeError, AttributeError):
+        return b""
+    return uid.encode() if isinstance(uid, str) else b""
+
+
 def topic_keys(bootstrap: str, topic: str, at_least: int, quiet_s: float = 3.0,
                timeout_s: float = 300.0) -> list[bytes]:
-    """Every record key in topic, by consuming from the beginning until at_least were read and no more arrive."""
+    """The key of every body in topic (a many-bodies record's bodies counted one by one, by their uid), by
+    consuming from the beginning until at_least were read and no more arrive."""
     from kafka import KafkaConsumer
+
+    from is_telemetry.envelope import is_batch, unpack
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
                              enable_auto_commit=False, max_poll_records=10_000, fetch_max_bytes=64 * 1024 * 1024,
@@ -232,7 +245,12 @@ def topic_keys(bootstrap: str, topic: str, at_least: int, quiet_s: float = 3.0,
         while time.monotonic() < deadline:
             got = consumer.poll(timeout_ms=500)
             for batch in got.values():
-                keys.extend(r.key for r in batch)
+                for r in batch:
+                    headers = dict(r.headers or [])
+                    if is_batch(headers):  # a many-bodies record: one key per body, its uid
+                        keys.extend(_uid_of(frame.body) for frame in unpack(r.value))
+                    else:
+                        keys.append(r.key)
             if got:
                 last_new = time.monotonic()
             elif len(keys) >= at_least and time.monotonic() - last_new >= quiet_s:
@@ -305,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"statuses {out['statuses']}")
         print(f"collector RSS: idle {out['rss_idle_mb']} MB; under load first {out['rss_first_mb']} MB, "
               f"last {out['rss_last_mb']} MB, max {out['rss_max_mb']} MB ({out['rss_samples']} samples)")
-        print(f"records: {out['accepted']} acknowledged, {out['records_in_topic']} in the topic; lost {out['lost']}, "
+        print(f"records: {out['accepted']} acknowledged, {out['records_in_topic']} bodies in the topic; lost {out['lost']}, "
               f"duplicated {out['duplicated']}, stored but not acknowledged {out['stored_unacknowledged']}")
     return out
 

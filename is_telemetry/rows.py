@@ -182,6 +182,12 @@ def _getter(row_type: type[Any]) -> attrgetter[Any]:
     return attrgetter(*columns(row_type))
 
 
+@cache
+def getters(row_type: type[Any]) -> list[attrgetter[Any]]:
+    """One getter a column, for column-oriented inserts."""
+    return [attrgetter(name) for name in columns(row_type)]
+
+
 def values(row: Any) -> list[Any]:
     return list(_getter(type(row))(row))
 

@@ -7,6 +7,7 @@ gives the same answer.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import UTC, date, datetime
 
 import orjson
@@ -18,6 +19,7 @@ _MAJOR_MINOR = re.compile(r"^\s*v?(\d+)\.(\d+)")
 REJECTED_BODY_MAX = 4096  # a rejected body is kept truncated: anyone can put any text in it
 
 
+@lru_cache(maxsize=4096)  # a fleet runs a few hundred distinct versions
 def major_minor(binary_version: str) -> str:
     """'3.32.1 (1d218216, 2024-10-24T13:28:12Z)' -> '3.32'; '3.27.0-dev' -> '3.27'; else 'unknown'."""
     m = _MAJOR_MINOR.match(binary_version)

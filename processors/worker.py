@@ -24,7 +24,7 @@ import faust
 from is_telemetry.config import Settings
 from is_telemetry import gctuning
 from is_telemetry.envelope import EnvelopeError, bodies_in, is_batch, unpack
-from is_telemetry.kafka import HEADER_RECEIVED_AT, HEADER_USER_AGENT, ensure_topics, topic_partitions
+from is_telemetry.kafka import HEADER_USER_AGENT, ensure_topics, topic_partitions
 from is_telemetry.rows import PartitionBatch, encode_payload
 from is_telemetry.streaming import FaustRewinder, faust_app, run_faust, take_bodies
 from processors import metrics
@@ -56,9 +56,9 @@ def records_of(event: Any) -> list[RawRecord]:
         frames = list(unpack(value))
     except EnvelopeError as exc:
         return [RawRecord(m.topic, m.partition, m.offset, timestamp_ms, headers, value[:4096], key, error=str(exc))]
-    return [RawRecord(m.topic, m.partition, m.offset, timestamp_ms,
-                      {HEADER_RECEIVED_AT: str(f.received_at_ms).encode(), HEADER_USER_AGENT: f.user_agent},
-                      f.body, None, i, True) for i, f in enumerate(frames)]
+    # a frame's receive time is its record's timestamp here (RawRecord.received_at_ms reads it when no header says)
+    return [RawRecord(m.topic, m.partition, m.offset, f.received_at_ms, {HEADER_USER_AGENT: f.user_agent}, f.body,
+                      None, i, True) for i, f in enumerate(frames)]
 
 
 def partition_batches(records: Sequence[RawRecord], outcome: Outcome) -> list[PartitionBatch]:
