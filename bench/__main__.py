@@ -3,7 +3,8 @@
 Each module's `main()` (which prints its figures and returns them as a dict) runs in its own subprocess:
 chDB serves one data path per process, and some benches start brokers and servers of their own. The
 benches run one after the other (never side by side: they would measure each other). A summary table
-follows. The exit status is 1 if any bench failed.
+follows, then each bench's verdict line (its result's `last_line`, e.g. `full_vs_fastest_peer=<ratio>` of the
+processors bench) as the run's last lines. The exit status is 1 if any bench failed.
 """
 
 from __future__ import annotations
@@ -95,17 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown bench(es): {' '.join(unknown)}; available: {' '.join(names)}", file=sys.stderr)
         return 2
-    rows = []
+    rows, last_lines = [], []
     for name in wanted:
         print(f"=== bench {name} ===", flush=True)
         result, seconds, code = run_one(name)
         status = "ok" if code == 0 and result is not None else f"FAILED (exit {code})"
         rows.append((name, status, f"{seconds:.0f}s", headline(result)))
+        if result and isinstance(result.get("last_line"), str):
+            last_lines.append(result["last_line"])
         print(flush=True)
     widths = [max(len(r[i]) for r in [("bench", "status", "time", "figures"), *rows]) for i in range(4)]
     print("=== summary ===")
     for r in [("bench", "status", "time", "figures"), *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    for line in last_lines:  # a bench's verdict line (e.g. processors: full_vs_fastest_peer=<ratio>) ends the run
+        print(line)
     return 0 if all(r[1] == "ok" for r in rows) else 1
 
 

@@ -1034,6 +1034,39 @@ def test_soak_collector_briefly_flat_memory_and_nothing_lost() -> None:
     assert out["rss_max_mb"] < 200, out["rss_series_mb"]
 
 
+def test_worker_whose_broker_is_gone_still_stops_on_sigterm_within_its_bound(tmp_path: Path) -> None:
+    """faust waits for a broker that is gone for ever when it stops; the worker ends anyway, processors.stop_timeout_s
+    after SIGTERM, saying why (nothing is lost: what was not stored was not committed)."""
+    from tests.processes import worker as worker_proc
+
+    broker = EmbeddedBroker(port=free_port(), log_file=tmp_path / "broker.log").start()
+    try:
+        ensure_topics(load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers}))
+        os.environ["IS_TELEMETRY_PROCESSORS__STOP_TIMEOUT_S"] = "5"
+        try:
+            w = worker_proc(broker.bootstrap_servers, tmp_path)
+        finally:
+            del os.environ["IS_TELEMETRY_PROCESSORS__STOP_TIMEOUT_S"]
+        wait_until_ready(w)
+        wait_for(lambda: "[^Worker]: Ready" in w.log_path.read_text(errors="replace"), 60, w)
+        time.sleep(3)  # in its consumer group, fetching: where faust's stop waits on the broker
+    finally:
+        broker.stop()
+    try:
+        time.sleep(1)
+        assert w.process is not None
+        started = time.monotonic()
+        w.process.send_signal(signal.SIGTERM)
+        code = w.process.wait(60)  # without the bound: still waiting after 60 s
+        took = time.monotonic() - started
+        assert took < 5 + 20, took  # the bound plus a shared machine's slack
+        assert code == 1
+        assert "did not stop within 5s of the signal (is Kafka reachable?)" in w.log_path.read_text(errors="replace")
+    finally:
+        if w.alive():
+            w.kill9()
+
+
 @pytest.mark.slow
 def test_clickhouse_refusing_writes_pauses_rewinds_and_stops_in_bounded_time(tmp_path: Path) -> None:
     """ClickHouse refuses writes (chDB's table directories immutable) for longer than clickhouse.retry_s: the
