@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from is_telemetry import status
-from is_telemetry.config import Settings, check_api_exposure, load_settings
+from is_telemetry.config import Settings, check_api_exposure, describe_validation_error, load_settings
 from is_telemetry.errors import ConfigError
 from is_telemetry.logsetup import setup_logging
 from producers import identity_server, simulator
@@ -27,12 +27,17 @@ LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug|info|warnin
 
 def settings_from(config: Path | None, serves_api: bool = False, **flags: Any) -> Settings:
     """Settings from defaults < file < environment < flags; a bad configuration ends the command with one line."""
+    from pydantic import ValidationError
+
     try:
         settings = load_settings(config, **flags)
         if serves_api:
             check_api_exposure(settings)
         return settings
-    except (ConfigError, ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+    except ValidationError as exc:
+        typer.echo(f"error: bad configuration: {describe_validation_error(exc)}", err=True)
+        raise typer.Exit(2) from exc
+    except (ConfigError, ValueError, OSError) as exc:
         typer.echo(f"error: bad configuration: {exc}", err=True)
         raise typer.Exit(2) from exc
 
@@ -43,8 +48,8 @@ def _port(value: int | None) -> int | None:
 
 @app.command()
 def broker(
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1")] = 0,
-    host: Annotated[str, typer.Option("--host")] = "",
+    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port [default: broker.port, 19092]")] = None,
+    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address [default: broker.host, 127.0.0.1]")] = "",
     config: ConfigOpt = None,
 ) -> None:
     """Run the embedded Kafka-protocol broker (Tansu, memory storage) until stopped."""
@@ -67,21 +72,19 @@ def up(
     data_dir: DataDirOpt = None,
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
-    broker_port: Annotated[int, typer.Option("--broker-port")] = 0,
-    collector_port: Annotated[int, typer.Option("--collector-port")] = 0,
-    api_port: Annotated[int, typer.Option("--api-port")] = 0,
-    collector_host: Annotated[str, typer.Option("--collector-host", help="Collector bind address (default 127.0.0.1; 0.0.0.0 = every interface)")] = "",
-    api_host: Annotated[str, typer.Option("--api-host", help="API/dashboard bind address (default 127.0.0.1; beyond loopback only with api.token)")] = "",
+    broker_port: Annotated[Optional[int], typer.Option("--broker-port", show_default=False, help="Embedded broker port [default: broker.port, 19092]")] = None,
+    collector_port: Annotated[Optional[int], typer.Option("--collector-port", show_default=False, help="Collector port [default: collector.port, 8480]")] = None,
+    api_port: Annotated[Optional[int], typer.Option("--api-port", show_default=False, help="API/dashboard port [default: api.port, 8481]")] = None,
+    collector_host: Annotated[str, typer.Option("--collector-host", show_default=False, help="Collector bind address; 0.0.0.0 = every interface [default: collector.host, 127.0.0.1]")] = "",
+    api_host: Annotated[str, typer.Option("--api-host", show_default=False, help="API/dashboard bind address; beyond loopback only with api.token [default: api.host, 127.0.0.1]")] = "",
     simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Feed simulated deployments")] = True,
     deployments: Annotated[int, typer.Option("--deployments", help="Simulated deployments")] = 300,
     cli_installs: Annotated[int, typer.Option("--cli-installs", help="Simulated CLI installs")] = 100,
     days: Annotated[int, typer.Option("--days", help="Days of simulated history to backfill")] = 30,
-    seed: Annotated[int, typer.Option("--seed")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Simulation seed (same seed, same fleet)")] = 1,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Start the whole pipeline: broker, processors worker + sink + API, collector, simulator."""
-    from is_telemetry.stack import Stack, StackOptions
-
     s = settings_from(
         config,
         serves_api=True,
@@ -93,6 +96,8 @@ def up(
         api={"port": _port(api_port), "host": api_host or None},
     )
     setup_logging(log_level)
+    from is_telemetry.stack import Stack, StackOptions
+
     opts = StackOptions(config=config, simulate=simulate, deployments=deployments, cli_installs=cli_installs,
                         days=days, seed=seed, log_level=log_level)
     raise typer.Exit(Stack(s, opts).run())
@@ -152,8 +157,8 @@ def sink(
 def collect(
     config: ConfigOpt = None,
     kafka: KafkaOpt = None,
-    port: Annotated[int, typer.Option("--port")] = 0,
-    host: Annotated[str, typer.Option("--host")] = "",
+    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port [default: collector.port, 8480]")] = None,
+    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address [default: collector.host, 127.0.0.1]")] = "",
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the HTTP collector: POST /collect (what TTS's telemetry.target points at)."""
@@ -168,8 +173,8 @@ def collect(
 def api(
     config: ConfigOpt = None,
     clickhouse: ClickHouseOpt = None,
-    port: Annotated[int, typer.Option("--port")] = 0,
-    host: Annotated[str, typer.Option("--host")] = "",
+    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port [default: api.port, 8481]")] = None,
+    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address [default: api.host, 127.0.0.1]")] = "",
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Serve the HTTP API and dashboard standalone (against a ClickHouse server)."""

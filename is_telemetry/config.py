@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from is_telemetry.errors import ConfigError
@@ -19,6 +21,106 @@ from is_telemetry.errors import ConfigError
 ENV_PREFIX = "IS_TELEMETRY_"
 CONFIG_ENV = "IS_TELEMETRY_CONFIG"
 DEFAULT_CONFIG_FILE = "is-telemetry.yml"
+
+
+DSN_EXAMPLES = "http://user:password@clickhouse-host:8123/default or chdb:///absolute/path/to/data/chdb"
+KAFKA_EXAMPLE = "kafka-1:9092,kafka-2:9092"
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+
+
+def check_clickhouse_dsn(dsn: str) -> str:
+    """`dsn` if it is a ClickHouse address this tool speaks (empty = the embedded chDB); else ValueError saying what
+    is wrong and what a right one looks like. Nothing is contacted."""
+    dsn = dsn.strip()
+    if not dsn:
+        return dsn
+    try:
+        _check_dsn(dsn)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(repr(dsn), repr(_redacted(dsn)))) from None
+    return dsn
+
+
+def _redacted(dsn: str) -> str:
+    """The DSN with its password, if any, replaced by ***."""
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)([^@/]*)(@.*)$", dsn)
+    return f"{m.group(1)}***{m.group(3)}" if m and m.group(2) else dsn
+
+
+def _check_dsn(dsn: str) -> None:
+    if "://" not in dsn:
+        guess = f"http://{dsn}/default" if re.fullmatch(r"[^/\s]+:\d+", dsn) else DSN_EXAMPLES
+        raise ValueError(f"{dsn!r} has no scheme: a ClickHouse DSN is a URL, e.g. {guess} "
+                         "(or chdb:///absolute/path for the embedded engine)")
+    url = urlparse(dsn)
+    scheme = url.scheme.lower()
+    if scheme == "chdb":
+        if url.netloc or not url.path.startswith("/"):
+            relative = (url.netloc + url.path).strip("/") or "data/chdb"
+            raise ValueError(f"{dsn!r}: chDB needs an absolute path, chdb:// then the path from / (three slashes), "
+                             f"e.g. chdb://{Path(relative).resolve()}")
+        return
+    if scheme in ("clickhouse", "tcp", "native", "clickhouses"):
+        host = url.hostname or "clickhouse-host"
+        raise ValueError(f"{dsn!r}: ClickHouse's native protocol ({scheme}://, port 9000) is not supported; use its "
+                         f"HTTP interface, e.g. http://{host}:8123{url.path or '/default'}")
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{dsn!r}: unsupported scheme {scheme}://; use {DSN_EXAMPLES}")
+    try:
+        port = url.port
+    except ValueError:
+        raise ValueError(f"{dsn!r}: the port is not a number from 1 to 65535 (ClickHouse's HTTP port is 8123, "
+                         "8443 with TLS)") from None
+    if not url.hostname:
+        raise ValueError(f"{dsn!r}: no host name; e.g. http://clickhouse-host:8123/default")
+    if port == 0:
+        raise ValueError(f"{dsn!r}: port 0 cannot be reached (ClickHouse's HTTP port is 8123, 8443 with TLS)")
+    if "/" in url.path.strip("/"):
+        raise ValueError(f"{dsn!r}: the path is the database name, one word (e.g. /default), not {url.path!r}")
+
+
+def check_bootstrap_servers(servers: str) -> str:
+    """`servers` if it is a list of host[:port] (empty = the embedded broker); else ValueError with an example."""
+    servers = servers.strip()
+    if not servers:
+        return servers
+    for item in servers.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"{servers!r}: an empty entry between commas; write host:port,host:port, e.g. {KAFKA_EXAMPLE}")
+        if "://" in item:
+            bare = item.split("://", 1)[1].rstrip("/")
+            raise ValueError(f"{item!r}: Kafka bootstrap servers are host:port without a scheme, e.g. {bare or KAFKA_EXAMPLE}")
+        host, sep, port = item.rpartition(":")
+        if not sep:
+            host, port = item, "9092"
+        if host.startswith("[") and host.endswith("]"):
+            try:
+                ipaddress.IPv6Address(host[1:-1])
+            except ValueError:
+                raise ValueError(f"{item!r}: {host} is not an IPv6 address") from None
+        elif ":" in host or not _HOSTNAME.match(host):
+            raise ValueError(f"{item!r} is not host:port (e.g. {KAFKA_EXAMPLE}; IPv6 as [::1]:9092)")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{item!r}: the port must be a number from 1 to 65535 (Kafka's is usually 9092), "
+                             f"e.g. {KAFKA_EXAMPLE}")
+    return servers
+
+
+def check_host(host: str) -> str:
+    """A listen address: an IP address or a host name, without a port or scheme."""
+    if host == "" or host == "localhost":
+        return host
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host
+    except ValueError:
+        pass
+    if "://" in host or ":" in host or not _HOSTNAME.match(host):
+        bare = host.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+        raise ValueError(f"{host!r} is not an address to listen on: give the address alone (e.g. {bare}, or 0.0.0.0 "
+                         "for every interface) and the port with its own setting")
+    return host
 
 
 class _Section(BaseModel):
@@ -34,16 +136,22 @@ class KafkaSettings(_Section):
     replication_factor: int = Field(1, ge=1, description="Replication factor of topics created by this tool")
     session_timeout_s: float = Field(10.0, description="Consumer group session timeout (seconds)")
 
+    _servers = field_validator("bootstrap_servers")(classmethod(lambda cls, v: check_bootstrap_servers(v)))
+
 
 class ClickHouseSettings(_Section):
     dsn: str = Field("", description="chdb:///abs/path or http(s)://user:pass@host:8123/db; empty = chdb under data_dir")
     snapshot_ttl_days: int = Field(0, ge=0, description="Delete per-UID snapshot rows after N days (0 = keep)")
     retry_s: float = Field(30.0, gt=0, description="How long a write retries while ClickHouse is unavailable before its partitions are paused and rewound (and the longest a stop or rebalance waits for it)")
 
+    _dsn = field_validator("dsn")(classmethod(lambda cls, v: check_clickhouse_dsn(v)))
+
 
 class BrokerSettings(_Section):
     host: str = Field("127.0.0.1", description="Embedded broker listen address")
     port: int = Field(19092, ge=0, le=65535, description="Embedded broker port")
+
+    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
 class _HttpEdge(_Section):
@@ -64,6 +172,8 @@ class CollectorSettings(_HttpEdge):
     batch_max_bodies: int = Field(500, ge=1, le=65535, description="Most bodies in one Kafka record")
     batch_max_bytes: int = Field(512 * 1024, ge=1024, description="Most bytes in one Kafka record (below the brokers' message.max.bytes)")
 
+    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
+
 
 class ApiSettings(_HttpEdge):
     host: str = Field("127.0.0.1", description="HTTP API / dashboard listen address (beyond loopback only with a token)")
@@ -80,6 +190,9 @@ class ApiSettings(_HttpEdge):
     query_max_threads: int = Field(1, ge=1, description="ClickHouse threads per analyst query (the rest of the cores stay with ingestion)")
     query_concurrency: int = Field(4, ge=1, description="Analyst queries (SQL and dashboard) running at once per process; others wait up to query_queue_s")
     query_queue_s: float = Field(5.0, ge=0, description="How long a query waits for a free slot before 503")
+
+    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
+    _dsn = field_validator("clickhouse_dsn")(classmethod(lambda cls, v: check_clickhouse_dsn(v)))
 
 
 class ProcessorSettings(_Section):
@@ -140,6 +253,35 @@ def check_api_exposure(settings: Settings) -> None:
             f"the API would listen on {settings.api.host or 'every address'} without a token: anyone who can reach it "
             "could query ClickHouse. Set api.token (IS_TELEMETRY_API__TOKEN=<random secret>) or keep api.host on 127.0.0.1"
         )
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per wrong setting: its key, the value given and what is wrong (pydantic's noise left out)."""
+    lines = []
+    for e in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown setting{_known_keys(e['loc'])}")
+        elif e["type"] == "value_error":
+            lines.append(f"{key}: {msg}")
+        else:
+            value = e.get("input")
+            shown = f" = {value!r}" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+            lines.append(f"{key}{shown}: {msg[:1].lower() + msg[1:]}")
+    return "; ".join(lines)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> str:
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        model = field.annotation if field is not None else None
+        if model is None:
+            return ""
+    if not hasattr(model, "model_fields"):
+        return ""
+    return f" (known here: {', '.join(model.model_fields)}; see docs/configuration.md)"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from is_telemetry.errors import ConfigError, TelemetryError
 from is_telemetry.rows import (
@@ -64,6 +65,15 @@ WHERE {where}
 GROUP BY day, source_partition
 """
 _OWNER = "kafkaMurmurHash(uid) % {n:UInt32}"  # the partition Kafka's default partitioner gives the UID
+
+
+class StoreRefused(ConfigError):
+    """ClickHouse answered with an error that waiting cannot mend (a migration's SQL, authentication, an unknown
+    database), or the chDB directory cannot be opened: raised at once, never retried."""
+
+
+#: ClickHouse error codes that are about load or the network, not the request: retried like a lost connection.
+TRANSIENT_CODES = frozenset({3, 159, 160, 202, 203, 209, 210, 241, 242, 252, 425, 999})
 
 
 class SinkUnavailable(TelemetryError):
@@ -128,6 +138,7 @@ class ClickHouseStore:
         self.stopping = threading.Event()
         self.last_write_at: float | None = None
         self._wire_types: dict[str, list[str]] = {}  # table -> the types its inserts are sent as
+        self._migrating = ""  # the migration being applied (for the error of one that fails)
 
     # -- connection -------------------------------------------------------------------------------------------
 
@@ -138,8 +149,26 @@ class ClickHouseStore:
         return self._client
 
     def open(self) -> ClickHouseStore:
-        self._retrying("connect and migrate", self.migrate, deadline_s=None)
+        """Connect and apply the migrations. Only connection errors (and ClickHouse's load errors) are retried, each
+        attempt logged; an error ClickHouse answers otherwise, or a chDB directory that cannot be opened, raises
+        StoreRefused at once with the reason."""
+        self._retrying("connect and migrate", self._migrate_or_refuse, deadline_s=None)
         return self
+
+    def _migrate_or_refuse(self) -> list[str]:
+        try:
+            return self.migrate()
+        except DatabaseError as exc:
+            where = f" (migration {self._migrating})" if self._migrating else ""
+            reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+            code = getattr(exc, "code", None)
+            if code is not None and code not in TRANSIENT_CODES:
+                raise StoreRefused(f"ClickHouse at {redact(self.dsn)} refused the set-up{where}: {reason}") from exc
+            if code is None and self.dsn.startswith("chdb:") and not isinstance(exc, OperationalError):
+                raise StoreRefused(_chdb_unusable(self.dsn, reason)) from exc
+            raise
+        finally:
+            self._migrating = ""
 
     def close(self) -> None:
         with self._read_lock:
@@ -193,6 +222,7 @@ class ClickHouseStore:
         for version, name, statements in migrations():
             if version in done:
                 continue
+            self._migrating = name
             for statement in statements:
                 c.command(statement)
             c.insert("schema_migrations", [[version, name, datetime.now(UTC)]], column_names=["version", "name", "applied_at"])
@@ -389,6 +419,18 @@ class ClickHouseStore:
 
 
 _TABLES = {SnapshotRow: "snapshots", RejectionRow: "rejections", RollupRow: "rollup_partitions"}
+
+
+def _chdb_unusable(dsn: str, reason: str) -> str:
+    from is_telemetry.preflight import chdb_holder
+
+    path = urlparse(dsn).path
+    holder = chdb_holder(path)
+    if holder is not None:
+        return (f"the chDB directory {path} is in use by another process{f' (pid {holder})' if holder else ''}: "
+                "chDB allows one process per directory. Stop the other `is-telemetry up` / worker, or use another "
+                "--data-dir")
+    return f"chDB cannot open {path}: {reason} (is the directory writable?)"
 
 
 def redact(dsn: str) -> str:
