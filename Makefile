@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Flags for `is-telemetry up`: make run ARGS="--collector-port 8490 --no-simulate"
+ARGS ?=
+
 run: install
-	$(BIN)/is-telemetry up
+	$(BIN)/is-telemetry up $(ARGS)
 
 # Debian packages the tests use: PostgreSQL 15 server (IS database), Chromium (dashboard), docker-compose (validates compose/).
 test-deps:

@@ -14,6 +14,7 @@ from is_telemetry import status
 from is_telemetry.config import Settings, check_api_exposure, describe_validation_error, load_settings
 from is_telemetry.errors import ConfigError
 from is_telemetry.logsetup import setup_logging
+from is_telemetry.preflight import check_data_dir
 from producers import identity_server, simulator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The Things Stack Identity Server telemetry pipeline.")
@@ -21,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="The Things S
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (else $IS_TELEMETRY_CONFIG, else ./is-telemetry.yml if present)")]
 KafkaOpt = Annotated[Optional[str], typer.Option("--kafka", help="External Kafka bootstrap servers host:port,... (skips the embedded broker)")]
 ClickHouseOpt = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN: http(s)://user:pass@host:8123/db or chdb:///abs/path")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Embedded state directory (default ./data)")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", show_default=False, help="Embedded state directory (default ./data, from data_dir)")]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")]
 
 
@@ -48,8 +49,8 @@ def _port(value: int | None) -> int | None:
 
 @app.command()
 def broker(
-    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port [default: broker.port, 19092]")] = None,
-    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address [default: broker.host, 127.0.0.1]")] = "",
+    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port (default 19092, from broker.port)")] = None,
+    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from broker.host)")] = "",
     config: ConfigOpt = None,
 ) -> None:
     """Run the embedded Kafka-protocol broker (Tansu, memory storage) until stopped."""
@@ -72,11 +73,11 @@ def up(
     data_dir: DataDirOpt = None,
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
-    broker_port: Annotated[Optional[int], typer.Option("--broker-port", show_default=False, help="Embedded broker port [default: broker.port, 19092]")] = None,
-    collector_port: Annotated[Optional[int], typer.Option("--collector-port", show_default=False, help="Collector port [default: collector.port, 8480]")] = None,
-    api_port: Annotated[Optional[int], typer.Option("--api-port", show_default=False, help="API/dashboard port [default: api.port, 8481]")] = None,
-    collector_host: Annotated[str, typer.Option("--collector-host", show_default=False, help="Collector bind address; 0.0.0.0 = every interface [default: collector.host, 127.0.0.1]")] = "",
-    api_host: Annotated[str, typer.Option("--api-host", show_default=False, help="API/dashboard bind address; beyond loopback only with api.token [default: api.host, 127.0.0.1]")] = "",
+    broker_port: Annotated[Optional[int], typer.Option("--broker-port", show_default=False, help="Embedded broker port (default 19092, from broker.port)")] = None,
+    collector_port: Annotated[Optional[int], typer.Option("--collector-port", show_default=False, help="Collector port (default 8480, from collector.port)")] = None,
+    api_port: Annotated[Optional[int], typer.Option("--api-port", show_default=False, help="API/dashboard port (default 8481, from api.port)")] = None,
+    collector_host: Annotated[str, typer.Option("--collector-host", show_default=False, help="Collector bind address; 0.0.0.0 = every interface (default 127.0.0.1, from collector.host)")] = "",
+    api_host: Annotated[str, typer.Option("--api-host", show_default=False, help="API/dashboard bind address; beyond loopback only with api.token (default 127.0.0.1, from api.host)")] = "",
     simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Feed simulated deployments")] = True,
     deployments: Annotated[int, typer.Option("--deployments", help="Simulated deployments")] = 300,
     cli_installs: Annotated[int, typer.Option("--cli-installs", help="Simulated CLI installs")] = 100,
@@ -95,6 +96,10 @@ def up(
         collector={"port": _port(collector_port), "host": collector_host or None},
         api={"port": _port(api_port), "host": api_host or None},
     )
+    data_ok = check_data_dir(s.data_dir.resolve())
+    if not data_ok.ok:
+        typer.echo(f"error: {data_ok.message}", err=True)
+        raise typer.Exit(2)
     setup_logging(log_level)
     from is_telemetry.stack import Stack, StackOptions
 
@@ -157,8 +162,8 @@ def sink(
 def collect(
     config: ConfigOpt = None,
     kafka: KafkaOpt = None,
-    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port [default: collector.port, 8480]")] = None,
-    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address [default: collector.host, 127.0.0.1]")] = "",
+    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port (default 8480, from collector.port)")] = None,
+    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from collector.host)")] = "",
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the HTTP collector: POST /collect (what TTS's telemetry.target points at)."""
@@ -173,8 +178,8 @@ def collect(
 def api(
     config: ConfigOpt = None,
     clickhouse: ClickHouseOpt = None,
-    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port [default: api.port, 8481]")] = None,
-    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address [default: api.host, 127.0.0.1]")] = "",
+    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port (default 8481, from api.port)")] = None,
+    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from api.host)")] = "",
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Serve the HTTP API and dashboard standalone (against a ClickHouse server)."""
@@ -188,19 +193,21 @@ def api(
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="A read-only SQL query (SELECT, SHOW, DESCRIBE, ...)")],
-    api: Annotated[Optional[str], typer.Option("--api", help="Running stack's API, e.g. http://127.0.0.1:8481")] = None,
+    api: Annotated[Optional[str], typer.Option("--api", show_default=False, help="A stack's API, e.g. http://127.0.0.1:8481 (default else its chDB read directly, from the API the running `up` recorded in the data directory)")] = None,
     clickhouse: ClickHouseOpt = None,
+    data_dir: DataDirOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|csv|json")] = "table",
     token: Annotated[Optional[str], typer.Option("--token", envvar="IS_TELEMETRY_API__TOKEN", help="Bearer token of the API")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run a read-only query: through a running stack's API, or directly against a ClickHouse server."""
+    """Run a read-only query: through the running stack's API (found in the data directory), else on the data
+    directory's chDB (read-only), or directly against a ClickHouse server (--clickhouse)."""
     from is_telemetry.sqlcli import SqlError, format_result, run_query
 
     if fmt not in ("table", "csv", "json"):
         typer.echo("error: --format must be table, csv or json", err=True)
         raise typer.Exit(2)
-    s = settings_from(config, clickhouse={"dsn": clickhouse}, api={"clickhouse_dsn": clickhouse})
+    s = settings_from(config, data_dir=data_dir, clickhouse={"dsn": clickhouse}, api={"clickhouse_dsn": clickhouse})
     try:
         columns, rows = run_query(s, query, api=api, token=token, direct=clickhouse is not None)
     except SqlError as exc:

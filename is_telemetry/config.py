@@ -118,8 +118,9 @@ def check_host(host: str) -> str:
         pass
     if "://" in host or ":" in host or not _HOSTNAME.match(host):
         bare = host.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
-        raise ValueError(f"{host!r} is not an address to listen on: give the address alone (e.g. {bare}, or 0.0.0.0 "
-                         "for every interface) and the port with its own setting")
+        example = bare if bare == "0.0.0.0" else f"{bare}, or 0.0.0.0 for every interface"
+        raise ValueError(f"{host!r} is not an address to listen on: give the address alone (e.g. {example}) and the "
+                         "port with its own setting")
     return host
 
 
@@ -268,7 +269,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         else:
             value = e.get("input")
             shown = f" = {value!r}" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
-            lines.append(f"{key}{shown}: {msg[:1].lower() + msg[1:]}")
+            hint = " (a TCP port: 1 to 65535, e.g. 8490)" if key.endswith("port") else ""
+            lines.append(f"{key}{shown}: {msg[:1].lower() + msg[1:]}{hint}")
     return "; ".join(lines)
 
 

@@ -57,6 +57,13 @@ class RepeatFilter(logging.Filter):
             return False
 
 
+#: Libraries whose logs are only useful when debugging: at the default level (warning) they are cut to what is
+#: shown here. kafka-python logs each failed connection attempt (dozens a second while a broker is unreachable)
+#: and a "blocking the event loop" warning at start-up, urllib3 each retried connection; the project's own
+#: messages say what went wrong.
+QUIET_LIBRARIES = {"kafka": logging.CRITICAL, "clickhouse_connect": logging.ERROR, "urllib3": logging.ERROR}
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get(LOG_FORMAT_ENV, "").lower() == "json":
@@ -65,3 +72,12 @@ def setup_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RepeatFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:  # debug or info: show everything
+        handler.addFilter(quiet_libraries)  # on the handler: libraries that set their loggers' levels on import too
+
+
+def quiet_libraries(record: logging.LogRecord) -> bool:
+    """False for a record of a QUIET_LIBRARIES logger below that library's level."""
+    top = record.name.split(".", 1)[0]
+    quiet = QUIET_LIBRARIES.get(top)
+    return quiet is None or record.levelno >= quiet

@@ -27,13 +27,32 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import orjson
 
 from is_telemetry import apiclient
 from is_telemetry.broker import EmbeddedBroker, port_open
 from is_telemetry.config import Settings
 from is_telemetry.kafka import ensure_topics, topic_names
+from is_telemetry.preflight import Probe, check_chdb, check_clickhouse, check_data_dir, check_kafka
+from sinks.clickhouse import redact
 
 log = logging.getLogger(__name__)
+
+STATE_FILE = "stack.json"  # in the data directory while `up` runs: where its API is (read by `is-telemetry sql`)
+WAIT_REMINDER_S = 30.0  # how often a wait for ClickHouse or Kafka says it is still waiting
+
+
+class PreflightFailed(RuntimeError):
+    """The configuration cannot work (waiting would not help): `up` ends with exit code 2 and one line."""
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    """What a running `up` wrote into `data_dir` (its pid, API URL, ...), or None."""
+    try:
+        state = orjson.loads((data_dir / STATE_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 @dataclass
@@ -95,6 +114,9 @@ class Stack:
         # after a broker restart): last values seen, refreshed by the watch loop.
         self.counts = {"collector_published": 0.0, "worker_stored": 0.0}
         self.backfill_acked = 0  # simulator records acknowledged by the current broker (backfill runs once)
+        self.backfill_expected: dict[Any, tuple[int, int]] | None = None  # per day: what ClickHouse must hold
+        self._backfill_expected: dict[Any, tuple[int, int]] | None = None
+        self._backfill_checked_at = 0.0
         self.broker_restarts: list[float] = []
         self.child_restarts: list[float] = []
         self._counts_at = 0.0
@@ -117,10 +139,6 @@ class Stack:
         else:
             print(f"  kafka      {self.s.bootstrap_servers}  (external)", flush=True)
         ensure_topics(self.s)
-        for name, host, port in (("API", self.s.api.host, self.s.api.port),
-                                 ("collector", self.s.collector.host, self.s.collector.port)):
-            if port_open(_client_host(host), port):
-                raise RuntimeError(f"port {port} for the {name} is already in use: pick another (--{name.lower()}-port)")
         self._start_worker()
         print(f"  worker     processors + sink -> {self.s.clickhouse_dsn}", flush=True)
         print(f"  API        {self.api_url}/  (dashboard; POST /api/sql)", flush=True)
@@ -128,6 +146,67 @@ class Stack:
         print(f"  collector  {self.collector_url}  (set TTS telemetry.target to this)", flush=True)
         print(f"  logs       {self.log_dir}/", flush=True)
         print(f"  ready in {time.monotonic() - started:.1f}s", flush=True)
+
+    # -- before anything starts: what waiting cannot mend ends `up` at once; what it can is waited for, aloud --
+
+    def preflight(self) -> None:
+        """Check the data directory, the ports, ClickHouse and Kafka. A mistake raises PreflightFailed at once; a
+        server that does not answer yet is waited for (saying so on the console) until it answers or Ctrl-C."""
+        self._require(check_data_dir(self.data_dir))
+        other = read_state(self.data_dir)
+        if other is not None and other.get("pid") != os.getpid() and _alive(other.get("pid")):
+            raise PreflightFailed(f"another `is-telemetry up` (pid {other['pid']}, API {other.get('api_url')}) is "
+                                  f"running on {self.data_dir}: stop it first, or pass another --data-dir")
+        ports = [("API", "--api-port", self.s.api.host, self.s.api.port),
+                 ("collector", "--collector-port", self.s.collector.host, self.s.collector.port)]
+        if self.s.embedded_kafka:
+            ports.append(("embedded broker", "--broker-port", self.s.broker.host, self.s.broker.port))
+        for name, flag, host, port in ports:
+            if port_open(_client_host(host), port):
+                raise PreflightFailed(f"port {port} for the {name} is already in use (another `is-telemetry up`?): "
+                                      f"stop that, or pick another port with {flag}, e.g. {flag} {port + 10}")
+        dsn = self.s.clickhouse_dsn
+        self._wait_for("ClickHouse", lambda: check_chdb(dsn) if dsn.startswith("chdb:") else check_clickhouse(dsn))
+        if not self.s.embedded_kafka:
+            self._wait_for("Kafka", lambda: check_kafka(self.s.bootstrap_servers))
+
+    def _require(self, probe: Probe) -> None:
+        if not probe.ok:
+            raise PreflightFailed(probe.message)
+
+    def _wait_for(self, name: str, probe_fn: Any, every_s: float = 2.0) -> None:
+        probe = probe_fn()
+        if probe.ok:
+            return
+        if not probe.retry:
+            raise PreflightFailed(probe.message)
+        started = time.monotonic()
+        print(f"  waiting: {probe.message}; trying again every {every_s:.0f}s until it answers (Ctrl-C stops)",
+              flush=True)
+        reminder = started + WAIT_REMINDER_S
+        while not self.stop_event.wait(every_s):
+            probe = probe_fn()
+            if probe.ok:
+                print(f"  {name} answered after {time.monotonic() - started:.0f}s", flush=True)
+                return
+            if not probe.retry:
+                raise PreflightFailed(probe.message)
+            if time.monotonic() >= reminder:
+                print(f"  still waiting ({time.monotonic() - started:.0f}s): {probe.message}", flush=True)
+                reminder = time.monotonic() + WAIT_REMINDER_S
+
+    def write_state(self) -> None:
+        """Say where this stack's API is, for `is-telemetry sql` (removed again on stop)."""
+        state = {"pid": os.getpid(), "api_url": self.api_url, "collector_url": self.collector_url,
+                 "clickhouse": redact(self.s.clickhouse_dsn), "started_at": time.time()}
+        tmp = self.data_dir / f".{STATE_FILE}.tmp"
+        tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+        tmp.replace(self.data_dir / STATE_FILE)
+
+    def remove_state(self) -> None:
+        state = read_state(self.data_dir)
+        if state is not None and state.get("pid") == os.getpid():
+            (self.data_dir / STATE_FILE).unlink(missing_ok=True)
 
     def _start_worker(self) -> None:
         self.children.append(Child("worker", self._cli(
@@ -147,6 +226,9 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not child.alive():
+                if child.process.returncode == 2:  # a configuration error: its one line says what to change
+                    raise PreflightFailed(f"the {name} refused to run: {_error_line(child.log_path)} "
+                                          f"(more in {child.log_path})")
                 raise RuntimeError(f"the {name} exited with code {child.process.returncode}; see {child.log_path}:\n"
                                    + _tail(child.log_path))
             try:
@@ -160,15 +242,23 @@ class Stack:
     def start_simulator(self, live_only: bool = False) -> None:
         from producers import simulator
 
+        recorded = simulator.recorded_backfill(self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed)
+        backfill = self.o.days > 0 and not live_only and recorded is None
+
         def backfill_then_live() -> None:
             try:
-                if self.o.days > 0 and not live_only:
+                if backfill:
                     def progress(done: int, total: int) -> None:
                         self.backfill_acked = done
 
+                    def generated(sim: Any) -> None:
+                        self._backfill_expected = simulator.stored_expectation(
+                            sim, self.s.processors.plausibility_limit)
+
                     self.backfilled = simulator.backfill(
                         self.s.bootstrap_servers, self.s.kafka.raw_topic, self.o.deployments, self.o.cli_installs,
-                        self.o.days, self.o.seed, progress=progress)
+                        self.o.days, self.o.seed, progress=progress, generated=generated)
+                    self.backfill_expected = self._backfill_expected  # recorded once ClickHouse holds all of it
                 if self.stop_event.is_set():
                     return
                 self.feed = simulator.LiveFeed(self.collector_url, self.o.deployments, self.o.cli_installs, self.o.seed,
@@ -185,20 +275,53 @@ class Stack:
         if live_only:
             print("  simulator  live feed through the collector started again", flush=True)
             return
-        print(f"  simulator  {self.o.deployments} deployments + {self.o.cli_installs} CLI installs: "
-              f"{self.o.days} days backfilled to Kafka, then live through the collector", flush=True)
+        fleet = f"{self.o.deployments} deployments + {self.o.cli_installs} CLI installs"
+        if recorded is not None and self.o.days > 0:
+            print(f"  simulator  {fleet}: history already stored from this data directory (through "
+                  f"{recorded.get('through')}), not sent again; live through the collector", flush=True)
+            return
+        print(f"  simulator  {fleet}: {self.o.days} days backfilled to Kafka, then live through the collector",
+              flush=True)
+
+    def check_backfill_stored(self) -> None:
+        """Once the worker has committed past the backfill's records, remember (in the data directory) that this
+        fleet's history is stored: the next `up` on this data directory does not send it again."""
+        from producers import simulator
+
+        expected = self.backfill_expected
+        if not expected:
+            return
+        days = sorted(expected)
+        rows = self.query("SELECT day, count() FROM snapshots FINAL WHERE day BETWEEN {a} AND {b} GROUP BY day"
+                          .format(a=f"'{days[0]}'", b=f"'{days[-1]}'"), timeout_s=5)
+        rejected = self.query("SELECT day, count() FROM rejections FINAL WHERE day BETWEEN {a} AND {b} GROUP BY day"
+                              .format(a=f"'{days[0]}'", b=f"'{days[-1]}'"), timeout_s=5)
+        uid_days = {str(d): int(n) for d, n in rows}
+        bad = {str(d): int(n) for d, n in rejected}
+        if any(uid_days.get(str(d), 0) < u or bad.get(str(d), 0) < r for d, (u, r) in expected.items()):
+            return
+        self.backfill_expected = None
+        simulator.record_backfill(self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed, self.o.days,
+                                  self.backfilled)
+        log.info("backfill of %d records stored; recorded in %s", self.backfilled, self.data_dir)
 
     # -- watch ------------------------------------------------------------------------------------------------
 
     def query(self, sql: str, timeout_s: float = 10) -> list[list[Any]]:
         return apiclient.sql(self.api_url, sql, self.s.api.token, timeout_s)[1]
 
-    def progress_line(self) -> str:
-        stored = self.query("SELECT (SELECT count() FROM snapshots), (SELECT count() FROM rejections), "
-                            "(SELECT count() FROM daily_rollup FINAL)", timeout_s=5)[0]
+    def stored_counts(self) -> tuple[int, int, int]:
+        """(UID-days, rejected bodies, days) as stored after duplicates collapse (FINAL): they only go up."""
+        row = self.query("SELECT (SELECT count() FROM snapshots FINAL), (SELECT count() FROM rejections FINAL), "
+                         "(SELECT count() FROM daily_rollup FINAL)", timeout_s=5)[0]
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def progress_line(self, stored: tuple[int, int, int]) -> str:
+        clickhouse = f"ClickHouse: {stored[0]} snapshots (UID-days), {stored[1]} rejected, {stored[2]} days"
+        if not self.o.simulate:
+            return clickhouse
         live = f"live {self.feed.posted}" if self.feed is not None else "live -"
-        return (f"backfill {self.backfilled}  {live}  | ClickHouse: {stored[0]} snapshot rows, {stored[1]} rejected, "
-                f"{stored[2]} days")
+        return f"backfill {self.backfilled}  {live}  | {clickhouse}"
 
     def summary(self) -> str:
         rows = self.query("SELECT day, deployments, cli_installs, gateways, end_devices, active_last_day, active_last_week, "
@@ -224,9 +347,16 @@ class Stack:
                 if not c.alive():
                     self.restart_child(c)
             self.poll_counts()
+            if self.backfill_expected and time.monotonic() - self._backfill_checked_at >= 2:
+                self._backfill_checked_at = time.monotonic()
+                try:
+                    self.check_backfill_stored()
+                except apiclient.ApiError as exc:
+                    log.debug("backfill check: %s", exc)
             try:
-                line = self.progress_line()
-                if first_row_at is None and not line.split("ClickHouse: ")[1].startswith("0 snapshot"):
+                stored = self.stored_counts()
+                line = self.progress_line(stored)
+                if first_row_at is None and stored[0] > 0:
                     first_row_at = time.monotonic()
                     print(f"\nfirst rows in ClickHouse {first_row_at - started:.1f}s after start-up", flush=True)
                 if tty:
@@ -248,7 +378,8 @@ class Stack:
         child.stop(1)
         self.children.remove(child)
         if child.process.returncode == 2:  # a configuration error: starting it again cannot help
-            raise RuntimeError(f"the {child.name} refused to run; see {child.log_path}:\n" + _tail(child.log_path))
+            raise RuntimeError(f"the {child.name} refused to run: {_error_line(child.log_path)} "
+                               f"(more in {child.log_path})")
         if len(self.child_restarts) > self.o.broker_restarts_max:
             raise RuntimeError(f"the {child.name} exited with {status} ({len(self.child_restarts)} exits within "
                                f"{self.o.broker_restarts_window_s:.0f}s): giving up; see {child.log_path}:\n"
@@ -352,6 +483,7 @@ class Stack:
               f"topics {', '.join(topic_names(self.s))} created", flush=True)
         self.counts = {"collector_published": 0.0, "worker_stored": 0.0}
         self.backfill_acked = 0
+        self.backfill_expected = None  # not all of it stored: the next start on this data directory sends it again
         self._topics_checked_at = time.monotonic()
         if self.stop_event.is_set():
             return  # Ctrl-C meanwhile: stop() stops the new broker
@@ -369,7 +501,12 @@ class Stack:
 
     def stop(self) -> None:
         self.stop_event.set()
-        print("\nstopping: simulator", flush=True)
+        if not (self.sim_threads or self.children or self.broker):
+            return  # nothing had been started
+        if self.sim_threads:
+            print("\nstopping: simulator", flush=True)
+        else:
+            print("", flush=True)
         for t in self.sim_threads:
             t.join(15)
         for c in reversed(self.children):
@@ -380,6 +517,7 @@ class Stack:
         if self.broker is not None:
             print("stopping: broker (embedded: its topics are gone; ClickHouse keeps every stored row)", flush=True)
             self.broker.stop()
+        self.remove_state()
         print("stopped", flush=True)
 
     def run(self) -> int:
@@ -393,11 +531,18 @@ class Stack:
         code = 0
         try:
             print(f"is-telemetry up (data in {self.data_dir})", flush=True)
+            self.preflight()
+            if self.stop_event.is_set():
+                return 0
             self.start()
+            self.write_state()
             if self.o.simulate:
                 self.start_simulator()
             print("Ctrl-C stops everything, flushing what is in flight.\n", flush=True)
             self.watch()
+        except PreflightFailed as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            code = 2
         except Exception as exc:
             print(f"\nerror: {exc}", file=sys.stderr, flush=True)
             code = 1
@@ -406,6 +551,18 @@ class Stack:
             for sig, h in previous.items():
                 signal.signal(sig, h)
         return code
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _exit_status(code: int | None) -> str:
@@ -422,8 +579,10 @@ def _exit_status(code: int | None) -> str:
 def _admin(settings: Settings) -> Any:
     from kafka import KafkaAdminClient
 
+    # kafka-python 3 has no api_version_auto_timeout_ms for the admin client (it raised KafkaConfigurationError,
+    # which the callers took for "not answering": a broker that lost its topics went unnoticed).
     return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-watch",
-                            request_timeout_ms=3000, api_version_auto_timeout_ms=2000)
+                            request_timeout_ms=3000)
 
 
 def _missing_topics(settings: Settings) -> list[str]:
@@ -474,6 +633,15 @@ def _start_broker_again(settings: Settings, log_file: Path, stop: threading.Even
 
 def _client_host(bind: str) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
+
+
+def _error_line(path: Path) -> str:
+    """The last `error: ...` line a child wrote (what it refused), else its last line."""
+    lines = _tail(path, 200).splitlines()
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")
+    return lines[-1] if lines else "(no output)"
 
 
 def _tail(path: Path, lines: int = 15) -> str:

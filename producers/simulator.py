@@ -992,18 +992,68 @@ def backfill(
     days: int,
     seed: int,
     progress: Progress | None = None,
+    generated: Callable[[Simulation], None] | None = None,
 ) -> int:
     """Send days [today-days, today-1] (UTC) straight to Kafka with those days' receive times; returns records sent.
+    `generated` sees the simulation before it is sent (`is-telemetry up` derives what must be stored from it).
 
     Raises SendError if a send failed, KeyboardInterrupt (after flushing) if interrupted. The topic must exist.
     """
     if days <= 0 or deployments + cli_installs <= 0:
         return 0
     sim = generate(deployments, cli_installs, days, seed, end_day=_utc_today() - timedelta(days=1))
+    if generated is not None:
+        generated(sim)
     result = send_to_kafka(sim.deliveries, settings_bootstrap, topic, progress=progress)
     if result.interrupted:
         raise KeyboardInterrupt
     return result.sent
+
+
+BACKFILL_RECORD = "simulator-backfill.json"  # in the data directory: the fleets whose history it holds
+
+
+def _fleet(deployments: int, cli_installs: int, seed: int) -> str:
+    return f"seed={seed},deployments={deployments},cli_installs={cli_installs}"
+
+
+def recorded_backfill(data_dir: Path, deployments: int, cli_installs: int, seed: int) -> dict[str, Any] | None:
+    """The record of this fleet's backfill into `data_dir` (its history is stored: not to be sent again), or None."""
+    try:
+        done = orjson.loads((data_dir / BACKFILL_RECORD).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    entry = done.get(_fleet(deployments, cli_installs, seed)) if isinstance(done, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def stored_expectation(sim: Simulation, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT) -> dict[date, tuple[int, int]]:
+    """Per day: (UID-days, rejected bodies) that ClickHouse holds (after duplicates collapse) once `sim` is stored."""
+    uid_days: dict[date, set[str]] = {}
+    rejected: Counter[date] = Counter()
+    for received_at_ms, _key, body in sim.deliveries:
+        day = day_of(received_at_ms)
+        result = validate(body, plausibility_limit)
+        if isinstance(result, Rejection):
+            rejected[day] += 1
+        else:
+            uid_days.setdefault(day, set()).add(result.uid)
+    return {d: (len(uid_days.get(d, ())), rejected[d]) for d in sorted(set(uid_days) | set(rejected))}
+
+
+def record_backfill(data_dir: Path, deployments: int, cli_installs: int, seed: int, days: int, records: int) -> None:
+    """Remember that this fleet's history (`days` up to yesterday) is stored from `data_dir`'s pipeline."""
+    path = data_dir / BACKFILL_RECORD
+    try:
+        done = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        done = {}
+    done[_fleet(deployments, cli_installs, seed)] = {
+        "days": days, "through": str(_utc_today() - timedelta(days=1)), "records": records,
+        "stored_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(orjson.dumps(done, option=orjson.OPT_INDENT_2))
+    tmp.replace(path)
 
 
 class LiveFeed:

@@ -162,10 +162,10 @@ class ClickHouseStore:
             where = f" (migration {self._migrating})" if self._migrating else ""
             reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
             code = getattr(exc, "code", None)
+            if self.dsn.startswith("chdb:") and self._client is None and not isinstance(exc, OperationalError):
+                raise StoreRefused(_chdb_unusable(self.dsn, reason)) from exc  # the directory could not be opened
             if code is not None and code not in TRANSIENT_CODES:
                 raise StoreRefused(f"ClickHouse at {redact(self.dsn)} refused the set-up{where}: {reason}") from exc
-            if code is None and self.dsn.startswith("chdb:") and not isinstance(exc, OperationalError):
-                raise StoreRefused(_chdb_unusable(self.dsn, reason)) from exc
             raise
         finally:
             self._migrating = ""
@@ -422,15 +422,12 @@ _TABLES = {SnapshotRow: "snapshots", RejectionRow: "rejections", RollupRow: "rol
 
 
 def _chdb_unusable(dsn: str, reason: str) -> str:
-    from is_telemetry.preflight import chdb_holder
+    from is_telemetry.preflight import check_chdb
 
-    path = urlparse(dsn).path
-    holder = chdb_holder(path)
-    if holder is not None:
-        return (f"the chDB directory {path} is in use by another process{f' (pid {holder})' if holder else ''}: "
-                "chDB allows one process per directory. Stop the other `is-telemetry up` / worker, or use another "
-                "--data-dir")
-    return f"chDB cannot open {path}: {reason} (is the directory writable?)"
+    held = check_chdb(dsn)
+    if not held.ok:
+        return held.message
+    return f"chDB cannot open {urlparse(dsn).path}: {reason} (is the directory writable?)"
 
 
 def redact(dsn: str) -> str:
