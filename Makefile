@@ -33,8 +33,10 @@ test-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# Two test files at a time (pytest-xdist, whole files per process: a file's shared stack stays in one process).
+TEST_JOBS ?= 2
 test: install test-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
 
 bench: install
 	$(BIN)/python -m bench
