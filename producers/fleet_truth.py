@@ -1,9 +1,10 @@
 """Ground truth of the analyst views of sinks/migrations/0002_analyst_depth.sql, computed from the deliveries.
 
-Independent of the pipeline's code on purpose: its own UTC day bucketing, version parsing, inconsistency flags,
-size buckets, frequency-plan regions, look-backs and lifecycle rules, all from the semantics documented in
-docs/analysts.md, so that a bug on either side shows up as a difference. What it shares with the pipeline is
-the message definition (`processors.validate.validate`: which bodies are valid, and their fields).
+Independent of the pipeline's code on purpose: its own UTC day bucketing, version parsing and validity rules
+(producers/truth_rules.py), inconsistency flags, size buckets, frequency-plan regions, look-backs and lifecycle
+rules, all from the semantics documented in docs/analysts.md and docs/processing.md, so that a bug on either side
+shows up as a difference. What it shares with the pipeline is the message definition (is_telemetry/schema.py: the
+fields of a valid body).
 
 `analyst_ground_truth(deliveries)` returns {view name: rows}, each row a dict with exactly the view's columns
 (days as ISO strings); `lifecycle()`, `carried_fleet()` and `jumps()` take other gaps, look-backs and factors,
@@ -12,14 +13,13 @@ as the parameterized views do.
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
-from processors.validate import Rejection, validate
+from producers.truth_rules import Rejected, judge, utc_day, version_of
 
 DEFAULT_UID = "m64Jv5T3Bqnxz3tSgOAYD0w25UqWwP5DgIsuKbS0g5dBQkA8ZEHwlV1iDoKgjeF7uE3dt+3SDMdANJ41xDZqag=="
 LOOKBACK = 7  # days a deployment's latest report is carried forward (fleet_daily_carried)
@@ -35,17 +35,6 @@ REGION_PREFIXES = [
 ]
 BUCKETS = [0, 1, 10, 100, 1000, 10000]
 JUMP_METRICS = ["end_devices", "gateways", "applications", "users", "organizations"]
-_VERSION = re.compile(r"\s*v?(\d+)\.(\d+)")
-
-
-def utc_day(received_at_ms: int) -> date:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=received_at_ms)).date()
-
-
-def version_of(binary_version: str) -> str:
-    """major.minor of a binary version ('3.32.1 (1d218216, ...)', '3.27.0-dev' -> '3.32', '3.27'), or 'unknown'."""
-    m = _VERSION.match(binary_version)
-    return f"{int(m.group(1))}.{int(m.group(2))}" if m else "unknown"
 
 
 def ordinal(version: str) -> int:
@@ -152,8 +141,8 @@ class Snapshots:
     def of(cls, deliveries: Iterable[Sequence[Any]], plausibility_limit: int = 10**9) -> Snapshots:
         latest: dict[tuple[date, str], tuple[int, Any]] = {}
         for received_at_ms, _key, body in deliveries:
-            m = validate(body, plausibility_limit)
-            if isinstance(m, Rejection):
+            m = judge(body, plausibility_limit)
+            if isinstance(m, Rejected):
                 continue
             k = (utc_day(received_at_ms), m.uid)
             if k not in latest or received_at_ms >= latest[k][0]:

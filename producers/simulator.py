@@ -3,7 +3,8 @@
 Everything the pipeline must compute can be computed here too: `generate()` is a pure function of
 its arguments (`random.Random` seeded from `seed`; the wall clock only matters through `now_ms`
 for today's deliveries) and `ground_truth()` derives the expected day aggregates from the exact
-deliveries, using the same `processors.validate.validate()` as the processors.
+deliveries with rules of its own (producers/truth_rules.py: day, version, validity), written from the
+documented semantics rather than taken from the processors, so that the two can disagree.
 
 A delivery is `(received_at_ms, key, body)`: the receive time the collector would stamp, the
 Kafka key (the body's uid as bytes when it has a string uid, else None) and the raw body.
@@ -41,9 +42,10 @@ import typer
 
 from is_telemetry.schema import DEFAULT_UID, TelemetryMessage
 from is_telemetry.uid import uid_from_elements
-from processors.snapshot import day_of, major_minor
 from producers.fleet_lifecycle import Lifecycle, Outages, cli_lifecycle, deployment_lifecycle, jump
-from processors.validate import Reason, Rejection, validate
+from producers.truth_rules import REASONS, Rejected, judge
+from producers.truth_rules import utc_day as day_of  # simulator.day_of, simulator.major_minor: the oracle's own
+from producers.truth_rules import version_of as major_minor
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +113,11 @@ _CLI_ALIASES = [("end-devices", "dev"), ("end-devices", "devices"), ("end-device
                 ("applications", "apps"), ("applications", "app"), ("gateways", "gtw"), ("gateways", "gw"),
                 ("organizations", "orgs"), ("users", "user")]
 
-#: Malformed kinds, by the validate() reason each must get. Which apply to which sender kind:
+#: Malformed kinds, by the rejection reason each must get. Which apply to which sender kind:
 MALFORMED_KINDS_IS = ["not_json", "not_object", "missing_field", "wrong_type", "fractional", "negative",
                       "out_of_range", "kind_ambiguous", "bad_uid", "implausible"]
 MALFORMED_KINDS_CLI = ["not_json", "not_object", "missing_field", "wrong_type", "kind_ambiguous", "bad_uid"]
-assert {Reason(k) for k in MALFORMED_KINDS_IS} <= set(Reason)
+assert set(MALFORMED_KINDS_IS) <= set(REASONS)
 
 _IS_COUNT_PATHS = [
     ("gateways", "total"), ("end_devices", "total"), ("end_devices", "activate_end_devices", "total"),
@@ -412,7 +414,7 @@ def _changed(obj: dict[str, Any], rng: random.Random) -> dict[str, Any]:
 
 
 def _corrupt(obj: dict[str, Any], kind: str, rng: random.Random) -> bytes:
-    """A malformed body that validate() must reject with reason `kind` (one problem only)."""
+    """A malformed body the pipeline must reject with reason `kind` (one problem only)."""
     o = copy.deepcopy(obj)
     ec = o.get("entities_count")
 
@@ -491,7 +493,7 @@ class Simulation:
     """Deliveries sorted by receive time (stable: the send order), with what each malformed one must be rejected for."""
 
     deliveries: list[Delivery]
-    intended: list[str | None]  # parallel to deliveries: the validate() reason a malformed body must get, else None
+    intended: list[str | None]  # parallel to deliveries: the reason a malformed body must be rejected for, else None
     days: list[str]
     stats: dict[str, int]
 
@@ -678,9 +680,9 @@ def ground_truth(
         n += 1
         day = day_of(received_at_ms).isoformat()
         per_day[day] += 1
-        result = validate(body, plausibility_limit)
-        if isinstance(result, Rejection):
-            rejected[(day, str(result.reason))] += 1
+        result = judge(body, plausibility_limit)
+        if isinstance(result, Rejected):
+            rejected[(day, result.reason)] += 1
             continue
         k = (day, result.uid)
         cur = latest.get(k)
@@ -1118,7 +1120,7 @@ class LiveFeed:
                         break
                     self._post(client, body)
                     self.stop_event.wait(1.0 / self.rate_per_s if self.rate_per_s > 0 else 0)
-                valid = [b for b in bodies if key_of(b) is not None and not isinstance(validate(b), Rejection)]
+                valid = [b for b in bodies if key_of(b) is not None and not isinstance(judge(b), Rejected)]
                 while not self.stop_event.is_set() and _utc_today() == day:
                     if self.stop_event.wait(1.0 / self.idle_rate_per_s if self.idle_rate_per_s > 0 else 3600):
                         break

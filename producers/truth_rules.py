@@ -1,0 +1,213 @@
+"""The ground truth's own rules: the day of a delivery, the major.minor of a version, and which bodies are valid
+and, if not, the reason they are rejected for.
+
+Written from the documented semantics (docs/processing.md "Validation" and "The day", docs/telemetry-message.md),
+not from the processors' code (processors/validate.py, processors/snapshot.py): the simulator's ground truth
+(producers/simulator.py `ground_truth`, producers/fleet_truth.py) is the oracle the pipeline is checked against,
+so a bug in the pipeline's day bucketing, version parsing or validation shows as a difference instead of being
+repeated here. Only the message definition is shared: a body these rules accept is read into
+`is_telemetry.schema.TelemetryMessage` for its fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from is_telemetry.schema import TelemetryMessage
+
+#: docs/processing.md, "Validation": the reasons, in the order that names a body with several problems.
+REASONS = ("not_json", "not_object", "missing_field", "wrong_type", "fractional", "negative", "out_of_range",
+           "kind_ambiguous", "bad_uid", "implausible", "body_too_large", "bad_batch")
+DEFAULT_PLAUSIBILITY_LIMIT = 10**9  # processors.plausibility_limit's documented default
+UINT64_MAX = 18_446_744_073_709_551_615  # 2^64 - 1: the largest count
+
+_EPOCH = date(1970, 1, 1)
+_DAY_MS = 86_400_000
+
+
+def utc_day(received_at_ms: int) -> date:
+    """The UTC day of a receive time in milliseconds since the epoch (docs/processing.md, "The day")."""
+    return _EPOCH + timedelta(days=received_at_ms // _DAY_MS)
+
+
+def version_of(binary_version: str) -> str:
+    """major.minor of a binary version ('3.32.1 (1d218216, ...)', ' v3.27.0-dev' -> '3.32', '3.27': leading blanks
+    and a 'v' allowed, each part read as a number), or 'unknown' when it does not start with two dotted numbers."""
+    rest = binary_version.lstrip()
+    if rest[:1] == "v":
+        rest = rest[1:]
+    numbers = []
+    for _ in range(2):
+        digits = ""
+        while rest[:1].isascii() and rest[:1].isdigit():
+            digits, rest = digits + rest[0], rest[1:]
+        if not digits:
+            return "unknown"
+        numbers.append(int(digits))
+        if len(numbers) == 1:
+            if rest[:1] != ".":
+                return "unknown"
+            rest = rest[1:]
+    return f"{numbers[0]}.{numbers[1]}"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A body the pipeline must reject: its reason (one of REASONS) and where the deciding problem is."""
+
+    reason: str
+    where: str
+
+
+# The message, as docs/telemetry-message.md's table describes it. An object's keys are optional unless listed in
+# _REQUIRED; unknown keys are accepted everywhere.
+_COUNT, _COUNT_OR_NULL, _STRING, _COUNT_MAP, _ANY_OBJECT = "count", "count or null", "string", "count map", "object"
+_OS = {"operating_system": _STRING, "arch": _STRING, "binary_version": _STRING, "golang_version": _STRING}
+_ENTITIES = {
+    "gateways": {"total": _COUNT, "gateways_by_frequency_plan_id": _COUNT_MAP},
+    "end_devices": {"total": _COUNT,
+                    "activate_end_devices": {"total": _COUNT, "last_day": _COUNT, "last_week": _COUNT,
+                                             "last_month": _COUNT}},
+    "applications": {"total": _COUNT},
+    "accounts": {"users": {"total": _COUNT_OR_NULL, "standard": _COUNT, "admin": _COUNT},
+                 "organizations": {"total": _COUNT}},
+}
+_REQUIRED = ("uid",)
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: a number no JSON sender means
+        raise _NotJson(f"number {text} is not finite")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
+def _parse(body: bytes) -> Any:
+    """The JSON document of a body: UTF-8 only, no NaN/Infinity."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError and _NotJson are ValueErrors
+        raise _NotJson(str(exc)) from exc
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.found: list[tuple[int, str, str]] = []  # (rank, reason, where)
+        self.counts: list[tuple[str, int]] = []  # (where, value) of every well-formed count
+
+    def add(self, reason: str, where: str) -> None:
+        self.found.append((REASONS.index(reason), reason, where))
+
+    def first(self) -> Rejected | None:
+        if not self.found:
+            return None
+        _rank, reason, where = min(self.found, key=lambda f: f[0])
+        return Rejected(reason, where)
+
+
+def _count(value: Any, where: str, problems: _Problems) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.add("wrong_type", where)
+    elif isinstance(value, float):
+        problems.add("fractional", where)
+    elif value < 0:
+        problems.add("negative", where)
+    elif value > UINT64_MAX:
+        problems.add("out_of_range", where)
+    else:
+        problems.counts.append((where, value))
+
+
+def _object(value: Any, shape: dict[str, Any], where: str, problems: _Problems) -> None:
+    if not isinstance(value, dict):
+        problems.add("wrong_type", where)
+        return
+    for key, kind in shape.items():
+        if key not in value:
+            continue
+        item, at = value[key], f"{where}.{key}"
+        if kind == _COUNT_OR_NULL:
+            if item is not None:
+                _count(item, at, problems)
+        elif kind == _COUNT:
+            _count(item, at, problems)
+        elif kind == _STRING:
+            if not isinstance(item, str):
+                problems.add("wrong_type", at)
+        elif kind == _COUNT_MAP:
+            if not isinstance(item, dict):
+                problems.add("wrong_type", at)
+            else:
+                for plan, n in item.items():
+                    _count(n, f"{at}.{plan}", problems)
+        else:
+            _object(item, kind, at, problems)
+
+
+def _is_uid_ok(uid: str) -> bool:
+    """An Identity Server's UID: the canonical standard base64 of a 64-byte SHA-512 digest."""
+    try:
+        digest = base64.b64decode(uid, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(digest) == 64 and base64.b64encode(digest).decode() == uid
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _cli_uid_ok(uid: str) -> bool:
+    """A CLI's UID: a UUID written 8-4-4-4-12 hex digits."""
+    groups = uid.split("-")
+    return [len(g) for g in groups] == [8, 4, 4, 4, 12] and all(c in _HEX for g in groups for c in g)
+
+
+def judge(body: bytes, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT) -> TelemetryMessage | Rejected:
+    """The message of a valid body, or why the pipeline must reject it."""
+    try:
+        doc = _parse(body)
+    except _NotJson as exc:
+        return Rejected("not_json", str(exc)[:200])
+    if not isinstance(doc, dict):
+        return Rejected("not_object", type(doc).__name__)
+    problems = _Problems()
+    for key in _REQUIRED:
+        if key not in doc:
+            problems.add("missing_field", key)
+    if "uid" in doc and not isinstance(doc["uid"], str):
+        problems.add("wrong_type", "uid")
+    if doc.get("os") is not None:
+        _object(doc["os"], _OS, "os", problems)
+    if doc.get("cli") is not None and not isinstance(doc["cli"], dict):
+        problems.add("wrong_type", "cli")
+    if doc.get("entities_count") is not None:
+        _object(doc["entities_count"], _ENTITIES, "entities_count", problems)
+    if problems.found:
+        return problems.first()  # type: ignore[return-value]
+    is_cli, is_is = doc.get("cli") is not None, doc.get("entities_count") is not None
+    if is_cli == is_is:
+        return Rejected("kind_ambiguous", "cli, entities_count")
+    if not (_cli_uid_ok(doc["uid"]) if is_cli else _is_uid_ok(doc["uid"])):
+        return Rejected("bad_uid", "uid")
+    for where, n in problems.counts:
+        if n > plausibility_limit:
+            return Rejected("implausible", where)
+    return TelemetryMessage.model_validate(doc)
+
+
+def is_valid(body: bytes, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT) -> bool:
+    return not isinstance(judge(body, plausibility_limit), Rejected)
