@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-deps bench soak clean schema
+.PHONY: install run test test-deps lint-imports bench soak clean schema
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test-deps:
 TEST_JOBS ?= 2
 test: install test-deps
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
+
+# The layer contract (pyproject.toml [tool.importlinter]): ground <- stages <- composition, stages independent.
+lint-imports: install
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m bench

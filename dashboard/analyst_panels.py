@@ -4,7 +4,7 @@ They read the analyst views of sinks/migrations/0002_analyst_depth.sql: the carr
 retention, fleet shape, regions, version adoption, versions behind, CLI activity and data quality. All of them
 read one pre-computed row per day (`analyst_daily`, refreshed by ClickHouse) or per UID, so each answers in a
 few milliseconds whatever the fleet's size (bench/bench_analyst.py). Same envelope, range rules, JSON and CSV as
-dashboard/panels.py, which registers these panels.
+dashboard/panels.py, which registers these panels (both build on dashboard/panel_model.py).
 
 Single-day tables (the deployments far behind, CLI command usage) show the latest complete day in the range
 that has an analyst row (`analyst_day`), else its latest day with one (`complete: false`).
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
-from dashboard.panels import FLEET_COLUMNS, SUMMARY_METRICS, Query, Range, Result, Table, version_key
+from dashboard.panel_model import FLEET_COLUMNS, SUMMARY_METRICS, Query, Range, Result, Table, version_key
 
 CARRIED_NOTE = "carried forward: each deployment counts with its latest report of the last 7 days"
 LIFECYCLE_COLUMNS = ["active_1d", "active_7d", "active_30d", "new", "returning", "churned"]

@@ -33,9 +33,9 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError
 
+from is_telemetry.clickhouse_client import connect, redact
 from is_telemetry.config import Settings
 from is_telemetry.errors import QueryFailed, Unavailable, WriteRefused
-from sinks.clickhouse import connect, redact
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import csv
 import io
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,11 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from dashboard import analyst_panels
 from dashboard.analyst_sql import AnalystSessions
+from dashboard.panel_model import (
+    FLEET_COLUMNS, SUMMARY_METRICS, BadRequest, Query, Range, Result, Table, version_key,
+)
 from dashboard.responses import OrjsonResponse, error, json_value
 from is_telemetry.config import Settings
 from is_telemetry.csvsafe import csv_cell
@@ -45,58 +48,6 @@ _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 #: The page may load only what this server serves (the chart library is vendored under /static/vendor).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-
-FLEET_COLUMNS = [
-    "day", "deployments", "cli_installs", "gateways", "end_devices", "active_end_devices", "active_last_day",
-    "active_last_week", "active_last_month", "applications", "users_standard", "users_admin", "organizations",
-    "default_uid_deployments", "inconsistent_deployments",
-]
-#: The figure cards of /api/summary: (metric, label). `users` = standard + admin users.
-SUMMARY_METRICS = [
-    ("deployments", "Deployments"),
-    ("gateways", "Gateways"),
-    ("end_devices", "End devices"),
-    ("active_last_day", "Active devices, last day"),
-    ("active_last_week", "Active devices, last week"),
-    ("active_last_month", "Active devices, last month"),
-    ("applications", "Applications"),
-    ("users", "Users"),
-    ("organizations", "Organizations"),
-    ("cli_installs", "CLI installs"),
-]
-
-
-class BadRequest(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Range:
-    start: date
-    end: date
-    today: date
-
-    @property
-    def complete_until(self) -> date:
-        """The latest complete UTC day: yesterday."""
-        return self.today - timedelta(days=1)
-
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[dict[str, Any]]
-
-
-@dataclass
-class Result:
-    rows: Table
-    meta: dict[str, Any] = field(default_factory=dict)
-    tables: dict[str, Table] = field(default_factory=dict)
-
-
-Query = Callable[[str, dict[str, Any] | None], list[dict[str, Any]]]
-
 
 def utc_today() -> date:
     return datetime.now(UTC).date()
@@ -171,13 +122,6 @@ def _fleet_rows(q: Query, where: str, params: dict[str, Any]) -> list[dict[str, 
 
 def _share(part: int, total: int) -> float | None:
     return round(part / total, 6) if total else None
-
-
-def version_key(v: str) -> tuple[int, tuple[int, ...], str]:
-    try:
-        return 0, tuple(int(x) for x in v.split(".")), v
-    except ValueError:
-        return 1, (), v
 
 
 # -- panels ----------------------------------------------------------------------------------------------------
@@ -298,6 +242,8 @@ PANELS: dict[str, Callable[[Query, Range], Result]] = {
     "os": panel_os,
     "rejected": panel_rejected,
     "days": panel_days,
+    # the fleet over time (carried-forward fleet, lifecycle, shape, regions, versions, CLI, data quality)
+    **analyst_panels.PANELS,
 }
 
 
@@ -361,10 +307,3 @@ def routes(settings: Settings, sessions: AnalystSessions) -> list[BaseRoute]:
     out += [Route(f"/api/{name}", endpoint(name), methods=["GET", "HEAD"]) for name in PANELS]
     out.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     return out
-
-
-# The fleet over time (carried-forward fleet, lifecycle, shape, regions, versions, CLI, data quality): its panels
-# live in dashboard/analyst_panels.py, which uses this module's helpers, hence the import at the end.
-from dashboard import analyst_panels  # noqa: E402
-
-PANELS.update(analyst_panels.PANELS)

@@ -120,7 +120,7 @@ def worker(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run a processors worker (faust): validate -> dedup -> roll up -> sink."""
-    from processors.worker import run_worker
+    from is_telemetry.worker_app import run_worker
 
     s = settings_from(config, serves_api=api_port is not None and api_port >= 0, data_dir=data_dir,
                       kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
@@ -144,7 +144,7 @@ def sink(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the sink as its own process: snapshots topic -> ClickHouse (for workers started with --no-sink)."""
-    from sinks.consumer import run_sink
+    from is_telemetry.worker_app import run_sink
 
     s = settings_from(config, serves_api=api_port is not None and api_port >= 0, data_dir=data_dir,
                       kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},

@@ -1,4 +1,5 @@
-"""faust plumbing shared by the processors worker and the sink process."""
+"""faust plumbing shared by the processors worker and the sink process: the app, the consumer controls a rewind
+needs, batches measured in bodies, and the worker process (its services are given by is_telemetry/worker_app.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import faust
@@ -17,7 +18,6 @@ from mode.utils.futures import notify
 
 from is_telemetry import gctuning
 from is_telemetry.config import Settings
-from sinks.clickhouse import ClickHouseStore
 
 
 def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
@@ -163,23 +163,6 @@ async def take_bodies(stream: Any, max_bodies: int, within: float, idle: float,
         stream._processors.remove(add_to_buffer)
 
 
-class ApiService(Service):
-    """Serves the HTTP API/dashboard from the worker (chDB can only be read by the process that writes it), on a
-    thread and event loop of its own, with its queries on their own read-only ClickHouse sessions."""
-
-    def __init__(self, settings: Settings, log_level: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        from dashboard.server import ApiThread
-
-        self.api = ApiThread(settings, log_level)
-
-    async def on_start(self) -> None:
-        self.api.start()
-
-    async def on_stop(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.api.stop, 5.0)
-
-
 class Worker(faust.Worker):
     """faust's worker, plus: the objects alive once it has started are frozen out of the garbage collector's scans,
     and a stop that does not finish within `stop_timeout_s` (a broker that is gone: faust waits for it for ever)
@@ -206,12 +189,10 @@ class Worker(faust.Worker):
         os._exit(1)
 
 
-def run_faust(app: faust.App, settings: Settings, store: ClickHouseStore | None, serve_api: bool, log_level: str) -> int:
-    """Run a faust app as a worker until SIGTERM/SIGINT (graceful, bounded by processors.stop_timeout_s), optionally
-    serving the API from it."""
-    services: list[Service] = []
-    if serve_api:
-        services.append(ApiService(settings, log_level))
+def run_faust(app: faust.App, settings: Settings, services: Sequence[Service] = (),
+              on_stopped: Callable[[], None] | None = None, log_level: str = "warning") -> int:
+    """Run a faust app as a worker, with `services` beside it, until SIGTERM/SIGINT (graceful, bounded by
+    processors.stop_timeout_s); `on_stopped` runs once the worker has stopped (closing what the app wrote to)."""
     worker = Worker(app, *services, loglevel=log_level.upper(), quiet=True, override_logging=False)
     worker.stop_timeout_s = settings.processors.stop_timeout_s
     worker.spinner = None  # faust's spinner sets the root logger to DEBUG: costly, and noise in services
@@ -221,7 +202,6 @@ def run_faust(app: faust.App, settings: Settings, store: ClickHouseStore | None,
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
-        if store is not None:
-            store.stopping.set()
-            store.close()
+        if on_stopped is not None:
+            on_stopped()
     return 0

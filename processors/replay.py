@@ -8,17 +8,23 @@ next offset there) and processed in the same call.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 from is_telemetry.partitioning import partition_of
 from is_telemetry.rows import Batch
 from processors.pipeline import Outcome, RawRecord, process
-from processors.rollup import Rollups, roll_up
+from processors.rollup import Rollups, StateSource, roll_up
 from processors.worker import partition_batches
-from sinks.clickhouse import ClickHouseStore
+
+
+class Store(StateSource, Protocol):
+    """The roll-up's state source that also writes batches: ClickHouse (sinks/clickhouse.py `ClickHouseStore`)."""
+
+    def write(self, batch: Batch) -> None: ...
 
 
 class Replayer:
-    def __init__(self, store: ClickHouseStore, partitions_total: int = 8, state_days: int = 3,
+    def __init__(self, store: Store, partitions_total: int = 8, state_days: int = 3,
                  plausibility_limit: int = 10**9) -> None:
         self.store, self.partitions_total, self.plausibility_limit = store, partitions_total, plausibility_limit
         self.rollups = Rollups(state_days, partitions_total)

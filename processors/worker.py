@@ -3,9 +3,10 @@
 Each take of the stream (`noack_take`: bounded by size and time) goes validate -> re-key -> roll up -> sink:
 - records not keyed by their UID, or not in its partition, are published again keyed by their UID (pipeline.py);
 - dead letters are published;
-- with the sink in this process (the default), the checkpoint (sinks/checkpoint.py) rolls the batch up per source
-  partition (processors/rollup.py), writes it to ClickHouse while the next batch is processed, and only then
-  acknowledges its events, so faust commits an offset only once everything before it is stored;
+- with the sink in this process (the default), the checkpoint (sinks/checkpoint.py, given by the process's
+  composition in is_telemetry/worker_app.py as a `BatchSink`) rolls the batch up per source partition
+  (processors/rollup.py), writes it to ClickHouse while the next batch is processed, and only then acknowledges its
+  events, so faust commits an offset only once everything before it is stored;
 - with `--no-sink`, exact re-sends are dropped here (processors/dedup.py) and the rows are published to the
   snapshots topic, one record per source partition and batch, into the same partition number, for `is-telemetry
   sink`, which rolls up and writes them through the same checkpoint. Events are acknowledged once the records are
@@ -16,23 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import faust
 
 from is_telemetry.config import Settings
 from is_telemetry import gctuning
 from is_telemetry.envelope import EnvelopeError, bodies_in, is_batch, unpack
-from is_telemetry.kafka import HEADER_USER_AGENT, ensure_topics, topic_partitions
+from is_telemetry.kafka import HEADER_USER_AGENT
 from is_telemetry.rows import PartitionBatch, encode_payload
-from is_telemetry.streaming import FaustRewinder, faust_app, run_faust, take_bodies
+from is_telemetry.streaming import FaustRewinder, faust_app, take_bodies
 from processors import metrics
 from processors.dedup import Deduplicator
 from processors.pipeline import Outcome, RawRecord, process
-from processors.rollup import Rollups, preparer
-from sinks.checkpoint import Checkpoint
-from sinks.clickhouse import ClickHouseStore
+from processors.rollup import Rollups
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,27 @@ def partition_batches(records: Sequence[RawRecord], outcome: Outcome) -> list[Pa
     return sorted(parts.values(), key=lambda p: p.partition)
 
 
+Ack = Callable[[Sequence[Any], int], Awaitable[None]]
+
+
+class BatchSink(Protocol):
+    """Where the processed batches go when the sink runs in this process (sinks/checkpoint.py `Checkpoint`): it writes
+    them, then acknowledges their events with `ack`."""
+
+    def first_seen(self, partition: int, position: int) -> None: ...
+
+    async def submit(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]],
+                     bodies: int | None = None) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def revoked(self, partitions: set[int]) -> None: ...
+
+
+#: Makes the in-process sink from the worker's roll-up state, its consumer controls and its acknowledgement.
+SinkFactory = Callable[[Rollups, FaustRewinder, Ack], BatchSink]
+
+
 def _bodies(event: Any) -> int:
     return bodies_in(_headers(event.message), event.message.value)
 
@@ -86,9 +106,9 @@ def _bodies(event: Any) -> int:
 class Processors:
     """Wires the raw topic to the pipeline and the sink."""
 
-    def __init__(self, settings: Settings, store: ClickHouseStore | None, partitions_total: int) -> None:
+    def __init__(self, settings: Settings, sink: SinkFactory | None, partitions_total: int) -> None:
+        """`sink`: the in-process sink's factory; None publishes the rows to the snapshots topic (`--no-sink`)."""
         self.settings = settings
-        self.store = store
         self.partitions_total = partitions_total
         p, k = settings.processors, settings.kafka
         self.app = faust_app(p.group_id, settings)
@@ -99,14 +119,8 @@ class Processors:
         self.rewinder = FaustRewinder(self.app, k.raw_topic)
         self.dedup = Deduplicator(keep_days=p.state_days)
         self.rollups = Rollups(p.state_days, partitions_total)
-        self.checkpoint: Checkpoint | None = None
         self._stream: Any = None
-        if store is not None:
-            self.checkpoint = Checkpoint(
-                store, preparer(self.rollups, store),
-                needs_io=lambda parts: bool(self.rollups.missing(x.partition for x in parts)),
-                on_rewind=self.rollups.drop, rewinder=self.rewinder, ack=self._ack,
-                deadline_s=settings.clickhouse.retry_s)
+        self.checkpoint = sink(self.rollups, self.rewinder, self._ack) if sink is not None else None
         self.app.agent(self.raw, name="process")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
@@ -192,19 +206,3 @@ class Processors:
                 hw = consumer.highwater(faust.types.TP(self.settings.kafka.raw_topic, partition))
                 if hw is not None:
                     metrics.LAG.labels(str(partition)).set(max(0, hw - offset - 1))
-
-
-def run_worker(settings: Settings, with_sink: bool = True, serve_api: bool = False, log_level: str = "warning") -> int:
-    """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered."""
-    ensure_topics(settings)
-    partitions_total = topic_partitions(settings, settings.kafka.raw_topic)
-    store = None
-    if with_sink or serve_api:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days,
-                                settings.clickhouse.retry_s).open()
-        if with_sink:
-            store.check_partitions(partitions_total, settings.kafka.raw_topic)
-    processors = Processors(settings, store if with_sink else None, partitions_total)
-    return run_faust(processors.app, settings, store, serve_api, log_level)
-

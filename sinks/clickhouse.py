@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
-import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from is_telemetry.clickhouse_client import connect, redact
 from is_telemetry.errors import ConfigError, TelemetryError
 from is_telemetry.rows import (
     COUNT_COLUMNS, MAP_COLUMNS, Batch, RejectionRow, RollupRow, SnapshotRow, columns, getters, ms_to_datetime, position,
@@ -82,27 +82,6 @@ class SinkUnavailable(TelemetryError):
 
 class PartitionCountChanged(ConfigError):
     """The raw topic's partition count differs from the one the roll-up in ClickHouse was built for."""
-
-
-def connect(dsn: str, settings: dict[str, Any] | None = None) -> Client:
-    """chdb:///abs/path -> embedded chDB; http(s)://user:pass@host:port/db -> a ClickHouse server.
-    `settings` go with every request (servers only)."""
-    url = urlparse(dsn)
-    if url.scheme == "chdb":
-        if not url.path.startswith("/"):
-            raise ValueError(f"chdb DSN needs an absolute path: chdb:///abs/path (got {dsn})")
-        if settings:
-            raise ValueError("per-request settings are for servers; on chDB use SET on the session")
-        return clickhouse_connect.get_client(dsn=dsn)
-    if url.scheme in ("http", "https"):
-        database = url.path.strip("/") or "default"
-        secure = url.scheme == "https"
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        return clickhouse_connect.get_client(
-            host=url.hostname or "localhost", port=url.port or (8443 if secure else 8123), username=url.username or "default",
-            password=url.password or "", database=database, secure=secure, settings=settings, **query,
-        )
-    raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use chdb:///abs/path or http(s)://user:pass@host:8123/db")
 
 
 def migrations() -> list[tuple[int, str, list[str]]]:
@@ -428,11 +407,3 @@ def _chdb_unusable(dsn: str, reason: str) -> str:
     if not held.ok:
         return held.message
     return f"chDB cannot open {urlparse(dsn).path}: {reason} (is the directory writable?)"
-
-
-def redact(dsn: str) -> str:
-    """The DSN with its password replaced by ***."""
-    url = urlparse(dsn)
-    if url.password:
-        return dsn.replace(f":{url.password}@", ":***@")
-    return dsn

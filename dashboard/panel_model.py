@@ -1,0 +1,67 @@
+"""What the dashboard's panels are made of (dashboard/panels.py, dashboard/analyst_panels.py): a query function, the
+date range asked for, and the tables a panel answers; the column lists and the version order they share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+FLEET_COLUMNS = [
+    "day", "deployments", "cli_installs", "gateways", "end_devices", "active_end_devices", "active_last_day",
+    "active_last_week", "active_last_month", "applications", "users_standard", "users_admin", "organizations",
+    "default_uid_deployments", "inconsistent_deployments",
+]
+#: The figure cards of /api/summary: (metric, label). `users` = standard + admin users.
+SUMMARY_METRICS = [
+    ("deployments", "Deployments"),
+    ("gateways", "Gateways"),
+    ("end_devices", "End devices"),
+    ("active_last_day", "Active devices, last day"),
+    ("active_last_week", "Active devices, last week"),
+    ("active_last_month", "Active devices, last month"),
+    ("applications", "Applications"),
+    ("users", "Users"),
+    ("organizations", "Organizations"),
+    ("cli_installs", "CLI installs"),
+]
+
+
+class BadRequest(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Range:
+    start: date
+    end: date
+    today: date
+
+    @property
+    def complete_until(self) -> date:
+        """The latest complete UTC day: yesterday."""
+        return self.today - timedelta(days=1)
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class Result:
+    rows: Table
+    meta: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Table] = field(default_factory=dict)
+
+
+Query = Callable[[str, dict[str, Any] | None], list[dict[str, Any]]]
+
+
+def version_key(v: str) -> tuple[int, tuple[int, ...], str]:
+    try:
+        return 0, tuple(int(x) for x in v.split(".")), v
+    except ValueError:
+        return 1, (), v
