@@ -3,7 +3,7 @@ and, if not, the reason they are rejected for.
 
 Written from the documented semantics (docs/processing.md "Validation" and "The day", docs/telemetry-message.md),
 not from the processors' code (processors/validate.py, processors/snapshot.py): the simulator's ground truth
-(producers/simulator.py `ground_truth`, producers/fleet_truth.py) is the oracle the pipeline is checked against,
+(producers/simulator/truth.py `ground_truth`, producers/fleet_truth.py) is the oracle the pipeline is checked against,
 so a bug in the pipeline's day bucketing, version parsing or validation shows as a difference instead of being
 repeated here. Only the message definition is shared: a body these rules accept is read into
 `is_telemetry.schema.TelemetryMessage` for its fields.

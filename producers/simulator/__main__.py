@@ -1,0 +1,7 @@
+"""python -m producers.simulator ... (same options as `is-telemetry simulate`)."""
+
+import typer
+
+from producers.simulator.command import command
+
+typer.run(command)
