@@ -73,3 +73,15 @@ class Unavailable(RequestRefused):
     """A dependency (Kafka, ClickHouse) cannot serve the request now; retry later."""
 
     status, code = 503, "unavailable"
+
+
+class Stopped(TelemetryError):
+    """A stop was requested (Ctrl-C / SIGTERM) while waiting to retry."""
+
+
+class GaveUp(TelemetryError):
+    """The retries were exhausted (by count or by time), or the failure cannot be retried."""
+
+    def __init__(self, message: str, *, failures: int = 0, seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.failures, self.seconds = failures, seconds

@@ -93,3 +93,41 @@ def topic_partitions(settings: Settings, topic: str) -> int:
     if not described or not described[0].get("partitions"):
         raise RuntimeError(f"topic {topic} has no partitions at {settings.bootstrap_servers}")
     return len(described[0]["partitions"])
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float, expire_s: float) -> bool:
+    """Close a producer, flushing for up to timeout_s; True if every record was settled in that time.
+
+    kafka-python's close() raises (from its flush) while records are still waiting for a broker that is gone.
+    Such records fail by themselves after the producer's delivery_timeout_ms, so a second close() waits up to
+    expire_s (the delivery timeout, or more) for that and then stops the I/O thread. Public API only.
+    """
+    try:
+        producer.close(timeout_s)
+        return True
+    except KafkaError as exc:
+        log.warning("Kafka producer did not flush within %.1fs (%s); waiting up to %.1fs for its records to expire "
+                    "(their requests were answered 503)", timeout_s, exc, expire_s)
+    try:
+        producer.close(expire_s)
+    except KafkaError as exc:  # the sender thread is a daemon: it cannot keep the process alive
+        log.warning("Kafka producer still not closed after %.1fs more (%s); leaving it", expire_s, exc)
+    return False
+
+
+def broker_answers(bootstrap_servers: str, timeout_s: float, client_id: str = "is-telemetry-probe") -> bool:
+    """True when a broker at bootstrap_servers answers the Kafka protocol within about timeout_s. Blocking.
+
+    A throwaway KafkaProducer's bootstrap (connect, ApiVersions, Metadata) through the public API: a new connection
+    each time, so a broker restarted on the same address is seen at once. (A KafkaAdminClient whose bootstrap fails
+    leaves its I/O thread behind; a producer does not.) About 5 ms of CPU when the broker answers.
+    """
+    timeout_ms = max(100, int(timeout_s * 1000))
+    try:
+        probe = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id=client_id, enable_idempotence=False,
+                              bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
+    except (KafkaError, OSError) as exc:
+        log.debug("Kafka at %s does not answer: %r", bootstrap_servers, exc)
+        return False
+    probe.close(0)  # nothing was sent: nothing to flush
+    return True

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import struct
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import orjson
 import uvicorn
+from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,14 +39,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from is_telemetry.config import Settings, load_settings
-from is_telemetry.errors import RequestRefused, Unavailable, UnsupportedMediaType
-from is_telemetry.httpedge import edge_limits, read_body, server_config
-from is_telemetry.logsetup import setup_logging
 from is_telemetry.envelope import BATCH_FORMAT, HEADER_FORMAT, Frame, frame_size, pack
-from is_telemetry.kafka import HEADER_SOURCE
+from is_telemetry.errors import RequestRefused, Stopped, Unavailable, UnsupportedMediaType
+from is_telemetry.httpedge import edge_limits, read_body, server_config
+from is_telemetry.kafka import HEADER_SOURCE, broker_answers, close_producer, make_producer
 from is_telemetry.kafka import headers as record_headers
-from is_telemetry.kafka import make_producer
+from is_telemetry.logsetup import setup_logging
 from is_telemetry.partitioning import partition_of
+from is_telemetry.retry import RetryPolicy, retry_on, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ BODY_READ_TIMEOUT_S = 30.0  # a body not fully received within this is answered 
 USER_AGENT_MAX = 512  # longer User-Agent values are truncated before they go into a record header
 READY_CACHE_S = 1.0  # /readyz probes Kafka at most once per this interval
 READY_PROBE_TIMEOUT_S = 0.5
+CONNECT_RETRY = RetryPolicy(initial_s=0.5, maximum_s=5.0)  # creating the producer while Kafka is not there yet
 # Idle keep-alive connections are closed after this. Longer than HTTP clients' own idle expiry (httpx 5 s,
 # Go's net/http 90 s) so that a client never sends a POST on a connection the server is just closing
 # (the request would fail with a reset, and POSTs are not retried).
@@ -161,10 +162,21 @@ class _Instrument:
 
 # ------------------------------------------------------------------------------------- Kafka plumbing
 
+def _timeouts_ms(settings: Settings) -> tuple[int, int]:
+    """(publish, request) timeouts in ms."""
+    publish_ms = max(1, int(settings.collector.publish_timeout_s * 1000))
+    return publish_ms, max(1000, min(10_000, publish_ms))
+
+
+def delivery_timeout_ms(settings: Settings) -> int:
+    """How long the producer keeps a record it could not deliver: about when its request was answered 503."""
+    publish_ms, request_ms = _timeouts_ms(settings)
+    return max(publish_ms, request_ms + 1000)
+
+
 def producer_overrides(settings: Settings) -> dict[str, object]:
     """make_producer overrides for the collector (see docs/collector.md, "Kafka producer")."""
-    publish_ms = max(1, int(settings.collector.publish_timeout_s * 1000))
-    request_ms = max(1000, min(10_000, publish_ms))
+    publish_ms, request_ms = _timeouts_ms(settings)
     return dict(
         client_id="is-telemetry-collector",
         # kafka-python 3 turns idempotence on by default; after a broker restart the idempotent producer
@@ -173,47 +185,10 @@ def producer_overrides(settings: Settings) -> dict[str, object]:
         enable_idempotence=False,
         max_block_ms=max(1000, publish_ms),  # metadata waits (only ever on the send thread pool)
         request_timeout_ms=request_ms,
-        delivery_timeout_ms=max(publish_ms, request_ms + 1000),  # give up on a record about when we answer 503
+        delivery_timeout_ms=delivery_timeout_ms(settings),  # give up on a record about when we answer 503
         reconnect_backoff_max_ms=1000,  # reconnect quickly after a broker restart
         bootstrap_timeout_ms=5000,
     )
-
-
-def _split_bootstrap(servers: str) -> list[tuple[str, int]]:
-    out = []
-    for item in servers.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        if not sep or not port.isdigit():
-            host, port = item, "9092"
-        out.append((host.strip("[]"), int(port)))
-    return out
-
-
-_API_VERSIONS_V0 = struct.pack(">hhih", 18, 0, 0x7E1E, 9) + b"collector"
-
-
-async def kafka_ping(bootstrap_servers: str, timeout_s: float = READY_PROBE_TIMEOUT_S) -> bool:
-    """True when a bootstrap server answers a Kafka ApiVersions request within timeout_s (plaintext)."""
-    for host, port in _split_bootstrap(bootstrap_servers):
-        writer = None
-        try:
-            async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
-                writer.write(struct.pack(">i", len(_API_VERSIONS_V0)) + _API_VERSIONS_V0)
-                await writer.drain()
-                size = struct.unpack(">i", await reader.readexactly(4))[0]
-                payload = await reader.readexactly(min(size, 6))
-                if len(payload) >= 4 and struct.unpack(">i", payload[:4])[0] == 0x7E1E:
-                    return True
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, struct.error):
-            pass
-        finally:
-            if writer is not None:
-                writer.close()
-    return False
 
 
 class Publisher:
@@ -223,8 +198,10 @@ class Publisher:
         self.settings = settings
         self.topic = settings.kafka.raw_topic
         self.timeout_s = settings.collector.publish_timeout_s
+        self.delivery_timeout_s = delivery_timeout_ms(settings) / 1000
         self.producer = producer
         self.owned = producer is None
+        self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-probe")
         self.metrics = metrics or Metrics()
         self._sender_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="collector-send")
         self._stopping = threading.Event()
@@ -275,21 +252,18 @@ class Publisher:
             log.warning("Kafka at %s not reachable yet; answering 503 until it is", self.settings.bootstrap_servers)
 
     def _connect_loop(self) -> Any:
-        delay = 0.5
-        while not self._stopping.is_set():
-            try:
-                p = make_producer(self.settings.bootstrap_servers, **producer_overrides(self.settings))
-            except Exception as exc:  # noqa: BLE001 - any failure means "try again"
-                log.warning("Kafka producer for %s not created (%s); retrying", self.settings.bootstrap_servers, exc)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if self._stopping.is_set():
-                self._close(p, 1.0)
-                return None
-            self._warm_metadata(p)
-            return p
-        return None
+        """The producer, created once Kafka answers (retried with backoff); None if stop() came first."""
+        servers = self.settings.bootstrap_servers
+        try:
+            p = with_retries(lambda: make_producer(servers, **producer_overrides(self.settings)),
+                             CONNECT_RETRY, self._stopping, retry_on(KafkaError, OSError, what=f"Kafka at {servers}"))
+        except Stopped:
+            return None
+        if self._stopping.is_set():
+            self._close(p, 1.0)
+            return None
+        self._warm_metadata(p)
+        return p
 
     def _warm_metadata(self, p: Any) -> None:
         """Fetch the raw topic's metadata once so that send() never waits for it on the event loop, and learn its
@@ -298,7 +272,7 @@ class Publisher:
             return
         try:
             partitions = p.partitions_for(self.topic)
-        except Exception as exc:  # noqa: BLE001 - sends fall back to the thread pool, unbatched
+        except KafkaError as exc:  # sends fall back to the thread pool, unbatched
             log.warning("no metadata for topic %s yet (%s)", self.topic, exc)
             return
         self.partition_count = len(partitions or ())
@@ -311,6 +285,7 @@ class Publisher:
         if p is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._close_or_flush, p)
         self._sender_pool.shutdown(wait=False, cancel_futures=True)
+        self._probe_pool.shutdown(wait=False, cancel_futures=True)
 
     def _close_or_flush(self, p: Any) -> None:
         if self.owned:
@@ -320,27 +295,12 @@ class Publisher:
             return
         try:
             p.flush(self.timeout_s)
-        except Exception as exc:  # noqa: BLE001
+        except KafkaError as exc:
             log.warning("Kafka producer flush failed: %s", exc)
 
-    @staticmethod
-    def _close(p: Any, timeout_s: float) -> None:
-        try:
-            p.close(timeout_s)
-            return
-        except Exception as exc:  # noqa: BLE001 - kafka-python 3 raises from flush() when the broker is gone
-            log.warning("Kafka producer did not flush within %.1fs (%s); records not acknowledged are dropped "
-                        "(their requests were answered 503)", timeout_s, exc)
-        sender = getattr(p, "_sender", None)  # best effort: stop the I/O thread without another flush
-        try:
-            if sender is not None:
-                sender.force_close()
-                sender.join(1.0)
-            if hasattr(p, "_unregister_cleanup"):
-                p._unregister_cleanup()
-            p._closed = True
-        except Exception:  # noqa: BLE001
-            pass
+    def _close(self, p: Any, timeout_s: float) -> None:
+        """Close an owned producer: flush for timeout_s, then let what is left expire (its requests got 503)."""
+        close_producer(p, timeout_s, self.delivery_timeout_s + 1.0)
 
     # -- publishing -------------------------------------------------------------------------------
     async def _send(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]], timestamp_ms: int,
@@ -391,7 +351,7 @@ class Publisher:
             raise _unavailable(f"Kafka did not acknowledge the record within {self.timeout_s:g}s") from None
         except Unavailable:
             raise
-        except Exception as exc:  # noqa: BLE001 - any producer failure is "not stored"
+        except (KafkaError, ValueError) as exc:  # the producer's errors, or its refusal of a record: "not stored"
             self.metrics.kafka_errors.labels("error").inc()
             log.warning("Kafka publish failed: %r", exc)
             raise _unavailable(f"Kafka publish failed: {type(exc).__name__}") from None
@@ -447,8 +407,17 @@ class Publisher:
         now = time.monotonic()
         if now - self._ready_at >= READY_CACHE_S:
             self._ready_at = now
-            self._ready = await kafka_ping(self.settings.bootstrap_servers)
+            self._ready = await self._broker_answers()
         return self._ready
+
+    async def _broker_answers(self) -> bool:
+        """One probe at a time on its own thread; a probe slower than the bound counts as "not ready"."""
+        probe = partial(broker_answers, self.settings.bootstrap_servers, READY_PROBE_TIMEOUT_S, "collector-probe")
+        try:
+            async with asyncio.timeout(READY_PROBE_TIMEOUT_S * 2):
+                return await asyncio.get_running_loop().run_in_executor(self._probe_pool, probe)
+        except TimeoutError:
+            return False
 
 
 @dataclass
