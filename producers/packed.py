@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from is_telemetry.envelope import BATCH_FORMAT, HEADER_FORMAT, Frame, pack
+from is_telemetry.errors import KafkaUnavailable
 from is_telemetry.kafka import HEADER_SOURCE, headers, make_producer
 from is_telemetry.partitioning import partition_of
 
@@ -35,7 +36,7 @@ def send_packed(deliveries: Sequence[Delivery], bootstrap_servers: str, topic: s
     try:
         n = len(producer.partitions_for(topic) or ())
         if not n:
-            raise RuntimeError(f"topic {topic} has no partitions at {bootstrap_servers}")
+            raise KafkaUnavailable(f"topic {topic} has no partitions at {bootstrap_servers}")
         pending: dict[int, list[Frame]] = {}
         futures: list[tuple[Any, int]] = []
         sent = 0
