@@ -39,6 +39,7 @@ def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
         web_host="127.0.0.1",
         stream_buffer_maxsize=max(4096, settings.processors.batch_size * 2),
         logging_config=None,
+        datadir=str((settings.data_dir / "faust").resolve()),  # not `<app id>-data/` in the working directory
     )
     config.update(overrides)
     return faust.App(app_id, **config)
