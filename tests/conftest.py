@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,9 +16,19 @@ import pytest
 
 from is_telemetry import apiclient
 from is_telemetry.broker import free_ports
+from is_telemetry.runtime import stop_process
 from tests.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
+UNIT_DIR = ROOT / "tests" / "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test outside tests/unit/ is an integration test (it starts brokers, workers or servers):
+    `pytest -m "not integration"` is the seconds-fast tier, `pytest tests/unit` the same."""
+    for item in items:
+        if UNIT_DIR not in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 def sample_bodies() -> dict[str, bytes]:
     return dict(SAMPLES)
 
@@ -51,14 +60,10 @@ class RunningStack:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self, timeout_s: float = 90) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                raise
-        return self.process.returncode
+        code, killed = stop_process(self.process, timeout_s, kill_group=True)
+        if killed:
+            raise AssertionError(f"the stack ignored SIGTERM for {timeout_s:g}s (its group was killed):\n{self.log()}")
+        return code
 
 
 def start_stack(data_dir: Path, *extra: str, env: dict[str, str] | None = None,

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 
 from is_telemetry import apiclient
 from is_telemetry.broker import free_port
+from is_telemetry.runtime import stop_process
+
+T = TypeVar("T")
 
 VIEW_QUERIES = {
     "fleet_daily": "SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, "
@@ -49,15 +51,10 @@ class Proc:
 
     def terminate(self, timeout_s: float = 60) -> int:
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"{self.name} ignored SIGTERM for {timeout_s}s:\n{self.log()}")
-        return self.process.returncode
+        code, killed = stop_process(self.process, timeout_s)
+        if killed:
+            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout_s}s:\n{self.log()}")
+        return code
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -75,6 +72,19 @@ class Proc:
 
     def views(self) -> dict[str, list[dict[str, Any]]]:
         return {name: self.sql(q) for name, q in VIEW_QUERIES.items()}
+
+
+def wait_until(probe: Callable[[], T], done: Callable[[T], bool] = bool, timeout_s: float = 30.0,
+               interval_s: float = 0.2, what: str = "the condition") -> T:
+    """Poll probe() until done(value) (default: truthy); returns that value, or fails naming the last one seen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not met within {timeout_s:g}s; last value: {value!r}")
+        time.sleep(interval_s)
 
 
 def worker(bootstrap: str, data_dir: Path, name: str = "worker", *extra: str, api: bool = True) -> Proc:

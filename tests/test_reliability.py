@@ -45,7 +45,7 @@ from is_telemetry.partitioning import partition_of
 from processors.validate import Rejection, validate
 from producers.simulator import generate, ground_truth, send_to_kafka
 from tests.conftest import RunningStack, start_stack
-from tests.processes import Proc, consume, consume_bodies, expected_views, wait_for_views, wait_until_ready
+from tests.processes import Proc, consume, consume_bodies, expected_views, wait_for_views, wait_until, wait_until_ready
 from tests.samples import SAMPLES as TTS_SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -309,9 +309,9 @@ def test_clickhouse_unavailable_30s_disk_full_then_read_only(tmp_path: Path) -> 
             while w.stored() < len(before):
                 assert time.monotonic() < deadline and w.alive(), w.log()
                 time.sleep(0.3)
-            time.sleep(2.0)  # faust commits every second
-            c0 = committed(b)
-            assert sum(c0.values()) == len(before), c0
+            # faust commits every second: poll until the commits cover what was stored
+            c0 = wait_until(lambda: committed(b), lambda c: sum(c.values()) == len(before), timeout_s=30,
+                            what=f"committed offsets summing to {len(before)}")
 
             # Phase A: disk full (chDB: "Cannot reserve ... not enough space")
             w.fill()
@@ -320,8 +320,9 @@ def test_clickhouse_unavailable_30s_disk_full_then_read_only(tmp_path: Path) -> 
             for i in range(chunks):
                 part = during_full[i * len(during_full) // chunks: (i + 1) * len(during_full) // chunks]
                 send_to_kafka(part, b, RAW_TOPIC)
-                time.sleep(3.0)
-            assert "NOT_ENOUGH_SPACE" in w.log_path.read_text(errors="replace")
+                time.sleep(3.0)  # the fault lasts while records keep arriving
+            wait_until(lambda: "NOT_ENOUGH_SPACE" in w.log_path.read_text(errors="replace"), timeout_s=30,
+                       what="the worker logging NOT_ENOUGH_SPACE")
             # Reads keep working: the API answers from the same chDB while writes fail.
             assert w.sql("SELECT count() AS n FROM snapshots")[0]["n"] > 0
             c1 = committed(b)
