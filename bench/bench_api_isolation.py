@@ -18,7 +18,6 @@ import argparse
 import base64
 import hashlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import orjson
 
 from is_telemetry import apiclient
 from is_telemetry.broker import free_ports
+from is_telemetry.runtime import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = (REPO / "tests" / "fixtures" / "tts-samples" / "is-3.32.json").read_bytes()
@@ -64,8 +64,7 @@ class Stack:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(90)
+        stop_process(self.proc, 90)
 
     def metric(self, series: str) -> float:
         return (apiclient.metrics(self.api + "/metrics") or {}).get(series, 0.0)

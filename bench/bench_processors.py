@@ -50,6 +50,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from is_telemetry.runtime import stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO faust\.worker: \[\^Worker\]: Ready", re.M)
@@ -60,7 +62,8 @@ def _loadavg() -> str:
 
 
 def _child_env() -> dict[str, str]:
-    """Children run in the temporary directory (faust makes an `<app id>-data` dir in its cwd) and import from REPO."""
+    """Children run in the temporary directory (the default data_dir, `data/`, with faust's under it, is relative to
+    the cwd) and import from REPO."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -344,13 +347,7 @@ def run_full(bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir
         body = httpx.post(api + "/api/sql", json={"query": "SELECT count() FROM snapshots FINAL"}, timeout=60).json()
         in_clickhouse = int(body["rows"][0][0])
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 60)
     if in_clickhouse != expect["distinct_day_uid"]:
         raise RuntimeError(f"ClickHouse has {in_clickhouse} snapshots, expected {expect['distinct_day_uid']}")
     if int(_sum(m, "is_telemetry_processor_rejected_total")) != expect["rejected"]:

@@ -32,7 +32,6 @@ import os
 import random
 import re
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import orjson
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import load_settings
 from is_telemetry.kafka import ensure_topics
+from is_telemetry.runtime import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 # is-3.32.json (the reference sample) with the uid as a placeholder
@@ -115,13 +115,7 @@ class Collector:
         return m.group(1).decode(), int(m.group(2))
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode

@@ -41,6 +41,7 @@ from kafka.future import Future
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import Settings, load_settings
 from is_telemetry.kafka import ensure_topics
+from is_telemetry.runtime import stop_process
 from producers.collector import CollectorServer, create_app, make_config
 from tests.processes import consume_bodies
 from tests.samples import SAMPLES as TTS_SAMPLES
@@ -122,13 +123,7 @@ class CollectorProcess:
         self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
