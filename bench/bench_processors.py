@@ -279,14 +279,9 @@ def run_child(mode: str, bootstrap: str, topic: str, n: int, expect: dict[str, A
 
 
 def _metrics(api: str) -> dict[str, float]:
-    import httpx
+    from is_telemetry import apiclient
 
-    out: dict[str, float] = {}
-    for line in httpx.get(api + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("is_telemetry_"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return apiclient.metrics(api + "/metrics", timeout_s=10) or {}
 
 
 def _sum(m: dict[str, float], prefix: str) -> float:

@@ -52,14 +52,27 @@ def sql_rows(base_url: str, query: str, token: str = "", timeout_s: float = 30.0
     return [dict(zip(columns, row)) for row in rows]
 
 
+def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text as (sample name, labels, value) triples (prometheus_client's parser)."""
+    return [(s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text) for s in family.samples]
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text as {series: value}, a series written as `name{label="v",...}` (labels sorted)."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+    for name, labels, value in parse_samples(text):
+        label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        out[f"{name}{{{label_text}}}" if label_text else name] = value
     return out
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of the first sample `name` whose labels include `labels` (0 when there is none)."""
+    for found, have, value in parse_samples(text):
+        if found == name and all(have.get(k) == v for k, v in labels.items()):
+            return value
+    return 0.0
 
 
 def metrics(url: str, timeout_s: float = 2.0, client: httpx.Client | None = None) -> dict[str, float] | None:

@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from kafka.errors import KafkaError
 from kafka.future import Future
 
+from is_telemetry import apiclient
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import Settings, load_settings
 from is_telemetry.kafka import ensure_topics
@@ -156,17 +157,7 @@ def record_headers(record: Any) -> dict[str, bytes]:
 
 def metric(text: str, name: str, **labels: str) -> float:
     """A sample's value from Prometheus text (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        series, _, value = line.rpartition(" ")
-        base, _, label_part = series.partition("{")
-        if base != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', label_part))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(value)
-    return 0.0
+    return apiclient.sample(text, name, **labels)
 
 
 def assert_json_error(r: httpx.Response, status: int, code: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from is_telemetry.errors import DependencyUnavailable, TelemetryError
 from is_telemetry.schema import (
     AccountsCount,
     ActiveEndDevices,
@@ -104,11 +105,11 @@ def describe_dsn(dsn: str) -> str:
     return f"{host}:{port}/{d.get('dbname') or d.get('user') or ''}"
 
 
-class DatabaseUnreachable(Exception):
+class DatabaseUnreachable(DependencyUnavailable):
     """The database could not be reached or the connection broke (retried)."""
 
 
-class DatabaseSchemaError(Exception):
+class DatabaseSchemaError(TelemetryError):
     """The database answered but is not an Identity Server database (not retried)."""
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import re
 
+from is_telemetry.retry import format_seconds
+
+__all__ = ["format_seconds", "parse_go_duration"]
+
 _GO_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -49,13 +53,3 @@ def parse_go_duration(text: str) -> float:
         pos = m.end()
     return sign * total
 
-
-def format_seconds(seconds: float) -> str:
-    """A short human duration: 0.5s, 12s, 1m30s, 24h."""
-    if seconds < 10 and seconds != int(seconds):
-        return f"{seconds:.1f}s"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    out = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec or not (h or m) else "")
-    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from is_telemetry.errors import TelemetryError
 from producers.identity_server.host import user_agent
 from producers.identity_server.logs import log, one_line
 
@@ -15,7 +16,7 @@ KAFKA_SEND_TIMEOUT_S = 15.0
 KAFKA_CONNECT_TIMEOUT_MS = 10_000  # first broker contact (kafka-python's default is 30 s)
 
 
-class SendFailed(Exception):
+class SendFailed(TelemetryError):
     """A send attempt failed; `retry` says whether trying again can help."""
 
     def __init__(self, message: str, retry: bool = True) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from is_telemetry.errors import TelemetryError
 from producers.simulator.bodies import user_agent_of
 from producers.simulator.deliveries import Delivery, Progress
 
@@ -49,7 +50,7 @@ class SendResult:
         return s + f" in {self.elapsed_s:.1f}s ({rate:.0f}/s)"
 
 
-class SendError(RuntimeError):
+class SendError(TelemetryError, RuntimeError):  # RuntimeError: what callers caught before
     def __init__(self, result: SendResult) -> None:
         detail = "; ".join(result.errors[:3])
         super().__init__(f"{result.summary()}: {detail}")
