@@ -72,7 +72,7 @@ def test_sql_cli_formats_and_restart_keeps_rows(tmp_path) -> None:
         assert out.splitlines() == ["gateways", "--------", "5", "(1 row)"]
         # Read-only: refused with 403 and a message that says so.
         bad = subprocess.run([*cmd, "DROP TABLE snapshots"], capture_output=True, text=True)
-        assert bad.returncode == 1 and "403 writes_not_allowed: writes are not allowed" in bad.stderr
+        assert bad.returncode == 1 and "refused (read-only): writes are not allowed" in bad.stderr
     finally:
         assert stack.stop() == 0
     # Everything that reached ClickHouse survives a stop and a start on the same data dir.
