@@ -40,13 +40,14 @@ def run_one(name: str) -> tuple[dict[str, Any] | None, float, int]:
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     started = time.monotonic()
     result: dict[str, Any] | None = None
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, name], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, name], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, bufsize=1
+    )
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
             if line.startswith(MARKER):
-                result = json.loads(line[len(MARKER):])
+                result = json.loads(line[len(MARKER) :])
             else:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -79,8 +80,11 @@ def headline(result: dict[str, Any] | None) -> str:
         elif isinstance(value, (int, float)) and _is_figure(key):
             parts.append(f"{key}={_fmt(value)}")
         elif isinstance(value, dict) and _is_figure(key):
-            parts.extend(f"{key}.{k}={_fmt(v)}" for k, v in value.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool))
+            parts.extend(
+                f"{key}.{k}={_fmt(v)}"
+                for k, v in value.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            )
     return "  ".join(parts)
 
 

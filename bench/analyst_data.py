@@ -13,8 +13,10 @@ from datetime import date, timedelta
 
 from sinks.clickhouse import ClickHouseStore
 
-_PLANS = "['EU_863_870_TTN', 'EU_863_870', 'US_902_928_FSB_2', 'AS_923', 'AU_915_928_FSB_2', 'IN_865_867', " \
-         "'KR_920_923_TTN', 'CN_470_510_FSB_11', 'EU_863_870_TTN', 'US_902_928_FSB_1', 'XX_MYSTERY']"
+_PLANS = (
+    "['EU_863_870_TTN', 'EU_863_870', 'US_902_928_FSB_2', 'AS_923', 'AU_915_928_FSB_2', 'IN_865_867', "
+    "'KR_920_923_TTN', 'CN_470_510_FSB_11', 'EU_863_870_TTN', 'US_902_928_FSB_1', 'XX_MYSTERY']"
+)
 
 IS_DAY_SQL = f"""
 INSERT INTO snapshots
@@ -81,7 +83,9 @@ WHERE cityHash64(n, {index:UInt32}, 23) % 100 < 5 + cityHash64(n, 24) % 60
 """
 
 
-def fill(store: ClickHouseStore, deployments: int, cli_installs: int, days: int, end: date, first_index: int = 0) -> None:
+def fill(
+    store: ClickHouseStore, deployments: int, cli_installs: int, days: int, end: date, first_index: int = 0
+) -> None:
     """Write `days` days ending `end`: one INSERT per day and kind, oldest first. `first_index` is the first day's
     number in the fleet's life (its onboarding, churn and upgrades go by it): continue a fill with its day count."""
     for i in range(days):

@@ -42,9 +42,20 @@ from sinks.clickhouse import ClickHouseStore
 TARGET_MS = 200.0
 END = date(2025, 6, 30)
 VIEWS = [
-    "fleet_daily_carried", "deployment_lifecycle_daily", "cli_lifecycle_daily", "retention_weekly", "retention_monthly",
-    "fleet_size_daily", "regions_daily", "version_adoption_daily", "version_adoption_speed", "versions_behind_daily",
-    "deployments_behind_daily", "cli_installs_active_daily", "cli_command_usage_daily", "data_quality_daily",
+    "fleet_daily_carried",
+    "deployment_lifecycle_daily",
+    "cli_lifecycle_daily",
+    "retention_weekly",
+    "retention_monthly",
+    "fleet_size_daily",
+    "regions_daily",
+    "version_adoption_daily",
+    "version_adoption_speed",
+    "versions_behind_daily",
+    "deployments_behind_daily",
+    "cli_installs_active_daily",
+    "cli_command_usage_daily",
+    "data_quality_daily",
     "sender_jumps_daily",
 ]
 
@@ -95,10 +106,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         fill(store, args.deployments, args.cli_installs, args.days, END - timedelta(days=1))
         out["fill_s"] = round(time.perf_counter() - started, 1)
-        (rows, days), = store.query("SELECT count(), uniqExact(day) FROM snapshots")[1]
+        ((rows, days),) = store.query("SELECT count(), uniqExact(day) FROM snapshots")[1]
         out["snapshot_rows"] = rows
-        print(f"filled {rows:,} snapshot rows over {days} days in {out['fill_s']} s "
-              f"({args.deployments:,} deployments, {args.cli_installs:,} CLI installs)", flush=True)
+        print(
+            f"filled {rows:,} snapshot rows over {days} days in {out['fill_s']} s "
+            f"({args.deployments:,} deployments, {args.cli_installs:,} CLI installs)",
+            flush=True,
+        )
 
         store.client.command("SYSTEM START VIEW analyst_daily_refresh")
         out["refresh_all_days_s"] = round(refresh(store), 2)
@@ -110,21 +124,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         store.client.command("SYSTEM STOP VIEW retention_refresh")
         pending = store.query("SELECT count() FROM analyst_daily_pending")[1][0][0]
         assert pending == 0, f"{pending} analyst days still pending"
-        (n_days,), = store.query("SELECT count() FROM fleet_daily_carried")[1]
+        ((n_days,),) = store.query("SELECT count() FROM fleet_daily_carried")[1]
         assert n_days == args.days + 1, n_days
-        print(f"analyst refresh: {args.days} days {out['refresh_all_days_s']} s, then one more day "
-              f"{out['refresh_one_day_s']} s; retention {out['refresh_retention_s']} s", flush=True)
+        print(
+            f"analyst refresh: {args.days} days {out['refresh_all_days_s']} s, then one more day "
+            f"{out['refresh_one_day_s']} s; retention {out['refresh_retention_s']} s",
+            flush=True,
+        )
 
         today = END + timedelta(days=1)
         panels: dict[str, dict[str, float]] = {}
-        print(f"\npanels (default range: the 30 days to {END}), {args.repeats} runs each after {WARM_UPS} warm-ups "
-              "(the 4th run of a query compiles its expressions, once)")
+        print(
+            f"\npanels (default range: the 30 days to {END}), {args.repeats} runs each after {WARM_UPS} warm-ups "
+            "(the 4th run of a query compiles its expressions, once)"
+        )
         for name in PANELS:
-            median, worst, warm = timed(lambda: run_panel(sessions, name, {}, today), args.repeats)
-            panels[name] = {"median_ms": round(median, 1), "worst_ms": round(worst, 1), "warm_up_worst_ms": round(warm, 1)}
+            median, worst, warm = timed(lambda name=name: run_panel(sessions, name, {}, today), args.repeats)
+            panels[name] = {
+                "median_ms": round(median, 1),
+                "worst_ms": round(worst, 1),
+                "warm_up_worst_ms": round(warm, 1),
+            }
             mark = "" if worst < TARGET_MS else "   <-- over 200 ms"
-            print(f"  /api/{name:<28} median {median:7.1f} ms   worst {worst:7.1f} ms   (warm-ups: worst {warm:6.1f} ms)"
-                  f"{mark}", flush=True)
+            print(
+                f"  /api/{name:<28} median {median:7.1f} ms   worst {worst:7.1f} ms   (warm-ups: worst {warm:6.1f} ms)"
+                f"{mark}",
+                flush=True,
+            )
         out["panels"] = panels
         out["panels_worst_ms"] = max(p["worst_ms"] for p in panels.values())
         out["worst_panel_ms_per_request"] = out["panels_worst_ms"]  # for `python -m bench`'s summary line
@@ -134,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("\nnamed views, read whole")
         views = {}
         for view in VIEWS:
-            median, _worst, _warm = timed(lambda: sessions.run(f"SELECT * FROM {view}"), 3)
+            median, _worst, _warm = timed(lambda view=view: sessions.run(f"SELECT * FROM {view}"), 3)
             views[view] = round(median, 1)
             print(f"  {view:<28} {median:7.1f} ms")
         week = END - timedelta(days=6)
@@ -159,8 +185,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["views_ms"] = views
         load = os.getloadavg()
         out["load_avg"] = [round(x, 2) for x in load]
-        print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f};  panels under {TARGET_MS:.0f} ms: "
-              f"{out['panels_met']} (worst {out['panels_worst_ms']} ms)")
+        print(
+            f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f};  panels under {TARGET_MS:.0f} ms: "
+            f"{out['panels_met']} (worst {out['panels_worst_ms']} ms)"
+        )
         return out
     finally:
         sessions.close()

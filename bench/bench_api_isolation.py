@@ -54,9 +54,26 @@ class Stack:
         self.log = data_dir / "up.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "is_telemetry", "up", "--no-simulate", "--data-dir", str(data_dir), "--broker-port",
-             str(broker), "--collector-port", str(self.collector_port), "--api-port", str(self.api_port)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir)
+            [
+                sys.executable,
+                "-m",
+                "is_telemetry",
+                "up",
+                "--no-simulate",
+                "--data-dir",
+                str(data_dir),
+                "--broker-port",
+                str(broker),
+                "--collector-port",
+                str(self.collector_port),
+                "--api-port",
+                str(self.api_port),
+            ],
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=data_dir,
+        )
         deadline = time.monotonic() + 120
         while "Ctrl-C stops everything" not in self.log.read_text(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -123,7 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"post -> stored in ClickHouse, median of {args.posts} (load average {os.getloadavg()[0]:.2f}):")
     for name, values in phases.items():
         median = statistics.median(values)
-        print(f"  {name:10s} {median * 1000:7.0f} ms  (max {max(values) * 1000:.0f} ms)  ratio to alone {median / base:.2f}")
+        print(
+            f"  {name:10s} {median * 1000:7.0f} ms  (max {max(values) * 1000:.0f} ms)  ratio to alone {median / base:.2f}"
+        )
         out[f"{name}_median_ms"] = round(median * 1000)
         out[f"{name}_vs_alone"] = round(median / base, 2)
     out["load_average"] = round(os.getloadavg()[0], 2)

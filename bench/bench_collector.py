@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.soak_collector import Collector
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import load_settings
 from is_telemetry.kafka import ensure_topics, headers, make_producer
-from bench.soak_collector import Collector
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PATH = REPO / "tests" / "fixtures" / "tts-samples" / "is-3.32.json"
@@ -117,8 +117,9 @@ def kafka_produce_rate(bootstrap: str, topic: str, body: bytes, total: int, seco
             if time.monotonic() > deadline:
                 break
             now = time.time_ns() // 1_000_000
-            f = producer.send(topic, body, key=b"bench-%d" % i, timestamp_ms=now,
-                              headers=headers(now, "bench", "bench", len(body)))
+            f = producer.send(
+                topic, body, key=b"bench-%d" % i, timestamp_ms=now, headers=headers(now, "bench", "bench", len(body))
+            )
             f.add_callback(ok)
             f.add_errback(err)
             sent += 1
@@ -131,8 +132,12 @@ def kafka_produce_rate(bootstrap: str, topic: str, body: bytes, total: int, seco
         elapsed = time.perf_counter() - t0
     finally:
         producer.close(10)
-    return {"records": acked[0], "failed": failed[0], "seconds": round(elapsed, 2),
-            "records_per_s": round(acked[0] / elapsed, 1)}
+    return {
+        "records": acked[0],
+        "failed": failed[0],
+        "seconds": round(elapsed, 2),
+        "records_per_s": round(acked[0] / elapsed, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -143,16 +148,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv if argv is not None else [])
     body = sample_body()
 
-    with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp, \
-            EmbeddedBroker(port=free_port(), log_file=Path(tmp) / "broker.log") as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp,
+        EmbeddedBroker(port=free_port(), log_file=Path(tmp) / "broker.log") as broker,
+    ):
         settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers})
         ensure_topics(settings)
         topic = settings.kafka.raw_topic
         collector = Collector(broker.bootstrap_servers, topic, Path(tmp) / "collector.log")
         try:
             asyncio.run(_http_load(collector.host, collector.port, body, 500, 10, args.concurrency))  # warm-up
-            http = asyncio.run(_http_load(collector.host, collector.port, body, args.requests, args.seconds,
-                                          args.concurrency))
+            http = asyncio.run(
+                _http_load(collector.host, collector.port, body, args.requests, args.seconds, args.concurrency)
+            )
         finally:
             collector.stop()
         kafka = kafka_produce_rate(broker.bootstrap_servers, topic, body, args.requests, args.seconds)
@@ -168,11 +176,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "kafka_python_records_per_s": kafka["records_per_s"],
         "ratio": round(http["requests_per_s"] / kafka["records_per_s"], 3) if kafka["records_per_s"] else None,
     }
-    print(f"collector: {http['accepted']} of {http['requests']} requests accepted in {http['seconds']}s = "
-          f"{http['requests_per_s']:.0f} req/s (concurrency {args.concurrency}, p50 {http['p50_ms']} ms, "
-          f"p99 {http['p99_ms']} ms)")
-    print(f"kafka-python alone (acks=all): {kafka['records']} records in {kafka['seconds']}s = "
-          f"{kafka['records_per_s']:.0f} records/s")
+    print(
+        f"collector: {http['accepted']} of {http['requests']} requests accepted in {http['seconds']}s = "
+        f"{http['requests_per_s']:.0f} req/s (concurrency {args.concurrency}, p50 {http['p50_ms']} ms, "
+        f"p99 {http['p99_ms']} ms)"
+    )
+    print(
+        f"kafka-python alone (acks=all): {kafka['records']} records in {kafka['seconds']}s = "
+        f"{kafka['records_per_s']:.0f} records/s"
+    )
     print(f"collector / kafka-python = {result['ratio']}")
     print(json.dumps(result))
     return result

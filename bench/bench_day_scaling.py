@@ -50,8 +50,11 @@ def run_size(n: int, batch: int) -> dict[str, Any]:
                     key = uid.encode()
                     p = partition_of(key, PARTITIONS)
                     at = DAY_MS + (i * 86_399_000) // n
-                    records.append(RawRecord("raw", p, offsets[p], at, {HEADER_RECEIVED_AT: str(at).encode()},
-                                             body_of(i, uid), key))
+                    records.append(
+                        RawRecord(
+                            "raw", p, offsets[p], at, {HEADER_RECEIVED_AT: str(at).encode()}, body_of(i, uid), key
+                        )
+                    )
                     offsets[p] += 1
                 outcome = process(records, PARTITIONS)
                 parts = partition_batches(records, outcome)
@@ -69,9 +72,13 @@ def run_size(n: int, batch: int) -> dict[str, Any]:
     if stored != n or counted != n:
         raise SystemExit(f"{n} UIDs: {stored} snapshots stored, {counted} deployments counted: not exact")
     tail = len(write_s) // 2
-    return {"uids": n, "batches": len(write_s), "write_ms": round(statistics.median(write_s[tail:]) * 1000, 1),
-            "rollup_and_write_ms": round(statistics.median(total_s[tail:]) * 1000, 1),
-            "state_uid_days": rollups.uid_days()}
+    return {
+        "uids": n,
+        "batches": len(write_s),
+        "write_ms": round(statistics.median(write_s[tail:]) * 1000, 1),
+        "rollup_and_write_ms": round(statistics.median(total_s[tail:]) * 1000, 1),
+        "state_uid_days": rollups.uid_days(),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -84,9 +91,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n in sizes:
         r = run_size(n, args.batch)
         results.append(r)
-        print(f"{n:>9,} UIDs/day, {r['batches']:>4} batches of {args.batch}: write {r['write_ms']:7.1f} ms/batch, "
-              f"roll-up + write {r['rollup_and_write_ms']:7.1f} ms/batch (median of the second half; "
-              f"load average {os.getloadavg()[0]:.2f})", flush=True)
+        print(
+            f"{n:>9,} UIDs/day, {r['batches']:>4} batches of {args.batch}: write {r['write_ms']:7.1f} ms/batch, "
+            f"roll-up + write {r['rollup_and_write_ms']:7.1f} ms/batch (median of the second half; "
+            f"load average {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
     ratio = results[-1]["rollup_and_write_ms"] / results[0]["rollup_and_write_ms"]
     out = {"sizes": results, "ratio": round(ratio, 2), "load_average": round(os.getloadavg()[0], 2)}
     label = f"{sizes[-1] // 1_000_000}M" if sizes[-1] >= 1_000_000 else f"{sizes[-1] // 1000}k"

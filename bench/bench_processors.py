@@ -112,8 +112,9 @@ def produce(bootstrap: str, topic: str, single_topic: str, n: int) -> dict[str, 
             keys.add((day_of(d.received_at_ms), r.uid))
     started = time.perf_counter()
     # Order within a partition is kept (one request in flight); bigger batches only make the setup quicker.
-    send_packed(deliveries, bootstrap, topic, bodies_per_record=100, pack_keyless=True, linger_ms=20,
-                batch_size=512 * 1024)
+    send_packed(
+        deliveries, bootstrap, topic, bodies_per_record=100, pack_keyless=True, linger_ms=20, batch_size=512 * 1024
+    )
     send_to_kafka(deliveries, bootstrap, single_topic, linger_ms=20, batch_size=512 * 1024)
     return {
         "messages": n,
@@ -143,8 +144,13 @@ async def _raw(bootstrap: str, topic: str, n: int, group: str) -> dict[str, Any]
             marks.setdefault("cpu0", time.process_time())
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False,
-        session_timeout_ms=10_000, heartbeat_interval_ms=1_000, max_partition_fetch_bytes=4 * 1024 * 1024,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     await consumer.start()
     try:
@@ -195,8 +201,7 @@ def _faust_child(mode: str, bootstrap: str, topic_name: str, group: str, n: int,
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
     app = faust_app(group, settings)  # the worker's settings: buffer sizes, linger, timeouts, no web
-    topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw")
+    topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     state: dict[str, Any] = {"count": 0}
 
     def finish() -> None:
@@ -244,8 +249,9 @@ def _faust_child(mode: str, bootstrap: str, topic_name: str, group: str, n: int,
         pass
 
 
-def run_child(mode: str, bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir: Path,
-              timeout_s: float = 300) -> dict[str, Any]:
+def run_child(
+    mode: str, bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir: Path, timeout_s: float = 300
+) -> dict[str, Any]:
     """One measurement in a child process of its own: `bare`/`take` faust agents, the `plain`/`kafka_engine` peers."""
     tag = uuid.uuid4().hex[:8]
     out = workdir / f"{mode}-{tag}.json"
@@ -253,10 +259,32 @@ def run_child(mode: str, bootstrap: str, topic: str, n: int, expect: dict[str, A
     log = workdir / f"{mode}.log"
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_processors", "--child", mode, "--bootstrap", bootstrap, "--topic",
-             topic, "--group", group, "--messages", str(n), "--out", str(out), "--chdb", str(workdir / f"chdb-{tag}"),
-             "--expect", json.dumps(expect)],
-            cwd=workdir, env=_child_env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_processors",
+                "--child",
+                mode,
+                "--bootstrap",
+                bootstrap,
+                "--topic",
+                topic,
+                "--group",
+                group,
+                "--messages",
+                str(n),
+                "--out",
+                str(out),
+                "--chdb",
+                str(workdir / f"chdb-{tag}"),
+                "--expect",
+                json.dumps(expect),
+            ],
+            cwd=workdir,
+            env=_child_env(),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         proc.wait(timeout_s)
@@ -268,8 +296,10 @@ def run_child(mode: str, bootstrap: str, topic: str, n: int, expect: dict[str, A
     fig: dict[str, Any] = json.loads(out.read_text())
     shutil.rmtree(workdir / f"chdb-{tag}", ignore_errors=True)
     if "snapshots" in fig and (fig["snapshots"], fig["rejections"]) != (expect["distinct_day_uid"], expect["rejected"]):
-        raise RuntimeError(f"{mode} stored {fig['snapshots']} snapshots and {fig['rejections']} rejections, expected "
-                           f"{expect['distinct_day_uid']} and {expect['rejected']}")
+        raise RuntimeError(
+            f"{mode} stored {fig['snapshots']} snapshots and {fig['rejections']} rejections, expected "
+            f"{expect['distinct_day_uid']} and {expect['rejected']}"
+        )
     return fig
 
 
@@ -288,8 +318,9 @@ def _sum(m: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in m.items() if k == prefix or k.startswith(prefix + "{"))
 
 
-def run_full(bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir: Path,
-             timeout_s: float = 600) -> dict[str, Any]:
+def run_full(
+    bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir: Path, timeout_s: float = 600
+) -> dict[str, Any]:
     import httpx
 
     from is_telemetry.broker import free_port
@@ -300,12 +331,29 @@ def run_full(bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir
     api = f"http://127.0.0.1:{port}"
     log = data / "worker.log"
     # --log-level info only adds faust's start/assignment lines (the "Ready" we time from); spinner is off
-    args = ["worker", "--kafka", bootstrap, "--data-dir", str(data), "--group-id", f"bench-full-{uuid.uuid4().hex[:8]}",
-            "--api-port", str(port), "--log-level", "info"]
+    args = [
+        "worker",
+        "--kafka",
+        bootstrap,
+        "--data-dir",
+        str(data),
+        "--group-id",
+        f"bench-full-{uuid.uuid4().hex[:8]}",
+        "--api-port",
+        str(port),
+        "--log-level",
+        "info",
+    ]
     with open(log, "ab") as logf:
         env = {**_child_env(), "IS_TELEMETRY_KAFKA__RAW_TOPIC": topic}
-        proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", *args], cwd=data, env=env, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "is_telemetry", *args],
+            cwd=data,
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + timeout_s
         t0: float | None = None
@@ -346,8 +394,10 @@ def run_full(bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir
     if in_clickhouse != expect["distinct_day_uid"]:
         raise RuntimeError(f"ClickHouse has {in_clickhouse} snapshots, expected {expect['distinct_day_uid']}")
     if int(_sum(m, "is_telemetry_processor_rejected_total")) != expect["rejected"]:
-        raise RuntimeError(f"the worker rejected {_sum(m, 'is_telemetry_processor_rejected_total')} bodies, expected "
-                           f"{expect['rejected']}")
+        raise RuntimeError(
+            f"the worker rejected {_sum(m, 'is_telemetry_processor_rejected_total')} bodies, expected "
+            f"{expect['rejected']}"
+        )
     fig = _figures(int(m["is_telemetry_processor_records_total"]), t1 - t0, cpu1 - cpu0)
     if before_last is not None and before_last > t0:
         fig["steady_msgs_per_s"] = round(writes[before_last] / (before_last - t0))
@@ -399,8 +449,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from is_telemetry.kafka import ensure_topics
 
     n = args.messages
-    variants = ["raw", "bare", *(["take"] if args.take else []), "plain", "kafka_engine", "full",
-                *(["full_single"] if args.single else [])]
+    variants = [
+        "raw",
+        "bare",
+        *(["take"] if args.take else []),
+        "plain",
+        "kafka_engine",
+        "full",
+        *(["full_single"] if args.single else []),
+    ]
     if args.only:
         variants = [v for v in variants if v in args.only.split(",")]
     peer_names = [v for v in ("plain", "kafka_engine") if v in variants]
@@ -415,9 +472,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ensure_topics(settings)
             ensure_topics(load_settings(None, kafka={"bootstrap_servers": bootstrap, "raw_topic": single}))
             expect = produce(bootstrap, topic, single, n)
-            print(f"produced {n} bodies ({expect['mean_body_bytes']} bytes mean, {expect['rejected']} malformed, "
-                  f"{expect['distinct_day_uid']} distinct (day, UID)) to {settings.kafka.partitions} partitions, packed "
-                  f"and single, in {expect['produce_s']}s; load {_loadavg()}", flush=True)
+            print(
+                f"produced {n} bodies ({expect['mean_body_bytes']} bytes mean, {expect['rejected']} malformed, "
+                f"{expect['distinct_day_uid']} distinct (day, UID)) to {settings.kafka.partitions} partitions, packed "
+                f"and single, in {expect['produce_s']}s; load {_loadavg()}",
+                flush=True,
+            )
             for i in range(args.repeats):
                 for v in variants:
                     if v == "raw":
@@ -429,11 +489,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     samples[v].append(fig)
                     extra = ""
                     if v.startswith("full"):
-                        extra = (f"  (without the last batch {fig.get('steady_msgs_per_s', 0):,}/s; {fig['batches']} "
-                                 f"batches of ~{fig['mean_batch']}, sink {fig['sink_write_ms_mean']} ms/batch, "
-                                 f"{fig['sink_write_s_total']}s in all, peak RSS {fig['peak_rss_mb']} MB)")
-                    print(f"  run {i + 1} {v:12s} {fig['msgs_per_s']:>8,} msgs/s  {fig['seconds']:7.2f}s  "
-                          f"{fig['cpu_us_per_msg']:6.1f} us CPU/msg{extra}  load {_loadavg()}", flush=True)
+                        extra = (
+                            f"  (without the last batch {fig.get('steady_msgs_per_s', 0):,}/s; {fig['batches']} "
+                            f"batches of ~{fig['mean_batch']}, sink {fig['sink_write_ms_mean']} ms/batch, "
+                            f"{fig['sink_write_s_total']}s in all, peak RSS {fig['peak_rss_mb']} MB)"
+                        )
+                    print(
+                        f"  run {i + 1} {v:12s} {fig['msgs_per_s']:>8,} msgs/s  {fig['seconds']:7.2f}s  "
+                        f"{fig['cpu_us_per_msg']:6.1f} us CPU/msg{extra}  load {_loadavg()}",
+                        flush=True,
+                    )
     load["after"] = _loadavg()
     med = {v: round(statistics.median(s["msgs_per_s"] for s in samples[v])) for v in variants}
     cpu = {v: round(statistics.median(s["cpu_us_per_msg"] for s in samples[v]), 1) for v in variants}
@@ -459,8 +524,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steady = [s["steady_msgs_per_s"] for s in samples.get("full", []) if "steady_msgs_per_s" in s]
     if steady:
         result["full_steady_msgs_per_s"] = round(statistics.median(steady))
-    print(f"medians of {args.repeats} ({n} bodies, {settings.kafka.partitions} partitions, {os.cpu_count()} CPUs, load "
-          f"{load['before']} -> {load['after']}):")
+    print(
+        f"medians of {args.repeats} ({n} bodies, {settings.kafka.partitions} partitions, {os.cpu_count()} CPUs, load "
+        f"{load['before']} -> {load['after']}):"
+    )
     for v in variants:
         print(f"  {v:12s} {med[v]:>8,} msgs/s  {cpu[v]:6.1f} us CPU/msg")
     for k, r in ratios.items():

@@ -51,9 +51,19 @@ FIRST_DAY_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 def template_rows(seed: int = 11) -> list[SnapshotRow]:
     """Real snapshot rows: one simulated day of 300 deployments and 60 CLI installs through the pipeline."""
     sim = generate(300, 60, 1, seed, end_day="2025-01-01", resend_rate=0.0, changed_rate=0.0, malformed_rate=0.0)
-    records = [RawRecord("raw", partition_of(d.key, PARTITIONS), i, d.received_at_ms,
-                         {HEADER_RECEIVED_AT: str(d.received_at_ms).encode()}, d.body, d.key)
-               for i, d in enumerate(sim.deliveries) if d.key]
+    records = [
+        RawRecord(
+            "raw",
+            partition_of(d.key, PARTITIONS),
+            i,
+            d.received_at_ms,
+            {HEADER_RECEIVED_AT: str(d.received_at_ms).encode()},
+            d.body,
+            d.key,
+        )
+        for i, d in enumerate(sim.deliveries)
+        if d.key
+    ]
     return process(records, PARTITIONS).snapshots
 
 
@@ -70,8 +80,17 @@ def make_rows(n: int, days: int) -> list[SnapshotRow]:
         t = templates[j % len(templates)]
         received = FIRST_DAY_MS + day * DAY_MS + (j * (DAY_MS - 1)) // per_day
         p = partitions[j]
-        rows.append(replace(t, uid=uids[j], day=day_of(received), received_at=ms_to_datetime(received),
-                            version=(received << 64) | offsets[p], source_partition=p, source_offset=offsets[p]))
+        rows.append(
+            replace(
+                t,
+                uid=uids[j],
+                day=day_of(received),
+                received_at=ms_to_datetime(received),
+                version=(received << 64) | offsets[p],
+                source_partition=p,
+                source_offset=offsets[p],
+            )
+        )
         offsets[p] += 1
     return rows
 
@@ -124,9 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raw_s = write_s = 0.0
             for i in range(0, n, b):
                 t0 = time.perf_counter()
-                c.insert("bench_raw_batched", converted[i:i + b], column_names=names)  # (a) raw
+                c.insert("bench_raw_batched", converted[i : i + b], column_names=names)  # (a) raw
                 t1 = time.perf_counter()
-                batch = roll_up(rollups, store, batches(rows[i:i + b]))  # (b) roll up, convert, insert
+                batch = roll_up(rollups, store, batches(rows[i : i + b]))  # (b) roll up, convert, insert
                 t2 = time.perf_counter()
                 store.write(batch)
                 t3 = time.perf_counter()
@@ -145,8 +164,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             store.close()
     if not stored == counted == raw_rows == n:
-        raise AssertionError(f"wrote {n} rows but the store holds {stored} snapshots, fleet_daily counts {counted}, "
-                             f"the raw table {raw_rows}")
+        raise AssertionError(
+            f"wrote {n} rows but the store holds {stored} snapshots, fleet_daily counts {counted}, "
+            f"the raw table {raw_rows}"
+        )
 
     raw_rate, write_rate = _rate(n, raw_s), _rate(n, write_s)
     result = {
@@ -169,12 +190,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rollup_share": round(rollup_s / write_s, 3) if write_s else None,
         "ratio": round(write_rate / raw_rate, 3) if raw_rate else None,
     }
-    print(f"sink bench: {n} snapshot rows ({result['uids_per_day']} UIDs/day x {args.days} days, "
-          f"body ~{body_bytes} B), batches of {b}, {result['engine']}, {result['cpus']} CPUs")
+    print(
+        f"sink bench: {n} snapshot rows ({result['uids_per_day']} UIDs/day x {args.days} days, "
+        f"body ~{body_bytes} B), batches of {b}, {result['engine']}, {result['cpus']} CPUs"
+    )
     print(f"  (a) raw clickhouse-connect insert, batches of {b}: {raw_rate:>12,.0f} rows/s ({raw_s:.2f}s)")
     print(f"      raw, one insert of all {n} rows:   {result['raw_single_insert_rows_per_s']:>12,.0f} rows/s")
-    print(f"  (b) roll-up + ClickHouseStore.write, batches of {b}: {write_rate:>12,.0f} rows/s ({write_s:.2f}s, of which "
-          f"{rollup_s:.2f}s roll-up)")
+    print(
+        f"  (b) roll-up + ClickHouseStore.write, batches of {b}: {write_rate:>12,.0f} rows/s ({write_s:.2f}s, of which "
+        f"{rollup_s:.2f}s roll-up)"
+    )
     print(f"      row -> values conversion alone: {result['convert_rows_per_s']:>12,.0f} rows/s")
     print(f"  b/a = {result['ratio']}")
     print(json.dumps(result))

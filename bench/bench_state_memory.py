@@ -61,8 +61,22 @@ def body_of(i: int, uid: str) -> bytes:
     g = i % 97
     d = (i * 7919) % 100_000
     a = d * 3 // 4
-    return _BODY.format(uid=uid, g=g, g1=g // 2, g2=g // 3, g3=g - g // 2 - g // 3, d=d, a=a, a1=a // 3, a2=a // 2,
-                        a3=a * 2 // 3, apps=i % 300, us=i % 50, ua=i % 5, orgs=i % 20).encode()
+    return _BODY.format(
+        uid=uid,
+        g=g,
+        g1=g // 2,
+        g2=g // 3,
+        g3=g - g // 2 - g // 3,
+        d=d,
+        a=a,
+        a1=a // 3,
+        a2=a // 2,
+        a3=a * 2 // 3,
+        apps=i % 300,
+        us=i % 50,
+        ua=i % 5,
+        orgs=i % 20,
+    ).encode()
 
 
 def snapshot_of(i: int, uid: str, day: date, body: bytes) -> Any:
@@ -73,10 +87,37 @@ def snapshot_of(i: int, uid: str, day: date, body: bytes) -> Any:
     d = (i * 7919) % 100_000
     a = d * 3 // 4
     ms = day.toordinal() * 86_400_000 + i  # any time of the day, increasing
-    return SnapshotRow(day, uid, "is", ms_to_datetime(1_700_000_000_000), (ms << 64) | i, 0, i, 0, False, [], "linux",
-                       "amd64", "3.32.1 (1d218216, 2024-10-24T13:28:12Z)", "3.32", "go1.22.5", g,
-                       {"EU_863_870_TTN": g // 2, "US_902_928_FSB_2": g // 3, "AU_915_928_FSB_2": g - g // 2 - g // 3},
-                       d, a, a // 3, a // 2, a * 2 // 3, i % 300, i % 50, i % 5, None, i % 20, "", "")
+    return SnapshotRow(
+        day,
+        uid,
+        "is",
+        ms_to_datetime(1_700_000_000_000),
+        (ms << 64) | i,
+        0,
+        i,
+        0,
+        False,
+        [],
+        "linux",
+        "amd64",
+        "3.32.1 (1d218216, 2024-10-24T13:28:12Z)",
+        "3.32",
+        "go1.22.5",
+        g,
+        {"EU_863_870_TTN": g // 2, "US_902_928_FSB_2": g // 3, "AU_915_928_FSB_2": g - g // 2 - g // 3},
+        d,
+        a,
+        a // 3,
+        a // 2,
+        a * 2 // 3,
+        i % 300,
+        i % 50,
+        i % 5,
+        None,
+        i % 20,
+        "",
+        "",
+    )
 
 
 class _RollupState:
@@ -181,9 +222,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(_child(args.uids, args.batch, args.days, args.state)))
         return {}
     out = subprocess.run(
-        [sys.executable, "-m", "bench.bench_state_memory", "--child", "--uids", str(args.uids), "--batch", str(args.batch),
-         "--days", str(args.days), "--state", args.state],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_state_memory",
+            "--child",
+            "--uids",
+            str(args.uids),
+            "--batch",
+            str(args.batch),
+            "--days",
+            str(args.days),
+            "--state",
+            args.state,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["target_bytes_per_uid"] = TARGET_BYTES_PER_UID

@@ -29,22 +29,37 @@ PLAUSIBLE = 10**9
 IS_UID = r"^[A-Za-z0-9+/]{85}[AQgw]==$"
 CLI_UID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 COUNT_PATHS = [
-    ("gateways", "total"), ("end_devices", "total"), ("end_devices", "activate_end_devices", "total"),
-    ("end_devices", "activate_end_devices", "last_day"), ("end_devices", "activate_end_devices", "last_week"),
-    ("end_devices", "activate_end_devices", "last_month"), ("applications", "total"),
-    ("accounts", "users", "total"), ("accounts", "users", "standard"), ("accounts", "users", "admin"),
+    ("gateways", "total"),
+    ("end_devices", "total"),
+    ("end_devices", "activate_end_devices", "total"),
+    ("end_devices", "activate_end_devices", "last_day"),
+    ("end_devices", "activate_end_devices", "last_week"),
+    ("end_devices", "activate_end_devices", "last_month"),
+    ("applications", "total"),
+    ("accounts", "users", "total"),
+    ("accounts", "users", "standard"),
+    ("accounts", "users", "admin"),
     ("accounts", "organizations", "total"),
 ]
 
 
 def _figures(count: int, seconds: float, cpu_s: float, **extra: Any) -> dict[str, Any]:
-    return {"messages": count, "seconds": round(seconds, 3), "msgs_per_s": round(count / seconds),
-            "cpu_s": round(cpu_s, 2), "cpu_us_per_msg": round(cpu_s / count * 1e6, 1), **extra}
+    return {
+        "messages": count,
+        "seconds": round(seconds, 3),
+        "msgs_per_s": round(count / seconds),
+        "cpu_s": round(cpu_s, 2),
+        "cpu_us_per_msg": round(cpu_s / count * 1e6, 1),
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ plain
 
-async def _plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str) -> dict[str, Any]:
+
+async def _plain(
+    bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str
+) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
     from is_telemetry.envelope import is_batch, unpack
@@ -57,9 +72,11 @@ async def _plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[st
     client = store.client
     # The project's two tables as they are, and nothing else: no materialized or refreshable views (the analysts'
     # derived tables and the day aggregates are the worker's extra work, not a plain consumer's).
-    for name, engine in client.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
-                                      "AND name NOT IN ('snapshots', 'rejections') ORDER BY engine != "
-                                      "'MaterializedView'").result_rows:
+    for name, engine in client.query(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
+        "AND name NOT IN ('snapshots', 'rejections') ORDER BY engine != "
+        "'MaterializedView'"
+    ).result_rows:
         client.command(f"DROP {'VIEW' if 'View' in engine else 'TABLE'} IF EXISTS `{name}`")
     snap_cols, rej_cols = columns(SnapshotRow), columns(RejectionRow)
     marks: dict[str, float] = {}
@@ -72,9 +89,15 @@ async def _plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[st
             marks.setdefault("t0", time.perf_counter())
             marks.setdefault("cpu0", time.process_time())
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                                enable_auto_commit=False, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
     await consumer.start()
     bodies = 0
     try:
@@ -94,8 +117,9 @@ async def _plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[st
                         bodies += 1
                         m = validate(body)
                         if isinstance(m, Rejection):
-                            rejected.append(rejection_row(m.reason, m.message, body, ms, r.topic, r.partition,
-                                                         r.offset, index))
+                            rejected.append(
+                                rejection_row(m.reason, m.message, body, ms, r.topic, r.partition, r.offset, index)
+                            )
                             continue
                         row = snapshot_row(m, body, ms, r.partition, r.offset, inconsistencies(m), index)
                         key = (row.day, row.uid)
@@ -116,8 +140,7 @@ async def _plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[st
     return _figures(bodies, t1 - marks["t0"], cpu1 - marks["cpu0"], snapshots=stored, rejections=rejections)
 
 
-def run_plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str,
-              out: str) -> None:
+def run_plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str, out: str) -> None:
     gc.set_threshold(50_000, 20, 10)  # the worker's setting (is_telemetry/streaming.py)
     gc.freeze()
     fig = asyncio.run(_plain(bootstrap, topic, group, n, expect, chdb_dir))
@@ -126,25 +149,32 @@ def run_plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[str, 
 
 # ------------------------------------------------------------------------------------------------ kafka engine
 
+
 def _count_ok(path: tuple[str, ...]) -> str:
     p = ", ".join(f"'{x}'" for x in ("entities_count", *path))
-    return (f"(NOT JSONHas(b, {p}) OR (JSONType(b, {p}) = 'Int64' AND JSONExtractInt(b, {p}) BETWEEN 0 AND {PLAUSIBLE}))")
+    return f"(NOT JSONHas(b, {p}) OR (JSONType(b, {p}) = 'Int64' AND JSONExtractInt(b, {p}) BETWEEN 0 AND {PLAUSIBLE}))"
 
 
 def kafka_engine_sql(bootstrap: str, topic: str, group: str) -> list[str]:
     """The tables: the Kafka source, a staging step that validates and extracts, snapshots and rejections."""
     counts_ok = " AND ".join(_count_ok(p) for p in COUNT_PATHS)
     plans = "JSONExtractKeysAndValuesRaw(b, 'entities_count', 'gateways', 'gateways_by_frequency_plan_id')"
-    plans_ok = (f"arrayAll(kv -> match(kv.2, '^[0-9]+$') AND toUInt64OrZero(kv.2) <= {PLAUSIBLE} "
-                f"AND length(kv.2) < 12, {plans})")
+    plans_ok = (
+        f"arrayAll(kv -> match(kv.2, '^[0-9]+$') AND toUInt64OrZero(kv.2) <= {PLAUSIBLE} "
+        f"AND length(kv.2) < 12, {plans})"
+    )
     is_ = "(JSONType(b, 'entities_count') = 'Object' AND JSONType(b, 'cli') = 'Null')"
     cli = "(JSONType(b, 'cli') = 'Object' AND JSONType(b, 'entities_count') = 'Null')"
-    os_ok = ("(JSONType(b, 'os') = 'Null' OR JSONType(b, 'os') = 'Object' AND arrayAll(k -> "
-             "JSONType(b, 'os', k) = 'String' OR NOT JSONHas(b, 'os', k), "
-             "['operating_system', 'arch', 'binary_version', 'golang_version']))")
-    valid = (f"isValidJSON(b) AND JSONType(b) = 'Object' AND JSONType(b, 'uid') = 'String' AND {os_ok} AND ("
-             f"{is_} AND match(JSONExtractString(b, 'uid'), '{IS_UID}') AND {counts_ok} AND {plans_ok} OR "
-             f"{cli} AND match(JSONExtractString(b, 'uid'), '{CLI_UID}'))")
+    os_ok = (
+        "(JSONType(b, 'os') = 'Null' OR JSONType(b, 'os') = 'Object' AND arrayAll(k -> "
+        "JSONType(b, 'os', k) = 'String' OR NOT JSONHas(b, 'os', k), "
+        "['operating_system', 'arch', 'binary_version', 'golang_version']))"
+    )
+    valid = (
+        f"isValidJSON(b) AND JSONType(b) = 'Object' AND JSONType(b, 'uid') = 'String' AND {os_ok} AND ("
+        f"{is_} AND match(JSONExtractString(b, 'uid'), '{IS_UID}') AND {counts_ok} AND {plans_ok} OR "
+        f"{cli} AND match(JSONExtractString(b, 'uid'), '{CLI_UID}'))"
+    )
     c = lambda *p: "JSONExtractUInt(b, 'entities_count', " + ", ".join(f"'{x}'" for x in p) + ")"  # noqa: E731
     return [
         "CREATE TABLE snapshots (day Date, uid String, kind LowCardinality(String), received_at DateTime64(3, 'UTC'), "
@@ -190,14 +220,24 @@ def kafka_engine_sql(bootstrap: str, topic: str, group: str) -> list[str]:
     ]
 
 
-def run_kafka_engine(bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str,
-                     out: str, timeout_s: float = 300) -> None:
+def run_kafka_engine(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    n: int,
+    expect: dict[str, Any],
+    chdb_dir: str,
+    out: str,
+    timeout_s: float = 300,
+) -> None:
     import chdb
 
     os.makedirs(chdb_dir, exist_ok=True)
     cfg = Path(chdb_dir).parent / f"{Path(chdb_dir).name}-kafka.xml"
-    cfg.write_text("<clickhouse><kafka><session_timeout_ms>10000</session_timeout_ms>"
-                   "<heartbeat_interval_ms>1000</heartbeat_interval_ms></kafka></clickhouse>")
+    cfg.write_text(
+        "<clickhouse><kafka><session_timeout_ms>10000</session_timeout_ms>"
+        "<heartbeat_interval_ms>1000</heartbeat_interval_ms></kafka></clickhouse>"
+    )
     conn = chdb.connect(f"{chdb_dir}?config-file={cfg}")
 
     def q(sql: str) -> str:
@@ -214,8 +254,10 @@ def run_kafka_engine(bootstrap: str, topic: str, group: str, n: int, expect: dic
     t0 = cpu0 = None
     while True:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the Kafka engine stored {q('SELECT count() FROM snapshots')} snapshots and "
-                               f"{q('SELECT count() FROM rejections')} rejections within {timeout_s}s")
+            raise RuntimeError(
+                f"the Kafka engine stored {q('SELECT count() FROM snapshots')} snapshots and "
+                f"{q('SELECT count() FROM rejections')} rejections within {timeout_s}s"
+            )
         if t0 is None and q("SELECT count() FROM system.kafka_consumers WHERE notEmpty(assignments.topic)") != "0":
             t0, cpu0 = time.perf_counter(), cpu()
         snaps = int(q("SELECT count() FROM snapshots FINAL"))

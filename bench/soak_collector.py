@@ -88,9 +88,21 @@ class Collector:
         self.log_path = log_path
         with open(log_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "producers.collector", "--kafka", bootstrap, "--port", "0",
-                 "--host", "127.0.0.1"],
-                stdout=subprocess.PIPE, stderr=err, cwd=log_path.parent, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "producers.collector",
+                    "--kafka",
+                    bootstrap,
+                    "--port",
+                    "0",
+                    "--host",
+                    "127.0.0.1",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                cwd=log_path.parent,
+                env=env,
             )
         self.host, self.port = self._wait_for_address(30.0)
 
@@ -146,8 +158,17 @@ class Sampler(threading.Thread):
         self.sample()
 
 
-async def load(host: str, port: int, run: str, seconds: float, clients: int, think_ms: float, reconnect_every: int,
-               bad_every: int, seed: int) -> dict[str, Any]:
+async def load(
+    host: str,
+    port: int,
+    run: str,
+    seconds: float,
+    clients: int,
+    think_ms: float,
+    reconnect_every: int,
+    bad_every: int,
+    seed: int,
+) -> dict[str, Any]:
     """C clients POSTing unique bodies for `seconds`; returns statuses and the UIDs answered 202."""
     accepted: list[bytes] = []
     statuses: Counter[int | str] = Counter()
@@ -165,9 +186,11 @@ async def load(host: str, port: int, run: str, seconds: float, clients: int, thi
             bad = bad_every > 0 and n % bad_every == bad_every - 1
             uid = uid_of(run, n)
             body = BAD_BODY if bad else TEMPLATE % uid
-            request = (b"POST /collect HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                       b"User-Agent: TheThingsStack/3.32.1 (linux/amd64)\r\nContent-Length: %d\r\n\r\n%s"
-                       % (host.encode(), port, len(body), body))
+            request = (
+                b"POST /collect HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                b"User-Agent: TheThingsStack/3.32.1 (linux/amd64)\r\nContent-Length: %d\r\n\r\n%s"
+                % (host.encode(), port, len(body), body)
+            )
             try:
                 if writer is None or sent_on_connection >= reconnect_every:
                     if writer is not None:
@@ -209,8 +232,15 @@ async def load(host: str, port: int, run: str, seconds: float, clients: int, thi
     def pct(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1) if latencies else 0.0
 
-    return {"requests": counter[0], "statuses": dict(statuses), "accepted": accepted, "seconds": round(elapsed, 1),
-            "requests_per_s": round(counter[0] / elapsed, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+    return {
+        "requests": counter[0],
+        "statuses": dict(statuses),
+        "accepted": accepted,
+        "seconds": round(elapsed, 1),
+        "requests_per_s": round(counter[0] / elapsed, 1),
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+    }
 
 
 def _uid_of(body: bytes) -> bytes:
@@ -221,17 +251,25 @@ def _uid_of(body: bytes) -> bytes:
     return uid.encode() if isinstance(uid, str) else b""
 
 
-def topic_keys(bootstrap: str, topic: str, at_least: int, quiet_s: float = 3.0,
-               timeout_s: float = 300.0) -> list[bytes]:
+def topic_keys(
+    bootstrap: str, topic: str, at_least: int, quiet_s: float = 3.0, timeout_s: float = 300.0
+) -> list[bytes]:
     """The key of every body in topic (a many-bodies record's bodies counted one by one, by their uid), by
     consuming from the beginning until at_least were read and no more arrive."""
     from kafka import KafkaConsumer
 
     from is_telemetry.envelope import is_batch, unpack
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, max_poll_records=10_000, fetch_max_bytes=64 * 1024 * 1024,
-                             max_partition_fetch_bytes=16 * 1024 * 1024)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=10_000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
     keys: list[bytes] = []
     deadline = time.monotonic() + timeout_s
     last_new = time.monotonic()
@@ -279,8 +317,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sampler = Sampler(collector.proc.pid, args.sample_every)
         sampler.start()
         sampler.sample()  # the first sample: idle, connected to Kafka, before any load
-        result = asyncio.run(load(collector.host, collector.port, run, args.seconds, args.clients, args.think_ms,
-                                  args.reconnect_every, args.bad_every, args.seed))
+        result = asyncio.run(
+            load(
+                collector.host,
+                collector.port,
+                run,
+                args.seconds,
+                args.clients,
+                args.think_ms,
+                args.reconnect_every,
+                args.bad_every,
+                args.seed,
+            )
+        )
         sampler.stop()
         alive = collector.proc.poll() is None
         accepted: list[bytes] = result.pop("accepted")
@@ -312,13 +361,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"soak: {out['clients']} clients for {out['seconds']}s: {out['requests']} requests "
-              f"({out['requests_per_s']}/s, p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms), "
-              f"statuses {out['statuses']}")
-        print(f"collector RSS: idle {out['rss_idle_mb']} MB; under load first {out['rss_first_mb']} MB, "
-              f"last {out['rss_last_mb']} MB, max {out['rss_max_mb']} MB ({out['rss_samples']} samples)")
-        print(f"records: {out['accepted']} acknowledged, {out['records_in_topic']} bodies in the topic; lost {out['lost']}, "
-              f"duplicated {out['duplicated']}, stored but not acknowledged {out['stored_unacknowledged']}")
+        print(
+            f"soak: {out['clients']} clients for {out['seconds']}s: {out['requests']} requests "
+            f"({out['requests_per_s']}/s, p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms), "
+            f"statuses {out['statuses']}"
+        )
+        print(
+            f"collector RSS: idle {out['rss_idle_mb']} MB; under load first {out['rss_first_mb']} MB, "
+            f"last {out['rss_last_mb']} MB, max {out['rss_max_mb']} MB ({out['rss_samples']} samples)"
+        )
+        print(
+            f"records: {out['accepted']} acknowledged, {out['records_in_topic']} bodies in the topic; lost {out['lost']}, "
+            f"duplicated {out['duplicated']}, stored but not acknowledged {out['stored_unacknowledged']}"
+        )
     return out
 
 

@@ -46,23 +46,25 @@ CARRIED_IN_RANGE = (
     "SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, "
     "active_last_week, active_last_month, applications, users_standard, users_admin, organizations, "
     "default_uid_deployments, inconsistent_deployments FROM fleet_daily_carried "
-    "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day")
+    "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day"
+)
 CARRIED_ON_DAYS = (
     "SELECT day, deployments, cli_installs, gateways, end_devices, active_end_devices, active_last_day, "
     "active_last_week, active_last_month, applications, users_standard, users_admin, organizations, "
     "default_uid_deployments, inconsistent_deployments FROM fleet_daily_carried "
-    "WHERE day IN {days:Array(Date)} ORDER BY day")
+    "WHERE day IN {days:Array(Date)} ORDER BY day"
+)
 LIFECYCLE_SQL = {
     "is": "SELECT day, active_1d, active_7d, active_30d, new, returning, churned FROM deployment_lifecycle_daily "
-          "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
+    "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
     "cli": "SELECT day, active_1d, active_7d, active_30d, new, returning, churned FROM cli_lifecycle_daily "
-           "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
+    "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
 }
 RETENTION_SQL = {
     "week": "SELECT kind, cohort, weeks_since AS periods_since, cohort_size, active, retention FROM retention_weekly "
-            "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
+    "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
     "month": "SELECT kind, cohort, months_since AS periods_since, cohort_size, active, retention FROM retention_monthly "
-             "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
+    "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
 }
 
 
@@ -80,15 +82,22 @@ def panel_fleet_carried(q: Query, r: Range) -> Result:
     """/api/fleet's rows, from fleet_daily_carried."""
     rows = _carried_rows(q, CARRIED_IN_RANGE, _range(r))
     columns = FLEET_COLUMNS[:13] + ["users"] + FLEET_COLUMNS[13:]
-    return Result(Table(columns, [{c: row[c] for c in columns} for row in rows]), {"fleet": "carried", "note": CARRIED_NOTE})
+    return Result(
+        Table(columns, [{c: row[c] for c in columns} for row in rows]), {"fleet": "carried", "note": CARRIED_NOTE}
+    )
 
 
 def panel_summary_carried(q: Query, r: Range) -> Result:
     """/api/summary's cards, from fleet_daily_carried."""
     day, complete = analyst_day(q, r)
     columns = ["metric", "label", "day", "value", "week_before_day", "week_before", "change", "change_pct"]
-    meta: dict[str, Any] = {"day": day, "complete": complete, "week_before_day": None, "fleet": "carried",
-                            "note": CARRIED_NOTE}
+    meta: dict[str, Any] = {
+        "day": day,
+        "complete": complete,
+        "week_before_day": None,
+        "fleet": "carried",
+        "note": CARRIED_NOTE,
+    }
     if day is None:
         return Result(Table(columns, []), meta)
     before = day - timedelta(days=7)
@@ -100,8 +109,18 @@ def panel_summary_carried(q: Query, r: Range) -> Result:
         prev = then[metric] if then is not None else None
         change = value - prev if prev is not None else None
         pct = round(change * 100 / prev, 2) if prev else None
-        rows.append({"metric": metric, "label": label, "day": day, "value": value, "week_before_day": before,
-                     "week_before": prev, "change": change, "change_pct": pct})
+        rows.append(
+            {
+                "metric": metric,
+                "label": label,
+                "day": day,
+                "value": value,
+                "week_before_day": before,
+                "week_before": prev,
+                "change": change,
+                "change_pct": pct,
+            }
+        )
     return Result(Table(columns, rows), {**meta, "week_before_day": before})
 
 
@@ -134,25 +153,36 @@ def _period_start(d: date, period: str) -> date:
 
 def panel_fleet_shape(q: Query, r: Range) -> Result:
     """Deployments per size bucket (by gateways and by end devices) per day, as reported and carried forward."""
-    rows = q("SELECT day, dimension, bucket, bucket_min, deployments, deployments_carried FROM fleet_size_daily "
-             "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, bucket_min", _range(r))
+    rows = q(
+        "SELECT day, dimension, bucket, bucket_min, deployments, deployments_carried FROM fleet_size_daily "
+        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, bucket_min",
+        _range(r),
+    )
     columns = ["day", "dimension", "bucket", "bucket_min", "deployments", "deployments_carried"]
-    buckets = {dim: [b for _, b in sorted({(x["bucket_min"], x["bucket"]) for x in rows if x["dimension"] == dim})]
-               for dim in ("gateways", "end_devices")}
+    buckets = {
+        dim: [b for _, b in sorted({(x["bucket_min"], x["bucket"]) for x in rows if x["dimension"] == dim})]
+        for dim in ("gateways", "end_devices")
+    }
     return Result(Table(columns, rows), {"buckets": buckets})
 
 
 def panel_regions(q: Query, r: Range) -> Result:
     """Deployments and gateways per region per day, as reported and carried forward (frequency_plan_regions)."""
-    rows = q("SELECT day, region, deployments, gateways, deployments_carried, gateways_carried FROM regions_daily "
-             "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, region", _range(r))
+    rows = q(
+        "SELECT day, region, deployments, gateways, deployments_carried, gateways_carried FROM regions_daily "
+        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, region",
+        _range(r),
+    )
     totals: dict[str, int] = {}
     for x in rows:
         totals[x["region"]] = totals.get(x["region"], 0) + x["gateways_carried"]
     regions = sorted(totals, key=lambda k: (-totals[k], k))
     rules = q("SELECT prefix, region FROM frequency_plan_regions ORDER BY region, prefix", None)
-    return Result(Table(["day", "region", "deployments", "gateways", "deployments_carried", "gateways_carried"], rows),
-                  {"regions": regions}, {"rules": Table(["prefix", "region"], rules)})
+    return Result(
+        Table(["day", "region", "deployments", "gateways", "deployments_carried", "gateways_carried"], rows),
+        {"regions": regions},
+        {"rules": Table(["prefix", "region"], rules)},
+    )
 
 
 # -- versions --------------------------------------------------------------------------------------------------
@@ -161,31 +191,56 @@ def panel_regions(q: Query, r: Range) -> Result:
 def panel_version_adoption(q: Query, r: Range) -> Result:
     """Per day and version in the carried-forward fleet: deployments, and the share on it or a newer version;
     tables.speed: per version, the days from its first sighting until it (or newer) ran on half the fleet."""
-    rows = q("SELECT day, version, deployments, deployments_at_or_above, active_deployments, share, share_at_or_above "
-             "FROM version_adoption_daily WHERE day BETWEEN {start:Date} AND {end:Date}", _range(r))
+    rows = q(
+        "SELECT day, version, deployments, deployments_at_or_above, active_deployments, share, share_at_or_above "
+        "FROM version_adoption_daily WHERE day BETWEEN {start:Date} AND {end:Date}",
+        _range(r),
+    )
     rows.sort(key=lambda x: (x["day"], version_key(x["version"])))
     speed = q("SELECT version, first_seen, half_on, days_to_half, seen_on_first_day FROM version_adoption_speed", None)
     for x in speed:
         x["seen_on_first_day"] = bool(x["seen_on_first_day"])
     speed.sort(key=lambda x: version_key(x["version"]))
     versions = sorted({x["version"] for x in rows}, key=version_key)
-    return Result(Table(["day", "version", "deployments", "deployments_at_or_above", "active_deployments", "share",
-                         "share_at_or_above"], rows), {"versions": versions},
-                  {"speed": Table(["version", "first_seen", "half_on", "days_to_half", "seen_on_first_day"], speed)})
+    return Result(
+        Table(
+            [
+                "day",
+                "version",
+                "deployments",
+                "deployments_at_or_above",
+                "active_deployments",
+                "share",
+                "share_at_or_above",
+            ],
+            rows,
+        ),
+        {"versions": versions},
+        {"speed": Table(["version", "first_seen", "half_on", "days_to_half", "seen_on_first_day"], speed)},
+    )
 
 
 def panel_versions_behind(q: Query, r: Range) -> Result:
     """Carried-forward deployments per number of minor versions behind the newest, per day; tables.deployments:
     the largest deployments 3 or more behind on the panel's day."""
-    rows = q("SELECT day, newest_version, behind, deployments FROM versions_behind_daily "
-             "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, behind", _range(r))
+    rows = q(
+        "SELECT day, newest_version, behind, deployments FROM versions_behind_daily "
+        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, behind",
+        _range(r),
+    )
     day, complete = analyst_day(q, r)
     top: list[dict[str, Any]] = []
     if day is not None:
-        top = q("SELECT day, uid, version, behind, end_devices, gateways FROM deployments_behind_daily "
-                "WHERE day = {day:Date} ORDER BY end_devices DESC, uid", {"day": day})
-    return Result(Table(["day", "newest_version", "behind", "deployments"], rows), {"day": day, "complete": complete},
-                  {"deployments": Table(["day", "uid", "version", "behind", "end_devices", "gateways"], top)})
+        top = q(
+            "SELECT day, uid, version, behind, end_devices, gateways FROM deployments_behind_daily "
+            "WHERE day = {day:Date} ORDER BY end_devices DESC, uid",
+            {"day": day},
+        )
+    return Result(
+        Table(["day", "newest_version", "behind", "deployments"], rows),
+        {"day": day, "complete": complete},
+        {"deployments": Table(["day", "uid", "version", "behind", "end_devices", "gateways"], top)},
+    )
 
 
 # -- CLI and data quality --------------------------------------------------------------------------------------
@@ -194,27 +249,54 @@ def panel_versions_behind(q: Query, r: Range) -> Result:
 def panel_cli(q: Query, r: Range) -> Result:
     """CLI installs active in the last 30 days by version, OS and arch, per day; tables.commands: command usage on
     the panel's day."""
-    rows = q("SELECT day, dimension, value, installs FROM cli_installs_active_daily "
-             "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, value", _range(r))
+    rows = q(
+        "SELECT day, dimension, value, installs FROM cli_installs_active_daily "
+        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, value",
+        _range(r),
+    )
     day, complete = analyst_day(q, r)
     commands: list[dict[str, Any]] = []
     if day is not None:
-        commands = q("SELECT day, command_path, installs, executions, active_installs FROM cli_command_usage_daily "
-                     "WHERE day = {day:Date} ORDER BY installs DESC, command_path", {"day": day})
-    return Result(Table(["day", "dimension", "value", "installs"], rows), {"day": day, "complete": complete},
-                  {"commands": Table(["day", "command_path", "installs", "executions", "active_installs"], commands)})
+        commands = q(
+            "SELECT day, command_path, installs, executions, active_installs FROM cli_command_usage_daily "
+            "WHERE day = {day:Date} ORDER BY installs DESC, command_path",
+            {"day": day},
+        )
+    return Result(
+        Table(["day", "dimension", "value", "installs"], rows),
+        {"day": day, "complete": complete},
+        {"commands": Table(["day", "command_path", "installs", "executions", "active_installs"], commands)},
+    )
 
 
 def panel_data_quality(q: Query, r: Range) -> Result:
     """Per day: deployments that reported, on the default UID, with inconsistent figures, with a jump beyond a
     factor of 10; tables.jumps: every jump in the range."""
-    rows = q("SELECT day, deployments, default_uid_deployments, inconsistent_deployments, jumping_deployments, jumps "
-             "FROM data_quality_daily WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day", _range(r))
-    jumps = q("SELECT day, uid, metric, previous_day, previous, current, factor FROM sender_jumps_daily "
-              "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, uid, metric", _range(r))
-    return Result(Table(["day", "deployments", "default_uid_deployments", "inconsistent_deployments",
-                         "jumping_deployments", "jumps"], rows), {"factor": 10},
-                  {"jumps": Table(["day", "uid", "metric", "previous_day", "previous", "current", "factor"], jumps)})
+    rows = q(
+        "SELECT day, deployments, default_uid_deployments, inconsistent_deployments, jumping_deployments, jumps "
+        "FROM data_quality_daily WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
+        _range(r),
+    )
+    jumps = q(
+        "SELECT day, uid, metric, previous_day, previous, current, factor FROM sender_jumps_daily "
+        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, uid, metric",
+        _range(r),
+    )
+    return Result(
+        Table(
+            [
+                "day",
+                "deployments",
+                "default_uid_deployments",
+                "inconsistent_deployments",
+                "jumping_deployments",
+                "jumps",
+            ],
+            rows,
+        ),
+        {"factor": 10},
+        {"jumps": Table(["day", "uid", "metric", "previous_day", "previous", "current", "factor"], jumps)},
+    )
 
 
 PANELS: dict[str, Callable[[Query, Range], Result]] = {

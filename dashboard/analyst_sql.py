@@ -45,10 +45,23 @@ READING_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "EXPLAIN"})
 READING_AST_ROOTS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery", "Show", "Describe", "Explain")
 #: Table functions that only generate or reshape data; every other one (file, url, s3, remote, executable,
 #: mysql, python, ...) is refused.
-SAFE_TABLE_FUNCTIONS = frozenset({
-    "numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "values", "null", "view",
-    "merge", "format", "generaterandom", "primes",
-})
+SAFE_TABLE_FUNCTIONS = frozenset(
+    {
+        "numbers",
+        "numbers_mt",
+        "zeros",
+        "zeros_mt",
+        "generate_series",
+        "generateseries",
+        "values",
+        "null",
+        "view",
+        "merge",
+        "format",
+        "generaterandom",
+        "primes",
+    }
+)
 #: Ordinary functions that read the host's files.
 HOST_FUNCTIONS = frozenset({"file"})
 #: ClickHouse error codes that mean "refused in read-only mode / not permitted".
@@ -71,8 +84,13 @@ class QueryLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> QueryLimits:
         a = settings.api
-        return cls(a.query_timeout_s, a.query_max_memory_bytes, a.query_max_result_rows, a.query_max_result_bytes,
-                   a.query_max_threads)
+        return cls(
+            a.query_timeout_s,
+            a.query_max_memory_bytes,
+            a.query_max_result_rows,
+            a.query_max_result_bytes,
+            a.query_max_threads,
+        )
 
     def session_settings(self) -> dict[str, Any]:
         """What a session is set to before `readonly = 1` freezes it."""
@@ -104,11 +122,13 @@ def query_error(exc: BaseException) -> QueryFailed | WriteRefused | Unavailable:
     message = text.splitlines()[0][:1000] if text else type(exc).__name__
     if isinstance(exc, DatabaseError) and code is not None:
         if code in READONLY_CODES:
-            return WriteRefused(f"writes are not allowed (read-only): {message}", clickhouse_code=code,
-                                clickhouse_error=name)
+            return WriteRefused(
+                f"writes are not allowed (read-only): {message}", clickhouse_code=code, clickhouse_error=name
+            )
         return QueryFailed(message, clickhouse_code=code, clickhouse_error=name)
-    return Unavailable(f"ClickHouse is unavailable: {message}", code="clickhouse_unavailable",
-                       headers={"Retry-After": "5"})
+    return Unavailable(
+        f"ClickHouse is unavailable: {message}", code="clickhouse_unavailable", headers={"Retry-After": "5"}
+    )
 
 
 def _outside_quotes(sql: str) -> str:
@@ -130,8 +150,12 @@ class AnalystSessions:
 
     @classmethod
     def from_settings(cls, settings: Settings, size: int | None = None) -> AnalystSessions:
-        return cls(settings.analyst_dsn, QueryLimits.from_settings(settings), size or settings.api.query_concurrency,
-                   settings.api.query_queue_s)
+        return cls(
+            settings.analyst_dsn,
+            QueryLimits.from_settings(settings),
+            size or settings.api.query_concurrency,
+            settings.api.query_queue_s,
+        )
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
@@ -154,11 +178,14 @@ class AnalystSessions:
             raise
         if level == 0:
             client.close()
-            raise Unavailable("the analysts' ClickHouse session is not read-only; refusing to run queries on it",
-                              code="not_read_only")
+            raise Unavailable(
+                "the analysts' ClickHouse session is not read-only; refusing to run queries on it", code="not_read_only"
+            )
         if level == 2:
-            log.warning("the analysts' ClickHouse user has readonly = 2 (may change settings): its own queries can "
-                        "lift the limits; give it readonly = 1 (compose/clickhouse/users.d/analyst.xml)")
+            log.warning(
+                "the analysts' ClickHouse user has readonly = 2 (may change settings): its own queries can "
+                "lift the limits; give it readonly = 1 (compose/clickhouse/users.d/analyst.xml)"
+            )
         return client
 
     @contextlib.contextmanager
@@ -188,8 +215,9 @@ class AnalystSessions:
             try:
                 client = self._idle.get(timeout=self.queue_s)
             except Empty:
-                raise Unavailable(f"{self.size} analyst queries are running; retry shortly", code="busy",
-                                  headers={"Retry-After": "2"}) from None
+                raise Unavailable(
+                    f"{self.size} analyst queries are running; retry shortly", code="busy", headers={"Retry-After": "2"}
+                ) from None
         healthy = True
         try:
             yield client
@@ -212,8 +240,11 @@ class AnalystSessions:
             with self.session() as client:
                 client.query("SELECT 1")
         except (Unavailable, QueryFailed, ClickHouseError, OSError) as exc:
-            log.warning("ClickHouse for analysts' queries (%s) is not usable yet: %s; queries answer 503 until it is",
-                        redact(self.dsn), getattr(exc, "message", None) or str(exc).splitlines()[0][:300])
+            log.warning(
+                "ClickHouse for analysts' queries (%s) is not usable yet: %s; queries answer 503 until it is",
+                redact(self.dsn),
+                getattr(exc, "message", None) or str(exc).splitlines()[0][:300],
+            )
             return False
         return True
 
@@ -233,7 +264,9 @@ class AnalystSessions:
 
     def _denied_functions(self, client: Client) -> frozenset[str]:
         if self._denied is None:
-            table_functions = {str(r[0]).lower() for r in client.query("SELECT name FROM system.table_functions").result_rows}
+            table_functions = {
+                str(r[0]).lower() for r in client.query("SELECT name FROM system.table_functions").result_rows
+            }
             self._denied = frozenset((table_functions - SAFE_TABLE_FUNCTIONS) | HOST_FUNCTIONS)
         return self._denied
 
@@ -241,13 +274,17 @@ class AnalystSessions:
         """ClickHouse's canonical text of `sql` if it is one reading statement that stays inside the database;
         raises WriteRefused (403) or QueryFailed (400, e.g. a syntax error or several statements) otherwise."""
         try:
-            canonical = str(client.query("SELECT formatQuerySingleLine({q:String})", parameters={"q": sql}).result_rows[0][0])
+            canonical = str(
+                client.query("SELECT formatQuerySingleLine({q:String})", parameters={"q": sql}).result_rows[0][0]
+            )
         except DatabaseError as exc:  # a syntax error, several statements among them
             raise query_error(exc) from exc
         keyword = canonical.split(None, 1)[0].upper() if canonical.strip() else ""
         if keyword not in READING_KEYWORDS:
-            raise WriteRefused(f"writes are not allowed: only {', '.join(sorted(READING_KEYWORDS))} statements run "
-                               f"here (got {keyword or 'nothing'})")
+            raise WriteRefused(
+                f"writes are not allowed: only {', '.join(sorted(READING_KEYWORDS))} statements run "
+                f"here (got {keyword or 'nothing'})"
+            )
         if _OUTFILE.search(_outside_quotes(canonical)):
             raise WriteRefused("writes are not allowed: INTO OUTFILE would write a file on the server")
         try:
@@ -255,13 +292,17 @@ class AnalystSessions:
         except DatabaseError as exc:
             raise query_error(exc) from exc
         if not ast or not ast[0].startswith(READING_AST_ROOTS):
-            raise WriteRefused(f"writes are not allowed: {ast[0].split(' ')[0] if ast else 'empty'} is not a reading statement")
+            raise WriteRefused(
+                f"writes are not allowed: {ast[0].split(' ')[0] if ast else 'empty'} is not a reading statement"
+            )
         denied = self._denied_functions(client)
         for line in ast:
             m = _FUNCTION.match(line)
             if m and m.group(1).strip("`").lower() in denied:
-                raise WriteRefused(f"not allowed: {m.group(1)}() reaches outside the database (files, network, "
-                                   "processes)", code="outside_database")
+                raise WriteRefused(
+                    f"not allowed: {m.group(1)}() reaches outside the database (files, network, processes)",
+                    code="outside_database",
+                )
         return canonical
 
     # -- running ----------------------------------------------------------------------------------------------

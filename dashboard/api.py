@@ -48,7 +48,7 @@ def host_name(host_header: str) -> str:
     """'127.0.0.1:8481' -> '127.0.0.1'; '[::1]:8481' -> '::1'; 'Example.net' -> 'example.net'."""
     h = host_header.strip().lower()
     if h.startswith("["):
-        return h[1:h.find("]")] if "]" in h else h[1:]
+        return h[1 : h.find("]")] if "]" in h else h[1:]
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
@@ -64,8 +64,10 @@ class BrowserGuard:
         if self.check_host:
             name = host_name(host)
             if not (is_loopback(name) or name in self.allowed_hosts):
-                return (f"Host {host[:100]!r} is not allowed without a token: use 127.0.0.1 or localhost, "
-                        "add the name to api.allowed_hosts, or set api.token")
+                return (
+                    f"Host {host[:100]!r} is not allowed without a token: use 127.0.0.1 or localhost, "
+                    "add the name to api.allowed_hosts, or set api.token"
+                )
         fetch_site = headers.get("sec-fetch-site")
         if fetch_site is not None and fetch_site.lower() not in _SAME_SITE_FETCH:
             return f"cross-site request refused (Sec-Fetch-Site: {fetch_site[:40]})"
@@ -113,7 +115,9 @@ async def _client_gone(request: Request) -> None:
             return
 
 
-def create_app(settings: Settings, sessions: AnalystSessions, panel_sessions: AnalystSessions | None = None) -> Starlette:
+def create_app(
+    settings: Settings, sessions: AnalystSessions, panel_sessions: AnalystSessions | None = None
+) -> Starlette:
     """The API app: POST /api/sql runs on `sessions`; the dashboard's panels on `panel_sessions` (default: the same),
     so that a pool saturated by ad-hoc queries leaves the dashboard answering."""
     token = settings.api.token.encode()
@@ -198,4 +202,3 @@ def app_from_settings(settings: Settings) -> tuple[Starlette, list[AnalystSessio
     sessions = AnalystSessions.from_settings(settings)
     panel_sessions = AnalystSessions.from_settings(settings, size=PANEL_SESSIONS)
     return create_app(settings, sessions, panel_sessions), [sessions, panel_sessions]
-

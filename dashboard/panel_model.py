@@ -9,9 +9,21 @@ from datetime import date, timedelta
 from typing import Any
 
 FLEET_COLUMNS = [
-    "day", "deployments", "cli_installs", "gateways", "end_devices", "active_end_devices", "active_last_day",
-    "active_last_week", "active_last_month", "applications", "users_standard", "users_admin", "organizations",
-    "default_uid_deployments", "inconsistent_deployments",
+    "day",
+    "deployments",
+    "cli_installs",
+    "gateways",
+    "end_devices",
+    "active_end_devices",
+    "active_last_day",
+    "active_last_week",
+    "active_last_month",
+    "applications",
+    "users_standard",
+    "users_admin",
+    "organizations",
+    "default_uid_deployments",
+    "inconsistent_deployments",
 ]
 #: The figure cards of /api/summary: (metric, label). `users` = standard + admin users.
 SUMMARY_METRICS = [

@@ -31,7 +31,14 @@ from starlette.staticfiles import StaticFiles
 from dashboard import analyst_panels
 from dashboard.analyst_sql import AnalystSessions
 from dashboard.panel_model import (
-    FLEET_COLUMNS, SUMMARY_METRICS, BadRequest, Query, Range, Result, Table, version_key,
+    FLEET_COLUMNS,
+    SUMMARY_METRICS,
+    BadRequest,
+    Query,
+    Range,
+    Result,
+    Table,
+    version_key,
 )
 from dashboard.responses import OrjsonResponse, error, json_value
 from is_telemetry.config import Settings
@@ -46,8 +53,11 @@ MIN_DATE, MAX_DATE = date(1970, 1, 1), date(2149, 6, 6)
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 #: The page may load only what this server serves (the chart library is vendored under /static/vendor).
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
 
 def utc_today() -> date:
     return datetime.now(UTC).date()
@@ -141,8 +151,18 @@ def panel_summary(q: Query, r: Range) -> Result:
         prev = then[metric] if then is not None else None
         change = value - prev if prev is not None else None
         pct = round(change * 100 / prev, 2) if prev else None
-        rows.append({"metric": metric, "label": label, "day": day, "value": value, "week_before_day": before,
-                     "week_before": prev, "change": change, "change_pct": pct})
+        rows.append(
+            {
+                "metric": metric,
+                "label": label,
+                "day": day,
+                "value": value,
+                "week_before_day": before,
+                "week_before": prev,
+                "change": change,
+                "change_pct": pct,
+            }
+        )
     return Result(Table(columns, rows), {"day": day, "complete": complete, "week_before_day": before})
 
 
@@ -181,8 +201,11 @@ def panel_versions(q: Query, r: Range) -> Result:
     latest = sorted((x for x in rows if x["day"] == day), key=lambda x: (-x["deployments"], version_key(x["version"])))
     columns = ["day", "version", "deployments", "share"]
     versions = sorted({x["version"] for x in rows}, key=version_key)
-    return Result(Table(columns, rows), {"day": day, "complete": complete, "versions": versions},
-                  {"adoption": Table(columns, latest)})
+    return Result(
+        Table(columns, rows),
+        {"day": day, "complete": complete, "versions": versions},
+        {"adoption": Table(columns, latest)},
+    )
 
 
 def panel_os(q: Query, r: Range) -> Result:
@@ -197,8 +220,16 @@ def panel_os(q: Query, r: Range) -> Result:
                 {"day": day},
             )
             total = sum(x["deployments"] for x in part)
-            rows += [{"day": x["day"], "dimension": dimension, "value": x["value"], "deployments": x["deployments"],
-                      "share": _share(x["deployments"], total)} for x in part]
+            rows += [
+                {
+                    "day": x["day"],
+                    "dimension": dimension,
+                    "value": x["value"],
+                    "deployments": x["deployments"],
+                    "share": _share(x["deployments"], total),
+                }
+                for x in part
+            ]
     return Result(Table(columns, rows), {"day": day, "complete": complete})
 
 
@@ -209,8 +240,13 @@ def panel_rejected(q: Query, r: Range) -> Result:
         "WHERE day BETWEEN {start:Date} AND {end:Date} AND messages > 0 ORDER BY day, reason",
         params,
     )
-    valid = {x["day"]: x for x in q(
-        "SELECT day, deployments, cli_installs FROM fleet_daily WHERE day BETWEEN {start:Date} AND {end:Date}", params)}
+    valid = {
+        x["day"]: x
+        for x in q(
+            "SELECT day, deployments, cli_installs FROM fleet_daily WHERE day BETWEEN {start:Date} AND {end:Date}",
+            params,
+        )
+    }
     rejected: dict[date, int] = {}
     for x in by_reason:
         rejected[x["day"]] = rejected.get(x["day"], 0) + x["messages"]
@@ -219,18 +255,28 @@ def panel_rejected(q: Query, r: Range) -> Result:
         n = rejected.get(day, 0)
         dep = valid[day]["deployments"] if day in valid else 0
         cli = valid[day]["cli_installs"] if day in valid else 0
-        rows.append({"day": day, "rejected": n, "deployments": dep, "cli_installs": cli,
-                     "rate": _share(n, n + dep + cli)})
+        rows.append(
+            {"day": day, "rejected": n, "deployments": dep, "cli_installs": cli, "rate": _share(n, n + dep + cli)}
+        )
     reasons = sorted({x["reason"] for x in by_reason})
-    return Result(Table(["day", "rejected", "deployments", "cli_installs", "rate"], rows), {"reasons": reasons},
-                  {"by_reason": Table(["day", "reason", "messages"], by_reason)})
+    return Result(
+        Table(["day", "rejected", "deployments", "cli_installs", "rate"], rows),
+        {"reasons": reasons},
+        {"by_reason": Table(["day", "reason", "messages"], by_reason)},
+    )
 
 
 def panel_days(q: Query, r: Range) -> Result:
     n, first, last = day_bounds(q)
     end = default_end(last, r.today)
-    row = {"first_day": first, "last_day": last, "days": n, "latest_complete_day": r.complete_until,
-           "default_from": end - timedelta(days=DEFAULT_DAYS - 1), "default_to": end}
+    row = {
+        "first_day": first,
+        "last_day": last,
+        "days": n,
+        "latest_complete_day": r.complete_until,
+        "default_from": end - timedelta(days=DEFAULT_DAYS - 1),
+        "default_to": end,
+    }
     return Result(Table(list(row), [row]))
 
 
@@ -289,19 +335,35 @@ def routes(settings: Settings, sessions: AnalystSessions) -> list[BaseRoute]:
                 table = result.rows if table_name == "rows" else result.tables[table_name]
                 suffix = "" if table_name == "rows" else f"-{table_name}"
                 filename = f"tts-telemetry-{name}{suffix}-{r.start}-{r.end}.csv"
-                return Response(csv_body(table), media_type="text/csv; charset=utf-8", headers={
-                    "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-cache"})
-            body = {"panel": name, "from": r.start, "to": r.end, **result.meta, "columns": result.rows.columns,
-                    "rows": result.rows.rows,
-                    "tables": {k: {"columns": t.columns, "rows": t.rows} for k, t in result.tables.items()}}
+                return Response(
+                    csv_body(table),
+                    media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-cache"},
+                )
+            body = {
+                "panel": name,
+                "from": r.start,
+                "to": r.end,
+                **result.meta,
+                "columns": result.rows.columns,
+                "rows": result.rows.rows,
+                "tables": {k: {"columns": t.columns, "rows": t.rows} for k, t in result.tables.items()},
+            }
             return OrjsonResponse(json_value(body), headers={"Cache-Control": "no-cache"})
 
         return handle
 
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
-                            headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP,
-                                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            media_type="text/html; charset=utf-8",
+            headers={
+                "Cache-Control": "no-cache",
+                "Content-Security-Policy": CSP,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
 
     out: list[BaseRoute] = [Route("/", index, methods=["GET", "HEAD"])]
     out += [Route(f"/api/{name}", endpoint(name), methods=["GET", "HEAD"]) for name in PANELS]

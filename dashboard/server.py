@@ -13,8 +13,8 @@ import threading
 
 import uvicorn
 
-from dashboard.api import app_from_settings
 from dashboard.analyst_sql import AnalystSessions
+from dashboard.api import app_from_settings
 from is_telemetry.config import Settings, check_api_exposure
 from is_telemetry.httpedge import edge_limits, server_config
 
@@ -26,8 +26,9 @@ KEEP_ALIVE_S = 5
 def api_server(settings: Settings, log_level: str = "warning") -> tuple[uvicorn.Server, list[AnalystSessions]]:
     check_api_exposure(settings)
     app, sessions = app_from_settings(settings)
-    config = server_config(app, settings.api.host, settings.api.port, edge_limits(settings.api), log_level,
-                           timeout_keep_alive=KEEP_ALIVE_S)
+    config = server_config(
+        app, settings.api.host, settings.api.port, edge_limits(settings.api), log_level, timeout_keep_alive=KEEP_ALIVE_S
+    )
     return uvicorn.Server(config), sessions
 
 

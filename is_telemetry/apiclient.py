@@ -28,8 +28,9 @@ def _error_of(r: httpx.Response) -> ApiError:
     return ApiError(r.status_code, str(body.get("error", "")), str(body.get("message", r.text[:500])))
 
 
-def sql(base_url: str, query: str, token: str = "", timeout_s: float = 30.0,
-        client: httpx.Client | None = None) -> tuple[list[str], list[list[Any]]]:
+def sql(
+    base_url: str, query: str, token: str = "", timeout_s: float = 30.0, client: httpx.Client | None = None
+) -> tuple[list[str], list[list[Any]]]:
     """(columns, rows) of a read-only query through POST /api/sql."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
     url = base_url.rstrip("/") + "/api/sql"
@@ -46,16 +47,20 @@ def sql(base_url: str, query: str, token: str = "", timeout_s: float = 30.0,
     return list(body["columns"]), list(body["rows"])
 
 
-def sql_rows(base_url: str, query: str, token: str = "", timeout_s: float = 30.0,
-             client: httpx.Client | None = None) -> list[dict[str, Any]]:
+def sql_rows(
+    base_url: str, query: str, token: str = "", timeout_s: float = 30.0, client: httpx.Client | None = None
+) -> list[dict[str, Any]]:
     columns, rows = sql(base_url, query, token, timeout_s, client)
     return [dict(zip(columns, row)) for row in rows]
 
 
 def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     """Prometheus text as (sample name, labels, value) triples (prometheus_client's parser)."""
-    return [(s.name, dict(s.labels), float(s.value))
-            for family in text_string_to_metric_families(text) for s in family.samples]
+    return [
+        (s.name, dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -78,7 +83,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 def metrics(url: str, timeout_s: float = 2.0, client: httpx.Client | None = None) -> dict[str, float] | None:
     """The series of a /metrics URL, or None if it does not answer."""
     try:
-        r = (client.get(url, timeout=timeout_s) if client is not None else httpx.get(url, timeout=timeout_s))
+        r = client.get(url, timeout=timeout_s) if client is not None else httpx.get(url, timeout=timeout_s)
         r.raise_for_status()
     except httpx.HTTPError:
         return None

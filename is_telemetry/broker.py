@@ -69,12 +69,22 @@ class EmbeddedBroker:
             raise BrokerFailed(f"port {self.host}:{self.port} is already in use; pick another with --broker-port")
         url = f"tcp://{self.host}:{self.port}"
         self._close_log()
-        self._log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - closed by stop()
+        self._log = open(self.log_file, "ab") if self.log_file else None
         out = self._log if self._log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -17,12 +15,28 @@ from is_telemetry.logsetup import setup_logging
 from is_telemetry.preflight import check_data_dir
 from producers import identity_server, simulator
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="The Things Stack Identity Server telemetry pipeline.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="The Things Stack Identity Server telemetry pipeline."
+)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (else $IS_TELEMETRY_CONFIG, else ./is-telemetry.yml if present)")]
-KafkaOpt = Annotated[Optional[str], typer.Option("--kafka", help="External Kafka bootstrap servers host:port,... (skips the embedded broker)")]
-ClickHouseOpt = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN: http(s)://user:pass@host:8123/db or chdb:///abs/path")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", show_default=False, help="Embedded state directory (default ./data, from data_dir)")]
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config", "-c", help="YAML config file (else $IS_TELEMETRY_CONFIG, else ./is-telemetry.yml if present)"
+    ),
+]
+KafkaOpt = Annotated[
+    Optional[str],
+    typer.Option("--kafka", help="External Kafka bootstrap servers host:port,... (skips the embedded broker)"),
+]
+ClickHouseOpt = Annotated[
+    Optional[str],
+    typer.Option("--clickhouse", help="ClickHouse DSN: http(s)://user:pass@host:8123/db or chdb:///abs/path"),
+]
+DataDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", show_default=False, help="Embedded state directory (default ./data, from data_dir)"),
+]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")]
 
 
@@ -49,8 +63,12 @@ def _port(value: int | None) -> int | None:
 
 @app.command()
 def broker(
-    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port (default 19092, from broker.port)")] = None,
-    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from broker.host)")] = "",
+    port: Annotated[
+        Optional[int], typer.Option("--port", show_default=False, help="Port (default 19092, from broker.port)")
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from broker.host)")
+    ] = "",
     config: ConfigOpt = None,
 ) -> None:
     """Run the embedded Kafka-protocol broker (Tansu, memory storage) until stopped."""
@@ -59,7 +77,9 @@ def broker(
 
     s = settings_from(config, broker={"port": _port(port), "host": host or None})
     b = EmbeddedBroker(s.broker.host, s.broker.port).start()
-    typer.echo(f"broker listening on {b.bootstrap_servers} (memory storage: a restart loses all topics); Ctrl-C stops it")
+    typer.echo(
+        f"broker listening on {b.bootstrap_servers} (memory storage: a restart loses all topics); Ctrl-C stops it"
+    )
     try:
         wait_for_stop_signal(lambda: b.process is not None and b.process.poll() is None)
     finally:
@@ -73,11 +93,36 @@ def up(
     data_dir: DataDirOpt = None,
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
-    broker_port: Annotated[Optional[int], typer.Option("--broker-port", show_default=False, help="Embedded broker port (default 19092, from broker.port)")] = None,
-    collector_port: Annotated[Optional[int], typer.Option("--collector-port", show_default=False, help="Collector port (default 8480, from collector.port)")] = None,
-    api_port: Annotated[Optional[int], typer.Option("--api-port", show_default=False, help="API/dashboard port (default 8481, from api.port)")] = None,
-    collector_host: Annotated[str, typer.Option("--collector-host", show_default=False, help="Collector bind address; 0.0.0.0 = every interface (default 127.0.0.1, from collector.host)")] = "",
-    api_host: Annotated[str, typer.Option("--api-host", show_default=False, help="API/dashboard bind address; beyond loopback only with api.token (default 127.0.0.1, from api.host)")] = "",
+    broker_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--broker-port", show_default=False, help="Embedded broker port (default 19092, from broker.port)"
+        ),
+    ] = None,
+    collector_port: Annotated[
+        Optional[int],
+        typer.Option("--collector-port", show_default=False, help="Collector port (default 8480, from collector.port)"),
+    ] = None,
+    api_port: Annotated[
+        Optional[int],
+        typer.Option("--api-port", show_default=False, help="API/dashboard port (default 8481, from api.port)"),
+    ] = None,
+    collector_host: Annotated[
+        str,
+        typer.Option(
+            "--collector-host",
+            show_default=False,
+            help="Collector bind address; 0.0.0.0 = every interface (default 127.0.0.1, from collector.host)",
+        ),
+    ] = "",
+    api_host: Annotated[
+        str,
+        typer.Option(
+            "--api-host",
+            show_default=False,
+            help="API/dashboard bind address; beyond loopback only with api.token (default 127.0.0.1, from api.host)",
+        ),
+    ] = "",
     simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Feed simulated deployments")] = True,
     deployments: Annotated[int, typer.Option("--deployments", help="Simulated deployments")] = 300,
     cli_installs: Annotated[int, typer.Option("--cli-installs", help="Simulated CLI installs")] = 100,
@@ -103,8 +148,15 @@ def up(
     setup_logging(log_level)
     from is_telemetry.stack import Stack, StackOptions
 
-    opts = StackOptions(config=config, simulate=simulate, deployments=deployments, cli_installs=cli_installs,
-                        days=days, seed=seed, log_level=log_level)
+    opts = StackOptions(
+        config=config,
+        simulate=simulate,
+        deployments=deployments,
+        cli_installs=cli_installs,
+        days=days,
+        seed=seed,
+        log_level=log_level,
+    )
     raise typer.Exit(Stack(s, opts).run())
 
 
@@ -114,17 +166,37 @@ def worker(
     data_dir: DataDirOpt = None,
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
-    api_port: Annotated[Optional[int], typer.Option("--api-port", help="Serve the HTTP API/dashboard from this worker (needed for embedded chDB); -1 = off")] = None,
-    group_id: Annotated[Optional[str], typer.Option("--group-id", help="Consumer group (a new group replays the raw topic from offset 0)")] = None,
-    sink: Annotated[bool, typer.Option("--sink/--no-sink", help="Write to ClickHouse in this process; --no-sink publishes snapshots to Kafka for `is-telemetry sink`")] = True,
+    api_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--api-port", help="Serve the HTTP API/dashboard from this worker (needed for embedded chDB); -1 = off"
+        ),
+    ] = None,
+    group_id: Annotated[
+        Optional[str],
+        typer.Option("--group-id", help="Consumer group (a new group replays the raw topic from offset 0)"),
+    ] = None,
+    sink: Annotated[
+        bool,
+        typer.Option(
+            "--sink/--no-sink",
+            help="Write to ClickHouse in this process; --no-sink publishes snapshots to Kafka for `is-telemetry sink`",
+        ),
+    ] = True,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run a processors worker (faust): validate -> dedup -> roll up -> sink."""
     from is_telemetry.worker_app import run_worker
 
-    s = settings_from(config, serves_api=api_port is not None and api_port >= 0, data_dir=data_dir,
-                      kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
-                      api={"port": api_port if api_port and api_port > 0 else None}, processors={"group_id": group_id})
+    s = settings_from(
+        config,
+        serves_api=api_port is not None and api_port >= 0,
+        data_dir=data_dir,
+        kafka={"bootstrap_servers": kafka},
+        clickhouse={"dsn": clickhouse},
+        api={"port": api_port if api_port and api_port > 0 else None},
+        processors={"group_id": group_id},
+    )
     setup_logging(log_level)
     try:
         code = run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
@@ -140,15 +212,25 @@ def sink(
     data_dir: DataDirOpt = None,
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
-    api_port: Annotated[Optional[int], typer.Option("--api-port", help="Serve the HTTP API/dashboard from this process (needed for embedded chDB); -1 = off")] = None,
+    api_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--api-port", help="Serve the HTTP API/dashboard from this process (needed for embedded chDB); -1 = off"
+        ),
+    ] = None,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the sink as its own process: snapshots topic -> ClickHouse (for workers started with --no-sink)."""
     from is_telemetry.worker_app import run_sink
 
-    s = settings_from(config, serves_api=api_port is not None and api_port >= 0, data_dir=data_dir,
-                      kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse},
-                      api={"port": api_port if api_port and api_port > 0 else None})
+    s = settings_from(
+        config,
+        serves_api=api_port is not None and api_port >= 0,
+        data_dir=data_dir,
+        kafka={"bootstrap_servers": kafka},
+        clickhouse={"dsn": clickhouse},
+        api={"port": api_port if api_port and api_port > 0 else None},
+    )
     setup_logging(log_level)
     try:
         code = run_sink(s, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
@@ -162,8 +244,12 @@ def sink(
 def collect(
     config: ConfigOpt = None,
     kafka: KafkaOpt = None,
-    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port (default 8480, from collector.port)")] = None,
-    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from collector.host)")] = "",
+    port: Annotated[
+        Optional[int], typer.Option("--port", show_default=False, help="Port (default 8480, from collector.port)")
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from collector.host)")
+    ] = "",
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the HTTP collector: POST /collect (what TTS's telemetry.target points at)."""
@@ -178,14 +264,20 @@ def collect(
 def api(
     config: ConfigOpt = None,
     clickhouse: ClickHouseOpt = None,
-    port: Annotated[Optional[int], typer.Option("--port", show_default=False, help="Port (default 8481, from api.port)")] = None,
-    host: Annotated[str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from api.host)")] = "",
+    port: Annotated[
+        Optional[int], typer.Option("--port", show_default=False, help="Port (default 8481, from api.port)")
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", show_default=False, help="Listen address (default 127.0.0.1, from api.host)")
+    ] = "",
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Serve the HTTP API and dashboard standalone (against a ClickHouse server)."""
     from dashboard.server import serve
 
-    s = settings_from(config, serves_api=True, clickhouse={"dsn": clickhouse}, api={"port": _port(port), "host": host or None})
+    s = settings_from(
+        config, serves_api=True, clickhouse={"dsn": clickhouse}, api={"port": _port(port), "host": host or None}
+    )
     setup_logging(log_level)
     serve(s, log_level=log_level)
 
@@ -193,11 +285,20 @@ def api(
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="A read-only SQL query (SELECT, SHOW, DESCRIBE, ...)")],
-    api: Annotated[Optional[str], typer.Option("--api", show_default=False, help="A stack's API, e.g. http://127.0.0.1:8481 (default else its chDB read directly, from the API the running `up` recorded in the data directory)")] = None,
+    api: Annotated[
+        Optional[str],
+        typer.Option(
+            "--api",
+            show_default=False,
+            help="A stack's API, e.g. http://127.0.0.1:8481 (default else its chDB read directly, from the API the running `up` recorded in the data directory)",
+        ),
+    ] = None,
     clickhouse: ClickHouseOpt = None,
     data_dir: DataDirOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|csv|json")] = "table",
-    token: Annotated[Optional[str], typer.Option("--token", envvar="IS_TELEMETRY_API__TOKEN", help="Bearer token of the API")] = None,
+    token: Annotated[
+        Optional[str], typer.Option("--token", envvar="IS_TELEMETRY_API__TOKEN", help="Bearer token of the API")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a read-only query: through the running stack's API (found in the data directory), else on the data
@@ -219,8 +320,13 @@ def sql(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def uid(
     ctx: typer.Context,
-    elements: Annotated[Optional[list[str]], typer.Option("--elements", help="UID elements (as telemetry.uid-elements): --elements A B ...")] = None,
-    tts_config: Annotated[Optional[Path], typer.Option("--config", help="A The Things Stack config file (tts.yml)")] = None,
+    elements: Annotated[
+        Optional[list[str]],
+        typer.Option("--elements", help="UID elements (as telemetry.uid-elements): --elements A B ..."),
+    ] = None,
+    tts_config: Annotated[
+        Optional[Path], typer.Option("--config", help="A The Things Stack config file (tts.yml)")
+    ] = None,
 ) -> None:
     """Print the telemetry UID exactly as The Things Stack computes it."""
     from is_telemetry.uid import uid_from_config, uid_from_elements
@@ -263,7 +369,9 @@ def config_cmd(
     typer.echo(yaml.safe_dump(settings_from(config).model_dump(mode="json"), sort_keys=False), nl=False)
 
 
-rollup_app = typer.Typer(no_args_is_help=True, help="The roll-up's day aggregates in ClickHouse (per source partition).")
+rollup_app = typer.Typer(
+    no_args_is_help=True, help="The roll-up's day aggregates in ClickHouse (per source partition)."
+)
 
 
 @rollup_app.command("repartition")
@@ -272,7 +380,10 @@ def rollup_repartition(
     data_dir: DataDirOpt = None,
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
-    partitions: Annotated[Optional[int], typer.Option("--partitions", min=1, help="The raw topic's partition count (default: read from Kafka)")] = None,
+    partitions: Annotated[
+        Optional[int],
+        typer.Option("--partitions", min=1, help="The raw topic's partition count (default: read from Kafka)"),
+    ] = None,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """After adding partitions to the raw topic: rewrite the day aggregates for the new count. Stop every worker and

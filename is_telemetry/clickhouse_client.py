@@ -25,8 +25,14 @@ def connect(dsn: str, settings: dict[str, Any] | None = None) -> Client:
         secure = url.scheme == "https"
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         return clickhouse_connect.get_client(
-            host=url.hostname or "localhost", port=url.port or (8443 if secure else 8123), username=url.username or "default",
-            password=url.password or "", database=database, secure=secure, settings=settings, **query,
+            host=url.hostname or "localhost",
+            port=url.port or (8443 if secure else 8123),
+            username=url.username or "default",
+            password=url.password or "",
+            database=database,
+            secure=secure,
+            settings=settings,
+            **query,
         )
     raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use chdb:///abs/path or http(s)://user:pass@host:8123/db")
 

@@ -50,27 +50,34 @@ def _redacted(dsn: str) -> str:
 def _check_dsn(dsn: str) -> None:
     if "://" not in dsn:
         guess = f"http://{dsn}/default" if re.fullmatch(r"[^/\s]+:\d+", dsn) else DSN_EXAMPLES
-        raise ValueError(f"{dsn!r} has no scheme: a ClickHouse DSN is a URL, e.g. {guess} "
-                         "(or chdb:///absolute/path for the embedded engine)")
+        raise ValueError(
+            f"{dsn!r} has no scheme: a ClickHouse DSN is a URL, e.g. {guess} "
+            "(or chdb:///absolute/path for the embedded engine)"
+        )
     url = urlparse(dsn)
     scheme = url.scheme.lower()
     if scheme == "chdb":
         if url.netloc or not url.path.startswith("/"):
             relative = (url.netloc + url.path).strip("/") or "data/chdb"
-            raise ValueError(f"{dsn!r}: chDB needs an absolute path, chdb:// then the path from / (three slashes), "
-                             f"e.g. chdb://{Path(relative).resolve()}")
+            raise ValueError(
+                f"{dsn!r}: chDB needs an absolute path, chdb:// then the path from / (three slashes), "
+                f"e.g. chdb://{Path(relative).resolve()}"
+            )
         return
     if scheme in ("clickhouse", "tcp", "native", "clickhouses"):
         host = url.hostname or "clickhouse-host"
-        raise ValueError(f"{dsn!r}: ClickHouse's native protocol ({scheme}://, port 9000) is not supported; use its "
-                         f"HTTP interface, e.g. http://{host}:8123{url.path or '/default'}")
+        raise ValueError(
+            f"{dsn!r}: ClickHouse's native protocol ({scheme}://, port 9000) is not supported; use its "
+            f"HTTP interface, e.g. http://{host}:8123{url.path or '/default'}"
+        )
     if scheme not in ("http", "https"):
         raise ValueError(f"{dsn!r}: unsupported scheme {scheme}://; use {DSN_EXAMPLES}")
     try:
         port = url.port
     except ValueError:
-        raise ValueError(f"{dsn!r}: the port is not a number from 1 to 65535 (ClickHouse's HTTP port is 8123, "
-                         "8443 with TLS)") from None
+        raise ValueError(
+            f"{dsn!r}: the port is not a number from 1 to 65535 (ClickHouse's HTTP port is 8123, 8443 with TLS)"
+        ) from None
     if not url.hostname:
         raise ValueError(f"{dsn!r}: no host name; e.g. http://clickhouse-host:8123/default")
     if port == 0:
@@ -87,10 +94,14 @@ def check_bootstrap_servers(servers: str) -> str:
     for item in servers.split(","):
         item = item.strip()
         if not item:
-            raise ValueError(f"{servers!r}: an empty entry between commas; write host:port,host:port, e.g. {KAFKA_EXAMPLE}")
+            raise ValueError(
+                f"{servers!r}: an empty entry between commas; write host:port,host:port, e.g. {KAFKA_EXAMPLE}"
+            )
         if "://" in item:
             bare = item.split("://", 1)[1].rstrip("/")
-            raise ValueError(f"{item!r}: Kafka bootstrap servers are host:port without a scheme, e.g. {bare or KAFKA_EXAMPLE}")
+            raise ValueError(
+                f"{item!r}: Kafka bootstrap servers are host:port without a scheme, e.g. {bare or KAFKA_EXAMPLE}"
+            )
         host, sep, port = item.rpartition(":")
         if not sep:
             host, port = item, "9092"
@@ -102,8 +113,9 @@ def check_bootstrap_servers(servers: str) -> str:
         elif ":" in host or not _HOSTNAME.match(host):
             raise ValueError(f"{item!r} is not host:port (e.g. {KAFKA_EXAMPLE}; IPv6 as [::1]:9092)")
         if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"{item!r}: the port must be a number from 1 to 65535 (Kafka's is usually 9092), "
-                             f"e.g. {KAFKA_EXAMPLE}")
+            raise ValueError(
+                f"{item!r}: the port must be a number from 1 to 65535 (Kafka's is usually 9092), e.g. {KAFKA_EXAMPLE}"
+            )
     return servers
 
 
@@ -119,8 +131,10 @@ def check_host(host: str) -> str:
     if "://" in host or ":" in host or not _HOSTNAME.match(host):
         bare = host.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
         example = bare if bare == "0.0.0.0" else f"{bare}, or 0.0.0.0 for every interface"
-        raise ValueError(f"{host!r} is not an address to listen on: give the address alone (e.g. {example}) and the "
-                         "port with its own setting")
+        raise ValueError(
+            f"{host!r} is not an address to listen on: give the address alone (e.g. {example}) and the "
+            "port with its own setting"
+        )
     return host
 
 
@@ -129,10 +143,14 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str = Field("", description="Kafka bootstrap servers, host:port,...; empty = the embedded broker")
+    bootstrap_servers: str = Field(
+        "", description="Kafka bootstrap servers, host:port,...; empty = the embedded broker"
+    )
     raw_topic: str = Field("tts-telemetry-raw", description="Topic the collector and producers write, keyed by UID")
     deadletter_topic: str = Field("tts-telemetry-deadletter", description="Rejected messages with their reason")
-    snapshots_topic: str = Field("tts-telemetry-snapshots", description="Validated snapshots for a separate sink process")
+    snapshots_topic: str = Field(
+        "tts-telemetry-snapshots", description="Validated snapshots for a separate sink process"
+    )
     partitions: int = Field(8, ge=1, description="Partitions of every topic created by this tool")
     replication_factor: int = Field(1, ge=1, description="Replication factor of topics created by this tool")
     session_timeout_s: float = Field(10.0, description="Consumer group session timeout (seconds)")
@@ -141,9 +159,15 @@ class KafkaSettings(_Section):
 
 
 class ClickHouseSettings(_Section):
-    dsn: str = Field("", description="chdb:///abs/path or http(s)://user:pass@host:8123/db; empty = chdb under data_dir")
+    dsn: str = Field(
+        "", description="chdb:///abs/path or http(s)://user:pass@host:8123/db; empty = chdb under data_dir"
+    )
     snapshot_ttl_days: int = Field(0, ge=0, description="Delete per-UID snapshot rows after N days (0 = keep)")
-    retry_s: float = Field(30.0, gt=0, description="How long a write retries while ClickHouse is unavailable before its partitions are paused and rewound (and the longest a stop or rebalance waits for it)")
+    retry_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a write retries while ClickHouse is unavailable before its partitions are paused and rewound (and the longest a stop or rebalance waits for it)",
+    )
 
     _dsn = field_validator("dsn")(classmethod(lambda cls, v: check_clickhouse_dsn(v)))
 
@@ -158,38 +182,86 @@ class BrokerSettings(_Section):
 class _HttpEdge(_Section):
     """Bounds every HTTP server of this project applies before a request reaches the application."""
 
-    header_timeout_s: float = Field(10.0, gt=0, description="A request's line and headers must arrive within this (else 408 and close)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's line and headers must arrive within this (else 408 and close)"
+    )
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="Larger request line + headers are refused with 431")
-    max_connections: int = Field(1024, ge=1, description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)")
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)",
+    )
 
 
 class CollectorSettings(_HttpEdge):
     host: str = Field("127.0.0.1", description="Collector listen address")
     port: int = Field(8480, ge=0, le=65535, description="Collector port (POST /collect)")
-    max_connections: int = Field(4096, ge=1, description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)")
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)",
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies are refused with 413")
-    publish_timeout_s: float = Field(8.0, description="Kafka acknowledgement wait before answering 503 (below TTS's 10 s client timeout)")
-    batch_linger_ms: float = Field(5.0, ge=0, description="Bodies of one partition that arrive within this share one Kafka record (0 = one record per body)")
+    publish_timeout_s: float = Field(
+        8.0, description="Kafka acknowledgement wait before answering 503 (below TTS's 10 s client timeout)"
+    )
+    batch_linger_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Bodies of one partition that arrive within this share one Kafka record (0 = one record per body)",
+    )
     batch_max_bodies: int = Field(500, ge=1, le=65535, description="Most bodies in one Kafka record")
-    batch_max_bytes: int = Field(512 * 1024, ge=1024, description="Most bytes in one Kafka record (below the brokers' message.max.bytes)")
+    batch_max_bytes: int = Field(
+        512 * 1024, ge=1024, description="Most bytes in one Kafka record (below the brokers' message.max.bytes)"
+    )
 
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
 class ApiSettings(_HttpEdge):
-    host: str = Field("127.0.0.1", description="HTTP API / dashboard listen address (beyond loopback only with a token)")
+    host: str = Field(
+        "127.0.0.1", description="HTTP API / dashboard listen address (beyond loopback only with a token)"
+    )
     port: int = Field(8481, ge=0, le=65535, description="HTTP API / dashboard port")
-    token: str = Field("", description="Bearer token required by /api/sql (required when the API listens beyond loopback)")
-    allowed_hosts: list[str] = Field(default_factory=list, description="Host names accepted in the Host header besides loopback ones, when no token is set (DNS-rebinding guard)")
-    clickhouse_dsn: str = Field("", description="DSN of a read-only ClickHouse user for analysts' queries; empty = clickhouse.dsn in read-only sessions")
-    max_connections: int = Field(256, ge=1, description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)")
-    max_sql_bytes: int = Field(64 * 1024, ge=1, description="POST /api/sql bodies larger than this are refused with 413 (checked while reading)")
-    query_timeout_s: float = Field(30.0, gt=0, description="An analyst query running longer is stopped by ClickHouse (400 TIMEOUT_EXCEEDED)")
-    query_max_memory_bytes: int = Field(1_000_000_000, ge=10_000_000, description="Memory one analyst query may use (ClickHouse max_memory_usage)")
+    token: str = Field(
+        "", description="Bearer token required by /api/sql (required when the API listens beyond loopback)"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names accepted in the Host header besides loopback ones, when no token is set (DNS-rebinding guard)",
+    )
+    clickhouse_dsn: str = Field(
+        "",
+        description="DSN of a read-only ClickHouse user for analysts' queries; empty = clickhouse.dsn in read-only sessions",
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)",
+    )
+    max_sql_bytes: int = Field(
+        64 * 1024,
+        ge=1,
+        description="POST /api/sql bodies larger than this are refused with 413 (checked while reading)",
+    )
+    query_timeout_s: float = Field(
+        30.0, gt=0, description="An analyst query running longer is stopped by ClickHouse (400 TIMEOUT_EXCEEDED)"
+    )
+    query_max_memory_bytes: int = Field(
+        1_000_000_000, ge=10_000_000, description="Memory one analyst query may use (ClickHouse max_memory_usage)"
+    )
     query_max_result_rows: int = Field(100_000, ge=1, description="Rows one analyst query may return")
-    query_max_result_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Uncompressed bytes one analyst query may return")
-    query_max_threads: int = Field(1, ge=1, description="ClickHouse threads per analyst query (the rest of the cores stay with ingestion)")
-    query_concurrency: int = Field(4, ge=1, description="Analyst queries (SQL and dashboard) running at once per process; others wait up to query_queue_s")
+    query_max_result_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Uncompressed bytes one analyst query may return"
+    )
+    query_max_threads: int = Field(
+        1, ge=1, description="ClickHouse threads per analyst query (the rest of the cores stay with ingestion)"
+    )
+    query_concurrency: int = Field(
+        4,
+        ge=1,
+        description="Analyst queries (SQL and dashboard) running at once per process; others wait up to query_queue_s",
+    )
     query_queue_s: float = Field(5.0, ge=0, description="How long a query waits for a free slot before 503")
 
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
@@ -197,14 +269,31 @@ class ApiSettings(_HttpEdge):
 
 
 class ProcessorSettings(_Section):
-    group_id: str = Field("is-telemetry-processors", description="Consumer group of the processors (a new one replays the topic from offset 0)")
+    group_id: str = Field(
+        "is-telemetry-processors",
+        description="Consumer group of the processors (a new one replays the topic from offset 0)",
+    )
     sink_group_id: str = Field("is-telemetry-sink", description="Consumer group of a separate sink process")
-    batch_size: int = Field(5000, ge=1, description="Most bodies handled and written per batch (each body of a many-bodies record counts)")
+    batch_size: int = Field(
+        5000, ge=1, description="Most bodies handled and written per batch (each body of a many-bodies record counts)"
+    )
     batch_seconds: float = Field(1.0, gt=0, description="Longest a body waits in an unfinished batch (seconds)")
-    batch_idle_seconds: float = Field(0.05, gt=0, description="A batch is handled once no record came for this long (seconds): the end of a backlog, or a trickle, is written at once")
-    stop_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM/SIGINT, longest wait for the batch in flight and the commits; then the process exits (what was not stored is read again)")
+    batch_idle_seconds: float = Field(
+        0.05,
+        gt=0,
+        description="A batch is handled once no record came for this long (seconds): the end of a backlog, or a trickle, is written at once",
+    )
+    stop_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="On SIGTERM/SIGINT, longest wait for the batch in flight and the commits; then the process exits (what was not stored is read again)",
+    )
     plausibility_limit: int = Field(10**9, ge=0, description="A count above this rejects the message as 'implausible'")
-    state_days: int = Field(3, ge=1, description="Days of per-UID state (roll-up, dedup) kept in memory; a record for an older day recomputes that day and partition from ClickHouse")
+    state_days: int = Field(
+        3,
+        ge=1,
+        description="Days of per-UID state (roll-up, dedup) kept in memory; a record for an older day recomputes that day and partition from ClickHouse",
+    )
     web_port: int = Field(0, ge=0, le=65535, description="faust's own web port (0 = off)")
 
 
@@ -288,7 +377,11 @@ def _known_keys(loc: tuple[Any, ...]) -> str:
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build settings; `overrides` are flags as nested dicts (None values are ignored)."""
-    path = config_file or os.environ.get(CONFIG_ENV) or (DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).exists() else None)
+    path = (
+        config_file
+        or os.environ.get(CONFIG_ENV)
+        or (DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).exists() else None)
+    )
     if path is not None and not Path(path).is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
 

@@ -45,8 +45,13 @@ def encode_frame(frame: Frame) -> bytes:
     try:
         return orjson.dumps({"received_at_ms": frame.received_at_ms, "user_agent": ua, "body": frame.body.decode()})
     except UnicodeDecodeError:
-        return orjson.dumps({"received_at_ms": frame.received_at_ms, "user_agent": ua,
-                             "body_base64": base64.b64encode(frame.body).decode()})
+        return orjson.dumps(
+            {
+                "received_at_ms": frame.received_at_ms,
+                "user_agent": ua,
+                "body_base64": base64.b64encode(frame.body).decode(),
+            }
+        )
 
 
 def bodies_in(headers: Mapping[str, bytes], value: bytes | None) -> int:
@@ -67,8 +72,7 @@ def unpack(value: bytes) -> Iterator[Frame]:
                 raise TypeError("received_at_ms is not an integer")
             ua = str(d.get("user_agent", "")).encode("utf-8", "replace")
             body = d["body"].encode() if "body" in d else base64.b64decode(d["body_base64"], validate=True)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeEncodeError,
-                binascii.Error) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeEncodeError, binascii.Error) as exc:
             raise EnvelopeError(f"line {i} is not a frame: {exc}") from None
         yield Frame(ms, ua, body)
 

@@ -62,15 +62,20 @@ def connection_cap(configured: int, fd_limit: int | None = None) -> int:
     reserve = max(FD_RESERVE_MIN, limit // 4)
     cap = max(8, min(configured, limit - reserve))
     if cap < configured:
-        log.warning("max_connections lowered from %d to %d: the file-descriptor limit is %d (ulimit -n)",
-                    configured, cap, limit)
+        log.warning(
+            "max_connections lowered from %d to %d: the file-descriptor limit is %d (ulimit -n)", configured, cap, limit
+        )
     return cap
 
 
 def _raw_response(status: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
     body = b'{"error":"http_%d","message":"%s"}' % (status, message.encode("ascii"))
-    head = [STATUS_LINE[status], b"content-type: application/json\r\n", b"connection: close\r\n",
-            b"content-length: %d\r\n" % len(body)]
+    head = [
+        STATUS_LINE[status],
+        b"content-type: application/json\r\n",
+        b"connection: close\r\n",
+        b"content-length: %d\r\n" % len(body),
+    ]
     head += [name + b": " + value + b"\r\n" for name, value in extra]
     return b"".join(head) + b"\r\n" + body
 
@@ -86,10 +91,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._waiting_since = time.monotonic()
         self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(
-            self.limits.header_timeout_s, self._on_header_timeout)
+            self.limits.header_timeout_s, self._on_header_timeout
+        )
         if len(self.connections) > self.limits.max_connections and not self._evict_idle():
-            log.warning("connection limit %d reached and every connection has a request in progress: "
-                        "new connections get 503", self.limits.max_connections)
+            log.warning(
+                "connection limit %d reached and every connection has a request in progress: new connections get 503",
+                self.limits.max_connections,
+            )
             self._refuse(503, "too many connections, retry later", ((b"retry-after", b"1"),))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -108,8 +116,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 victim = c
         if victim is None:
             return False
-        log.warning("connection limit %d reached: closing the connection idle the longest to make room",
-                    self.limits.max_connections)
+        log.warning(
+            "connection limit %d reached: closing the connection idle the longest to make room",
+            self.limits.max_connections,
+        )
         victim._cancel_header_timer()
         victim.connections.discard(victim)
         victim.transport.close()
@@ -179,8 +189,11 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         except ValueError:
             raise RequestRefused("Content-Length is not a number", code="bad_content_length") from None
         if length > limit:
-            raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes",
-                                  code="body_too_large", headers={"Connection": "close"})
+            raise PayloadTooLarge(
+                f"body of {length} bytes exceeds the limit of {limit} bytes",
+                code="body_too_large",
+                headers={"Connection": "close"},
+            )
     chunks: list[bytes] = []
     size = 0
     try:
@@ -188,21 +201,31 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", code="body_too_large",
-                                          headers={"Connection": "close"})
+                    raise PayloadTooLarge(
+                        f"body exceeds the limit of {limit} bytes",
+                        code="body_too_large",
+                        headers={"Connection": "close"},
+                    )
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(f"body not received within {timeout_s:g}s", headers={"Connection": "close"}) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def server_config(app: Any, host: str, port: int, limits: EdgeLimits, log_level: str = "warning",
-                  **overrides: Any) -> uvicorn.Config:
+def server_config(
+    app: Any, host: str, port: int, limits: EdgeLimits, log_level: str = "warning", **overrides: Any
+) -> uvicorn.Config:
     """uvicorn settings every server here uses: the guarded protocol, no access log (client addresses are not
     kept), no Server header, logging left to the process (so the repeat filter applies to uvicorn's lines)."""
     options: dict[str, Any] = dict(
-        host=host, port=port, http=guarded_protocol(limits), log_level=log_level.lower(), log_config=None,
-        access_log=False, server_header=False, lifespan="off",
+        host=host,
+        port=port,
+        http=guarded_protocol(limits),
+        log_level=log_level.lower(),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="off",
     )
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -31,16 +31,24 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     servers = settings.bootstrap_servers
     policy = RetryPolicy(initial_s=0.5, maximum_s=0.5, deadline_s=timeout_s)
     try:
-        admin = with_retries(lambda: KafkaAdminClient(bootstrap_servers=servers, client_id="is-telemetry-admin"),
-                             policy, None, retry_on(KafkaError, what=f"Kafka at {servers}"),
-                             level=lambda failures: logging.INFO)  # the caller's error says it, once
+        admin = with_retries(
+            lambda: KafkaAdminClient(bootstrap_servers=servers, client_id="is-telemetry-admin"),
+            policy,
+            None,
+            retry_on(KafkaError, what=f"Kafka at {servers}"),
+            level=lambda failures: logging.INFO,
+        )  # the caller's error says it, once
     except GaveUp as exc:
-        raise KafkaUnavailable(f"Kafka at {servers} is not reachable ({exc.__cause__}); "
-                               "start it (is-telemetry broker) or fix kafka.bootstrap_servers") from exc.__cause__
+        raise KafkaUnavailable(
+            f"Kafka at {servers} is not reachable ({exc.__cause__}); "
+            "start it (is-telemetry broker) or fix kafka.bootstrap_servers"
+        ) from exc.__cause__
     try:
         existing = set(admin.list_topics())
         new = [
-            NewTopic(name, num_partitions=settings.kafka.partitions, replication_factor=settings.kafka.replication_factor)
+            NewTopic(
+                name, num_partitions=settings.kafka.partitions, replication_factor=settings.kafka.replication_factor
+            )
             for name in topic_names(settings)
             if name not in existing
         ]
@@ -104,8 +112,13 @@ def close_producer(producer: KafkaProducer, timeout_s: float, expire_s: float) -
         producer.close(timeout_s)
         return True
     except KafkaError as exc:
-        log.warning("Kafka producer did not flush within %.1fs (%s); waiting up to %.1fs for its records to expire "
-                    "(their requests were answered 503)", timeout_s, exc, expire_s)
+        log.warning(
+            "Kafka producer did not flush within %.1fs (%s); waiting up to %.1fs for its records to expire "
+            "(their requests were answered 503)",
+            timeout_s,
+            exc,
+            expire_s,
+        )
     try:
         producer.close(expire_s)
     except KafkaError as exc:  # the sender thread is a daemon: it cannot keep the process alive
@@ -122,8 +135,13 @@ def broker_answers(bootstrap_servers: str, timeout_s: float, client_id: str = "i
     """
     timeout_ms = max(100, int(timeout_s * 1000))
     try:
-        probe = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id=client_id, enable_idempotence=False,
-                              bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
+        probe = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            enable_idempotence=False,
+            bootstrap_timeout_ms=timeout_ms,
+            request_timeout_ms=timeout_ms,
+        )
     except (KafkaError, OSError) as exc:
         log.debug("Kafka at %s does not answer: %r", bootstrap_servers, exc)
         return False

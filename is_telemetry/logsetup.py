@@ -21,8 +21,12 @@ LOG_FORMAT_ENV = "IS_TELEMETRY_LOG_FORMAT"  # "json": one JSON object per line (
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -48,7 +52,9 @@ class RepeatFilter(logging.Filter):
                     self._seen.clear()
                 self._seen[key] = [now, 1, 0]
                 if suppressed:
-                    record.msg = f"{record.msg} (and {suppressed} more like it in the previous {self.window_s:g}s, not logged)"
+                    record.msg = (
+                        f"{record.msg} (and {suppressed} more like it in the previous {self.window_s:g}s, not logged)"
+                    )
                 return True
             if state[1] < self.burst:
                 state[1] += 1

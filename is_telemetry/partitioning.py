@@ -26,7 +26,7 @@ def murmur2(data: bytes) -> int:
         h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
     tail = length & 3
     if tail:
-        rest = data[n4 << 2:]
+        rest = data[n4 << 2 :]
         if tail == 3:
             h ^= rest[2] << 16
         if tail >= 2:
@@ -66,7 +66,7 @@ def _murmur2_same_length(keys: list[bytes], length: int) -> list[int]:
 
     n4 = length >> 2
     data = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), length)
-    words = data[:, :n4 * 4].copy().view("<u4").astype(np.uint64)
+    words = data[:, : n4 * 4].copy().view("<u4").astype(np.uint64)
     m, mask = np.uint64(_M), np.uint64(_MASK)
     h = np.full(len(keys), (_SEED ^ length) & _MASK, dtype=np.uint64)
     for j in range(n4):
@@ -75,7 +75,7 @@ def _murmur2_same_length(keys: list[bytes], length: int) -> list[int]:
         h = ((h * m) & mask) ^ ((k * m) & mask)
     tail = length & 3
     if tail:
-        rest = data[:, n4 * 4:].astype(np.uint64)
+        rest = data[:, n4 * 4 :].astype(np.uint64)
         if tail == 3:
             h ^= rest[:, 2] << np.uint64(16)
         if tail >= 2:

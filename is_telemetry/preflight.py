@@ -56,16 +56,25 @@ def chdb_holder(path: str | Path) -> int | None:
 def check_data_dir(path: Path) -> Probe:
     """The data directory exists (or can be made) and is writable."""
     if path.exists() and not path.is_dir():
-        return Probe(False, message=f"data directory {path} is a file, not a directory: pass --data-dir to a "
-                                    "directory (e.g. --data-dir ./data; it is created if missing)")
+        return Probe(
+            False,
+            message=f"data directory {path} is a file, not a directory: pass --data-dir to a "
+            "directory (e.g. --data-dir ./data; it is created if missing)",
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return Probe(False, message=f"data directory {path} cannot be created ({exc.strerror or exc}): pass "
-                                    "--data-dir to a writable place (e.g. --data-dir ./data)")
+        return Probe(
+            False,
+            message=f"data directory {path} cannot be created ({exc.strerror or exc}): pass "
+            "--data-dir to a writable place (e.g. --data-dir ./data)",
+        )
     if not os.access(path, os.W_OK | os.X_OK):
-        return Probe(False, message=f"data directory {path} is not writable by this user: pass --data-dir to a "
-                                    "writable place (e.g. --data-dir ./data)")
+        return Probe(
+            False,
+            message=f"data directory {path} is not writable by this user: pass --data-dir to a "
+            "writable place (e.g. --data-dir ./data)",
+        )
     return OK
 
 
@@ -76,9 +85,12 @@ def check_chdb(dsn: str) -> Probe:
     if holder is None:
         return OK
     who = f" (pid {holder})" if holder else ""
-    return Probe(False, message=f"the chDB directory {path} is in use by another process{who}: chDB allows one "
-                                "process per directory. Stop the other `is-telemetry up` (or worker), or pass "
-                                "another --data-dir")
+    return Probe(
+        False,
+        message=f"the chDB directory {path} is in use by another process{who}: chDB allows one "
+        "process per directory. Stop the other `is-telemetry up` (or worker), or pass "
+        "another --data-dir",
+    )
 
 
 def check_clickhouse(dsn: str, timeout_s: float = 3.0) -> Probe:
@@ -101,12 +113,18 @@ def check_clickhouse(dsn: str, timeout_s: float = 3.0) -> Probe:
     except DatabaseError as exc:
         code = getattr(exc, "code", None)
         if code in AUTH_CODES:
-            return Probe(False, message=f"ClickHouse at {where} refused the credentials: {_first_line(exc)}; fix "
-                                        "the user and password in --clickhouse (http://user:password@host:8123/db)")
+            return Probe(
+                False,
+                message=f"ClickHouse at {where} refused the credentials: {_first_line(exc)}; fix "
+                "the user and password in --clickhouse (http://user:password@host:8123/db)",
+            )
         if code == UNKNOWN_DATABASE:
             db = urlparse(dsn).path.strip("/") or "default"
-            return Probe(False, message=f"ClickHouse at {where} has no database {db!r}: create it (CREATE DATABASE "
-                                        f"{db}) or name another in --clickhouse")
+            return Probe(
+                False,
+                message=f"ClickHouse at {where} has no database {db!r}: create it (CREATE DATABASE "
+                f"{db}) or name another in --clickhouse",
+            )
         return Probe(False, message=f"ClickHouse at {where} refused the connection: {_first_line(exc)}")
     except OSError as exc:
         return Probe(False, retry=True, message=f"ClickHouse at {where} does not answer: {exc}")
@@ -120,9 +138,15 @@ def connect_with_timeout(dsn: str, timeout_s: float) -> Any:
     url = urlparse(dsn)
     secure = url.scheme == "https"
     return clickhouse_connect.get_client(
-        host=url.hostname or "localhost", port=url.port or (8443 if secure else 8123),
-        username=url.username or "default", password=url.password or "", database=url.path.strip("/") or "default",
-        secure=secure, connect_timeout=timeout_s, send_receive_timeout=timeout_s)
+        host=url.hostname or "localhost",
+        port=url.port or (8443 if secure else 8123),
+        username=url.username or "default",
+        password=url.password or "",
+        database=url.path.strip("/") or "default",
+        secure=secure,
+        connect_timeout=timeout_s,
+        send_receive_timeout=timeout_s,
+    )
 
 
 def check_kafka(bootstrap_servers: str, timeout_s: float = 2.0) -> Probe:
@@ -148,10 +172,14 @@ def check_kafka(bootstrap_servers: str, timeout_s: float = 2.0) -> Probe:
             except OSError as exc:
                 errors.append(f"{item.strip()}: {exc.strerror or exc}")
     if unresolved and not errors:
-        return Probe(False, message=f"Kafka at {bootstrap_servers}: cannot resolve {'; '.join(unresolved)}; "
-                                    "check --kafka (host:port, e.g. kafka-1:9092)")
-    return Probe(False, retry=True, message=f"Kafka at {bootstrap_servers} does not answer "
-                                            f"({'; '.join(errors + unresolved)})")
+        return Probe(
+            False,
+            message=f"Kafka at {bootstrap_servers}: cannot resolve {'; '.join(unresolved)}; "
+            "check --kafka (host:port, e.g. kafka-1:9092)",
+        )
+    return Probe(
+        False, retry=True, message=f"Kafka at {bootstrap_servers} does not answer ({'; '.join(errors + unresolved)})"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -96,13 +96,31 @@ class RejectionRow:
 
 
 COUNT_COLUMNS = (
-    "deployments", "default_uid_deployments", "inconsistent_deployments", "cli_installs", "gateways", "end_devices",
-    "active_end_devices", "active_last_day", "active_last_week", "active_last_month", "applications",
-    "users_standard", "users_admin", "organizations",
+    "deployments",
+    "default_uid_deployments",
+    "inconsistent_deployments",
+    "cli_installs",
+    "gateways",
+    "end_devices",
+    "active_end_devices",
+    "active_last_day",
+    "active_last_week",
+    "active_last_month",
+    "applications",
+    "users_standard",
+    "users_admin",
+    "organizations",
 )
 MAP_COLUMNS = (
-    "gateways_by_frequency_plan", "deployments_by_version", "deployments_by_os", "deployments_by_arch",
-    "deployments_by_go_version", "cli_by_version", "cli_by_os", "cli_by_arch", "rejected_by_reason",
+    "gateways_by_frequency_plan",
+    "deployments_by_version",
+    "deployments_by_os",
+    "deployments_by_arch",
+    "deployments_by_go_version",
+    "cli_by_version",
+    "cli_by_os",
+    "cli_by_arch",
+    "rejected_by_reason",
 )
 
 
@@ -194,6 +212,7 @@ def values(row: Any) -> list[Any]:
 
 # -- the snapshots topic ------------------------------------------------------------------------------------------
 
+
 def _to_json(row: Any) -> list[Any]:
     out = values(row)
     for i, v in enumerate(out):
@@ -224,9 +243,14 @@ class PayloadError(ValueError):
 
 def encode_payload(snapshots: list[SnapshotRow], rejections: list[RejectionRow]) -> bytes:
     """One snapshots-topic record: a batch's rows of one source partition, as column-ordered lists."""
-    return orjson.dumps({"format": PAYLOAD_FORMAT, "snapshots": [_to_json(r) for r in snapshots],
-                         "rejections": [_to_json(r) for r in rejections]},
-                        option=orjson.OPT_PASSTHROUGH_DATETIME)
+    return orjson.dumps(
+        {
+            "format": PAYLOAD_FORMAT,
+            "snapshots": [_to_json(r) for r in snapshots],
+            "rejections": [_to_json(r) for r in rejections],
+        },
+        option=orjson.OPT_PASSTHROUGH_DATETIME,
+    )
 
 
 def decode_payload(raw: bytes) -> tuple[list[SnapshotRow], list[RejectionRow]]:
@@ -236,7 +260,11 @@ def decode_payload(raw: bytes) -> tuple[list[SnapshotRow], list[RejectionRow]]:
         raise PayloadError(f"not JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != PAYLOAD_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise PayloadError(f"snapshots-topic payload format {found!r}, this version reads format {PAYLOAD_FORMAT}: "
-                           "run workers and sink of the same version")
-    return ([_from_json(SnapshotRow, r) for r in data["snapshots"]],
-            [_from_json(RejectionRow, r) for r in data["rejections"]])
+        raise PayloadError(
+            f"snapshots-topic payload format {found!r}, this version reads format {PAYLOAD_FORMAT}: "
+            "run workers and sink of the same version"
+        )
+    return (
+        [_from_json(SnapshotRow, r) for r in data["snapshots"]],
+        [_from_json(RejectionRow, r) for r in data["rejections"]],
+    )

@@ -17,8 +17,9 @@ class Exit(NamedTuple):
     killed: bool
 
 
-def stop_process(process: subprocess.Popen[Any], timeout_s: float = 10.0, *, kill_group: bool = False,
-                 sig: int = signal.SIGTERM) -> Exit:
+def stop_process(
+    process: subprocess.Popen[Any], timeout_s: float = 10.0, *, kill_group: bool = False, sig: int = signal.SIGTERM
+) -> Exit:
     """Send `sig` (SIGTERM) unless the process has exited, wait up to timeout_s, then SIGKILL it and wait.
 
     kill_group=True sends the SIGKILL to the process's group (a child started with start_new_session=True, whose

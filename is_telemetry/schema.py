@@ -123,8 +123,12 @@ class EntitiesCount(_Model):
 class TelemetryMessage(_Model):
     """A telemetry body as TTS posts it to `telemetry.target`."""
 
-    uid: Annotated[str, Field(strict=True, description="IS: base64 SHA-512 (88 chars); CLI: UUID v4",
-                              json_schema_extra=_UID_JSON_SCHEMA)]
+    uid: Annotated[
+        str,
+        Field(
+            strict=True, description="IS: base64 SHA-512 (88 chars); CLI: UUID v4", json_schema_extra=_UID_JSON_SCHEMA
+        ),
+    ]
     os: OSTelemetry | None = None
     cli: dict[str, Any] | None = Field(
         default=None,

@@ -23,8 +23,9 @@ class SqlError(TelemetryError):
     """The query could not run; the message says where it was sent and why."""
 
 
-def run_query(settings: Settings, query: str, api: str | None, token: str | None,
-              direct: bool) -> tuple[list[str], list[list[Any]]]:
+def run_query(
+    settings: Settings, query: str, api: str | None, token: str | None, direct: bool
+) -> tuple[list[str], list[list[Any]]]:
     """Run `query` read-only: through `api` if given; straight against ClickHouse if `direct` (--clickhouse);
     else through the API a running `is-telemetry up` recorded in the data directory, and failing that on the
     data directory's chDB, read-only. Errors say which of these were tried."""
@@ -41,14 +42,17 @@ def run_query(settings: Settings, query: str, api: str | None, token: str | None
             return apiclient.sql(url, query, token or settings.api.token, timeout_s=settings.api.query_timeout_s + 30)
         except apiclient.ApiError as exc:
             if exc.status:
-                raise SqlError(f"{_refusal(exc.status, exc.code, exc.message)} (asked the running stack's API at "
-                               f"{url}, recorded in {state_path})") from exc
+                raise SqlError(
+                    f"{_refusal(exc.status, exc.code, exc.message)} (asked the running stack's API at "
+                    f"{url}, recorded in {state_path})"
+                ) from exc
             tried.append(f"the API at {url} recorded in {state_path} did not answer (is that stack gone?)")
     return _on_chdb(settings, query, tried)
 
 
-def _through_api(settings: Settings, url: str, query: str, token: str | None,
-                 origin: str) -> tuple[list[str], list[list[Any]]]:
+def _through_api(
+    settings: Settings, url: str, query: str, token: str | None, origin: str
+) -> tuple[list[str], list[list[Any]]]:
     try:
         return apiclient.sql(url, query, token or settings.api.token, timeout_s=settings.api.query_timeout_s + 30)
     except apiclient.ApiError as exc:
@@ -61,14 +65,18 @@ def _on_chdb(settings: Settings, query: str, tried: list[str]) -> tuple[list[str
     path = Path(urlparse(settings.analyst_dsn).path)
     before = "; ".join([*tried, ""]) if tried else ""
     if not (path / "metadata").is_dir():
-        raise SqlError(f"{before}no stack is running for {settings.data_dir} (no {STATE_FILE} there) and there is no "
-                       f"chDB data at {path}: start one (is-telemetry up), or pass --data-dir, --api "
-                       "http://HOST:PORT or --clickhouse")
+        raise SqlError(
+            f"{before}no stack is running for {settings.data_dir} (no {STATE_FILE} there) and there is no "
+            f"chDB data at {path}: start one (is-telemetry up), or pass --data-dir, --api "
+            "http://HOST:PORT or --clickhouse"
+        )
     holder = chdb_holder(path)
     if holder is not None:
         who = f"pid {holder}" if holder else "another process"
-        raise SqlError(f"{before}the chDB at {path} is in use by {who} (chDB allows one process per directory); "
-                       "if that is a stack, pass its API: --api http://127.0.0.1:PORT")
+        raise SqlError(
+            f"{before}the chDB at {path} is in use by {who} (chDB allows one process per directory); "
+            "if that is a stack, pass its API: --api http://127.0.0.1:PORT"
+        )
     return _direct(settings, query, f"{before}chDB at {path} (read-only, no stack running)")
 
 

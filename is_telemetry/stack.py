@@ -76,8 +76,9 @@ class Child:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "ab")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, **(env or {})})
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+        )
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -155,16 +156,22 @@ class Stack:
         self._require(check_data_dir(self.data_dir))
         other = read_state(self.data_dir)
         if other is not None and other.get("pid") != os.getpid() and _alive(other.get("pid")):
-            raise PreflightFailed(f"another `is-telemetry up` (pid {other['pid']}, API {other.get('api_url')}) is "
-                                  f"running on {self.data_dir}: stop it first, or pass another --data-dir")
-        ports = [("API", "--api-port", self.s.api.host, self.s.api.port),
-                 ("collector", "--collector-port", self.s.collector.host, self.s.collector.port)]
+            raise PreflightFailed(
+                f"another `is-telemetry up` (pid {other['pid']}, API {other.get('api_url')}) is "
+                f"running on {self.data_dir}: stop it first, or pass another --data-dir"
+            )
+        ports = [
+            ("API", "--api-port", self.s.api.host, self.s.api.port),
+            ("collector", "--collector-port", self.s.collector.host, self.s.collector.port),
+        ]
         if self.s.embedded_kafka:
             ports.append(("embedded broker", "--broker-port", self.s.broker.host, self.s.broker.port))
         for name, flag, host, port in ports:
             if port_open(_client_host(host), port):
-                raise PreflightFailed(f"port {port} for the {name} is already in use (another `is-telemetry up`?): "
-                                      f"stop that, or pick another port with {flag}, e.g. {flag} {port + 10}")
+                raise PreflightFailed(
+                    f"port {port} for the {name} is already in use (another `is-telemetry up`?): "
+                    f"stop that, or pick another port with {flag}, e.g. {flag} {port + 10}"
+                )
         dsn = self.s.clickhouse_dsn
         self._wait_for("ClickHouse", lambda: check_chdb(dsn) if dsn.startswith("chdb:") else check_clickhouse(dsn))
         if not self.s.embedded_kafka:
@@ -181,8 +188,9 @@ class Stack:
         if not probe.retry:
             raise PreflightFailed(probe.message)
         started = time.monotonic()
-        print(f"  waiting: {probe.message}; trying again every {every_s:.0f}s until it answers (Ctrl-C stops)",
-              flush=True)
+        print(
+            f"  waiting: {probe.message}; trying again every {every_s:.0f}s until it answers (Ctrl-C stops)", flush=True
+        )
         reminder = started + WAIT_REMINDER_S
         while not self.stop_event.wait(every_s):
             probe = probe_fn()
@@ -197,8 +205,13 @@ class Stack:
 
     def write_state(self) -> None:
         """Say where this stack's API is, for `is-telemetry sql` (removed again on stop)."""
-        state = {"pid": os.getpid(), "api_url": self.api_url, "collector_url": self.collector_url,
-                 "clickhouse": redact(self.s.clickhouse_dsn), "started_at": time.time()}
+        state = {
+            "pid": os.getpid(),
+            "api_url": self.api_url,
+            "collector_url": self.collector_url,
+            "clickhouse": redact(self.s.clickhouse_dsn),
+            "started_at": time.time(),
+        }
         tmp = self.data_dir / f".{STATE_FILE}.tmp"
         tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
         tmp.replace(self.data_dir / STATE_FILE)
@@ -209,16 +222,42 @@ class Stack:
             (self.data_dir / STATE_FILE).unlink(missing_ok=True)
 
     def _start_worker(self) -> None:
-        self.children.append(Child("worker", self._cli(
-            "worker", "--kafka", self.s.bootstrap_servers, "--clickhouse", self.s.clickhouse_dsn,
-            "--data-dir", str(self.data_dir), "--api-port", str(self.s.api.port)), self.log_dir,
-            env={"IS_TELEMETRY_API__HOST": self.s.api.host, "IS_TELEMETRY_API__TOKEN": self.s.api.token}))
+        self.children.append(
+            Child(
+                "worker",
+                self._cli(
+                    "worker",
+                    "--kafka",
+                    self.s.bootstrap_servers,
+                    "--clickhouse",
+                    self.s.clickhouse_dsn,
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--api-port",
+                    str(self.s.api.port),
+                ),
+                self.log_dir,
+                env={"IS_TELEMETRY_API__HOST": self.s.api.host, "IS_TELEMETRY_API__TOKEN": self.s.api.token},
+            )
+        )
         self._wait_http(self.api_url + "/healthz", "worker", 90)
 
     def _start_collector(self) -> None:
-        self.children.append(Child("collector", self._cli(
-            "collect", "--kafka", self.s.bootstrap_servers, "--port", str(self.s.collector.port),
-            "--host", self.s.collector.host), self.log_dir))
+        self.children.append(
+            Child(
+                "collector",
+                self._cli(
+                    "collect",
+                    "--kafka",
+                    self.s.bootstrap_servers,
+                    "--port",
+                    str(self.s.collector.port),
+                    "--host",
+                    self.s.collector.host,
+                ),
+                self.log_dir,
+            )
+        )
         self._wait_http(self.collector_url.rsplit("/", 1)[0] + "/readyz", "collector", 60)
 
     def _wait_http(self, url: str, name: str, timeout_s: float) -> None:
@@ -227,10 +266,13 @@ class Stack:
         while time.monotonic() < deadline:
             if not child.alive():
                 if child.process.returncode == 2:  # a configuration error: its one line says what to change
-                    raise PreflightFailed(f"the {name} refused to run: {_error_line(child.log_path)} "
-                                          f"(more in {child.log_path})")
-                raise RuntimeError(f"the {name} exited with code {child.process.returncode}; see {child.log_path}:\n"
-                                   + _tail(child.log_path))
+                    raise PreflightFailed(
+                        f"the {name} refused to run: {_error_line(child.log_path)} (more in {child.log_path})"
+                    )
+                raise RuntimeError(
+                    f"the {name} exited with code {child.process.returncode}; see {child.log_path}:\n"
+                    + _tail(child.log_path)
+                )
             try:
                 if httpx.get(url, timeout=1).status_code == 200:
                     return
@@ -248,25 +290,35 @@ class Stack:
         def backfill_then_live() -> None:
             try:
                 if backfill:
+
                     def progress(done: int, total: int) -> None:
                         self.backfill_acked = done
 
                     def generated(sim: Any) -> None:
                         self._backfill_expected = simulator.stored_expectation(
-                            sim, self.s.processors.plausibility_limit)
+                            sim, self.s.processors.plausibility_limit
+                        )
 
                     self.backfilled = simulator.backfill(
-                        self.s.bootstrap_servers, self.s.kafka.raw_topic, self.o.deployments, self.o.cli_installs,
-                        self.o.days, self.o.seed, progress=progress, generated=generated)
+                        self.s.bootstrap_servers,
+                        self.s.kafka.raw_topic,
+                        self.o.deployments,
+                        self.o.cli_installs,
+                        self.o.days,
+                        self.o.seed,
+                        progress=progress,
+                        generated=generated,
+                    )
                     self.backfill_expected = self._backfill_expected  # recorded once ClickHouse holds all of it
                 if self.stop_event.is_set():
                     return
-                self.feed = simulator.LiveFeed(self.collector_url, self.o.deployments, self.o.cli_installs, self.o.seed,
-                                               self.stop_event)
+                self.feed = simulator.LiveFeed(
+                    self.collector_url, self.o.deployments, self.o.cli_installs, self.o.seed, self.stop_event
+                )
                 self.feed.run()
             except KeyboardInterrupt:
                 pass
-            except Exception as exc:  # the simulator failing must not take the pipeline down
+            except Exception as exc:  # noqa: BLE001 - the simulator failing must not take the pipeline down
                 print(f"\nsimulator stopped: {exc}", flush=True)
 
         t = threading.Thread(target=backfill_then_live, name="simulator", daemon=True)
@@ -277,11 +329,15 @@ class Stack:
             return
         fleet = f"{self.o.deployments} deployments + {self.o.cli_installs} CLI installs"
         if recorded is not None and self.o.days > 0:
-            print(f"  simulator  {fleet}: history already stored from this data directory (through "
-                  f"{recorded.get('through')}), not sent again; live through the collector", flush=True)
+            print(
+                f"  simulator  {fleet}: history already stored from this data directory (through "
+                f"{recorded.get('through')}), not sent again; live through the collector",
+                flush=True,
+            )
             return
-        print(f"  simulator  {fleet}: {self.o.days} days backfilled to Kafka, then live through the collector",
-              flush=True)
+        print(
+            f"  simulator  {fleet}: {self.o.days} days backfilled to Kafka, then live through the collector", flush=True
+        )
 
     def check_backfill_stored(self) -> None:
         """Once the worker has committed past the backfill's records, remember (in the data directory) that this
@@ -299,8 +355,9 @@ class Stack:
         if any(uid_days.get(str(d), 0) < u or bad.get(str(d), 0) < r for d, (u, r) in expected.items()):
             return
         self.backfill_expected = None
-        simulator.record_backfill(self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed, self.o.days,
-                                  self.backfilled)
+        simulator.record_backfill(
+            self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed, self.o.days, self.backfilled
+        )
         log.info("backfill of %d records stored; recorded in %s", self.backfilled, self.data_dir)
 
     # -- watch ------------------------------------------------------------------------------------------------
@@ -310,8 +367,11 @@ class Stack:
 
     def stored_counts(self) -> tuple[int, int, int]:
         """(UID-days, rejected bodies, days) as stored after duplicates collapse (FINAL): they only go up."""
-        row = self.query("SELECT (SELECT count() FROM snapshots FINAL), (SELECT count() FROM rejections FINAL), "
-                         "(SELECT count() FROM daily_rollup FINAL)", timeout_s=5)[0]
+        row = self.query(
+            "SELECT (SELECT count() FROM snapshots FINAL), (SELECT count() FROM rejections FINAL), "
+            "(SELECT count() FROM daily_rollup FINAL)",
+            timeout_s=5,
+        )[0]
         return int(row[0]), int(row[1]), int(row[2])
 
     def progress_line(self, stored: tuple[int, int, int]) -> str:
@@ -322,14 +382,19 @@ class Stack:
         return f"backfill {self.backfilled}  {live}  | {clickhouse}"
 
     def summary(self) -> str:
-        rows = self.query("SELECT day, deployments, cli_installs, gateways, end_devices, active_last_day, active_last_week, "
-                          "active_last_month, applications, users_standard + users_admin, organizations "
-                          "FROM fleet_daily ORDER BY day DESC LIMIT 1", timeout_s=5)
+        rows = self.query(
+            "SELECT day, deployments, cli_installs, gateways, end_devices, active_last_day, active_last_week, "
+            "active_last_month, applications, users_standard + users_admin, organizations "
+            "FROM fleet_daily ORDER BY day DESC LIMIT 1",
+            timeout_s=5,
+        )
         if not rows:
             return "today: no data yet"
         d = rows[0]
-        return (f"{d[0]}: {d[1]} deployments, {d[2]} CLI installs, {d[3]} gateways, {d[4]} end devices "
-                f"(active day/week/month {d[5]}/{d[6]}/{d[7]}), {d[8]} applications, {d[9]} users, {d[10]} organizations")
+        return (
+            f"{d[0]}: {d[1]} deployments, {d[2]} CLI installs, {d[3]} gateways, {d[4]} end devices "
+            f"(active day/week/month {d[5]}/{d[6]}/{d[7]}), {d[8]} applications, {d[9]} users, {d[10]} organizations"
+        )
 
     def watch(self) -> None:
         tty = sys.stdout.isatty()
@@ -365,7 +430,6 @@ class Stack:
             except apiclient.ApiError as exc:
                 log.debug("progress query failed: %s", exc)
 
-
     def restart_child(self, child: Child) -> None:
         """A worker or collector that exited on its own is started again (the broker keeps what it had not
         stored: a worker resumes from its committed offsets); more than broker_restarts_max restarts within the
@@ -376,15 +440,19 @@ class Stack:
         child.stop(1)
         self.children.remove(child)
         if child.process.returncode == 2:  # a configuration error: starting it again cannot help
-            raise RuntimeError(f"the {child.name} refused to run: {_error_line(child.log_path)} "
-                               f"(more in {child.log_path})")
+            raise RuntimeError(
+                f"the {child.name} refused to run: {_error_line(child.log_path)} (more in {child.log_path})"
+            )
         if len(self.child_restarts) > self.o.broker_restarts_max:
-            raise RuntimeError(f"the {child.name} exited with {status} ({len(self.child_restarts)} exits within "
-                               f"{self.o.broker_restarts_window_s:.0f}s): giving up; see {child.log_path}:\n"
-                               + _tail(child.log_path))
-        print(f"\n!! the {child.name} exited with {status}; see {child.log_path}. Starting it again: records the "
-              f"broker holds are not lost{' (the worker resumes from its committed offsets)' if child.name == 'worker' else ''}.",
-              flush=True)
+            raise RuntimeError(
+                f"the {child.name} exited with {status} ({len(self.child_restarts)} exits within "
+                f"{self.o.broker_restarts_window_s:.0f}s): giving up; see {child.log_path}:\n" + _tail(child.log_path)
+            )
+        print(
+            f"\n!! the {child.name} exited with {status}; see {child.log_path}. Starting it again: records the "
+            f"broker holds are not lost{' (the worker resumes from its committed offsets)' if child.name == 'worker' else ''}.",
+            flush=True,
+        )
         if child.name == "worker":
             self._start_worker()
         else:
@@ -437,8 +505,9 @@ class Stack:
         stored = int(self.counts["worker_stored"])
         lost = max(0, published + backfill - stored)
         try:
-            ch = self.query("SELECT (SELECT count() FROM snapshots), (SELECT count() FROM daily_rollup FINAL)",
-                            timeout_s=3)[0]
+            ch = self.query(
+                "SELECT (SELECT count() FROM snapshots), (SELECT count() FROM daily_rollup FINAL)", timeout_s=3
+            )[0]
             kept = f"{ch[0]} snapshot rows over {ch[1]} day{'' if ch[1] == 1 else 's'}"
         except (apiclient.ApiError, KeyError, IndexError, ValueError):
             kept = "every row it had stored"
@@ -454,10 +523,13 @@ class Stack:
             f"!! ClickHouse is intact ({self.s.clickhouse_dsn}): {kept}.\n"
             f"!! Recovering: stopping the worker and the collector, restarting the broker on "
             f"{self.broker.bootstrap_servers}, recreating the topics, restarting the collector and the worker.",
-            flush=True)
+            flush=True,
+        )
         if len(self.broker_restarts) > self.o.broker_restarts_max:
-            raise RuntimeError(f"the embedded broker was lost {len(self.broker_restarts)} times within "
-                               f"{self.o.broker_restarts_window_s:.0f}s: giving up; see {self.log_dir / 'broker.log'}")
+            raise RuntimeError(
+                f"the embedded broker was lost {len(self.broker_restarts)} times within "
+                f"{self.o.broker_restarts_window_s:.0f}s: giving up; see {self.log_dir / 'broker.log'}"
+            )
         # Stop the broker's clients before a new broker listens: on a fresh broker they would auto-create the topics
         # (Tansu does, with its own partition count) before ensure_topics() creates them as configured. The worker
         # first, with a short grace (it finishes a ClickHouse write in flight; leaving its group on a dead broker
@@ -477,8 +549,11 @@ class Stack:
         wrong = _wrong_partitions(self.s)
         if wrong:
             print(f"   warning: topics with an unexpected partition count: {wrong}", flush=True)
-        print(f"   broker     kafka://{self.broker.bootstrap_servers} again (pid {self.broker.process.pid}); "
-              f"topics {', '.join(topic_names(self.s))} created", flush=True)
+        print(
+            f"   broker     kafka://{self.broker.bootstrap_servers} again (pid {self.broker.process.pid}); "
+            f"topics {', '.join(topic_names(self.s))} created",
+            flush=True,
+        )
         self.counts = {"collector_published": 0.0, "worker_stored": 0.0}
         self.backfill_acked = 0
         self.backfill_expected = None  # not all of it stored: the next start on this data directory sends it again
@@ -492,8 +567,11 @@ class Stack:
         self.children.sort(key=lambda c: c.name != "worker")  # stop order stays: collector, then worker
         if self.o.simulate and not any(t.is_alive() for t in self.sim_threads) and not self.stop_event.is_set():
             self.start_simulator(live_only=True)
-        print(f"!! RECOVERED from the broker loss in {time.monotonic() - started:.1f}s "
-              f"(broker restarts so far: {len(self.broker_restarts)})", flush=True)
+        print(
+            f"!! RECOVERED from the broker loss in {time.monotonic() - started:.1f}s "
+            f"(broker restarts so far: {len(self.broker_restarts)})",
+            flush=True,
+        )
 
     # -- stop -------------------------------------------------------------------------------------------------
 
@@ -541,7 +619,7 @@ class Stack:
         except PreflightFailed as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             code = 2
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the outermost boundary: one line, then everything is stopped
             print(f"\nerror: {exc}", file=sys.stderr, flush=True)
             code = 1
         finally:
@@ -579,8 +657,9 @@ def _admin(settings: Settings) -> Any:
 
     # kafka-python 3 has no api_version_auto_timeout_ms for the admin client (it raised KafkaConfigurationError,
     # which the callers took for "not answering": a broker that lost its topics went unnoticed).
-    return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-watch",
-                            request_timeout_ms=3000)
+    return KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-watch", request_timeout_ms=3000
+    )
 
 
 def _missing_topics(settings: Settings) -> list[str]:
@@ -614,8 +693,9 @@ def _wrong_partitions(settings: Settings) -> dict[str, int]:
     return {t["name"]: len(t["partitions"]) for t in described if len(t["partitions"]) != settings.kafka.partitions}
 
 
-def _start_broker_again(settings: Settings, log_file: Path, stop: threading.Event,
-                        timeout_s: float = 30.0) -> EmbeddedBroker | None:
+def _start_broker_again(
+    settings: Settings, log_file: Path, stop: threading.Event, timeout_s: float = 30.0
+) -> EmbeddedBroker | None:
     """A new embedded broker on the same host:port (retried while the old socket is still held)."""
     deadline = time.monotonic() + timeout_s
     while True:

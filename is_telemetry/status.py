@@ -37,7 +37,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import httpx
 import typer
+from kafka.errors import KafkaError
+
+from is_telemetry.apiclient import ApiError
 
 SINK_METRIC = "is_telemetry_sink_last_write_timestamp_seconds"
 
@@ -73,6 +77,7 @@ class Report:
 
 # ----------------------------------------------------------------------------------------------- HTTP checks
 
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
@@ -86,13 +91,13 @@ def _reason(exc: BaseException) -> str:
 def check_collector(client: Any, base: str) -> Line:
     try:
         health = client.get(f"{base}/healthz")
-    except Exception as exc:
+    except httpx.HTTPError as exc:
         return Line("collector", DOWN, f"{base}  {_reason(exc)}")
     if health.status_code != 200:
         return Line("collector", DOWN, f"{base}  /healthz answered {health.status_code}")
     try:
         ready = client.get(f"{base}/readyz")
-    except Exception as exc:
+    except httpx.HTTPError as exc:
         return Line("collector", DOWN, f"{base}  healthz ok, /readyz {_reason(exc)}")
     if ready.status_code != 200:
         message = _json_field(ready, "message") or f"answered {ready.status_code}"
@@ -103,7 +108,7 @@ def check_collector(client: Any, base: str) -> Line:
 def _json_field(response: Any, key: str) -> str:
     try:
         return str(response.json().get(key, ""))
-    except Exception:
+    except (ValueError, AttributeError):  # not JSON, or not an object
         return ""
 
 
@@ -114,7 +119,7 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
         up = health.status_code == 200
         state = "ok" if up else f"answered {health.status_code}"
         api_line = Line("API", OK if up else DOWN, f"{api}  healthz {state}")
-    except Exception as exc:
+    except httpx.HTTPError as exc:
         api_line = Line("API", DOWN, f"{api}  {_reason(exc)}")
         up = False
     if not up:
@@ -127,7 +132,7 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
 
     try:
         last = sql(LAST_SNAPSHOT_SQL)[0]
-    except Exception as exc:
+    except (ApiError, httpx.HTTPError, IndexError) as exc:
         return api_line, Line("ClickHouse", DOWN, f"query through the API failed: {_reason(exc)}"), ""
     parts = []
     if last.get("n"):
@@ -139,17 +144,21 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
 
     try:
         rows = sql(TODAY_SQL)
-    except Exception as exc:
+    except (ApiError, httpx.HTTPError) as exc:
         return api_line, ch_line, f"fleet_daily query failed: {_reason(exc)}"
     day = datetime.now(UTC).date().isoformat()
     if not rows:
         return api_line, ch_line, f"{day} (UTC): no data yet"
     r = rows[0]
-    return api_line, ch_line, (
-        f"{r['day']} (UTC): deployments {r['deployments']}, CLI installs {r['cli_installs']}, "
-        f"gateways {r['gateways']}, end devices {r['end_devices']} (active {r['active_end_devices']}; "
-        f"day/week/month {r['active_last_day']}/{r['active_last_week']}/{r['active_last_month']}), "
-        f"applications {r['applications']}, users {r['users']}, organizations {r['organizations']}"
+    return (
+        api_line,
+        ch_line,
+        (
+            f"{r['day']} (UTC): deployments {r['deployments']}, CLI installs {r['cli_installs']}, "
+            f"gateways {r['gateways']}, end devices {r['end_devices']} (active {r['active_end_devices']}; "
+            f"day/week/month {r['active_last_day']}/{r['active_last_week']}/{r['active_last_month']}), "
+            f"applications {r['applications']}, users {r['users']}, organizations {r['organizations']}"
+        ),
     )
 
 
@@ -157,7 +166,7 @@ def _sink_metric(client: Any, url: str) -> str:
     try:
         r = client.get(url)
         r.raise_for_status()
-    except Exception as exc:
+    except httpx.HTTPError as exc:
         return f"sink metric unavailable at {url} ({_reason(exc)})"
     for line in r.text.splitlines():
         if line.startswith(SINK_METRIC + " ") or line.startswith(SINK_METRIC + "{"):
@@ -194,6 +203,7 @@ def _when(t: datetime) -> str:
 
 # ---------------------------------------------------------------------------------------------------- Kafka
 
+
 @dataclass
 class Lag:
     partitions: int
@@ -209,8 +219,9 @@ def kafka_lag(bootstrap: str, topic: str, group: str, timeout_s: float) -> Lag:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     ms = max(1000, int(timeout_s * 1000))
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="is-telemetry-status", request_timeout_ms=ms,
-                             bootstrap_timeout_ms=ms)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="is-telemetry-status", request_timeout_ms=ms, bootstrap_timeout_ms=ms
+    )
     try:
         meta = admin.describe_topics([topic])
         info = meta[0] if meta else {}
@@ -219,15 +230,22 @@ def kafka_lag(bootstrap: str, topic: str, group: str, timeout_s: float) -> Lag:
         partitions = sorted(int(p["partition_index"]) for p in info["partitions"])
         try:
             offsets = admin.list_group_offsets({group: None}).get(group, {})
-        except Exception:  # an unknown group has no committed offsets
+        except KafkaError:  # an unknown group has no committed offsets
             offsets = {}
     finally:
         admin.close()
     committed = {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset >= 0}
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="is-telemetry-status", group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100,
-                             max_partition_fetch_bytes=1024, request_timeout_ms=max(ms, 5000))
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        client_id="is-telemetry-status",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=1024,
+        request_timeout_ms=max(ms, 5000),
+    )
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
@@ -262,13 +280,21 @@ def check_kafka(bootstrap: str, topic: str, group: str, timeout_s: float, max_la
     try:
         lag = kafka_lag(bootstrap, topic, group, timeout_s)
     except LookupError as exc:
-        return (Line("Kafka", OK, f"{bootstrap}  reachable"),
-                Line("lag", DOWN, f"{exc} (created by the first worker or collector to start)"))
-    except Exception as exc:
-        return (Line("Kafka", DOWN, f"{bootstrap}  not reachable ({_reason(exc)})"),
-                Line("lag", UNKNOWN, "not computed: Kafka is not reachable"))
-    kafka = Line("Kafka", OK, f"{bootstrap}  reachable; topic {topic}: {lag.partitions} partitions, "
-                              f"high-water marks sum to {sum(lag.highwater.values())}")
+        return (
+            Line("Kafka", OK, f"{bootstrap}  reachable"),
+            Line("lag", DOWN, f"{exc} (created by the first worker or collector to start)"),
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever kafka-python raises, the line says Kafka is not reachable
+        return (
+            Line("Kafka", DOWN, f"{bootstrap}  not reachable ({_reason(exc)})"),
+            Line("lag", UNKNOWN, "not computed: Kafka is not reachable"),
+        )
+    kafka = Line(
+        "Kafka",
+        OK,
+        f"{bootstrap}  reachable; topic {topic}: {lag.partitions} partitions, "
+        f"high-water marks sum to {sum(lag.highwater.values())}",
+    )
     return kafka, _lag_line("lag", lag, topic, group, max_lag)
 
 
@@ -277,12 +303,13 @@ def check_sink_lag(bootstrap: str, topic: str, group: str, timeout_s: float, max
     ClickHouse themselves) or Kafka is down (the Kafka line says so)."""
     try:
         lag = kafka_lag(bootstrap, topic, group, timeout_s)
-    except Exception:
+    except Exception:  # noqa: BLE001 - Kafka down or no such group: the Kafka line reports it
         return None
     return _lag_line("sink lag", lag, topic, group, max_lag) if lag.committed else None
 
 
 # ------------------------------------------------------------------------------------------------- command
+
 
 @dataclass
 class Targets:
@@ -346,13 +373,34 @@ def _base_url(url: str) -> str:
 
 
 def command(
-    api: Annotated[Optional[str], typer.Option("--api", help="API/dashboard URL (default from api.host/api.port)")] = None,
-    collector: Annotated[Optional[str], typer.Option("--collector", help="Collector URL, with or without /collect (default from collector.host/port)")] = None,
-    kafka: Annotated[Optional[str], typer.Option("--kafka", help="Kafka bootstrap servers host:port,... (default kafka.bootstrap_servers, else the embedded broker)")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (else $IS_TELEMETRY_CONFIG, else ./is-telemetry.yml if present)")] = None,
+    api: Annotated[
+        Optional[str], typer.Option("--api", help="API/dashboard URL (default from api.host/api.port)")
+    ] = None,
+    collector: Annotated[
+        Optional[str],
+        typer.Option("--collector", help="Collector URL, with or without /collect (default from collector.host/port)"),
+    ] = None,
+    kafka: Annotated[
+        Optional[str],
+        typer.Option(
+            "--kafka",
+            help="Kafka bootstrap servers host:port,... (default kafka.bootstrap_servers, else the embedded broker)",
+        ),
+    ] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config", "-c", help="YAML config file (else $IS_TELEMETRY_CONFIG, else ./is-telemetry.yml if present)"
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.5, help="Seconds each check may take")] = 5.0,
-    max_lag: Annotated[Optional[int], typer.Option("--max-lag", min=0, help="Count a lag above this many records as unhealthy")] = None,
-    sink_metrics: Annotated[Optional[str], typer.Option("--sink-metrics", help="/metrics URL of the process that writes ClickHouse (default: the API's)")] = None,
+    max_lag: Annotated[
+        Optional[int], typer.Option("--max-lag", min=0, help="Count a lag above this many records as unhealthy")
+    ] = None,
+    sink_metrics: Annotated[
+        Optional[str],
+        typer.Option("--sink-metrics", help="/metrics URL of the process that writes ClickHouse (default: the API's)"),
+    ] = None,
 ) -> None:
     """One screen: each component's health, the processors' lag, the last ClickHouse write and today's counts."""
     from is_telemetry.config import load_settings
@@ -364,9 +412,17 @@ def command(
         raise typer.Exit(2) from exc
     api_url = _base_url(api or f"http://{_client_host(s.api.host)}:{s.api.port}")
     collector_url = _base_url(collector or f"http://{_client_host(s.collector.host)}:{s.collector.port}")
-    targets = Targets(api=api_url, collector=collector_url, bootstrap=kafka or s.bootstrap_servers,
-                      raw_topic=s.kafka.raw_topic, group=s.processors.group_id, snapshots_topic=s.kafka.snapshots_topic,
-                      sink_group=s.processors.sink_group_id, token=s.api.token, sink_metrics=sink_metrics or "")
+    targets = Targets(
+        api=api_url,
+        collector=collector_url,
+        bootstrap=kafka or s.bootstrap_servers,
+        raw_topic=s.kafka.raw_topic,
+        group=s.processors.group_id,
+        snapshots_topic=s.kafka.snapshots_topic,
+        sink_group=s.processors.sink_group_id,
+        token=s.api.token,
+        sink_metrics=sink_metrics or "",
+    )
     report = collect(targets, timeout, max_lag)
     render(report, typer.echo)
     raise typer.Exit(0 if not report.unhealthy() else 1)

@@ -97,8 +97,9 @@ class FaustRewinder:
         return out
 
 
-async def take_bodies(stream: Any, max_bodies: int, within: float, idle: float,
-                      weight: Callable[[Any], int]) -> AsyncIterator[list[Any]]:
+async def take_bodies(
+    stream: Any, max_bodies: int, within: float, idle: float, weight: Callable[[Any], int]
+) -> AsyncIterator[list[Any]]:
     """faust's `Stream.noack_take` (faust/streams.py) with a batch measured in bodies, not records, and ended early
     when the stream goes quiet: a batch is yielded once it holds `max_bodies` bodies (`weight(event)`: how many an
     event carries), `within` seconds after its first event, or after `idle` seconds without a new event (the end of
@@ -133,7 +134,7 @@ async def take_bodies(stream: Any, max_bodies: int, within: float, idle: float,
                 await stream.wait(consumed)  # never more than one batch buffered
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - as faust's take: the stream crashes with it
+        except Exception as exc:
             stream.log.exception("Error adding to take buffer: %r", exc)
             await stream.crash(exc)
         return value
@@ -185,13 +186,20 @@ class Worker(faust.Worker):
     def _stop_timed_out(self) -> None:
         logging.getLogger(__name__).error(
             "the worker did not stop within %.0fs of the signal (is Kafka reachable?); exiting now: records not yet "
-            "stored were not committed and will be read again", self.stop_timeout_s)
+            "stored were not committed and will be read again",
+            self.stop_timeout_s,
+        )
         logging.shutdown()
         os._exit(1)
 
 
-def run_faust(app: faust.App, settings: Settings, services: Sequence[Service] = (),
-              on_stopped: Callable[[], None] | None = None, log_level: str = "warning") -> int:
+def run_faust(
+    app: faust.App,
+    settings: Settings,
+    services: Sequence[Service] = (),
+    on_stopped: Callable[[], None] | None = None,
+    log_level: str = "warning",
+) -> int:
     """Run a faust app as a worker, with `services` beside it, until SIGTERM/SIGINT (graceful, bounded by
     processors.stop_timeout_s); `on_stopped` runs once the worker has stopped (closing what the app wrote to)."""
     worker = Worker(app, *services, loglevel=log_level.upper(), quiet=True, override_logging=False)

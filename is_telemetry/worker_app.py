@@ -40,12 +40,19 @@ class ApiService(Service):
         await asyncio.get_running_loop().run_in_executor(None, self.api.stop, 5.0)
 
 
-def checkpoint(settings: Settings, store: ClickHouseStore, rollups: Rollups, rewinder: FaustRewinder,
-               ack: Ack) -> Checkpoint:
+def checkpoint(
+    settings: Settings, store: ClickHouseStore, rollups: Rollups, rewinder: FaustRewinder, ack: Ack
+) -> Checkpoint:
     """The sink: roll a batch up (processors/rollup.py), write it to `store`, then acknowledge its events."""
-    return Checkpoint(store, preparer(rollups, store),
-                      needs_io=lambda parts: bool(rollups.missing(p.partition for p in parts)),
-                      on_rewind=rollups.drop, rewinder=rewinder, ack=ack, deadline_s=settings.clickhouse.retry_s)
+    return Checkpoint(
+        store,
+        preparer(rollups, store),
+        needs_io=lambda parts: bool(rollups.missing(p.partition for p in parts)),
+        on_rewind=rollups.drop,
+        rewinder=rewinder,
+        ack=ack,
+        deadline_s=settings.clickhouse.retry_s,
+    )
 
 
 def in_process_sink(settings: Settings, store: ClickHouseStore) -> SinkFactory:
@@ -55,8 +62,9 @@ def in_process_sink(settings: Settings, store: ClickHouseStore) -> SinkFactory:
 
 def open_store(settings: Settings) -> ClickHouseStore:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days,
-                           settings.clickhouse.retry_s).open()
+    return ClickHouseStore(
+        settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days, settings.clickhouse.retry_s
+    ).open()
 
 
 def _services(settings: Settings, serve_api: bool, log_level: str) -> list[Service]:
@@ -97,9 +105,11 @@ def run_sink(settings: Settings, serve_api: bool = False, log_level: str = "warn
     partitions_total = topic_partitions(settings, k.raw_topic)
     snapshot_partitions = topic_partitions(settings, k.snapshots_topic)
     if snapshot_partitions != partitions_total:
-        raise SystemExit(f"the snapshots topic {k.snapshots_topic!r} has {snapshot_partitions} partitions and the raw "
-                         f"topic {k.raw_topic!r} {partitions_total}: they must be equal (one snapshots partition per "
-                         "source partition)")
+        raise SystemExit(
+            f"the snapshots topic {k.snapshots_topic!r} has {snapshot_partitions} partitions and the raw "
+            f"topic {k.raw_topic!r} {partitions_total}: they must be equal (one snapshots partition per "
+            "source partition)"
+        )
     store = open_store(settings)
     store.check_partitions(partitions_total, k.raw_topic)
     app = faust_app(settings.processors.sink_group_id, settings)

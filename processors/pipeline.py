@@ -89,19 +89,26 @@ def _reject(out: Outcome, r: RawRecord, reason: str, message: str) -> None:
     received = r.received_at_ms
     out.rejected[reason] += 1
     out.rejections.append(rejection_row(reason, message, r.value, received, r.topic, r.partition, r.offset, r.index))
-    out.dead_letters.append(DeadLetter(key=None, value=r.value, headers=[
-        ("reason", reason.encode()),
-        ("message", message.encode("utf-8", "replace")),
-        ("source_topic", r.topic.encode()),
-        ("source_partition", str(r.partition).encode()),
-        ("source_offset", str(r.offset).encode()),
-        ("source_index", str(r.index).encode()),
-        (HEADER_RECEIVED_AT, str(received).encode()),
-    ]))
+    out.dead_letters.append(
+        DeadLetter(
+            key=None,
+            value=r.value,
+            headers=[
+                ("reason", reason.encode()),
+                ("message", message.encode("utf-8", "replace")),
+                ("source_topic", r.topic.encode()),
+                ("source_partition", str(r.partition).encode()),
+                ("source_offset", str(r.offset).encode()),
+                ("source_index", str(r.index).encode()),
+                (HEADER_RECEIVED_AT, str(received).encode()),
+            ],
+        )
+    )
 
 
-def process(records: list[RawRecord], partitions: int, dedup: Dedup | None = None,
-            plausibility_limit: int = 10**9) -> Outcome:
+def process(
+    records: list[RawRecord], partitions: int, dedup: Dedup | None = None, plausibility_limit: int = 10**9
+) -> Outcome:
     """Validate `records`; `partitions` is the raw topic's partition count (for the one-UID-one-partition check);
     `dedup` drops exact re-sends early (workers that publish rows for a separate sink)."""
     out = Outcome()

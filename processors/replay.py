@@ -24,8 +24,9 @@ class Store(StateSource, Protocol):
 
 
 class Replayer:
-    def __init__(self, store: Store, partitions_total: int = 8, state_days: int = 3,
-                 plausibility_limit: int = 10**9) -> None:
+    def __init__(
+        self, store: Store, partitions_total: int = 8, state_days: int = 3, plausibility_limit: int = 10**9
+    ) -> None:
         self.store, self.partitions_total, self.plausibility_limit = store, partitions_total, plausibility_limit
         self.rollups = Rollups(state_days, partitions_total)
         self.next_offset: dict[int, int] = {}
@@ -48,5 +49,6 @@ class Replayer:
                 offset = self.next_offset.get(p, 0)
                 self.next_offset[p] = offset + 1
                 headers = dict(r.headers)
-                records.append(RawRecord(topic, p, offset, int(headers.get("received_at_ms", b"0")), headers, r.value,
-                                         r.key))
+                records.append(
+                    RawRecord(topic, p, offset, int(headers.get("received_at_ms", b"0")), headers, r.value, r.key)
+                )

@@ -32,12 +32,30 @@ from operator import attrgetter
 from typing import Protocol
 
 from is_telemetry.rows import (
-    COUNT_COLUMNS, MAP_COLUMNS, Batch, PartitionBatch, RejectionRow, RollupRow, SnapshotRow, datetime_to_ms, position,
+    COUNT_COLUMNS,
+    MAP_COLUMNS,
+    Batch,
+    PartitionBatch,
+    RejectionRow,
+    RollupRow,
+    SnapshotRow,
+    datetime_to_ms,
+    position,
 )
 
 # Count fields of a snapshot that are summed (the rest of COUNT_COLUMNS are counts of deployments/installs).
-SUMMED = ("gateways", "end_devices", "active_end_devices", "active_last_day", "active_last_week", "active_last_month",
-          "applications", "users_standard", "users_admin", "organizations")
+SUMMED = (
+    "gateways",
+    "end_devices",
+    "active_end_devices",
+    "active_last_day",
+    "active_last_week",
+    "active_last_month",
+    "applications",
+    "users_standard",
+    "users_admin",
+    "organizations",
+)
 _summed = attrgetter(*SUMMED)
 _HEAD = struct.Struct("<QQQBIIII")  # received ms, position, body hash, flags, 4 string ids
 _NARROW = struct.Struct("<10I")
@@ -158,10 +176,13 @@ class PartitionRollup:
             flags |= _WIDE_FLAG
         ids = (s.id(row.version_major_minor), s.id(row.operating_system), s.id(row.arch), s.id(row.golang_version))
         plan_ids = [(s.id(k), v) for k, v in plans.items()]
-        entry = (_HEAD.pack(row.received_at_ms, row.position, h, flags, *ids)
-                 + (_WIDE if wide else _NARROW).pack(*counts)
-                 + struct.pack(f"<I{2 * len(plan_ids)}{'Q' if wide else 'I'}", len(plan_ids),
-                               *(x for pair in plan_ids for x in pair)))
+        entry = (
+            _HEAD.pack(row.received_at_ms, row.position, h, flags, *ids)
+            + (_WIDE if wide else _NARROW).pack(*counts)
+            + struct.pack(
+                f"<I{2 * len(plan_ids)}{'Q' if wide else 'I'}", len(plan_ids), *(x for pair in plan_ids for x in pair)
+            )
+        )
         if state is not None:
             self._contribute(state, flags, ids, counts, plan_ids, +1)
         return entry
@@ -177,8 +198,15 @@ class PartitionRollup:
         flat = struct.unpack_from(f"<{2 * n_plans}{'Q' if wide else 'I'}", entry, offset + 4)
         self._contribute(state, flags, ids, counts, list(zip(flat[::2], flat[1::2])), sign)
 
-    def _contribute(self, state: DayRollup, flags: int, ids: Sequence[int], counts: Sequence[int],
-                    plans: list[tuple[int, int]], sign: int) -> None:
+    def _contribute(
+        self,
+        state: DayRollup,
+        flags: int,
+        ids: Sequence[int],
+        counts: Sequence[int],
+        plans: list[tuple[int, int]],
+        sign: int,
+    ) -> None:
         c, m, strings = state.counts, state.maps, self.strings.strings
         version, os_, arch, go = ids
         if flags & _IS:
@@ -239,14 +267,22 @@ class PartitionRollup:
         """The aggregate row of `day` (held in the window) as the state stands, for the sink to write."""
         state = self.days[day.toordinal()]
         maps = {name: {k: v[0] for k, v in m.items()} for name, m in zip(MAP_COLUMNS, state.maps)}
-        return RollupRow(day, self.partition, self.next_version(), computed_at or datetime.now(UTC), *state.counts,
-                         **maps, rejected_by_reason=dict(state.rejected))
+        return RollupRow(
+            day,
+            self.partition,
+            self.next_version(),
+            computed_at or datetime.now(UTC),
+            *state.counts,
+            **maps,
+            rejected_by_reason=dict(state.rejected),
+        )
 
     def uid_days(self) -> int:
         return sum(len(s.uids) for s in self.days.values())
 
 
 # -- rebuilding from the truth ------------------------------------------------------------------------------------
+
 
 class StateSource(Protocol):
     """Where a partition's state comes from when it is taken on: ClickHouse (sinks/clickhouse.py)."""
@@ -257,7 +293,9 @@ class StateSource(Protocol):
 
     def allocate_generation(self) -> int: ...
 
-    def latest_snapshots(self, partitions: list[int], partitions_total: int, since: date) -> Iterator[tuple[SnapshotRow, int]]:
+    def latest_snapshots(
+        self, partitions: list[int], partitions_total: int, since: date
+    ) -> Iterator[tuple[SnapshotRow, int]]:
         """(row, body hash) of the latest snapshot of every UID-day from `since` whose UID the partitions own, with
         `source_partition` set to the owning partition (`kafkaMurmurHash(uid) % partitions_total`)."""
         ...

@@ -7,8 +7,8 @@ gives the same answer.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from datetime import UTC, date, datetime
+from functools import lru_cache
 
 import orjson
 
@@ -31,8 +31,15 @@ def day_of(received_at_ms: int) -> date:
     return datetime.fromtimestamp(received_at_ms / 1000, tz=UTC).date()
 
 
-def snapshot_row(message: TelemetryMessage, body: bytes, received_at_ms: int, partition: int, offset: int,
-                 flags: list[str], index: int = 0) -> SnapshotRow:
+def snapshot_row(
+    message: TelemetryMessage,
+    body: bytes,
+    received_at_ms: int,
+    partition: int,
+    offset: int,
+    flags: list[str],
+    index: int = 0,
+) -> SnapshotRow:
     os_ = message.os
     received_at = ms_to_datetime(received_at_ms)
     row = SnapshotRow(
@@ -72,8 +79,9 @@ def snapshot_row(message: TelemetryMessage, body: bytes, received_at_ms: int, pa
     return row
 
 
-def rejection_row(reason: str, message: str, body: bytes, received_at_ms: int, topic: str, partition: int,
-                  offset: int, index: int = 0) -> RejectionRow:
+def rejection_row(
+    reason: str, message: str, body: bytes, received_at_ms: int, topic: str, partition: int, offset: int, index: int = 0
+) -> RejectionRow:
     received_at = ms_to_datetime(received_at_ms)
     return RejectionRow(
         day=received_at.date(),

@@ -39,8 +39,15 @@ class Rejection:
 
 # When several problems exist, the first of these in order names the message's reason.
 _PRECEDENCE = [
-    Reason.NOT_JSON, Reason.NOT_OBJECT, Reason.MISSING_FIELD, Reason.WRONG_TYPE, Reason.FRACTIONAL,
-    Reason.NEGATIVE, Reason.OUT_OF_RANGE, Reason.KIND_AMBIGUOUS, Reason.BAD_UID,
+    Reason.NOT_JSON,
+    Reason.NOT_OBJECT,
+    Reason.MISSING_FIELD,
+    Reason.WRONG_TYPE,
+    Reason.FRACTIONAL,
+    Reason.NEGATIVE,
+    Reason.OUT_OF_RANGE,
+    Reason.KIND_AMBIGUOUS,
+    Reason.BAD_UID,
 ]
 
 
@@ -81,7 +88,9 @@ def validate(body: bytes, plausibility_limit: int = 10**9) -> TelemetryMessage |
     if message.entities_count is not None:
         for name, value in message.entities_count.counts().items():
             if value > plausibility_limit:
-                return Rejection(Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}")
+                return Rejection(
+                    Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"
+                )
     return message
 
 

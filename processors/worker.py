@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import faust
 
-from is_telemetry.config import Settings
 from is_telemetry import gctuning
+from is_telemetry.config import Settings
 from is_telemetry.envelope import EnvelopeError, bodies_in, is_batch, unpack
 from is_telemetry.kafka import HEADER_USER_AGENT
 from is_telemetry.rows import PartitionBatch, encode_payload
@@ -56,8 +56,12 @@ def records_of(event: Any) -> list[RawRecord]:
     except EnvelopeError as exc:
         return [RawRecord(m.topic, m.partition, m.offset, timestamp_ms, headers, value[:4096], key, error=str(exc))]
     # a frame's receive time is its record's timestamp here (RawRecord.received_at_ms reads it when no header says)
-    return [RawRecord(m.topic, m.partition, m.offset, f.received_at_ms, {HEADER_USER_AGENT: f.user_agent}, f.body,
-                      None, i, True) for i, f in enumerate(frames)]
+    return [
+        RawRecord(
+            m.topic, m.partition, m.offset, f.received_at_ms, {HEADER_USER_AGENT: f.user_agent}, f.body, None, i, True
+        )
+        for i, f in enumerate(frames)
+    ]
 
 
 def partition_batches(records: Sequence[RawRecord], outcome: Outcome) -> list[PartitionBatch]:
@@ -87,8 +91,9 @@ class BatchSink(Protocol):
 
     def first_seen(self, partition: int, position: int) -> None: ...
 
-    async def submit(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]],
-                     bodies: int | None = None) -> None: ...
+    async def submit(
+        self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]], bodies: int | None = None
+    ) -> None: ...
 
     async def drain(self) -> None: ...
 
@@ -153,15 +158,21 @@ class Processors:
                 with contextlib.suppress(Exception):
                     await self.checkpoint.drain()
 
-    async def _send(self, topic: Any, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Awaitable[Any]:
+    async def _send(
+        self, topic: Any, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> Awaitable[Any]:
         """Publish now (not attached to a commit) and return the delivery future."""
         return await topic.send(key=key, value=value, headers=headers, force=True)
 
     async def handle(self, events: list[Any]) -> None:
         with gctuning.paused():  # every row stays alive until written: no collector passes over them meanwhile
             records = [r for e in events for r in records_of(e)]
-            outcome = process(records, self.partitions_total, None if self.checkpoint else self.dedup,
-                              self.settings.processors.plausibility_limit)
+            outcome = process(
+                records,
+                self.partitions_total,
+                None if self.checkpoint else self.dedup,
+                self.settings.processors.plausibility_limit,
+            )
         metrics.RECORDS.inc(len(records))
         metrics.BATCH_SIZE.observe(len(records))
         sends = [await self._send(self.deadletter, dl.key, dl.value, dl.headers) for dl in outcome.dead_letters]
@@ -179,14 +190,18 @@ class Processors:
             await self.publish(parts, events, sends, len(records))
         self._observe_lag(records)
 
-    async def publish(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]],
-                      bodies: int) -> None:
+    async def publish(
+        self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]], bodies: int
+    ) -> None:
         """Separate sink process: one snapshots-topic record per batch and source partition, in that partition."""
         for part in parts:
             if part.snapshots or part.rejections:
                 payload = encode_payload(part.snapshots, part.rejections)
-                sends.append(await self.snapshots.send(key=str(part.partition).encode(), value=payload,
-                                                        partition=part.partition, force=True))
+                sends.append(
+                    await self.snapshots.send(
+                        key=str(part.partition).encode(), value=payload, partition=part.partition, force=True
+                    )
+                )
         try:
             for send in sends:
                 await send

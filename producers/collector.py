@@ -70,6 +70,7 @@ _ENDPOINTS = frozenset({COLLECT_PATH, "/healthz", "/readyz", "/metrics"})
 
 # ---------------------------------------------------------------------------------------------- errors
 
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps({"error": code, "message": message})
     return Response(body, status_code=status, media_type=_JSON, headers=headers)
@@ -85,8 +86,10 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    message = {404: f"no such endpoint: {request.url.path} (telemetry goes to POST {COLLECT_PATH})",
-               405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    message = {
+        404: f"no such endpoint: {request.url.path} (telemetry goes to POST {COLLECT_PATH})",
+        405: f"method {request.method} not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
 
@@ -97,30 +100,49 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 # --------------------------------------------------------------------------------------------- metrics
 
+
 class Metrics:
     """The collector's Prometheus metrics, in a registry of their own (one per app)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("collector_requests", "HTTP requests answered, by endpoint and status code",
-                                ["endpoint", "code"], registry=r)
-        self.body_bytes = Histogram("collector_body_bytes", "Sizes of POST /collect bodies read in full",
-                                    buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144),
-                                    registry=r)
-        self.published = Counter("collector_records_published", "Bodies acknowledged by Kafka (alone or in a batch "
-                                 "record)", registry=r)
-        self.batch_bodies = Histogram("collector_batch_bodies", "Bodies per many-bodies Kafka record",
-                                      buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=r)
+        self.requests = Counter(
+            "collector_requests",
+            "HTTP requests answered, by endpoint and status code",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.body_bytes = Histogram(
+            "collector_body_bytes",
+            "Sizes of POST /collect bodies read in full",
+            buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144),
+            registry=r,
+        )
+        self.published = Counter(
+            "collector_records_published", "Bodies acknowledged by Kafka (alone or in a batch record)", registry=r
+        )
+        self.batch_bodies = Histogram(
+            "collector_batch_bodies",
+            "Bodies per many-bodies Kafka record",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
+        )
         self.published_bytes = Counter("collector_published_bytes", "Body bytes acknowledged by Kafka", registry=r)
-        self.publish_seconds = Histogram("collector_publish_seconds", "Kafka publish latency (send to ack)",
-                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
-                                         registry=r)
-        self.kafka_errors = Counter("collector_kafka_errors", "Publishes answered 503, by reason "
-                                    "(timeout | error | not_ready)", ["reason"], registry=r)
+        self.publish_seconds = Histogram(
+            "collector_publish_seconds",
+            "Kafka publish latency (send to ack)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.kafka_errors = Counter(
+            "collector_kafka_errors",
+            "Publishes answered 503, by reason (timeout | error | not_ready)",
+            ["reason"],
+            registry=r,
+        )
         self.in_flight = Gauge("collector_in_flight_requests", "HTTP requests being handled", registry=r)
-        self.kafka_ready = Gauge("collector_kafka_producer_ready", "1 once the Kafka producer is connected",
-                                 registry=r)
+        self.kafka_ready = Gauge("collector_kafka_producer_ready", "1 once the Kafka producer is connected", registry=r)
         self._children: dict[tuple[str, int], Any] = {}
         for reason in ("timeout", "error", "not_ready"):
             self.kafka_errors.labels(reason)
@@ -161,6 +183,7 @@ class _Instrument:
 
 
 # ------------------------------------------------------------------------------------- Kafka plumbing
+
 
 def _timeouts_ms(settings: Settings) -> tuple[int, int]:
     """(publish, request) timeouts in ms."""
@@ -248,15 +271,19 @@ class Publisher:
         threading.Thread(target=run, name="collector-connect", daemon=True).start()
         try:
             await asyncio.wait_for(self._connected.wait(), min(wait_s, self.timeout_s))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("Kafka at %s not reachable yet; answering 503 until it is", self.settings.bootstrap_servers)
 
     def _connect_loop(self) -> Any:
         """The producer, created once Kafka answers (retried with backoff); None if stop() came first."""
         servers = self.settings.bootstrap_servers
         try:
-            p = with_retries(lambda: make_producer(servers, **producer_overrides(self.settings)),
-                             CONNECT_RETRY, self._stopping, retry_on(KafkaError, OSError, what=f"Kafka at {servers}"))
+            p = with_retries(
+                lambda: make_producer(servers, **producer_overrides(self.settings)),
+                CONNECT_RETRY,
+                self._stopping,
+                retry_on(KafkaError, OSError, what=f"Kafka at {servers}"),
+            )
         except Stopped:
             return None
         if self._stopping.is_set():
@@ -303,8 +330,14 @@ class Publisher:
         close_producer(p, timeout_s, self.delivery_timeout_s + 1.0)
 
     # -- publishing -------------------------------------------------------------------------------
-    async def _send(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]], timestamp_ms: int,
-                    partition: int | None = None) -> asyncio.Future[Any]:
+    async def _send(
+        self,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+        partition: int | None = None,
+    ) -> asyncio.Future[Any]:
         """Hand one record to the producer; the returned future resolves when Kafka acknowledged it (acks=all)."""
         p = self.producer
         if p is None:
@@ -312,8 +345,9 @@ class Publisher:
             raise _unavailable("the Kafka producer is not connected yet")
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[Any] = loop.create_future()
-        send = partial(p.send, self.topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms,
-                       partition=partition)
+        send = partial(
+            p.send, self.topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms, partition=partition
+        )
 
         def on_success(metadata: Any) -> None:
             try:
@@ -382,17 +416,22 @@ class Publisher:
         if batch.timer is not None:
             batch.timer.cancel()
         self.metrics.batch_bodies.observe(len(batch.frames))
-        headers = [(HEADER_FORMAT, BATCH_FORMAT), (HEADER_SOURCE, SOURCE.encode()),
-                   ("bodies", str(len(batch.frames)).encode())]
-        task = asyncio.ensure_future(self._send(pack(batch.frames), None, headers, batch.frames[0].received_at_ms,
-                                                partition))
+        headers = [
+            (HEADER_FORMAT, BATCH_FORMAT),
+            (HEADER_SOURCE, SOURCE.encode()),
+            ("bodies", str(len(batch.frames)).encode()),
+        ]
+        task = asyncio.ensure_future(
+            self._send(pack(batch.frames), None, headers, batch.frames[0].received_at_ms, partition)
+        )
 
         def sent(t: asyncio.Future[Any]) -> None:
             if t.cancelled() or t.exception() is not None:
                 _resolve(batch.done, None, t.exception() if not t.cancelled() else asyncio.CancelledError())
                 return
-            t.result().add_done_callback(lambda acked: _resolve(
-                batch.done, None if acked.exception() else acked.result(), acked.exception()))
+            t.result().add_done_callback(
+                lambda acked: _resolve(batch.done, None if acked.exception() else acked.result(), acked.exception())
+            )
 
         task.add_done_callback(sent)
 
@@ -442,6 +481,7 @@ def _resolve(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) ->
 
 
 # ------------------------------------------------------------------------------------------- endpoints
+
 
 def _check_media_type(content_type: str | None) -> None:
     """TTS sends `application/json`. Parameters (charset) are ignored; a missing header is accepted."""
@@ -494,8 +534,11 @@ def create_app(settings: Settings, producer: Any = None) -> Starlette:
     async def readyz(request: Request) -> Response:
         if await publisher.ready():
             return Response(b'{"status":"ready"}', media_type=_JSON)
-        reason = "the Kafka producer is not connected" if publisher.producer is None else \
-            f"Kafka at {settings.bootstrap_servers} does not answer"
+        reason = (
+            "the Kafka producer is not connected"
+            if publisher.producer is None
+            else f"Kafka at {settings.bootstrap_servers} does not answer"
+        )
         return error_response(503, "kafka_unavailable", reason, {"Retry-After": str(RETRY_AFTER_S)})
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -528,6 +571,7 @@ def create_app(settings: Settings, producer: Any = None) -> Starlette:
 
 
 # ------------------------------------------------------------------------------------------- serving
+
 
 class CollectorServer(uvicorn.Server):
     """uvicorn.Server that prints its URL once listening and exits normally after SIGTERM/Ctrl-C.
@@ -613,8 +657,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=None, help="0 = any free port (printed when listening)")
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args(argv)
-    settings = load_settings(args.config, kafka={"bootstrap_servers": args.kafka},
-                             collector={"host": args.host, "port": args.port})
+    settings = load_settings(
+        args.config, kafka={"bootstrap_servers": args.kafka}, collector={"host": args.host, "port": args.port}
+    )
     setup_logging(args.log_level)
     serve(settings, log_level=args.log_level)
 

@@ -29,9 +29,18 @@ FACTOR = 10  # day-over-day jump factor
 JUMP_FLOOR = 100  # a jump needs the larger of the two figures to be at least this
 #: docs/analysts.md, "Regions": plan ID prefix -> region; other plans are in "other".
 REGION_PREFIXES = [
-    ("EU_863_870", "EU868"), ("EU_433", "EU433"), ("US_902_928", "US915"), ("AU_915_928", "AU915"),
-    ("AS_923", "AS923"), ("AS_920_923", "AS923"), ("CN_470_510", "CN470"), ("CN_779_787", "CN779"),
-    ("IN_865_867", "IN865"), ("KR_920_923", "KR920"), ("RU_864_870", "RU864"), ("ISM_2400", "ISM2400"),
+    ("EU_863_870", "EU868"),
+    ("EU_433", "EU433"),
+    ("US_902_928", "US915"),
+    ("AU_915_928", "AU915"),
+    ("AS_923", "AS923"),
+    ("AS_920_923", "AS923"),
+    ("CN_470_510", "CN470"),
+    ("CN_779_787", "CN779"),
+    ("IN_865_867", "IN865"),
+    ("KR_920_923", "KR920"),
+    ("RU_864_870", "RU864"),
+    ("ISM_2400", "ISM2400"),
 ]
 BUCKETS = [0, 1, 10, 100, 1000, 10000]
 JUMP_METRICS = ["end_devices", "gateways", "applications", "users", "organizations"]
@@ -99,12 +108,27 @@ class Snap:
 
     def jump_figures(self) -> dict[str, int]:
         c = self.counts
-        return {"end_devices": c["end_devices"], "gateways": self.gateways_effective, "applications": c["applications"],
-                "users": c["users_standard"] + c["users_admin"], "organizations": c["organizations"]}
+        return {
+            "end_devices": c["end_devices"],
+            "gateways": self.gateways_effective,
+            "applications": c["applications"],
+            "users": c["users_standard"] + c["users_admin"],
+            "organizations": c["organizations"],
+        }
 
 
-_SUMS = ["gateways", "end_devices", "active_end_devices", "active_last_day", "active_last_week", "active_last_month",
-         "applications", "users_standard", "users_admin", "organizations"]
+_SUMS = [
+    "gateways",
+    "end_devices",
+    "active_end_devices",
+    "active_last_day",
+    "active_last_week",
+    "active_last_month",
+    "applications",
+    "users_standard",
+    "users_admin",
+    "organizations",
+]
 
 
 def _snap(day: date, m: Any) -> Snap:
@@ -115,18 +139,39 @@ def _snap(day: date, m: Any) -> Snap:
     inconsistent = False
     if ec is not None:
         a = ec.end_devices.activate_end_devices
-        counts.update(gateways=ec.gateways.total, end_devices=ec.end_devices.total, active_end_devices=a.total,
-                      active_last_day=a.last_day, active_last_week=a.last_week, active_last_month=a.last_month,
-                      applications=ec.applications.total, users_standard=ec.accounts.users.standard,
-                      users_admin=ec.accounts.users.admin, organizations=ec.accounts.organizations.total)
+        counts.update(
+            gateways=ec.gateways.total,
+            end_devices=ec.end_devices.total,
+            active_end_devices=a.total,
+            active_last_day=a.last_day,
+            active_last_week=a.last_week,
+            active_last_month=a.last_month,
+            applications=ec.applications.total,
+            users_standard=ec.accounts.users.standard,
+            users_admin=ec.accounts.users.admin,
+            organizations=ec.accounts.organizations.total,
+        )
         plans = dict(ec.gateways.gateways_by_frequency_plan_id)
-        inconsistent = (a.last_day > a.last_week or a.last_week > a.last_month or a.last_month > a.total
-                        or a.total > ec.end_devices.total)
+        inconsistent = (
+            a.last_day > a.last_week
+            or a.last_week > a.last_month
+            or a.last_month > a.total
+            or a.total > ec.end_devices.total
+        )
     binary_version = os_.binary_version if os_ else ""
-    return Snap(day=day, uid=m.uid, kind="is" if ec is not None else "cli",
-                version=version_of(binary_version) if os_ else "unknown", dev="-dev" in binary_version,
-                operating_system=os_.operating_system if os_ else "", arch=os_.arch if os_ else "",
-                counts=counts, plans=plans, inconsistent=inconsistent, commands=tuple(commands_of(m.cli)))
+    return Snap(
+        day=day,
+        uid=m.uid,
+        kind="is" if ec is not None else "cli",
+        version=version_of(binary_version) if os_ else "unknown",
+        dev="-dev" in binary_version,
+        operating_system=os_.operating_system if os_ else "",
+        arch=os_.arch if os_ else "",
+        counts=counts,
+        plans=plans,
+        inconsistent=inconsistent,
+        commands=tuple(commands_of(m.cli)),
+    )
 
 
 @dataclass
@@ -198,8 +243,11 @@ def carried_fleet(snaps: Snapshots, lookback: int = LOOKBACK) -> list[dict[str, 
     rows = []
     for day in snaps.days:
         is_ = snaps.carried(day, "is", lookback)
-        row: dict[str, Any] = {"day": day.isoformat(), "deployments": len(is_),
-                               "cli_installs": len(snaps.carried(day, "cli", lookback))}
+        row: dict[str, Any] = {
+            "day": day.isoformat(),
+            "deployments": len(is_),
+            "cli_installs": len(snaps.carried(day, "cli", lookback)),
+        }
         for name in _SUMS:
             row[name] = sum(s.counts[name] for s in is_)
         row["default_uid_deployments"] = sum(s.default_uid for s in is_)
@@ -211,11 +259,23 @@ def carried_fleet(snaps: Snapshots, lookback: int = LOOKBACK) -> list[dict[str, 
 def fleet_size(snaps: Snapshots) -> list[dict[str, Any]]:
     rows = []
     for day in snaps.days:
-        for dimension, size in (("gateways", lambda s: s.gateways_effective), ("end_devices", lambda s: s.counts["end_devices"])):
+        for dimension, size in (
+            ("gateways", lambda s: s.gateways_effective),
+            ("end_devices", lambda s: s.counts["end_devices"]),
+        ):
             carried = Counter(bucket_of(size(s)) for s in snaps.carried(day, "is", LOOKBACK))
             reported = Counter(bucket_of(size(s)) for s in snaps.reported(day, "is"))
-            rows += [{"day": day.isoformat(), "dimension": dimension, "bucket_min": b, "bucket": bucket_label(b),
-                      "deployments": reported[b], "deployments_carried": n} for b, n in carried.items()]
+            rows += [
+                {
+                    "day": day.isoformat(),
+                    "dimension": dimension,
+                    "bucket_min": b,
+                    "bucket": bucket_label(b),
+                    "deployments": reported[b],
+                    "deployments_carried": n,
+                }
+                for b, n in carried.items()
+            ]
     return rows
 
 
@@ -233,8 +293,18 @@ def regions(snaps: Snapshots) -> list[dict[str, Any]]:
     for day in snaps.days:
         dep, gw = tally(snaps.reported(day, "is"))
         dep_c, gw_c = tally(snaps.carried(day, "is", LOOKBACK))
-        rows += [{"day": day.isoformat(), "region": r, "deployments": dep[r], "gateways": gw[r],
-                  "deployments_carried": dep_c[r], "gateways_carried": gw_c[r]} for r in gw_c if gw_c[r] > 0]
+        rows += [
+            {
+                "day": day.isoformat(),
+                "region": r,
+                "deployments": dep[r],
+                "gateways": gw[r],
+                "deployments_carried": dep_c[r],
+                "gateways_carried": gw_c[r],
+            }
+            for r in gw_c
+            if gw_c[r] > 0
+        ]
     return rows
 
 
@@ -248,9 +318,17 @@ def version_adoption(snaps: Snapshots) -> list[dict[str, Any]]:
         per = Counter(s.version for s in carried)
         for v, n in per.items():
             above = sum(c for w, c in per.items() if ordinal(w) >= ordinal(v) > 0) if v != "unknown" else 0
-            rows.append({"day": day.isoformat(), "version": v, "deployments": n, "deployments_at_or_above": above,
-                         "active_deployments": len(carried), "share": _share(n, len(carried)),
-                         "share_at_or_above": _share(above, len(carried))})
+            rows.append(
+                {
+                    "day": day.isoformat(),
+                    "version": v,
+                    "deployments": n,
+                    "deployments_at_or_above": above,
+                    "active_deployments": len(carried),
+                    "share": _share(n, len(carried)),
+                    "share_at_or_above": _share(above, len(carried)),
+                }
+            )
     return rows
 
 
@@ -261,9 +339,15 @@ def version_adoption_speed(adoption: list[dict[str, Any]]) -> list[dict[str, Any
         rows = sorted((r for r in adoption if r["version"] == v and r["deployments"] > 0), key=lambda r: r["day"])
         first = rows[0]["day"]
         half = next((r["day"] for r in rows if r["deployments_at_or_above"] * 2 >= r["active_deployments"]), None)
-        out.append({"version": v, "first_seen": first, "half_on": half,
-                    "days_to_half": (date.fromisoformat(half) - date.fromisoformat(first)).days if half else None,
-                    "seen_on_first_day": first == first_day})
+        out.append(
+            {
+                "version": v,
+                "first_seen": first,
+                "half_on": half,
+                "days_to_half": (date.fromisoformat(half) - date.fromisoformat(first)).days if half else None,
+                "seen_on_first_day": first == first_day,
+            }
+        )
     return out
 
 
@@ -278,7 +362,9 @@ def versions_behind(snaps: Snapshots) -> list[dict[str, Any]]:
         top = newest(carried)
         label = f"{top // 1000}.{top % 1000}" if top else ""
         per = Counter(max(top - ordinal(s.version), 0) for s in carried if s.version != "unknown")
-        rows += [{"day": day.isoformat(), "newest_version": label, "behind": b, "deployments": n} for b, n in per.items()]
+        rows += [
+            {"day": day.isoformat(), "newest_version": label, "behind": b, "deployments": n} for b, n in per.items()
+        ]
     return rows
 
 
@@ -293,8 +379,17 @@ def deployments_behind_top(snaps: Snapshots) -> list[dict[str, Any]]:
         top = newest(carried)
         behind = [s for s in carried if s.version != "unknown" and top - ordinal(s.version) >= BEHIND_MIN]
         behind.sort(key=lambda s: (-s.counts["end_devices"], s.uid))
-        rows += [{"day": day.isoformat(), "uid": s.uid, "version": s.version, "behind": top - ordinal(s.version),
-                  "end_devices": s.counts["end_devices"], "gateways": s.gateways_effective} for s in behind[:BEHIND_TOP]]
+        rows += [
+            {
+                "day": day.isoformat(),
+                "uid": s.uid,
+                "version": s.version,
+                "behind": top - ordinal(s.version),
+                "end_devices": s.counts["end_devices"],
+                "gateways": s.gateways_effective,
+            }
+            for s in behind[:BEHIND_TOP]
+        ]
     return rows
 
 
@@ -303,9 +398,18 @@ def deployments_behind(snaps: Snapshots, day: date, min_behind: int) -> list[dic
     top = newest(carried)
     if not top:
         return []
-    return [{"day": day.isoformat(), "uid": s.uid, "source_day": s.day.isoformat(), "version": s.version,
-             "newest_version": f"{top // 1000}.{top % 1000}", "behind": max(top - ordinal(s.version), 0)}
-            for s in carried if s.version != "unknown" and max(top - ordinal(s.version), 0) >= min_behind]
+    return [
+        {
+            "day": day.isoformat(),
+            "uid": s.uid,
+            "source_day": s.day.isoformat(),
+            "version": s.version,
+            "newest_version": f"{top // 1000}.{top % 1000}",
+            "behind": max(top - ordinal(s.version), 0),
+        }
+        for s in carried
+        if s.version != "unknown" and max(top - ordinal(s.version), 0) >= min_behind
+    ]
 
 
 # -- CLI -------------------------------------------------------------------------------------------------------
@@ -316,19 +420,31 @@ def cli_active(snaps: Snapshots) -> tuple[list[dict[str, Any]], list[dict[str, A
     active_rows, command_rows = [], []
     for day in snaps.days:
         active = snaps.carried(day, "cli", CLI_LOOKBACK)
-        for dimension, value in (("version", lambda s: s.version), ("operating_system", lambda s: s.operating_system),
-                                 ("arch", lambda s: s.arch)):
+        for dimension, value in (
+            ("version", lambda s: s.version),
+            ("operating_system", lambda s: s.operating_system),
+            ("arch", lambda s: s.arch),
+        ):
             per = Counter(value(s) for s in active)
-            active_rows += [{"day": day.isoformat(), "dimension": dimension, "value": k, "installs": n}
-                            for k, n in per.items()]
+            active_rows += [
+                {"day": day.isoformat(), "dimension": dimension, "value": k, "installs": n} for k, n in per.items()
+            ]
         installs: Counter[str] = Counter()
         executions: Counter[str] = Counter()
         for s in active:
             installs.update({path for path, _n in s.commands})
             for path, n in s.commands:
                 executions[path] += n
-        command_rows += [{"day": day.isoformat(), "command_path": p, "installs": n, "executions": executions[p],
-                          "active_installs": len(active)} for p, n in installs.items()]
+        command_rows += [
+            {
+                "day": day.isoformat(),
+                "command_path": p,
+                "installs": n,
+                "executions": executions[p],
+                "active_installs": len(active),
+            }
+            for p, n in installs.items()
+        ]
     return active_rows, command_rows
 
 
@@ -346,9 +462,17 @@ def jumps(snaps: Snapshots, factor: int = FACTOR, lookback: int = LOOKBACK) -> l
             for metric in JUMP_METRICS:
                 p, c = before[metric], now[metric]
                 if max(p, c) >= JUMP_FLOOR and max(p, c) > factor * max(min(p, c), 1):
-                    rows.append({"day": day.isoformat(), "uid": cur.uid, "metric": metric,
-                                 "previous_day": prev.day.isoformat(), "previous": p, "current": c,
-                                 "factor": round(max(p, c) / max(min(p, c), 1), 2)})
+                    rows.append(
+                        {
+                            "day": day.isoformat(),
+                            "uid": cur.uid,
+                            "metric": metric,
+                            "previous_day": prev.day.isoformat(),
+                            "previous": p,
+                            "current": c,
+                            "factor": round(max(p, c) / max(min(p, c), 1), 2),
+                        }
+                    )
     return rows
 
 
@@ -357,10 +481,16 @@ def data_quality(snaps: Snapshots, jump_rows: list[dict[str, Any]]) -> list[dict
     for day in snaps.days:
         reported = snaps.reported(day, "is")
         mine = [j for j in jump_rows if j["day"] == day.isoformat()]
-        rows.append({"day": day.isoformat(), "deployments": len(reported),
-                     "default_uid_deployments": sum(s.default_uid for s in reported),
-                     "inconsistent_deployments": sum(s.inconsistent for s in reported),
-                     "jumping_deployments": len({j["uid"] for j in mine}), "jumps": len(mine)})
+        rows.append(
+            {
+                "day": day.isoformat(),
+                "deployments": len(reported),
+                "default_uid_deployments": sum(s.default_uid for s in reported),
+                "inconsistent_deployments": sum(s.inconsistent for s in reported),
+                "jumping_deployments": len({j["uid"] for j in mine}),
+                "jumps": len(mine),
+            }
+        )
     return rows
 
 
@@ -368,12 +498,21 @@ def data_quality(snaps: Snapshots, jump_rows: list[dict[str, Any]]) -> list[dict
 
 
 def lifespans(snaps: Snapshots) -> list[dict[str, Any]]:
-    return [{"kind": snaps.kind_of[uid], "uid": uid, "first_seen": ds[0].isoformat(), "last_seen": ds[-1].isoformat(),
-             "days_seen": len(ds)} for uid, ds in snaps.days_of.items()]
+    return [
+        {
+            "kind": snaps.kind_of[uid],
+            "uid": uid,
+            "first_seen": ds[0].isoformat(),
+            "last_seen": ds[-1].isoformat(),
+            "days_seen": len(ds),
+        }
+        for uid, ds in snaps.days_of.items()
+    ]
 
 
-def lifecycle(snaps: Snapshots, kind: str, gap: int = GAP, first: date | None = None,
-              last: date | None = None) -> list[dict[str, Any]]:
+def lifecycle(
+    snaps: Snapshots, kind: str, gap: int = GAP, first: date | None = None, last: date | None = None
+) -> list[dict[str, Any]]:
     """Per day with data in [first, last]: the definitions of docs/analysts.md, applied literally."""
     seen = {uid: set(ds) for uid, ds in snaps.days_of.items() if snaps.kind_of[uid] == kind}
     first_day = {uid: min(ds) for uid, ds in seen.items()}
@@ -387,21 +526,26 @@ def lifecycle(snaps: Snapshots, kind: str, gap: int = GAP, first: date | None = 
             continue
         one = timedelta(days=1)
         g = timedelta(days=gap)
-        rows.append({
-            "day": day.isoformat(),
-            "active_1d": sum(day in ds for ds in seen.values()),
-            "active_7d": sum(any_in(ds, day - 6 * one, day) for ds in seen.values()),
-            "active_30d": sum(any_in(ds, day - 29 * one, day) for ds in seen.values()),
-            "new": sum(first_day[u] == day for u in seen),
-            "returning": sum(day in ds and not any_in(ds, day - g, day - one) and first_day[u] < day - g
-                             for u, ds in seen.items()),
-            "churned": sum((day - g) in ds and not any_in(ds, day - g + one, day) for ds in seen.values()),
-        })
+        rows.append(
+            {
+                "day": day.isoformat(),
+                "active_1d": sum(day in ds for ds in seen.values()),
+                "active_7d": sum(any_in(ds, day - 6 * one, day) for ds in seen.values()),
+                "active_30d": sum(any_in(ds, day - 29 * one, day) for ds in seen.values()),
+                "new": sum(first_day[u] == day for u in seen),
+                "returning": sum(
+                    day in ds and not any_in(ds, day - g, day - one) and first_day[u] < day - g
+                    for u, ds in seen.items()
+                ),
+                "churned": sum((day - g) in ds and not any_in(ds, day - g + one, day) for ds in seen.values()),
+            }
+        )
     return rows
 
 
 def retention(snaps: Snapshots, period: str) -> list[dict[str, Any]]:
     """Cohorts by the Monday (period 'week') or first of the month ('month') of each UID's first day."""
+
     def start(d: date) -> date:
         return d - timedelta(days=d.weekday()) if period == "week" else d.replace(day=1)
 
@@ -416,14 +560,25 @@ def retention(snaps: Snapshots, period: str) -> list[dict[str, Any]]:
         for p in {start(d) for d in ds}:
             active[(kind, cohort, since(cohort, p))] += 1
     name = "weeks_since" if period == "week" else "months_since"
-    return [{"kind": k, "cohort": c.isoformat(), name: n, "cohort_size": size[(k, c)], "active": a,
-             "retention": round(a / size[(k, c)], 6)} for (k, c, n), a in active.items()]
+    return [
+        {
+            "kind": k,
+            "cohort": c.isoformat(),
+            name: n,
+            "cohort_size": size[(k, c)],
+            "active": a,
+            "retention": round(a / size[(k, c)], 6),
+        }
+        for (k, c, n), a in active.items()
+    ]
 
 
 # -- everything ------------------------------------------------------------------------------------------------
 
 
-def analyst_ground_truth(deliveries: Iterable[Sequence[Any]], plausibility_limit: int = 10**9) -> dict[str, list[dict[str, Any]]]:
+def analyst_ground_truth(
+    deliveries: Iterable[Sequence[Any]], plausibility_limit: int = 10**9
+) -> dict[str, list[dict[str, Any]]]:
     """Every named analyst view of migration 0002, as rows with the view's columns (sorted by the tests)."""
     snaps = Snapshots.of(deliveries, plausibility_limit)
     adoption = version_adoption(snaps)

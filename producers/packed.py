@@ -25,14 +25,23 @@ class Delivery(Protocol):
     body: bytes
 
 
-def send_packed(deliveries: Sequence[Delivery], bootstrap_servers: str, topic: str, bodies_per_record: int = 100,
-                source: str = "simulator", user_agent: Callable[[bytes], str] = lambda body: "",
-                progress: Callable[[int, int], None] | None = None, pack_keyless: bool = False,
-                **producer_overrides: Any) -> int:
+def send_packed(
+    deliveries: Sequence[Delivery],
+    bootstrap_servers: str,
+    topic: str,
+    bodies_per_record: int = 100,
+    source: str = "simulator",
+    user_agent: Callable[[bytes], str] = lambda body: "",
+    progress: Callable[[int, int], None] | None = None,
+    pack_keyless: bool = False,
+    **producer_overrides: Any,
+) -> int:
     """Produce `deliveries` packed per partition; returns the number of bodies acknowledged (raises on failure).
     `pack_keyless`: bodies without a key are packed too (into the partitions in turn) instead of sent alone."""
-    producer = make_producer(bootstrap_servers, **{"max_in_flight_requests_per_connection": 1,
-                                                   "client_id": f"is-telemetry-{source}", **producer_overrides})
+    producer = make_producer(
+        bootstrap_servers,
+        **{"max_in_flight_requests_per_connection": 1, "client_id": f"is-telemetry-{source}", **producer_overrides},
+    )
     try:
         n = len(producer.partitions_for(topic) or ())
         if not n:
@@ -44,15 +53,38 @@ def send_packed(deliveries: Sequence[Delivery], bootstrap_servers: str, topic: s
         def flush(partition: int) -> None:
             frames = pending.pop(partition, [])
             if frames:
-                hdrs = [(HEADER_FORMAT, BATCH_FORMAT), (HEADER_SOURCE, source.encode()), ("bodies", str(len(frames)).encode())]
-                futures.append((producer.send(topic, value=pack(frames), partition=partition, headers=hdrs,
-                                              timestamp_ms=frames[0].received_at_ms), len(frames)))
+                hdrs = [
+                    (HEADER_FORMAT, BATCH_FORMAT),
+                    (HEADER_SOURCE, source.encode()),
+                    ("bodies", str(len(frames)).encode()),
+                ]
+                futures.append(
+                    (
+                        producer.send(
+                            topic,
+                            value=pack(frames),
+                            partition=partition,
+                            headers=hdrs,
+                            timestamp_ms=frames[0].received_at_ms,
+                        ),
+                        len(frames),
+                    )
+                )
 
         for i, d in enumerate(deliveries):
             ua = user_agent(d.body)
             if d.key is None and not pack_keyless:
-                futures.append((producer.send(topic, value=d.body, timestamp_ms=d.received_at_ms,
-                                              headers=headers(d.received_at_ms, source, ua, len(d.body))), 1))
+                futures.append(
+                    (
+                        producer.send(
+                            topic,
+                            value=d.body,
+                            timestamp_ms=d.received_at_ms,
+                            headers=headers(d.received_at_ms, source, ua, len(d.body)),
+                        ),
+                        1,
+                    )
+                )
                 continue
             p = partition_of(d.key, n) if d.key is not None else i % n
             frames = pending.setdefault(p, [])

@@ -22,8 +22,20 @@ from typing import Any
 from is_telemetry.schema import TelemetryMessage
 
 #: docs/processing.md, "Validation": the reasons, in the order that names a body with several problems.
-REASONS = ("not_json", "not_object", "missing_field", "wrong_type", "fractional", "negative", "out_of_range",
-           "kind_ambiguous", "bad_uid", "implausible", "body_too_large", "bad_batch")
+REASONS = (
+    "not_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "fractional",
+    "negative",
+    "out_of_range",
+    "kind_ambiguous",
+    "bad_uid",
+    "implausible",
+    "body_too_large",
+    "bad_batch",
+)
 DEFAULT_PLAUSIBILITY_LIMIT = 10**9  # processors.plausibility_limit's documented default
 UINT64_MAX = 18_446_744_073_709_551_615  # 2^64 - 1: the largest count
 
@@ -71,12 +83,15 @@ _COUNT, _COUNT_OR_NULL, _STRING, _COUNT_MAP, _ANY_OBJECT = "count", "count or nu
 _OS = {"operating_system": _STRING, "arch": _STRING, "binary_version": _STRING, "golang_version": _STRING}
 _ENTITIES = {
     "gateways": {"total": _COUNT, "gateways_by_frequency_plan_id": _COUNT_MAP},
-    "end_devices": {"total": _COUNT,
-                    "activate_end_devices": {"total": _COUNT, "last_day": _COUNT, "last_week": _COUNT,
-                                             "last_month": _COUNT}},
+    "end_devices": {
+        "total": _COUNT,
+        "activate_end_devices": {"total": _COUNT, "last_day": _COUNT, "last_week": _COUNT, "last_month": _COUNT},
+    },
     "applications": {"total": _COUNT},
-    "accounts": {"users": {"total": _COUNT_OR_NULL, "standard": _COUNT, "admin": _COUNT},
-                 "organizations": {"total": _COUNT}},
+    "accounts": {
+        "users": {"total": _COUNT_OR_NULL, "standard": _COUNT, "admin": _COUNT},
+        "organizations": {"total": _COUNT},
+    },
 }
 _REQUIRED = ("uid",)
 

@@ -65,10 +65,17 @@ class _Pending:
 class Checkpoint:
     """Prepare, write, then acknowledge; one write in flight; pause and rewind on a lasting failure."""
 
-    def __init__(self, store: ClickHouseStore, prepare: Prepare, needs_io: Callable[[list[PartitionBatch]], bool],
-                 on_rewind: Callable[[set[int]], None], rewinder: Rewinder,
-                 ack: Callable[[Sequence[Any], int], Awaitable[None]], deadline_s: float = 30.0,
-                 backoff_s: tuple[float, float] = (2.0, 60.0)) -> None:
+    def __init__(
+        self,
+        store: ClickHouseStore,
+        prepare: Prepare,
+        needs_io: Callable[[list[PartitionBatch]], bool],
+        on_rewind: Callable[[set[int]], None],
+        rewinder: Rewinder,
+        ack: Callable[[Sequence[Any], int], Awaitable[None]],
+        deadline_s: float = 30.0,
+        backoff_s: tuple[float, float] = (2.0, 60.0),
+    ) -> None:
         self.store, self.prepare, self.needs_io, self.on_rewind = store, prepare, needs_io, on_rewind
         self.rewinder, self.ack, self.deadline_s = rewinder, ack, deadline_s
         self.backoff_s, self._backoff = backoff_s, backoff_s[0]
@@ -81,8 +88,9 @@ class Checkpoint:
         """Where a partition's reading starts (its committed offset), the first time it is seen."""
         self.written.setdefault(partition, position)
 
-    async def submit(self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]],
-                     bodies: int | None = None) -> None:
+    async def submit(
+        self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]], bodies: int | None = None
+    ) -> None:
         """Prepare this batch while the previous one is written, wait for that write, then start this one's.
         `bodies`: how many bodies the events hold (a Kafka record may hold many), for the acknowledgement."""
         pending = _Pending(parts, events, sends, len(events) if bodies is None else bodies)
@@ -138,17 +146,25 @@ class Checkpoint:
             if timeout_s is None:
                 return await asyncio.shield(task)
             return await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("a ClickHouse write did not finish within %.0fs: its records are not acknowledged and will "
-                        "be processed again", timeout_s)
+        except TimeoutError:
+            log.warning(
+                "a ClickHouse write did not finish within %.0fs: its records are not acknowledged and will "
+                "be processed again",
+                timeout_s,
+            )
             return False
 
     async def _fail(self, batches: list[_Pending], exc: BaseException) -> None:
         """Pause and rewind every partition of `batches`; resume after a back-off."""
         partitions = {p.partition for b in batches for p in b.parts}
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        log.warning("ClickHouse did not take a batch (%s): pausing partitions %s and rewinding them to the last "
-                    "written position; resuming in %.0fs", reason, sorted(partitions), self._backoff)
+        log.warning(
+            "ClickHouse did not take a batch (%s): pausing partitions %s and rewinding them to the last "
+            "written position; resuming in %.0fs",
+            reason,
+            sorted(partitions),
+            self._backoff,
+        )
         metrics.REWINDS.inc()
         self.rewinder.pause(partitions)
         self.paused |= partitions

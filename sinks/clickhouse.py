@@ -29,10 +29,20 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from is_telemetry.clickhouse_client import connect, redact
 from is_telemetry.errors import ConfigError, TelemetryError
 from is_telemetry.rows import (
-    COUNT_COLUMNS, MAP_COLUMNS, Batch, RejectionRow, RollupRow, SnapshotRow, columns, getters, ms_to_datetime, position,
+    COUNT_COLUMNS,
+    MAP_COLUMNS,
+    Batch,
+    RejectionRow,
+    RollupRow,
+    SnapshotRow,
+    columns,
+    getters,
+    ms_to_datetime,
+    position,
 )
 
 log = logging.getLogger(__name__)
+
 
 def _aggregates_sql(partition: str, where: str) -> str:
     """The day aggregates of snapshots per day and owning partition; `partition` and `where` are code constants
@@ -64,6 +74,8 @@ FROM rejections FINAL
 WHERE {where}
 GROUP BY day, source_partition
 """
+
+
 _OWNER = "kafkaMurmurHash(uid) % {n:UInt32}"  # the partition Kafka's default partitioner gives the UID
 
 
@@ -172,17 +184,27 @@ class ClickHouseStore:
                 return result
             except (TypeError, KeyError, AttributeError, ValueError):
                 raise  # our bug, not ClickHouse's availability: fail loudly at once
-            except Exception as exc:  # noqa: BLE001 - driver, network, disk: retry with backoff; the log says so
+            except Exception as exc:
                 attempt += 1
                 if self.stopping.is_set():
                     raise
                 reason = str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 if deadline_s is not None and time.monotonic() - started + delay > deadline_s:
-                    raise SinkUnavailable(f"ClickHouse {what} failed for {time.monotonic() - started:.0f}s "
-                                          f"({attempt} attempts): {reason}") from exc
-                level = logging.WARNING if attempt < 10 else logging.ERROR  # a lasting failure may be ours, not ClickHouse's
-                log.log(level, "ClickHouse %s failed (attempt %d, %s): %s; offsets are held, retrying in %.1fs",
-                        what, attempt, redact(self.dsn), reason, delay)
+                    raise SinkUnavailable(
+                        f"ClickHouse {what} failed for {time.monotonic() - started:.0f}s ({attempt} attempts): {reason}"
+                    ) from exc
+                level = (
+                    logging.WARNING if attempt < 10 else logging.ERROR
+                )  # a lasting failure may be ours, not ClickHouse's
+                log.log(
+                    level,
+                    "ClickHouse %s failed (attempt %d, %s): %s; offsets are held, retrying in %.1fs",
+                    what,
+                    attempt,
+                    redact(self.dsn),
+                    reason,
+                    delay,
+                )
                 if self._client is not None and not self.dsn.startswith("chdb:"):
                     self._client = None  # reconnect to a server
                 self.stopping.wait(delay)
@@ -204,7 +226,11 @@ class ClickHouseStore:
             self._migrating = name
             for statement in statements:
                 c.command(statement)
-            c.insert("schema_migrations", [[version, name, datetime.now(UTC)]], column_names=["version", "name", "applied_at"])
+            c.insert(
+                "schema_migrations",
+                [[version, name, datetime.now(UTC)]],
+                column_names=["version", "name", "applied_at"],
+            )
             applied.append(name)
             log.info("applied migration %s", name)
         self._apply_ttl()
@@ -236,11 +262,15 @@ class ClickHouseStore:
             table, names = _TABLES[row_type], columns(row_type)
             types = self._wire_types.get(table)
             if types is None:
-                described = dict(self.client.query(
-                    "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String}",
-                    parameters={"t": table}).result_rows)
-                types = self._wire_types[table] = [described[n].replace("LowCardinality(String)", "String")
-                                                   for n in names]
+                described = dict(
+                    self.client.query(
+                        "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String}",
+                        parameters={"t": table},
+                    ).result_rows
+                )
+                types = self._wire_types[table] = [
+                    described[n].replace("LowCardinality(String)", "String") for n in names
+                ]
             data = [[get(r) for r in rows] for get in getters(row_type)]
             self.client.insert(table, data, column_names=names, column_type_names=types, column_oriented=True)
 
@@ -262,19 +292,24 @@ class ClickHouseStore:
     def recompute(self, day: date, partition: int, partitions_total: int, version: int) -> RollupRow:
         """The aggregate row of (day, partition) computed from ClickHouse (a late record's day)."""
         params = {"day": day, "p": partition, "n": partitions_total}
-        rows = self._aggregates(f"day = {{day:Date}} AND {_OWNER} = {{p:UInt32}}",
-                                "day = {day:Date} AND source_partition = {p:UInt32}", _OWNER, params, version)
+        rows = self._aggregates(
+            f"day = {{day:Date}} AND {_OWNER} = {{p:UInt32}}",
+            "day = {day:Date} AND source_partition = {p:UInt32}",
+            _OWNER,
+            params,
+            version,
+        )
         return rows.get((day, partition)) or RollupRow(day, partition, version, datetime.now(UTC))
 
-    def _aggregates(self, where: str, rejections_where: str, partition: str, params: dict[str, Any],
-                    version: int) -> dict[tuple[date, int], RollupRow]:
+    def _aggregates(
+        self, where: str, rejections_where: str, partition: str, params: dict[str, Any], version: int
+    ) -> dict[tuple[date, int], RollupRow]:
         c = self.client
         now = datetime.now(UTC)
         out: dict[tuple[date, int], RollupRow] = {}
         for r in c.query(_aggregates_sql(partition, where), parameters=params).result_rows:
-            counts, maps = r[2:2 + len(COUNT_COLUMNS)], r[2 + len(COUNT_COLUMNS):]
-            out[(r[0], int(r[1]))] = RollupRow(r[0], int(r[1]), version, now, *counts,
-                                               **dict(zip(MAP_COLUMNS, maps)))
+            counts, maps = r[2 : 2 + len(COUNT_COLUMNS)], r[2 + len(COUNT_COLUMNS) :]
+            out[(r[0], int(r[1]))] = RollupRow(r[0], int(r[1]), version, now, *counts, **dict(zip(MAP_COLUMNS, maps)))
         for day, part, rejected in c.query(_rejected_sql(rejections_where), parameters=params).result_rows:
             row = out.get((day, int(part)))
             if row is None:
@@ -288,9 +323,11 @@ class ClickHouseStore:
         """The newest day of each partition's aggregate rows: where its roll-up window ended (partitions never
         written are absent)."""
         with self._lock:
-            rows = self.client.query("SELECT source_partition, max(day) FROM rollup_partitions WHERE source_partition "
-                                     "IN {parts:Array(UInt32)} GROUP BY source_partition",
-                                     parameters={"parts": partitions}).result_rows
+            rows = self.client.query(
+                "SELECT source_partition, max(day) FROM rollup_partitions WHERE source_partition "
+                "IN {parts:Array(UInt32)} GROUP BY source_partition",
+                parameters={"parts": partitions},
+            ).result_rows
         return {int(p): d for p, d in rows}
 
     def allocate_generation(self) -> int:
@@ -299,7 +336,9 @@ class ClickHouseStore:
             top = self.client.query("SELECT max(version) FROM rollup_partitions").result_rows[0][0]
         return (int(top) >> 64) + 1
 
-    def latest_snapshots(self, partitions: list[int], partitions_total: int, since: date) -> Iterator[tuple[SnapshotRow, int]]:
+    def latest_snapshots(
+        self, partitions: list[int], partitions_total: int, since: date
+    ) -> Iterator[tuple[SnapshotRow, int]]:
         """(row, body hash) of the latest snapshot of every UID-day from `since` that `partitions` own; the row's
         `source_partition` is the owning partition. Only what the roll-up needs is read (no body)."""
         sql = (
@@ -313,10 +352,30 @@ class ClickHouseStore:
             result = self.client.query(sql, parameters={"since": since, "n": partitions_total, "parts": partitions})
         for r in result.result_rows:
             ms, offset, index = int(r[3]), int(r[4]), int(r[24])
-            row = SnapshotRow(r[0], r[1], r[2], ms_to_datetime(ms), (ms << 64) | position(offset, index), int(r[23]),
-                              offset, index, bool(r[5]), ["flagged"] if r[6] else [], r[8], r[9], "", r[7], r[10],
-                              int(r[11]), dict(r[12]), *(int(x) for x in r[13:19]), int(r[19]), int(r[20]), None,
-                              int(r[21]))
+            row = SnapshotRow(
+                r[0],
+                r[1],
+                r[2],
+                ms_to_datetime(ms),
+                (ms << 64) | position(offset, index),
+                int(r[23]),
+                offset,
+                index,
+                bool(r[5]),
+                ["flagged"] if r[6] else [],
+                r[8],
+                r[9],
+                "",
+                r[7],
+                r[10],
+                int(r[11]),
+                dict(r[12]),
+                *(int(x) for x in r[13:19]),
+                int(r[19]),
+                int(r[20]),
+                None,
+                int(r[21]),
+            )
             yield row, int(r[22])
 
     def rejections_since(self, partitions: list[int], since: date) -> Iterator[RejectionRow]:
@@ -324,7 +383,8 @@ class ClickHouseStore:
             result = self.client.query(
                 "SELECT day, received_at, reason, source_partition, source_offset, source_index FROM rejections FINAL "
                 "WHERE day >= {since:Date} AND source_partition IN {parts:Array(UInt32)}",
-                parameters={"since": since, "parts": partitions})
+                parameters={"since": since, "parts": partitions},
+            )
         for day, received_at, reason, partition, offset, index in result.result_rows:
             yield RejectionRow(day, received_at, reason, "", "", int(partition), int(offset), int(index), "")
 
@@ -332,13 +392,18 @@ class ClickHouseStore:
 
     def recorded_partitions(self) -> int | None:
         with self._lock:
-            rows = self.client.query("SELECT value FROM pipeline_settings FINAL WHERE name = 'raw_partitions'").result_rows
+            rows = self.client.query(
+                "SELECT value FROM pipeline_settings FINAL WHERE name = 'raw_partitions'"
+            ).result_rows
         return int(rows[0][0]) if rows else None
 
     def record_partitions(self, partitions: int) -> None:
         with self._lock:
-            self.client.insert("pipeline_settings", [["raw_partitions", str(partitions), datetime.now(UTC)]],
-                               column_names=["name", "value", "set_at"])
+            self.client.insert(
+                "pipeline_settings",
+                [["raw_partitions", str(partitions), datetime.now(UTC)]],
+                column_names=["name", "value", "set_at"],
+            )
 
     def check_partitions(self, partitions: int, topic: str) -> None:
         """Record the raw topic's partition count on first use; refuse (PartitionCountChanged) if it has changed."""
@@ -350,7 +415,8 @@ class ClickHouseStore:
                 f"the raw topic {topic!r} has {partitions} partitions, but the roll-up in ClickHouse was built for "
                 f"{recorded}: adding partitions moves UIDs to other partitions, and a day could count a UID twice. "
                 "Stop every worker and sink, run `is-telemetry rollup repartition`, then start them again "
-                "(docs/operations.md, \"Adding partitions\")")
+                '(docs/operations.md, "Adding partitions")'
+            )
 
     def repartition(self, partitions: int) -> int:
         """Rewrite the aggregate rows of every day that still has snapshots for `partitions` partitions, under a new
@@ -358,14 +424,19 @@ class ClickHouseStore:
         with self._lock:
             version = self.allocate_generation() << 64
             horizon = self._ttl_horizon() or date(1970, 1, 1)
-            days = [r[0] for r in self.client.query(
-                "SELECT DISTINCT day FROM snapshots WHERE day > {h:Date} ORDER BY day", parameters={"h": horizon}).result_rows]
+            days = [
+                r[0]
+                for r in self.client.query(
+                    "SELECT DISTINCT day FROM snapshots WHERE day > {h:Date} ORDER BY day", parameters={"h": horizon}
+                ).result_rows
+            ]
             existing = self.client.query("SELECT max(source_partition) + 1 FROM rollup_partitions").result_rows[0][0]
             width = max(partitions, int(existing or 0))
             written = 0
             for day in days:  # one day at a time: bounded memory whatever the history
-                rows = self._aggregates(f"day = {{day:Date}}", "day = {day:Date}", _OWNER, {"day": day, "n": partitions},
-                                        version)
+                rows = self._aggregates(
+                    "day = {day:Date}", "day = {day:Date}", _OWNER, {"day": day, "n": partitions}, version
+                )
                 now = datetime.now(UTC)
                 batch = [rows.get((day, p)) or RollupRow(day, p, version, now) for p in range(width)]
                 self._insert(batch)

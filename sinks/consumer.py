@@ -35,8 +35,11 @@ def partition_batches(events: Sequence[Any]) -> list[PartitionBatch]:
             continue
         for row in snapshots:
             if row.source_partition != m.partition:
-                log.error("skipping a snapshot of source partition %d found in snapshots-topic partition %d",
-                          row.source_partition, m.partition)
+                log.error(
+                    "skipping a snapshot of source partition %d found in snapshots-topic partition %d",
+                    row.source_partition,
+                    m.partition,
+                )
                 continue
             part.snapshots.append(row)
             part.bodies.append(row.body.encode("utf-8", "surrogatepass"))

@@ -19,10 +19,22 @@ from producers import fleet_truth
 
 FLOAT_COLUMNS = {"share", "share_at_or_above", "retention", "factor"}
 NAMED_VIEWS = [
-    "fleet_daily_carried", "fleet_size_daily", "regions_daily", "version_adoption_daily", "version_adoption_speed",
-    "versions_behind_daily", "deployments_behind_daily", "cli_installs_active_daily", "cli_command_usage_daily",
-    "data_quality_daily", "sender_jumps_daily", "sender_lifespans", "deployment_lifecycle_daily", "cli_lifecycle_daily",
-    "retention_weekly", "retention_monthly",
+    "fleet_daily_carried",
+    "fleet_size_daily",
+    "regions_daily",
+    "version_adoption_daily",
+    "version_adoption_speed",
+    "versions_behind_daily",
+    "deployments_behind_daily",
+    "cli_installs_active_daily",
+    "cli_command_usage_daily",
+    "data_quality_daily",
+    "sender_jumps_daily",
+    "sender_lifespans",
+    "deployment_lifecycle_daily",
+    "cli_lifecycle_daily",
+    "retention_weekly",
+    "retention_monthly",
 ]
 
 
@@ -44,8 +56,11 @@ def expected(deliveries: Sequence[Sequence[Any]]) -> dict[str, list[dict[str, An
     return fleet_truth.analyst_ground_truth(deliveries)
 
 
-def differences(read: Callable[[str, Sequence[str]], list[dict[str, Any]]],
-                truth: dict[str, list[dict[str, Any]]], views: Sequence[str] = NAMED_VIEWS) -> dict[str, str]:
+def differences(
+    read: Callable[[str, Sequence[str]], list[dict[str, Any]]],
+    truth: dict[str, list[dict[str, Any]]],
+    views: Sequence[str] = NAMED_VIEWS,
+) -> dict[str, str]:
     """{view: what differs} for every view whose rows (read with the truth's columns) differ from the truth."""
     out = {}
     for name in views:
@@ -66,6 +81,7 @@ def differences(read: Callable[[str, Sequence[str]], list[dict[str, Any]]],
 
 def api_reader(api_url: str) -> Callable[[str, Sequence[str]], list[dict[str, Any]]]:
     """Reads a view through POST /api/sql (JSON body) of a running stack or worker."""
+
     def read(view: str, columns: Sequence[str]) -> list[dict[str, Any]]:
         r = httpx.post(api_url + "/api/sql", json={"query": f"SELECT {', '.join(columns)} FROM {view}"}, timeout=60)
         r.raise_for_status()

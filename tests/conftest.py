@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from is_telemetry import apiclient
@@ -29,6 +28,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if UNIT_DIR not in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
 def sample_bodies() -> dict[str, bytes]:
     return dict(SAMPLES)
 
@@ -66,8 +67,7 @@ class RunningStack:
         return code
 
 
-def start_stack(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
-                preexec_fn: Any = None) -> RunningStack:
+def start_stack(data_dir: Path, *extra: str, env: dict[str, str] | None = None, preexec_fn: Any = None) -> RunningStack:
     """`is-telemetry up` on free ports with `extra` flags; `env` adds environment variables (IS_TELEMETRY_*),
     `preexec_fn` runs in the child before exec (e.g. to lower its file-descriptor limit)."""
     broker, collector, api = free_ports(3)
@@ -75,12 +75,31 @@ def start_stack(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
     log_path = data_dir / "up.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "is_telemetry", "up", "--data-dir", str(data_dir), "--broker-port", str(broker),
-         "--collector-port", str(collector), "--api-port", str(api), *extra],
-        stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir,
-        env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
+        [
+            sys.executable,
+            "-m",
+            "is_telemetry",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--broker-port",
+            str(broker),
+            "--collector-port",
+            str(collector),
+            "--api-port",
+            str(api),
+            *extra,
+        ],
+        stdout=open(log_path, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=data_dir,
+        env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
     )
-    stack = RunningStack(proc, data_dir, f"http://127.0.0.1:{api}", f"http://127.0.0.1:{collector}/collect", broker, log_path)
+    stack = RunningStack(
+        proc, data_dir, f"http://127.0.0.1:{api}", f"http://127.0.0.1:{collector}/collect", broker, log_path
+    )
     deadline = time.monotonic() + 120
     while "Ctrl-C stops everything" not in log_path.read_text(errors="replace")[offset:]:
         if proc.poll() is not None or time.monotonic() > deadline:

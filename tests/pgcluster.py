@@ -75,7 +75,9 @@ class PostgresCluster:
         try:
             pwd.getpwnam(PG_OS_USER)
         except KeyError as exc:
-            raise PostgresUnavailable(f"no '{PG_OS_USER}' OS user to run PostgreSQL as (tests run as root): {APT_HINT}") from exc
+            raise PostgresUnavailable(
+                f"no '{PG_OS_USER}' OS user to run PostgreSQL as (tests run as root): {APT_HINT}"
+            ) from exc
         runuser = shutil.which("runuser")
         if runuser:
             return [runuser, "-u", PG_OS_USER, "--"]
@@ -109,8 +111,16 @@ class PostgresCluster:
                 os.chown(self.root, pw.pw_uid, pw.pw_gid)
             os.chmod(self.root, 0o700)
             self._run(
-                str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions",
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
             )
             opts = (
                 f"-c port={self.port} -c listen_addresses={self.host} -c unix_socket_directories={self.root} "
@@ -118,8 +128,18 @@ class PostgresCluster:
                 "-c max_connections=30 -c timezone=UTC"
             )
             self._run(
-                str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-o", opts,
-                "-w", "-t", str(self.start_timeout_s), "start", timeout=self.start_timeout_s + 10,
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                str(self.start_timeout_s),
+                "start",
+                timeout=self.start_timeout_s + 10,
             )
             self.running = True
         except BaseException:
@@ -135,8 +155,18 @@ class PostgresCluster:
         try:
             if self.running and (root / "data" / "postmaster.pid").exists():
                 try:
-                    self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w",
-                              "-t", "30", "stop", timeout=40)
+                    self._run(
+                        str(self.bin_dir / "pg_ctl"),
+                        "-D",
+                        str(self.data_dir),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "-t",
+                        "30",
+                        "stop",
+                        timeout=40,
+                    )
                 except Exception:  # noqa: BLE001 - still remove the dir
                     pass
         finally:

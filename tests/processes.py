@@ -41,8 +41,12 @@ class Proc:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "is_telemetry", *self.args], stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "is_telemetry", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill9(self) -> None:
         assert self.process is not None
@@ -74,8 +78,13 @@ class Proc:
         return {name: self.sql(q) for name, q in VIEW_QUERIES.items()}
 
 
-def wait_until(probe: Callable[[], T], done: Callable[[T], bool] = bool, timeout_s: float = 30.0,
-               interval_s: float = 0.2, what: str = "the condition") -> T:
+def wait_until(
+    probe: Callable[[], T],
+    done: Callable[[T], bool] = bool,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.2,
+    what: str = "the condition",
+) -> T:
     """Poll probe() until done(value) (default: truthy); returns that value, or fails naming the last one seen."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -132,8 +141,14 @@ def consume(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeo
     Tansu's ListOffsets 'latest' is wrong)."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, max_poll_records=5000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -173,14 +188,30 @@ def expand(records: list[Any]) -> list[Body]:
                 uid = orjson.loads(f.body).get("uid")
             except (orjson.JSONDecodeError, AttributeError):
                 uid = None
-            hdrs = [("received_at_ms", str(f.received_at_ms).encode()), ("source", headers.get("source", b"")),
-                    ("user_agent", f.user_agent), ("body_length", str(len(f.body)).encode())]
-            out.append(Body(f.body, uid.encode() if isinstance(uid, str) else None, hdrs, f.received_at_ms,
-                            r.partition, r.offset, i, True))
+            hdrs = [
+                ("received_at_ms", str(f.received_at_ms).encode()),
+                ("source", headers.get("source", b"")),
+                ("user_agent", f.user_agent),
+                ("body_length", str(len(f.body)).encode()),
+            ]
+            out.append(
+                Body(
+                    f.body,
+                    uid.encode() if isinstance(uid, str) else None,
+                    hdrs,
+                    f.received_at_ms,
+                    r.partition,
+                    r.offset,
+                    i,
+                    True,
+                )
+            )
     return out
 
 
-def consume_bodies(bootstrap: str, topic: str, done: Callable[[list[Body]], bool], timeout_s: float = 30.0) -> list[Body]:
+def consume_bodies(
+    bootstrap: str, topic: str, done: Callable[[list[Body]], bool], timeout_s: float = 30.0
+) -> list[Body]:
     """Every body of topic from the beginning (many-bodies records expanded), until done(bodies) or timeout_s."""
     found: list[Body] = []
 

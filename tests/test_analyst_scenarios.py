@@ -35,27 +35,54 @@ def at(day: int, hour: int = 12) -> int:
     return DAY0 + (day - 1) * DAY_MS + hour * H
 
 
-def is_body(u: str, *, end_devices: int = 10, plans: dict[str, int] | None = None, gateways_total: int | None = None,
-            version: str = "3.34.1", applications: int = 1) -> bytes:
+def is_body(
+    u: str,
+    *,
+    end_devices: int = 10,
+    plans: dict[str, int] | None = None,
+    gateways_total: int | None = None,
+    version: str = "3.34.1",
+    applications: int = 1,
+) -> bytes:
     plans = {"EU_863_870_TTN": 1} if plans is None else plans
     total = sum(plans.values()) if gateways_total is None else gateways_total
-    return json.dumps({
-        "uid": u,
-        "os": {"operating_system": "linux", "arch": "amd64", "binary_version": version, "golang_version": "go1.23.4"},
-        "cli": None,
-        "entities_count": {
-            "gateways": {"total": total, "gateways_by_frequency_plan_id": plans},
-            "end_devices": {"total": end_devices, "activate_end_devices": {
-                "total": end_devices, "last_day": 0, "last_week": 0, "last_month": 0}},
-            "applications": {"total": applications},
-            "accounts": {"users": {"standard": 1, "admin": 1}, "organizations": {"total": 0}},
-        },
-    }).encode()
+    return json.dumps(
+        {
+            "uid": u,
+            "os": {
+                "operating_system": "linux",
+                "arch": "amd64",
+                "binary_version": version,
+                "golang_version": "go1.23.4",
+            },
+            "cli": None,
+            "entities_count": {
+                "gateways": {"total": total, "gateways_by_frequency_plan_id": plans},
+                "end_devices": {
+                    "total": end_devices,
+                    "activate_end_devices": {"total": end_devices, "last_day": 0, "last_week": 0, "last_month": 0},
+                },
+                "applications": {"total": applications},
+                "accounts": {"users": {"standard": 1, "admin": 1}, "organizations": {"total": 0}},
+            },
+        }
+    ).encode()
 
 
 def cli_body(u: str, cli: dict[str, Any], version: str = "3.35.0") -> bytes:
-    return json.dumps({"uid": u, "os": {"operating_system": "darwin", "arch": "arm64", "binary_version": version,
-                                        "golang_version": "go1.24.1"}, "cli": cli, "entities_count": None}).encode()
+    return json.dumps(
+        {
+            "uid": u,
+            "os": {
+                "operating_system": "darwin",
+                "arch": "arm64",
+                "binary_version": version,
+                "golang_version": "go1.24.1",
+            },
+            "cli": cli,
+            "entities_count": None,
+        }
+    ).encode()
 
 
 def send(u: str, day: int, body: bytes, hour: int = 12) -> Delivery:
@@ -89,8 +116,11 @@ def test_a_skipped_day_does_not_make_the_carried_fleet_dip(store: ClickHouseStor
     # the big deployment skips day 3, then stops after day 5
     deliveries += [send(big, d, is_body(big, end_devices=5000 + d, applications=3000)) for d in (1, 2, 4, 5)]
     write(store, sorted(deliveries))
-    reported = by_day(store, "SELECT day, deployments, end_devices, applications FROM fleet_daily_carried_lookback("
-                             "lookback = 1, first = '2025-01-01', last = '2025-01-14')")  # as reported
+    reported = by_day(
+        store,
+        "SELECT day, deployments, end_devices, applications FROM fleet_daily_carried_lookback("
+        "lookback = 1, first = '2025-01-01', last = '2025-01-14')",
+    )  # as reported
     carried = by_day(store, "SELECT day, deployments, end_devices, applications FROM fleet_daily_carried")
     assert (reported[3]["deployments"], reported[3]["applications"]) == (1, 2)  # the dip
     assert (carried[3]["deployments"], carried[3]["end_devices"], carried[3]["applications"]) == (2, 20 + 5002, 3002)
@@ -99,8 +129,11 @@ def test_a_skipped_day_does_not_make_the_carried_fleet_dip(store: ClickHouseStor
     assert [carried[d]["deployments"] for d in range(5, 14)] == [2] * 7 + [1, 1]
     assert carried[11]["end_devices"] == 20 + 5005 and carried[12]["end_devices"] == 20
     # any look-back, on the fly
-    two = by_day(store, "SELECT day, deployments FROM fleet_daily_carried_lookback(lookback = 2, "
-                        "first = '2025-01-01', last = '2025-01-14')")
+    two = by_day(
+        store,
+        "SELECT day, deployments FROM fleet_daily_carried_lookback(lookback = 2, "
+        "first = '2025-01-01', last = '2025-01-14')",
+    )
     assert [two[d]["deployments"] for d in range(1, 9)] == [2, 2, 2, 2, 2, 2, 1, 1]
 
 
@@ -115,8 +148,17 @@ def test_lifecycle_rules_by_hand(store: ClickHouseStore) -> None:
     write(store, sorted(send(uid(n), d, is_body(uid(n))) for n, days in seen.items() for d in days))
     rows = by_day(store, "SELECT * FROM deployment_lifecycle_daily")
     assert sorted(rows) == list(range(1, 21))
-    pick = {d: (rows[d]["active_1d"], rows[d]["active_7d"], rows[d]["active_30d"], rows[d]["new"],
-                rows[d]["returning"], rows[d]["churned"]) for d in (1, 5, 8, 9, 10, 12, 16, 20)}
+    pick = {
+        d: (
+            rows[d]["active_1d"],
+            rows[d]["active_7d"],
+            rows[d]["active_30d"],
+            rows[d]["new"],
+            rows[d]["returning"],
+            rows[d]["churned"],
+        )
+        for d in (1, 5, 8, 9, 10, 12, 16, 20)
+    }
     assert pick == {
         1: (4, 4, 4, 4, 0, 0),
         5: (2, 5, 5, 1, 0, 0),
@@ -130,7 +172,13 @@ def test_lifecycle_rules_by_hand(store: ClickHouseStore) -> None:
     assert sum(r["new"] for r in rows.values()) == 5
     # another gap: with G = 8, e's return after 7 silent days is no return, and b churns on day 11
     g8 = by_day(store, "SELECT * FROM lifecycle_daily(kind = 'is', gap = 8, first = '2025-01-01', last = '2025-01-20')")
-    assert (g8[9]["returning"], g8[8]["churned"], g8[9]["churned"], g8[11]["churned"], g8[12]["returning"]) == (0, 0, 1, 1, 1)
+    assert (g8[9]["returning"], g8[8]["churned"], g8[9]["churned"], g8[11]["churned"], g8[12]["returning"]) == (
+        0,
+        0,
+        1,
+        1,
+        1,
+    )
     assert by_day(store, "SELECT * FROM cli_lifecycle_daily")[1]["active_1d"] == 0
     spans = {u: (f, la, n) for _k, u, f, la, n in store.query("SELECT * FROM sender_lifespans")[1]}
     assert spans[uid("b")] == (date(2025, 1, 1), date(2025, 1, 12), 4)
@@ -141,43 +189,85 @@ def test_regions_and_size_buckets_at_their_edges(store: ClickHouseStore) -> None
         "p1": ({"EU_863_870_TTN": 3, "US_902_928_FSB_2": 0}, None, 0),
         "p2": ({"AS_920_923_LBT": 12, "AS_923_2": 1}, None, 9),
         "p3": ({"XX_915_MYSTERY": 100}, 0, 10),  # an unknown plan; an older sender: gateways.total 0
-        "p4": ({"CN_470_510_FSB_11": 1, "ISM_2400_3CH_DRAFT2": 9999, "EU_433": 2, "KR_920_923_TTN": 1,
-                "RU_864_870_TTN": 1, "IN_865_867": 1, "AU_915_928_FSB_1": 1, "CN_779_787": 1}, None, 99_999),
+        "p4": (
+            {
+                "CN_470_510_FSB_11": 1,
+                "ISM_2400_3CH_DRAFT2": 9999,
+                "EU_433": 2,
+                "KR_920_923_TTN": 1,
+                "RU_864_870_TTN": 1,
+                "IN_865_867": 1,
+                "AU_915_928_FSB_1": 1,
+                "CN_779_787": 1,
+            },
+            None,
+            99_999,
+        ),
     }
-    write(store, [send(uid(n), 1, is_body(uid(n), plans=p, gateways_total=t, end_devices=e))
-                  for n, (p, t, e) in deployments.items()])
+    write(
+        store,
+        [
+            send(uid(n), 1, is_body(uid(n), plans=p, gateways_total=t, end_devices=e))
+            for n, (p, t, e) in deployments.items()
+        ],
+    )
     regions = {r: (d, g) for _day, r, d, g, _dc, _gc in store.query("SELECT * FROM regions_daily")[1]}
-    assert regions == {"EU868": (1, 3), "AS923": (1, 13), "other": (1, 100), "CN470": (1, 1), "ISM2400": (1, 9999),
-                       "EU433": (1, 2), "KR920": (1, 1), "RU864": (1, 1), "IN865": (1, 1), "AU915": (1, 1),
-                       "CN779": (1, 1)}
+    assert regions == {
+        "EU868": (1, 3),
+        "AS923": (1, 13),
+        "other": (1, 100),
+        "CN470": (1, 1),
+        "ISM2400": (1, 9999),
+        "EU433": (1, 2),
+        "KR920": (1, 1),
+        "RU864": (1, 1),
+        "IN865": (1, 1),
+        "AU915": (1, 1),
+        "CN779": (1, 1),
+    }
     sizes = {(dim, b): n for _d, dim, _m, b, n, _c in store.query("SELECT * FROM fleet_size_daily")[1]}
-    assert sizes == {("gateways", "1-9"): 1, ("gateways", "10-99"): 1, ("gateways", "100-999"): 1,
-                     ("gateways", "10000+"): 1, ("end_devices", "0"): 1, ("end_devices", "1-9"): 1,
-                     ("end_devices", "10-99"): 1, ("end_devices", "10000+"): 1}
+    assert sizes == {
+        ("gateways", "1-9"): 1,
+        ("gateways", "10-99"): 1,
+        ("gateways", "100-999"): 1,
+        ("gateways", "10000+"): 1,
+        ("end_devices", "0"): 1,
+        ("end_devices", "1-9"): 1,
+        ("end_devices", "10-99"): 1,
+        ("end_devices", "10000+"): 1,
+    }
     # the mapping is the documented one, rule by rule
     rules = store.query("SELECT prefix, region FROM frequency_plan_regions")[1]
     assert sorted(rules) == sorted(fleet_truth.REGION_PREFIXES)
 
 
 def test_cli_command_usage_wherever_it_sits(store: ClickHouseStore) -> None:
-    x, y, z = ("0f8fad5b-d9cb-469f-a165-70867728950e", "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94",
-               "0b7e4b8c-9c1f-4d2a-8f3e-6a5d4c3b2a10")
+    x, y, z = (
+        "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94",
+        "0b7e4b8c-9c1f-4d2a-8f3e-6a5d4c3b2a10",
+    )
     cmd = {"command_path": "ttn-lw-cli end-devices list", "execution_count": 4, "last_used_at": 1735700000}
     other = {"command_path": "ttn-lw-cli login", "execution_count": 1, "last_used_at": 1735700000}
-    write(store, [
-        send(x, 1, cli_body(x, {"commands": [cmd, other], "aliases": []})),
-        send(y, 2, cli_body(y, {"usage": {"commands": [dict(cmd, execution_count=6)]}})),  # nested elsewhere
-        send(z, 3, cli_body(z, {}, version="3.30.2")),
-        send(x, 20, cli_body(x, {"commands": [dict(cmd, execution_count=9)]})),  # its latest report wins
-        send(uid("a"), 35, is_body(uid("a"))),  # a later day: only x (day 20) is within its 30 days
-    ])
+    write(
+        store,
+        [
+            send(x, 1, cli_body(x, {"commands": [cmd, other], "aliases": []})),
+            send(y, 2, cli_body(y, {"usage": {"commands": [dict(cmd, execution_count=6)]}})),  # nested elsewhere
+            send(z, 3, cli_body(z, {}, version="3.30.2")),
+            send(x, 20, cli_body(x, {"commands": [dict(cmd, execution_count=9)]})),  # its latest report wins
+            send(uid("a"), 35, is_body(uid("a"))),  # a later day: only x (day 20) is within its 30 days
+        ],
+    )
     usage = {(d, c): (i, e, a) for d, c, i, e, a in store.query("SELECT * FROM cli_command_usage_daily")[1]}
     day = lambda n: D1 + timedelta(days=n - 1)  # noqa: E731
     assert usage[(day(3), "ttn-lw-cli end-devices list")] == (2, 10, 3)
     assert usage[(day(3), "ttn-lw-cli login")] == (1, 1, 3)
     assert usage[(day(20), "ttn-lw-cli end-devices list")] == (2, 15, 3)
     assert (day(20), "ttn-lw-cli login") not in usage
-    assert [(k, v) for k, v in usage.items() if k[0] == day(35)] == [((day(35), "ttn-lw-cli end-devices list"), (1, 9, 1))]
+    assert [(k, v) for k, v in usage.items() if k[0] == day(35)] == [
+        ((day(35), "ttn-lw-cli end-devices list"), (1, 9, 1))
+    ]
     active = {(d, dim, v): n for d, dim, v, n in store.query("SELECT * FROM cli_installs_active_daily")[1]}
     assert active[(day(3), "version", "3.35")] == 2 and active[(day(3), "version", "3.30")] == 1
     assert [(v, n) for (d, dim, v), n in active.items() if d == day(35) and dim == "version"] == [("3.35", 1)]  # x
@@ -187,22 +277,31 @@ def test_jumps_at_the_edge_of_the_factor(store: ClickHouseStore) -> None:
     a, b = uid("a"), uid("b")
     devices_a = {1: 150, 2: 2000, 3: 2000, 4: 200, 5: 19}
     devices_b = {1: 5, 2: 60}
-    write(store, [send(a, d, is_body(a, end_devices=n)) for d, n in devices_a.items()]
-          + [send(b, d, is_body(b, end_devices=n)) for d, n in devices_b.items()])
-    jumps = {((d - D1).days + 1, m, p, c) for d, _u, m, _pd, p, c, _f in store.query("SELECT * FROM sender_jumps_daily")[1]}
+    write(
+        store,
+        [send(a, d, is_body(a, end_devices=n)) for d, n in devices_a.items()]
+        + [send(b, d, is_body(b, end_devices=n)) for d, n in devices_b.items()],
+    )
+    jumps = {
+        ((d - D1).days + 1, m, p, c) for d, _u, m, _pd, p, c, _f in store.query("SELECT * FROM sender_jumps_daily")[1]
+    }
     # 150 -> 2000 (> 10x); 2000 -> 200 is exactly 10x: no jump; 200 -> 19 (> 10x); b stays under 100
     assert jumps == {(2, "end_devices", 150, 2000), (5, "end_devices", 200, 19)}
     quality = by_day(store, "SELECT * FROM data_quality_daily")
     assert [quality[d]["jumps"] for d in range(1, 6)] == [0, 1, 0, 0, 1]
-    assert {(r["day"], r["metric"]) for r in fleet_truth.jumps(fleet_truth.Snapshots.of(
-        [send(a, d, is_body(a, end_devices=n)) for d, n in devices_a.items()]))} == {
-        ("2025-01-02", "end_devices"), ("2025-01-05", "end_devices")}
+    assert {
+        (r["day"], r["metric"])
+        for r in fleet_truth.jumps(
+            fleet_truth.Snapshots.of([send(a, d, is_body(a, end_devices=n)) for d, n in devices_a.items()])
+        )
+    } == {("2025-01-02", "end_devices"), ("2025-01-05", "end_devices")}
 
 
 def test_a_late_snapshot_recomputes_the_days_it_reaches(store: ClickHouseStore) -> None:
     a, b = uid("a"), uid("b")
-    first = [send(a, d, is_body(a, end_devices=10)) for d in (1, 2, 3)] + \
-            [send(b, d, is_body(b, end_devices=1)) for d in range(1, 7)]
+    first = [send(a, d, is_body(a, end_devices=10)) for d in (1, 2, 3)] + [
+        send(b, d, is_body(b, end_devices=1)) for d in range(1, 7)
+    ]
     write(store, first)
     assert by_day(store, "SELECT day, end_devices FROM fleet_daily_carried")[5]["end_devices"] == 11
     late = send(a, 3, is_body(a, end_devices=70), hour=20)  # written after, received later on day 3: it wins
@@ -248,5 +347,6 @@ def test_older_history_written_late_moves_new_and_returning(store: ClickHouseSto
     rows = by_day(store, "SELECT * FROM deployment_lifecycle_daily")
     assert (rows[1]["new"], rows[41]["new"], rows[41]["returning"], rows[10]["churned"]) == (2, 0, 1, 1)
     truth = fleet_truth.lifecycle(fleet_truth.Snapshots.of(later + earlier), "is")
-    assert [tuple(r.values()) for r in sorted(truth, key=lambda r: r["day"])] == \
-           [(d.isoformat(), *v) for d, *v in store.query("SELECT * FROM deployment_lifecycle_daily ORDER BY day")[1]]
+    assert [tuple(r.values()) for r in sorted(truth, key=lambda r: r["day"])] == [
+        (d.isoformat(), *v) for d, *v in store.query("SELECT * FROM deployment_lifecycle_daily ORDER BY day")[1]
+    ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,8 +33,9 @@ def refresh(store: ClickHouseStore, attempts: int = 5) -> None:
             store.client.command(f"SYSTEM REFRESH VIEW {view}")
             store.client.command(f"SYSTEM WAIT VIEW {view}")
         pending = store.query("SELECT day FROM analyst_daily_pending")[1]
-        retention = store.query("SELECT (SELECT sum(changes) FROM snapshot_changes) > "
-                                "(SELECT max(inputs_seen) FROM retention_cohorts)")[1][0][0]
+        retention = store.query(
+            "SELECT (SELECT sum(changes) FROM snapshot_changes) > (SELECT max(inputs_seen) FROM retention_cohorts)"
+        )[1][0][0]
         if not pending and not retention:
             return
     raise AssertionError(f"analyst days still pending: {store.query('SELECT * FROM analyst_daily_pending')[1]}")
@@ -82,7 +82,9 @@ def test_every_view_equals_the_ground_truth(filled: tuple[ClickHouseStore, list[
     compare(store, fleet_truth.analyst_ground_truth(deliveries))
 
 
-def test_parameterized_views_take_other_lookbacks_gaps_and_factors(filled: tuple[ClickHouseStore, list[Delivery]]) -> None:
+def test_parameterized_views_take_other_lookbacks_gaps_and_factors(
+    filled: tuple[ClickHouseStore, list[Delivery]],
+) -> None:
     store, deliveries = filled
     snaps = fleet_truth.Snapshots.of(deliveries)
     first, last = END - timedelta(days=DAYS - 1), END
@@ -90,28 +92,44 @@ def test_parameterized_views_take_other_lookbacks_gaps_and_factors(filled: tuple
     # the defaults give the named views
     carried = fleet_truth.carried_fleet(snaps)
     columns = list(carried[0])
-    assert view_rows(store, f"fleet_daily_carried_lookback(lookback = 7, {span})", columns) == truth_rows(carried, columns)
+    assert view_rows(store, f"fleet_daily_carried_lookback(lookback = 7, {span})", columns) == truth_rows(
+        carried, columns
+    )
     for lookback in (1, 3, 14):
         want = fleet_truth.carried_fleet(snaps, lookback=lookback)
         got = view_rows(store, f"fleet_daily_carried_lookback(lookback = {lookback}, {span})", columns)
         assert got == truth_rows(want, columns), lookback
     # lookback 1 is the as-reported fleet
     one = view_rows(store, f"fleet_daily_carried_lookback(lookback = 1, {span})", ["day", "deployments"])
-    assert one == truth_rows([{"day": d, "deployments": n} for d, n in sorted(
-        __import__("collections").Counter(day.isoformat() for day, _uid in snaps.by_key
-                                          if snaps.kind_of[_uid] == "is").items())], ["day", "deployments"])
+    assert one == truth_rows(
+        [
+            {"day": d, "deployments": n}
+            for d, n in sorted(
+                __import__("collections")
+                .Counter(day.isoformat() for day, _uid in snaps.by_key if snaps.kind_of[_uid] == "is")
+                .items()
+            )
+        ],
+        ["day", "deployments"],
+    )
     for kind in ("is", "cli"):
         for gap in (2, 7, 14):
             want = fleet_truth.lifecycle(snaps, kind, gap=gap, first=first + timedelta(days=5), last=last)
             columns = list(want[0])
-            got = view_rows(store, f"lifecycle_daily(kind = '{kind}', gap = {gap}, first = '{first + timedelta(days=5)}', "
-                                   f"last = '{last}')", columns)
+            got = view_rows(
+                store,
+                f"lifecycle_daily(kind = '{kind}', gap = {gap}, first = '{first + timedelta(days=5)}', "
+                f"last = '{last}')",
+                columns,
+            )
             assert got == truth_rows(want, columns), (kind, gap)
     for factor in (2, 3, 10):
         want = fleet_truth.jumps(snaps, factor=factor)
         assert want, factor
         columns = list(want[0])
-        assert view_rows(store, f"sender_jumps(factor = {factor}, {span})", columns) == truth_rows(want, columns), factor
+        assert view_rows(store, f"sender_jumps(factor = {factor}, {span})", columns) == truth_rows(want, columns), (
+            factor
+        )
     for min_behind in (0, 2, 5):
         want = fleet_truth.deployments_behind(snaps, END, min_behind)
         assert want, min_behind
@@ -120,10 +138,15 @@ def test_parameterized_views_take_other_lookbacks_gaps_and_factors(filled: tuple
         assert got == truth_rows(want, columns), min_behind
     # the carried snapshots of one day: every UID once, with its latest day of the look-back
     day = END - timedelta(days=3)
-    want_uids = sorted((s.uid, s.day.isoformat()) for kind, lb in (("is", 7), ("cli", 30))
-                       for s in snaps.carried(day, kind, lb))
-    got_uids = sorted((u, d.isoformat()) for u, d in store.query(
-        f"SELECT uid, source_day FROM carried_snapshots(day = '{day}', lookback = 7, cli_lookback = 30)")[1])
+    want_uids = sorted(
+        (s.uid, s.day.isoformat()) for kind, lb in (("is", 7), ("cli", 30)) for s in snaps.carried(day, kind, lb)
+    )
+    got_uids = sorted(
+        (u, d.isoformat())
+        for u, d in store.query(
+            f"SELECT uid, source_day FROM carried_snapshots(day = '{day}', lookback = 7, cli_lookback = 30)"
+        )[1]
+    )
     assert got_uids == want_uids
 
 

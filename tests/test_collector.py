@@ -9,6 +9,7 @@ producer. Records are read back with kafka-python's KafkaConsumer (by consuming:
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -24,8 +25,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import importlib.util
-
 if importlib.util.find_spec("sniffio") is None:
     # Without sniffio, httpcore retries `import sniffio` (a failing file-system search) for every
     # lock it creates: ~1 ms per request. Failing the import at once changes nothing else.
@@ -34,7 +33,9 @@ if importlib.util.find_spec("sniffio") is None:
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from kafka.errors import KafkaError
 from kafka.future import Future
 
@@ -76,11 +77,19 @@ def new_topic(prefix: str) -> str:
 
 # ------------------------------------------------------------------------------------- processes
 
+
 class CollectorProcess:
     """`python -m producers.collector` on a free port (it prints its URL once listening)."""
 
-    def __init__(self, bootstrap: str, topic: str, log_dir: Path, port: int = 0, argv: list[str] | None = None,
-                 **collector_env: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        log_dir: Path,
+        port: int = 0,
+        argv: list[str] | None = None,
+        **collector_env: Any,
+    ) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env["IS_TELEMETRY_KAFKA__RAW_TOPIC"] = topic
@@ -94,7 +103,10 @@ class CollectorProcess:
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
                 [*argv, "--kafka", bootstrap, "--port", str(port), "--host", "127.0.0.1"],
-                stdout=subprocess.PIPE, stderr=err, cwd=log_dir, env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                cwd=log_dir,
+                env=env,
             )
         self.url = self._wait_for_url(30.0)
 
@@ -150,7 +162,6 @@ class ThreadCollector:
         assert not self.thread.is_alive()
 
 
-
 def record_headers(record: Any) -> dict[str, bytes]:
     return {k: v for k, v in record.headers}
 
@@ -169,6 +180,7 @@ def assert_json_error(r: httpx.Response, status: int, code: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[EmbeddedBroker]:
@@ -217,8 +229,10 @@ def client(shared: CollectorProcess) -> Iterator[httpx.Client]:
 
 # ----------------------------------------------------------------------------------------- the happy path
 
-def test_every_sample_is_published_exactly(start_collector: Callable[..., CollectorProcess],
-                                           broker: EmbeddedBroker) -> None:
+
+def test_every_sample_is_published_exactly(
+    start_collector: Callable[..., CollectorProcess], broker: EmbeddedBroker
+) -> None:
     topic = new_topic("collector-samples")
     c = start_collector(topic)
     sent: list[tuple[bytes, str, int, int]] = []  # body, user agent, before, after
@@ -233,7 +247,7 @@ def test_every_sample_is_published_exactly(start_collector: Callable[..., Collec
             assert r.json() == {"status": "accepted"} and r.headers["content-type"] == "application/json"
             sent.append((body, ua, before, after))
         # JSON that is not a telemetry message still goes to Kafka (the processors reject it); no string uid: no key
-        for body in (b'[1,2,3]', b'{"uid":42}', b'"just a string"'):
+        for body in (b"[1,2,3]", b'{"uid":42}', b'"just a string"'):
             before = now_ms()
             r = http.post("/collect", content=body, headers={"User-Agent": "no-content-type"})  # no Content-Type
             assert r.status_code == 202, r.text
@@ -256,6 +270,7 @@ def test_every_sample_is_published_exactly(start_collector: Callable[..., Collec
 
 
 # ---------------------------------------------------------------------------------------------- rejections
+
 
 def _raw_exchange(address: tuple[str, int], request: bytes, chunks: list[bytes] = (), pause_s: float = 0.0) -> bytes:
     """Send a raw HTTP/1.1 request (then optional body chunks), return everything the server sent."""
@@ -280,7 +295,7 @@ def _raw_exchange(address: tuple[str, int], request: bytes, chunks: list[bytes] 
                     m = re.search(rb"(?i)content-length: *(\d+)", head)
                     if m and len(rest) >= int(m.group(1)):
                         break
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
     return data
 
@@ -305,11 +320,23 @@ def _parse_raw(data: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         ("DELETE", "/collect", {}, None, 405, "method_not_allowed"),
         ("POST", "/healthz", {}, b"{}", 405, "method_not_allowed"),
         ("POST", "/collect", {"Content-Type": "text/plain"}, b"{}", 415, "unsupported_media_type"),
-        ("POST", "/collect", {"Content-Type": "application/x-www-form-urlencoded"}, b"a=1", 415,
-         "unsupported_media_type"),
+        (
+            "POST",
+            "/collect",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            b"a=1",
+            415,
+            "unsupported_media_type",
+        ),
         ("POST", "/collect", {"Content-Type": "application/jsonx"}, b"{}", 415, "unsupported_media_type"),
-        ("POST", "/collect", {"Content-Type": "multipart/form-data; boundary=x"}, b"--x--", 415,
-         "unsupported_media_type"),
+        (
+            "POST",
+            "/collect",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            b"--x--",
+            415,
+            "unsupported_media_type",
+        ),
         ("POST", "/collect", TTS_HEADERS, b"", 400, "empty_body"),
         ("POST", "/collect", TTS_HEADERS, b"   ", 400, "not_json"),
         ("POST", "/collect", TTS_HEADERS, b'{"uid":"x",', 400, "not_json"),
@@ -319,8 +346,9 @@ def _parse_raw(data: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         ("POST", "/collect", TTS_HEADERS, b"x" * (MAX_BODY + 1), 413, "body_too_large"),
     ],
 )
-def test_rejections(client: httpx.Client, method: str, path: str, headers: dict[str, str], content: bytes | None,
-                    status: int, code: str) -> None:
+def test_rejections(
+    client: httpx.Client, method: str, path: str, headers: dict[str, str], content: bytes | None, status: int, code: str
+) -> None:
     published = metric(client.get("/metrics").text, "collector_records_published_total")
     r = client.request(method, path, headers=headers, content=content)
     assert_json_error(r, status, code)
@@ -338,8 +366,9 @@ def test_body_limit_is_exact(client: httpx.Client) -> None:
 
 
 def test_413_from_content_length_before_the_body_arrives(shared: CollectorProcess) -> None:
-    request = (b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-               b"Content-Length: 1000000000\r\n\r\n")
+    request = (
+        b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+    )
     with socket.create_connection(shared.address, timeout=5) as s:  # no body is ever sent
         s.sendall(request)
         data = b""
@@ -353,8 +382,7 @@ def test_413_from_content_length_before_the_body_arrives(shared: CollectorProces
 
 def test_413_while_streaming_a_chunked_body(shared: CollectorProcess, client: httpx.Client) -> None:
     published = metric(client.get("/metrics").text, "collector_records_published_total")
-    head = (b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     piece = b"[" + b"1," * 4000 + b"1]"  # 8 kB of valid JSON per chunk: the total is never sent whole
     chunks = [b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(12)] + [b"0\r\n\r\n"]
     status, headers, body = _parse_raw(_raw_exchange(shared.address, head, chunks, pause_s=0.01))
@@ -382,8 +410,14 @@ def test_health_and_metrics_endpoints(client: httpx.Client) -> None:
     client.get("/nowhere")
     text = client.get("/metrics").text
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
-    for name in ("collector_requests_total", "collector_body_bytes_bucket", "collector_publish_seconds_bucket",
-                 "collector_kafka_errors_total", "collector_in_flight_requests", "collector_records_published_total"):
+    for name in (
+        "collector_requests_total",
+        "collector_body_bytes_bucket",
+        "collector_publish_seconds_bucket",
+        "collector_kafka_errors_total",
+        "collector_in_flight_requests",
+        "collector_records_published_total",
+    ):
         assert name in text, name
     assert metric(text, "collector_requests_total", endpoint="/healthz", code="200") >= 1
     assert metric(text, "collector_requests_total", endpoint="other", code="404") >= 1
@@ -410,8 +444,18 @@ JUNK = st.one_of(
     st.dictionaries(st.sampled_from(["uid", "os", "cli", "entities_count"]), JSON_VALUES).map(_dumps),
     st.builds(lambda b, n: SAMPLES["is-3.32.json"][:n] + b, st.binary(max_size=20), st.integers(0, 572)),
 )
-CONTENT_TYPES = st.sampled_from([None, "application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
-                                 "text/plain", "", "application/octet-stream", "json"])
+CONTENT_TYPES = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "APPLICATION/JSON",
+        "text/plain",
+        "",
+        "application/octet-stream",
+        "json",
+    ]
+)
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -437,6 +481,7 @@ def parses(body: bytes) -> bool:
 
 
 # ------------------------------------------------------------------------------ Kafka down and back
+
 
 def test_kafka_down_503_then_recovery(logs: Path) -> None:
     port = free_port()
@@ -514,8 +559,10 @@ def test_starts_without_kafka_and_connects_later(start_collector: Callable[..., 
 
 # ---------------------------------------------------------------------------------------- under load
 
-def test_10k_concurrent_requests_none_lost_or_duplicated(start_collector: Callable[..., CollectorProcess],
-                                                         broker: EmbeddedBroker) -> None:
+
+def test_10k_concurrent_requests_none_lost_or_duplicated(
+    start_collector: Callable[..., CollectorProcess], broker: EmbeddedBroker
+) -> None:
     """10,000 requests over 200 concurrent connections; every one is in the topic exactly once.
 
     httpcore's connection pool costs O(connections x waiting requests) per request, so the 200
@@ -554,7 +601,7 @@ def test_10k_concurrent_requests_none_lost_or_duplicated(start_collector: Callab
 
     records = consume_bodies(broker.bootstrap_servers, topic, lambda rs: len(rs) >= n, timeout_s=40)
     time.sleep(0.5)  # anything beyond n would be a duplicate: give it a moment to show up
-    records += consume_bodies(broker.bootstrap_servers, topic, lambda rs: False, timeout_s=0.1)[len(records):]
+    records += consume_bodies(broker.bootstrap_servers, topic, lambda rs: False, timeout_s=0.1)[len(records) :]
     keys = [r.key for r in records]
     assert len(keys) == n, f"{len(keys)} records for {n} accepted requests"
     assert set(keys) == {f"load-{i:05d}".encode() for i in range(n)}
@@ -572,13 +619,16 @@ def test_10k_concurrent_requests_none_lost_or_duplicated(start_collector: Callab
 
 # --------------------------------------------------------------------------------- graceful shutdown
 
-def test_sigterm_finishes_in_flight_requests_and_flushes(start_collector: Callable[..., CollectorProcess],
-                                                         broker: EmbeddedBroker) -> None:
+
+def test_sigterm_finishes_in_flight_requests_and_flushes(
+    start_collector: Callable[..., CollectorProcess], broker: EmbeddedBroker
+) -> None:
     topic = new_topic("collector-sigterm")
     c = start_collector(topic)
     body = with_uid("in-flight-at-sigterm")
-    head = (b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body))
+    head = b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(
+        body
+    )
     with socket.create_connection(c.address, timeout=15) as s:
         s.sendall(head + body[:100])  # the request is in flight: half a body sent
         time.sleep(0.3)
@@ -617,6 +667,7 @@ def test_cli_collect_command(start_collector: Callable[..., CollectorProcess]) -
 
 # ----------------------------------------------------------------- failure paths with a fake producer
 
+
 class FakeProducer:
     """kafka-python's producer surface the collector uses; futures resolved from another thread."""
 
@@ -643,8 +694,10 @@ class FakeProducer:
         self.closed = True
 
 
-@pytest.mark.parametrize("outcome,status,reason", [("ok", 202, None), ("fail", 503, "error"),
-                                                   ("raise", 503, "error"), ("hang", 503, "timeout")])
+@pytest.mark.parametrize(
+    "outcome,status,reason",
+    [("ok", 202, None), ("fail", 503, "error"), ("raise", 503, "error"), ("hang", 503, "timeout")],
+)
 def test_202_only_once_kafka_acknowledged(outcome: str, status: int, reason: str | None) -> None:
     settings = collector_settings(f"127.0.0.1:{free_port()}", "fake-topic", publish_timeout_s=0.5, port=0)
     producer = FakeProducer(outcome)
@@ -677,8 +730,9 @@ def test_202_only_once_kafka_acknowledged(outcome: str, status: int, reason: str
 
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=JUNK, content_type=CONTENT_TYPES)
-def test_junk_bodies_with_kafka_failing_only_503(failing_collector: ThreadCollector, body: bytes,
-                                                  content_type: str | None) -> None:
+def test_junk_bodies_with_kafka_failing_only_503(
+    failing_collector: ThreadCollector, body: bytes, content_type: str | None
+) -> None:
     headers = {} if content_type is None else {"Content-Type": content_type}
     r = httpx.post(failing_collector.url + "/collect", content=body, headers=headers, timeout=10)
     assert r.status_code in (400, 415, 503), (r.status_code, r.text)

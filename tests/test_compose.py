@@ -13,10 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.dom import minidom
 
 import pytest
 import yaml
-from xml.dom import minidom
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose"
@@ -30,8 +30,10 @@ APP_SERVICES = ("worker", "sink", "collector", "api", "status")
 def docker_compose() -> str:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.fail("docker-compose is not installed: install Debian's package with "
-                    "`apt-get install -y docker-compose` (v1.29; `make test-deps` does it)")
+        pytest.fail(
+            "docker-compose is not installed: install Debian's package with "
+            "`apt-get install -y docker-compose` (v1.29; `make test-deps` does it)"
+        )
     return exe
 
 
@@ -63,8 +65,18 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 def test_validates_with_docker_compose_v1(config: dict[str, Any]) -> None:
     out = subprocess.run([docker_compose(), "version", "--short"], capture_output=True, text=True).stdout.strip()
     assert out.startswith("1."), f"CI validates with docker-compose 1.29 (Debian's package); this is {out!r}"
-    assert {"kafka-1", "kafka-2", "kafka-3", "clickhouse", "worker", "sink", "collector", "api", "proxy",
-            "grafana"} <= set(config["services"])
+    assert {
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "clickhouse",
+        "worker",
+        "sink",
+        "collector",
+        "api",
+        "proxy",
+        "grafana",
+    } <= set(config["services"])
 
 
 def test_kafka_is_three_kraft_brokers_with_rf3_min_isr2(config: dict[str, Any]) -> None:
@@ -157,7 +169,7 @@ def test_collector_sits_behind_the_tls_proxy_with_limits(config: dict[str, Any])
     assert "client_max_body_size ${COLLECTOR_BODY_LIMIT};" in template
     zone = r"limit_req_zone \$binary_remote_addr zone=collect_per_client:\S+ rate=\$\{COLLECTOR_RATE_LIMIT\};"
     assert re.search(zone, template)
-    collect = template[template.index("location = /collect"):]
+    collect = template[template.index("location = /collect") :]
     collect = collect[: collect.index("}\n    location")]
     assert "limit_req zone=collect_per_client" in collect and "proxy_pass http://collector;" in collect
     assert "listen 443 ssl" in template and "ssl_certificate     ${TLS_CERTIFICATE};" in template
@@ -222,19 +234,38 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 def test_dashboard_has_our_panels_and_queries_only_analyst_views() -> None:
     views = views_in_migrations()
-    assert {"fleet_daily", "gateways_by_frequency_plan_daily", "deployments_by_version_daily",
-            "deployments_by_os_daily", "rejected_daily", "cli_installs_by_version_daily"} <= views
+    assert {
+        "fleet_daily",
+        "gateways_by_frequency_plan_daily",
+        "deployments_by_version_daily",
+        "deployments_by_os_daily",
+        "rejected_daily",
+        "cli_installs_by_version_daily",
+    } <= views
     queried: set[str] = set()
     for title, sql in dashboard_queries():
         names = set(re.findall(r"\b(?:FROM|JOIN)\s+([A-Za-z_][\w.]*)", sql, re.IGNORECASE))
         assert names, (title, sql)
         assert names <= views, f"panel {title!r} reads {names - views}, not an analyst view of sinks/migrations"
         queried |= names
-    assert {"fleet_daily", "gateways_by_frequency_plan_daily", "deployments_by_version_daily",
-            "deployments_by_os_daily", "rejected_daily", "cli_installs_by_version_daily"} <= queried
+    assert {
+        "fleet_daily",
+        "gateways_by_frequency_plan_daily",
+        "deployments_by_version_daily",
+        "deployments_by_os_daily",
+        "rejected_daily",
+        "cli_installs_by_version_daily",
+    } <= queried
     titles = " | ".join(t for t, _ in dashboard_queries()).lower()
-    for words in ("fleet", "frequency plan", "active end devices", "deployments and cli installs", "version",
-                  "operating system", "rejected"):
+    for words in (
+        "fleet",
+        "frequency plan",
+        "active end devices",
+        "deployments and cli installs",
+        "version",
+        "operating system",
+        "rejected",
+    ):
         assert words in titles, words
 
 
@@ -272,8 +303,20 @@ def test_dashboard_sql_runs_on_the_real_schema(tmp_path: Path) -> None:
     from tests.conftest import sample_bodies
 
     bodies = [b.decode() for b in sample_bodies().values()]
-    r = subprocess.run([sys.executable, "-c", DASHBOARD_SQL_CHECK, str(tmp_path / "chdb"), json.dumps(bodies),
-                        json.dumps(dashboard_queries())], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            DASHBOARD_SQL_CHECK,
+            str(tmp_path / "chdb"),
+            json.dumps(bodies),
+            json.dumps(dashboard_queries()),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     fleet = out["Fleet (latest complete day)"]
@@ -284,23 +327,33 @@ def test_dashboard_sql_runs_on_the_real_schema(tmp_path: Path) -> None:
     assert plans == {"EU_863_870": "2", "EU_863_870_TTN": "3", "US_902_928_FSB_1": "1", "US_902_928_FSB_2": "2"}
     assert len(out["Deployments and CLI installs"]) == 3  # three days
     assert {row["reason"] for row in out["Rejected messages per reason"]} and all(
-        row["messages"] == "1" for row in out["Rejected messages per reason"])
+        row["messages"] == "1" for row in out["Rejected messages per reason"]
+    )
     assert {row["version"] for row in out["Versions (latest complete day)"]} == {"3.27", "3.32", "3.33"}
 
 
 def test_env_example_covers_every_variable_and_secrets_are_required(tmp_path: Path) -> None:
     text = COMPOSE_FILE.read_text() + (COMPOSE / "compose.direct.yaml").read_text()
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
-    example = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
-               if line and not line.startswith("#") and "=" in line}
+    example = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#") and "=" in line
+    }
     assert used <= example, f"variables without an entry in compose/.env.example: {sorted(used - example)}"
     # A secret missing from the env file stops `config` with a message naming it.
     lines = [line for line in ENV_EXAMPLE.read_text().splitlines() if not line.startswith("CLICKHOUSE_PASSWORD=")]
     bad = tmp_path / "no-password.env"
     bad.write_text("\n".join(lines) + "\n")
     args = [docker_compose(), "-f", str(COMPOSE_FILE), "--env-file", str(bad), "config"]
-    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60,
-                       env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")})
+    r = subprocess.run(
+        args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")},
+    )
     assert r.returncode != 0 and "set CLICKHOUSE_PASSWORD in the env file" in r.stderr
 
 
@@ -320,7 +373,7 @@ def test_dockerfile_installs_the_project_from_the_repository_root() -> None:
 
 
 def _columns(create_sql: str) -> list[str]:
-    body = create_sql[create_sql.index("(") + 1:]
+    body = create_sql[create_sql.index("(") + 1 :]
     depth, end = 1, 0
     for i, ch in enumerate(body):
         depth += {"(": 1, ")": -1}.get(ch, 0)
@@ -343,7 +396,7 @@ def test_operations_cluster_ddl_matches_the_schema() -> None:
     def create(text: str, name: str) -> str:
         m = re.search(rf"CREATE TABLE IF NOT EXISTS (?:telemetry\.)?{name}\b[^\n]*\n\(", text)
         assert m, name
-        return text[m.start():]
+        return text[m.start() :]
 
     def migrated(table: str) -> list[str]:
         """The table's columns after every migration: its CREATE, then each ADD COLUMN ... AFTER in order."""
@@ -354,8 +407,12 @@ def test_operations_cluster_ddl_matches_the_schema() -> None:
                 cols.insert(after + 1, f"{add.group(1)} {add.group(2)}")
         return cols
 
-    for local, table in (("snapshots_local", "snapshots"), ("rejections", "rejections"),
-                         ("rollup_partitions", "rollup_partitions"), ("pipeline_settings", "pipeline_settings")):
+    for local, table in (
+        ("snapshots_local", "snapshots"),
+        ("rejections", "rejections"),
+        ("rollup_partitions", "rollup_partitions"),
+        ("pipeline_settings", "pipeline_settings"),
+    ):
         assert _columns(create(docs, local)) == migrated(table), table
     assert "ORDER BY (day, source_topic, source_partition, source_offset, received_at, source_index);" in docs
     engine = "ReplicatedReplacingMergeTree('/clickhouse/tables/{}/telemetry/{}', '{{replica}}'{})"

@@ -50,8 +50,13 @@ def test_json_logs_on_request(tmp_path: Path) -> None:
 
     env = {**os.environ, "IS_TELEMETRY_LOG_FORMAT": "json"}
     # An API pointed at a ClickHouse server where nothing listens says so at start-up; stop it after that line.
-    proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", "api", "--clickhouse", "http://127.0.0.1:9/db",
-                             "--port", "0"], env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "is_telemetry", "api", "--clickhouse", "http://127.0.0.1:9/db", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     entries = []
     try:
         while not any(e["logger"] == "dashboard.analyst_sql" for e in entries):

@@ -33,14 +33,46 @@ TOPIC = "tts-telemetry-raw"
 DAYS = 10
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_APT = "chromium"
-FLEET_KEYS = ["deployments", "cli_installs", "gateways", "end_devices", "active_end_devices", "active_last_day",
-              "active_last_week", "active_last_month", "applications", "users_standard", "users_admin", "organizations"]
-SUMMARY_METRICS = ["deployments", "gateways", "end_devices", "active_last_day", "active_last_week",
-                   "active_last_month", "applications", "users", "organizations", "cli_installs"]
+FLEET_KEYS = [
+    "deployments",
+    "cli_installs",
+    "gateways",
+    "end_devices",
+    "active_end_devices",
+    "active_last_day",
+    "active_last_week",
+    "active_last_month",
+    "applications",
+    "users_standard",
+    "users_admin",
+    "organizations",
+]
+SUMMARY_METRICS = [
+    "deployments",
+    "gateways",
+    "end_devices",
+    "active_last_day",
+    "active_last_week",
+    "active_last_month",
+    "applications",
+    "users",
+    "organizations",
+    "cli_installs",
+]
 PANELS = ["summary", "fleet", "gateways-by-frequency-plan", "versions", "os", "rejected", "days"]
 #: The panels on the fleet over time (dashboard/analyst_panels.py), over the analyst views of migration 0002.
-ANALYST_PANELS = ["summary-carried", "fleet-carried", "lifecycle", "retention", "fleet-shape", "regions",
-                  "version-adoption", "versions-behind", "cli", "data-quality"]
+ANALYST_PANELS = [
+    "summary-carried",
+    "fleet-carried",
+    "lifecycle",
+    "retention",
+    "fleet-shape",
+    "regions",
+    "version-adoption",
+    "versions-behind",
+    "cli",
+    "data-quality",
+]
 
 
 @dataclass
@@ -67,8 +99,11 @@ class Fed:
         return row["users_standard"] + row["users_admin"] if metric == "users" else row[metric]
 
     def plans(self, day: str) -> list[tuple[str, int]]:
-        rows = [(r["frequency_plan_id"], r["gateways"]) for r in self.truth["gateways_by_frequency_plan_daily"]
-                if r["day"] == day and r["gateways"] > 0]
+        rows = [
+            (r["frequency_plan_id"], r["gateways"])
+            for r in self.truth["gateways_by_frequency_plan_daily"]
+            if r["day"] == day and r["gateways"] > 0
+        ]
         return sorted(rows, key=lambda x: (-x[1], x[0]))
 
 
@@ -82,10 +117,13 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
         truth = simulator.ground_truth(sent.sent_deliveries)
         assert len(truth["fleet_daily"]) == DAYS and truth["rejected_daily"], "the simulation must cover every day"
         want_fleet = [{k: r[k] for k in ["day", *FLEET_KEYS]} for r in truth["fleet_daily"]]
-        stack.wait_for(f"SELECT day, {', '.join(FLEET_KEYS)} FROM fleet_daily ORDER BY day",
-                       lambda rows: rows == want_fleet)
-        stack.wait_for("SELECT day, reason, messages FROM rejected_daily ORDER BY day, reason",
-                       lambda rows: rows == truth["rejected_daily"])
+        stack.wait_for(
+            f"SELECT day, {', '.join(FLEET_KEYS)} FROM fleet_daily ORDER BY day", lambda rows: rows == want_fleet
+        )
+        stack.wait_for(
+            "SELECT day, reason, messages FROM rejected_daily ORDER BY day, reason",
+            lambda rows: rows == truth["rejected_daily"],
+        )
         analyst = fleet_truth.analyst_ground_truth(sent.sent_deliveries)
         assert analyst["sender_jumps_daily"] and analyst["deployments_behind_daily"], "the simulation must cover them"
         wait_for_analyst_views(stack.api_url, analyst)  # refreshed by ClickHouse every 10 s
@@ -99,8 +137,13 @@ def csv_rows(text: str) -> list[dict[str, str]]:
 
 
 def as_csv_cells(rows: list[dict[str, Any]], columns: list[str]) -> list[dict[str, str]]:
-    return [{c: "" if r[c] is None else ("true" if r[c] else "false") if isinstance(r[c], bool) else str(r[c])
-             for c in columns} for r in rows]  # booleans as in JSON
+    return [
+        {
+            c: "" if r[c] is None else ("true" if r[c] else "false") if isinstance(r[c], bool) else str(r[c])
+            for c in columns
+        }
+        for r in rows
+    ]  # booleans as in JSON
 
 
 # -- the JSON API ----------------------------------------------------------------------------------------------
@@ -123,8 +166,9 @@ def test_summary_equals_ground_truth(fed: Fed) -> None:
 def test_panels_equal_ground_truth(fed: Fed) -> None:
     t, latest = fed.truth, fed.day(0)
     fleet = fed.json("/api/fleet")
-    assert [{k: r[k] for k in ["day", *FLEET_KEYS]} for r in fleet["rows"]] == \
-           [{k: r[k] for k in ["day", *FLEET_KEYS]} for r in t["fleet_daily"]]
+    assert [{k: r[k] for k in ["day", *FLEET_KEYS]} for r in fleet["rows"]] == [
+        {k: r[k] for k in ["day", *FLEET_KEYS]} for r in t["fleet_daily"]
+    ]
     assert all(r["users"] == r["users_standard"] + r["users_admin"] for r in fleet["rows"])
 
     plans = fed.json("/api/gateways-by-frequency-plan")
@@ -132,11 +176,13 @@ def test_panels_equal_ground_truth(fed: Fed) -> None:
     assert [(r["frequency_plan_id"], r["gateways"]) for r in plans["rows"]] == fed.plans(latest)
 
     versions = fed.json("/api/versions")
-    assert sorted((r["day"], r["version"], r["deployments"]) for r in versions["rows"]) == \
-           sorted((r["day"], r["version"], r["deployments"]) for r in t["deployments_by_version_daily"])
+    assert sorted((r["day"], r["version"], r["deployments"]) for r in versions["rows"]) == sorted(
+        (r["day"], r["version"], r["deployments"]) for r in t["deployments_by_version_daily"]
+    )
     adoption = versions["tables"]["adoption"]["rows"]
-    assert {r["version"]: r["deployments"] for r in adoption} == \
-           {r["version"]: r["deployments"] for r in t["deployments_by_version_daily"] if r["day"] == latest}
+    assert {r["version"]: r["deployments"] for r in adoption} == {
+        r["version"]: r["deployments"] for r in t["deployments_by_version_daily"] if r["day"] == latest
+    }
     assert [r["deployments"] for r in adoption] == sorted((r["deployments"] for r in adoption), reverse=True)
 
     os_ = fed.json("/api/os")
@@ -168,7 +214,9 @@ def api_rows(rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[Any, 
 def test_analyst_panels_equal_ground_truth(fed: Fed) -> None:
     a, latest = fed.analyst, fed.day(0)
 
-    def same(panel_rows: list[dict[str, Any]], view: str, keep: Any = None, rename: dict[str, str] | None = None) -> None:
+    def same(
+        panel_rows: list[dict[str, Any]], view: str, keep: Any = None, rename: dict[str, str] | None = None
+    ) -> None:
         want = [r for r in a[view] if keep is None or keep(r)]
         assert want, view
         columns = list(want[0])
@@ -225,8 +273,9 @@ def test_csv_downloads_are_the_same_rows(fed: Fed) -> None:
             assert csv_rows(extra.text) == as_csv_cells(table["rows"], table["columns"]), (panel, name)
     # The summary's CSV carries the ground-truth figures too.
     summary = {r["metric"]: r for r in csv_rows(fed.get("/api/summary", format="csv").text)}
-    assert {m: int(summary[m]["value"]) for m in SUMMARY_METRICS} == \
-           {m: fed.metric(fed.day(0), m) for m in SUMMARY_METRICS}
+    assert {m: int(summary[m]["value"]) for m in SUMMARY_METRICS} == {
+        m: fed.metric(fed.day(0), m) for m in SUMMARY_METRICS
+    }
 
 
 def test_date_range_filters(fed: Fed) -> None:
@@ -239,10 +288,15 @@ def test_date_range_filters(fed: Fed) -> None:
 
     # The single-day panels follow the end of the range; the comparison reaches a week before it.
     summary = fed.json("/api/summary", to=fed.day(2))
-    assert (summary["from"], summary["to"], summary["day"], summary["week_before_day"]) == \
-           (fed.day(31), fed.day(2), fed.day(2), fed.day(9))
-    assert {r["metric"]: (r["value"], r["week_before"]) for r in summary["rows"]} == \
-           {m: (fed.metric(fed.day(2), m), fed.metric(fed.day(9), m)) for m in SUMMARY_METRICS}
+    assert (summary["from"], summary["to"], summary["day"], summary["week_before_day"]) == (
+        fed.day(31),
+        fed.day(2),
+        fed.day(2),
+        fed.day(9),
+    )
+    assert {r["metric"]: (r["value"], r["week_before"]) for r in summary["rows"]} == {
+        m: (fed.metric(fed.day(2), m), fed.metric(fed.day(9), m)) for m in SUMMARY_METRICS
+    }
     plans = fed.json("/api/gateways-by-frequency-plan", **{"from": fed.day(6), "to": fed.day(3)})
     assert plans["day"] == fed.day(3)
     assert [(r["frequency_plan_id"], r["gateways"]) for r in plans["rows"]] == fed.plans(fed.day(3))
@@ -261,11 +315,20 @@ def test_date_range_filters(fed: Fed) -> None:
     assert fed.json("/api/fleet", **{"from": fed.day(1)})["to"] == fed.day(0)
 
 
-@pytest.mark.parametrize("params", [
-    {"from": "2024-13-01"}, {"from": "yesterday"}, {"from": "20240101"}, {"to": "2024-02-30"},
-    {"from": "2024-03-02", "to": "2024-03-01"}, {"from": "0001-01-01"}, {"from": "1900-01-01", "to": "2024-01-01"},
-    {"format": "xml"}, {"format": "csv", "table": "nope"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"from": "2024-13-01"},
+        {"from": "yesterday"},
+        {"from": "20240101"},
+        {"to": "2024-02-30"},
+        {"from": "2024-03-02", "to": "2024-03-01"},
+        {"from": "0001-01-01"},
+        {"from": "1900-01-01", "to": "2024-01-01"},
+        {"format": "xml"},
+        {"format": "csv", "table": "nope"},
+    ],
+)
 def test_bad_parameters_are_400(fed: Fed, params: dict[str, str]) -> None:
     for panel in ("summary", "fleet", "versions"):
         r = fed.get(f"/api/{panel}", **params)
@@ -295,8 +358,9 @@ def test_page_uses_only_local_assets(fed: Fed) -> None:
     assert not re.search(r"https?://", app_js)
     # Every panel's CSV link points at the panel's API.
     links = re.findall(r'data-csv="([^"]+)"', html)
-    assert set(links) == {"summary", "fleet", "gateways-by-frequency-plan", "versions", "os", "rejected"} | \
-        set(ANALYST_PANELS) - {"summary-carried", "fleet-carried"}
+    assert set(links) == {"summary", "fleet", "gateways-by-frequency-plan", "versions", "os", "rejected"} | set(
+        ANALYST_PANELS
+    ) - {"summary-carried", "fleet-carried"}
 
 
 # -- a real browser --------------------------------------------------------------------------------------------
@@ -305,16 +369,31 @@ def test_page_uses_only_local_assets(fed: Fed) -> None:
 def chromium() -> str:
     path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if path is None:
-        pytest.fail(f"Chromium is missing: install Debian's package with `apt-get install -y {CHROMIUM_APT}` "
-                    "(the browser test needs /usr/bin/chromium)", pytrace=False)
+        pytest.fail(
+            f"Chromium is missing: install Debian's package with `apt-get install -y {CHROMIUM_APT}` "
+            "(the browser test needs /usr/bin/chromium)",
+            pytrace=False,
+        )
     return path
 
 
 def run_chromium(profile: Path, url: str, *mode: str) -> subprocess.CompletedProcess[str]:
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
-           "--hide-scrollbars",
-           f"--user-data-dir={profile}", "--virtual-time-budget=15000", *mode, url]
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+        *mode,
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
@@ -330,8 +409,12 @@ class Dom(HTMLParser):
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = {"tag": tag, "attrs": {k: v or "" for k, v in attrs}, "text": "",
-                "parent": self.stack[-1] if self.stack else None}
+        node = {
+            "tag": tag,
+            "attrs": {k: v or "" for k, v in attrs},
+            "text": "",
+            "parent": self.stack[-1] if self.stack else None,
+        }
         self.nodes.append(node)
         if tag not in self.VOID:
             self.stack.append(node)
@@ -370,8 +453,11 @@ def cards(dom: Dom) -> dict[str, tuple[int, str, str]]:
         parent = node["parent"]
         if node["attrs"].get("class") == "value" and parent is not None and "data-metric" in parent["attrs"]:
             change = next(n for n in dom.nodes if n["parent"] is parent and "data-week-before" in n["attrs"])
-            out[parent["attrs"]["data-metric"]] = (int(node["attrs"]["data-value"]), node["text"].strip(),
-                                                   change["attrs"]["data-week-before"])
+            out[parent["attrs"]["data-metric"]] = (
+                int(node["attrs"]["data-value"]),
+                node["text"].strip(),
+                change["attrs"]["data-week-before"],
+            )
     return out
 
 
@@ -388,11 +474,19 @@ def test_browser_shows_the_ground_truth(fed: Fed, tmp_path: Path) -> None:
     for panel in ("summary", "gateways-by-frequency-plan", "versions", "os", "rejected", "fleet"):
         assert all(n["attrs"]["data-state"] == "ready" for n in dom.find(data_panel=panel)), panel
 
-    plans = [(n["attrs"]["data-plan"], int(next(c for c in dom.nodes if c["parent"] is n and "data-value" in c["attrs"])
-                                           ["attrs"]["data-value"])) for n in dom.with_attr("data-plan")]
+    plans = [
+        (
+            n["attrs"]["data-plan"],
+            int(next(c for c in dom.nodes if c["parent"] is n and "data-value" in c["attrs"])["attrs"]["data-value"]),
+        )
+        for n in dom.with_attr("data-plan")
+    ]
     assert plans == fed.plans(latest)
-    deployments = {n["parent"]["attrs"]["data-day"]: int(n["attrs"]["data-value"])
-                   for n in dom.find(data_metric="deployments") if n["tag"] == "td"}
+    deployments = {
+        n["parent"]["attrs"]["data-day"]: int(n["attrs"]["data-value"])
+        for n in dom.find(data_metric="deployments")
+        if n["tag"] == "td"
+    }
     assert deployments == {d: r["deployments"] for d, r in fed.fleet.items()}
 
     # CSV links carry the shown range.
@@ -411,41 +505,84 @@ def test_browser_shows_the_ground_truth(fed: Fed, tmp_path: Path) -> None:
     # The fleet over time (default range again): every panel ready, the numbers in its tables are the ground truth.
     dom = load_page(fed, tmp_path / "profile")
     a = fed.analyst
-    for panel in ("lifecycle", "retention", "fleet-shape", "regions", "version-adoption", "versions-behind", "cli",
-                  "data-quality"):
+    for panel in (
+        "lifecycle",
+        "retention",
+        "fleet-shape",
+        "regions",
+        "version-adoption",
+        "versions-behind",
+        "cli",
+        "data-quality",
+    ):
         assert [n["attrs"]["data-state"] for n in dom.find(data_panel=panel)] == ["ready"], panel
-    lifecycle = {(n["parent"]["attrs"]["data-day"], n["parent"]["attrs"]["data-kind"], n["attrs"]["data-metric"]):
-                 int(n["attrs"]["data-value"]) for n in dom.nodes
-                 if n["tag"] == "td" and n["parent"] is not None and "data-kind" in n["parent"]["attrs"]
-                 and "data-day" in n["parent"]["attrs"] and n["attrs"].get("data-metric")}
-    want = {(r["day"], kind, m): r[m] for kind, view in (("is", "deployment_lifecycle_daily"), ("cli", "cli_lifecycle_daily"))
-            for r in a[view] for m in ("active_1d", "active_7d", "active_30d", "new", "returning", "churned")}
+    lifecycle = {
+        (n["parent"]["attrs"]["data-day"], n["parent"]["attrs"]["data-kind"], n["attrs"]["data-metric"]): int(
+            n["attrs"]["data-value"]
+        )
+        for n in dom.nodes
+        if n["tag"] == "td"
+        and n["parent"] is not None
+        and "data-kind" in n["parent"]["attrs"]
+        and "data-day" in n["parent"]["attrs"]
+        and n["attrs"].get("data-metric")
+    }
+    want = {
+        (r["day"], kind, m): r[m]
+        for kind, view in (("is", "deployment_lifecycle_daily"), ("cli", "cli_lifecycle_daily"))
+        for r in a[view]
+        for m in ("active_1d", "active_7d", "active_30d", "new", "returning", "churned")
+    }
     assert lifecycle == want
-    regions = {n["attrs"]["data-region"]: tuple(int(c["attrs"]["data-value"]) for c in dom.nodes if c["parent"] is n
-                                                 and "data-value" in c["attrs"]) for n in dom.with_attr("data-region")}
+    regions = {
+        n["attrs"]["data-region"]: tuple(
+            int(c["attrs"]["data-value"]) for c in dom.nodes if c["parent"] is n and "data-value" in c["attrs"]
+        )
+        for n in dom.with_attr("data-region")
+    }
     assert regions == {r["region"]: (r["deployments"], r["gateways"]) for r in a["regions_daily"] if r["day"] == latest}
-    jumps = sorted((n["attrs"]["data-day"], n["attrs"]["data-uid"], n["attrs"]["data-jump"]) for n in dom.with_attr("data-jump"))
+    jumps = sorted(
+        (n["attrs"]["data-day"], n["attrs"]["data-uid"], n["attrs"]["data-jump"]) for n in dom.with_attr("data-jump")
+    )
     assert jumps == sorted((r["day"], r["uid"], r["metric"]) for r in a["sender_jumps_daily"]) != []
-    behind = [n["attrs"]["data-uid"] for n in dom.with_attr("data-uid") if n["tag"] == "tr" and "data-jump" not in n["attrs"]]
+    behind = [
+        n["attrs"]["data-uid"] for n in dom.with_attr("data-uid") if n["tag"] == "tr" and "data-jump" not in n["attrs"]
+    ]
     assert behind == [r["uid"] for r in a["deployments_behind_daily"] if r["day"] == latest]
-    commands = {n["attrs"]["data-command"]: int(next(c for c in dom.nodes if c["parent"] is n and
-                                                     c["attrs"].get("data-metric") == "installs")["attrs"]["data-value"])
-                for n in dom.with_attr("data-command")}
-    assert commands == {r["command_path"]: r["installs"] for r in a["cli_command_usage_daily"] if r["day"] == latest} != {}
+    commands = {
+        n["attrs"]["data-command"]: int(
+            next(c for c in dom.nodes if c["parent"] is n and c["attrs"].get("data-metric") == "installs")["attrs"][
+                "data-value"
+            ]
+        )
+        for n in dom.with_attr("data-command")
+    }
+    assert (
+        commands == {r["command_path"]: r["installs"] for r in a["cli_command_usage_daily"] if r["day"] == latest} != {}
+    )
 
     # The carried-forward fleet, switched on in the address: its figures, the switch pressed.
     dom = load_page(fed, tmp_path / "profile", "?fleet=carried")
     body = next(n for n in dom.nodes if n["tag"] == "body")
     assert body["attrs"]["data-fleet"] == "carried"
-    assert [n["attrs"]["data-fleet"] for n in dom.find(aria_pressed="true") if "data-fleet" in n["attrs"]] == ["carried"]
+    assert [n["attrs"]["data-fleet"] for n in dom.find(aria_pressed="true") if "data-fleet" in n["attrs"]] == [
+        "carried"
+    ]
     carried = {r["day"]: r for r in a["fleet_daily_carried"]}
-    want_cards = {m: (carried[latest]["users_standard"] + carried[latest]["users_admin"] if m == "users" else carried[latest][m])
-                  for m in SUMMARY_METRICS}
+    want_cards = {
+        m: (carried[latest]["users_standard"] + carried[latest]["users_admin"] if m == "users" else carried[latest][m])
+        for m in SUMMARY_METRICS
+    }
     assert {m: v for m, (v, _, _) in cards(dom).items()} == want_cards
-    regions = {n["attrs"]["data-region"]: tuple(int(c["attrs"]["data-value"]) for c in dom.nodes if c["parent"] is n
-                                                 and "data-value" in c["attrs"]) for n in dom.with_attr("data-region")}
-    assert regions == {r["region"]: (r["deployments_carried"], r["gateways_carried"]) for r in a["regions_daily"]
-                       if r["day"] == latest}
+    regions = {
+        n["attrs"]["data-region"]: tuple(
+            int(c["attrs"]["data-value"]) for c in dom.nodes if c["parent"] is n and "data-value" in c["attrs"]
+        )
+        for n in dom.with_attr("data-region")
+    }
+    assert regions == {
+        r["region"]: (r["deployments_carried"], r["gateways_carried"]) for r in a["regions_daily"] if r["day"] == latest
+    }
     links = {n["attrs"]["href"] for n in dom.with_attr("data-csv")}
     assert f"/api/fleet-carried?from={fed.day(29)}&to={latest}&format=csv" in links
 
@@ -453,7 +590,8 @@ def test_browser_shows_the_ground_truth(fed: Fed, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
-    result = run_chromium(tmp_path / "profile", fed.stack.api_url + "/", f"--screenshot={shot}",
-                          "--window-size=1400,4300")
+    result = run_chromium(
+        tmp_path / "profile", fed.stack.api_url + "/", f"--screenshot={shot}", "--window-size=1400,4300"
+    )
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000

@@ -11,9 +11,19 @@ import orjson
 from tests.conftest import RunningStack, sample_bodies, start_stack
 
 EXPECTED_FLEET = {
-    "deployments": 3, "cli_installs": 1, "gateways": 5, "end_devices": 132, "active_end_devices": 100,
-    "active_last_day": 61, "active_last_week": 82, "active_last_month": 93, "applications": 8,
-    "users_standard": 4, "users_admin": 3, "organizations": 2, "default_uid_deployments": 1,
+    "deployments": 3,
+    "cli_installs": 1,
+    "gateways": 5,
+    "end_devices": 132,
+    "active_end_devices": 100,
+    "active_last_day": 61,
+    "active_last_week": 82,
+    "active_last_month": 93,
+    "applications": 8,
+    "users_standard": 4,
+    "users_admin": 3,
+    "organizations": 2,
+    "default_uid_deployments": 1,
     "inconsistent_deployments": 0,
 }
 EXPECTED_PLANS = {"EU_863_870": 2, "EU_863_870_TTN": 3, "US_902_928_FSB_1": 1, "US_902_928_FSB_2": 2}
@@ -22,8 +32,11 @@ EXPECTED_VERSIONS = {"3.27": 1, "3.32": 1, "3.33": 1}
 
 def post_samples(stack: RunningStack) -> None:
     for name, body in sample_bodies().items():
-        r = httpx.post(stack.collector_url, content=body, headers={"Content-Type": "application/json",
-                                                                   "User-Agent": "TheThingsStack/3.32.1 (linux/amd64)"})
+        r = httpx.post(
+            stack.collector_url,
+            content=body,
+            headers={"Content-Type": "application/json", "User-Agent": "TheThingsStack/3.32.1 (linux/amd64)"},
+        )
         assert r.status_code == 202, (name, r.status_code, r.text)
 
 
@@ -31,8 +44,9 @@ def test_samples_become_exact_rows(stack: RunningStack) -> None:
     post_samples(stack)
     # An exact re-send of every body the same day changes nothing.
     post_samples(stack)
-    fleet = stack.wait_for("SELECT * FROM fleet_daily", lambda rows: rows and rows[0]["deployments"] == 3
-                           and rows[0]["cli_installs"] == 1)
+    fleet = stack.wait_for(
+        "SELECT * FROM fleet_daily", lambda rows: rows and rows[0]["deployments"] == 3 and rows[0]["cli_installs"] == 1
+    )
     assert len(fleet) == 1
     assert {k: v for k, v in fleet[0].items() if k != "day"} == EXPECTED_FLEET
 
@@ -55,20 +69,35 @@ def test_sql_cli_formats_and_restart_keeps_rows(tmp_path) -> None:
     stack = start_stack(tmp_path / "s", "--no-simulate")
     try:
         post_samples(stack)
-        r = httpx.post(stack.collector_url, content=b'{"uid": "nope", "cli": {}, "entities_count": null}',
-                       headers={"Content-Type": "application/json"})
+        r = httpx.post(
+            stack.collector_url,
+            content=b'{"uid": "nope", "cli": {}, "entities_count": null}',
+            headers={"Content-Type": "application/json"},
+        )
         assert r.status_code == 202  # parses: the processors reject it, not the edge
-        stack.wait_for("SELECT * FROM rejected_daily", lambda rows: rows == [{**rows[0], "reason": "bad_uid", "messages": 1}]
-                       if rows else False)
+        stack.wait_for(
+            "SELECT * FROM rejected_daily",
+            lambda rows: rows == [{**rows[0], "reason": "bad_uid", "messages": 1}] if rows else False,
+        )
         stack.wait_for("SELECT deployments FROM fleet_daily", lambda rows: rows and rows[0]["deployments"] == 3)
         cmd = [sys.executable, "-m", "is_telemetry", "sql", "--api", stack.api_url]
-        out = subprocess.run([*cmd, "--format", "json", "SELECT deployments, gateways FROM fleet_daily"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [*cmd, "--format", "json", "SELECT deployments, gateways FROM fleet_daily"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert orjson.loads(out) == [{"deployments": 3, "gateways": 5}]
-        out = subprocess.run([*cmd, "--format", "csv", "SELECT reason, messages FROM rejected_daily"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [*cmd, "--format", "csv", "SELECT reason, messages FROM rejected_daily"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert out == "reason,messages\nbad_uid,1\n"
-        out = subprocess.run([*cmd, "SELECT gateways FROM fleet_daily"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [*cmd, "SELECT gateways FROM fleet_daily"], capture_output=True, text=True, check=True
+        ).stdout
         assert out.splitlines() == ["gateways", "--------", "5", "(1 row)"]
         # Read-only: refused with 403 and a message that says so.
         bad = subprocess.run([*cmd, "DROP TABLE snapshots"], capture_output=True, text=True)

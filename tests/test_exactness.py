@@ -95,8 +95,12 @@ def test_two_workers_and_a_separate_sink_process(broker: EmbeddedBroker, tmp_pat
     # chDB's files belong to one process, the sink's.
     w1, w2 = (worker(b, _own_dir(tmp_path / name), name, "--no-sink") for name in ("worker-1", "worker-2"))
     sink_port = free_port()
-    sink = Proc("sink", ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port),
-                         "--log-level", "info"], tmp_path, sink_port)
+    sink = Proc(
+        "sink",
+        ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port), "--log-level", "info"],
+        tmp_path,
+        sink_port,
+    )
     try:
         wait_until_ready(sink)
         send_to_kafka(deliveries, b, TOPIC)
@@ -132,8 +136,14 @@ def _produce(bootstrap: str, records: list[tuple[bytes | None, bytes, int, int |
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
     try:
         for key, body, at, partition in records:
-            producer.send(TOPIC, value=body, key=key, partition=partition, timestamp_ms=at,
-                          headers=[(HEADER_RECEIVED_AT, str(at).encode())])
+            producer.send(
+                TOPIC,
+                value=body,
+                key=key,
+                partition=partition,
+                timestamp_ms=at,
+                headers=[(HEADER_RECEIVED_AT, str(at).encode())],
+            )
         producer.flush(30)
     finally:
         producer.close()
@@ -180,8 +190,12 @@ def test_a_worker_joins_and_leaves_while_records_flow(broker: EmbeddedBroker, tm
     deliveries, expected = _simulation(300, 60, 4, seed=17)
     b = broker.bootstrap_servers
     sink_port = free_port()
-    sink = Proc("sink", ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port),
-                         "--log-level", "info"], tmp_path, sink_port)
+    sink = Proc(
+        "sink",
+        ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port), "--log-level", "info"],
+        tmp_path,
+        sink_port,
+    )
     w1 = worker(b, tmp_path, "worker-1", "--no-sink", api=False)
     w2: Proc | None = None
     sender = threading.Thread(target=_send_paced, args=(deliveries, b, 12), daemon=True)
@@ -216,8 +230,23 @@ def test_a_changed_partition_count_is_refused(broker: EmbeddedBroker, tmp_path: 
     store = ClickHouseStore(f"chdb://{tmp_path / 'chdb'}").open()
     store.record_partitions(12)  # as if built for 12; the raw topic has 8
     store.close()
-    done = subprocess.run([sys.executable, "-m", "is_telemetry", "worker", "--kafka", broker.bootstrap_servers,
-                           "--data-dir", str(tmp_path), "--api-port", "-1"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "is_telemetry",
+            "worker",
+            "--kafka",
+            broker.bootstrap_servers,
+            "--data-dir",
+            str(tmp_path),
+            "--api-port",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "has 8 partitions, but the roll-up in ClickHouse was built for 12" in done.stderr
     assert "is-telemetry rollup repartition" in done.stderr
@@ -235,13 +264,16 @@ def test_many_bodies_per_record_and_a_corrupt_batch(broker: EmbeddedBroker, tmp_
     assert send_packed(deliveries, broker.bootstrap_servers, TOPIC, bodies_per_record=37) == len(deliveries)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, enable_idempotence=False)
     at = max(d.received_at_ms for d in deliveries)
-    producer.send(TOPIC, value=b"\x05\x00\x00\x00truncated", partition=3, timestamp_ms=at,
-                  headers=[(HEADER_FORMAT, BATCH_FORMAT)])
+    producer.send(
+        TOPIC, value=b"\x05\x00\x00\x00truncated", partition=3, timestamp_ms=at, headers=[(HEADER_FORMAT, BATCH_FORMAT)]
+    )
     producer.flush()
     producer.close()
     day = datetime.fromtimestamp(at / 1000, UTC).date().isoformat()
-    expected["rejected_daily"] = sorted([*expected["rejected_daily"], {"day": day, "reason": "bad_batch", "messages": 1}],
-                                        key=lambda r: (r["day"], r["reason"]))
+    expected["rejected_daily"] = sorted(
+        [*expected["rejected_daily"], {"day": day, "reason": "bad_batch", "messages": 1}],
+        key=lambda r: (r["day"], r["reason"]),
+    )
     w = worker(broker.bootstrap_servers, tmp_path)
     try:
         wait_until_ready(w)

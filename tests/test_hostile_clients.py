@@ -66,6 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 # -------------------------------------------------------------------------------------------------- helpers
 
+
 def body_for(seed: str, plans: dict[str, int] | None = None, uid_suffix: str = "") -> bytes:
     message = orjson.loads(SAMPLES["is-3.32.json"])
     message["uid"] = base64.b64encode(hashlib.sha512(seed.encode()).digest()).decode() + uid_suffix
@@ -130,8 +131,10 @@ def rss_mb(pid: int) -> float:
 
 def running_heavy(stack: RunningStack) -> list[dict[str, Any]]:
     # what runs is ClickHouse's canonical text of the query: numbers(10000000000000.)
-    return stack.sql("SELECT elapsed FROM system.processes WHERE query LIKE '%numbers(10000000000000.)%' "
-                     "AND query NOT LIKE '%system.processes%'")
+    return stack.sql(
+        "SELECT elapsed FROM system.processes WHERE query LIKE '%numbers(10000000000000.)%' "
+        "AND query NOT LIKE '%system.processes%'"
+    )
 
 
 def metric(stack: RunningStack, series: str) -> float:
@@ -201,7 +204,9 @@ REFUSED_SQL = [
 
 
 @pytest.mark.parametrize(("query", "status", "code"), REFUSED_SQL, ids=[q[:40] for q, _, _ in REFUSED_SQL])
-def test_sql_that_writes_or_reaches_the_host_is_refused(stack: RunningStack, query: str, status: int, code: str) -> None:
+def test_sql_that_writes_or_reaches_the_host_is_refused(
+    stack: RunningStack, query: str, status: int, code: str
+) -> None:
     r = sql_http(stack, query)
     assert (r.status_code, r.json()["error"]) == (status, code), r.text
     assert "root:" not in r.text
@@ -224,23 +229,51 @@ def test_tables_survive_the_refused_statements(stack: RunningStack) -> None:
 
 
 _PREFIXES = st.sampled_from(["", "\ufeff", " \n\t", "/* x */ ", "-- c\n", "(", "\ufeff\ufeff"])
-_STATEMENTS = st.sampled_from([
-    "SELECT 1", "select count() from snapshots", "WITH 1 AS x SELECT x", "SHOW TABLES", "DESCRIBE snapshots",
-    "EXPLAIN SELECT 1", "DROP TABLE snapshots", "drop table if exists rejections", "TRUNCATE daily_rollup",
-    "INSERT INTO snapshots (uid) VALUES ('x')", "ALTER TABLE snapshots DROP COLUMN body", "RENAME TABLE snapshots TO s2",
-    "DETACH TABLE snapshots", "CREATE DATABASE evil", "SET allow_ddl = 1", "SELECT file('/etc/passwd')",
-    "SELECT * FROM file('/etc/shadow')", "KILL QUERY WHERE 1", "SYSTEM DROP MARK CACHE", "USE system",
-    "SELECT 1 INTO OUTFILE '/tmp/x'", "EXCHANGE TABLES snapshots AND rejections", "GRANT ALL ON *.* TO default",
-    "SELECT 1 FORMAT TabSeparated", "DELETE FROM snapshots WHERE 1", "UNDROP TABLE snapshots", "BACKUP TABLE snapshots TO Disk('default', 'x')",
-])
+_STATEMENTS = st.sampled_from(
+    [
+        "SELECT 1",
+        "select count() from snapshots",
+        "WITH 1 AS x SELECT x",
+        "SHOW TABLES",
+        "DESCRIBE snapshots",
+        "EXPLAIN SELECT 1",
+        "DROP TABLE snapshots",
+        "drop table if exists rejections",
+        "TRUNCATE daily_rollup",
+        "INSERT INTO snapshots (uid) VALUES ('x')",
+        "ALTER TABLE snapshots DROP COLUMN body",
+        "RENAME TABLE snapshots TO s2",
+        "DETACH TABLE snapshots",
+        "CREATE DATABASE evil",
+        "SET allow_ddl = 1",
+        "SELECT file('/etc/passwd')",
+        "SELECT * FROM file('/etc/shadow')",
+        "KILL QUERY WHERE 1",
+        "SYSTEM DROP MARK CACHE",
+        "USE system",
+        "SELECT 1 INTO OUTFILE '/tmp/x'",
+        "EXCHANGE TABLES snapshots AND rejections",
+        "GRANT ALL ON *.* TO default",
+        "SELECT 1 FORMAT TabSeparated",
+        "DELETE FROM snapshots WHERE 1",
+        "UNDROP TABLE snapshots",
+        "BACKUP TABLE snapshots TO Disk('default', 'x')",
+    ]
+)
 _SEPARATORS = st.sampled_from(["", ";", "; ", ";\n", " -- ;", "; --", "\n;\n"])
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(prefix=_PREFIXES, first=_STATEMENTS, sep=_SEPARATORS, second=st.one_of(st.just(""), _STATEMENTS),
-       noise=st.text(max_size=12))
-def test_generated_sql_never_writes(stack: RunningStack, prefix: str, first: str, sep: str, second: str,
-                                    noise: str) -> None:
+@given(
+    prefix=_PREFIXES,
+    first=_STATEMENTS,
+    sep=_SEPARATORS,
+    second=st.one_of(st.just(""), _STATEMENTS),
+    noise=st.text(max_size=12),
+)
+def test_generated_sql_never_writes(
+    stack: RunningStack, prefix: str, first: str, sep: str, second: str, noise: str
+) -> None:
     query = prefix + first + sep + second + (noise if noise.strip() else "")
     r = sql_http(stack, query)
     assert r.status_code in (200, 400, 403, 503), (query, r.status_code, r.text)
@@ -257,14 +290,20 @@ def test_generated_sql_left_everything_in_place(stack: RunningStack) -> None:
 
 # --------------------------------------------------------------------------------- browsers and tokens
 
+
 def test_cross_site_requests_are_refused(stack: RunningStack) -> None:
     api = stack.api_url
     # A "simple" cross-site POST (no CORS preflight) is text/plain or a form: not accepted.
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""):
         r = httpx.post(api + "/api/sql", content=b'{"query": "SELECT 1"}', headers={"content-type": content_type})
         assert r.status_code == 415, (content_type, r.text)
-    for headers in ({"origin": "http://evil.example"}, {"origin": "null"}, {"sec-fetch-site": "cross-site"},
-                    {"sec-fetch-site": "same-site"}, {"origin": "http://127.0.0.1:1"}):
+    for headers in (
+        {"origin": "http://evil.example"},
+        {"origin": "null"},
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},
+        {"origin": "http://127.0.0.1:1"},
+    ):
         r = httpx.post(api + "/api/sql", json={"query": "SELECT 1"}, headers=headers)
         assert (r.status_code, r.json()["error"]) == (403, "cross_site"), (headers, r.text)
         r = httpx.get(api + "/api/summary", headers=headers)
@@ -281,12 +320,20 @@ def test_cross_site_requests_are_refused(stack: RunningStack) -> None:
 
 def test_the_api_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IS_TELEMETRY_")}
-    for args in (["api", "--host", "0.0.0.0", "--port", str(free_port())],
-                 ["up", "--api-host", "0.0.0.0", "--no-simulate", "--data-dir", str(tmp_path / "d")],
-                 ["worker", "--api-port", str(free_port())]):
+    for args in (
+        ["api", "--host", "0.0.0.0", "--port", str(free_port())],
+        ["up", "--api-host", "0.0.0.0", "--no-simulate", "--data-dir", str(tmp_path / "d")],
+        ["worker", "--api-port", str(free_port())],
+    ):
         run_env = {**env, "IS_TELEMETRY_API__HOST": "0.0.0.0"} if args[0] == "worker" else env
-        done = subprocess.run([sys.executable, "-m", "is_telemetry", *args], capture_output=True, text=True,
-                              env=run_env, timeout=60, cwd=tmp_path)
+        done = subprocess.run(
+            [sys.executable, "-m", "is_telemetry", *args],
+            capture_output=True,
+            text=True,
+            env=run_env,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "without a token" in done.stderr and "IS_TELEMETRY_API__TOKEN" in done.stderr, done.stderr
     assert not (tmp_path / "d").exists()  # refused before anything started
@@ -294,20 +341,41 @@ def test_the_api_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Pat
 
 def test_a_token_protects_the_api_beyond_loopback(tmp_path: Path) -> None:
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("IS_TELEMETRY_")},
-           "IS_TELEMETRY_API__TOKEN": "t0ken-for-the-test"}
-    proc = subprocess.Popen([sys.executable, "-m", "is_telemetry", "api", "--host", "0.0.0.0", "--port", str(port),
-                             "--clickhouse", f"chdb://{tmp_path / 'chdb'}"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("IS_TELEMETRY_")},
+        "IS_TELEMETRY_API__TOKEN": "t0ken-for-the-test",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "is_telemetry",
+            "api",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--clickhouse",
+            f"chdb://{tmp_path / 'chdb'}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(url + "/healthz"), 60, "the API did not start")
         assert httpx.post(url + "/api/sql", json={"query": "SELECT 1"}).status_code == 401
-        ok = httpx.post(url + "/api/sql", json={"query": "SELECT 1"},
-                        headers={"authorization": "Bearer t0ken-for-the-test"})
+        ok = httpx.post(
+            url + "/api/sql", json={"query": "SELECT 1"}, headers={"authorization": "Bearer t0ken-for-the-test"}
+        )
         assert ok.json() == {"columns": ["1"], "rows": [[1]]}, ok.text
-        evil = httpx.post(url + "/api/sql", json={"query": "SELECT 1"},
-                          headers={"authorization": "Bearer t0ken-for-the-test", "origin": "http://evil.example"})
+        evil = httpx.post(
+            url + "/api/sql",
+            json={"query": "SELECT 1"},
+            headers={"authorization": "Bearer t0ken-for-the-test", "origin": "http://evil.example"},
+        )
         assert evil.status_code == 403
     finally:
         proc.terminate()
@@ -323,14 +391,21 @@ def _answers(url: str) -> bool:
 
 # ----------------------------------------------------------------------------------- limits on a query
 
-@pytest.mark.parametrize(("query", "clickhouse_error"), [
-    ("SELECT groupArray(number) FROM numbers(1e9)", "MEMORY_LIMIT_EXCEEDED"),
-    ("SELECT range(100000000)", "MEMORY_LIMIT_EXCEEDED"),  # one row holding a 1e8-element array
-    ("SELECT number FROM numbers(1e7)", "TOO_MANY_ROWS_OR_BYTES"),
-    ("SELECT repeat(toString(number % 10), 1000) FROM numbers(90000)", "TOO_MANY_ROWS_OR_BYTES"),  # 90 MB, < 100k rows
-    # a constant column is counted once by max_result_bytes; writing it out 90,000 times hits the memory limit
-    ("SELECT repeat('x', 10000) FROM numbers(90000)", "MEMORY_LIMIT_EXCEEDED"),
-])
+
+@pytest.mark.parametrize(
+    ("query", "clickhouse_error"),
+    [
+        ("SELECT groupArray(number) FROM numbers(1e9)", "MEMORY_LIMIT_EXCEEDED"),
+        ("SELECT range(100000000)", "MEMORY_LIMIT_EXCEEDED"),  # one row holding a 1e8-element array
+        ("SELECT number FROM numbers(1e7)", "TOO_MANY_ROWS_OR_BYTES"),
+        (
+            "SELECT repeat(toString(number % 10), 1000) FROM numbers(90000)",
+            "TOO_MANY_ROWS_OR_BYTES",
+        ),  # 90 MB, < 100k rows
+        # a constant column is counted once by max_result_bytes; writing it out 90,000 times hits the memory limit
+        ("SELECT repeat('x', 10000) FROM numbers(90000)", "MEMORY_LIMIT_EXCEEDED"),
+    ],
+)
 def test_expensive_queries_are_stopped_by_clickhouse(stack: RunningStack, query: str, clickhouse_error: str) -> None:
     pid = worker_pid(stack)
     r = sql_http(stack, query)
@@ -341,7 +416,7 @@ def test_expensive_queries_are_stopped_by_clickhouse(stack: RunningStack, query:
 
 def test_the_body_limit_is_checked_while_reading(stack: RunningStack) -> None:
     port = port_of(stack.api_url)
-    head = (b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n")
+    head = b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     # announced: refused before a byte of the body is sent
     answer = raw_exchange(port, head + b"Content-Length: 524288000\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
@@ -369,6 +444,7 @@ def test_the_body_limit_is_checked_while_reading(stack: RunningStack) -> None:
 
 # --------------------------------------------------------------------- analyst queries beside ingestion
 
+
 def test_an_expensive_query_never_stalls_ingestion(stack: RunningStack) -> None:
     outcome: dict[str, Any] = {}
 
@@ -391,8 +467,12 @@ def test_an_expensive_query_never_stalls_ingestion(stack: RunningStack) -> None:
     # more analyst queries than sessions: the extra ones wait briefly, then 503; ingestion and the dashboard go on
     results: list[int] = []
     busy_before = metric(stack, BUSY)
-    threads = [threading.Thread(target=lambda: results.append(
-        sql_http(stack, HEAVY, timeout_s=QUERY_TIMEOUT_S + 30).status_code)) for _ in range(6)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(sql_http(stack, HEAVY, timeout_s=QUERY_TIMEOUT_S + 30).status_code)
+        )
+        for _ in range(6)
+    ]
     for t in threads:
         t.start()
     # 3 of the 6 take the 3 free sessions (the first heavy query holds the 4th); the other 3 are turned away
@@ -417,8 +497,10 @@ def test_a_client_that_hangs_up_cancels_its_query(stack: RunningStack) -> None:
     port = port_of(stack.api_url)
     payload = orjson.dumps({"query": HEAVY})
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    s.sendall(
+        b"POST /api/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
     wait_until(lambda: bool(running_heavy(stack)), 10, "the query never started")
     s.close()
     last_elapsed = 0.0
@@ -433,16 +515,21 @@ def test_a_client_that_hangs_up_cancels_its_query(stack: RunningStack) -> None:
 
 # ---------------------------------------------------------------------------------- the HTTP edges
 
+
 @pytest.mark.parametrize("which", ["api", "collector"])
 def test_slow_and_huge_headers_are_cut_off(stack: RunningStack, which: str) -> None:
     port = port_of(stack.api_url if which == "api" else stack.collector_url)
     # headers that never end: 408 once the header timeout passes
-    answer = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", read_timeout_s=HEADER_TIMEOUT_S + 10)
+    answer = raw_exchange(
+        port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", read_timeout_s=HEADER_TIMEOUT_S + 10
+    )
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     # a connection that sends nothing at all is closed the same way
     assert raw_exchange(port, b"", read_timeout_s=HEADER_TIMEOUT_S + 10).startswith(b"HTTP/1.1 408")
     # a 10 MB header line: 431 without buffering it
-    answer = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 10_000_000 + b"\r\n\r\n")
+    answer = raw_exchange(
+        port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 10_000_000 + b"\r\n\r\n"
+    )
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     # and normal requests are untouched
     assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
@@ -477,28 +564,41 @@ def test_connection_floods_under_a_1024_descriptor_limit(stack: RunningStack) ->
 
 # ------------------------------------------------------------------------------------ strict identifiers
 
+
 def test_a_uid_with_a_trailing_newline_is_rejected(stack: RunningStack) -> None:
     good = body_for("trailing-newline")
     bad = body_for("trailing-newline", uid_suffix="\n")
     post(stack, bad)
     post(stack, good)
     wait_stored(stack, uid_of(good))
-    stack.wait_for("SELECT count() AS n FROM rejections WHERE reason = 'bad_uid' "
-                   "AND JSONExtractString(body, 'uid') = {uid:String}".replace("{uid:String}", f"'{uid_of(good)}\\n'"),
-                   lambda rows: rows[0]["n"] == 1)
+    stack.wait_for(
+        "SELECT count() AS n FROM rejections WHERE reason = 'bad_uid' "
+        "AND JSONExtractString(body, 'uid') = {uid:String}".replace("{uid:String}", f"'{uid_of(good)}\\n'"),
+        lambda rows: rows[0]["n"] == 1,
+    )
     assert stored(stack, uid_of(bad)) == 0
 
 
 def test_csv_exports_neutralise_formulas(stack: RunningStack, tmp_path: Path) -> None:
-    plans = {'=HYPERLINK("http://evil.example/","x")': 3, "+cmd|' /C calc'!A0": 2, "-2+3": 1, "@SUM(A1)": 1,
-             "\tTAB": 1, "EU_863_870": 4}
+    plans = {
+        '=HYPERLINK("http://evil.example/","x")': 3,
+        "+cmd|' /C calc'!A0": 2,
+        "-2+3": 1,
+        "@SUM(A1)": 1,
+        "\tTAB": 1,
+        "EU_863_870": 4,
+    }
     body = body_for("csv-injection", plans=plans)
     post(stack, body)
     wait_stored(stack, uid_of(body))
     today = datetime.now(UTC).date().isoformat()
-    stack.wait_for("SELECT count() AS n FROM daily_rollup FINAL WHERE has(mapKeys(gateways_by_frequency_plan), '-2+3')",
-                   lambda rows: rows[0]["n"] >= 1)
-    r = httpx.get(stack.api_url + "/api/gateways-by-frequency-plan", params={"from": today, "to": today, "format": "csv"})
+    stack.wait_for(
+        "SELECT count() AS n FROM daily_rollup FINAL WHERE has(mapKeys(gateways_by_frequency_plan), '-2+3')",
+        lambda rows: rows[0]["n"] >= 1,
+    )
+    r = httpx.get(
+        stack.api_url + "/api/gateways-by-frequency-plan", params={"from": today, "to": today, "format": "csv"}
+    )
     assert r.status_code == 200, r.text
     rows = {row["frequency_plan_id"]: row["gateways"] for row in csv.DictReader(io.StringIO(r.text))}
     for plan in plans:
@@ -506,15 +606,30 @@ def test_csv_exports_neutralise_formulas(stack: RunningStack, tmp_path: Path) ->
         assert cell in rows, (plan, rows)
         assert rows[cell].isdigit()  # numbers stay numbers
     # the CLI's CSV too, where a negative number stays a number
-    done = subprocess.run([sys.executable, "-m", "is_telemetry", "sql", "--api", stack.api_url, "--format", "csv",
-                           "SELECT frequency_plan_id, gateways, -1 AS negative FROM gateways_by_frequency_plan_daily "
-                           "WHERE frequency_plan_id LIKE '=HYPER%'"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "is_telemetry",
+            "sql",
+            "--api",
+            stack.api_url,
+            "--format",
+            "csv",
+            "SELECT frequency_plan_id, gateways, -1 AS negative FROM gateways_by_frequency_plan_daily "
+            "WHERE frequency_plan_id LIKE '=HYPER%'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     lines = list(csv.reader(io.StringIO(done.stdout)))
     assert lines[1][0].startswith("'=HYPERLINK") and lines[1][2] == "-1", lines
 
 
 # --------------------------------------------------------------------------- a worker killed from outside
+
 
 def test_a_killed_worker_is_started_again_and_nothing_is_lost(stack: RunningStack) -> None:
     """Should anything still take the worker down (the kernel's OOM killer, say), `up` starts it again instead of

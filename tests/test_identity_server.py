@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgcluster import PostgresCluster, postgres_cluster  # noqa: F401  (session fixture)
 
 from is_telemetry import __version__
 from is_telemetry.broker import EmbeddedBroker, free_port
@@ -30,7 +31,6 @@ from is_telemetry.schema import (
     UsersCount,
 )
 from is_telemetry.uid import uid_from_elements
-from pgcluster import PostgresCluster, postgres_cluster  # noqa: F401  (session fixture)
 from producers import identity_server as isp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,10 +79,10 @@ class Recorder:
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._record()
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._record()
 
             def _record(self) -> None:
@@ -127,7 +127,10 @@ def produce(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     """`python -m producers.identity_server` (the same typer command `is-telemetry produce` registers)."""
     return subprocess.run(
         [PYTHON, "-m", "producers.identity_server", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(ROOT),
     )
 
 
@@ -168,8 +171,22 @@ def dead_dsn(password: str = "") -> tuple[str, int]:
 
 @pytest.mark.parametrize(
     "text, seconds",
-    [("24h", 86400), ("30m", 1800), ("1h30m", 5400), ("10s", 10), ("1.5h", 5400), ("300ms", 0.3), ("0", 0),
-     ("2h45m30s", 9930), ("1.h.5m", 3630), ("-1m", -60), ("1m0.5s", 60.5), ("100us", 1e-4), ("5µs", 5e-6), ("1000000ns", 1e-3)],
+    [
+        ("24h", 86400),
+        ("30m", 1800),
+        ("1h30m", 5400),
+        ("10s", 10),
+        ("1.5h", 5400),
+        ("300ms", 0.3),
+        ("0", 0),
+        ("2h45m30s", 9930),
+        ("1.h.5m", 3630),
+        ("-1m", -60),
+        ("1m0.5s", 60.5),
+        ("100us", 1e-4),
+        ("5µs", 5e-6),
+        ("1000000ns", 1e-3),
+    ],
 )
 def test_parse_go_duration(text: str, seconds: float) -> None:
     assert isp.parse_go_duration(text) == pytest.approx(seconds)
@@ -192,15 +209,24 @@ def test_load_tts_config_defaults(tmp_path: Path) -> None:
         "http://localhost:1885/api/v3"
     ] * 5
     opts = isp.telemetry_options(cfg)
-    assert opts.uid == DEFAULT_UID == "m64Jv5T3Bqnxz3tSgOAYD0w25UqWwP5DgIsuKbS0g5dBQkA8ZEHwlV1iDoKgjeF7uE3dt+3SDMdANJ41xDZqag=="
+    assert (
+        opts.uid
+        == DEFAULT_UID
+        == "m64Jv5T3Bqnxz3tSgOAYD0w25UqWwP5DgIsuKbS0g5dBQkA8ZEHwlV1iDoKgjeF7uE3dt+3SDMdANJ41xDZqag=="
+    )
     assert opts.interval_s == 86400 and opts.enabled and opts.database_uri is None
     # the defaults are not shared mutable state
     tel["entity-count-telemetry"]["interval"] = "1s"
-    assert isp.load_tts_config(write_config(tmp_path, "", "b.yml"))["telemetry"]["entity-count-telemetry"]["interval"] == "24h"
+    assert (
+        isp.load_tts_config(write_config(tmp_path, "", "b.yml"))["telemetry"]["entity-count-telemetry"]["interval"]
+        == "24h"
+    )
 
 
 def test_load_tts_config_nested_keys(tmp_path: Path) -> None:
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
 is:
   database-uri: postgresql://root@db:5432/ttn_lorawan?sslmode=disable
 telemetry:
@@ -212,7 +238,8 @@ console:
   ui:
     is:
       base-url: https://eu1.example.com/api/v3
-""")
+""",
+    )
     cfg = isp.load_tts_config(path)
     assert cfg["telemetry"]["enable"] is True  # missing key: TTS default
     assert cfg["telemetry"]["entity-count-telemetry"]["enable"] is True
@@ -226,7 +253,9 @@ console:
 
 def test_uid_from_console_urls_and_dotted_keys(tmp_path: Path) -> None:
     urls = [f"https://{k}.example.com/api/v3" for k in ("is", "gs", "ns", "as", "js")]
-    text = "console:\n  ui:\n" + "".join(f"    {k}:\n      base-url: {u}\n" for k, u in zip(("is", "gs", "ns", "as", "js"), urls))
+    text = "console:\n  ui:\n" + "".join(
+        f"    {k}:\n      base-url: {u}\n" for k, u in zip(("is", "gs", "ns", "as", "js"), urls)
+    )
     text += "telemetry.entity-count-telemetry.enable: false\n"
     opts = isp.telemetry_options(isp.load_tts_config(write_config(tmp_path, text)))
     assert opts.uid == uid_from_elements(urls) != DEFAULT_UID
@@ -235,16 +264,27 @@ def test_uid_from_console_urls_and_dotted_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("interval", ["24", "1d", "0", "-1h", "3600"])
 def test_bad_interval_is_a_config_error(tmp_path: Path, interval: str) -> None:
-    cfg = isp.load_tts_config(write_config(tmp_path, f"telemetry:\n  entity-count-telemetry:\n    interval: {interval}\n"))
+    cfg = isp.load_tts_config(
+        write_config(tmp_path, f"telemetry:\n  entity-count-telemetry:\n    interval: {interval}\n")
+    )
     with pytest.raises(ValueError, match="interval|duration"):
         isp.telemetry_options(cfg)
 
 
 def test_gateways_by_frequency_plan_semantics() -> None:
-    groups = [("EU_863_870", 1), ("EU_863_870 EU_863_870_TTN", 2), (None, 0), ("", 3), ("US_902_928_FSB_2", 1),
-              ("EU_863_870_TTN  AS_923", 4)]
+    groups = [
+        ("EU_863_870", 1),
+        ("EU_863_870 EU_863_870_TTN", 2),
+        (None, 0),
+        ("", 3),
+        ("US_902_928_FSB_2", 1),
+        ("EU_863_870_TTN  AS_923", 4),
+    ]
     assert isp.gateways_by_frequency_plan(groups) == {
-        "AS_923": 4, "EU_863_870": 3, "EU_863_870_TTN": 6, "US_902_928_FSB_2": 1,
+        "AS_923": 4,
+        "EU_863_870": 3,
+        "EU_863_870_TTN": 6,
+        "US_902_928_FSB_2": 1,
     }
 
 
@@ -273,10 +313,13 @@ def test_message_body_is_go_compatible(is_db: str) -> None:
     msg = isp.build_message(DEFAULT_UID, isp.count_entities_at(is_db))
     body = msg.to_json()
     o = isp.os_telemetry()
-    assert body == (
-        f'{{"uid":"{DEFAULT_UID}","os":{{"operating_system":"{o.operating_system}","arch":"{o.arch}",'
-        f'"binary_version":"{__version__}","golang_version":""}},"cli":null,"entities_count":{EXPECTED_ENTITIES_JSON}}}'
-    ).encode()
+    assert (
+        body
+        == (
+            f'{{"uid":"{DEFAULT_UID}","os":{{"operating_system":"{o.operating_system}","arch":"{o.arch}",'
+            f'"binary_version":"{__version__}","golang_version":""}},"cli":null,"entities_count":{EXPECTED_ENTITIES_JSON}}}'
+        ).encode()
+    )
     again = TelemetryMessage.model_validate_json(body)
     assert again.kind == "is" and again.to_json() == body == expected_body(DEFAULT_UID)
 
@@ -285,9 +328,18 @@ def test_not_an_is_database_exits_2(postgres_cluster: PostgresCluster) -> None: 
     dsn = postgres_cluster.create_database("not_is")
     with Recorder() as rec:
         out: list[str] = []
-        code = isp.run(isp.ProduceOptions(database=dsn, uid=DEFAULT_UID, interval_s=60, once=True,
-                                          sender=isp.HttpSender(rec.url()), retry=isp.RetryPolicy(0.01, 0.01, 3),
-                                          echo=out.append, echo_err=out.append))
+        code = isp.run(
+            isp.ProduceOptions(
+                database=dsn,
+                uid=DEFAULT_UID,
+                interval_s=60,
+                once=True,
+                sender=isp.HttpSender(rec.url()),
+                retry=isp.RetryPolicy(0.01, 0.01, 3),
+                echo=out.append,
+                echo_err=out.append,
+            )
+        )
     assert code == 2
     assert "does not look like a The Things Stack Identity Server database" in out[-1]
     assert rec.requests == []
@@ -308,7 +360,9 @@ def test_cli_uid(tmp_path: Path) -> None:
     r = _cli("uid", "--config", str(write_config(tmp_path, "")))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == DEFAULT_UID
-    r = _cli("uid", "--config", str(write_config(tmp_path, "telemetry:\n  uid-elements:\n    - foo\n    - bar\n", "fb.yml")))
+    r = _cli(
+        "uid", "--config", str(write_config(tmp_path, "telemetry:\n  uid-elements:\n    - foo\n    - bar\n", "fb.yml"))
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == FOO_BAR_UID
 
@@ -349,8 +403,9 @@ def test_once_kafka(is_db: str, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "telemetry:\n  uid-elements: [foo, bar]\n")
     with EmbeddedBroker(port=free_port()) as broker:
         before = int(time.time() * 1000)
-        r = produce("--once", "--config", str(cfg), "--database", is_db, "--kafka", broker.bootstrap_servers,
-                    "--topic", topic)
+        r = produce(
+            "--once", "--config", str(cfg), "--database", is_db, "--kafka", broker.bootstrap_servers, "--topic", topic
+        )
         after = int(time.time() * 1000)
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"kafka {broker.bootstrap_servers} topic {topic}" in r.stdout
@@ -374,14 +429,17 @@ def test_once_kafka(is_db: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "config_text, key",
-    [("telemetry:\n  enable: false\n", "telemetry.enable"),
-     ("telemetry:\n  entity-count-telemetry:\n    enable: false\n", "telemetry.entity-count-telemetry.enable")],
+    [
+        ("telemetry:\n  enable: false\n", "telemetry.enable"),
+        ("telemetry:\n  entity-count-telemetry:\n    enable: false\n", "telemetry.entity-count-telemetry.enable"),
+    ],
 )
 def test_disabled_sends_nothing(tmp_path: Path, config_text: str, key: str) -> None:
     dsn, _ = dead_dsn()  # the database is not even touched
     with Recorder() as rec:
-        r = produce("--once", "--config", str(write_config(tmp_path, config_text)), "--database", dsn,
-                    "--target", rec.url())
+        r = produce(
+            "--once", "--config", str(write_config(tmp_path, config_text)), "--database", dsn, "--target", rec.url()
+        )
         time.sleep(0.2)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "telemetry disabled" in r.stdout and f"{key} is false" in r.stdout and "nothing sent" in r.stdout
@@ -391,8 +449,19 @@ def test_disabled_sends_nothing(tmp_path: Path, config_text: str, key: str) -> N
 def test_database_unreachable_retries_then_fails(tmp_path: Path) -> None:
     dsn, port = dead_dsn(password="s3cret-pw")
     with Recorder() as rec:
-        r = produce("--once", "--config", str(write_config(tmp_path, "")), "--database", dsn, "--target", rec.url(),
-                    "--max-retries", "2", "--retry-initial-seconds", "0.1")
+        r = produce(
+            "--once",
+            "--config",
+            str(write_config(tmp_path, "")),
+            "--database",
+            dsn,
+            "--target",
+            rec.url(),
+            "--max-retries",
+            "2",
+            "--retry-initial-seconds",
+            "0.1",
+        )
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     where = f"database unreachable at 127.0.0.1:{port}/ttn_lorawan"
@@ -409,10 +478,28 @@ def test_target_down_then_up(is_db: str, tmp_path: Path) -> None:
     err = tmp_path / "stderr.log"
     with open(err, "w") as errf:
         proc = subprocess.Popen(
-            [PYTHON, "-m", "producers.identity_server", "--once", "--config", str(write_config(tmp_path, "")),
-             "--database", is_db, "--target", f"http://127.0.0.1:{port}/collect",
-             "--retry-initial-seconds", "0.2", "--retry-max-seconds", "0.5", "--max-retries", "40"],
-            stdout=subprocess.PIPE, stderr=errf, text=True, cwd=str(ROOT),
+            [
+                PYTHON,
+                "-m",
+                "producers.identity_server",
+                "--once",
+                "--config",
+                str(write_config(tmp_path, "")),
+                "--database",
+                is_db,
+                "--target",
+                f"http://127.0.0.1:{port}/collect",
+                "--retry-initial-seconds",
+                "0.2",
+                "--retry-max-seconds",
+                "0.5",
+                "--max-retries",
+                "40",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=errf,
+            text=True,
+            cwd=str(ROOT),
         )
         try:
             deadline = time.monotonic() + 20
@@ -437,14 +524,34 @@ def test_http_5xx_is_retried_and_4xx_is_not(is_db: str) -> None:
     policy = isp.RetryPolicy(initial_s=0.05, maximum_s=0.05, max_retries=3)
     with Recorder(statuses=[503, 500, 200]) as rec:
         out: list[str] = []
-        code = isp.run(isp.ProduceOptions(database=is_db, uid=DEFAULT_UID, interval_s=60, once=True,
-                                          sender=isp.HttpSender(rec.url()), retry=policy, echo=out.append, echo_err=out.append))
+        code = isp.run(
+            isp.ProduceOptions(
+                database=is_db,
+                uid=DEFAULT_UID,
+                interval_s=60,
+                once=True,
+                sender=isp.HttpSender(rec.url()),
+                retry=policy,
+                echo=out.append,
+                echo_err=out.append,
+            )
+        )
     assert code == 0 and len(rec.requests) == 3
     assert len({q["body"] for q in rec.requests}) == 1  # the same message each try
     with Recorder(statuses=[400]) as rec:
         out = []
-        code = isp.run(isp.ProduceOptions(database=is_db, uid=DEFAULT_UID, interval_s=60, once=True,
-                                          sender=isp.HttpSender(rec.url()), retry=policy, echo=out.append, echo_err=out.append))
+        code = isp.run(
+            isp.ProduceOptions(
+                database=is_db,
+                uid=DEFAULT_UID,
+                interval_s=60,
+                once=True,
+                sender=isp.HttpSender(rec.url()),
+                retry=policy,
+                echo=out.append,
+                echo_err=out.append,
+            )
+        )
     assert code == 1 and len(rec.requests) == 1
     assert "HTTP 400" in out[-1] and "NOT sent" in out[-1]
 
@@ -452,9 +559,23 @@ def test_http_5xx_is_retried_and_4xx_is_not(is_db: str) -> None:
 def test_periodic_sends_immediately_and_stops_on_sigterm(is_db: str, tmp_path: Path) -> None:
     with Recorder() as rec:
         proc = subprocess.Popen(
-            [PYTHON, "-m", "producers.identity_server", "--config", str(write_config(tmp_path, "")),
-             "--database", is_db, "--target", rec.url(), "--interval", "1s"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+            [
+                PYTHON,
+                "-m",
+                "producers.identity_server",
+                "--config",
+                str(write_config(tmp_path, "")),
+                "--database",
+                is_db,
+                "--target",
+                rec.url(),
+                "--interval",
+                "1s",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(ROOT),
         )
         try:
             deadline = time.monotonic() + 20
@@ -491,9 +612,18 @@ def test_kafka_down_then_up(is_db: str, caplog: pytest.LogCaptureFixture) -> Non
     caplog.set_level("WARNING", logger="producers.identity_server")
     starter.start()
     try:
-        code = isp.run(isp.ProduceOptions(database=is_db, uid=FOO_BAR_UID, interval_s=60, once=True, sender=sender,
-                                          retry=isp.RetryPolicy(initial_s=0.2, maximum_s=0.4, max_retries=30),
-                                          echo=out.append, echo_err=out.append))
+        code = isp.run(
+            isp.ProduceOptions(
+                database=is_db,
+                uid=FOO_BAR_UID,
+                interval_s=60,
+                once=True,
+                sender=sender,
+                retry=isp.RetryPolicy(initial_s=0.2, maximum_s=0.4, max_retries=30),
+                echo=out.append,
+                echo_err=out.append,
+            )
+        )
         assert code == 0, out
         records = _consume_all(broker.bootstrap_servers, "is-producer-retry")
     finally:

@@ -28,8 +28,10 @@ from tests.conftest import ROOT, RunningStack, start_stack
 
 CLI = [sys.executable, "-m", "is_telemetry"]
 FLEET = ["--deployments", "60", "--cli-installs", "5", "--days", "4", "--seed", "1"]  # 4 rejected bodies in history
-PAST_REJECTIONS = "SELECT toString(day) AS d, count() AS n, uniqExact(body) AS bodies FROM rejections FINAL " \
-                  "WHERE day < today() GROUP BY d ORDER BY d"
+PAST_REJECTIONS = (
+    "SELECT toString(day) AS d, count() AS n, uniqExact(body) AS bodies FROM rejections FINAL "
+    "WHERE day < today() GROUP BY d ORDER BY d"
+)
 PAST_SNAPSHOTS = "SELECT count() AS n FROM snapshots FINAL WHERE day < today()"
 BAD_BODY = b'{"uid": 42, "note": "first-hour"}'  # JSON (the collector takes it), not telemetry (the worker rejects it)
 
@@ -44,8 +46,9 @@ def interrupted_after(args: list[str], until: str, within_s: float, cwd: Path) -
     """Start `is-telemetry ARGS`, wait for `until` in its output (within `within_s`), Ctrl-C it; returns (output,
     seconds until the text appeared, seconds the stop took)."""
     log = cwd / "out.log"
-    proc = subprocess.Popen([*CLI, *args], stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=cwd,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*CLI, *args], stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+    )
     started = time.monotonic()
     try:
         while until not in log.read_text(errors="replace"):
@@ -65,18 +68,28 @@ def interrupted_after(args: list[str], until: str, within_s: float, cwd: Path) -
 
 # -- 1. configuration validated before anything starts ---------------------------------------------------------
 
-@pytest.mark.parametrize(("flags", "said"), [
-    (["--clickhouse", "localhost:8123"], "has no scheme: a ClickHouse DSN is a URL, e.g. http://localhost:8123/default"),
-    (["--clickhouse", "clickhouse://127.0.0.1:9000/default"], "native protocol (clickhouse://, port 9000) is not "
-                                                             "supported; use its HTTP interface, e.g. http://127.0.0.1:8123/default"),
-    (["--clickhouse", "chdb://data/chdb"], "chDB needs an absolute path"),
-    (["--kafka", "http://localhost:9092"], "without a scheme, e.g. localhost:9092"),
-    (["--kafka", "localhost:abc"], "the port must be a number from 1 to 65535"),
-    (["--collector-port", "70000"], "collector.port = 70000: input should be less than or equal to 65535"),
-    (["--collector-host", "0.0.0.0:8480"], "give the address alone (e.g. 0.0.0.0)"),
-    (["--data-dir", "/etc/hostname"], "is a file, not a directory"),
-    (["--kafka", "no-such-host.invalid:9092"], "cannot resolve no-such-host.invalid"),
-])
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (
+            ["--clickhouse", "localhost:8123"],
+            "has no scheme: a ClickHouse DSN is a URL, e.g. http://localhost:8123/default",
+        ),
+        (
+            ["--clickhouse", "clickhouse://127.0.0.1:9000/default"],
+            "native protocol (clickhouse://, port 9000) is not "
+            "supported; use its HTTP interface, e.g. http://127.0.0.1:8123/default",
+        ),
+        (["--clickhouse", "chdb://data/chdb"], "chDB needs an absolute path"),
+        (["--kafka", "http://localhost:9092"], "without a scheme, e.g. localhost:9092"),
+        (["--kafka", "localhost:abc"], "the port must be a number from 1 to 65535"),
+        (["--collector-port", "70000"], "collector.port = 70000: input should be less than or equal to 65535"),
+        (["--collector-host", "0.0.0.0:8480"], "give the address alone (e.g. 0.0.0.0)"),
+        (["--data-dir", "/etc/hostname"], "is a file, not a directory"),
+        (["--kafka", "no-such-host.invalid:9092"], "cannot resolve no-such-host.invalid"),
+    ],
+)
 def test_a_wrong_setting_fails_at_once_with_an_example(tmp_path: Path, flags: list[str], said: str) -> None:
     code, out, took = run_cli("up", "--no-simulate", "--data-dir", str(tmp_path / "d"), *flags)
     assert code == 2, out
@@ -90,7 +103,10 @@ def test_an_unreachable_clickhouse_is_reported_and_waited_for_aloud(tmp_path: Pa
     (port,) = free_ports(1)
     out, seen, stop = interrupted_after(
         ["up", "--no-simulate", "--data-dir", str(tmp_path / "d"), "--clickhouse", f"http://127.0.0.1:{port}/default"],
-        "waiting: ClickHouse", 15, tmp_path)
+        "waiting: ClickHouse",
+        15,
+        tmp_path,
+    )
     assert f"ClickHouse at http://127.0.0.1:{port}/default does not answer: [Errno 111] Connection refused" in out
     assert "trying again every 2s until it answers (Ctrl-C stops)" in out
     assert seen < 10 and stop < 10, (seen, stop)
@@ -100,8 +116,12 @@ def test_an_unreachable_clickhouse_is_reported_and_waited_for_aloud(tmp_path: Pa
 
 def test_an_unreachable_kafka_is_reported_and_waited_for_aloud(tmp_path: Path) -> None:
     (port,) = free_ports(1)
-    out, seen, stop = interrupted_after(["up", "--no-simulate", "--data-dir", str(tmp_path / "d"), "--kafka",
-                                         f"127.0.0.1:{port}"], "waiting: Kafka", 15, tmp_path)
+    out, seen, stop = interrupted_after(
+        ["up", "--no-simulate", "--data-dir", str(tmp_path / "d"), "--kafka", f"127.0.0.1:{port}"],
+        "waiting: Kafka",
+        15,
+        tmp_path,
+    )
     assert f"Kafka at 127.0.0.1:{port} does not answer (127.0.0.1:{port}: Connection refused)" in out, out
     assert seen < 10 and stop < 10, (seen, stop)
     assert "kafka." not in out and "WARNING" not in out, out  # no kafka-python flood
@@ -112,31 +132,47 @@ def test_help_shows_the_real_defaults() -> None:
     assert code == 0, out
     text = " ".join(out.replace("│", " ").split())  # rich's box, wrapped to the terminal's width
     assert "[default: 0]" not in text, out
-    for default in ("(default 19092, from broker.port)", "(default 8480, from collector.port)",
-                    "(default 8481, from api.port)"):
+    for default in (
+        "(default 19092, from broker.port)",
+        "(default 8480, from collector.port)",
+        "(default 8481, from api.port)",
+    ):
         assert default in text, out
 
 
 # -- 4. make run ARGS="..." -------------------------------------------------------------------------------------
 
+
 def test_make_run_passes_args_to_up() -> None:
-    p = subprocess.run(["make", "-n", "run", "ARGS=--collector-port 8490 --no-simulate"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=30)
+    p = subprocess.run(
+        ["make", "-n", "run", "ARGS=--collector-port 8490 --no-simulate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert p.returncode == 0, p.stderr
     assert ".venv/bin/is-telemetry up --collector-port 8490 --no-simulate" in p.stdout, p.stdout
     if subprocess.run(["make", "-q", "install"], cwd=ROOT, timeout=30).returncode != 0:
         return  # the venv would be installed again first: the dry run above is the check
-    p = subprocess.run(["make", "run", "ARGS=--collector-port 70000 --no-simulate"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        ["make", "run", "ARGS=--collector-port 70000 --no-simulate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode != 0
     assert "collector.port = 70000" in p.stderr, p.stderr
 
 
 # -- 2, 3, 5, 6: one data directory, three starts ----------------------------------------------------------------
 
+
 def _post_bad_body(collector_url: str, sender: str) -> None:
-    r = httpx.post(collector_url, content=BAD_BODY, headers={"content-type": "application/json",
-                                                              "user-agent": sender}, timeout=10)
+    r = httpx.post(
+        collector_url, content=BAD_BODY, headers={"content-type": "application/json", "user-agent": sender}, timeout=10
+    )
     assert r.status_code == 202, r.text
 
 
@@ -170,8 +206,11 @@ def test_three_starts_store_the_same_history_and_the_console_stays_quiet_and_tru
         # 2: two senders' identical bad bodies count twice
         _post_bad_body(first.collector_url, "sender-a/1.0")
         _post_bad_body(first.collector_url, "sender-b/1.0")
-        first.wait_for(f"SELECT count() AS n FROM rejections FINAL WHERE body = '{BAD_BODY.decode()}'",
-                       lambda rows: rows[0]["n"] == 2, timeout_s=60)
+        first.wait_for(
+            f"SELECT count() AS n FROM rejections FINAL WHERE body = '{BAD_BODY.decode()}'",
+            lambda rows: rows[0]["n"] == 2,
+            timeout_s=60,
+        )
         history = first.sql(PAST_REJECTIONS)
         snapshots = first.sql(PAST_SNAPSHOTS)
         assert sum(r["n"] for r in history) >= 1, history
@@ -190,8 +229,9 @@ def test_three_starts_store_the_same_history_and_the_console_stays_quiet_and_tru
             again.wait_for("SELECT count() AS n FROM snapshots FINAL WHERE day = today()", lambda r: r[0]["n"] > 0)
             assert again.sql(PAST_REJECTIONS) == history
             assert again.sql(PAST_SNAPSHOTS) == snapshots
-            assert again.sql(f"SELECT count() AS n FROM rejections FINAL WHERE body = '{BAD_BODY.decode()}'") == \
-                [{"n": 2}]
+            assert again.sql(f"SELECT count() AS n FROM rejections FINAL WHERE body = '{BAD_BODY.decode()}'") == [
+                {"n": 2}
+            ]
         finally:
             assert again.stop() == 0
     _check_console(first.log(), simulated=True)  # the three starts' progress counts, in order: they only go up

@@ -36,7 +36,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import load_settings
@@ -61,6 +63,7 @@ LIMIT = 10**9  # processors.plausibility_limit (default)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
 
 def is_uid(tag: str) -> str:
     """An Identity Server UID (88-char base64 of a SHA-512 digest), unique per tag."""
@@ -140,8 +143,13 @@ def drain(stack: RunningStack, timeout_s: float = 60) -> None:
 
 
 def post(stack: RunningStack, body: bytes, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
-    return httpx.post(stack.collector_url, content=body, headers=HEADERS if headers is None else headers,
-                      timeout=kw.pop("timeout", 30), **kw)
+    return httpx.post(
+        stack.collector_url,
+        content=body,
+        headers=HEADERS if headers is None else headers,
+        timeout=kw.pop("timeout", 30),
+        **kw,
+    )
 
 
 def assert_all_healthy(stack: RunningStack) -> None:
@@ -158,8 +166,12 @@ def today() -> str:
 
 
 def rejected_today(stack: RunningStack) -> Counter[str]:
-    return Counter({r["reason"]: r["messages"] for r in stack.sql(
-        f"SELECT reason, messages FROM rejected_daily WHERE day = '{today()}'")})
+    return Counter(
+        {
+            r["reason"]: r["messages"]
+            for r in stack.sql(f"SELECT reason, messages FROM rejected_daily WHERE day = '{today()}'")
+        }
+    )
 
 
 def fleet_today(stack: RunningStack) -> dict[str, Any]:
@@ -171,12 +183,12 @@ def collect_statuses(stack: RunningStack) -> Counter[str]:
     m = metrics(base(stack) + "/metrics")
     out: Counter[str] = Counter()
     for k, v in m.items():
-        found = re.fullmatch(r'collector_requests_total\{code="(\d+)",endpoint="/collect"\}', k) or \
-            re.fullmatch(r'collector_requests_total\{endpoint="/collect",code="(\d+)"\}', k)
+        found = re.fullmatch(r'collector_requests_total\{code="(\d+)",endpoint="/collect"\}', k) or re.fullmatch(
+            r'collector_requests_total\{endpoint="/collect",code="(\d+)"\}', k
+        )
         if found:
             out[found.group(1)] = int(v)
     return out
-
 
 
 def pid_of(pattern: str) -> int:
@@ -210,16 +222,29 @@ def wait_for_log(stack: RunningStack, text: str, timeout_s: float = 60, since: i
 
 # ------------------------------------------------------------------------- 1 + 4. ClickHouse unavailable
 
+
 def _mount_problem(probe_dir: Path) -> str | None:
     """None if this machine lets us make a private mount namespace with tmpfs and read-only bind mounts."""
     for tool in ("unshare", "nsenter", "mount"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     probe_dir.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                        'mount -t tmpfs -o size=1m tmpfs "$1" && mount --bind "$1" "$1" && '
-                        'mount -o remount,bind,ro "$1" && ! touch "$1/x" 2>/dev/null', "sh", str(probe_dir)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=1m tmpfs "$1" && mount --bind "$1" "$1" && '
+            'mount -o remount,bind,ro "$1" && ! touch "$1/x" 2>/dev/null',
+            "sh",
+            str(probe_dir),
+        ],
+        capture_output=True,
+        text=True,
+    )
     return None if r.returncode == 0 else f"no private tmpfs/read-only bind mounts here: {r.stderr.strip()[:200]}"
 
 
@@ -236,8 +261,19 @@ class FaultableWorker(Proc):
         self.chdb = self.fs / "chdb"
         self.size_mb = size_mb
         port = free_port()
-        args = ["worker", "--kafka", bootstrap, "--data-dir", str(data_dir), "--clickhouse", f"chdb://{self.chdb}",
-                "--log-level", "info", "--api-port", str(port)]
+        args = [
+            "worker",
+            "--kafka",
+            bootstrap,
+            "--data-dir",
+            str(data_dir),
+            "--clickhouse",
+            f"chdb://{self.chdb}",
+            "--log-level",
+            "info",
+            "--api-port",
+            str(port),
+        ]
         super().__init__("worker", args, data_dir, port)
 
     def start(self) -> None:
@@ -245,14 +281,31 @@ class FaultableWorker(Proc):
         script = f'mount -t tmpfs -o size={self.size_mb}m tmpfs "$1" && mkdir -p "$1/chdb" && shift && exec "$@"'
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(self.fs),
-                 sys.executable, "-m", "is_telemetry", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    str(self.fs),
+                    sys.executable,
+                    "-m",
+                    "is_telemetry",
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def ns(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         assert self.process is not None
-        r = subprocess.run(["nsenter", "-t", str(self.process.pid), "-m", "sh", "-c", script],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["nsenter", "-t", str(self.process.pid), "-m", "sh", "-c", script], capture_output=True, text=True
+        )
         assert r.returncode == 0 or not check, (script, r.stderr)
         return r
 
@@ -262,8 +315,10 @@ class FaultableWorker(Proc):
         assert free[3] == "0", free
 
     def read_only(self) -> None:
-        self.ns(f'mount --bind "{self.chdb}" "{self.chdb}" && mount -o remount,bind,ro "{self.chdb}" && '
-                f'rm "{self.fs}/ballast"')
+        self.ns(
+            f'mount --bind "{self.chdb}" "{self.chdb}" && mount -o remount,bind,ro "{self.chdb}" && '
+            f'rm "{self.fs}/ballast"'
+        )
 
     def heal(self) -> None:
         self.ns(f'umount "{self.chdb}" || umount -l "{self.chdb}"')
@@ -296,7 +351,7 @@ def test_clickhouse_unavailable_30s_disk_full_then_read_only(tmp_path: Path) -> 
     sim = generate(240, 60, 3, 21, end_day=datetime.now(UTC).date() - timedelta(days=1))
     deliveries, expected = sim.deliveries, expected_views(ground_truth(sim.deliveries))
     n = len(deliveries)
-    before, during_full, during_ro = deliveries[: n // 3], deliveries[n // 3: 2 * n // 3], deliveries[2 * n // 3:]
+    before, during_full, during_ro = deliveries[: n // 3], deliveries[n // 3 : 2 * n // 3], deliveries[2 * n // 3 :]
 
     with EmbeddedBroker(port=free_port(), log_file=tmp_path / "broker.log") as broker:
         b = broker.bootstrap_servers
@@ -310,19 +365,26 @@ def test_clickhouse_unavailable_30s_disk_full_then_read_only(tmp_path: Path) -> 
                 assert time.monotonic() < deadline and w.alive(), w.log()
                 time.sleep(0.3)
             # faust commits every second: poll until the commits cover what was stored
-            c0 = wait_until(lambda: committed(b), lambda c: sum(c.values()) == len(before), timeout_s=30,
-                            what=f"committed offsets summing to {len(before)}")
+            c0 = wait_until(
+                lambda: committed(b),
+                lambda c: sum(c.values()) == len(before),
+                timeout_s=30,
+                what=f"committed offsets summing to {len(before)}",
+            )
 
             # Phase A: disk full (chDB: "Cannot reserve ... not enough space")
             w.fill()
             fault_started = time.monotonic()
             chunks = 4
             for i in range(chunks):
-                part = during_full[i * len(during_full) // chunks: (i + 1) * len(during_full) // chunks]
+                part = during_full[i * len(during_full) // chunks : (i + 1) * len(during_full) // chunks]
                 send_to_kafka(part, b, RAW_TOPIC)
                 time.sleep(3.0)  # the fault lasts while records keep arriving
-            wait_until(lambda: "NOT_ENOUGH_SPACE" in w.log_path.read_text(errors="replace"), timeout_s=30,
-                       what="the worker logging NOT_ENOUGH_SPACE")
+            wait_until(
+                lambda: "NOT_ENOUGH_SPACE" in w.log_path.read_text(errors="replace"),
+                timeout_s=30,
+                what="the worker logging NOT_ENOUGH_SPACE",
+            )
             # Reads keep working: the API answers from the same chDB while writes fail.
             assert w.sql("SELECT count() AS n FROM snapshots")[0]["n"] > 0
             c1 = committed(b)
@@ -330,7 +392,7 @@ def test_clickhouse_unavailable_30s_disk_full_then_read_only(tmp_path: Path) -> 
             # Phase B: read-only file system (space freed, but nothing can be created)
             w.read_only()
             for i in range(chunks):
-                part = during_ro[i * len(during_ro) // chunks: (i + 1) * len(during_ro) // chunks]
+                part = during_ro[i * len(during_ro) // chunks : (i + 1) * len(during_ro) // chunks]
                 send_to_kafka(part, b, RAW_TOPIC)
                 time.sleep(max(0.0, fault_started + 15 + 3.0 * (i + 1) - time.monotonic()))
             time.sleep(max(0.0, fault_started + 30 - time.monotonic()))
@@ -341,8 +403,11 @@ def test_clickhouse_unavailable_30s_disk_full_then_read_only(tmp_path: Path) -> 
 
             assert w.alive(), log[-3000:]
             assert c0 == c1 == c2, "offsets were committed while ClickHouse could not store their records"
-            retries = re.findall(r"WARNING sinks\.clickhouse: ClickHouse write of \d+ rows failed \(attempt (\d+), "
-                                 r"chdb://[^)]*\): (.*); offsets are held, retrying in [\d.]+s", log)
+            retries = re.findall(
+                r"WARNING sinks\.clickhouse: ClickHouse write of \d+ rows failed \(attempt (\d+), "
+                r"chdb://[^)]*\): (.*); offsets are held, retrying in [\d.]+s",
+                log,
+            )
             assert retries, log[-3000:]
             assert max(int(a) for a, _ in retries) >= 5  # it kept trying, with backoff, the whole time
             messages = " ".join(m for _, m in retries)
@@ -354,13 +419,16 @@ def test_clickhouse_unavailable_30s_disk_full_then_read_only(tmp_path: Path) -> 
             while sum(committed(b).values()) < n:
                 assert time.monotonic() < deadline, committed(b)
                 time.sleep(0.5)
-            print(f"\nClickHouse unavailable {fault_s:.0f}s; {len(retries)} failed write attempts logged; "
-                  f"{n} records, views == ground truth")
+            print(
+                f"\nClickHouse unavailable {fault_s:.0f}s; {len(retries)} failed write attempts logged; "
+                f"{n} records, views == ground truth"
+            )
         finally:
             w.terminate()
 
 
 # ------------------------------------------------------------------------------ 3. broker restart in `up`
+
 
 def _chattr_works(d: Path) -> bool:
     probe = d / "chattr-probe"
@@ -453,7 +521,7 @@ def test_broker_restart_is_detected_reported_and_recovered(tmp_path: Path) -> No
         assert "every topic, offset and consumer group" in console
         assert f"Lost: about {len(lost_uids)} records acknowledged to their senders but not yet stored" in console
         assert "ClickHouse is intact" in console and "4 snapshot rows over 1 day." in console
-        assert re.search(r"broker     kafka://127\.0\.0\.1:%d again \(pid \d+\)" % stack.broker_port, console)
+        assert re.search(rf"broker     kafka://127\.0\.0\.1:{stack.broker_port} again \(pid \d+\)", console)
         print("\n" + "\n".join(line for line in console.splitlines() if line.startswith(("!!", "   "))))
 
         # A new broker on the same port, new worker and collector processes; all healthy.
@@ -490,14 +558,17 @@ def test_broker_restart_is_detected_reported_and_recovered(tmp_path: Path) -> No
 
 # ---------------------------------------------------------------------- 5 + 6. input against a running stack
 
+
 class Tricklers:
     """Slow clients against a collector: some trickle a body a byte every 0.5 s (never the last byte), some
     trickle header lines (never the blank line that ends the headers)."""
 
     def __init__(self, address: tuple[str, int], n: int = 50) -> None:
         self.body = is_body(is_uid("slow"))
-        head = (b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(self.body))
+        head = (
+            b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(self.body)
+        )
         self.body_socks = [socket.create_connection(address, timeout=5) for _ in range(n)]
         self.head_socks = [socket.create_connection(address, timeout=5) for _ in range(n)]
         for s in self.body_socks:
@@ -531,7 +602,7 @@ class Tricklers:
                     finally:
                         s.setblocking(True)
                     if i < len(self.body) - 1:
-                        s.sendall(self.body[i:i + 1])
+                        s.sendall(self.body[i : i + 1])
                 except OSError as exc:
                     self.answers[n] = repr(exc).encode()
                     self.answered_at[n] = time.monotonic()
@@ -584,8 +655,12 @@ EDGE_CASES = [  # (name, body, status, error)
     ("Infinity count", is_body(is_uid("inf")).replace(b'"total":3', b'"total":Infinity'), 400, "not_json"),
     ("-Infinity count", is_body(is_uid("-inf")).replace(b'"total":3', b'"total":-Infinity'), 400, "not_json"),
     ("number beyond a double", is_body(is_uid("e400")).replace(b'"total":3', b'"total":1e400'), 400, "not_json"),
-    ("4000-digit integer", is_body(is_uid("digits")).replace(b'"total":3', b'"total":1' + b"0" * 4000), 400,
-     "not_json"),
+    (
+        "4000-digit integer",
+        is_body(is_uid("digits")).replace(b'"total":3', b'"total":1' + b"0" * 4000),
+        400,
+        "not_json",
+    ),
     ("invalid UTF-8", is_body(is_uid("utf8")).replace(b"linux", b"lin\xff\xfeux"), 400, "not_json"),
     ("overlong UTF-8", is_body(is_uid("overlong")).replace(b"linux", b"\xc0\xaflinux"), 400, "not_json"),
     ("UTF-8 surrogate bytes", is_body(is_uid("surr")).replace(b"linux", b"\xed\xa0\x80"), 400, "not_json"),
@@ -597,8 +672,9 @@ EDGE_CASES = [  # (name, body, status, error)
 
 
 @pytest.mark.parametrize("name,body,status,error", EDGE_CASES, ids=[c[0] for c in EDGE_CASES])
-def test_hostile_bodies_are_refused_at_the_edge(running: RunningStack, name: str, body: bytes, status: int,
-                                                error: str) -> None:
+def test_hostile_bodies_are_refused_at_the_edge(
+    running: RunningStack, name: str, body: bytes, status: int, error: str
+) -> None:
     before, published = collect_statuses(running), published_count(running)
     try:
         r = post(running, body)
@@ -651,10 +727,12 @@ PROCESSOR_CASES: list[tuple[str, bytes, str]] = [
     ("uid as number", b'{"uid":42,"cli":{},"entities_count":null}', "wrong_type"),
     ("both kinds", dumps({**is_message(is_uid("both")), "cli": {}}), "kind_ambiguous"),
     ("SQL in the uid", is_body("x'); DROP TABLE snapshots;--"), "bad_uid"),
-    ("duplicate uid key, last one bad", is_body(is_uid("dup")).replace(b'"os":', b'"uid":"nope","os":', 1),
-     "bad_uid"),
-    ("implausible plan count", is_body(is_uid("plan"), **{"entities_count.gateways.gateways_by_frequency_plan_id":
-                                                            {"EU_863_870": LIMIT + 1}}), "implausible"),
+    ("duplicate uid key, last one bad", is_body(is_uid("dup")).replace(b'"os":', b'"uid":"nope","os":', 1), "bad_uid"),
+    (
+        "implausible plan count",
+        is_body(is_uid("plan"), **{"entities_count.gateways.gateways_by_frequency_plan_id": {"EU_863_870": LIMIT + 1}}),
+        "implausible",
+    ),
 ]
 
 
@@ -677,8 +755,9 @@ def test_hostile_messages_are_rejected_with_their_reason_end_to_end(running: Run
         key = series("is_telemetry_processor_rejected_total", reason=reason)
         assert after.get(key, 0) - worker.get(key, 0) == n, reason
     bodies = {body: reason for _, body, reason in PROCESSOR_CASES}
-    records = consume(f"127.0.0.1:{running.broker_port}", DEADLETTER_TOPIC,
-                      lambda rs: bodies.keys() <= {r.value for r in rs})
+    records = consume(
+        f"127.0.0.1:{running.broker_port}", DEADLETTER_TOPIC, lambda rs: bodies.keys() <= {r.value for r in rs}
+    )
     found = {r.value: dict(r.headers)["reason"].decode() for r in records if r.value in bodies}
     assert found == bodies  # the original bytes, with their reason
     assert_all_healthy(running)
@@ -715,10 +794,28 @@ def test_duplicate_keys_and_deep_unknown_fields_are_stored_faithfully(running: R
 
 
 HOSTILE_STRINGS = [
-    "EU'); DROP TABLE snapshots;--", '"\\\u0000', "\u0000", "🛰️📡 EU_868 🇪🇺", "\u202eRTL\u202c", "%s%n%x",
+    "EU'); DROP TABLE snapshots;--",
+    '"\\\u0000',
+    "\u0000",
+    "🛰️📡 EU_868 🇪🇺",
+    "\u202eRTL\u202c",
+    "%s%n%x",
     "{days:Array(Date)}",
-    "'; SELECT 1; --", "\\N", "NULL", "", " ", "\t\r\n", "a" * 1000, "ЕU_863_870", "EU_863_870\u200b", "$1", "?",
-    "${jndi:ldap://127.0.0.1/x}", "<script>alert(1)</script>", "../../etc/passwd", "\ud7ff\ue000\uffff",
+    "'; SELECT 1; --",
+    "\\N",
+    "NULL",
+    "",
+    " ",
+    "\t\r\n",
+    "a" * 1000,
+    "ЕU_863_870",
+    "EU_863_870\u200b",
+    "$1",
+    "?",
+    "${jndi:ldap://127.0.0.1/x}",
+    "<script>alert(1)</script>",
+    "../../etc/passwd",
+    "\ud7ff\ue000\uffff",
     "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
 ]
 
@@ -728,37 +825,65 @@ def test_sql_looking_and_unicode_identifiers_round_trip_byte_for_byte(running: R
     backslashes or emoji are stored and read back from the views exactly; every table is still there."""
     drain(running)
     plans = {s: 1 for s in HOSTILE_STRINGS}
-    before = {r["frequency_plan_id"]: r["gateways"] for r in running.sql(
-        f"SELECT frequency_plan_id, gateways FROM gateways_by_frequency_plan_daily WHERE day = '{today()}'")}
+    before = {
+        r["frequency_plan_id"]: r["gateways"]
+        for r in running.sql(
+            f"SELECT frequency_plan_id, gateways FROM gateways_by_frequency_plan_daily WHERE day = '{today()}'"
+        )
+    }
     sent: dict[str, dict[str, str]] = {}
     for i, s in enumerate(HOSTILE_STRINGS):
         uid = is_uid(f"hostile-{i}")
         os_ = {"operating_system": s, "arch": s[::-1], "binary_version": f"3.{i}.0 {s}", "golang_version": s}
-        body = is_body(uid, os=os_, **{"entities_count.gateways.total": 1,
-                                       "entities_count.gateways.gateways_by_frequency_plan_id": {s: 1}})
+        body = is_body(
+            uid,
+            os=os_,
+            **{"entities_count.gateways.total": 1, "entities_count.gateways.gateways_by_frequency_plan_id": {s: 1}},
+        )
         assert post(running, body).status_code == 202, s
         sent[uid] = os_
     # one deployment with every hostile plan id at once
-    assert post(running, is_body(is_uid("hostile-all"), **{
-        "entities_count.gateways.total": len(plans),
-        "entities_count.gateways.gateways_by_frequency_plan_id": plans})).status_code == 202
+    assert (
+        post(
+            running,
+            is_body(
+                is_uid("hostile-all"),
+                **{
+                    "entities_count.gateways.total": len(plans),
+                    "entities_count.gateways.gateways_by_frequency_plan_id": plans,
+                },
+            ),
+        ).status_code
+        == 202
+    )
     drain(running)
-    got = {r["frequency_plan_id"]: r["gateways"] for r in running.sql(
-        f"SELECT frequency_plan_id, gateways FROM gateways_by_frequency_plan_daily WHERE day = '{today()}'")}
+    got = {
+        r["frequency_plan_id"]: r["gateways"]
+        for r in running.sql(
+            f"SELECT frequency_plan_id, gateways FROM gateways_by_frequency_plan_daily WHERE day = '{today()}'"
+        )
+    }
     for s in HOSTILE_STRINGS:
         assert got.get(s, 0) - before.get(s, 0) == 2, repr(s)  # its own deployment + hostile-all
-    rows = {r["uid"]: r for r in running.sql(
-        "SELECT uid, operating_system, arch, binary_version, golang_version, version_major_minor "
-        "FROM snapshots_latest WHERE startsWith(binary_version, '3.')")}
+    rows = {
+        r["uid"]: r
+        for r in running.sql(
+            "SELECT uid, operating_system, arch, binary_version, golang_version, version_major_minor "
+            "FROM snapshots_latest WHERE startsWith(binary_version, '3.')"
+        )
+    }
     for i, (uid, os_) in enumerate(sent.items()):
         row = rows[uid]
         assert {k: row[k] for k in os_} == {**os_, "golang_version": os_["golang_version"].strip()}
         assert row["version_major_minor"] == f"3.{i}"
-    versions = {r["version"] for r in running.sql(
-        f"SELECT version FROM deployments_by_version_daily WHERE day = '{today()}'")}
+    versions = {
+        r["version"] for r in running.sql(f"SELECT version FROM deployments_by_version_daily WHERE day = '{today()}'")
+    }
     assert {f"3.{i}" for i in range(len(HOSTILE_STRINGS))} <= versions
-    oses = {r["operating_system"] for r in running.sql(
-        f"SELECT operating_system FROM deployments_by_os_daily WHERE day = '{today()}'")}
+    oses = {
+        r["operating_system"]
+        for r in running.sql(f"SELECT operating_system FROM deployments_by_os_daily WHERE day = '{today()}'")
+    }
     assert set(HOSTILE_STRINGS) <= oses
     tables = {r["name"] for r in running.sql("SELECT name FROM system.tables WHERE database = currentDatabase()")}
     assert {"snapshots", "rejections", "daily_rollup", "fleet_daily"} <= tables
@@ -769,13 +894,27 @@ def _messages() -> st.SearchStrategy[bytes]:
     """Telemetry-shaped JSON with hostile values in every slot (unique uid per body, set when posting)."""
     text = st.text(max_size=30) | st.sampled_from(HOSTILE_STRINGS)
     count = st.one_of(
-        st.integers(0, 10**6), st.integers(LIMIT - 2, LIMIT + 2), st.integers(2**64 - 2, 2**64 + 2),
-        st.integers(-(2**63), -1), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4),
-        st.none(), st.booleans(), st.lists(st.integers(0, 3), max_size=2), st.just({}),
+        st.integers(0, 10**6),
+        st.integers(LIMIT - 2, LIMIT + 2),
+        st.integers(2**64 - 2, 2**64 + 2),
+        st.integers(-(2**63), -1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=4),
+        st.none(),
+        st.booleans(),
+        st.lists(st.integers(0, 3), max_size=2),
+        st.just({}),
     )
-    slots = ["gateways.total", "end_devices.total", "end_devices.activate_end_devices.total",
-             "end_devices.activate_end_devices.last_day", "applications.total", "accounts.users.standard",
-             "accounts.organizations.total", "accounts.users.total"]
+    slots = [
+        "gateways.total",
+        "end_devices.total",
+        "end_devices.activate_end_devices.total",
+        "end_devices.activate_end_devices.last_day",
+        "applications.total",
+        "accounts.users.standard",
+        "accounts.organizations.total",
+        "accounts.users.total",
+    ]
 
     @st.composite
     def build(draw: st.DrawFn) -> dict[str, Any]:
@@ -812,8 +951,9 @@ def test_generated_messages_are_stored_faithfully_or_rejected_with_their_reason(
     rejected_before = rejected_today(running)
     posted: list[tuple[str, bytes]] = []
 
-    @hsettings(max_examples=80, deadline=None, database=None, phases=[Phase.generate],
-               suppress_health_check=list(HealthCheck))
+    @hsettings(
+        max_examples=80, deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    )
     @given(_messages())
     def post_one(template: bytes) -> None:
         m = json.loads(template)
@@ -837,11 +977,14 @@ def test_generated_messages_are_stored_faithfully_or_rejected_with_their_reason(
             assert uid not in stored
             continue
         assert stored[uid]["body"].encode() == body
-        sent_plans = (json.loads(body).get("entities_count") or {}).get("gateways", {}).get(
-            "gateways_by_frequency_plan_id", {})
+        sent_plans = (
+            (json.loads(body).get("entities_count") or {}).get("gateways", {}).get("gateways_by_frequency_plan_id", {})
+        )
         assert stored[uid]["gateways_by_frequency_plan"] == sent_plans
-    print(f"\n{len(posted)} generated messages: {len(posted) - sum(expected_rejected.values())} stored, "
-          f"rejected {dict(expected_rejected)}")
+    print(
+        f"\n{len(posted)} generated messages: {len(posted) - sum(expected_rejected.values())} stored, "
+        f"rejected {dict(expected_rejected)}"
+    )
     assert_all_healthy(running)
 
 
@@ -864,8 +1007,9 @@ def test_no_value_is_spliced_into_sql() -> None:
     listed constants; values travel as query parameters ({name:Type}) or in inserts (Native format)."""
     found: set[tuple[str, str]] = set()
     bad: list[str] = []
-    for path in sorted(p for d in ("sinks", "dashboard", "processors", "producers", "is_telemetry")
-                       for p in (ROOT / d).rglob("*.py")):
+    for path in sorted(
+        p for d in ("sinks", "dashboard", "processors", "producers", "is_telemetry") for p in (ROOT / d).rglob("*.py")
+    ):
         rel = str(path.relative_to(ROOT))
         tree = ast.parse(path.read_text(), rel)
         for node in ast.walk(tree):
@@ -877,14 +1021,23 @@ def test_no_value_is_spliced_into_sql() -> None:
                             found.add((rel, ast.unparse(v.value)))
             elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mod, ast.Add)):
                 for side in (node.left, node.right):
-                    if isinstance(side, ast.Constant) and isinstance(side.value, str) and \
-                            SQL_KEYWORDS.search(side.value) and re.search(r"\b(FROM|TABLE|INTO)\b", side.value):
+                    if (
+                        isinstance(side, ast.Constant)
+                        and isinstance(side.value, str)
+                        and SQL_KEYWORDS.search(side.value)
+                        and re.search(r"\b(FROM|TABLE|INTO)\b", side.value)
+                    ):
                         other = node.right if side is node.left else node.left
                         if not isinstance(other, ast.Constant):
                             bad.append(f"{rel}:{node.lineno}: SQL built with {type(node.op).__name__}")
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format" \
-                    and isinstance(node.func.value, ast.Constant) and isinstance(node.func.value.value, str) \
-                    and SQL_KEYWORDS.search(node.func.value.value):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "format"
+                and isinstance(node.func.value, ast.Constant)
+                and isinstance(node.func.value.value, str)
+                and SQL_KEYWORDS.search(node.func.value.value)
+            ):
                 bad.append(f"{rel}:{node.lineno}: SQL built with .format()")
     unexpected = {f for f in found if f not in ALLOWED_SQL_INTERPOLATIONS and not f[0].startswith("is_telemetry/stack")}
     assert not bad and not unexpected, (bad, unexpected)
@@ -895,14 +1048,22 @@ def test_no_value_is_spliced_into_sql() -> None:
 
 # ----------------------------------------------------------------------------------------------- 6. poisoning
 
+
 def test_one_uid_above_the_plausibility_limit_is_rejected_and_moves_nothing(running: RunningStack) -> None:
     drain(running)
     fleet, rejected = fleet_today(running), rejected_today(running)
     at_limit = is_uid("poison-at-limit")
     assert post(running, is_body(is_uid("poison-1"), **{"entities_count.gateways.total": LIMIT + 1})).status_code == 202
     assert post(running, is_body(is_uid("poison-2"), **{"entities_count.end_devices.total": 10**18})).status_code == 202
-    assert post(running, is_body(is_uid("poison-3"), **{
-        "entities_count.gateways.gateways_by_frequency_plan_id": {"EU_863_870": 2**63}})).status_code == 202
+    assert (
+        post(
+            running,
+            is_body(
+                is_uid("poison-3"), **{"entities_count.gateways.gateways_by_frequency_plan_id": {"EU_863_870": 2**63}}
+            ),
+        ).status_code
+        == 202
+    )
     assert post(running, is_body(at_limit, **{"entities_count.applications.total": LIMIT})).status_code == 202
     drain(running)
     assert rejected_today(running) - rejected == Counter(implausible=3)
@@ -920,8 +1081,11 @@ def test_a_uid_resending_1000_times_in_a_day_counts_once(running: RunningStack) 
     same = is_body(uid, **{"entities_count.gateways.total": 50})
     last = is_body(uid, **{"entities_count.gateways.total": 7})
     with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=8)) as client, ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(
-            lambda _: client.post(running.collector_url, content=same, headers=HEADERS).status_code, range(999)))
+        statuses = list(
+            pool.map(
+                lambda _: client.post(running.collector_url, content=same, headers=HEADERS).status_code, range(999)
+            )
+        )
         assert statuses == [202] * 999
         assert client.post(running.collector_url, content=last, headers=HEADERS).status_code == 202  # after all others
     drain(running)
@@ -983,9 +1147,11 @@ def test_slow_uploads_time_out_without_blocking_others(running: RunningStack) ->
     assert t.sent_head_lines > 20  # they really trickled
     assert len(t.closed_heads) == len(t.head_socks), "header tricklers still connected: no header timeout"
     latencies.sort()
-    print(f"\nslow uploads: 50 bodies answered 408 after {answered_after:.0f}s; {t.requests_meanwhile(running)} other "
-          f"requests served meanwhile; now p50 {latencies[25] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
-          f"header tricklers cut off: {len(t.closed_heads)} of {len(t.head_socks)}")
+    print(
+        f"\nslow uploads: 50 bodies answered 408 after {answered_after:.0f}s; {t.requests_meanwhile(running)} other "
+        f"requests served meanwhile; now p50 {latencies[25] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
+        f"header tricklers cut off: {len(t.closed_heads)} of {len(t.head_socks)}"
+    )
     assert latencies[-1] < 2.0
     assert_all_healthy(running)
 
@@ -1001,31 +1167,53 @@ def test_a_day_with_only_rejected_messages_does_not_stall_the_worker(running: Ru
     received = int(day.timestamp() * 1000)
     producer = make_producer(f"127.0.0.1:{running.broker_port}", enable_idempotence=False)
     try:
-        producer.send(RAW_TOPIC, value=b'{"uid":', timestamp_ms=received,
-                      headers=record_headers(received, "test", "test", 7)).get(10)
+        producer.send(
+            RAW_TOPIC, value=b'{"uid":', timestamp_ms=received, headers=record_headers(received, "test", "test", 7)
+        ).get(10)
         DIRECT_RECORDS[running.broker_port] += 1
     finally:
         producer.close(5)
     assert post(running, is_body(is_uid("after-a-rejected-day"))).status_code == 202
     drain(running, timeout_s=30)
     assert running.sql("SELECT reason, messages FROM rejected_daily WHERE day = '2001-02-03'") == [
-        {"reason": "not_json", "messages": 1}]
-    assert running.sql(f"SELECT count() AS n FROM snapshots_latest WHERE uid = '{is_uid('after-a-rejected-day')}'"
-                       ) == [{"n": 1}]
+        {"reason": "not_json", "messages": 1}
+    ]
+    assert running.sql(f"SELECT count() AS n FROM snapshots_latest WHERE uid = '{is_uid('after-a-rejected-day')}'") == [
+        {"n": 1}
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- 7. soak
 
+
 @pytest.mark.slow
 def test_soak_collector_briefly_flat_memory_and_nothing_lost() -> None:
     """bench/soak_collector.py for 20 s: 200 concurrent clients with connection churn and 2% bad bodies."""
-    r = subprocess.run([sys.executable, "-m", "bench.soak_collector", "--seconds", "20", "--clients", "200",
-                        "--sample-every", "2", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=240)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.soak_collector",
+            "--seconds",
+            "20",
+            "--clients",
+            "200",
+            "--sample-every",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"\nsoak 20 s: {out['requests']} requests ({out['requests_per_s']}/s), RSS first/last/max "
-          f"{out['rss_first_mb']}/{out['rss_last_mb']}/{out['rss_max_mb']} MB, lost {out['lost']}, "
-          f"duplicated {out['duplicated']}")
+    print(
+        f"\nsoak 20 s: {out['requests']} requests ({out['requests_per_s']}/s), RSS first/last/max "
+        f"{out['rss_first_mb']}/{out['rss_last_mb']}/{out['rss_max_mb']} MB, lost {out['lost']}, "
+        f"duplicated {out['duplicated']}"
+    )
     assert out["collector_alive"]
     assert out["lost"] == 0 and out["duplicated"] == 0
     assert out["accepted"] > 2000 and out["records_in_topic"] >= out["accepted"]
@@ -1075,7 +1263,8 @@ def test_clickhouse_refusing_writes_pauses_rewinds_and_stops_in_bounded_time(tmp
     the fault is gone, and a SIGTERM during the fault ends it within the bound (no SIGKILL needed)."""
     from kafka import KafkaProducer
 
-    from is_telemetry.broker import EmbeddedBroker, free_port as port
+    from is_telemetry.broker import EmbeddedBroker
+    from is_telemetry.broker import free_port as port
     from is_telemetry.config import load_settings
     from is_telemetry.kafka import ensure_topics
     from tests.processes import worker as worker_proc
@@ -1095,16 +1284,24 @@ def test_clickhouse_refusing_writes_pauses_rewinds_and_stops_in_bounded_time(tmp
             producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, enable_idempotence=False)
             first = [cli_uid(f"before-{i}") for i in range(3)]
             for uid in first:
-                producer.send(RAW_TOPIC, key=uid.encode(), value=cli_body(uid),
-                              headers=[("received_at_ms", str(int(time.time() * 1000)).encode())])
+                producer.send(
+                    RAW_TOPIC,
+                    key=uid.encode(),
+                    value=cli_body(uid),
+                    headers=[("received_at_ms", str(int(time.time() * 1000)).encode())],
+                )
             producer.flush()
             wait_for(lambda: w.sql("SELECT count() AS n FROM snapshots")[0]["n"] == 3, 60, w)
             frozen = _table_dirs(tmp_path / "chdb")
             subprocess.run(["chattr", "+i", *frozen], check=True)
             during = [cli_uid(f"during-{i}") for i in range(4)]
             for uid in during:
-                producer.send(RAW_TOPIC, key=uid.encode(), value=cli_body(uid),
-                              headers=[("received_at_ms", str(int(time.time() * 1000)).encode())])
+                producer.send(
+                    RAW_TOPIC,
+                    key=uid.encode(),
+                    value=cli_body(uid),
+                    headers=[("received_at_ms", str(int(time.time() * 1000)).encode())],
+                )
             producer.flush()
             wait_for(lambda: "pausing partitions" in w.log() and "rewinding" in w.log(), 60, w)
             assert w.metric("is_telemetry_sink_rewinds_total") >= 1

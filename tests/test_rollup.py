@@ -44,8 +44,11 @@ def records_of(deliveries: Sequence[Delivery], partitions: int = N) -> list[RawR
     out = []
     for received_at_ms, key, body in deliveries:
         p = partition_of(key, partitions) if key else 0
-        out.append(RawRecord(TOPIC, p, offsets[p], received_at_ms, {HEADER_RECEIVED_AT: str(received_at_ms).encode()},
-                             body, key))
+        out.append(
+            RawRecord(
+                TOPIC, p, offsets[p], received_at_ms, {HEADER_RECEIVED_AT: str(received_at_ms).encode()}, body, key
+            )
+        )
         offsets[p] += 1
     return out
 
@@ -75,8 +78,11 @@ def assert_rows_equal_recompute(store: ClickHouseStore, partitions: int = N) -> 
     got, want = stored_rollups(store), recomputed(store, partitions)
     empty = figures(RollupRow(date(2000, 1, 1), 0, 0, None))  # type: ignore[arg-type]
     keys = set(got) | set(want)
-    diff = {k: (figures(got[k]) if k in got else empty, figures(want[k]))
-            for k in keys if (figures(got[k]) if k in got else empty) != figures(want[k])}
+    diff = {
+        k: (figures(got[k]) if k in got else empty, figures(want[k]))
+        for k in keys
+        if (figures(got[k]) if k in got else empty) != figures(want[k])
+    }
     assert not diff, list(diff.items())[:3]
 
 
@@ -85,6 +91,7 @@ def simulation(days: int = 6, seed: int = 3) -> list[Delivery]:
 
 
 # ------------------------------------------------------------------------------------ incremental == recompute
+
 
 @pytest.mark.parametrize("order", ["in order", "shuffled batches", "partition by partition", "newest first"])
 def test_incremental_rows_equal_a_recompute_from_the_snapshots(store: ClickHouseStore, order: str) -> None:
@@ -109,6 +116,7 @@ def test_incremental_rows_equal_a_recompute_from_the_snapshots(store: ClickHouse
 
 
 # ------------------------------------------------------------------------------------------ owners and handover
+
 
 def feed(store: ClickHouseStore, rollups: Rollups, records: Sequence[RawRecord]) -> None:
     outcome = process(list(records), N)
@@ -148,7 +156,7 @@ def test_a_stale_owner_cannot_overwrite_the_new_one(store: ClickHouseStore) -> N
     feed(store, new, records[half:])  # the new owner rebuilt from ClickHouse and went on
     good = stored_rollups(store)
     # the old owner, not knowing it lost its partitions, writes rows from its stale state at higher positions
-    stale = preparer(old, store)(partition_batches(records[half:half + 5], process(records[half:half + 5], N)))
+    stale = preparer(old, store)(partition_batches(records[half : half + 5], process(records[half : half + 5], N)))
     for row in stale.rollups:
         row.version = (row.version >> 64 << 64) | 10**9
     store.write(stale)
@@ -159,12 +167,15 @@ def test_a_stale_owner_cannot_overwrite_the_new_one(store: ClickHouseStore) -> N
 
 # --------------------------------------------------------------------------------- the partition count changes
 
+
 def test_a_changed_partition_count_is_refused_until_repartition(store: ClickHouseStore) -> None:
     """8 partitions, then 12: UIDs move to other partitions. A worker refuses 12 until `repartition` rewrote the
     day aggregates for 12; then UIDs that already reported today under 8 report again under 12, exactly once."""
     deliveries = simulation(days=3, seed=21)
     last_day = max(d.received_at_ms for d in deliveries) // 86_400_000
-    before = [d for d in deliveries if d.received_at_ms // 86_400_000 < last_day or d.received_at_ms % 86_400_000 < 43_200_000]
+    before = [
+        d for d in deliveries if d.received_at_ms // 86_400_000 < last_day or d.received_at_ms % 86_400_000 < 43_200_000
+    ]
     after = [d for d in deliveries if d not in before]
     store.check_partitions(8, TOPIC)
     Replayer(store, 8).feed(records_of(before, 8))
@@ -183,6 +194,7 @@ def test_a_changed_partition_count_is_refused_until_repartition(store: ClickHous
 
 # --------------------------------------------------------------------------------------- checkpoint and rewind
 
+
 class FakeRewinder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -200,8 +212,9 @@ class FakeRewinder:
         self.calls.append(("discard", list(events)))
 
 
-def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(store: ClickHouseStore,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(
+    store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deliveries = simulation(days=2, seed=8)
     records = records_of(deliveries)
     chunks = split(records, [100])
@@ -215,8 +228,16 @@ def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(store: ClickHouseSt
         acked.append(list(events))
 
     async def run() -> None:
-        cp = Checkpoint(store, preparer(rollups, store), lambda parts: bool(rollups.missing(p.partition for p in parts)),
-                        rollups.drop, rewinder, ack, deadline_s=5, backoff_s=(0.05, 0.05))
+        cp = Checkpoint(
+            store,
+            preparer(rollups, store),
+            lambda parts: bool(rollups.missing(p.partition for p in parts)),
+            rollups.drop,
+            rewinder,
+            ack,
+            deadline_s=5,
+            backoff_s=(0.05, 0.05),
+        )
         for r in records:
             cp.first_seen(r.partition, r.offset)
         client = store.client
@@ -237,8 +258,9 @@ def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(store: ClickHouseSt
         pauses = [c for c in rewinder.calls if c[0] == "pause"]
         assert pauses and set(pauses[0][1]) <= failed_parts
         rewinds = dict(c[1] for c in rewinder.calls if c[0] == "rewind")
-        first_unwritten = {p: max(r.offset for r in chunks[0] if r.partition == p) + 1
-                           for p in {r.partition for r in chunks[0]}}
+        first_unwritten = {
+            p: max(r.offset for r in chunks[0] if r.partition == p) + 1 for p in {r.partition for r in chunks[0]}
+        }
         for p, position in rewinds.items():  # back to the first position not written
             assert position == first_unwritten.get(p, min(r.offset for r in records if r.partition == p))
         assert not any(p in rollups.parts for p in rewinds)  # their state is dropped, to be rebuilt
@@ -246,8 +268,11 @@ def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(store: ClickHouseSt
         assert ("resume", sorted(cp_paused_all(rewinder))) in rewinder.calls
         # ClickHouse is back: the consumer re-delivers from the rewind positions; the rest follows
         monkeypatch.setattr(client, "insert", real_insert)
-        rest = [r for r in records if r.offset >= rewinds.get(r.partition, first_unwritten.get(r.partition, 0))
-                and r not in chunks[0]]
+        rest = [
+            r
+            for r in records
+            if r.offset >= rewinds.get(r.partition, first_unwritten.get(r.partition, 0)) and r not in chunks[0]
+        ]
         for i, chunk in enumerate(split(rest, [100])):
             await cp.submit(partition_batches(chunk, process(chunk, N)), [10 + i], [])
         await cp.drain()
@@ -263,6 +288,7 @@ def cp_paused_all(rewinder: FakeRewinder) -> set[int]:
 
 
 # ------------------------------------------------------------------------------------------------- typed rows
+
 
 @pytest.mark.parametrize("row_type", [SnapshotRow, RejectionRow, RollupRow])
 def test_each_row_type_matches_its_table(store: ClickHouseStore, row_type: type[Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import orjson
 import pytest
@@ -93,8 +92,11 @@ def test_unknown_fields_are_accepted_and_old_senders_too() -> None:
     body["new_field"] = {"x": 1}
     body["entities_count"]["gateways"]["new"] = 3
     assert isinstance(validate(orjson.dumps(body)), TelemetryMessage)
-    cli = {"uid": "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94", "cli": {"commands": [{"command_path": "a b", "execution_count": 2,
-           "last_used_at": 1700000000}], "aliases": []}, "entities_count": None}
+    cli = {
+        "uid": "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94",
+        "cli": {"commands": [{"command_path": "a b", "execution_count": 2, "last_used_at": 1700000000}], "aliases": []},
+        "entities_count": None,
+    }
     assert validate(orjson.dumps(cli)).kind == "cli"  # type: ignore[union-attr]
 
 

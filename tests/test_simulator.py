@@ -68,8 +68,17 @@ def test_today_only_up_to_now():
 
 
 def test_rates_roughly_honoured():
-    sim = simulator.generate(200, 60, 20, seed=11, end_day="2025-02-20", resend_rate=0.10, changed_rate=0.06,
-                             missed_rate=0.08, malformed_rate=0.04)
+    sim = simulator.generate(
+        200,
+        60,
+        20,
+        seed=11,
+        end_day="2025-02-20",
+        resend_rate=0.10,
+        changed_rate=0.06,
+        missed_rate=0.08,
+        malformed_rate=0.04,
+    )
     st = sim.stats
     valid_primaries = st["primary"] - st["malformed"]
     assert abs(st["missed"] / st["is_slots"] - 0.08) < 0.02
@@ -85,8 +94,18 @@ def test_rates_roughly_honoured():
         dups += k in seen
         seen.add(k)
     assert st["resend"] <= dups <= st["resend"] * 1.2 + 5
-    quiet = simulator.generate(50, 20, 5, seed=11, end_day="2025-02-20", resend_rate=0, changed_rate=0,
-                               missed_rate=0, malformed_rate=0, inconsistent_rate=0)
+    quiet = simulator.generate(
+        50,
+        20,
+        5,
+        seed=11,
+        end_day="2025-02-20",
+        resend_rate=0,
+        changed_rate=0,
+        missed_rate=0,
+        malformed_rate=0,
+        inconsistent_rate=0,
+    )
     assert quiet.stats.get("missed", 0) == quiet.stats.get("resend", 0) == quiet.stats.get("malformed", 0) == 0
     assert all(k is None for k in quiet.intended)
 
@@ -99,13 +118,17 @@ def test_fleet_variety():
     cli_msgs = [m for m in msgs if m.kind == "cli"]
     fleet = simulator.build_fleet(300, 100, 1)
     assert sum(d.default_uid for d in fleet.deployments) >= 2  # several deployments share the default UID
-    per_day_default = Counter(simulator.day_of(d.received_at_ms) for d in sim.deliveries if d.key == DEFAULT_UID.encode())
+    per_day_default = Counter(
+        simulator.day_of(d.received_at_ms) for d in sim.deliveries if d.key == DEFAULT_UID.encode()
+    )
     assert max(per_day_default.values()) >= 2
     old = [m for m in is_msgs if m.entities_count.accounts.users.total is not None]
     assert old and all(m.entities_count.gateways.total == 0 for m in old)
     assert any(m.entities_count.gateways.gateways_by_frequency_plan_id for m in old)
-    assert any(sum(m.entities_count.gateways.gateways_by_frequency_plan_id.values()) > m.entities_count.gateways.total > 0
-               for m in is_msgs)  # multi-plan gateways
+    assert any(
+        sum(m.entities_count.gateways.gateways_by_frequency_plan_id.values()) > m.entities_count.gateways.total > 0
+        for m in is_msgs
+    )  # multi-plan gateways
     versions = [m.os.binary_version for m in is_msgs]
     assert any(v.endswith("-dev") for v in versions) and any("(" in v for v in versions)
     assert len({simulator.major_minor(v) for v in versions}) >= 10
@@ -137,42 +160,96 @@ def test_fleet_variety():
 
 
 def _is(uid, version, gw, plans, ed, active, apps, std, admin, orgs, users_total=None) -> bytes:
-    users = {"standard": std, "admin": admin} if users_total is None else {"total": users_total, "standard": std, "admin": admin}
-    return TelemetryMessage.model_validate({
-        "uid": uid,
-        "os": {"operating_system": "linux", "arch": "amd64", "binary_version": version, "golang_version": "go1.22.5"},
-        "cli": None,
-        "entities_count": {
-            "gateways": {"total": gw, "gateways_by_frequency_plan_id": plans},
-            "end_devices": {"total": ed, "activate_end_devices": dict(zip(("total", "last_day", "last_week", "last_month"), active))},
-            "applications": {"total": apps},
-            "accounts": {"users": users, "organizations": {"total": orgs}},
-        },
-    }).to_json()
+    users = (
+        {"standard": std, "admin": admin}
+        if users_total is None
+        else {"total": users_total, "standard": std, "admin": admin}
+    )
+    return TelemetryMessage.model_validate(
+        {
+            "uid": uid,
+            "os": {
+                "operating_system": "linux",
+                "arch": "amd64",
+                "binary_version": version,
+                "golang_version": "go1.22.5",
+            },
+            "cli": None,
+            "entities_count": {
+                "gateways": {"total": gw, "gateways_by_frequency_plan_id": plans},
+                "end_devices": {
+                    "total": ed,
+                    "activate_end_devices": dict(zip(("total", "last_day", "last_week", "last_month"), active)),
+                },
+                "applications": {"total": apps},
+                "accounts": {"users": users, "organizations": {"total": orgs}},
+            },
+        }
+    ).to_json()
 
 
 def _cli(uid, cli) -> bytes:
-    return TelemetryMessage.model_validate({
-        "uid": uid, "os": {"operating_system": "darwin", "arch": "arm64", "binary_version": "3.34.1", "golang_version": "go1.23.4"},
-        "cli": cli, "entities_count": None,
-    }).to_json()
+    return TelemetryMessage.model_validate(
+        {
+            "uid": uid,
+            "os": {
+                "operating_system": "darwin",
+                "arch": "arm64",
+                "binary_version": "3.34.1",
+                "golang_version": "go1.23.4",
+            },
+            "cli": cli,
+            "entities_count": None,
+        }
+    ).to_json()
 
 
 def test_ground_truth_by_hand():
     A, C = uid_from_elements(["a"]), uid_from_elements(["c"])
     X, Y = "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94", "0b7e4b8c-9c1f-4d2a-8f3e-6a5d4c3b2a10"
     a1 = _is(A, "3.32.1 (1d218216, 2024-10-24T13:28:12Z)", 2, {"EU_863_870_TTN": 2}, 10, (8, 2, 4, 6), 1, 3, 1, 1)
-    b_old = _is(DEFAULT_UID, "3.27.0-dev", 0, {"US_902_928_FSB_1": 1, "US_902_928_FSB_2": 1}, 0, (0, 0, 0, 0), 0, 0, 1, 0, users_total=1)
+    b_old = _is(
+        DEFAULT_UID,
+        "3.27.0-dev",
+        0,
+        {"US_902_928_FSB_1": 1, "US_902_928_FSB_2": 1},
+        0,
+        (0, 0, 0, 0),
+        0,
+        0,
+        1,
+        0,
+        users_total=1,
+    )
     c1 = _is(C, "3.33.0", 1, {"EU_863_870": 1, "EU_863_870_TTN": 1}, 5, (5, 1, 2, 3), 2, 2, 1, 0)
     c2 = _is(C, "3.33.0", 2, {"EU_863_870": 2, "EU_863_870_TTN": 1}, 7, (6, 1, 2, 4), 2, 2, 1, 0)
     c_neg = c2.replace(b'"applications":{"total":2}', b'"applications":{"total":-1}')
-    b_old2 = _is(DEFAULT_UID, "3.27.0-dev", 0, {"US_902_928_FSB_1": 1, "US_902_928_FSB_2": 1}, 3, (3, 1, 1, 2), 0, 0, 1, 0, users_total=1)
+    b_old2 = _is(
+        DEFAULT_UID,
+        "3.27.0-dev",
+        0,
+        {"US_902_928_FSB_1": 1, "US_902_928_FSB_2": 1},
+        3,
+        (3, 1, 1, 2),
+        0,
+        0,
+        1,
+        0,
+        users_total=1,
+    )
     b_new = _is(DEFAULT_UID, "3.32.0", 1, {"AS_923": 1}, 2, (1, 0, 1, 1), 1, 0, 1, 0)
     a2 = _is(A, "3.32.1", 2, {"EU_863_870_TTN": 2}, 11, (9, 3, 5, 7), 1, 3, 1, 1)
     a3 = _is(A, "3.32.1", 3, {"EU_863_870_TTN": 3}, 12, (9, 3, 5, 7), 2, 4, 2, 1)
     a_huge = a3.replace(b'"end_devices":{"total":12', b'"end_devices":{"total":2000000000')
-    cli_y = _cli(Y, {"commands": [{"command_path": "ttn-lw-cli end-devices list", "execution_count": 3, "last_used_at": 1735794000}],
-                     "aliases": [{"command_name": "end-devices", "alias": "dev", "usage_count": 2}]})
+    cli_y = _cli(
+        Y,
+        {
+            "commands": [
+                {"command_path": "ttn-lw-cli end-devices list", "execution_count": 3, "last_used_at": 1735794000}
+            ],
+            "aliases": [{"command_name": "end-devices", "alias": "dev", "usage_count": 2}],
+        },
+    )
     deliveries = [
         Delivery(D1 + 8 * H, X.encode(), _cli(X, {})),
         Delivery(D1 + 9 * H, DEFAULT_UID.encode(), b_old),
@@ -190,16 +267,55 @@ def test_ground_truth_by_hand():
         Delivery(D2 + 10 * H, A.encode(), a3),  # same ms, later in send order: wins
         Delivery(D2 + 20 * H, A.encode(), a_huge),  # implausible
     ]
-    fleet_row = dict.fromkeys(["gateways", "end_devices", "active_end_devices", "active_last_day", "active_last_week",
-                               "active_last_month", "applications", "users_standard", "users_admin", "organizations"], 0)
+    fleet_row = dict.fromkeys(
+        [
+            "gateways",
+            "end_devices",
+            "active_end_devices",
+            "active_last_day",
+            "active_last_week",
+            "active_last_month",
+            "applications",
+            "users_standard",
+            "users_admin",
+            "organizations",
+        ],
+        0,
+    )
     expected = {
         "fleet_daily": [
-            {**fleet_row, "day": "2025-01-01", "deployments": 3, "cli_installs": 1, "gateways": 4, "end_devices": 17,
-             "active_end_devices": 14, "active_last_day": 3, "active_last_week": 6, "active_last_month": 10,
-             "applications": 3, "users_standard": 5, "users_admin": 3, "organizations": 1},
-            {**fleet_row, "day": "2025-01-02", "deployments": 2, "cli_installs": 2, "gateways": 4, "end_devices": 14,
-             "active_end_devices": 10, "active_last_day": 3, "active_last_week": 6, "active_last_month": 8,
-             "applications": 3, "users_standard": 4, "users_admin": 3, "organizations": 1},
+            {
+                **fleet_row,
+                "day": "2025-01-01",
+                "deployments": 3,
+                "cli_installs": 1,
+                "gateways": 4,
+                "end_devices": 17,
+                "active_end_devices": 14,
+                "active_last_day": 3,
+                "active_last_week": 6,
+                "active_last_month": 10,
+                "applications": 3,
+                "users_standard": 5,
+                "users_admin": 3,
+                "organizations": 1,
+            },
+            {
+                **fleet_row,
+                "day": "2025-01-02",
+                "deployments": 2,
+                "cli_installs": 2,
+                "gateways": 4,
+                "end_devices": 14,
+                "active_end_devices": 10,
+                "active_last_day": 3,
+                "active_last_week": 6,
+                "active_last_month": 8,
+                "applications": 3,
+                "users_standard": 4,
+                "users_admin": 3,
+                "organizations": 1,
+            },
         ],
         "gateways_by_frequency_plan_daily": [
             {"day": "2025-01-01", "frequency_plan_id": "EU_863_870", "gateways": 2},
@@ -270,8 +386,14 @@ def broker():
 def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) -> list:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+    )
     out: list = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -292,8 +414,9 @@ def test_send_to_kafka_roundtrip(broker):
     sim = simulator.generate(15, 8, 2, seed=3, end_day=_yesterday(), malformed_rate=0.15, resend_rate=0.2)
     deliveries = sim.deliveries + [Delivery(sim.deliveries[-1].received_at_ms, None, b"not json")]
     progress_calls = []
-    result = simulator.send_to_kafka(deliveries, broker.bootstrap_servers, topic,
-                                     progress=lambda done, total: progress_calls.append((done, total)))
+    result = simulator.send_to_kafka(
+        deliveries, broker.bootstrap_servers, topic, progress=lambda done, total: progress_calls.append((done, total))
+    )
     n = len(deliveries)
     assert result.ok and result.sent == n and result.sent_deliveries == deliveries
     assert progress_calls[-1] == (n, n)
@@ -312,7 +435,8 @@ def test_send_to_kafka_roundtrip(broker):
     one = next(r for r in records if r.key is not None and b'"binary_version":"3.' in r.value)
     os_ = json.loads(one.value)["os"]
     assert dict(one.headers)["user_agent"].decode() == (
-        f"TheThingsStack/{os_['binary_version'].split(' ')[0]} ({os_['operating_system']}/{os_['arch']})")
+        f"TheThingsStack/{os_['binary_version'].split(' ')[0]} ({os_['operating_system']}/{os_['arch']})"
+    )
     # per key, the partition holds the records in send order
     by_key: dict[bytes, list[bytes]] = defaultdict(list)
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
@@ -338,8 +462,24 @@ def test_command_to_kafka_writes_ground_truth(broker, tmp_path, monkeypatch):
     app = typer.Typer()
     app.command()(simulator.command)
     out = tmp_path / "truth.json"
-    args = ["--deployments", "12", "--cli-installs", "5", "--days", "3", "--seed", "4", "--end-day", _yesterday(),
-            "--kafka", broker.bootstrap_servers, "--ground-truth", str(out), "--malformed-rate", "0.1"]
+    args = [
+        "--deployments",
+        "12",
+        "--cli-installs",
+        "5",
+        "--days",
+        "3",
+        "--seed",
+        "4",
+        "--end-day",
+        _yesterday(),
+        "--kafka",
+        broker.bootstrap_servers,
+        "--ground-truth",
+        str(out),
+        "--malformed-rate",
+        "0.1",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     sim = simulator.generate(12, 5, 3, seed=4, end_day=_yesterday(), malformed_rate=0.1)
@@ -348,11 +488,15 @@ def test_command_to_kafka_writes_ground_truth(broker, tmp_path, monkeypatch):
     assert len(_consume(broker.bootstrap_servers, "sim-command", truth["messages"])) == truth["messages"]
     # --dry-run: same ground truth, nothing sent; the analyst views' ground truth beside it
     out2, out3 = tmp_path / "dry.json", tmp_path / "analyst.json"
-    res = CliRunner().invoke(app, args[:-4] + ["--ground-truth", str(out2), "--malformed-rate", "0.1", "--dry-run",
-                                               "--analyst-ground-truth", str(out3)])
+    res = CliRunner().invoke(
+        app,
+        args[:-4]
+        + ["--ground-truth", str(out2), "--malformed-rate", "0.1", "--dry-run", "--analyst-ground-truth", str(out3)],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(out2.read_text()) == truth
     from producers.fleet_truth import analyst_ground_truth
+
     assert json.loads(out3.read_text()) == json.loads(json.dumps(analyst_ground_truth(sim.deliveries)))
 
 
@@ -367,7 +511,7 @@ class _Collector:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with outer.lock:
                     outer.seen += 1
@@ -398,8 +542,9 @@ class _Collector:
 def test_send_to_collector():
     col = _Collector(fail_first=2)
     try:
-        sim = simulator.generate(10, 6, 2, seed=8, end_day="2025-01-02", resend_rate=0.3, changed_rate=0.3,
-                                 malformed_rate=0.1)
+        sim = simulator.generate(
+            10, 6, 2, seed=8, end_day="2025-01-02", resend_rate=0.3, changed_rate=0.3, malformed_rate=0.1
+        )
         # one form-encoded body for sure (the collector refuses it at the edge), whatever the seed drew
         deliveries = sim.deliveries + [Delivery(sim.deliveries[-1].received_at_ms, None, b"uid=x&os=linux")]
         intended = sim.intended + ["not_json"]
@@ -415,7 +560,9 @@ def test_send_to_collector():
         assert hdrs["Content-Type"] == "application/json"
         assert hdrs["User-Agent"] == simulator.user_agent_of(body)
     for key in {d.key for d in sim.deliveries if d.key is not None}:  # each UID's bodies in send order
-        assert [b for _, b in col.posts if simulator.key_of(b) == key] == [d.body for d in sim.deliveries if d.key == key]
+        assert [b for _, b in col.posts if simulator.key_of(b) == key] == [
+            d.body for d in sim.deliveries if d.key == key
+        ]
     # HTTP ground truth: everything received today (the collector's clock), in send order
     truth = ground_truth(result.sent_deliveries)
     assert truth["per_day_messages"] == {_today(): len(accepted)}
@@ -433,8 +580,9 @@ def test_send_to_collector():
 def test_live_feed_posts_each_deployment_then_resends():
     col = _Collector()
     stop = threading.Event()
-    feed = simulator.LiveFeed(col.url, 8, 4, seed=3, stop_event=stop, rate_per_s=500, idle_rate_per_s=100,
-                              malformed_rate=0.0)
+    feed = simulator.LiveFeed(
+        col.url, 8, 4, seed=3, stop_event=stop, rate_per_s=500, idle_rate_per_s=100, malformed_rate=0.0
+    )
     th = threading.Thread(target=feed.run, daemon=True)
     th.start()
     first_pass = feed._day_bodies(datetime.now(UTC).date())
@@ -491,8 +639,11 @@ def test_the_fleet_lives():
     """60 days of 300 deployments: onboarding, churn for good, outages with returns, upgrades after the release
     30 days before the end, one-day jumps, and the sizes stay heavily skewed."""
     sim = simulator.generate(300, 80, 60, seed=13, end_day="2025-06-30", jump_rate=0.002)
-    msgs = [(simulator.day_of(d.received_at_ms), m) for d in sim.deliveries
-            if not isinstance(m := validate(d.body), Rejection)]
+    msgs = [
+        (simulator.day_of(d.received_at_ms), m)
+        for d in sim.deliveries
+        if not isinstance(m := validate(d.body), Rejection)
+    ]
     days: dict[str, list] = defaultdict(list)
     for day, m in msgs:
         if m.kind == "is" and m.uid != DEFAULT_UID:
@@ -500,8 +651,11 @@ def test_the_fleet_lives():
     first, last = min(d for ds in days.values() for d in ds), max(d for ds in days.values() for d in ds)
     assert sum(min(ds) > first for ds in days.values()) >= 5  # onboarded during the window
     assert sum(max(ds) < last - timedelta(days=10) for ds in days.values()) >= 5  # stopped for good
-    gaps = [max((b - a).days for a, b in zip(sorted(set(ds)), sorted(set(ds))[1:]))
-            for ds in days.values() if len(set(ds)) > 1]
+    gaps = [
+        max((b - a).days for a, b in zip(sorted(set(ds)), sorted(set(ds))[1:]))
+        for ds in days.values()
+        if len(set(ds)) > 1
+    ]
     assert sum(g > 7 for g in gaps) >= 3  # silent for more than a week, then back
     assert sim.stats["churned"] and sim.stats["outage"] and sim.stats["jump"]
     share_35 = {}
@@ -510,5 +664,7 @@ def test_the_fleet_lives():
         share_35[when] = sum(simulator.major_minor(m.os.binary_version) == "3.35" for m in on_day) / len(on_day)
     before, soon, end = share_35.values()
     assert before < 0.05 < soon < end and end > 0.4  # adopted after its release, 30 days before the end
-    cli_35 = [m for d, m in msgs if m.kind == "cli" and d == last and simulator.major_minor(m.os.binary_version) == "3.35"]
+    cli_35 = [
+        m for d, m in msgs if m.kind == "cli" and d == last and simulator.major_minor(m.os.binary_version) == "3.35"
+    ]
     assert cli_35 and all(m.cli.get("commands") for m in cli_35)  # upgraded CLIs send command usage

@@ -33,20 +33,20 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from dashboard.analyst_sql import AnalystSessions, QueryLimits, new_query_id
+from is_telemetry.errors import QueryFailed, RequestRefused, WriteRefused
 from is_telemetry.kafka import HEADER_RECEIVED_AT
+from is_telemetry.partitioning import partition_of
+from is_telemetry.rows import Batch
 from is_telemetry.schema import TelemetryMessage
 from is_telemetry.uid import uid_from_elements
-from is_telemetry.partitioning import partition_of
 from processors.pipeline import RawRecord, process
 from processors.replay import Replayer
 from processors.rollup import Rollups, roll_up
-from processors.worker import partition_batches
-from processors.snapshot import day_of, major_minor, rejection_row
+from processors.snapshot import day_of, major_minor
 from processors.validate import Rejection, inconsistencies, validate
+from processors.worker import partition_batches
 from producers.simulator import DAY_MS, Delivery, generate, ground_truth
-from dashboard.analyst_sql import AnalystSessions, QueryLimits, new_query_id
-from is_telemetry.errors import QueryFailed, RequestRefused, WriteRefused
-from is_telemetry.rows import Batch
 from sinks.clickhouse import ClickHouseStore, migrations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,22 +61,50 @@ IS_UID_B = uid_from_elements(["https://b.example.net/api/v3"] * 5)
 CLI_UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 ANALYST_VIEWS = [
-    "fleet_daily", "gateways_by_frequency_plan_daily", "deployments_by_version_daily", "deployments_by_os_daily",
-    "deployments_by_arch_daily", "deployments_by_go_version_daily", "cli_installs_by_version_daily",
-    "cli_installs_by_arch_daily", "cli_installs_by_os_daily", "rejected_daily", "snapshots_latest",
+    "fleet_daily",
+    "gateways_by_frequency_plan_daily",
+    "deployments_by_version_daily",
+    "deployments_by_os_daily",
+    "deployments_by_arch_daily",
+    "deployments_by_go_version_daily",
+    "cli_installs_by_version_daily",
+    "cli_installs_by_arch_daily",
+    "cli_installs_by_os_daily",
+    "rejected_daily",
+    "snapshots_latest",
 ]
 TABLES = ["schema_migrations", "snapshots", "rejections", "rollup_partitions", "pipeline_settings"]
 #: Migration 0002 (the fleet over time): its tables and named views (documented column by column) and its
 #: parameterized views (documented, called with arguments).
 ANALYST_DEPTH_TABLES = ["uid_activity", "snapshot_changes", "analyst_daily", "retention_cohorts"]
 ANALYST_DEPTH_VIEWS = [
-    "fleet_daily_carried", "deployment_lifecycle_daily", "cli_lifecycle_daily", "sender_lifespans", "retention_weekly",
-    "retention_monthly", "fleet_size_daily", "regions_daily", "frequency_plan_regions", "version_adoption_daily",
-    "version_adoption_speed", "versions_behind_daily", "deployments_behind_daily", "cli_installs_active_daily",
-    "cli_command_usage_daily", "data_quality_daily", "sender_jumps_daily", "analyst_daily_pending",
+    "fleet_daily_carried",
+    "deployment_lifecycle_daily",
+    "cli_lifecycle_daily",
+    "sender_lifespans",
+    "retention_weekly",
+    "retention_monthly",
+    "fleet_size_daily",
+    "regions_daily",
+    "frequency_plan_regions",
+    "version_adoption_daily",
+    "version_adoption_speed",
+    "versions_behind_daily",
+    "deployments_behind_daily",
+    "cli_installs_active_daily",
+    "cli_command_usage_daily",
+    "data_quality_daily",
+    "sender_jumps_daily",
+    "analyst_daily_pending",
 ]
-ANALYST_DEPTH_PARAMETERIZED = ["fleet_daily_carried_lookback", "lifecycle_daily", "sender_jumps", "deployments_behind",
-                               "carried_snapshots", "analyst_compute"]
+ANALYST_DEPTH_PARAMETERIZED = [
+    "fleet_daily_carried_lookback",
+    "lifecycle_daily",
+    "sender_jumps",
+    "deployments_behind",
+    "carried_snapshots",
+    "analyst_compute",
+]
 #: the views ground_truth() does not cover: name -> (key column, count column)
 EXTRA_VIEWS = {
     "deployments_by_os_daily": ("operating_system", "deployments"),
@@ -131,7 +159,7 @@ def split(records: Sequence[RawRecord], sizes: Sequence[int]) -> list[list[RawRe
     out, i, k = [], 0, 0
     while i < len(records):
         n = sizes[min(k, len(sizes) - 1)]
-        out.append(list(records[i:i + n]))
+        out.append(list(records[i : i + n]))
         i, k = i + n, k + 1
     return out
 
@@ -192,9 +220,17 @@ def latest_messages(deliveries: Sequence[Sequence[Any]]) -> dict[tuple[str, str]
 
 def extra_truth(deliveries: Sequence[Sequence[Any]]) -> dict[str, list[dict[str, Any]]]:
     """The views ground_truth() does not cover, derived the same way (latest valid body per day and UID)."""
-    by: dict[str, Counter[tuple[str, str]]] = {n: Counter() for n in (
-        "deployments_by_os_daily", "deployments_by_arch_daily", "deployments_by_go_version_daily",
-        "cli_installs_by_version_daily", "cli_installs_by_os_daily", "cli_installs_by_arch_daily")}
+    by: dict[str, Counter[tuple[str, str]]] = {
+        n: Counter()
+        for n in (
+            "deployments_by_os_daily",
+            "deployments_by_arch_daily",
+            "deployments_by_go_version_daily",
+            "cli_installs_by_version_daily",
+            "cli_installs_by_os_daily",
+            "cli_installs_by_arch_daily",
+        )
+    }
     flags: Counter[tuple[str, str]] = Counter()
     for (day, _uid), m in latest_messages(deliveries).items():
         o = m.os
@@ -211,11 +247,22 @@ def extra_truth(deliveries: Sequence[Sequence[Any]]) -> dict[str, list[dict[str,
             by["cli_installs_by_arch_daily"][(day, arch)] += 1
             flags[(day, "default_uid_deployments")] += 0
             flags[(day, "inconsistent_deployments")] += 0
-    out = {name: sorted(({"day": d, EXTRA_VIEWS[name][0]: k, EXTRA_VIEWS[name][1]: n} for (d, k), n in c.items()),
-                        key=lambda r: (r["day"], r[EXTRA_VIEWS[name][0]])) for name, c in by.items()}
+    out = {
+        name: sorted(
+            ({"day": d, EXTRA_VIEWS[name][0]: k, EXTRA_VIEWS[name][1]: n} for (d, k), n in c.items()),
+            key=lambda r: (r["day"], r[EXTRA_VIEWS[name][0]]),
+        )
+        for name, c in by.items()
+    }
     days = sorted({d for d, _ in flags})
-    out["fleet_flags"] = [{"day": d, "default_uid_deployments": flags[(d, "default_uid_deployments")],
-                           "inconsistent_deployments": flags[(d, "inconsistent_deployments")]} for d in days]
+    out["fleet_flags"] = [
+        {
+            "day": d,
+            "default_uid_deployments": flags[(d, "default_uid_deployments")],
+            "inconsistent_deployments": flags[(d, "inconsistent_deployments")],
+        }
+        for d in days
+    ]
     return out
 
 
@@ -246,19 +293,33 @@ def everything(store: ClickHouseStore, positions: bool = True) -> dict[str, Any]
     return out
 
 
-def is_body(uid: str, *, end_devices: int = 10, gateways: dict[str, int] | None = None, binary_version: str = "3.32.1",
-            operating_system: str = "linux", arch: str = "amd64", golang_version: str = "go1.22.5",
-            last_day: int = 1) -> bytes:
+def is_body(
+    uid: str,
+    *,
+    end_devices: int = 10,
+    gateways: dict[str, int] | None = None,
+    binary_version: str = "3.32.1",
+    operating_system: str = "linux",
+    arch: str = "amd64",
+    golang_version: str = "go1.22.5",
+    last_day: int = 1,
+) -> bytes:
     plans = gateways if gateways is not None else {"EU_863_870_TTN": 2}
     obj = {
         "uid": uid,
-        "os": {"operating_system": operating_system, "arch": arch, "binary_version": binary_version,
-               "golang_version": golang_version},
+        "os": {
+            "operating_system": operating_system,
+            "arch": arch,
+            "binary_version": binary_version,
+            "golang_version": golang_version,
+        },
         "cli": None,
         "entities_count": {
             "gateways": {"total": sum(plans.values()), "gateways_by_frequency_plan_id": plans},
-            "end_devices": {"total": end_devices, "activate_end_devices": {
-                "total": end_devices, "last_day": last_day, "last_week": 2, "last_month": 3}},
+            "end_devices": {
+                "total": end_devices,
+                "activate_end_devices": {"total": end_devices, "last_day": last_day, "last_week": 2, "last_month": 3},
+            },
             "applications": {"total": 1},
             "accounts": {"users": {"standard": 4, "admin": 1}, "organizations": {"total": 2}},
         },
@@ -267,8 +328,12 @@ def is_body(uid: str, *, end_devices: int = 10, gateways: dict[str, int] | None 
 
 
 def cli_body(uid: str = CLI_UID, binary_version: str = "3.34.2") -> bytes:
-    os_ = {"operating_system": "darwin", "arch": "arm64", "binary_version": binary_version,
-           "golang_version": "go1.23.1"}
+    os_ = {
+        "operating_system": "darwin",
+        "arch": "arm64",
+        "binary_version": binary_version,
+        "golang_version": "go1.23.1",
+    }
     return json.dumps({"uid": uid, "os": os_, "cli": {}, "entities_count": None}).encode()
 
 
@@ -369,8 +434,15 @@ def test_older_snapshot_written_later_does_not_win(store: ClickHouseStore):
     newer = Delivery(DAY0 + 5 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=50))
     older = Delivery(DAY0 + 1 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=5))
     [rec_newer] = to_records([newer])
-    rec_older = RawRecord(TOPIC, rec_newer.partition, rec_newer.offset + 7, older.received_at_ms,
-                          {HEADER_RECEIVED_AT: str(older.received_at_ms).encode()}, older.body, older.key)
+    rec_older = RawRecord(
+        TOPIC,
+        rec_newer.partition,
+        rec_newer.offset + 7,
+        older.received_at_ms,
+        {HEADER_RECEIVED_AT: str(older.received_at_ms).encode()},
+        older.body,
+        older.key,
+    )
     consume(store, [[rec_newer]])
     consume(store, [[rec_older]])  # a higher offset but an earlier receive time: receive time decides
     assert rows(store, "SELECT deployments, end_devices FROM fleet_daily") == [{"deployments": 1, "end_devices": 50}]
@@ -381,15 +453,21 @@ def test_older_snapshot_written_later_does_not_win(store: ClickHouseStore):
 
 def test_latest_received_body_of_a_day_is_the_snapshot(store: ClickHouseStore):
     first = Delivery(DAY0 + 1 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=10, gateways={"EU_863_870": 1}))
-    second = Delivery(DAY0 + 9 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=11, gateways={"AS_923": 4},
-                                                               binary_version="3.33.1"))
+    second = Delivery(
+        DAY0 + 9 * H,
+        IS_UID_A.encode(),
+        is_body(IS_UID_A, end_devices=11, gateways={"AS_923": 4}, binary_version="3.33.1"),
+    )
     consume(store, [to_records([first, second])])  # both in one batch
     assert rows(store, "SELECT deployments, end_devices, gateways FROM fleet_daily") == [
-        {"deployments": 1, "end_devices": 11, "gateways": 4}]
+        {"deployments": 1, "end_devices": 11, "gateways": 4}
+    ]
     assert view(store, "gateways_by_frequency_plan_daily", ["frequency_plan_id", "gateways"]) == [
-        {"frequency_plan_id": "AS_923", "gateways": 4}]
+        {"frequency_plan_id": "AS_923", "gateways": 4}
+    ]
     assert view(store, "deployments_by_version_daily", ["version", "deployments"]) == [
-        {"version": "3.33", "deployments": 1}]
+        {"version": "3.33", "deployments": 1}
+    ]
     latest = rows(store, "SELECT uid, body, source_offset FROM snapshots_latest")
     assert latest == [{"uid": IS_UID_A, "body": second.body.decode(), "source_offset": 1}]
     # equal receive times: the later offset (later in the partition) wins, as in ground_truth()
@@ -411,7 +489,8 @@ def test_zero_gateway_plan_is_kept_as_sent(store: ClickHouseStore):
 def test_day_with_only_rejections(store: ClickHouseStore):
     consume(store, [[RawRecord(TOPIC, 0, 0, DAY0 + H, {HEADER_RECEIVED_AT: str(DAY0 + H).encode()}, b"{")]])
     assert rows(store, "SELECT day, reason, messages FROM rejected_daily") == [
-        {"day": "2025-01-01", "reason": "not_json", "messages": 1}]
+        {"day": "2025-01-01", "reason": "not_json", "messages": 1}
+    ]
     assert rows(store, "SELECT * FROM fleet_daily") == []
 
 
@@ -488,8 +567,9 @@ def flaky(fn: Callable[..., Any], failures: list[bool]) -> Callable[..., Any]:
     return wrapper
 
 
-def test_write_retries_with_backoff_and_loses_nothing(store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture):
+def test_write_retries_with_backoff_and_loses_nothing(
+    store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
     deliveries = small_deliveries()
     batch = rolled_up(store, to_records(deliveries))
     client = store.client
@@ -516,8 +596,9 @@ def test_write_retries_with_backoff_and_loses_nothing(store: ClickHouseStore, mo
     assert truth_views(store, truth) == sorted_truth(truth)
 
 
-def test_write_gives_up_when_stopping(store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch,
-                                      caplog: pytest.LogCaptureFixture):
+def test_write_gives_up_when_stopping(
+    store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
     batch = rolled_up(store, to_records(small_deliveries()))
     client = store.client
     monkeypatch.setattr(client, "insert", flaky(client.insert, [True] * 1000))
@@ -550,7 +631,7 @@ def test_server_unreachable_retries_and_redacts_password(caplog: pytest.LogCaptu
         port = sock.getsockname()[1]
     s = ClickHouseStore(f"http://default:s3cret@127.0.0.1:{port}/default", retry_max_s=1.0)
     s.stopping = RecordingStop(stop_after=2)
-    with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"), pytest.raises(Exception):
+    with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"), pytest.raises(Exception):  # noqa: B017 - whatever the driver raises once the stop is set
         s.open()
     s.close()
     assert not any("s3cret" in r.getMessage() for r in caplog.records)  # nor in the driver's own logs
@@ -610,7 +691,7 @@ def test_replay_older_than_the_ttl_keeps_the_aggregates(tmp_path: Path):
 
 NASTY = [
     "EU'); DROP TABLE snapshots; --",
-    'US_902"928\\FSB_2\\\'',
+    "US_902\"928\\FSB_2\\'",
     "ünïcødé_€_😀_计划",
     "{days:Array(Date)} %s %(x)s ?",
     "tab\there\nnewline\r\x00nul",
@@ -625,9 +706,19 @@ def test_values_round_trip_exactly_and_are_never_spliced(store: ClickHouseStore)
     os_name = "lin'ux\"\\ ☃"
     arch = "x' || '1"
     deliveries = [
-        Delivery(DAY0 + H, IS_UID_A.encode(), is_body(IS_UID_A, gateways=plans, binary_version=binary_version,
-                                                      operating_system=os_name, arch=arch, golang_version=" go1.22'")),
-        Delivery(DAY0 + 2 * H, None, "{\"uid\": \"'); DROP TABLE rejections; -- ü\\\\\"".encode()),
+        Delivery(
+            DAY0 + H,
+            IS_UID_A.encode(),
+            is_body(
+                IS_UID_A,
+                gateways=plans,
+                binary_version=binary_version,
+                operating_system=os_name,
+                arch=arch,
+                golang_version=" go1.22'",
+            ),
+        ),
+        Delivery(DAY0 + 2 * H, None, '{"uid": "\'); DROP TABLE rejections; -- ü\\\\"'.encode()),
     ]
     _outcome, batch = Replayer(store, PARTITIONS).feed(to_records(deliveries))
     assert len(batch.snapshots) == 1 and len(batch.rejections) == 1
@@ -636,13 +727,15 @@ def test_values_round_trip_exactly_and_are_never_spliced(store: ClickHouseStore)
     got = {r["frequency_plan_id"]: r["gateways"] for r in rows(store, "SELECT * FROM gateways_by_frequency_plan_daily")}
     assert got == plans
     assert rows(store, "SELECT operating_system, deployments FROM deployments_by_os_daily") == [
-        {"operating_system": os_name, "deployments": 1}]
+        {"operating_system": os_name, "deployments": 1}
+    ]
     assert rows(store, "SELECT arch FROM deployments_by_arch_daily") == [{"arch": arch}]
     assert rows(store, "SELECT golang_version FROM deployments_by_go_version_daily") == [{"golang_version": "go1.22'"}]
     assert rows(store, "SELECT version FROM deployments_by_version_daily") == [{"version": "3.32"}]  # major.minor
     latest = rows(store, "SELECT binary_version, gateways_by_frequency_plan, body FROM snapshots_latest")
-    assert latest == [{"binary_version": binary_version, "gateways_by_frequency_plan": plans,
-                       "body": deliveries[0].body.decode()}]
+    assert latest == [
+        {"binary_version": binary_version, "gateways_by_frequency_plan": plans, "body": deliveries[0].body.decode()}
+    ]
     rej = rows(store, "SELECT reason, body FROM rejections")
     assert rej == [{"reason": "not_json", "body": deliveries[1].body.decode()}]
     # query parameters are bound by ClickHouse, not formatted into the text
@@ -689,7 +782,9 @@ def test_analyst_queries_cannot_write(store: ClickHouseStore):
             assert refused.value.status in (400, 403), sql
         assert sessions.run_client_sql("SELECT count() FROM system.tables WHERE name = 'intruder'", "q").rows == [(0,)]
         with pytest.raises(QueryFailed) as too_many:
-            AnalystSessions(store.dsn, QueryLimits(max_result_rows=10)).run_client_sql("SELECT number FROM numbers(1000)", "q")
+            AnalystSessions(store.dsn, QueryLimits(max_result_rows=10)).run_client_sql(
+                "SELECT number FROM numbers(1000)", "q"
+            )
         assert too_many.value.extra["clickhouse_error"] == "TOO_MANY_ROWS_OR_BYTES"
     finally:
         sessions.close()
@@ -732,8 +827,11 @@ def doc_queries() -> list[tuple[str, str]]:
 def test_analysts_doc_has_ready_queries():
     queries = doc_queries()
     assert len(queries) >= 10
-    depth = [title for title, sql in queries
-             if any(re.search(rf"\b{v}\b", sql) for v in ANALYST_DEPTH_VIEWS + ANALYST_DEPTH_PARAMETERIZED)]
+    depth = [
+        title
+        for title, sql in queries
+        if any(re.search(rf"\b{v}\b", sql) for v in ANALYST_DEPTH_VIEWS + ANALYST_DEPTH_PARAMETERIZED)
+    ]
     assert len(depth) >= 10, depth  # the fleet over time has its own ready queries
     text = ANALYSTS_DOC.read_text()
     for name in TABLES + ANALYST_VIEWS + ANALYST_DEPTH_TABLES + ANALYST_DEPTH_VIEWS + ANALYST_DEPTH_PARAMETERIZED:
@@ -742,8 +840,9 @@ def test_analysts_doc_has_ready_queries():
 
 def test_analysts_doc_queries_run(tmp_path: Path):
     # jumps at 2% (not the default 0.1%): the jump queries need a few on any calendar
-    sim = generate(deployments=60, cli_installs=20, days=15, seed=7, default_uid_rate=0.1, malformed_rate=0.03,
-                   jump_rate=0.02)
+    sim = generate(
+        deployments=60, cli_installs=20, days=15, seed=7, default_uid_rate=0.1, malformed_rate=0.03, jump_rate=0.02
+    )
     with opened(tmp_path / "chdb") as s:
         consume(s, split(to_records(sim.deliveries), [400]))
         from tests.test_analyst_views import refresh
@@ -752,8 +851,9 @@ def test_analysts_doc_queries_run(tmp_path: Path):
         # the doc names every column of every table and view
         text = ANALYSTS_DOC.read_text()
         for name in TABLES + ANALYST_VIEWS + ANALYST_DEPTH_TABLES + ANALYST_DEPTH_VIEWS:
-            for (column,) in s.query(f"SELECT name FROM system.columns WHERE database = currentDatabase() "
-                                     f"AND table = '{name}'")[1]:
+            for (column,) in s.query(
+                f"SELECT name FROM system.columns WHERE database = currentDatabase() AND table = '{name}'"
+            )[1]:
                 assert f"`{column}`" in text, f"{name}.{column} is not documented in docs/analysts.md"
         empty, queries = [], doc_queries()
         assert len(queries) >= 10
@@ -788,14 +888,21 @@ def test_api_sql_endpoint_as_documented(store: ClickHouseStore):
     auth = {"authorization": "Bearer s3cret"}
     with TestClient(app, base_url="http://127.0.0.1:8481") as http:
         assert http.post("/api/sql", json={"query": "SELECT 1"}).status_code == 401
-        assert http.post("/api/sql", json={"query": "SELECT 1"}, headers={"authorization": "Bearer nope"}).status_code == 401
+        assert (
+            http.post("/api/sql", json={"query": "SELECT 1"}, headers={"authorization": "Bearer nope"}).status_code
+            == 401
+        )
         r = http.post("/api/sql", json={"query": "SELECT day, deployments FROM fleet_daily ORDER BY day"}, headers=auth)
         assert r.status_code == 200, r.text
         assert r.json() == {"columns": ["day", "deployments"], "rows": [["2025-01-01", 2], ["2025-01-02", 1]]}
         r = http.post("/api/sql", json={"query": "SELECT count() AS n FROM snapshots_latest"}, headers=auth)
         assert r.json() == {"columns": ["n"], "rows": [[4]]}
         r = http.post("/api/sql", json={"query": "SELEC nonsense"}, headers=auth)
-        assert r.status_code == 400 and r.json()["error"] == "query_failed" and isinstance(r.json()["clickhouse_code"], int)
+        assert (
+            r.status_code == 400
+            and r.json()["error"] == "query_failed"
+            and isinstance(r.json()["clickhouse_code"], int)
+        )
         r = http.post("/api/sql", json={"query": "DROP TABLE snapshots"}, headers=auth)
         assert r.status_code == 403 and r.json()["error"] == "writes_not_allowed", r.text
         r = http.post("/api/sql", content=b"SELECT 1", headers={**auth, "content-type": "text/plain"})

@@ -16,9 +16,25 @@ from tests.test_end_to_end import post_samples
 
 def run_status(stack: RunningStack, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "is_telemetry", "status", "--api", stack.api_url, "--collector", stack.collector_url,
-         "--kafka", f"127.0.0.1:{stack.broker_port}", "--timeout", "3", *extra],
-        capture_output=True, text=True, timeout=60, cwd=stack.data_dir,
+        [
+            sys.executable,
+            "-m",
+            "is_telemetry",
+            "status",
+            "--api",
+            stack.api_url,
+            "--collector",
+            stack.collector_url,
+            "--kafka",
+            f"127.0.0.1:{stack.broker_port}",
+            "--timeout",
+            "3",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=stack.data_dir,
     )
 
 
@@ -32,8 +48,10 @@ def test_status_of_a_running_then_stopped_stack(tmp_path: Path) -> None:
     stack = start_stack(tmp_path / "stack", "--no-simulate")
     try:
         post_samples(stack)
-        stack.wait_for("SELECT deployments, cli_installs FROM fleet_daily",
-                       lambda rows: rows and rows[0]["deployments"] == 3 and rows[0]["cli_installs"] == 1)
+        stack.wait_for(
+            "SELECT deployments, cli_installs FROM fleet_daily",
+            lambda rows: rows and rows[0]["deployments"] == 3 and rows[0]["cli_installs"] == 1,
+        )
         # The worker commits its offsets about once a second after a batch is stored: allow a few tries for lag 0.
         deadline = time.monotonic() + 20
         while True:
@@ -45,16 +63,26 @@ def test_status_of_a_running_then_stopped_stack(tmp_path: Path) -> None:
         out = r.stdout
         assert re.search(r"collector\s+OK\s+http://127\.0\.0\.1:\d+\s+healthz ok, readyz ready", line(out, "collector"))
         assert re.search(rf"API\s+OK\s+{re.escape(stack.api_url)}\s+healthz ok", line(out, "API"))
-        assert re.search(r"Kafka\s+OK\s+.*topic tts-telemetry-raw: 8 partitions, high-water marks sum to 4", line(out, "Kafka"))
-        assert re.search(r"lag\s+OK\s+0 records behind on tts-telemetry-raw \(group is-telemetry-processors;",
-                         line(out, "lag"))
+        assert re.search(
+            r"Kafka\s+OK\s+.*topic tts-telemetry-raw: 8 partitions, high-water marks sum to 4", line(out, "Kafka")
+        )
+        assert re.search(
+            r"lag\s+OK\s+0 records behind on tts-telemetry-raw \(group is-telemetry-processors;", line(out, "lag")
+        )
         ch = line(out, "ClickHouse")
         assert re.search(r"ClickHouse\s+OK\s+last snapshot received \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(\d+ s ago\)", ch)
         # `up` serves the API from the writing worker, so its /metrics has the sink metric.
         assert re.search(r"sink last write \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", ch)
         today = line(out, "today")
-        for figure in ("deployments 3", "CLI installs 1", "gateways 5", "end devices 132", "applications 8",
-                       "users 7", "organizations 2"):
+        for figure in (
+            "deployments 3",
+            "CLI installs 1",
+            "gateways 5",
+            "end devices 132",
+            "applications 8",
+            "users 7",
+            "organizations 2",
+        ):
             assert figure in today, (figure, today)
         assert out.rstrip().endswith("all healthy")
         # --max-lag turns lag into a health condition (0 is not over 0).
@@ -75,8 +103,10 @@ def test_status_of_a_running_then_stopped_stack(tmp_path: Path) -> None:
 
 
 def test_render_names_what_is_behind() -> None:
-    report = Report([Line("collector", "OK", "x"), Line("lag", "BEHIND", "12 records behind; over --max-lag 5")],
-                    "2026-01-01 (UTC): no data yet")
+    report = Report(
+        [Line("collector", "OK", "x"), Line("lag", "BEHIND", "12 records behind; over --max-lag 5")],
+        "2026-01-01 (UTC): no data yet",
+    )
     out: list[str] = []
     render(report, out.append)
     assert out[-1] == "unhealthy: lag down"

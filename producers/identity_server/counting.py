@@ -139,7 +139,8 @@ def summarize(entities: EntitiesCount) -> str:
     a = ed.activate_end_devices
     plans = " ".join(f"{k}={v}" for k, v in g.gateways_by_frequency_plan_id.items())
     return (
-        f"gateways={g.total}" + (f" [{plans}]" if plans else "")
+        f"gateways={g.total}"
+        + (f" [{plans}]" if plans else "")
         + f" end_devices={ed.total} active={a.total} (day {a.last_day}, week {a.last_week}, month {a.last_month})"
         + f" applications={entities.applications.total}"
         + f" users={acc.users.standard}+{acc.users.admin} admin organizations={acc.organizations.total}"

@@ -52,4 +52,3 @@ def parse_go_duration(text: str) -> float:
         total += float(number) * _GO_UNITS[unit]
         pos = m.end()
     return sign * total
-

@@ -15,8 +15,9 @@ def one_line(exc: BaseException | str) -> str:
 def setup_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     log.setLevel(level.upper())
     if level.lower() != "debug":
         # kafka-python logs every refused connection itself; our own line says it once, with the retry.

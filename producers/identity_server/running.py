@@ -9,12 +9,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from is_telemetry.schema import TelemetryMessage
 from producers.identity_server.counting import (
-    DatabaseSchemaError, DatabaseUnreachable, build_message, count_entities_at, describe_dsn, summarize,
+    DatabaseSchemaError,
+    DatabaseUnreachable,
+    build_message,
+    count_entities_at,
+    describe_dsn,
+    summarize,
 )
 from producers.identity_server.durations import format_seconds
 from producers.identity_server.logs import log, one_line
@@ -35,7 +40,7 @@ class ProduceOptions:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def produce_one(opts: ProduceOptions, stop: threading.Event) -> TelemetryMessage:
@@ -81,19 +86,22 @@ def run(opts: ProduceOptions, stop: threading.Event | None = None) -> int:
                 if opts.once:
                     opts.echo_err(f"{now_iso()} error: message NOT sent: {exc}")
                     return 1
-                opts.echo_err(f"{now_iso()} error: this interval's message was NOT sent ({exc}); "
-                          f"next try at the next interval")
+                opts.echo_err(
+                    f"{now_iso()} error: this interval's message was NOT sent ({exc}); next try at the next interval"
+                )
             except Stopped:
                 opts.echo_err(f"{now_iso()} stopped before the message was sent: it was NOT sent")
                 return 1
             except DatabaseSchemaError as exc:
-                opts.echo_err(f"{now_iso()} error: the database at {describe_dsn(opts.database)} does not look like "
-                          f"a The Things Stack Identity Server database: {exc}")
+                opts.echo_err(
+                    f"{now_iso()} error: the database at {describe_dsn(opts.database)} does not look like "
+                    f"a The Things Stack Identity Server database: {exc}"
+                )
                 return 2
             if opts.once:
                 return 0
             wait = max(0.0, due - time.monotonic())
-            next_at = datetime.fromtimestamp(time.time() + wait, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            next_at = datetime.fromtimestamp(time.time() + wait, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             opts.echo(f"{now_iso()} next send at {next_at} (every {format_seconds(opts.interval_s)})")
             if stop.wait(wait):
                 opts.echo(f"{now_iso()} stopped")

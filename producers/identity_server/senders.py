@@ -76,11 +76,15 @@ class KafkaSender:
 
             try:
                 self._producer = make_producer(
-                    self.bootstrap_servers, acks="all", client_id="is-telemetry-produce",
+                    self.bootstrap_servers,
+                    acks="all",
+                    client_id="is-telemetry-produce",
                     bootstrap_timeout_ms=self.connect_timeout_ms,
                 )
             except (KafkaError, OSError, ValueError) as exc:
-                raise SendFailed(f"kafka unreachable at {self.bootstrap_servers}: {one_line(exc) or type(exc).__name__}") from exc
+                raise SendFailed(
+                    f"kafka unreachable at {self.bootstrap_servers}: {one_line(exc) or type(exc).__name__}"
+                ) from exc
         if not self._topic_checked:
             self._ensure_topic()
         return self._producer
@@ -97,8 +101,12 @@ class KafkaSender:
         try:
             ensure_topics(settings, timeout_s=5.0)
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not check/create topic %s on %s (%s); sending anyway", self.topic,
-                        self.bootstrap_servers, one_line(exc))
+            log.warning(
+                "could not check/create topic %s on %s (%s); sending anyway",
+                self.topic,
+                self.bootstrap_servers,
+                one_line(exc),
+            )
         self._topic_checked = True
 
     def send(self, uid: str, body: bytes) -> str:
@@ -113,14 +121,17 @@ class KafkaSender:
                 self.topic,
                 value=body,
                 key=uid.encode("ascii"),
-                headers=headers(received_at_ms=received_at_ms, source=SOURCE, user_agent=user_agent(),
-                                body_length=len(body)),
+                headers=headers(
+                    received_at_ms=received_at_ms, source=SOURCE, user_agent=user_agent(), body_length=len(body)
+                ),
                 timestamp_ms=received_at_ms,
             )
             meta = future.get(timeout=KAFKA_SEND_TIMEOUT_S)
         except (KafkaError, OSError) as exc:
             self._drop_producer()
-            raise SendFailed(f"kafka unreachable at {self.bootstrap_servers}: {one_line(exc) or type(exc).__name__}") from exc
+            raise SendFailed(
+                f"kafka unreachable at {self.bootstrap_servers}: {one_line(exc) or type(exc).__name__}"
+            ) from exc
         return f"partition {meta.partition} offset {meta.offset}"
 
     def _drop_producer(self) -> None:

@@ -32,7 +32,7 @@ def user_agent_of(body: bytes) -> str:
     try:
         o = json.loads(body)["os"]
         return user_agent(str(o["binary_version"]), str(o["operating_system"]), str(o["arch"]))
-    except Exception:
+    except (ValueError, TypeError, KeyError):  # not JSON, not an object, no os: the simulator's malformed bodies
         return FALLBACK_USER_AGENT
 
 
@@ -40,7 +40,7 @@ def key_of(body: bytes) -> bytes | None:
     """The Kafka key: the body's uid as bytes when the body is a JSON object with a string uid, else None."""
     try:
         obj = json.loads(body)
-    except Exception:
+    except ValueError:  # not JSON (json's errors and UnicodeDecodeError are ValueErrors)
         return None
     uid = obj.get("uid") if isinstance(obj, dict) else None
     return uid.encode() if isinstance(uid, str) else None
@@ -64,15 +64,24 @@ def is_object(dep: Deployment, minor: int, patch: int, counts: dict[str, int]) -
     users.update(standard=counts["users_standard"], admin=counts["users_admin"])
     return {
         "uid": dep.uid,
-        "os": {"operating_system": dep.operating_system, "arch": dep.arch,
-               "binary_version": version_string(minor, patch, dep.dev, dep.commit_suffix),
-               "golang_version": go_version(minor, patch, dep.go_quirk)},
+        "os": {
+            "operating_system": dep.operating_system,
+            "arch": dep.arch,
+            "binary_version": version_string(minor, patch, dep.dev, dep.commit_suffix),
+            "golang_version": go_version(minor, patch, dep.go_quirk),
+        },
         "cli": None,
         "entities_count": {
             "gateways": {"total": 0 if old else g, "gateways_by_frequency_plan_id": dict(sorted(plans.items()))},
-            "end_devices": {"total": counts["end_devices"], "activate_end_devices": {
-                "total": counts["active_end_devices"], "last_day": counts["active_last_day"],
-                "last_week": counts["active_last_week"], "last_month": counts["active_last_month"]}},
+            "end_devices": {
+                "total": counts["end_devices"],
+                "activate_end_devices": {
+                    "total": counts["active_end_devices"],
+                    "last_day": counts["active_last_day"],
+                    "last_week": counts["active_last_week"],
+                    "last_month": counts["active_last_month"],
+                },
+            },
             "applications": {"total": counts["applications"]},
             "accounts": {"users": users, "organizations": {"total": counts["organizations"]}},
         },
@@ -89,14 +98,19 @@ def cli_object(ci: CliInstall, back: int, received_at_ms: int, rng: random.Rando
             n = max(1, count - int(back * per_day * ci.use_probability))
             last = now_s - (rng.randint(0, 60) if j == 0 else rng.randint(60, 20 * 86400))
             cmds.append({"command_path": path, "execution_count": n, "last_used_at": last})
-        aliases = [{"command_name": name, "alias": alias, "usage_count": max(1, n - back // 3)}
-                   for name, alias, n in ci.aliases]
+        aliases = [
+            {"command_name": name, "alias": alias, "usage_count": max(1, n - back // 3)}
+            for name, alias, n in ci.aliases
+        ]
         cli = {"commands": cmds, "aliases": aliases}
     return {
         "uid": ci.uid,
-        "os": {"operating_system": ci.operating_system, "arch": ci.arch,
-               "binary_version": version_string(minor, patch),
-               "golang_version": go_version(minor, patch)},
+        "os": {
+            "operating_system": ci.operating_system,
+            "arch": ci.arch,
+            "binary_version": version_string(minor, patch),
+            "golang_version": go_version(minor, patch),
+        },
         "cli": cli,
         "entities_count": None,
     }

@@ -1,5 +1,4 @@
-"""`is-telemetry simulate` / `python -m producers.simulator`: generate, send, and write the ground truths.
-"""
+"""`is-telemetry simulate` / `python -m producers.simulator`: generate, send, and write the ground truths."""
 
 from __future__ import annotations
 
@@ -44,31 +43,86 @@ def command(
     cli_installs: Annotated[int, typer.Option("--cli-installs", min=0, help="CLI installs")] = 100,
     days: Annotated[int, typer.Option("--days", min=1, help="Days of telemetry, ending --end-day")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Same seed + flags = same deliveries")] = 1,
-    end_day: Annotated[Optional[str], typer.Option("--end-day", help="Last day, YYYY-MM-DD (UTC); default today (only up to now)")] = None,
-    kafka: Annotated[Optional[str], typer.Option("--kafka", help="Produce straight to Kafka at host:port,... (receive times as generated; default: kafka.bootstrap_servers)")] = None,
-    collector: Annotated[Optional[str], typer.Option("--collector", help="POST to the collector URL instead (it stamps its own receive time)")] = None,
+    end_day: Annotated[
+        Optional[str], typer.Option("--end-day", help="Last day, YYYY-MM-DD (UTC); default today (only up to now)")
+    ] = None,
+    kafka: Annotated[
+        Optional[str],
+        typer.Option(
+            "--kafka",
+            help="Produce straight to Kafka at host:port,... (receive times as generated; default: kafka.bootstrap_servers)",
+        ),
+    ] = None,
+    collector: Annotated[
+        Optional[str],
+        typer.Option("--collector", help="POST to the collector URL instead (it stamps its own receive time)"),
+    ] = None,
     topic: Annotated[Optional[str], typer.Option("--topic", help="Kafka topic (default: kafka.raw_topic)")] = None,
-    ground_truth_file: Annotated[Optional[Path], typer.Option("--ground-truth", help="Write the expected aggregates of what was sent (JSON)")] = None,
-    resend_rate: Annotated[float, typer.Option("--resend-rate", min=0.0, max=1.0, help="Exact re-sends later the same day, per message")] = 0.05,
-    changed_rate: Annotated[float, typer.Option("--changed-rate", min=0.0, max=1.0, help="A later, different body the same day, per message")] = 0.03,
-    missed_rate: Annotated[float, typer.Option("--missed-rate", min=0.0, max=1.0, help="Deployment-days without a message")] = 0.05,
-    malformed_rate: Annotated[float, typer.Option("--malformed-rate", min=0.0, max=1.0, help="Messages replaced by a malformed body")] = 0.01,
-    inconsistent_rate: Annotated[float, typer.Option("--inconsistent-rate", min=0.0, max=1.0, help="IS messages with inconsistent active windows")] = 0.02,
-    default_uid_rate: Annotated[float, typer.Option("--default-uid-rate", min=0.0, max=1.0, help="Deployments on the shared default-URL UID")] = 0.04,
-    jump_rate: Annotated[float, typer.Option("--jump-rate", min=0.0, max=1.0, help="IS messages whose end-device figures jump 20-200 fold for a day")] = 0.001,
-    analyst_truth_file: Annotated[Optional[Path], typer.Option("--analyst-ground-truth", help="Write the expected analyst views (producers/fleet_truth.py) of what was sent (JSON)")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel HTTP connections (--collector)")] = 8,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Generate (and write --ground-truth) without sending")] = False,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (for the default Kafka and topic)")] = None,
+    ground_truth_file: Annotated[
+        Optional[Path], typer.Option("--ground-truth", help="Write the expected aggregates of what was sent (JSON)")
+    ] = None,
+    resend_rate: Annotated[
+        float, typer.Option("--resend-rate", min=0.0, max=1.0, help="Exact re-sends later the same day, per message")
+    ] = 0.05,
+    changed_rate: Annotated[
+        float,
+        typer.Option("--changed-rate", min=0.0, max=1.0, help="A later, different body the same day, per message"),
+    ] = 0.03,
+    missed_rate: Annotated[
+        float, typer.Option("--missed-rate", min=0.0, max=1.0, help="Deployment-days without a message")
+    ] = 0.05,
+    malformed_rate: Annotated[
+        float, typer.Option("--malformed-rate", min=0.0, max=1.0, help="Messages replaced by a malformed body")
+    ] = 0.01,
+    inconsistent_rate: Annotated[
+        float,
+        typer.Option("--inconsistent-rate", min=0.0, max=1.0, help="IS messages with inconsistent active windows"),
+    ] = 0.02,
+    default_uid_rate: Annotated[
+        float, typer.Option("--default-uid-rate", min=0.0, max=1.0, help="Deployments on the shared default-URL UID")
+    ] = 0.04,
+    jump_rate: Annotated[
+        float,
+        typer.Option(
+            "--jump-rate", min=0.0, max=1.0, help="IS messages whose end-device figures jump 20-200 fold for a day"
+        ),
+    ] = 0.001,
+    analyst_truth_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--analyst-ground-truth",
+            help="Write the expected analyst views (producers/fleet_truth.py) of what was sent (JSON)",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Parallel HTTP connections (--collector)")
+    ] = 8,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Generate (and write --ground-truth) without sending")
+    ] = False,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="YAML config file (for the default Kafka and topic)")
+    ] = None,
 ) -> None:
     """Simulate a fleet of TTS deployments and CLI installs; send to Kafka or the collector, write the ground truth."""
     if kafka and collector:
         typer.echo("error: give --kafka or --collector, not both", err=True)
         raise typer.Exit(2)
     try:
-        sim = generate(deployments, cli_installs, days, seed, end_day, resend_rate=resend_rate,
-                       changed_rate=changed_rate, missed_rate=missed_rate, malformed_rate=malformed_rate,
-                       inconsistent_rate=inconsistent_rate, default_uid_rate=default_uid_rate, jump_rate=jump_rate)
+        sim = generate(
+            deployments,
+            cli_installs,
+            days,
+            seed,
+            end_day,
+            resend_rate=resend_rate,
+            changed_rate=changed_rate,
+            missed_rate=missed_rate,
+            malformed_rate=malformed_rate,
+            inconsistent_rate=inconsistent_rate,
+            default_uid_rate=default_uid_rate,
+            jump_rate=jump_rate,
+        )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -96,12 +150,16 @@ def command(
 
     if collector:
         if days > 1 or (end_day and date.fromisoformat(end_day) != utc_today()):
-            typer.echo("note: over HTTP the collector stamps its own time: every day's bodies arrive as today's "
-                       "(ground truth uses our clock at send time)", err=True)
+            typer.echo(
+                "note: over HTTP the collector stamps its own time: every day's bodies arrive as today's "
+                "(ground truth uses our clock at send time)",
+                err=True,
+            )
         line = _ProgressLine(f"POST {collector}")
         try:
-            result = send_to_collector(sim.deliveries, collector, concurrency=concurrency, progress=line,
-                                       raise_on_failure=False)
+            result = send_to_collector(
+                sim.deliveries, collector, concurrency=concurrency, progress=line, raise_on_failure=False
+            )
         finally:
             line.end()
     else:
@@ -110,19 +168,20 @@ def command(
 
         try:
             settings = load_settings(config, kafka={"bootstrap_servers": kafka})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             typer.echo(f"error: bad configuration: {exc}", err=True)
             raise typer.Exit(2) from exc
         topic = topic or settings.kafka.raw_topic
         try:
             ensure_topics(settings, timeout_s=15.0)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
         line = _ProgressLine(f"kafka {settings.bootstrap_servers} {topic}")
         try:
-            result = send_to_kafka(sim.deliveries, settings.bootstrap_servers, topic, progress=line,
-                                   raise_on_failure=False)
+            result = send_to_kafka(
+                sim.deliveries, settings.bootstrap_servers, topic, progress=line, raise_on_failure=False
+            )
         finally:
             line.end()
     typer.echo(result.summary(), err=True)

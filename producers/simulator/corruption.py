@@ -15,8 +15,18 @@ from producers.simulator.deliveries import DEFAULT_PLAUSIBILITY_LIMIT
 from producers.truth_rules import REASONS
 
 #: Malformed kinds, by the rejection reason each must get. Which apply to which sender kind:
-MALFORMED_KINDS_IS = ["not_json", "not_object", "missing_field", "wrong_type", "fractional", "negative",
-                      "out_of_range", "kind_ambiguous", "bad_uid", "implausible"]
+MALFORMED_KINDS_IS = [
+    "not_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "fractional",
+    "negative",
+    "out_of_range",
+    "kind_ambiguous",
+    "bad_uid",
+    "implausible",
+]
 
 
 MALFORMED_KINDS_CLI = ["not_json", "not_object", "missing_field", "wrong_type", "kind_ambiguous", "bad_uid"]
@@ -26,9 +36,14 @@ assert set(MALFORMED_KINDS_IS) <= set(REASONS)
 
 
 _IS_COUNT_PATHS = [
-    ("gateways", "total"), ("end_devices", "total"), ("end_devices", "activate_end_devices", "total"),
-    ("end_devices", "activate_end_devices", "last_day"), ("end_devices", "activate_end_devices", "last_month"),
-    ("applications", "total"), ("accounts", "users", "standard"), ("accounts", "users", "admin"),
+    ("gateways", "total"),
+    ("end_devices", "total"),
+    ("end_devices", "activate_end_devices", "total"),
+    ("end_devices", "activate_end_devices", "last_day"),
+    ("end_devices", "activate_end_devices", "last_month"),
+    ("applications", "total"),
+    ("accounts", "users", "standard"),
+    ("accounts", "users", "admin"),
     ("accounts", "organizations", "total"),
 ]
 
@@ -79,8 +94,9 @@ def corrupt(obj: dict[str, Any], kind: str, rng: random.Random) -> bytes:
     elif kind == "bad_uid":
         uid = o["uid"]
         if ec is not None:  # not 88-char standard base64
-            o["uid"] = rng.choice([uid[:43], uid.rstrip("=") + "!!", uid.replace("+", "-").replace("/", "_") + "x",
-                                   "localhost"])
+            o["uid"] = rng.choice(
+                [uid[:43], uid.rstrip("=") + "!!", uid.replace("+", "-").replace("/", "_") + "x", "localhost"]
+            )
         else:  # not a UUID
             o["uid"] = rng.choice([uid.replace("-", ""), uid[:23], "not-a-uuid", uid + "-0"])
     else:

@@ -75,8 +75,11 @@ def record_backfill(data_dir: Path, deployments: int, cli_installs: int, seed: i
     except (OSError, orjson.JSONDecodeError):
         done = {}
     done[_fleet(deployments, cli_installs, seed)] = {
-        "days": days, "through": str(utc_today() - timedelta(days=1)), "records": records,
-        "stored_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        "days": days,
+        "through": str(utc_today() - timedelta(days=1)),
+        "records": records,
+        "stored_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(orjson.dumps(done, option=orjson.OPT_INDENT_2))
     tmp.replace(path)
@@ -90,9 +93,18 @@ class LiveFeed:
     A new UTC day starts a new pass. Connection errors and 503 wait and retry the same body.
     """
 
-    def __init__(self, collector_url: str, deployments: int, cli_installs: int, seed: int,
-                 stop_event: threading.Event, rate_per_s: float = 20.0, idle_rate_per_s: float = 0.2,
-                 malformed_rate: float = 0.01, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        collector_url: str,
+        deployments: int,
+        cli_installs: int,
+        seed: int,
+        stop_event: threading.Event,
+        rate_per_s: float = 20.0,
+        idle_rate_per_s: float = 0.2,
+        malformed_rate: float = 0.01,
+        timeout_s: float = 10.0,
+    ) -> None:
         self.url, self.deployments, self.cli_installs, self.seed = collector_url, deployments, cli_installs, seed
         self.stop_event, self.rate_per_s, self.idle_rate_per_s = stop_event, rate_per_s, idle_rate_per_s
         self.malformed_rate, self.timeout_s = malformed_rate, timeout_s
@@ -101,9 +113,18 @@ class LiveFeed:
         self.failed = 0
 
     def _day_bodies(self, day: date) -> list[bytes]:
-        sim = generate(self.deployments, self.cli_installs, 1, self.seed, end_day=day, resend_rate=0.0,
-                       changed_rate=0.0, missed_rate=0.0, malformed_rate=self.malformed_rate,
-                       now_ms=day_start_ms(day) + DAY_MS - 1)
+        sim = generate(
+            self.deployments,
+            self.cli_installs,
+            1,
+            self.seed,
+            end_day=day,
+            resend_rate=0.0,
+            changed_rate=0.0,
+            missed_rate=0.0,
+            malformed_rate=self.malformed_rate,
+            now_ms=day_start_ms(day) + DAY_MS - 1,
+        )
         return [d.body for d in sim.deliveries]
 
     def _post(self, client: Any, body: bytes) -> None:
@@ -157,7 +178,13 @@ class LiveFeed:
         return self.posted
 
 
-def live_feed(collector_url: str, deployments: int, cli_installs: int, seed: int, stop_event: threading.Event,
-              rate_per_s: float = 20.0) -> int:
+def live_feed(
+    collector_url: str,
+    deployments: int,
+    cli_installs: int,
+    seed: int,
+    stop_event: threading.Event,
+    rate_per_s: float = 20.0,
+) -> int:
     """Run a LiveFeed until stop_event is set; returns the number of bodies the collector accepted."""
     return LiveFeed(collector_url, deployments, cli_installs, seed, stop_event, rate_per_s=rate_per_s).run()

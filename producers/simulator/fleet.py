@@ -19,8 +19,23 @@ from producers.fleet_lifecycle import Lifecycle, cli_lifecycle, deployment_lifec
 from producers.simulator.deliveries import DAY_MS
 
 #: IS minor versions (3.x) and their weight in the fleet.
-_IS_MINORS = {21: 2, 22: 2, 23: 3, 24: 3, 25: 4, 26: 4, 27: 6, 28: 5, 29: 6, 30: 8, 31: 9, 32: 12, 33: 13, 34: 12,
-              35: 8}
+_IS_MINORS = {
+    21: 2,
+    22: 2,
+    23: 3,
+    24: 3,
+    25: 4,
+    26: 4,
+    27: 6,
+    28: 5,
+    29: 6,
+    30: 8,
+    31: 9,
+    32: 12,
+    33: 13,
+    34: 12,
+    35: 8,
+}
 
 
 _CLI_MINORS = {26: 2, 27: 3, 28: 3, 29: 4, 30: 6, 31: 7, 32: 9, 33: 10, 34: 10, 35: 8}
@@ -41,24 +56,50 @@ CLI_USAGE_MIN_MINOR = 34
 _GO_BY_MINOR = [(22, "1.18"), (25, "1.19"), (28, "1.20"), (30, "1.21"), (32, "1.22"), (34, "1.23"), (99, "1.24")]
 
 
-_IS_PLATFORMS = [(("linux", "amd64"), 78), (("linux", "arm64"), 14), (("linux", "arm"), 2),
-                 (("darwin", "arm64"), 3), (("darwin", "amd64"), 1), (("windows", "amd64"), 2)]
+_IS_PLATFORMS = [
+    (("linux", "amd64"), 78),
+    (("linux", "arm64"), 14),
+    (("linux", "arm"), 2),
+    (("darwin", "arm64"), 3),
+    (("darwin", "amd64"), 1),
+    (("windows", "amd64"), 2),
+]
 
 
-_CLI_PLATFORMS = [(("darwin", "arm64"), 30), (("darwin", "amd64"), 8), (("linux", "amd64"), 35),
-                  (("linux", "arm64"), 5), (("windows", "amd64"), 20), (("windows", "arm64"), 2)]
+_CLI_PLATFORMS = [
+    (("darwin", "arm64"), 30),
+    (("darwin", "amd64"), 8),
+    (("linux", "amd64"), 35),
+    (("linux", "arm64"), 5),
+    (("windows", "amd64"), 20),
+    (("windows", "arm64"), 2),
+]
 
 
 #: Region -> weight, and the frequency-plan combinations its gateways use (a combination of several
 #: IDs is a gateway configured with several plans: each ID gets the gateway's count).
 _REGIONS: dict[str, tuple[int, list[tuple[tuple[str, ...], int]]]] = {
-    "EU": (45, [(("EU_863_870_TTN",), 6), (("EU_863_870",), 4), (("EU_863_870", "EU_863_870_TTN"), 1),
-                (("EU_863_870_ROAMING_DRAFT",), 1)]),
-    "US": (20, [(("US_902_928_FSB_2",), 7), (("US_902_928_FSB_1",), 3),
-                (("US_902_928_FSB_1", "US_902_928_FSB_2"), 1)]),
+    "EU": (
+        45,
+        [
+            (("EU_863_870_TTN",), 6),
+            (("EU_863_870",), 4),
+            (("EU_863_870", "EU_863_870_TTN"), 1),
+            (("EU_863_870_ROAMING_DRAFT",), 1),
+        ],
+    ),
+    "US": (20, [(("US_902_928_FSB_2",), 7), (("US_902_928_FSB_1",), 3), (("US_902_928_FSB_1", "US_902_928_FSB_2"), 1)]),
     "AU": (7, [(("AU_915_928_FSB_2",), 5), (("AU_915_928_FSB_1",), 1)]),
-    "AS": (10, [(("AS_923",), 5), (("AS_923_2",), 2), (("AS_923_3",), 2), (("AS_920_923_LBT",), 1),
-                (("AS_923", "AS_923_2"), 1)]),
+    "AS": (
+        10,
+        [
+            (("AS_923",), 5),
+            (("AS_923_2",), 2),
+            (("AS_923_3",), 2),
+            (("AS_920_923_LBT",), 1),
+            (("AS_923", "AS_923_2"), 1),
+        ],
+    ),
     "IN": (5, [(("IN_865_867",), 1)]),
     "KR": (3, [(("KR_920_923_TTN",), 1)]),
     "RU": (3, [(("RU_864_870_TTN",), 1)]),
@@ -69,17 +110,34 @@ _REGIONS: dict[str, tuple[int, list[tuple[tuple[str, ...], int]]]] = {
 
 
 _CLI_COMMANDS = [
-    "ttn-lw-cli end-devices list", "ttn-lw-cli end-devices get", "ttn-lw-cli end-devices create",
-    "ttn-lw-cli end-devices set", "ttn-lw-cli gateways list", "ttn-lw-cli gateways get",
-    "ttn-lw-cli applications list", "ttn-lw-cli applications create", "ttn-lw-cli login",
-    "ttn-lw-cli users get", "ttn-lw-cli organizations list", "ttn-lw-cli simulate uplink",
-    "ttn-lw-cli end-devices templates extend", "ttn-lw-cli applications link get",
+    "ttn-lw-cli end-devices list",
+    "ttn-lw-cli end-devices get",
+    "ttn-lw-cli end-devices create",
+    "ttn-lw-cli end-devices set",
+    "ttn-lw-cli gateways list",
+    "ttn-lw-cli gateways get",
+    "ttn-lw-cli applications list",
+    "ttn-lw-cli applications create",
+    "ttn-lw-cli login",
+    "ttn-lw-cli users get",
+    "ttn-lw-cli organizations list",
+    "ttn-lw-cli simulate uplink",
+    "ttn-lw-cli end-devices templates extend",
+    "ttn-lw-cli applications link get",
 ]
 
 
-_CLI_ALIASES = [("end-devices", "dev"), ("end-devices", "devices"), ("end-devices", "ed"),
-                ("applications", "apps"), ("applications", "app"), ("gateways", "gtw"), ("gateways", "gw"),
-                ("organizations", "orgs"), ("users", "user")]
+_CLI_ALIASES = [
+    ("end-devices", "dev"),
+    ("end-devices", "devices"),
+    ("end-devices", "ed"),
+    ("applications", "apps"),
+    ("applications", "app"),
+    ("gateways", "gtw"),
+    ("gateways", "gw"),
+    ("organizations", "orgs"),
+    ("users", "user"),
+]
 
 
 #: Upper bound of any generated valid count (far below the plausibility limit).
@@ -100,8 +158,9 @@ def version_string(minor: int, patch: int, dev: bool = False, commit_suffix: boo
         return v + "-dev"
     if commit_suffix:
         commit = hashlib.sha1(v.encode()).hexdigest()[:8]
-        released = datetime(2022, 8, 1, tzinfo=UTC) + timedelta(days=(minor - 21) * 50 + patch * 9,
-                                                                seconds=int(commit, 16) % 86400)
+        released = datetime(2022, 8, 1, tzinfo=UTC) + timedelta(
+            days=(minor - 21) * 50 + patch * 9, seconds=int(commit, 16) % 86400
+        )
         return f"{v} ({commit}, {released.strftime('%Y-%m-%dT%H:%M:%SZ')})"
     return v
 
@@ -187,8 +246,9 @@ def _make_deployment(rng: random.Random, i: int, default_uid_rate: float) -> Dep
         size = _pareto_size(rng)
     devices = 0 if rng.random() < 0.18 else min(COUNT_CAP, int(size * rng.lognormvariate(1.2, 0.9)))
     gateways = min(COUNT_CAP, int(devices / rng.lognormvariate(3.0, 0.8)) + (1 if rng.random() < 0.7 else 0))
-    applications = min(COUNT_CAP, (1 if devices else int(rng.random() < 0.5))
-                       + int(devices / rng.lognormvariate(3.3, 1.0)))
+    applications = min(
+        COUNT_CAP, (1 if devices else int(rng.random() < 0.5)) + int(devices / rng.lognormvariate(3.3, 1.0))
+    )
     users_standard = min(COUNT_CAP, max(0, int(size * rng.lognormvariate(0.2, 1.0)) - 1))
     users_admin = 1 + int(rng.paretovariate(2.5)) - 1 + (users_standard // 200)
     organizations = min(COUNT_CAP, int(users_standard / rng.lognormvariate(1.9, 0.7)))
@@ -202,13 +262,28 @@ def _make_deployment(rng: random.Random, i: int, default_uid_rate: float) -> Dep
     total_w = sum(combos.values())
     age = rng.randint(1, 90) if rng.random() < 0.12 else 10_000
     return Deployment(
-        index=i, uid=uid, operating_system=os_, arch=arch, minor=minor, patch=patch, dev=dev,
-        commit_suffix=not dev and rng.random() < 0.35, go_quirk=rng.random() < (0.5 if dev else 0.04),
-        age_days=age, time_of_day_ms=rng.randrange(DAY_MS),
-        end_devices=devices, gateways=gateways, applications=applications, users_standard=users_standard,
-        users_admin=users_admin, organizations=organizations,
-        ratio_active=rng.uniform(0.35, 1.0), ratio_month=rng.uniform(0.6, 1.0), ratio_week=rng.uniform(0.65, 1.0),
-        ratio_day=rng.uniform(0.5, 1.0), device_growth=rng.uniform(-0.001, 0.006),
+        index=i,
+        uid=uid,
+        operating_system=os_,
+        arch=arch,
+        minor=minor,
+        patch=patch,
+        dev=dev,
+        commit_suffix=not dev and rng.random() < 0.35,
+        go_quirk=rng.random() < (0.5 if dev else 0.04),
+        age_days=age,
+        time_of_day_ms=rng.randrange(DAY_MS),
+        end_devices=devices,
+        gateways=gateways,
+        applications=applications,
+        users_standard=users_standard,
+        users_admin=users_admin,
+        organizations=organizations,
+        ratio_active=rng.uniform(0.35, 1.0),
+        ratio_month=rng.uniform(0.6, 1.0),
+        ratio_week=rng.uniform(0.65, 1.0),
+        ratio_day=rng.uniform(0.5, 1.0),
+        device_growth=rng.uniform(-0.001, 0.006),
         plan_combos=[(c, w / total_w) for c, w in combos.items()],
     )
 
@@ -218,21 +293,32 @@ def _make_cli(rng: random.Random, i: int) -> CliInstall:
     minor = _weighted(rng, _CLI_MINORS)
     patch = _weighted(rng, list(enumerate(_PATCH_WEIGHTS)))
     uid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    commands = [(path, rng.randint(1, 400), rng.uniform(1, 12))
-                for path in rng.sample(_CLI_COMMANDS, rng.randint(1, 6))]
+    commands = [
+        (path, rng.randint(1, 400), rng.uniform(1, 12)) for path in rng.sample(_CLI_COMMANDS, rng.randint(1, 6))
+    ]
     aliases = [(name, alias, rng.randint(1, 150)) for name, alias in rng.sample(_CLI_ALIASES, rng.randint(0, 3))]
-    return CliInstall(index=i, uid=uid, operating_system=os_, arch=arch, minor=minor, patch=patch,
-                      use_probability=min(1.0, rng.betavariate(0.8, 1.6) + 0.05),
-                      age_days=rng.randint(1, 60) if rng.random() < 0.3 else 10_000,
-                      commands=commands, aliases=aliases)
+    return CliInstall(
+        index=i,
+        uid=uid,
+        operating_system=os_,
+        arch=arch,
+        minor=minor,
+        patch=patch,
+        use_probability=min(1.0, rng.betavariate(0.8, 1.6) + 0.05),
+        age_days=rng.randint(1, 60) if rng.random() < 0.3 else 10_000,
+        commands=commands,
+        aliases=aliases,
+    )
 
 
 def build_fleet(deployments: int, cli_installs: int, seed: int, default_uid_rate: float = 0.04) -> Fleet:
     """The same fleet for the same arguments (independent of days and rates)."""
     rng_is = random.Random(f"simulator:{seed}:deployments")
     rng_cli = random.Random(f"simulator:{seed}:cli")
-    fleet = Fleet([_make_deployment(rng_is, i, default_uid_rate) for i in range(deployments)],
-                  [_make_cli(rng_cli, i) for i in range(cli_installs)])
+    fleet = Fleet(
+        [_make_deployment(rng_is, i, default_uid_rate) for i in range(deployments)],
+        [_make_cli(rng_cli, i) for i in range(cli_installs)],
+    )
     rng_life = random.Random(f"simulator:{seed}:lifecycle")
     for dep in fleet.deployments:  # -dev builds and the tiny default-UID setups never upgrade
         dep.life = deployment_lifecycle(rng_life, frozen=dep.dev or dep.default_uid, dev=dep.dev)

@@ -61,9 +61,14 @@ def _counts(dep: Deployment, ev: _Evolution, i: int, rng: random.Random) -> dict
     week = int(month * min(1.0, dep.ratio_week * rng.uniform(0.92, 1.08)))
     day = int(week * min(1.0, dep.ratio_day * rng.uniform(0.85, 1.15)))
     return {
-        "gateways": scaled(dep.gateways, ev.org[i]), "end_devices": devices, "active_end_devices": active,
-        "active_last_day": day, "active_last_week": week, "active_last_month": month,
-        "applications": scaled(dep.applications, ev.org[i]), "users_standard": scaled(dep.users_standard, ev.org[i]),
+        "gateways": scaled(dep.gateways, ev.org[i]),
+        "end_devices": devices,
+        "active_end_devices": active,
+        "active_last_day": day,
+        "active_last_week": week,
+        "active_last_month": month,
+        "applications": scaled(dep.applications, ev.org[i]),
+        "users_standard": scaled(dep.users_standard, ev.org[i]),
         "users_admin": max(1, scaled(dep.users_admin, ev.org[i])),
         "organizations": scaled(dep.organizations, ev.org[i]),
     }
@@ -92,9 +97,15 @@ def generate(
     `now_ms` (default: the wall clock) are produced. `lifecycle=False` leaves out churn and outages (every
     sender that has started sends); upgrades after releases and jumps (`jump_rate`) happen either way.
     """
-    for name, rate in (("resend_rate", resend_rate), ("changed_rate", changed_rate), ("missed_rate", missed_rate),
-                       ("malformed_rate", malformed_rate), ("inconsistent_rate", inconsistent_rate),
-                       ("default_uid_rate", default_uid_rate), ("jump_rate", jump_rate)):
+    for name, rate in (
+        ("resend_rate", resend_rate),
+        ("changed_rate", changed_rate),
+        ("missed_rate", missed_rate),
+        ("malformed_rate", malformed_rate),
+        ("inconsistent_rate", inconsistent_rate),
+        ("default_uid_rate", default_uid_rate),
+        ("jump_rate", jump_rate),
+    ):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be within [0, 1], not {rate}")
     if days < 1 or deployments < 0 or cli_installs < 0:

@@ -57,7 +57,9 @@ class SendError(TelemetryError, RuntimeError):  # RuntimeError: what callers cau
         self.result = result
 
 
-def _finish(result: SendResult, n: int, started: float, progress: Progress | None, raise_on_failure: bool) -> SendResult:
+def _finish(
+    result: SendResult, n: int, started: float, progress: Progress | None, raise_on_failure: bool
+) -> SendResult:
     """Close a send: elapsed time, a last progress report, and SendError if anything was not delivered."""
     result.elapsed_s = time.monotonic() - started
     if progress is not None:
@@ -107,8 +109,9 @@ def send_to_kafka(
                 result.errors.append(f"delivery {i}: {exc!r}")
 
     started = time.monotonic()
-    config: dict[str, Any] = dict(max_in_flight_requests_per_connection=1, client_id="is-telemetry-simulator",
-                                  bootstrap_timeout_ms=10_000)
+    config: dict[str, Any] = dict(
+        max_in_flight_requests_per_connection=1, client_id="is-telemetry-simulator", bootstrap_timeout_ms=10_000
+    )
     config.update(producer_overrides)
     try:
         producer = make_producer(bootstrap_servers, **config)
@@ -125,9 +128,13 @@ def send_to_kafka(
             for i, d in enumerate(deliveries):
                 try:
                     fut = producer.send(
-                        topic, value=d.body, key=d.key, timestamp_ms=d.received_at_ms,
-                        headers=headers(d.received_at_ms, "simulator", user_agent=user_agent_of(d.body),
-                                        body_length=len(d.body)),
+                        topic,
+                        value=d.body,
+                        key=d.key,
+                        timestamp_ms=d.received_at_ms,
+                        headers=headers(
+                            d.received_at_ms, "simulator", user_agent=user_agent_of(d.body), body_length=len(d.body)
+                        ),
                     )
                 except KafkaError as exc:  # e.g. no metadata within max_block_ms: the broker is gone
                     on_err(i, exc)
@@ -157,8 +164,9 @@ def send_to_kafka(
         result.failed = submitted - counters["ok"]
         unconfirmed = submitted - counters["ok"] - counters["err"]
         if unconfirmed:
-            result.errors.append(f"{unconfirmed} send(s) unconfirmed (flush interrupted or timed out): "
-                                 "they may or may not be in Kafka")
+            result.errors.append(
+                f"{unconfirmed} send(s) unconfirmed (flush interrupted or timed out): they may or may not be in Kafka"
+            )
         result.sent_deliveries = [d for d, ok in zip(deliveries, acked) if ok]
     result.not_attempted = n - submitted
     return _finish(result, n, started, progress, raise_on_failure)
@@ -244,10 +252,14 @@ def send_to_collector(
                     return
 
     started = time.monotonic()
-    with httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=concurrency,
-                                                               max_keepalive_connections=concurrency)) as client:
-        threads = [threading.Thread(target=lane_worker, args=(client, lane), daemon=True, name=f"sim-post-{k}")
-                   for k, lane in enumerate(lanes) if lane]
+    with httpx.Client(
+        timeout=timeout_s, limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    ) as client:
+        threads = [
+            threading.Thread(target=lane_worker, args=(client, lane), daemon=True, name=f"sim-post-{k}")
+            for k, lane in enumerate(lanes)
+            if lane
+        ]
         for th in threads:
             th.start()
         try:

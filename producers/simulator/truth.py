@@ -17,8 +17,18 @@ from producers.simulator.deliveries import DEFAULT_PLAUSIBILITY_LIMIT
 from producers.simulator.generation import Simulation
 from producers.truth_rules import Rejected, judge, utc_day, version_of
 
-_FLEET_SUMS = ["gateways", "end_devices", "active_end_devices", "active_last_day", "active_last_week",
-               "active_last_month", "applications", "users_standard", "users_admin", "organizations"]
+_FLEET_SUMS = [
+    "gateways",
+    "end_devices",
+    "active_end_devices",
+    "active_last_day",
+    "active_last_week",
+    "active_last_month",
+    "applications",
+    "users_standard",
+    "users_admin",
+    "organizations",
+]
 
 
 def ground_truth(
@@ -66,9 +76,11 @@ def ground_truth(
     return {
         "fleet_daily": [fleet[d] for d in sorted(fleet)],
         "gateways_by_frequency_plan_daily": [
-            {"day": d, "frequency_plan_id": p, "gateways": g} for (d, p), g in sorted(plans.items())],
+            {"day": d, "frequency_plan_id": p, "gateways": g} for (d, p), g in sorted(plans.items())
+        ],
         "deployments_by_version_daily": [
-            {"day": d, "version": v, "deployments": c} for (d, v), c in sorted(versions.items())],
+            {"day": d, "version": v, "deployments": c} for (d, v), c in sorted(versions.items())
+        ],
         "rejected_daily": [{"day": d, "reason": r, "messages": c} for (d, r), c in sorted(rejected.items())],
         "messages": n,
         "per_day_messages": dict(sorted(per_day.items())),
@@ -79,7 +91,9 @@ def write_ground_truth(truth: dict[str, Any], path: Path | str) -> None:
     Path(path).write_text(json.dumps(truth, indent=1) + "\n")
 
 
-def stored_expectation(sim: Simulation, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT) -> dict[date, tuple[int, int]]:
+def stored_expectation(
+    sim: Simulation, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT
+) -> dict[date, tuple[int, int]]:
     """Per day: (UID-days, rejected bodies) that ClickHouse holds (after duplicates collapse) once `sim` is stored."""
     uid_days: dict[date, set[str]] = {}
     rejected: Counter[date] = Counter()

@@ -9,8 +9,11 @@ from hypothesis import strategies as st
 
 from is_telemetry.envelope import EnvelopeError, Frame, pack, unpack
 
-frames = st.lists(st.builds(Frame, st.integers(0, 2**63 - 1), st.binary(max_size=40), st.binary(max_size=300)),
-                  min_size=1, max_size=20)
+frames = st.lists(
+    st.builds(Frame, st.integers(0, 2**63 - 1), st.binary(max_size=40), st.binary(max_size=300)),
+    min_size=1,
+    max_size=20,
+)
 
 
 @given(frames)
@@ -27,9 +30,18 @@ def test_lines_are_json_objects_a_clickhouse_kafka_table_reads() -> None:
     assert second == {"received_at_ms": 2, "user_agent": "", "body_base64": "//57"}  # not UTF-8: base64
 
 
-@pytest.mark.parametrize("value", [b"", b"\x05\x00\x00\x00truncated", b'{"received_at_ms":"1","body":"x"}',
-                                   b'{"received_at_ms":1}', b'[1,2]', b'{"received_at_ms":1,"body_base64":"***"}',
-                                   b'{"received_at_ms":1,"body":"\\ud800"}'])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"\x05\x00\x00\x00truncated",
+        b'{"received_at_ms":"1","body":"x"}',
+        b'{"received_at_ms":1}',
+        b"[1,2]",
+        b'{"received_at_ms":1,"body_base64":"***"}',
+        b'{"received_at_ms":1,"body":"\\ud800"}',
+    ],
+)
 def test_a_record_that_is_not_frames_is_refused(value: bytes) -> None:
     with pytest.raises(EnvelopeError):
         list(unpack(value))

@@ -21,6 +21,7 @@ D1, D2 = date(2026, 3, 1), date(2026, 3, 2)
 
 # ------------------------------------------------------------------------------------------- Deduplicator
 
+
 def test_a_resend_is_a_duplicate_only_once_committed_or_in_the_same_batch() -> None:
     d = Deduplicator()
     assert not d.is_duplicate(D1, "u", b"a")
@@ -52,20 +53,24 @@ def test_days_beyond_keep_days_behind_the_newest_are_evicted() -> None:
 
 # ----------------------------------------------------------------------------------------------- validate
 
+
 def _edit(sample: str, **changes: object) -> bytes:
     message = orjson.loads(SAMPLES[sample])
     message.update(changes)
     return orjson.dumps(message)
 
 
-@pytest.mark.parametrize("body,reason", [
-    (b"", Reason.NOT_JSON),
-    (b"{", Reason.NOT_JSON),
-    (b'{"uid": NaN}', Reason.NOT_JSON),
-    (b"[]", Reason.NOT_OBJECT),
-    (b'"x"', Reason.NOT_OBJECT),
-    (b"{}", Reason.MISSING_FIELD),
-])
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        (b"", Reason.NOT_JSON),
+        (b"{", Reason.NOT_JSON),
+        (b'{"uid": NaN}', Reason.NOT_JSON),
+        (b"[]", Reason.NOT_OBJECT),
+        (b'"x"', Reason.NOT_OBJECT),
+        (b"{}", Reason.MISSING_FIELD),
+    ],
+)
 def test_bodies_that_are_not_messages(body: bytes, reason: Reason) -> None:
     result = validate(body)
     assert isinstance(result, Rejection) and result.reason == reason, result
@@ -106,15 +111,20 @@ def test_any_bytes_give_a_message_or_a_rejection_never_an_exception(body: bytes)
     assert isinstance(result, Rejection) or result.uid
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_any_json_gives_a_message_or_a_rejection(value: object) -> None:
     result = validate(_dumps(value))
     assert isinstance(result, Rejection) or result.uid
 
 
 # ------------------------------------------------------------------------------------------------ process()
+
 
 def _record(body: bytes, partition: int, offset: int, key: bytes | None) -> RawRecord:
     return RawRecord("raw", partition, offset, 1_772_000_000_000, {"received_at_ms": b"1772000000000"}, body, key)
@@ -147,6 +157,7 @@ def test_a_bad_batch_record_is_rejected_whole() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- UID
+
 
 def test_uid_is_base64_sha512_of_the_elements_each_followed_by_a_colon() -> None:
     import base64

@@ -17,8 +17,10 @@ TODAY = date(2026, 3, 10)
 
 
 def _rows() -> tuple[list[SnapshotRow], list]:  # type: ignore[type-arg]
-    records = [RawRecord("raw", 0, i, 1_772_000_000_000 + i, {}, body, None, index=0, batched=True)
-               for i, body in enumerate([*SAMPLES.values(), b"{nope"])]
+    records = [
+        RawRecord("raw", 0, i, 1_772_000_000_000 + i, {}, body, None, index=0, batched=True)
+        for i, body in enumerate([*SAMPLES.values(), b"{nope"])
+    ]
     out = process(records, 1)
     return out.snapshots, out.rejections
 
@@ -60,9 +62,16 @@ def test_from_alone_after_the_default_end_extends_the_end() -> None:
     assert (r.start, r.end) == (date(2026, 3, 20), date(2026, 3, 20))
 
 
-@pytest.mark.parametrize("params", [{"from": "2026-3-1"}, {"to": "yesterday"}, {"from": "2026-02-30"},
-                                    {"from": "2026-03-05", "to": "2026-03-01"},
-                                    {"from": "2000-01-01", "to": "2026-03-01"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"from": "2026-3-1"},
+        {"to": "yesterday"},
+        {"from": "2026-02-30"},
+        {"from": "2026-03-05", "to": "2026-03-01"},
+        {"from": "2000-01-01", "to": "2026-03-01"},
+    ],
+)
 def test_bad_ranges_are_refused(params: dict[str, str]) -> None:
     with pytest.raises(BadRequest):
         resolve_range(params, _no_data, TODAY)
