@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-deps lint-imports bench soak clean schema
+.PHONY: install run check test test-deps lint-imports bench soak clean schema
 
 install: $(STAMP)
 
@@ -41,6 +41,14 @@ test: install test-deps
 # The layer contract (pyproject.toml [tool.importlinter]): ground <- stages <- composition, stages independent.
 lint-imports: install
 	$(BIN)/lint-imports
+
+# Lint, format, types, the layer contract and the unit tier: seconds, before the integration suite.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q tests/unit
 
 bench: install
 	$(BIN)/python -m bench

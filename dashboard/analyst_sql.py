@@ -323,7 +323,7 @@ class AnalystSessions:
             result = client.query(sql, parameters=parameters)
         except DatabaseError as exc:
             raise query_error(exc) from exc
-        return Result(list(result.column_names), list(result.result_rows))
+        return Result(list(result.column_names), [tuple(r) for r in result.result_rows])
 
     def cancel(self, query_id: str) -> None:
         """Kill the query started with run_client_sql(..., query_id) (best effort; returns at once)."""

@@ -143,7 +143,7 @@ def create_app(
         work = loop.run_in_executor(executor, _run_sql, sessions, query, query_id)
         gone = asyncio.ensure_future(_client_gone(request))
         try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         finally:
             gone.cancel()
         if not work.done():  # the client hung up: stop its query instead of finishing it for nobody

@@ -150,7 +150,7 @@ def panel_summary(q: Query, r: Range) -> Result:
         value = now[metric]
         prev = then[metric] if then is not None else None
         change = value - prev if prev is not None else None
-        pct = round(change * 100 / prev, 2) if prev else None
+        pct = round((value - prev) * 100 / prev, 2) if prev else None
         rows.append(
             {
                 "metric": metric,

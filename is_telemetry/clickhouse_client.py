@@ -23,7 +23,7 @@ def connect(dsn: str, settings: dict[str, Any] | None = None) -> Client:
     if url.scheme in ("http", "https"):
         database = url.path.strip("/") or "default"
         secure = url.scheme == "https"
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        query: dict[str, Any] = {k: v[-1] for k, v in parse_qs(url.query).items()}
         return clickhouse_connect.get_client(
             host=url.hostname or "localhost",
             port=url.port or (8443 if secure else 8123),

@@ -77,7 +77,7 @@ def unpack(value: bytes) -> Iterator[Frame]:
         yield Frame(ms, ua, body)
 
 
-def is_batch(headers: dict[str, bytes]) -> bool:
+def is_batch(headers: Mapping[str, bytes]) -> bool:
     return headers.get(HEADER_FORMAT) == BATCH_FORMAT
 
 

@@ -191,23 +191,24 @@ TABLES: dict[type[Any], str] = {SnapshotRow: "snapshots", RejectionRow: "rejecti
 
 
 @cache
-def columns(row_type: type[Any]) -> list[str]:
+def columns(row_type: Any) -> list[str]:  # a row dataclass (Any: @cache wants it hashable)
     return [f.name for f in fields(row_type)]
 
 
 @cache
-def _getter(row_type: type[Any]) -> attrgetter[Any]:
+def _getter(row_type: Any) -> attrgetter[Any]:
     return attrgetter(*columns(row_type))
 
 
 @cache
-def getters(row_type: type[Any]) -> list[attrgetter[Any]]:
+def getters(row_type: Any) -> list[attrgetter[Any]]:
     """One getter a column, for column-oriented inserts."""
     return [attrgetter(name) for name in columns(row_type)]
 
 
 def values(row: Any) -> list[Any]:
-    return list(_getter(type(row))(row))
+    row_type: Any = type(row)
+    return list(_getter(row_type)(row))
 
 
 # -- the snapshots topic ------------------------------------------------------------------------------------------

@@ -549,8 +549,9 @@ class Stack:
         wrong = _wrong_partitions(self.s)
         if wrong:
             print(f"   warning: topics with an unexpected partition count: {wrong}", flush=True)
+        pid = self.broker.process.pid if self.broker.process is not None else "?"
         print(
-            f"   broker     kafka://{self.broker.bootstrap_servers} again (pid {self.broker.process.pid}); "
+            f"   broker     kafka://{self.broker.bootstrap_servers} again (pid {pid}); "
             f"topics {', '.join(topic_names(self.s))} created",
             flush=True,
         )

@@ -145,5 +145,5 @@ def run_sink(settings: Settings, serve_api: bool = False, log_level: str = "warn
             await sink.drain()
 
     app.agent(topic, name="sink")(consume)
-    app.on_partitions_revoked.connect(on_revoked)
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # faust accepts coroutines
     return run_faust(app, settings, _services(settings, serve_api, log_level), _closer(store), log_level)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Protocol
 
 from is_telemetry.envelope import HEADER_FORMAT
@@ -70,7 +71,7 @@ class Rekey:
 
 
 class Dedup(Protocol):
-    def is_duplicate(self, day: object, uid: str, body: bytes) -> bool: ...
+    def is_duplicate(self, day: date, uid: str, body: bytes) -> bool: ...
 
 
 @dataclass

@@ -44,11 +44,13 @@ class Replayer:
             if not outcome.rekey:
                 return outcome, batch
             records = []
-            for r in outcome.rekey:
-                p = partition_of(r.key, self.partitions_total)
+            for rekey in outcome.rekey:
+                p = partition_of(rekey.key, self.partitions_total)
                 offset = self.next_offset.get(p, 0)
                 self.next_offset[p] = offset + 1
-                headers = dict(r.headers)
+                headers = dict(rekey.headers)
                 records.append(
-                    RawRecord(topic, p, offset, int(headers.get("received_at_ms", b"0")), headers, r.value, r.key)
+                    RawRecord(
+                        topic, p, offset, int(headers.get("received_at_ms", b"0")), headers, rekey.value, rekey.key
+                    )
                 )

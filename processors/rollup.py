@@ -272,9 +272,9 @@ class PartitionRollup:
             self.partition,
             self.next_version(),
             computed_at or datetime.now(UTC),
-            *state.counts,
-            **maps,
-            rejected_by_reason=dict(state.rejected),
+            *state.counts,  # type: ignore[arg-type]  # mypy cannot count a starred list against the fields
+            **maps,  # type: ignore[arg-type]
+            rejected_by_reason=dict(state.rejected),  # type: ignore[misc]
         )
 
     def uid_days(self) -> int:

@@ -7,6 +7,7 @@ reason code. Reason codes are a stable contract (rejected_daily.reason, dead-let
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -51,7 +52,7 @@ _PRECEDENCE = [
 ]
 
 
-def _reason_of(error: dict[str, Any]) -> Reason:
+def _reason_of(error: Mapping[str, Any]) -> Reason:
     kind = error["type"]
     value = error.get("input")
     if kind == "json_invalid" or (isinstance(value, float) and not math.isfinite(value)):
@@ -71,7 +72,7 @@ def _reason_of(error: dict[str, Any]) -> Reason:
     return Reason.WRONG_TYPE
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in error["loc"]) or "body"
     return f"{loc}: {error['msg']}"
 

@@ -117,7 +117,7 @@ class Processors:
         self.partitions_total = partitions_total
         p, k = settings.processors, settings.kafka
         self.app = faust_app(p.group_id, settings)
-        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.raw = self.app.topic(k.raw_topic, **raw)
         self.deadletter = self.app.topic(k.deadletter_topic, **raw)
         self.snapshots = self.app.topic(k.snapshots_topic, **raw)
@@ -127,7 +127,7 @@ class Processors:
         self._stream: Any = None
         self.checkpoint = sink(self.rollups, self.rewinder, self._ack) if sink is not None else None
         self.app.agent(self.raw, name="process")(self._agent)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust accepts coroutines
 
     async def _ack(self, events: Sequence[Any], bodies: int) -> None:
         for event in events:

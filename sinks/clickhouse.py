@@ -258,16 +258,17 @@ class ClickHouseStore:
         """One insert, column by column; LowCardinality columns are sent as plain strings (ClickHouse encodes
         them, in C++ and off the GIL, instead of clickhouse-connect building each dictionary in Python)."""
         if rows:
-            row_type = type(rows[0])
+            row_type: Any = type(rows[0])
             table, names = _TABLES[row_type], columns(row_type)
             types = self._wire_types.get(table)
             if types is None:
-                described = dict(
-                    self.client.query(
+                described = {
+                    str(name): str(type_)
+                    for name, type_ in self.client.query(
                         "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String}",
                         parameters={"t": table},
                     ).result_rows
-                )
+                }
                 types = self._wire_types[table] = [
                     described[n].replace("LowCardinality(String)", "String") for n in names
                 ]
@@ -352,7 +353,7 @@ class ClickHouseStore:
             result = self.client.query(sql, parameters={"since": since, "n": partitions_total, "parts": partitions})
         for r in result.result_rows:
             ms, offset, index = int(r[3]), int(r[4]), int(r[24])
-            row = SnapshotRow(
+            row = SnapshotRow(  # type: ignore[call-arg]  # positional, with a starred run of counts
                 r[0],
                 r[1],
                 r[2],
@@ -370,7 +371,7 @@ class ClickHouseStore:
                 r[10],
                 int(r[11]),
                 dict(r[12]),
-                *(int(x) for x in r[13:19]),
+                *(int(x) for x in r[13:19]),  # type: ignore[arg-type]
                 int(r[19]),
                 int(r[20]),
                 None,
@@ -459,7 +460,7 @@ class ClickHouseStore:
                 self._reader = connect(self.dsn)
             try:
                 result = self._reader.query(sql, parameters=parameters, settings=settings)
-                return list(result.column_names), list(result.result_rows)
+                return list(result.column_names), [tuple(r) for r in result.result_rows]
             except Exception:
                 # A refused write can leave a chDB session stuck at readonly=1, an over-limit result leaves unread
                 # data: start the next query on a fresh session.
