@@ -326,6 +326,11 @@ class Settings(BaseSettings):
         return self.api.clickhouse_dsn or self.clickhouse_dsn
 
 
+def client_host(bind: str) -> str:
+    """The address a client on this machine uses to reach a server listening on `bind` (any address: loopback)."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
+
+
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     if host.strip("[]").lower() == "localhost":

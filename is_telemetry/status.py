@@ -359,10 +359,6 @@ def render(report: Report, echo: Callable[[str], None]) -> None:
     echo(text)
 
 
-def _client_host(bind: str) -> str:
-    return "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
-
-
 def _base_url(url: str) -> str:
     url = url.rstrip("/")
     if url.endswith("/collect"):
@@ -403,15 +399,15 @@ def command(
     ] = None,
 ) -> None:
     """One screen: each component's health, the processors' lag, the last ClickHouse write and today's counts."""
-    from is_telemetry.config import load_settings
+    from is_telemetry.config import client_host, load_settings
 
     try:
         s = load_settings(config)
     except Exception as exc:
         typer.echo(f"error: bad configuration: {exc}", err=True)
         raise typer.Exit(2) from exc
-    api_url = _base_url(api or f"http://{_client_host(s.api.host)}:{s.api.port}")
-    collector_url = _base_url(collector or f"http://{_client_host(s.collector.host)}:{s.collector.port}")
+    api_url = _base_url(api or f"http://{client_host(s.api.host)}:{s.api.port}")
+    collector_url = _base_url(collector or f"http://{client_host(s.collector.host)}:{s.collector.port}")
     targets = Targets(
         api=api_url,
         collector=collector_url,
