@@ -15,7 +15,7 @@ from is_telemetry.config import Settings
 from is_telemetry.csvsafe import csv_cell
 from is_telemetry.errors import RequestRefused, TelemetryError
 from is_telemetry.preflight import chdb_holder
-from is_telemetry.stack import STATE_FILE, read_state
+from is_telemetry.stack.state import STATE_FILE, read_state
 from sinks.clickhouse import redact
 
 

@@ -1,0 +1,138 @@
+"""The simulated fleet `up` feeds the pipeline with (unless --no-simulate): a thread that backfills past days
+straight to Kafka, then POSTs today's bodies to the collector; and the record, in the data directory, that the
+backfill is stored (the next `up` on it does not send it again)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from kafka.errors import KafkaError
+
+from is_telemetry import apiclient
+from is_telemetry.config import Settings
+from is_telemetry.stack.options import StackOptions
+from is_telemetry.stack.readings import Readings
+
+log = logging.getLogger(__name__)
+
+
+class Simulation:
+    def __init__(
+        self, settings: Settings, options: StackOptions, data_dir: Path, collector_url: str, stop: threading.Event
+    ) -> None:
+        self.s, self.o, self.data_dir, self.collector_url, self.stop = settings, options, data_dir, collector_url, stop
+        self.threads: list[threading.Thread] = []
+        self.backfilled = 0
+        self.feed: Any = None
+        self.backfill_acked = 0  # simulator records acknowledged by the current broker (backfill runs once)
+        self.backfill_expected: dict[Any, tuple[int, int]] | None = None  # per day: what ClickHouse must hold
+        self._backfill_expected: dict[Any, tuple[int, int]] | None = None
+        self._backfill_checked_at = 0.0
+
+    @property
+    def live_posted(self) -> int | None:
+        return self.feed.posted if self.feed is not None else None
+
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+    def start(self, live_only: bool = False) -> None:
+        from producers import simulator
+
+        recorded = simulator.recorded_backfill(self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed)
+        backfill = self.o.days > 0 and not live_only and recorded is None
+
+        def backfill_then_live() -> None:
+            try:
+                if backfill:
+
+                    def progress(done: int, total: int) -> None:
+                        self.backfill_acked = done
+
+                    def generated(sim: Any) -> None:
+                        self._backfill_expected = simulator.stored_expectation(
+                            sim, self.s.processors.plausibility_limit
+                        )
+
+                    self.backfilled = simulator.backfill(
+                        self.s.bootstrap_servers,
+                        self.s.kafka.raw_topic,
+                        self.o.deployments,
+                        self.o.cli_installs,
+                        self.o.days,
+                        self.o.seed,
+                        progress=progress,
+                        generated=generated,
+                    )
+                    self.backfill_expected = self._backfill_expected  # recorded once ClickHouse holds all of it
+                if self.stop.is_set():
+                    return
+                self.feed = simulator.LiveFeed(
+                    self.collector_url, self.o.deployments, self.o.cli_installs, self.o.seed, self.stop
+                )
+                self.feed.run()
+            except KeyboardInterrupt:
+                pass
+            # what sending can raise (a failed send, Kafka, HTTP, the data directory, a fleet it cannot generate):
+            # the simulator stops with one line, the pipeline goes on
+            except (simulator.SendError, KafkaError, httpx.HTTPError, OSError, ValueError) as exc:
+                print(f"\nsimulator stopped: {exc}", flush=True)
+
+        t = threading.Thread(target=backfill_then_live, name="simulator", daemon=True)
+        t.start()
+        self.threads.append(t)
+        if live_only:
+            print("  simulator  live feed through the collector started again", flush=True)
+            return
+        fleet = f"{self.o.deployments} deployments + {self.o.cli_installs} CLI installs"
+        if recorded is not None and self.o.days > 0:
+            print(
+                f"  simulator  {fleet}: history already stored from this data directory (through "
+                f"{recorded.get('through')}), not sent again; live through the collector",
+                flush=True,
+            )
+            return
+        print(
+            f"  simulator  {fleet}: {self.o.days} days backfilled to Kafka, then live through the collector", flush=True
+        )
+
+    def check_backfill_stored(self, readings: Readings, every_s: float = 2.0) -> None:
+        """Once the worker has stored the backfill's records, remember (in the data directory) that this fleet's
+        history is stored: the next `up` on this data directory does not send it again. Checked every every_s."""
+        if not self.backfill_expected or time.monotonic() - self._backfill_checked_at < every_s:
+            return
+        self._backfill_checked_at = time.monotonic()
+        try:
+            self._record_if_stored(readings)
+        except apiclient.ApiError as exc:
+            log.debug("backfill check: %s", exc)
+
+    def _record_if_stored(self, readings: Readings) -> None:
+        from producers import simulator
+
+        expected = self.backfill_expected
+        if not expected:
+            return
+        uid_days, bad = readings.stored_per_day()  # the days outside the backfill are ignored below
+        if any(uid_days.get(str(d), 0) < u or bad.get(str(d), 0) < r for d, (u, r) in expected.items()):
+            return
+        self.backfill_expected = None
+        simulator.record_backfill(
+            self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed, self.o.days, self.backfilled
+        )
+        log.info("backfill of %d records stored; recorded in %s", self.backfilled, self.data_dir)
+
+    def broker_lost(self) -> None:
+        """The broker's memory is gone: what it acknowledged of the backfill no longer counts, and the backfill is
+        not all stored (the next start on this data directory sends it again)."""
+        self.backfill_acked = 0
+        self.backfill_expected = None
+
+    def join(self, timeout_s: float) -> None:
+        for t in self.threads:
+            t.join(timeout_s)

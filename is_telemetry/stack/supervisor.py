@@ -1,0 +1,227 @@
+"""The stack's children (the worker, the collector): started in order and waited for, started again when one
+exits on its own, stopped in reverse order. Each writes its output to data_dir/logs/NAME.log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from is_telemetry.config import Settings
+from is_telemetry.errors import TelemetryError
+from is_telemetry.runtime import stop_process
+from is_telemetry.stack.options import StackOptions
+from is_telemetry.stack.preflight import PreflightFailed
+
+
+class ChildFailed(TelemetryError, RuntimeError):
+    """A child could not be started (again): `up` ends with exit code 1 and the child's last log lines."""
+
+
+class Child:
+    """A child process of the stack, its output in data_dir/logs/NAME.log."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log: IO[bytes] = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float) -> int | None:
+        """SIGTERM, wait up to timeout_s, then SIGKILL (saying so); its exit code."""
+        if stop_process(self.process, timeout_s).killed:
+            print(f"  {self.name} did not stop within {timeout_s:.0f}s: killing it", flush=True)
+        self._log.close()
+        return self.process.returncode
+
+
+class RestartWindow:
+    """Restarts counted over a sliding window of `window_s` seconds."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.times: list[float] = []
+
+    def note(self) -> int:
+        """Count a restart now; how many fell within the window, this one included."""
+        now = time.time()
+        self.times = [t for t in self.times if now - t < self.window_s] + [now]
+        return len(self.times)
+
+
+class Children:
+    """The worker (processors + sink + API) and the collector, in stop order: the collector, then the worker."""
+
+    def __init__(
+        self, settings: Settings, options: StackOptions, data_dir: Path, api_url: str, collector_url: str
+    ) -> None:
+        self.s, self.o, self.data_dir = settings, options, data_dir
+        self.log_dir = data_dir / "logs"
+        self.api_url, self.collector_url = api_url, collector_url
+        self.running: list[Child] = []
+        self.exits = RestartWindow(options.broker_restarts_window_s)
+
+    def _cli(self, *args: str) -> list[str]:
+        base = [sys.executable, "-m", "is_telemetry", *args, "--log-level", self.o.log_level]
+        if self.o.config:
+            base += ["--config", str(self.o.config)]
+        return base
+
+    def start_worker(self) -> None:
+        self.running.append(
+            Child(
+                "worker",
+                self._cli(
+                    "worker",
+                    "--kafka",
+                    self.s.bootstrap_servers,
+                    "--clickhouse",
+                    self.s.clickhouse_dsn,
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--api-port",
+                    str(self.s.api.port),
+                ),
+                self.log_dir,
+                env={"IS_TELEMETRY_API__HOST": self.s.api.host, "IS_TELEMETRY_API__TOKEN": self.s.api.token},
+            )
+        )
+        self._wait_http(self.api_url + "/healthz", "worker", 90)
+
+    def start_collector(self) -> None:
+        self.running.append(
+            Child(
+                "collector",
+                self._cli(
+                    "collect",
+                    "--kafka",
+                    self.s.bootstrap_servers,
+                    "--port",
+                    str(self.s.collector.port),
+                    "--host",
+                    self.s.collector.host,
+                ),
+                self.log_dir,
+            )
+        )
+        self._wait_http(self.collector_url.rsplit("/", 1)[0] + "/readyz", "collector", 60)
+
+    def _wait_http(self, url: str, name: str, timeout_s: float) -> None:
+        child = next(c for c in self.running if c.name == name)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not child.alive():
+                if child.process.returncode == 2:  # a configuration error: its one line says what to change
+                    raise PreflightFailed(
+                        f"the {name} refused to run: {error_line(child.log_path)} (more in {child.log_path})"
+                    )
+                raise ChildFailed(
+                    f"the {name} exited with code {child.process.returncode}; see {child.log_path}:\n"
+                    + tail(child.log_path)
+                )
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise ChildFailed(f"the {name} was not ready at {url} within {timeout_s:.0f}s; see {child.log_path}")
+
+    def keep_stop_order(self) -> None:
+        self.running.sort(key=lambda c: c.name != "worker")  # stop order stays: collector, then worker
+
+    def any_exited(self) -> bool:
+        return any(not c.alive() for c in self.running)
+
+    def restart_exited(self) -> None:
+        for c in list(self.running):
+            if not c.alive():
+                self.restart(c)
+
+    def restart(self, child: Child) -> None:
+        """A worker or collector that exited on its own is started again (the broker keeps what it had not
+        stored: a worker resumes from its committed offsets); more than broker_restarts_max restarts within the
+        window end `up` with the child's last log lines."""
+        exits = self.exits.note()
+        status = exit_status(child.process.returncode)
+        child.stop(1)
+        self.running.remove(child)
+        if child.process.returncode == 2:  # a configuration error: starting it again cannot help
+            raise ChildFailed(
+                f"the {child.name} refused to run: {error_line(child.log_path)} (more in {child.log_path})"
+            )
+        if exits > self.o.broker_restarts_max:
+            raise ChildFailed(
+                f"the {child.name} exited with {status} ({exits} exits within "
+                f"{self.o.broker_restarts_window_s:.0f}s): giving up; see {child.log_path}:\n" + tail(child.log_path)
+            )
+        print(
+            f"\n!! the {child.name} exited with {status}; see {child.log_path}. Starting it again: records the "
+            f"broker holds are not lost{' (the worker resumes from its committed offsets)' if child.name == 'worker' else ''}.",
+            flush=True,
+        )
+        if child.name == "worker":
+            self.start_worker()
+        else:
+            self.start_collector()
+        self.keep_stop_order()
+        print(f"   {child.name} running again", flush=True)
+
+    def stop_before_broker_restart(self) -> None:
+        """Stop the broker's clients before a new broker listens: on a fresh broker they would auto-create the
+        topics (Tansu does, with its own partition count) before ensure_topics() creates them as configured. The
+        worker first, with a short grace (it finishes a ClickHouse write in flight; leaving its group on a dead
+        broker would hang), while the collector still answers 503 + Retry-After; then the collector."""
+        by_name = {c.name: c for c in self.running}
+        for name, grace_s in (("worker", 6.0), ("collector", 20.0)):
+            c = by_name.get(name)
+            if c is not None:
+                code = c.stop(grace_s)
+                print(f"   {name} stopped ({exit_status(code)})", flush=True)
+        self.running = []
+
+    def stop_all(self) -> None:
+        """Stop in reverse start order (the collector flushes its producer, the worker finishes its batch)."""
+        for c in reversed(self.running):
+            print(f"stopping: {c.name}", flush=True)
+            code = c.stop(60 if c.name == "worker" else 20)
+            if code not in (0, None, -signal.SIGTERM):
+                print(f"  {c.name} exited with {code}; see {c.log_path}", flush=True)
+
+
+def exit_status(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def error_line(path: Path) -> str:
+    """The last `error: ...` line a child wrote (what it refused), else its last line."""
+    lines = tail(path, 200).splitlines()
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")
+    return lines[-1] if lines else "(no output)"
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
