@@ -45,7 +45,7 @@ from is_telemetry.config import Settings, load_settings
 from is_telemetry.kafka import ensure_topics
 from is_telemetry.runtime import stop_process
 from producers.collector import CollectorServer, create_app, make_config
-from tests.processes import consume_bodies
+from tests.processes import consume_bodies, wait_until
 from tests.samples import SAMPLES as TTS_SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -501,8 +501,10 @@ def test_kafka_down_503_then_recovery(logs: Path) -> None:
             assert_json_error(r, 503, "kafka_unavailable")
             assert int(r.headers["retry-after"]) > 0
             assert time.monotonic() - t0 < PUBLISH_TIMEOUT_S + 3
-            time.sleep(1.1)  # past the readiness cache
-            r = http.get("/readyz")
+            # once the readiness cache (1 s) has expired, /readyz says what the publish said
+            r = wait_until(
+                lambda: http.get("/readyz"), lambda r: r.status_code == 503, timeout_s=10, what="/readyz 503"
+            )
             assert_json_error(r, 503, "kafka_unavailable")
             assert "retry-after" in r.headers
             assert http.get("/healthz").status_code == 200

@@ -21,11 +21,12 @@ from is_telemetry.kafka import ensure_topics
 from producers.fleet_truth import analyst_ground_truth
 from producers.simulator import generate, ground_truth, send_to_kafka
 from tests.analyst_checks import wait_for_analyst_views
-from tests.processes import Proc, expected_views, wait_for_views, wait_until_ready, worker
+from tests.processes import Proc, expected_views, wait_for_views, wait_until, wait_until_ready, worker
 
 pytestmark = pytest.mark.slow
 
 TOPIC = "tts-telemetry-raw"
+RECORDS_METRIC = "is_telemetry_processor_records_total"  # a worker's processed-records counter (its /metrics)
 
 
 def _simulation(deployments: int, cli_installs: int, days: int, seed: int):  # type: ignore[no-untyped-def]
@@ -109,7 +110,7 @@ def test_two_workers_and_a_separate_sink_process(broker: EmbeddedBroker, tmp_pat
         # Both workers took part: each was assigned raw-topic partitions and took records from them (its
         # log names the topic whether or not it got partitions, so the counter decides).
         for w in (w1, w2):
-            assert w.alive() and w.metric("is_telemetry_processor_records_total") > 0, w.log()
+            assert w.alive() and w.metric(RECORDS_METRIC) > 0, w.log()
     finally:
         for p in (w1, w2, sink):
             p.terminate()
@@ -120,9 +121,12 @@ def _own_dir(path: Path) -> Path:
     return path
 
 
-def _send_paced(deliveries: list, bootstrap: str, chunks: int) -> None:  # type: ignore[type-arg]
+def _send_paced(deliveries: list, bootstrap: str, chunks: int, halfway: threading.Event | None = None) -> None:  # type: ignore[type-arg]
+    """`chunks` sends a second apart; with `halfway`, the second half waits (up to 120 s) until it is set."""
     size = len(deliveries) // chunks + 1
     for i in range(0, len(deliveries), size):
+        if halfway is not None and i >= len(deliveries) // 2:
+            halfway.wait(120)
         send_to_kafka(deliveries[i : i + size], bootstrap, TOPIC)
         time.sleep(1.0)
 
@@ -196,26 +200,36 @@ def test_a_worker_joins_and_leaves_while_records_flow(broker: EmbeddedBroker, tm
         tmp_path,
         sink_port,
     )
-    w1 = worker(b, tmp_path, "worker-1", "--no-sink", api=False)
+    # Each worker serves /metrics (its processed-records counter) from a data directory of its own (chDB's files
+    # belong to the sink).
+    w1 = worker(b, _own_dir(tmp_path / "worker-1"), "worker-1", "--no-sink")
     w2: Proc | None = None
-    sender = threading.Thread(target=_send_paced, args=(deliveries, b, 12), daemon=True)
+    joined = threading.Event()  # the second half of the records is sent once worker-2 is up: they flow while it joins
+    sender = threading.Thread(target=_send_paced, args=(deliveries, b, 24, joined), daemon=True)
     try:
         wait_until_ready(sink)
         sender.start()
         time.sleep(3)
-        w2 = worker(b, tmp_path, "worker-2", "--no-sink", api=False)  # joins: a rebalance
-        deadline = time.monotonic() + 60
-        while "Setting newly assigned partitions" not in w2.log():
-            assert time.monotonic() < deadline, w2.log()
-            time.sleep(0.5)
-        assigned = w2.log().split("Setting newly assigned partitions")[-1].split("\n")[0]
-        assert "tts-telemetry-raw" in assigned, assigned  # it really took raw-topic partitions
-        time.sleep(3)
-        assert w2.terminate() == 0  # leaves: another rebalance
+        w2 = worker(b, _own_dir(tmp_path / "worker-2"), "worker-2", "--no-sink")  # joins: a rebalance
+        wait_until_ready(w2)
+        joined.set()
+        # It really took raw-topic partitions: it processed records from them (its log names the topic whether or
+        # not it got partitions, so the counter decides).
+        joiner = w2
+        wait_until(
+            lambda: joiner.metric(RECORDS_METRIC),
+            lambda n: n > 0,
+            timeout_s=90,
+            interval_s=0.5,
+            what="worker-2 processing records after it joined",
+        )
+        assert w2.terminate() == 0  # leaves while records flow: another rebalance
         sender.join(120)
         assert not sender.is_alive()
         wait_for_views(sink, expected, timeout_s=240)
+        assert w1.alive() and w1.metric(RECORDS_METRIC) > 0, w1.log()
     finally:
+        joined.set()
         for p in (w1, *([w2] if w2 else []), sink):
             p.terminate()
 

@@ -512,7 +512,11 @@ def test_broker_restart_is_detected_reported_and_recovered(tmp_path: Path) -> No
                 subprocess.run(["chattr", "-i", *frozen], check=True)
                 frozen = []
             console = wait_for_log(stack, "!! RECOVERED", timeout_s=120, since=offset)
-            time.sleep(1)
+            wait_until(  # the poster's records are accepted again
+                lambda: [status for _, status, _ in outcomes if status == 202],
+                timeout_s=30,
+                what="a 202 after the recovery",
+            )
         finally:
             stop.set()
             t.join(30)
