@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from is_telemetry import apiclient
 from is_telemetry.broker import free_port
+from is_telemetry.runtime import stop_process
 from tests.conftest import RunningStack, start_stack
 from tests.samples import SAMPLES
 
@@ -378,8 +379,7 @@ def test_a_token_protects_the_api_beyond_loopback(tmp_path: Path) -> None:
         )
         assert evil.status_code == 403
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc, 30)
 
 
 def _answers(url: str) -> bool:
