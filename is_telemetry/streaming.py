@@ -139,7 +139,6 @@ async def take_bodies(
             await stream.crash(exc)
         return value
 
-    acks = stream.enable_acks
     stream.enable_acks = False
     stream.add_processor(add_to_buffer)
     stream._enable_passive(aiter(stream.channel))
@@ -161,7 +160,11 @@ async def take_bodies(
                 full.clear()
                 consumed.set()
     finally:
-        stream.enable_acks = acks
+        # Acks stay off for good. faust's noack_take restores them here; but when the agent stops, the stream goes on
+        # passing the events it had already fetched until it stops too, and each one it passes with acks on is
+        # acknowledged, so faust commits past records that were never stored (found: 228 of 2,000 lost on a SIGTERM
+        # during a ClickHouse fault). Only the checkpoint acknowledges, once a batch is written.
+        stream.enable_acks = False
         stream._processors.remove(add_to_buffer)
 
 

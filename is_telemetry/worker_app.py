@@ -17,7 +17,7 @@ from mode import Service
 from dashboard.server import ApiThread
 from is_telemetry.config import Settings
 from is_telemetry.kafka import ensure_topics, topic_partitions
-from is_telemetry.streaming import FaustRewinder, faust_app, run_faust
+from is_telemetry.streaming import FaustRewinder, faust_app, run_faust, take_bodies
 from processors.rollup import Rollups, preparer
 from processors.worker import Ack, Processors, SinkFactory
 from sinks.checkpoint import Checkpoint
@@ -134,7 +134,10 @@ def run_sink(settings: Settings, serve_api: bool = False, log_level: str = "warn
     async def consume(stream: Any) -> None:
         stream_ref[:] = [stream]
         try:
-            async for events in stream.noack_take(200, within=settings.processors.batch_seconds):
+            # take_bodies, not faust's noack_take: acks stay off when the agent stops (see take_bodies); a record
+            # of the snapshots topic counts as one
+            p = settings.processors
+            async for events in take_bodies(stream, 200, p.batch_seconds, p.batch_idle_seconds, lambda _event: 1):
                 events = rewinder.accepted(events)
                 if not events:
                     continue
