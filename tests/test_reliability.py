@@ -1301,7 +1301,8 @@ def test_clickhouse_refusing_writes_pauses_rewinds_and_stops_in_bounded_time(tmp
             wait_for(lambda: w.sql("SELECT count() AS n FROM snapshots")[0]["n"] == 3, 60, w)
             frozen = _table_dirs(tmp_path / "chdb")
             subprocess.run(["chattr", "+i", *frozen], check=True)
-            # enough that the stream still holds fetched, unstored records when it stops: none may be committed
+            # enough that the stream may still hold fetched, unstored records when it stops: none may be committed
+            # (with acks turned back on at the agent's stop, 228 of 2,000 were lost in one run of three)
             during = [cli_uid(f"during-{i}") for i in range(DURING)]
             for uid in during:
                 producer.send(
