@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -18,6 +19,13 @@ from mode.utils.futures import notify
 
 from is_telemetry import gctuning
 from is_telemetry.config import Settings
+
+
+def _faust_dir(settings: Settings) -> Path:
+    """data_dir/faust, its parents made: faust makes only the last level, and the data directory may not exist yet."""
+    path = (settings.data_dir / "faust").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
@@ -39,7 +47,7 @@ def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
         web_host="127.0.0.1",
         stream_buffer_maxsize=max(4096, settings.processors.batch_size * 2),
         logging_config=None,
-        datadir=str((settings.data_dir / "faust").resolve()),  # not `<app id>-data/` in the working directory
+        datadir=str(_faust_dir(settings)),  # not `<app id>-data/` in the working directory
     )
     config.update(overrides)
     return faust.App(app_id, **config)
