@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
-from dashboard.panel_model import FLEET_COLUMNS, SUMMARY_METRICS, Query, Range, Result, Table, version_key
+from dashboard.panel_model import FLEET_COLUMNS, Query, Range, Result, Table, summary_rows, version_key
 
 CARRIED_NOTE = "carried forward: each deployment counts with its latest report of the last 7 days"
 LIFECYCLE_COLUMNS = ["active_1d", "active_7d", "active_30d", "new", "returning", "churned"]
@@ -103,24 +103,7 @@ def panel_summary_carried(q: Query, r: Range) -> Result:
     before = day - timedelta(days=7)
     by_day = {row["day"]: row for row in _carried_rows(q, CARRIED_ON_DAYS, {"days": [day, before]})}
     now, then = by_day[day], by_day.get(before)
-    rows = []
-    for metric, label in SUMMARY_METRICS:
-        value = now[metric]
-        prev = then[metric] if then is not None else None
-        change = value - prev if prev is not None else None
-        pct = round((value - prev) * 100 / prev, 2) if prev else None
-        rows.append(
-            {
-                "metric": metric,
-                "label": label,
-                "day": day,
-                "value": value,
-                "week_before_day": before,
-                "week_before": prev,
-                "change": change,
-                "change_pct": pct,
-            }
-        )
+    rows = summary_rows(day, before, now, then)
     return Result(Table(columns, rows), {**meta, "week_before_day": before})
 
 

@@ -77,3 +77,24 @@ def version_key(v: str) -> tuple[int, tuple[int, ...], str]:
         return 0, tuple(int(x) for x in v.split(".")), v
     except ValueError:
         return 1, (), v
+
+
+def summary_rows(day: date, before: date, now: dict[str, Any], then: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The summary card's rows: each metric on `day` against the week before (none when that day has no row)."""
+    rows = []
+    for metric, label in SUMMARY_METRICS:
+        value = now[metric]
+        prev = then[metric] if then is not None else None
+        rows.append(
+            {
+                "metric": metric,
+                "label": label,
+                "day": day,
+                "value": value,
+                "week_before_day": before,
+                "week_before": prev,
+                "change": value - prev if prev is not None else None,
+                "change_pct": round((value - prev) * 100 / prev, 2) if prev else None,
+            }
+        )
+    return rows

@@ -32,12 +32,12 @@ from dashboard import analyst_panels
 from dashboard.analyst_sql import AnalystSessions
 from dashboard.panel_model import (
     FLEET_COLUMNS,
-    SUMMARY_METRICS,
     BadRequest,
     Query,
     Range,
     Result,
     Table,
+    summary_rows,
     version_key,
 )
 from dashboard.responses import OrjsonResponse, error, json_value
@@ -145,24 +145,7 @@ def panel_summary(q: Query, r: Range) -> Result:
     before = day - timedelta(days=7)
     by_day = {row["day"]: row for row in _fleet_rows(q, "day IN {days:Array(Date)}", {"days": [day, before]})}
     now, then = by_day[day], by_day.get(before)
-    rows = []
-    for metric, label in SUMMARY_METRICS:
-        value = now[metric]
-        prev = then[metric] if then is not None else None
-        change = value - prev if prev is not None else None
-        pct = round((value - prev) * 100 / prev, 2) if prev else None
-        rows.append(
-            {
-                "metric": metric,
-                "label": label,
-                "day": day,
-                "value": value,
-                "week_before_day": before,
-                "week_before": prev,
-                "change": change,
-                "change_pct": pct,
-            }
-        )
+    rows = summary_rows(day, before, now, then)
     return Result(Table(columns, rows), {"day": day, "complete": complete, "week_before_day": before})
 
 
