@@ -131,30 +131,10 @@ def produce(bootstrap: str, topic: str, single_topic: str, n: int) -> dict[str, 
 
 
 async def _raw(bootstrap: str, topic: str, n: int, group: str) -> dict[str, Any]:
-    from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+    from bench.peers import timed_consumer
 
-    marks: dict[str, float] = {}
-
-    class Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            pass
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            marks.setdefault("t0", time.perf_counter())
-            marks.setdefault("cpu0", time.process_time())
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    await consumer.start()
+    consumer, marks = await timed_consumer(bootstrap, topic, group, 4 * 1024 * 1024)
     try:
-        consumer.subscribe([topic], listener=Listener())
         count = 0
         total_bytes = 0
         while count < n:

@@ -54,31 +54,13 @@ def _figures(count: int, seconds: float, cpu_s: float, **extra: Any) -> dict[str
     }
 
 
-# ------------------------------------------------------------------------------------------------------ plain
-
-
-async def _plain(
-    bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str
-) -> dict[str, Any]:
+async def timed_consumer(
+    bootstrap: str, topic: str, group: str, max_partition_fetch_bytes: int
+) -> tuple[Any, dict[str, float]]:
+    """A started aiokafka consumer of `topic` in a group of its own, from the beginning, offsets committed by hand;
+    `marks` gets the wall and CPU clocks ("t0", "cpu0") when it first has partitions (where the timing starts)."""
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
-    from is_telemetry.envelope import is_batch, unpack
-    from is_telemetry.rows import RejectionRow, SnapshotRow, columns, values
-    from processors.snapshot import rejection_row, snapshot_row
-    from processors.validate import Rejection, inconsistencies, validate
-    from sinks.clickhouse import ClickHouseStore
-
-    store = ClickHouseStore(f"chdb://{chdb_dir}").open()
-    client = store.client
-    # The project's two tables as they are, and nothing else: no materialized or refreshable views (the analysts'
-    # derived tables and the day aggregates are the worker's extra work, not a plain consumer's).
-    for name, engine in client.query(
-        "SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
-        "AND name NOT IN ('snapshots', 'rejections') ORDER BY engine != "
-        "'MaterializedView'"
-    ).result_rows:
-        client.command(f"DROP {'VIEW' if 'View' in engine else 'TABLE'} IF EXISTS `{name}`")
-    snap_cols, rej_cols = columns(SnapshotRow), columns(RejectionRow)
     marks: dict[str, float] = {}
 
     class Listener(ConsumerRebalanceListener):
@@ -96,12 +78,39 @@ async def _plain(
         enable_auto_commit=False,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=1_000,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
+        max_partition_fetch_bytes=max_partition_fetch_bytes,
     )
     await consumer.start()
+    consumer.subscribe([topic], listener=Listener())
+    return consumer, marks
+
+
+# ------------------------------------------------------------------------------------------------------ plain
+
+
+async def _plain(
+    bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str
+) -> dict[str, Any]:
+    from is_telemetry.envelope import is_batch, unpack
+    from is_telemetry.rows import RejectionRow, SnapshotRow, columns, values
+    from processors.snapshot import rejection_row, snapshot_row
+    from processors.validate import Rejection, inconsistencies, validate
+    from sinks.clickhouse import ClickHouseStore
+
+    store = ClickHouseStore(f"chdb://{chdb_dir}").open()
+    client = store.client
+    # The project's two tables as they are, and nothing else: no materialized or refreshable views (the analysts'
+    # derived tables and the day aggregates are the worker's extra work, not a plain consumer's).
+    for name, engine in client.query(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
+        "AND name NOT IN ('snapshots', 'rejections') ORDER BY engine != "
+        "'MaterializedView'"
+    ).result_rows:
+        client.command(f"DROP {'VIEW' if 'View' in engine else 'TABLE'} IF EXISTS `{name}`")
+    snap_cols, rej_cols = columns(SnapshotRow), columns(RejectionRow)
+    consumer, marks = await timed_consumer(bootstrap, topic, group, 8 * 1024 * 1024)
     bodies = 0
     try:
-        consumer.subscribe([topic], listener=Listener())
         while bodies < n:
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
             latest: dict[tuple[Any, str], SnapshotRow] = {}
