@@ -33,7 +33,7 @@ class EnvelopeError(ValueError):
     """A batch record that cannot be read (not JSON lines of frames): its bodies cannot be separated."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per body, and a frozen constructor costs four times as much
 class Frame:
     received_at_ms: int
     user_agent: bytes

@@ -98,6 +98,25 @@ class EntitiesCount(_Model):
     applications: Total = Field(default_factory=Total)
     accounts: AccountsCount = Field(default_factory=AccountsCount)
 
+    def largest(self) -> int:
+        """The largest count of the message (what the plausibility check compares first, without naming them all)."""
+        ed, active, users = self.end_devices, self.end_devices.activate_end_devices, self.accounts.users
+        largest = max(
+            self.gateways.total,
+            ed.total,
+            active.total,
+            active.last_day,
+            active.last_week,
+            active.last_month,
+            self.applications.total,
+            users.standard,
+            users.admin,
+            users.total or 0,
+            self.accounts.organizations.total,
+        )
+        plans = self.gateways.gateways_by_frequency_plan_id
+        return max(largest, max(plans.values())) if plans else largest
+
     def counts(self) -> dict[str, int]:
         """Every count of the message by a flat name (per-plan gateway counts as `gateways_by_frequency_plan_id.<plan>`)."""
         ed = self.end_devices

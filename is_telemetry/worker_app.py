@@ -52,6 +52,7 @@ def checkpoint(
         rewinder=rewinder,
         ack=ack,
         deadline_s=settings.clickhouse.retry_s,
+        load=lambda partitions: rollups.load(store, rollups.missing(partitions)),
     )
 
 
@@ -147,6 +148,10 @@ def run_sink(settings: Settings, serve_api: bool = False, log_level: str = "warn
         finally:
             await sink.drain()
 
+    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        await sink.taken_on(tp.partition for tp in assigned if tp.topic == k.snapshots_topic)
+
     app.agent(topic, name="sink")(consume)
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # faust accepts coroutines
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     return run_faust(app, settings, _services(settings, serve_api, log_level), _closer(store), log_level)

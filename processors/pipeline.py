@@ -27,10 +27,11 @@ from processors.snapshot import rejection_row, snapshot_row
 from processors.validate import Reason, Rejection, inconsistencies, validate
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawRecord:
     """One body as the raw topic holds it: a single-body record, or one frame of a many-bodies record (`batched`,
-    `index` its place in the record)."""
+    `index` its place in the record). Not frozen: one is made per body, and a frozen dataclass's constructor costs
+    four times as much (each field set through object.__setattr__)."""
 
     topic: str
     partition: int

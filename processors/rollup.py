@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import Enum
+from functools import lru_cache
 from operator import attrgetter
 from typing import Protocol
 
@@ -61,6 +62,15 @@ _HEAD = struct.Struct("<QQQBIIII")  # received ms, position, body hash, flags, 4
 _NARROW = struct.Struct("<10I")
 _WIDE = struct.Struct("<10Q")
 _IS, _DEFAULT, _INCONSISTENT, _WIDE_FLAG = 1, 2, 4, 8
+_NO_PLANS = struct.pack("<I", 0)
+
+
+@lru_cache(maxsize=256)
+def _plans_struct(n: int, wide: bool) -> struct.Struct:
+    """The plan map's packing: its length, then (plan id, count) pairs."""
+    return struct.Struct(f"<I{2 * n}{'Q' if wide else 'I'}")
+
+
 _U32 = 0xFFFFFFFF
 
 # Indexes into DayRollup.counts (COUNT_COLUMNS order) and DayRollup.maps (MAP_COLUMNS order, without rejections).
@@ -166,23 +176,27 @@ class PartitionRollup:
 
     def _encode(self, row: SnapshotRow, h: int, state: DayRollup | None = None) -> bytes:
         """The packed entry of `row`; with `state`, its contribution is added to it too (without decoding)."""
-        s = self.strings
-        is_ = row.kind == "is"
-        flags = (_IS if is_ else 0) | (_DEFAULT if row.default_uid else 0) | (_INCONSISTENT if row.flags else 0)
+        sid = self.strings.id
+        flags = (
+            (_IS if row.kind == "is" else 0)
+            | (_DEFAULT if row.default_uid else 0)
+            | (_INCONSISTENT if row.flags else 0)
+        )
         counts = _summed(row)
         plans = row.gateways_by_frequency_plan
-        wide = max(counts) > _U32 or any(v > _U32 for v in plans.values())
+        wide = max(counts) > _U32 or (bool(plans) and max(plans.values()) > _U32)
         if wide:
             flags |= _WIDE_FLAG
-        ids = (s.id(row.version_major_minor), s.id(row.operating_system), s.id(row.arch), s.id(row.golang_version))
-        plan_ids = [(s.id(k), v) for k, v in plans.items()]
-        entry = (
-            _HEAD.pack(row.received_at_ms, row.position, h, flags, *ids)
-            + (_WIDE if wide else _NARROW).pack(*counts)
-            + struct.pack(
-                f"<I{2 * len(plan_ids)}{'Q' if wide else 'I'}", len(plan_ids), *(x for pair in plan_ids for x in pair)
+        ids = (sid(row.version_major_minor), sid(row.operating_system), sid(row.arch), sid(row.golang_version))
+        head = _HEAD.pack(row.received_at_ms, row.position, h, flags, *ids) + (_WIDE if wide else _NARROW).pack(*counts)
+        if plans:
+            plan_ids = [(sid(k), v) for k, v in plans.items()]
+            entry = head + _plans_struct(len(plan_ids), wide).pack(
+                len(plan_ids), *(x for pair in plan_ids for x in pair)
             )
-        )
+        else:
+            plan_ids = []
+            entry = head + _NO_PLANS
         if state is not None:
             self._contribute(state, flags, ids, counts, plan_ids, +1)
         return entry
@@ -195,7 +209,7 @@ class PartitionRollup:
         counts = counts_struct.unpack_from(entry, _HEAD.size)
         offset = _HEAD.size + counts_struct.size
         (n_plans,) = struct.unpack_from("<I", entry, offset)
-        flat = struct.unpack_from(f"<{2 * n_plans}{'Q' if wide else 'I'}", entry, offset + 4)
+        flat = _plans_struct(n_plans, bool(wide)).unpack_from(entry, offset)[1:]
         self._contribute(state, flags, ids, counts, list(zip(flat[::2], flat[1::2])), sign)
 
     def _contribute(
@@ -208,28 +222,26 @@ class PartitionRollup:
         sign: int,
     ) -> None:
         c, m, strings = state.counts, state.maps, self.strings.strings
-        version, os_, arch, go = ids
         if flags & _IS:
             c[_DEPLOYMENTS] += sign
             if flags & _DEFAULT:
                 c[_DEFAULT_UID] += sign
             if flags & _INCONSISTENT:
                 c[_INCONSISTENT_N] += sign
-            _bump(m[_IS_VERSION], strings[version], 1, sign)
-            _bump(m[_IS_OS], strings[os_], 1, sign)
-            _bump(m[_IS_ARCH], strings[arch], 1, sign)
-            _bump(m[_IS_GO], strings[go], 1, sign)
+            first = _IS_VERSION
         else:
             c[_CLI] += sign
-            _bump(m[_CLI_VERSION], strings[version], 1, sign)
-            _bump(m[_CLI_OS], strings[os_], 1, sign)
-            _bump(m[_CLI_ARCH], strings[arch], 1, sign)
+            first = _CLI_VERSION
+        # version, OS, architecture (and the Go version of a deployment): one more or one fewer of each
+        for i, string_id in enumerate(ids if flags & _IS else ids[:3], start=first):
+            _bump(m[i], strings[string_id], 1, sign)
         for i, v in enumerate(counts, start=4):
             if v:
                 c[i] += sign * v
-        plan_map = m[_PLANS]
-        for plan, v in plans:
-            _bump(plan_map, strings[plan], v, sign)
+        if plans:
+            plan_map = m[_PLANS]
+            for plan, v in plans:
+                _bump(plan_map, strings[plan], v, sign)
 
     # -- applying records ---------------------------------------------------------------------------------------
 
@@ -338,7 +350,8 @@ class Rollups:
                 parts[rejection.source_partition].apply_rejection(rejection)
             for part in parts.values():
                 part.evict()
-        self.parts.update(parts)
+        for p, part in parts.items():  # a state taken on meanwhile (a batch's load) may have applied rows since: kept
+            self.parts.setdefault(p, part)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:

@@ -13,7 +13,7 @@ from functools import lru_cache
 import orjson
 
 from is_telemetry.rows import RejectionRow, SnapshotRow, ms_to_datetime, position
-from is_telemetry.schema import TelemetryMessage
+from is_telemetry.schema import DEFAULT_UID, TelemetryMessage
 
 _MAJOR_MINOR = re.compile(r"^\s*v?(\d+)\.(\d+)")
 REJECTED_BODY_MAX = 4096  # a rejected body is kept truncated: anyone can put any text in it
@@ -42,41 +42,67 @@ def snapshot_row(
 ) -> SnapshotRow:
     os_ = message.os
     received_at = ms_to_datetime(received_at_ms)
-    row = SnapshotRow(
-        day=received_at.date(),
-        uid=message.uid,
-        kind=message.kind,
-        received_at=received_at,
-        version=(received_at_ms << 64) | position(offset, index),
-        source_partition=partition,
-        source_offset=offset,
-        source_index=index,
-        default_uid=message.is_default_uid,
-        flags=flags,
-        operating_system=os_.operating_system if os_ else "",
-        arch=os_.arch if os_ else "",
-        binary_version=os_.binary_version if os_ else "",
-        version_major_minor=major_minor(os_.binary_version) if os_ else "unknown",
-        golang_version=os_.golang_version.strip() if os_ else "",
-        cli=orjson.dumps(message.cli).decode() if message.cli is not None else "",
-        body=body.decode("utf-8", "replace"),
-    )
+    if os_ is not None:
+        system, arch, binary, go = os_.operating_system, os_.arch, os_.binary_version, os_.golang_version.strip()
+        minor = major_minor(binary)
+    else:
+        system = arch = binary = go = ""
+        minor = "unknown"
     ec = message.entities_count
-    if ec is not None:
-        a = ec.end_devices.activate_end_devices
-        row.gateways = ec.gateways.total
-        row.gateways_by_frequency_plan = dict(ec.gateways.gateways_by_frequency_plan_id)
-        row.end_devices = ec.end_devices.total
-        row.active_end_devices = a.total
-        row.active_last_day = a.last_day
-        row.active_last_week = a.last_week
-        row.active_last_month = a.last_month
-        row.applications = ec.applications.total
-        row.users_standard = ec.accounts.users.standard
-        row.users_admin = ec.accounts.users.admin
-        row.users_total = ec.accounts.users.total
-        row.organizations = ec.accounts.organizations.total
-    return row
+    # One constructor call with every column in order (setting fields one by one afterwards cost a third more).
+    if ec is None:  # a CLI message
+        return SnapshotRow(
+            received_at.date(),
+            message.uid,
+            "cli",
+            received_at,
+            (received_at_ms << 64) | position(offset, index),
+            partition,
+            offset,
+            index,
+            False,
+            flags,
+            system,
+            arch,
+            binary,
+            minor,
+            go,
+            cli=orjson.dumps(message.cli).decode(),
+            body=body.decode("utf-8", "replace"),
+        )
+    gw, ed, accounts = ec.gateways, ec.end_devices, ec.accounts
+    active, users = ed.activate_end_devices, accounts.users
+    return SnapshotRow(
+        received_at.date(),
+        message.uid,
+        "is",
+        received_at,
+        (received_at_ms << 64) | position(offset, index),
+        partition,
+        offset,
+        index,
+        message.uid == DEFAULT_UID,
+        flags,
+        system,
+        arch,
+        binary,
+        minor,
+        go,
+        gw.total,
+        dict(gw.gateways_by_frequency_plan_id),
+        ed.total,
+        active.total,
+        active.last_day,
+        active.last_week,
+        active.last_month,
+        ec.applications.total,
+        users.standard,
+        users.admin,
+        users.total,
+        accounts.organizations.total,
+        "",
+        body.decode("utf-8", "replace"),
+    )
 
 
 def rejection_row(

@@ -86,8 +86,9 @@ def validate(body: bytes, plausibility_limit: int = 10**9) -> TelemetryMessage |
         best = min(range(len(errors)), key=lambda i: _PRECEDENCE.index(reasons[i]) if reasons[i] in _PRECEDENCE else 99)
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         return Rejection(reasons[best], _describe(errors[best])[:500] + more)
-    if message.entities_count is not None:
-        for name, value in message.entities_count.counts().items():
+    ec = message.entities_count
+    if ec is not None and ec.largest() > plausibility_limit:  # the names only for a message that has one
+        for name, value in ec.counts().items():
             if value > plausibility_limit:
                 return Rejection(
                     Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import faust
@@ -91,6 +91,8 @@ class BatchSink(Protocol):
 
     def first_seen(self, partition: int, position: int) -> None: ...
 
+    async def taken_on(self, partitions: Iterable[int]) -> None: ...
+
     async def submit(
         self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]], bodies: int | None = None
     ) -> None: ...
@@ -128,11 +130,16 @@ class Processors:
         self.checkpoint = sink(self.rollups, self.rewinder, self._ack) if sink is not None else None
         self.app.agent(self.raw, name="process")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # faust accepts coroutines
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
 
     async def _ack(self, events: Sequence[Any], bodies: int) -> None:
         for event in events:
             await self._stream.ack(event)
         metrics.STORED.inc(bodies)
+
+    async def _on_assigned(self, app: Any, assigned: Any, **kwargs: Any) -> None:
+        if self.checkpoint is not None:  # the roll-up state of the partitions taken on, before their first batch
+            await self.checkpoint.taken_on(tp.partition for tp in assigned if tp.topic == self.settings.kafka.raw_topic)
 
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.kafka.raw_topic}

@@ -75,14 +75,31 @@ class Checkpoint:
         ack: Callable[[Sequence[Any], int], Awaitable[None]],
         deadline_s: float = 30.0,
         backoff_s: tuple[float, float] = (2.0, 60.0),
+        load: Callable[[list[int]], None] | None = None,
     ) -> None:
+        """`load`: rebuilds the prepared state of partitions taken on (`taken_on`), before their first batch."""
         self.store, self.prepare, self.needs_io, self.on_rewind = store, prepare, needs_io, on_rewind
+        self.load = load
         self.rewinder, self.ack, self.deadline_s = rewinder, ack, deadline_s
         self.backoff_s, self._backoff = backoff_s, backoff_s[0]
         self.written: dict[int, int] = {}  # partition -> the first position not yet written
         self._inflight: asyncio.Task[bool] | None = None
         self._resume: asyncio.TimerHandle | None = None
         self.paused: set[int] = set()
+
+    async def taken_on(self, partitions: Iterable[int]) -> None:
+        """Partitions assigned to this process: their state is rebuilt now, off the event loop, in one go, rather than
+        by their first batches (each of which would wait for it, behind the write in flight). If ClickHouse does not
+        answer, the first batch of each partition loads it instead (and rewinds if that fails too)."""
+        wanted = sorted(set(partitions))
+        if self.load is None or not wanted:
+            return
+        try:
+            await asyncio.to_thread(self.load, wanted)
+        except (SinkUnavailable, ClickHouseError, OSError) as exc:
+            log.warning(
+                "the state of partitions %s was not loaded on assignment (%s): their first batch loads it", wanted, exc
+            )
 
     def first_seen(self, partition: int, position: int) -> None:
         """Where a partition's reading starts (its committed offset), the first time it is seen."""

@@ -91,6 +91,45 @@ def test_a_bad_uid_and_an_implausible_count() -> None:
     assert not isinstance(validate(orjson.dumps(is_message), plausibility_limit=10**10), Rejection)
 
 
+_COUNT_PATHS = [
+    ("gateways", "total"),
+    ("gateways", "gateways_by_frequency_plan_id", "EU_863_870"),
+    ("end_devices", "total"),
+    ("end_devices", "activate_end_devices", "total"),
+    ("end_devices", "activate_end_devices", "last_day"),
+    ("end_devices", "activate_end_devices", "last_week"),
+    ("end_devices", "activate_end_devices", "last_month"),
+    ("applications", "total"),
+    ("accounts", "users", "total"),
+    ("accounts", "users", "standard"),
+    ("accounts", "users", "admin"),
+    ("accounts", "organizations", "total"),
+]
+
+
+@given(st.sampled_from(_COUNT_PATHS), st.integers(0, 2**64 - 1), st.integers(0, 2**40))
+def test_the_plausibility_check_sees_every_count(path: tuple[str, ...], value: int, limit: int) -> None:
+    """The quick check (the largest count) rejects exactly when some count is above the limit, and names it."""
+    m = orjson.loads(SAMPLES["is-3.32.json"])
+    ec = m["entities_count"]
+    ec["gateways"]["gateways_by_frequency_plan_id"] = {}
+    for p in _COUNT_PATHS:  # every other count 0
+        node = ec
+        for key in p[:-1]:
+            node = node.setdefault(key, {})
+        node[p[-1]] = 0
+    node = ec
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    result = validate(orjson.dumps(m), plausibility_limit=limit)
+    if value > limit:
+        assert isinstance(result, Rejection) and result.reason == Reason.IMPLAUSIBLE, result
+        assert f"= {value} is above" in result.message
+    else:
+        assert not isinstance(result, Rejection), result
+
+
 def test_negative_and_fractional_counts() -> None:
     for value, reason in ((-1, Reason.NEGATIVE), (1.5, Reason.FRACTIONAL), (2**64, Reason.OUT_OF_RANGE)):
         m = orjson.loads(SAMPLES["is-3.32.json"])
