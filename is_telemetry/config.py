@@ -283,6 +283,11 @@ class ProcessorSettings(_Section):
         gt=0,
         description="A batch is handled once no record came for this long (seconds): the end of a backlog, or a trickle, is written at once",
     )
+    fetch_bytes_per_partition: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Most bytes fetched from one partition in one fetch request (a backlog is read in fewer round trips; faust's default, 1 MiB, is 20 records of 100 bodies)",
+    )
     stop_timeout_s: float = Field(
         30.0,
         gt=0,
