@@ -241,7 +241,7 @@ def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(
         for r in records:
             cp.first_seen(r.partition, r.offset)
         client = store.client
-        real_insert = client.insert
+        real_insert = client.raw_insert  # the sink inserts JSON columns (sinks/clickhouse.py)
 
         def failing(*args: Any, **kwargs: Any) -> Any:
             raise OperationalError("Connection refused")
@@ -249,7 +249,7 @@ def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(
         # batch 0 is written; batch 1 fails (ClickHouse down for longer than retry_s); batch 2 was prepared meanwhile
         await cp.submit(partition_batches(chunks[0], process(chunks[0], N)), [0], [])
         await cp.drain()
-        monkeypatch.setattr(client, "insert", failing)
+        monkeypatch.setattr(client, "raw_insert", failing)
         await cp.submit(partition_batches(chunks[1], process(chunks[1], N)), [1], [])
         await cp.submit(partition_batches(chunks[2], process(chunks[2], N)), [2], [])
         await cp.drain()
@@ -267,7 +267,7 @@ def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(
         await asyncio.sleep(0.2)
         assert ("resume", sorted(cp_paused_all(rewinder))) in rewinder.calls
         # ClickHouse is back: the consumer re-delivers from the rewind positions; the rest follows
-        monkeypatch.setattr(client, "insert", real_insert)
+        monkeypatch.setattr(client, "raw_insert", real_insert)
         rest = [
             r
             for r in records

@@ -26,7 +26,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,14 @@ from dashboard.analyst_sql import AnalystSessions, QueryLimits, new_query_id
 from is_telemetry.errors import QueryFailed, RequestRefused, WriteRefused
 from is_telemetry.kafka import HEADER_RECEIVED_AT
 from is_telemetry.partitioning import partition_of
-from is_telemetry.rows import Batch
+from is_telemetry.rows import Batch, RejectionRow, RollupRow, SnapshotRow, columns, values
 from is_telemetry.schema import TelemetryMessage
 from is_telemetry.uid import uid_from_elements
 from processors.pipeline import RawRecord, process
 from processors.replay import Replayer
 from processors.rollup import Rollups, roll_up
 from processors.snapshot import day_of, major_minor
-from processors.validate import Rejection, inconsistencies, validate
+from processors.validate import Reason, Rejection, inconsistencies, validate
 from processors.worker import partition_batches
 from producers.simulator import DAY_MS, Delivery, generate, ground_truth
 from sinks.clickhouse import ClickHouseStore, migrations
@@ -577,7 +577,7 @@ def test_write_retries_with_backoff_and_loses_nothing(
     store.stopping = RecordingStop()
     # inserts: snapshots fail, fail, ok, then rejections fail (after the snapshots went in), then ok, and the
     # aggregate rows fail once after those: every retry re-runs the whole write
-    monkeypatch.setattr(client, "insert", flaky(client.insert, [True, True, False, True, False, False, True]))
+    monkeypatch.setattr(client, "raw_insert", flaky(client.raw_insert, [True, True, False, True, False, False, True]))
     with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"):
         store.write(batch)
     assert store.stopping.waits == [0.5, 1.0, 1.0, 1.0]  # exponential, capped at retry_max_s
@@ -601,7 +601,7 @@ def test_write_gives_up_when_stopping(
 ):
     batch = rolled_up(store, to_records(small_deliveries()))
     client = store.client
-    monkeypatch.setattr(client, "insert", flaky(client.insert, [True] * 1000))
+    monkeypatch.setattr(client, "raw_insert", flaky(client.raw_insert, [True] * 1000))
     store.stopping = RecordingStop(stop_after=3)
     store.last_write_at = None
     with caplog.at_level(logging.WARNING, logger="sinks.clickhouse"), pytest.raises(OperationalError):
@@ -746,6 +746,89 @@ def test_values_round_trip_exactly_and_are_never_spliced(store: ClickHouseStore)
     # every table is still there
     names = {r[0] for r in store.query("SELECT name FROM system.tables WHERE database = currentDatabase()")[1]}
     assert set(TABLES + ANALYST_VIEWS) <= names
+
+
+@pytest.mark.parametrize("encoding", ["json", "native"])
+def test_every_column_round_trips_through_the_insert(
+    store: ClickHouseStore, encoding: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The sink sends rows as one JSON object of columns (orjson, parsed by ClickHouse); a value orjson cannot write
+    falls back to clickhouse-connect's Native encoding. Either way each column stores exactly the row's value:
+    64-bit extremes, 128-bit versions, milliseconds, nulls, maps, arrays, any text."""
+    import orjson
+
+    if encoding == "native":
+        monkeypatch.setattr("sinks.clickhouse._json_columns", lambda *a: (_ for _ in ()).throw(TypeError("refused")))
+    else:  # the JSON path only: the Native one is not reached
+        monkeypatch.setattr(store.client, "insert", lambda *a, **k: pytest.fail("the Native fallback was used"))
+    received = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    top, nasty = 2**64 - 1, "x' \" ü 😀 \\n\u2028"
+    snapshot = SnapshotRow(
+        received.date(),
+        IS_UID_A,
+        "is",
+        received,
+        2**128 - 1,
+        7,
+        2**63 + 1,
+        65535,
+        True,
+        ["last_day>last_week"],
+        nasty,
+        "arm64",
+        "3.32.1 (x)",
+        "3.32",
+        "go1.22",
+        top,
+        {nasty: top, "EU_863_870": 0},
+        top,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        None,
+        8,
+        "",
+        nasty,
+    )
+    cli = SnapshotRow(
+        received.date(),
+        "0b2e9a2c-8f3d-4a8e-9a4c-2b1c9d8e7f60",
+        "cli",
+        received,
+        1 << 64,
+        0,
+        0,
+        0,
+        False,
+        [],
+        "",
+        "",
+        "",
+        "unknown",
+        "",
+        users_total=top,
+        cli=orjson.dumps({"commands": [nasty]}).decode(),
+        body="{}",
+    )
+    rejection = RejectionRow(received.date(), received, "not_json", nasty, "raw", 3, top, 2, nasty)
+    rollup = RollupRow(
+        received.date(), 5, (3 << 64) | 9, received, deployments=top, rejected_by_reason={nasty: 1, Reason.NOT_JSON: 2}
+    )
+    store.write(Batch(snapshots=[snapshot, cli], rejections=[rejection], rollups=[rollup], partitions_total=8))
+    for table, row_type, written in (
+        ("snapshots", SnapshotRow, [cli, snapshot]),
+        ("rejections", RejectionRow, [rejection]),
+        ("rollup_partitions", RollupRow, [rollup]),
+    ):
+        names = columns(row_type)
+        got = store.client.query(f"SELECT {', '.join(names)} FROM {table} ORDER BY {names[1]}").result_rows
+        naive = [[v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in values(r)] for r in written]
+        want = sorted((tuple(v) for v in naive), key=lambda v: v[1])  # ClickHouse answers UTC times without a zone
+        assert [tuple(r) for r in got] == want, table
 
 
 # ---------------------------------------------------------------------------------------------
