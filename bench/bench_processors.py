@@ -25,7 +25,7 @@ valid bodies) and rejection count, or the run fails.
 
 Timing starts when the consumer has its partitions (rebalance listener; faust's "Ready"; the Kafka engine's
 `system.kafka_consumers` assignment) and ends when everything is stored. CPU seconds of the consuming process over
-the same interval are reported per body. The worker's run ends at its sink's last write once every body is
+the same interval are reported per body, and for the worker per thread (its event loop against ClickHouse's threads). The worker's run ends at its sink's last write once every body is
 acknowledged as stored; its final partial batch waits out processors.batch_seconds, so a "steady" rate without it
 is reported too. `main()` prints and returns the medians (and every sample); the last line is
 `full_vs_fastest_peer=<ratio>` (the worker's median over the faster peer's).
@@ -80,6 +80,22 @@ def _cpu_s(pid: int) -> float:
     """utime + stime of a process (all its threads), seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process so far, by kind: "event loop" (the main thread), else the thread's
+    name (chDB names its own: BgSchPool runs the refreshable views, MergeMutate the merges; the sink's write thread
+    shows as chDB names it while it inserts)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip() or "?"
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        kind = "event loop" if task.name == str(pid) else name
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,6 +360,7 @@ def run_full(
             ready = READY_LINE.search(log.read_text(errors="replace"))
             if ready:
                 cpu0 = _cpu_s(proc.pid)  # read within one poll (<= 50 ms) of the Ready line
+                threads0 = _thread_cpu_s(proc.pid)
                 t0 = datetime.strptime(ready.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
             else:
                 time.sleep(0.05)
@@ -360,6 +377,7 @@ def run_full(
                 writes[m["is_telemetry_sink_last_write_timestamp_seconds"]] = done
             if done >= n:
                 cpu1 = _cpu_s(proc.pid)
+                threads1 = _thread_cpu_s(proc.pid)
                 peak_rss_mb = _peak_rss_mb(proc.pid)
                 break
             time.sleep(0.1)
@@ -393,6 +411,13 @@ def run_full(
         sink_write_s_total=round(m.get("is_telemetry_sink_write_seconds_sum", 0), 2),
         sink_write_ms_mean=round(m.get("is_telemetry_sink_write_seconds_sum", 0) / n_writes * 1000) if n_writes else 0,
         peak_rss_mb=peak_rss_mb,
+        # where the CPU went while it ran, us per body: the event loop (faust, validation, the roll-up) and ClickHouse's
+        # threads (the inserts, the materialized and refreshable views, the merges)
+        thread_cpu_us_per_msg={
+            k: round((v - threads0.get(k, 0.0)) / n * 1e6, 1)
+            for k, v in sorted(threads1.items(), key=lambda kv: -(kv[1] - threads0.get(kv[0], 0.0)))
+            if v - threads0.get(k, 0.0) >= 0.01
+        },
     )
     if os.environ.get("BENCH_KEEP_LOG"):
         shutil.copy(log, os.environ["BENCH_KEEP_LOG"])
@@ -472,7 +497,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         extra = (
                             f"  (without the last batch {fig.get('steady_msgs_per_s', 0):,}/s; {fig['batches']} "
                             f"batches of ~{fig['mean_batch']}, sink {fig['sink_write_ms_mean']} ms/batch, "
-                            f"{fig['sink_write_s_total']}s in all, peak RSS {fig['peak_rss_mb']} MB)"
+                            f"{fig['sink_write_s_total']}s in all, peak RSS {fig['peak_rss_mb']} MB)\n"
+                            "                  us CPU/msg by thread: "
+                            + ", ".join(f"{k} {v}" for k, v in fig["thread_cpu_us_per_msg"].items())
                         )
                     print(
                         f"  run {i + 1} {v:12s} {fig['msgs_per_s']:>8,} msgs/s  {fig['seconds']:7.2f}s  "
