@@ -1,0 +1,91 @@
+"""A/B of worker settings, interleaved on one broker: what a lever is worth, measured side by side.
+
+    python -m bench.ab_worker [--rounds 3] [--messages 40000] NAME[:VAR=VALUE,...] ...
+
+Each NAME is a variant: `plain` runs the plain-consumer peer (bench/peers.py); any other name runs a real
+`is-telemetry worker` (bench/bench_processors.py `run_full`) with the given environment variables, e.g.
+`IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000`. The input is produced once; then, round after round, every variant reads
+it from offset 0 in turn, so all of them see the same machine load. Prints each run, then the median per variant.
+
+    python -m bench.ab_worker plain base big:IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000
+
+Not one of `python -m bench`'s benches (its name does not start with bench_): a tool for trying levers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import bench_processors as bp
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """'name:A=1,B=2' -> ('name', {'A': '1', 'B': '2'})."""
+    name, _, assignments = spec.partition(":")
+    env: dict[str, str] = {}
+    for item in filter(None, assignments.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(
+                f"error: {item!r} in {spec!r} is not VAR=VALUE (example: big:IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000)"
+            )
+        env[key] = value
+    return name, env
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m bench.ab_worker", description=__doc__.split("\n\n")[0])
+    ap.add_argument("variants", nargs="+", help="NAME[:VAR=VALUE,...]; the name plain runs the plain consumer")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=40_000)
+    args = ap.parse_args(argv)
+    variants = [parse_variant(v) for v in args.variants]
+
+    from is_telemetry.broker import EmbeddedBroker, free_port
+    from is_telemetry.config import load_settings
+    from is_telemetry.kafka import ensure_topics
+
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _env in variants}
+    with tempfile.TemporaryDirectory(prefix="bench-ab-worker-") as tmp:
+        workdir = Path(tmp)
+        with EmbeddedBroker(port=free_port(), log_file=workdir / "broker.log") as broker:
+            bootstrap = broker.bootstrap_servers
+            settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
+            topic, single = settings.kafka.raw_topic, settings.kafka.raw_topic + "-single"
+            ensure_topics(settings)
+            ensure_topics(load_settings(None, kafka={"bootstrap_servers": bootstrap, "raw_topic": single}))
+            expect = bp.produce(bootstrap, topic, single, args.messages)
+            for r in range(args.rounds):
+                for name, env in variants:
+                    saved = dict(os.environ)
+                    os.environ.update(env)  # the worker (a child process) inherits them
+                    try:
+                        if name == "plain":
+                            fig = bp.run_child("plain", bootstrap, topic, args.messages, expect, workdir)
+                        else:
+                            fig = bp.run_full(bootstrap, topic, args.messages, expect, workdir)
+                    finally:
+                        os.environ.clear()
+                        os.environ.update(saved)
+                    runs[name].append(fig)
+                    print(
+                        f"round {r + 1} {name:14s} {fig['msgs_per_s']:>8,} msgs/s {fig['cpu_us_per_msg']:6.1f} us CPU/msg"
+                        f"  load {bp._loadavg()}",
+                        flush=True,
+                    )
+    medians = {name: round(statistics.median(f["msgs_per_s"] for f in figs)) for name, figs in runs.items()}
+    for name, figs in runs.items():
+        cpu = statistics.median(f["cpu_us_per_msg"] for f in figs)
+        print(
+            f"{name:14s} median {medians[name]:>8,} msgs/s  {cpu:6.1f} us CPU/msg  runs {[f['msgs_per_s'] for f in figs]}"
+        )
+    return {"msgs_per_s": medians, "runs": runs}
+
+
+if __name__ == "__main__":
+    main()
