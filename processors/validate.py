@@ -102,13 +102,16 @@ def inconsistencies(message: TelemetryMessage) -> list[str]:
     if ec is None:
         return []
     a = ec.end_devices.activate_end_devices
+    day, week, month, active = a.last_day, a.last_week, a.last_month, a.total
+    if day <= week <= month <= active <= ec.end_devices.total:  # the usual case, in one comparison chain
+        return []
     found = []
-    if a.last_day > a.last_week:
+    if day > week:
         found.append("last_day>last_week")
-    if a.last_week > a.last_month:
+    if week > month:
         found.append("last_week>last_month")
-    if a.last_month > a.total:
+    if month > active:
         found.append("last_month>active_total")
-    if a.total > ec.end_devices.total:
+    if active > ec.end_devices.total:
         found.append("active_total>end_devices")
     return found

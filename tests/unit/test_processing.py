@@ -13,7 +13,7 @@ from is_telemetry.partitioning import partition_of
 from is_telemetry.uid import DEFAULT_CONSOLE_BASE_URL, uid_from_config, uid_from_elements
 from processors.dedup import Deduplicator
 from processors.pipeline import RawRecord, process
-from processors.validate import Reason, Rejection, validate
+from processors.validate import Reason, Rejection, inconsistencies, validate
 from tests.samples import SAMPLES
 
 D1, D2 = date(2026, 3, 1), date(2026, 3, 2)
@@ -128,6 +128,28 @@ def test_the_plausibility_check_sees_every_count(path: tuple[str, ...], value: i
         assert f"= {value} is above" in result.message
     else:
         assert not isinstance(result, Rejection), result
+
+
+@given(st.lists(st.integers(0, 5), min_size=5, max_size=5))
+def test_inconsistencies_name_every_window_that_cannot_hold(counts: list[int]) -> None:
+    day, week, month, active, total = counts
+    m = orjson.loads(SAMPLES["is-3.32.json"])
+    ed = m["entities_count"]["end_devices"]
+    ed["total"] = total
+    ed["activate_end_devices"] = {"total": active, "last_day": day, "last_week": week, "last_month": month}
+    message = validate(orjson.dumps(m))
+    assert not isinstance(message, Rejection)
+    expected = [
+        name
+        for name, broken in (
+            ("last_day>last_week", day > week),
+            ("last_week>last_month", week > month),
+            ("last_month>active_total", month > active),
+            ("active_total>end_devices", active > total),
+        )
+        if broken
+    ]
+    assert inconsistencies(message) == expected
 
 
 def test_negative_and_fractional_counts() -> None:
