@@ -3,7 +3,7 @@ in the table's order (tests/unit/test_rows.py checks each against `DESCRIBE` of 
 
     columns(SnapshotRow)      -> the column names, for inserts
     values(row)               -> the row's values in that order
-    encode_payload / decode_payload  -> rows on the snapshots topic (workers with --no-sink -> `is-telemetry sink`),
+    encode_payload(s) / decode_payload  -> rows on the snapshots topic (workers with --no-sink -> `is-telemetry sink`),
                                        with a format version
 
 `SnapshotRow` is the unit of truth (one per UID and day, latest wins); `RejectionRow` one per rejected record;
@@ -251,6 +251,21 @@ def encode_payload(snapshots: list[SnapshotRow], rejections: list[RejectionRow])
             "rejections": [_to_json(r) for r in rejections],
         },
         option=orjson.OPT_PASSTHROUGH_DATETIME,
+    )
+
+
+def encode_payloads(snapshots: list[SnapshotRow], rejections: list[RejectionRow], max_bytes: int) -> list[bytes]:
+    """The rows as snapshots-topic records of at most `max_bytes` each (a Kafka producer refuses a larger record):
+    one if they fit, else the rows halved until each part fits (a single row larger than that is left whole: the
+    broker then refuses it, with the reason)."""
+    payload = encode_payload(snapshots, rejections)
+    if len(payload) <= max_bytes or len(snapshots) + len(rejections) <= 1:
+        return [payload]
+    s, r = len(snapshots) // 2, len(rejections) // 2
+    if s + r == 0:  # one snapshot and one rejection: one each
+        s = len(snapshots)
+    return encode_payloads(snapshots[:s], rejections[:r], max_bytes) + encode_payloads(
+        snapshots[s:], rejections[r:], max_bytes
     )
 
 

@@ -26,7 +26,7 @@ from is_telemetry import gctuning
 from is_telemetry.config import Settings
 from is_telemetry.envelope import EnvelopeError, bodies_in, is_batch, unpack
 from is_telemetry.kafka import HEADER_USER_AGENT
-from is_telemetry.rows import PartitionBatch, encode_payload
+from is_telemetry.rows import PartitionBatch, encode_payloads
 from is_telemetry.streaming import FaustRewinder, faust_app, take_bodies
 from processors import metrics
 from processors.dedup import Deduplicator
@@ -201,14 +201,17 @@ class Processors:
         self, parts: list[PartitionBatch], events: list[Any], sends: list[Awaitable[Any]], bodies: int
     ) -> None:
         """Separate sink process: one snapshots-topic record per batch and source partition, in that partition."""
+        # a batch's rows of one partition can exceed what the producer sends in one record (5,000 bodies of one
+        # partition are ~5 MB): they go as several records, each under its limit
+        max_bytes = int(self.app.conf.producer_max_request_size * 0.9)
         for part in parts:
             if part.snapshots or part.rejections:
-                payload = encode_payload(part.snapshots, part.rejections)
-                sends.append(
-                    await self.snapshots.send(
-                        key=str(part.partition).encode(), value=payload, partition=part.partition, force=True
+                for payload in encode_payloads(part.snapshots, part.rejections, max_bytes):
+                    sends.append(
+                        await self.snapshots.send(
+                            key=str(part.partition).encode(), value=payload, partition=part.partition, force=True
+                        )
                     )
-                )
         try:
             for send in sends:
                 await send

@@ -19,6 +19,7 @@ from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import load_settings
 from is_telemetry.kafka import ensure_topics
 from producers.fleet_truth import analyst_ground_truth
+from producers.packed import send_packed
 from producers.simulator import generate, ground_truth, send_to_kafka
 from tests.analyst_checks import wait_for_analyst_views
 from tests.processes import Proc, expected_views, wait_for_views, wait_until, wait_until_ready, worker
@@ -113,6 +114,34 @@ def test_two_workers_and_a_separate_sink_process(broker: EmbeddedBroker, tmp_pat
             assert w.alive() and w.metric(RECORDS_METRIC) > 0, w.log()
     finally:
         for p in (w1, w2, sink):
+            p.terminate()
+
+
+def test_a_separate_sink_gets_the_rows_of_a_large_batch(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --no-sink worker publishes a batch's rows of each partition to the snapshots topic. Rows beyond what one Kafka
+    record may hold (the producer's max_request_size, 1 MB) go as several records. Before, a backlog in the collector's
+    format (100 bodies a record) made ~4,000 rows of one partition in a batch: the agent crashed on the oversize
+    record and restarted for ever, and nothing was stored."""
+    deliveries, expected = _simulation(1200, 150, 30, seed=4)
+    b = broker.bootstrap_servers
+    send_packed(deliveries, b, TOPIC, bodies_per_record=100, pack_keyless=True)  # the backlog, before the worker starts
+    monkeypatch.setenv("IS_TELEMETRY_PROCESSORS__BATCH_SIZE", str(len(deliveries)))  # the whole backlog in few batches
+    w = worker(b, _own_dir(tmp_path / "worker"), "worker", "--no-sink")
+    sink_port = free_port()
+    sink = Proc(
+        "sink",
+        ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port), "--log-level", "info"],
+        tmp_path,
+        sink_port,
+    )
+    try:
+        wait_until_ready(sink)
+        wait_for_views(sink, expected, timeout_s=240)
+        assert "MessageSizeTooLarge" not in w.log()
+    finally:
+        for p in (w, sink):
             p.terminate()
 
 

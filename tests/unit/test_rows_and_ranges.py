@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dashboard.panels import MAX_DAYS, BadRequest, resolve_range
-from is_telemetry.rows import PayloadError, SnapshotRow, datetime_to_ms, decode_payload, encode_payload, ms_to_datetime
+from is_telemetry.rows import (
+    PayloadError,
+    SnapshotRow,
+    datetime_to_ms,
+    decode_payload,
+    encode_payload,
+    encode_payloads,
+    ms_to_datetime,
+)
 from processors.pipeline import RawRecord, process
 from tests.samples import SAMPLES
 
@@ -29,6 +37,21 @@ def test_payload_round_trip_keeps_every_row_exactly() -> None:
     snapshots, rejections = _rows()
     assert snapshots and rejections
     assert decode_payload(encode_payload(snapshots, rejections)) == (snapshots, rejections)
+
+
+@pytest.mark.parametrize("copies", [1, 7, 60])
+def test_rows_too_many_for_one_record_go_as_several_under_the_limit(copies: int) -> None:
+    """A worker with --no-sink publishes a batch's rows of one partition; a Kafka producer refuses a record above
+    its max_request_size (the agent crashed and restarted for ever on 5,000 bodies of one partition)."""
+    snapshots, rejections = _rows()
+    snapshots, rejections = snapshots * copies, rejections * copies
+    limit = 20_000
+    payloads = encode_payloads(snapshots, rejections, limit)
+    assert all(len(p) <= limit for p in payloads)
+    assert (len(payloads) == 1) == (len(encode_payload(snapshots, rejections)) <= limit)  # split only if needed
+    decoded = [decode_payload(p) for p in payloads]
+    assert [r for s, _ in decoded for r in s] == snapshots  # every row once, in order
+    assert [r for _, j in decoded for r in j] == rejections
 
 
 @pytest.mark.parametrize("raw", [b"{", b"[]", b'{"format": 0}', b'{"format": "v0", "snapshots": []}'])
