@@ -46,20 +46,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     variants = [parse_variant(v) for v in args.variants]
 
-    from is_telemetry.broker import EmbeddedBroker, free_port
-    from is_telemetry.config import load_settings
-    from is_telemetry.kafka import ensure_topics
-
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _env in variants}
     with tempfile.TemporaryDirectory(prefix="bench-ab-worker-") as tmp:
         workdir = Path(tmp)
-        with EmbeddedBroker(port=free_port(), log_file=workdir / "broker.log") as broker:
-            bootstrap = broker.bootstrap_servers
-            settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
-            topic, single = settings.kafka.raw_topic, settings.kafka.raw_topic + "-single"
-            ensure_topics(settings)
-            ensure_topics(load_settings(None, kafka={"bootstrap_servers": bootstrap, "raw_topic": single}))
-            expect = bp.produce(bootstrap, topic, single, args.messages)
+        with bp.input_topics(workdir, args.messages) as (bootstrap, topic, _single, expect, _partitions):
             for r in range(args.rounds):
                 for name, env in variants:
                     saved = dict(os.environ)

@@ -25,7 +25,8 @@ valid bodies) and rejection count, or the run fails.
 
 Timing starts when the consumer has its partitions (rebalance listener; faust's "Ready"; the Kafka engine's
 `system.kafka_consumers` assignment) and ends when everything is stored. CPU seconds of the consuming process over
-the same interval are reported per body, and for the worker per thread (its event loop against ClickHouse's threads). The worker's run ends at its sink's last write once every body is
+the same interval are reported per body, and for the worker per thread (its event loop against ClickHouse's
+threads). The worker's run ends at its sink's last write once every body is
 acknowledged as stored; its final partial batch waits out processors.batch_seconds, so a "steady" rate without it
 is reported too. `main()` prints and returns the medians (and every sample); the last line is
 `full_vs_fastest_peer=<ratio>` (the worker's median over the faster peer's).
@@ -46,6 +47,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -139,6 +142,23 @@ def produce(bootstrap: str, topic: str, single_topic: str, n: int) -> dict[str, 
         "distinct_day_uid": len(keys),
         "produce_s": round(time.perf_counter() - started, 2),
     }
+
+
+@contextmanager
+def input_topics(workdir: Path, n: int) -> Iterator[tuple[str, str, str, dict[str, Any], int]]:
+    """An embedded broker with the input produced once: (bootstrap, raw topic, single-body topic, what ClickHouse must
+    end up with, partitions)."""
+    from is_telemetry.broker import EmbeddedBroker, free_port
+    from is_telemetry.config import load_settings
+    from is_telemetry.kafka import ensure_topics
+
+    with EmbeddedBroker(port=free_port(), log_file=workdir / "broker.log") as broker:
+        bootstrap = broker.bootstrap_servers
+        settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
+        topic, single = settings.kafka.raw_topic, settings.kafka.raw_topic + "-single"
+        ensure_topics(settings)
+        ensure_topics(load_settings(None, kafka={"bootstrap_servers": bootstrap, "raw_topic": single}))
+        yield bootstrap, topic, single, produce(bootstrap, topic, single, n), settings.kafka.partitions
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -396,6 +416,7 @@ def run_full(
             f"the worker rejected {_sum(m, 'is_telemetry_processor_rejected_total')} bodies, expected "
             f"{expect['rejected']}"
         )
+    thread_cpu = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}  # seconds while it ran
     fig = _figures(int(m["is_telemetry_processor_records_total"]), t1 - t0, cpu1 - cpu0)
     if before_last is not None and before_last > t0:
         fig["steady_msgs_per_s"] = round(writes[before_last] / (before_last - t0))
@@ -414,9 +435,7 @@ def run_full(
         # where the CPU went while it ran, us per body: the event loop (faust, validation, the roll-up) and ClickHouse's
         # threads (the inserts, the materialized and refreshable views, the merges)
         thread_cpu_us_per_msg={
-            k: round((v - threads0.get(k, 0.0)) / n * 1e6, 1)
-            for k, v in sorted(threads1.items(), key=lambda kv: -(kv[1] - threads0.get(kv[0], 0.0)))
-            if v - threads0.get(k, 0.0) >= 0.01
+            k: round(v / n * 1e6, 1) for k, v in sorted(thread_cpu.items(), key=lambda kv: -kv[1]) if v >= 0.01
         },
     )
     if os.environ.get("BENCH_KEEP_LOG"):
@@ -449,10 +468,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run(args.bootstrap, args.topic, args.group, args.messages, json.loads(args.expect), args.chdb, args.out)
         return {}
 
-    from is_telemetry.broker import EmbeddedBroker, free_port
-    from is_telemetry.config import load_settings
-    from is_telemetry.kafka import ensure_topics
-
     n = args.messages
     variants = [
         "raw",
@@ -470,16 +485,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load = {"before": _loadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-processors-") as tmp:
         workdir = Path(tmp)
-        with EmbeddedBroker(port=free_port(), log_file=workdir / "broker.log") as broker:
-            bootstrap = broker.bootstrap_servers
-            settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
-            topic, single = settings.kafka.raw_topic, settings.kafka.raw_topic + "-single"
-            ensure_topics(settings)
-            ensure_topics(load_settings(None, kafka={"bootstrap_servers": bootstrap, "raw_topic": single}))
-            expect = produce(bootstrap, topic, single, n)
+        with input_topics(workdir, n) as (bootstrap, topic, single, expect, partitions):
             print(
                 f"produced {n} bodies ({expect['mean_body_bytes']} bytes mean, {expect['rejected']} malformed, "
-                f"{expect['distinct_day_uid']} distinct (day, UID)) to {settings.kafka.partitions} partitions, packed "
+                f"{expect['distinct_day_uid']} distinct (day, UID)) to {partitions} partitions, packed "
                 f"and single, in {expect['produce_s']}s; load {_loadavg()}",
                 flush=True,
             )
@@ -512,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "messages": n,
         "mean_body_bytes": expect["mean_body_bytes"],
-        "partitions": settings.kafka.partitions,
+        "partitions": partitions,
         "repeats": args.repeats,
         "msgs_per_s": med,
         "cpu_us_per_msg": cpu,
@@ -532,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if steady:
         result["full_steady_msgs_per_s"] = round(statistics.median(steady))
     print(
-        f"medians of {args.repeats} ({n} bodies, {settings.kafka.partitions} partitions, {os.cpu_count()} CPUs, load "
+        f"medians of {args.repeats} ({n} bodies, {partitions} partitions, {os.cpu_count()} CPUs, load "
         f"{load['before']} -> {load['after']}):"
     )
     for v in variants:

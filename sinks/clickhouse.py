@@ -490,8 +490,8 @@ _JSON_INSERT = {"date_time_input_format": "best_effort"}
 
 def _json_columns(names: Sequence[str], types: Sequence[str], data: Sequence[list[Any]]) -> bytes:
     """The columns as one JSON object (ClickHouse's `JSONColumns` input); 128-bit integers as strings."""
-    columns = {n: [str(v) for v in col] if "Int128" in t else col for n, t, col in zip(names, types, data)}
-    return orjson.dumps(columns, option=orjson.OPT_NON_STR_KEYS)  # map keys may be str enums (rejection reasons)
+    by_name = {n: [str(v) for v in col] if "Int128" in t else col for n, t, col in zip(names, types, data)}
+    return orjson.dumps(by_name, option=orjson.OPT_NON_STR_KEYS)  # map keys may be str enums (rejection reasons)
 
 
 def _chdb_unusable(dsn: str, reason: str) -> str:

@@ -96,13 +96,7 @@ def test_two_workers_and_a_separate_sink_process(broker: EmbeddedBroker, tmp_pat
     # Each worker serves /metrics (so its processed-records counter can be read) from a data directory of its own:
     # chDB's files belong to one process, the sink's.
     w1, w2 = (worker(b, _own_dir(tmp_path / name), name, "--no-sink") for name in ("worker-1", "worker-2"))
-    sink_port = free_port()
-    sink = Proc(
-        "sink",
-        ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port), "--log-level", "info"],
-        tmp_path,
-        sink_port,
-    )
+    sink = _sink(b, tmp_path)
     try:
         wait_until_ready(sink)
         send_to_kafka(deliveries, b, TOPIC)
@@ -129,13 +123,7 @@ def test_a_separate_sink_gets_the_rows_of_a_large_batch(
     send_packed(deliveries, b, TOPIC, bodies_per_record=100, pack_keyless=True)  # the backlog, before the worker starts
     monkeypatch.setenv("IS_TELEMETRY_PROCESSORS__BATCH_SIZE", str(len(deliveries)))  # the whole backlog in few batches
     w = worker(b, _own_dir(tmp_path / "worker"), "worker", "--no-sink")
-    sink_port = free_port()
-    sink = Proc(
-        "sink",
-        ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port), "--log-level", "info"],
-        tmp_path,
-        sink_port,
-    )
+    sink = _sink(b, tmp_path)
     try:
         wait_until_ready(sink)
         wait_for_views(sink, expected, timeout_s=240)
@@ -143,6 +131,13 @@ def test_a_separate_sink_gets_the_rows_of_a_large_batch(
     finally:
         for p in (w, sink):
             p.terminate()
+
+
+def _sink(bootstrap: str, data_dir: Path) -> Proc:
+    """`is-telemetry sink` with its API (the chDB is its own) in `data_dir`."""
+    port = free_port()
+    args = ["sink", "--kafka", bootstrap, "--data-dir", str(data_dir), "--api-port", str(port), "--log-level", "info"]
+    return Proc("sink", args, data_dir, port)
 
 
 def _own_dir(path: Path) -> Path:
@@ -222,13 +217,7 @@ def test_a_worker_joins_and_leaves_while_records_flow(broker: EmbeddedBroker, tm
     move back); the sink's roll-up and the views stay exact."""
     deliveries, expected = _simulation(300, 60, 4, seed=17)
     b = broker.bootstrap_servers
-    sink_port = free_port()
-    sink = Proc(
-        "sink",
-        ["sink", "--kafka", b, "--data-dir", str(tmp_path), "--api-port", str(sink_port), "--log-level", "info"],
-        tmp_path,
-        sink_port,
-    )
+    sink = _sink(b, tmp_path)
     # Each worker serves /metrics (its processed-records counter) from a data directory of its own (chDB's files
     # belong to the sink).
     w1 = worker(b, _own_dir(tmp_path / "worker-1"), "worker-1", "--no-sink")
