@@ -5,7 +5,8 @@
 Each NAME is a variant: `plain` runs the plain-consumer peer (bench/peers.py); any other name runs a real
 `is-telemetry worker` (bench/bench_processors.py `run_full`) with the given environment variables, e.g.
 `IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000`. The input is produced once; then, round after round, every variant reads
-it from offset 0 in turn, so all of them see the same machine load. Prints each run, then the median per variant.
+it from offset 0 in turn, so all of them see the same machine load. Prints each run (for a worker, also its CPU per body
+by thread), then the median per variant.
 
     python -m bench.ab_worker plain base big:IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"  load {bp._loadavg()}",
                         flush=True,
                     )
+                    if "thread_cpu_us_per_msg" in fig:  # a worker: where its CPU went, us per body by thread
+                        print(f"    threads {fig['thread_cpu_us_per_msg']}", flush=True)
     medians = {name: round(statistics.median(f["msgs_per_s"] for f in figs)) for name, figs in runs.items()}
     for name, figs in runs.items():
         cpu = statistics.median(f["cpu_us_per_msg"] for f in figs)
