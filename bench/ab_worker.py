@@ -2,8 +2,9 @@
 
     python -m bench.ab_worker [--rounds 3] [--messages 40000] NAME[:VAR=VALUE,...] ...
 
-Each NAME is a variant: `plain` runs the plain-consumer peer (bench/peers.py); any other name runs a real
-`is-telemetry worker` (bench/bench_processors.py `run_full`) with the given environment variables, e.g.
+Each NAME is a variant: `plain` runs the plain-consumer peer (bench/peers.py), `plain_same_work` the plain loop
+doing the worker's work (its pipeline, roll-up and store, in sequence: not a peer, a reference); any other name
+runs a real `is-telemetry worker` (bench/bench_processors.py `run_full`) with the given environment variables, e.g.
 `IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000`. The input is produced once; then, round after round, every variant reads
 it from offset 0 in turn, so all of them see the same machine load. Prints each run (for a worker, also its CPU per body
 by thread), then the median per variant.
@@ -24,6 +25,9 @@ from typing import Any
 
 from bench import bench_processors as bp
 
+#: Variant names that run a peer (bench/peers.py) rather than a worker.
+PEERS = ("plain", "plain_same_work")
+
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     """'name:A=1,B=2' -> ('name', {'A': '1', 'B': '2'})."""
@@ -41,7 +45,9 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.ab_worker", description=__doc__.split("\n\n")[0])
-    ap.add_argument("variants", nargs="+", help="NAME[:VAR=VALUE,...]; the name plain runs the plain consumer")
+    ap.add_argument(
+        "variants", nargs="+", help="NAME[:VAR=VALUE,...]; the names plain and plain_same_work run those peers"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--messages", type=int, default=40_000)
     args = ap.parse_args(argv)
@@ -56,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     saved = dict(os.environ)
                     os.environ.update(env)  # the worker (a child process) inherits them
                     try:
-                        if name == "plain":
-                            fig = bp.run_child("plain", bootstrap, topic, args.messages, expect, workdir)
+                        if name in PEERS:
+                            fig = bp.run_child(name, bootstrap, topic, args.messages, expect, workdir)
                         else:
                             fig = bp.run_full(bootstrap, topic, args.messages, expect, workdir)
                     finally:

@@ -18,8 +18,11 @@ Then, R times, each variant reads a whole topic from offset 0 with a consumer gr
                   one insert per table per batch, commit after insert, the worker's GC settings (bench/peers.py);
 5. kafka_engine - peer: ClickHouse's Kafka table engine in chDB, validation and extraction in SQL materialized
                   views (bench/peers.py);
-6. full         - a real `is-telemetry worker` process (validate, re-key check, roll-up, sink to a fresh chDB);
-7. full_single  - (with --single) the same worker on the single-body topic.
+6. plain_same_work - not a peer, a reference: a plain aiokafka loop doing the worker's work in sequence (its
+                  pipeline, roll-up and store with every view; no dead letters published): what faust and the
+                  worker's pipelined write cost or gain (`full_vs_plain_same_work`);
+7. full         - a real `is-telemetry worker` process (validate, re-key check, roll-up, sink to a fresh chDB);
+8. full_single  - (with --single) the same worker on the single-body topic.
 Peers and the worker read the raw topic; each must end with the exact snapshot count (distinct (day, UID) of the
 valid bodies) and rejection count, or the run fails.
 
@@ -454,7 +457,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--take", action="store_true", help="also measure a faust agent with the worker's noack_take loop")
     ap.add_argument("--single", action="store_true", help="also measure the worker on the single-body topic")
     ap.add_argument("--only", help="comma-separated variants to measure (default: all)")
-    ap.add_argument("--child", choices=["bare", "take", "plain", "kafka_engine"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child", choices=["bare", "take", "plain", "plain_same_work", "kafka_engine"], help=argparse.SUPPRESS
+    )
     for hidden in ("--bootstrap", "--topic", "--group", "--out", "--chdb", "--expect"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -464,7 +469,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child:
         from bench import peers
 
-        run = peers.run_plain if args.child == "plain" else peers.run_kafka_engine
+        run = {"plain": peers.run_plain, "plain_same_work": peers.run_plain_same_work}.get(
+            args.child, peers.run_kafka_engine
+        )
         run(args.bootstrap, args.topic, args.group, args.messages, json.loads(args.expect), args.chdb, args.out)
         return {}
 
@@ -475,6 +482,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         *(["take"] if args.take else []),
         "plain",
         "kafka_engine",
+        "plain_same_work",
         "full",
         *(["full_single"] if args.single else []),
     ]
@@ -511,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             + ", ".join(f"{k} {v}" for k, v in fig["thread_cpu_us_per_msg"].items())
                         )
                     print(
-                        f"  run {i + 1} {v:12s} {fig['msgs_per_s']:>8,} msgs/s  {fig['seconds']:7.2f}s  "
+                        f"  run {i + 1} {v:15s} {fig['msgs_per_s']:>8,} msgs/s  {fig['seconds']:7.2f}s  "
                         f"{fig['cpu_us_per_msg']:6.1f} us CPU/msg{extra}  load {_loadavg()}",
                         flush=True,
                     )
@@ -530,6 +538,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "samples": samples,
     }
     ratios = {f"full_vs_{p}": round(med["full"] / med[p], 3) for p in peer_names if "full" in med}
+    if "full" in med and "plain_same_work" in med:  # a reference, not a peer: what faust and the pipelining give
+        ratios["full_vs_plain_same_work"] = round(med["full"] / med["plain_same_work"], 3)
     if "full" in med and "bare" in med:
         ratios["full_vs_bare"] = round(med["full"] / med["bare"], 3)
     if "take" in med and "bare" in med:
@@ -545,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{load['before']} -> {load['after']}):"
     )
     for v in variants:
-        print(f"  {v:12s} {med[v]:>8,} msgs/s  {cpu[v]:6.1f} us CPU/msg")
+        print(f"  {v:15s} {med[v]:>8,} msgs/s  {cpu[v]:6.1f} us CPU/msg")
     for k, r in ratios.items():
         print(f"  {k} {r:.2f}")
     if steady:

@@ -8,6 +8,10 @@ topic from offset 0 with a consumer group of its own, and ends once every body i
   (processors/validate.py) and snapshot rows, a latest-per-(day, UID) dict per batch, one insert per table per
   batch into ClickHouse (clickhouse-connect, the project's two tables without its views), the offsets committed after the insert, the
   worker's GC settings. No day aggregates: just snapshots and rejections.
+- `plain_same_work` (a reference, not a peer: no user would write it instead of the worker): the plain loop doing
+  the worker's work in sequence: the worker's own pipeline (`process`, `partition_batches`), roll-up and
+  `ClickHouseStore.write` with every table and view of the schema, the offsets committed after the write. Dead
+  letters and re-keys are not published. It shows what faust and the worker's pipelined write cost or gain.
 - `kafka_engine`: ClickHouse's own Kafka table engine inside chDB (librdkafka), `JSONEachRow` over the batch
   records, validation and extraction in SQL materialized views into a snapshots table (ReplacingMergeTree) and a
   rejections table. librdkafka's session timeout is set to 10 s through a server config file, or it waits ~25 s
@@ -153,6 +157,76 @@ def run_plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[str, 
     gc.set_threshold(50_000, 20, 10)  # the worker's setting (is_telemetry/streaming.py)
     gc.freeze()
     fig = asyncio.run(_plain(bootstrap, topic, group, n, expect, chdb_dir))
+    Path(out).write_text(json.dumps(fig))
+
+
+# ------------------------------------------------------------------------------- plain, doing the worker's work
+
+
+async def _plain_same_work(bootstrap: str, topic: str, group: str, n: int, chdb_dir: str) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from is_telemetry import gctuning
+    from is_telemetry.config import load_settings
+    from processors.pipeline import process
+    from processors.rollup import Rollups, roll_up
+    from processors.worker import partition_batches, records_of
+    from sinks.clickhouse import ClickHouseStore
+
+    store = ClickHouseStore(f"chdb://{chdb_dir}").open()  # every table and view of the schema, as the worker's
+    consumer, marks = await timed_consumer(bootstrap, topic, group, 8 * 1024 * 1024)
+    settings = load_settings()  # the raw topic's partitions as the bench made them (input_topics), the state window
+    partitions = settings.kafka.partitions
+    rollups = Rollups(settings.processors.state_days, partitions)
+    bodies = 0
+    try:
+        while bodies < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=50)  # 50 records of 100 bodies: 5,000
+            if not batches:
+                continue
+            with gctuning.paused():
+                events = [
+                    SimpleNamespace(
+                        value=r.value,
+                        message=SimpleNamespace(
+                            value=r.value,
+                            key=r.key,
+                            headers=r.headers,
+                            timestamp=r.timestamp / 1000,
+                            topic=r.topic,
+                            partition=r.partition,
+                            offset=r.offset,
+                        ),
+                    )
+                    for tp_records in batches.values()
+                    for r in tp_records
+                ]
+                records = [rec for e in events for rec in records_of(e)]
+                outcome = process(records, partitions)  # dead letters and re-keys are not published here
+                batch = roll_up(rollups, store, partition_batches(records, outcome))
+            store.write(batch)
+            await consumer.commit()
+            bodies += len(records)
+        t1, cpu1 = time.perf_counter(), time.process_time()
+    finally:
+        await consumer.stop()
+    client = store.client
+    stored = client.query("SELECT count() FROM snapshots FINAL").result_rows[0][0]
+    rejections = client.query("SELECT count() FROM rejections FINAL").result_rows[0][0]
+    store.close()
+    return _figures(bodies, t1 - marks["t0"], cpu1 - marks["cpu0"], snapshots=stored, rejections=rejections)
+
+
+def run_plain_same_work(
+    bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str, out: str
+) -> None:
+    """Not a peer: the reference that shows what faust and the worker's pipelined write cost or gain. A plain loop
+    doing the worker's work in sequence: its pipeline, roll-up and store with every view (`--only plain_same_work`)."""
+    from is_telemetry import gctuning
+
+    gctuning.tune()
+    gctuning.freeze()
+    fig = asyncio.run(_plain_same_work(bootstrap, topic, group, n, chdb_dir))
     Path(out).write_text(json.dumps(fig))
 
 
