@@ -58,6 +58,16 @@ def _figures(count: int, seconds: float, cpu_s: float, **extra: Any) -> dict[str
     }
 
 
+def _stored_figures(store: Any, bodies: int, seconds: float, cpu_s: float) -> dict[str, Any]:
+    """The run's figures with what the store holds in the end (the exact counts are checked by the bench), and the
+    store closed."""
+    client = store.client
+    stored = client.query("SELECT count() FROM snapshots FINAL").result_rows[0][0]
+    rejections = client.query("SELECT count() FROM rejections FINAL").result_rows[0][0]
+    store.close()
+    return _figures(bodies, seconds, cpu_s, snapshots=stored, rejections=rejections)
+
+
 async def timed_consumer(
     bootstrap: str, topic: str, group: str, max_partition_fetch_bytes: int
 ) -> tuple[Any, dict[str, float]]:
@@ -147,10 +157,7 @@ async def _plain(
         t1, cpu1 = time.perf_counter(), time.process_time()
     finally:
         await consumer.stop()
-    stored = client.query("SELECT count() FROM snapshots FINAL").result_rows[0][0]
-    rejections = client.query("SELECT count() FROM rejections FINAL").result_rows[0][0]
-    store.close()
-    return _figures(bodies, t1 - marks["t0"], cpu1 - marks["cpu0"], snapshots=stored, rejections=rejections)
+    return _stored_figures(store, bodies, t1 - marks["t0"], cpu1 - marks["cpu0"])
 
 
 def run_plain(bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str, out: str) -> None:
@@ -210,22 +217,17 @@ async def _plain_same_work(bootstrap: str, topic: str, group: str, n: int, chdb_
         t1, cpu1 = time.perf_counter(), time.process_time()
     finally:
         await consumer.stop()
-    client = store.client
-    stored = client.query("SELECT count() FROM snapshots FINAL").result_rows[0][0]
-    rejections = client.query("SELECT count() FROM rejections FINAL").result_rows[0][0]
-    store.close()
-    return _figures(bodies, t1 - marks["t0"], cpu1 - marks["cpu0"], snapshots=stored, rejections=rejections)
+    return _stored_figures(store, bodies, t1 - marks["t0"], cpu1 - marks["cpu0"])
 
 
 def run_plain_same_work(
     bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str, out: str
 ) -> None:
     """Not a peer: the reference that shows what faust and the worker's pipelined write cost or gain. A plain loop
-    doing the worker's work in sequence: its pipeline, roll-up and store with every view (`--only plain_same_work`)."""
+    doing the worker's work in sequence: its pipeline, roll-up and store with every view."""
     from is_telemetry import gctuning
 
-    gctuning.tune()
-    gctuning.freeze()
+    gctuning.tune()  # the worker's GC settings
     fig = asyncio.run(_plain_same_work(bootstrap, topic, group, n, chdb_dir))
     Path(out).write_text(json.dumps(fig))
 
