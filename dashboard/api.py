@@ -1,9 +1,10 @@
 """The HTTP API: analysts' read-only SQL, health, metrics, and the dashboard (dashboard/panels.py).
 
-`POST /api/sql` takes `application/json` `{"query": "SELECT ..."}` only (a browser cannot send that cross-site
-without a CORS preflight, which this server never grants), with `Authorization: Bearer <api.token>` when a token
-is set. Every query runs through dashboard/analyst_sql.py: one reading statement, checked by ClickHouse's
-parser, on a read-only session with time, memory and result limits, cancelled when the client goes away.
+`POST /api/sql` takes `application/json` `{"query": "SELECT ...", "format": "json"}` only (a browser cannot send
+that cross-site without a CORS preflight, which this server never grants), with `Authorization: Bearer <api.token>`
+when a token is set. Every statement runs through dashboard/sql_endpoint.py: parsed by ClickHouse, checked against
+allowlists, run on a read-only session with time, memory and result limits, its output streamed as ClickHouse
+wrote it, cancelled when the client goes away.
 
 Every `/api/*` and `/metrics` request is refused (403) when the browser says it comes from another site
 (`Sec-Fetch-Site`, `Origin`), and, without a token, when its `Host` is not a loopback name or one of
@@ -12,13 +13,9 @@ Every `/api/*` and `/metrics` request is refused (403) when the browser says it 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -30,8 +27,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dashboard import metrics, panels
-from dashboard.analyst_sql import AnalystSessions, new_query_id
-from dashboard.responses import OrjsonResponse, error, json_value, refused
+from dashboard.analyst_sql import AnalystSessions, SqlSessions
+from dashboard.responses import OrjsonResponse, error, refused
+from dashboard.sql_endpoint import SqlEndpoint, request_of
 from is_telemetry.config import Settings, is_loopback
 from is_telemetry.errors import Forbidden, RequestRefused, Unauthorized, UnsupportedMediaType
 from is_telemetry.httpedge import read_body
@@ -88,40 +86,11 @@ class BrowserGuard:
         await self.app(scope, receive, send)
 
 
-def _run_sql(sessions: AnalystSessions, query: str, query_id: str) -> bytes:
-    """Check, run and serialise one analyst query (on an analyst thread, never on an event loop)."""
-    result = sessions.run_client_sql(query, query_id)
-    return orjson.dumps({"columns": result.columns, "rows": [[json_value(v) for v in r] for r in result.rows]})
-
-
-def _query_of(raw: bytes) -> str:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
-    query = body.get("query") if isinstance(body, dict) else None
-    if not isinstance(query, str):
-        raise RequestRefused('the body must be JSON {"query": "SELECT ..."}')
-    if not query.strip():
-        raise RequestRefused("empty query")
-    return query
-
-
-async def _client_gone(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read: the next message is the disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-def create_app(
-    settings: Settings, sessions: AnalystSessions, panel_sessions: AnalystSessions | None = None
-) -> Starlette:
-    """The API app: POST /api/sql runs on `sessions`; the dashboard's panels on `panel_sessions` (default: the same),
-    so that a pool saturated by ad-hoc queries leaves the dashboard answering."""
+def create_app(settings: Settings, sessions: SqlSessions, panel_sessions: AnalystSessions) -> Starlette:
+    """The API app: POST /api/sql runs on `sessions` (dashboard/sql_endpoint.py); the dashboard's panels on
+    `panel_sessions`, so that a pool saturated by ad-hoc queries leaves the dashboard answering."""
     token = settings.api.token.encode()
-    executor = ThreadPoolExecutor(max_workers=settings.api.query_concurrency + 1, thread_name_prefix="analyst-sql")
+    endpoint = SqlEndpoint(sessions, settings.api.query_timeout_s, settings.api.query_max_result_bytes)
 
     def check_token(request: Request) -> None:
         if not token:
@@ -136,28 +105,12 @@ def create_app(
         if media_type != _JSON:
             raise UnsupportedMediaType('POST /api/sql takes Content-Type: application/json, {"query": "SELECT ..."}')
         raw = await read_body(request, settings.api.max_sql_bytes, BODY_TIMEOUT_S)
-        query = _query_of(raw)
-        query_id = new_query_id()
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        work = loop.run_in_executor(executor, _run_sql, sessions, query, query_id)
-        gone = asyncio.ensure_future(_client_gone(request))
+        query, fmt = request_of(raw, request.query_params)
         try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
-        finally:
-            gone.cancel()
-        if not work.done():  # the client hung up: stop its query instead of finishing it for nobody
-            await loop.run_in_executor(None, sessions.cancel, query_id)
-            metrics.QUERIES.labels("cancelled").inc()
-            return Response(status_code=499)
-        try:
-            body = work.result()
+            return await endpoint(request, query, fmt)
         except RequestRefused as exc:
             metrics.QUERIES.labels(exc.code).inc()
             raise
-        metrics.QUERIES.labels("ok").inc()
-        metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
-        return Response(body, media_type=_JSON)
 
     async def healthz(request: Request) -> Response:
         return OrjsonResponse({"status": "ok"})
@@ -181,7 +134,7 @@ def create_app(
         Route("/api/sql", sql, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint),
-        *panels.routes(settings, panel_sessions or sessions),
+        *panels.routes(settings, panel_sessions),
     ]
     allowed = frozenset(h.lower() for h in [*settings.api.allowed_hosts, settings.api.host] if h)
     app = Starlette(
@@ -189,16 +142,17 @@ def create_app(
         middleware=[Middleware(BrowserGuard, check_host=not token, allowed_hosts=allowed)],
         exception_handlers={RequestRefused: on_refused, HTTPException: on_http, Exception: on_internal},
     )
-    app.state.sessions = sessions
-    app.state.executor = executor
+    app.state.endpoint = endpoint
     return app
 
 
 PANEL_SESSIONS = 2
 
 
-def app_from_settings(settings: Settings) -> tuple[Starlette, list[AnalystSessions]]:
-    """The app with its two session pools: ad-hoc SQL (api.query_concurrency) and the dashboard (2)."""
-    sessions = AnalystSessions.from_settings(settings)
+def app_from_settings(settings: Settings) -> tuple[Starlette, AnalystSessions, SqlEndpoint]:
+    """The app with what holds its ClickHouse sessions: the dashboard's pool (2) and the SQL endpoint's
+    (api.query_concurrency); close both when the server stops."""
+    sessions = SqlSessions.from_settings(settings)
     panel_sessions = AnalystSessions.from_settings(settings, size=PANEL_SESSIONS)
-    return create_app(settings, sessions, panel_sessions), [sessions, panel_sessions]
+    app = create_app(settings, sessions, panel_sessions)
+    return app, panel_sessions, app.state.endpoint

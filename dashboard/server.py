@@ -15,6 +15,7 @@ import uvicorn
 
 from dashboard.analyst_sql import AnalystSessions
 from dashboard.api import app_from_settings
+from dashboard.sql_endpoint import SqlEndpoint
 from is_telemetry.config import Settings, check_api_exposure
 from is_telemetry.httpedge import edge_limits, server_config
 
@@ -23,28 +24,28 @@ log = logging.getLogger(__name__)
 KEEP_ALIVE_S = 5
 
 
-def api_server(settings: Settings, log_level: str = "warning") -> tuple[uvicorn.Server, list[AnalystSessions]]:
+def api_server(settings: Settings, log_level: str = "warning") -> tuple[uvicorn.Server, AnalystSessions, SqlEndpoint]:
     check_api_exposure(settings)
-    app, sessions = app_from_settings(settings)
+    app, panel_sessions, sql = app_from_settings(settings)
     config = server_config(
         app, settings.api.host, settings.api.port, edge_limits(settings.api), log_level, timeout_keep_alive=KEEP_ALIVE_S
     )
-    return uvicorn.Server(config), sessions
+    return uvicorn.Server(config), panel_sessions, sql
 
 
 class ApiThread:
     """The API on a thread of its own (uvicorn installs no signal handlers off the main thread)."""
 
     def __init__(self, settings: Settings, log_level: str = "warning") -> None:
-        self.server, self.sessions = api_server(settings, log_level)
+        self.server, self.panel_sessions, self.sql = api_server(settings, log_level)
         self.thread = threading.Thread(target=self._run, name="api", daemon=True)
 
     def _run(self) -> None:
         try:
             self.server.run()
         finally:
-            for pool in self.sessions:
-                pool.close()
+            self.sql.close()
+            self.panel_sessions.close()
 
     def start(self) -> ApiThread:
         self.thread.start()
@@ -59,13 +60,13 @@ class ApiThread:
 
 def serve(settings: Settings, log_level: str = "warning") -> None:
     """`is-telemetry api`: the API and dashboard until SIGTERM/SIGINT."""
-    server, sessions = api_server(settings, log_level)
-    sessions[0].probe()
+    server, panel_sessions, sql = api_server(settings, log_level)
+    panel_sessions.probe()
     print(f"API and dashboard on http://{settings.api.host}:{settings.api.port}/", flush=True)
     try:
         server.run()
     finally:
-        for pool in sessions:
-            pool.close()
+        sql.close()
+        panel_sessions.close()
     if not server.started:
         raise SystemExit(f"the API could not listen on {settings.api.host}:{settings.api.port}")

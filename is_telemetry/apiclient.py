@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import Any, BinaryIO
 
 import httpx
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from is_telemetry.errors import TelemetryError
@@ -31,20 +33,59 @@ def _error_of(r: httpx.Response) -> ApiError:
 def sql(
     base_url: str, query: str, token: str = "", timeout_s: float = 30.0, client: httpx.Client | None = None
 ) -> tuple[list[str], list[list[Any]]]:
-    """(columns, rows) of a read-only query through POST /api/sql."""
+    """(columns, rows) of a read-only query through POST /api/sql (its JSON format)."""
+    out = io.BytesIO()
+    sql_to(out, base_url, query, "json", token, timeout_s, client)
+    try:
+        body = orjson.loads(out.getvalue())
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(
+            200, "bad_response", f"the API at {base_url} answered something that is not JSON: {exc}"
+        ) from exc
+    if not isinstance(body, dict) or not isinstance(body.get("rows"), list):
+        raise ApiError(200, "bad_response", f"the API at {base_url} answered JSON without rows")
+    if isinstance(body.get("error"), dict):  # a result cut short: it ends with its error
+        raise ApiError(200, str(body["error"].get("error", "")), str(body["error"].get("message", "")))
+    return list(body["columns"]), list(body["rows"])
+
+
+def sql_to(
+    out: BinaryIO,
+    base_url: str,
+    query: str,
+    fmt: str = "json",
+    token: str = "",
+    timeout_s: float = 30.0,
+    client: httpx.Client | None = None,
+) -> None:
+    """Write the result of a read-only query in `fmt` (json, csv, tsv, parquet, arrow) to `out` as it arrives.
+    ApiError if it is refused, or cut short (a body that does not end as HTTP says it must)."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
     url = base_url.rstrip("/") + "/api/sql"
+    owned = client is None
+    http = client if client is not None else httpx.Client()
     try:
-        if client is not None:
-            r = client.post(url, json={"query": query}, headers=headers, timeout=timeout_s)
-        else:
-            r = httpx.post(url, json={"query": query}, headers=headers, timeout=timeout_s)
+        with http.stream("POST", url, json={"query": query, "format": fmt}, headers=headers, timeout=timeout_s) as r:
+            if r.status_code != 200:
+                r.read()
+                raise _error_of(r)
+            for chunk in r.iter_bytes():
+                out.write(chunk)
+    except httpx.RemoteProtocolError as exc:  # the server closed a result it had to cut short
+        raise ApiError(200, "result_cut", f"the result from {base_url} was cut short: {_last_line(out)}") from exc
     except httpx.HTTPError as exc:
         raise ApiError(0, "unreachable", f"cannot reach the API at {base_url}: {exc}") from exc
-    if r.status_code != 200:
-        raise _error_of(r)
-    body = r.json()
-    return list(body["columns"]), list(body["rows"])
+    finally:
+        if owned:
+            http.close()
+
+
+def _last_line(out: BinaryIO) -> str:
+    """The `#error ...` line a cut-short text result ends with, if `out` can be read back."""
+    if not isinstance(out, io.BytesIO):
+        return "see the end of the output"
+    tail = out.getvalue()[-1000:].rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    return tail.decode("utf-8", "replace").removeprefix("#error ") if tail.startswith(b"#error ") else "no reason given"
 
 
 def sql_rows(

@@ -284,18 +284,25 @@ def api(
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="A read-only SQL query (SELECT, SHOW, DESCRIBE, ...)")],
+    query: Annotated[str, typer.Argument(help="A read-only SQL statement (SELECT, WITH or EXPLAIN)")],
     api: Annotated[
         Optional[str],
         typer.Option(
             "--api",
             show_default=False,
-            help="A stack's API, e.g. http://127.0.0.1:8481 (default else its chDB read directly, from the API the running `up` recorded in the data directory)",
+            help="The API to ask, e.g. http://127.0.0.1:8481 (default: the one a running `up` recorded in the data "
+            "directory, else the data directory's chDB, read-only)",
         ),
     ] = None,
     clickhouse: ClickHouseOpt = None,
     data_dir: DataDirOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table|csv|json")] = "table",
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="table, csv or json (printed); parquet, arrow or tsv (--output)")
+    ] = "table",
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write the result to this file, as ClickHouse wrote it")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="On an error, ClickHouse's whole message")] = False,
     token: Annotated[
         Optional[str], typer.Option("--token", envvar="IS_TELEMETRY_API__TOKEN", help="Bearer token of the API")
     ] = None,
@@ -303,16 +310,29 @@ def sql(
 ) -> None:
     """Run a read-only query: through the running stack's API (found in the data directory), else on the data
     directory's chDB (read-only), or directly against a ClickHouse server (--clickhouse)."""
-    from is_telemetry.sqlcli import SqlError, format_result, run_query
+    from is_telemetry.sqlcli import EXPORTED, PRINTED, SqlError, fetch, format_result, run_query
 
-    if fmt not in ("table", "csv", "json"):
-        typer.echo("error: --format must be table, csv or json", err=True)
+    if fmt not in PRINTED + EXPORTED:
+        typer.echo(f"error: --format must be one of {', '.join(PRINTED + EXPORTED)}", err=True)
+        raise typer.Exit(2)
+    if fmt in EXPORTED and output is None:
+        typer.echo(f"error: --format {fmt} writes a file: add --output FILE", err=True)
         raise typer.Exit(2)
     s = settings_from(config, data_dir=data_dir, clickhouse={"dsn": clickhouse}, api={"clickhouse_dsn": clickhouse})
+    direct = clickhouse is not None
     try:
-        columns, rows = run_query(s, query, api=api, token=token, direct=clickhouse is not None)
+        if output is not None:
+            with output.open("wb") as out:
+                fetch(s, query, api, token, direct, "json" if fmt == "table" else fmt, out)
+            typer.echo(f"wrote {output} ({output.stat().st_size} bytes)", err=True)
+            return
+        columns, rows = run_query(s, query, api=api, token=token, direct=direct)
     except SqlError as exc:
         typer.echo(f"error: {exc}", err=True)
+        if verbose and exc.detail:
+            from is_telemetry.termsafe import printable
+
+            typer.echo(printable(exc.detail), err=True)
         raise typer.Exit(1) from exc
     sys.stdout.write(format_result(columns, rows, fmt))
 

@@ -92,6 +92,12 @@ class WriteRefused(Forbidden):
     code = "writes_not_allowed"
 
 
+class NotAllowed(Forbidden):
+    """A statement that uses a function, table, table function or clause that is not on the analysts' allowlists."""
+
+    code = "not_allowed"
+
+
 class PayloadTooLarge(RequestRefused):
     status, code = 413, "too_large"
 

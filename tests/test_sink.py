@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from dashboard.analyst_sql import AnalystSessions, QueryLimits, new_query_id
-from is_telemetry.errors import QueryFailed, RequestRefused, WriteRefused
+from dashboard.analyst_sql import AnalystSessions, QueryLimits, SqlSessions
+from is_telemetry.errors import QueryFailed, RequestRefused
 from is_telemetry.kafka import HEADER_RECEIVED_AT
 from is_telemetry.partitioning import partition_of
 from is_telemetry.rows import Batch, RejectionRow, RollupRow, SnapshotRow, columns, values
@@ -850,8 +850,8 @@ WRITES = [
 ]
 
 
-def analyst_sessions(store: ClickHouseStore, **limits: Any) -> AnalystSessions:
-    return AnalystSessions(store.dsn, QueryLimits(**limits), size=2, queue_s=1)
+def analyst_sessions(store: ClickHouseStore, **limits: Any) -> SqlSessions:
+    return SqlSessions(store.dsn, QueryLimits(**limits), size=2, queue_s=1)
 
 
 def test_analyst_queries_cannot_write(store: ClickHouseStore):
@@ -860,14 +860,12 @@ def test_analyst_queries_cannot_write(store: ClickHouseStore):
     sessions = analyst_sessions(store)
     try:
         for sql in WRITES:
-            with pytest.raises((WriteRefused, QueryFailed)) as refused:
-                sessions.run_client_sql(sql, new_query_id())
+            with pytest.raises(RequestRefused) as refused:
+                sessions.run(sql)
             assert refused.value.status in (400, 403), sql
-        assert sessions.run_client_sql("SELECT count() FROM system.tables WHERE name = 'intruder'", "q").rows == [(0,)]
+        assert sessions.run("SELECT count() FROM system.tables WHERE name = 'intruder'").rows == [(0,)]
         with pytest.raises(QueryFailed) as too_many:
-            AnalystSessions(store.dsn, QueryLimits(max_result_rows=10)).run_client_sql(
-                "SELECT number FROM numbers(1000)", "q"
-            )
+            SqlSessions(store.dsn, QueryLimits(max_result_rows=10)).run("SELECT number FROM numbers(1000)")
         assert too_many.value.extra["clickhouse_error"] == "TOO_MANY_ROWS_OR_BYTES"
     finally:
         sessions.close()
@@ -878,11 +876,11 @@ def test_refused_analyst_statements_do_not_break_the_writer(store: ClickHouseSto
     sessions = analyst_sessions(store)
     try:
         for sql in WRITES:
-            with pytest.raises((WriteRefused, QueryFailed)):
-                sessions.run_client_sql(sql, new_query_id())
+            with pytest.raises(RequestRefused):
+                sessions.run(sql)
         with pytest.raises(QueryFailed):
-            sessions.run_client_sql("SELECT number FROM numbers(300000)", "q")  # over the 100k result limit
-        assert sessions.run_client_sql("SELECT 42", "q").rows == [(42,)]  # the next query gets its own answer
+            sessions.run("SELECT number FROM numbers(300000)")  # over the 100k result limit
+        assert sessions.run("SELECT 42").rows == [(42,)]  # the next query gets its own answer
     finally:
         sessions.close()
     consume(store, [to_records(small_deliveries())])  # and the writer still writes
@@ -944,7 +942,7 @@ def test_analysts_doc_queries_run(tmp_path: Path):
         try:
             for title, sql in queries:
                 try:  # exactly as /api/sql and `is-telemetry sql` run it: checked, read-only, limited
-                    result_ = sessions.run_client_sql(sql, new_query_id())
+                    result_ = sessions.run(sql)
                 except RequestRefused as exc:
                     pytest.fail(f"docs/analysts.md query {title!r} failed: {exc.status} {exc.message}\n{sql}")
                 if not result_.rows:
@@ -966,8 +964,9 @@ def test_api_sql_endpoint_as_documented(store: ClickHouseStore):
 
     consume(store, [to_records(small_deliveries())])
     settings = load_settings(None, api={"token": "s3cret"}, clickhouse={"dsn": store.dsn})
-    sessions = AnalystSessions.from_settings(settings)
-    app = create_app(settings, sessions)
+    sessions = SqlSessions.from_settings(settings)
+    panel_sessions = AnalystSessions.from_settings(settings, size=1)
+    app = create_app(settings, sessions, panel_sessions)
     auth = {"authorization": "Bearer s3cret"}
     with TestClient(app, base_url="http://127.0.0.1:8481") as http:
         assert http.post("/api/sql", json={"query": "SELECT 1"}).status_code == 401
@@ -977,9 +976,13 @@ def test_api_sql_endpoint_as_documented(store: ClickHouseStore):
         )
         r = http.post("/api/sql", json={"query": "SELECT day, deployments FROM fleet_daily ORDER BY day"}, headers=auth)
         assert r.status_code == 200, r.text
-        assert r.json() == {"columns": ["day", "deployments"], "rows": [["2025-01-01", 2], ["2025-01-02", 1]]}
+        assert r.json() == {
+            "columns": ["day", "deployments"],
+            "types": ["Date", "UInt64"],
+            "rows": [["2025-01-01", 2], ["2025-01-02", 1]],
+        }
         r = http.post("/api/sql", json={"query": "SELECT count() AS n FROM snapshots_latest"}, headers=auth)
-        assert r.json() == {"columns": ["n"], "rows": [[4]]}
+        assert r.json() == {"columns": ["n"], "types": ["UInt64"], "rows": [[4]]}
         r = http.post("/api/sql", json={"query": "SELEC nonsense"}, headers=auth)
         assert (
             r.status_code == 400
@@ -990,4 +993,5 @@ def test_api_sql_endpoint_as_documented(store: ClickHouseStore):
         assert r.status_code == 403 and r.json()["error"] == "writes_not_allowed", r.text
         r = http.post("/api/sql", content=b"SELECT 1", headers={**auth, "content-type": "text/plain"})
         assert r.status_code == 415, r.text
-    sessions.close()
+    app.state.endpoint.close()
+    panel_sessions.close()
