@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -36,7 +36,6 @@ from is_telemetry.httpedge import read_body
 
 log = logging.getLogger(__name__)
 
-BODY_TIMEOUT_S = 10.0
 _JSON = "application/json"
 _GUARDED = ("/api/", "/metrics")
 _SAME_SITE_FETCH = frozenset({"same-origin", "none"})
@@ -104,7 +103,10 @@ def create_app(settings: Settings, sessions: SqlSessions, panel_sessions: Analys
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type != _JSON:
             raise UnsupportedMediaType('POST /api/sql takes Content-Type: application/json, {"query": "SELECT ..."}')
-        raw = await read_body(request, settings.api.max_sql_bytes, BODY_TIMEOUT_S)
+        try:
+            raw = await read_body(request, settings.api.max_sql_bytes)  # 408 at api.request_timeout_s
+        except ClientDisconnect:  # the client hung up, or the edge cut it off (is_telemetry/httpedge.py)
+            return Response(status_code=499)  # nobody to answer
         query, fmt = request_of(raw, request.query_params)
         try:
             return await endpoint(request, query, fmt)

@@ -179,6 +179,12 @@ class BrokerSettings(_Section):
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
+_MAX_CONNECTIONS_DOC = (
+    "Open connections per process; past it idle and slow ones are closed to make room, then new ones get 503 "
+    "(also capped below the file-descriptor limit)"
+)
+
+
 class _HttpEdge(_Section):
     """Bounds every HTTP server of this project applies before a request reaches the application."""
 
@@ -186,21 +192,18 @@ class _HttpEdge(_Section):
         10.0, gt=0, description="A request's line and headers must arrive within this (else 408 and close)"
     )
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="Larger request line + headers are refused with 431")
-    max_connections: int = Field(
-        1024,
-        ge=1,
-        description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)",
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request (line, headers and body, read by the application or not) must arrive within this of its first byte; else 408, or the connection is closed if it was answered already",
     )
+    max_connections: int = Field(1024, ge=1, description=_MAX_CONNECTIONS_DOC)
 
 
 class CollectorSettings(_HttpEdge):
     host: str = Field("127.0.0.1", description="Collector listen address")
     port: int = Field(8480, ge=0, le=65535, description="Collector port (POST /collect)")
-    max_connections: int = Field(
-        4096,
-        ge=1,
-        description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)",
-    )
+    max_connections: int = Field(4096, ge=1, description=_MAX_CONNECTIONS_DOC)
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies are refused with 413")
     publish_timeout_s: float = Field(
         8.0, description="Kafka acknowledgement wait before answering 503 (below TTS's 10 s client timeout)"
@@ -234,11 +237,7 @@ class ApiSettings(_HttpEdge):
         "",
         description="DSN of a read-only ClickHouse user for analysts' queries; empty = clickhouse.dsn in read-only sessions",
     )
-    max_connections: int = Field(
-        256,
-        ge=1,
-        description="Open connections per process; past it idle ones are closed, then new ones get 503 (also capped below the file-descriptor limit)",
-    )
+    max_connections: int = Field(256, ge=1, description=_MAX_CONNECTIONS_DOC)
     max_sql_bytes: int = Field(
         64 * 1024,
         ge=1,

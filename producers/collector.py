@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 SOURCE = "collector"
 COLLECT_PATH = "/collect"
 RETRY_AFTER_S = 5  # the Retry-After of every 503 (TTS ignores it; other clients may honour it)
-BODY_READ_TIMEOUT_S = 30.0  # a body not fully received within this is answered 408
 USER_AGENT_MAX = 512  # longer User-Agent values are truncated before they go into a record header
 READY_CACHE_S = 1.0  # /readyz probes Kafka at most once per this interval
 READY_PROBE_TIMEOUT_S = 0.5
@@ -515,7 +514,7 @@ def create_app(settings: Settings, producer: Any = None) -> Starlette:
         received_at_ms = time.time_ns() // 1_000_000  # receive time, UTC Unix ms, before reading the body
         try:
             _check_media_type(request.headers.get("content-type"))
-            body = await read_body(request, limit, BODY_READ_TIMEOUT_S)
+            body = await read_body(request, limit)  # 408 at collector.request_timeout_s
             metrics.body_bytes.observe(len(body))
             if not body:
                 raise RequestRefused("the body is empty; expected a JSON telemetry message", code="empty_body")

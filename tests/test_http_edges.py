@@ -1,0 +1,380 @@
+"""Both HTTP edges (the collector and the API, real processes on 127.0.0.1) against requests whose body never ends.
+
+The attack of issue 22: connections that announce a body and trickle a byte now and then (`GET /healthz` with
+`Content-Length: 1000000`, a POST refused with 415 without its body being read, a POST whose body the application
+does read) were never evicted and no deadline applied, so a few hundred of them made every new request get 503.
+Here each server runs with a short request deadline and a connection cap of 64 (set through the environment, as an
+operator would), and the tests check that
+- every such request is cut off within the deadline (408, or closed after its answer), on every route;
+- more tricklers than the cap cannot make a new normal request fail while they hold on;
+- normal clients see no change: keep-alive requests one after another, and a slow but steady upload that ends
+  within the deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from is_telemetry.broker import EmbeddedBroker, free_port
+from is_telemetry.kafka import ensure_topics
+from is_telemetry.runtime import stop_process
+from tests.samples import SAMPLES
+from tests.test_collector import CollectorProcess, collector_settings, new_topic
+
+REQUEST_TIMEOUT_S = 4.0
+HEADER_TIMEOUT_S = 2.0
+CAP = 64
+EDGE: dict[str, Any] = {
+    "REQUEST_TIMEOUT_S": REQUEST_TIMEOUT_S,
+    "HEADER_TIMEOUT_S": HEADER_TIMEOUT_S,
+    "MAX_CONNECTIONS": CAP,
+}
+SLACK_S = 4.0  # a cut-off may come this much after the deadline (a loaded 2-core machine), never more
+TRICKLE_EVERY_S = 0.5
+ANNOUNCED = 1_000_000  # the Content-Length of a body that never comes
+READ_ANNOUNCED = 60_000  # below both servers' body limits (64 KiB), so the application reads it
+JSON = "application/json"
+
+
+def head(method: str, path: str, length: int, content_type: str | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {length}"]
+    if content_type is not None:
+        lines.append(f"Content-Type: {content_type}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@dataclass
+class Edge:
+    """One server under test: where it listens, its log, and the route that reads a body."""
+
+    name: str
+    port: int
+    log: Path
+    body_path: str  # /collect or /api/sql
+    body: bytes  # a body that route answers normally ...
+    status: int  # ... with this status
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tricklers(self) -> dict[str, tuple[bytes, bytes]]:
+        """kind -> (request line and headers announcing a body, the status line it is answered with)."""
+        return {
+            "healthz": (head("GET", "/healthz", ANNOUNCED), b"HTTP/1.1 200"),
+            "refused-415": (head("POST", self.body_path, ANNOUNCED, "text/plain"), b"HTTP/1.1 415"),
+            "unknown-path": (head("POST", "/nowhere", ANNOUNCED, JSON), b"HTTP/1.1 404"),
+            "read-by-the-app": (head("POST", self.body_path, READ_ANNOUNCED, JSON), b"HTTP/1.1 408"),
+        }
+
+    def normal(self) -> int:
+        """A new client's normal request: its status."""
+        r = httpx.post(self.url + self.body_path, content=self.body, headers={"content-type": JSON}, timeout=30)
+        return r.status_code
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+KINDS = ["healthz", "refused-415", "unknown-path", "read-by-the-app"]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _padded_query() -> bytes:
+    """SELECT 1 as a body of about 2 KB (JSON allows the whitespace), so that a steady upload of it takes time."""
+    return b'{"query": "SELECT 1"' + b" " * 2000 + b"}"
+
+
+@pytest.fixture(scope="module", params=["api", "collector"])
+def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    tmp = tmp_path_factory.mktemp(f"edge-{request.param}")
+    if request.param == "collector":
+        broker = EmbeddedBroker(port=free_port()).start()
+        try:
+            topic = new_topic("edges")
+            ensure_topics(collector_settings(broker.bootstrap_servers, topic))
+            c = CollectorProcess(broker.bootstrap_servers, topic, tmp, **EDGE)
+            try:
+                yield Edge("collector", c.address[1], c.log, "/collect", SAMPLES["is-3.32.json"], 202)
+            finally:
+                c.stop()
+        finally:
+            broker.stop()
+        return
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IS_TELEMETRY_")}
+    env.update({f"IS_TELEMETRY_API__{k}": str(v) for k, v in EDGE.items()})
+    log = tmp / "api.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "is_telemetry", "api", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--clickhouse", f"chdb://{tmp / 'chdb'}"],
+            env=env,
+            cwd=tmp,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while not _answers(f"http://127.0.0.1:{port}/healthz"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        yield Edge("api", port, log, "/api/sql", _padded_query(), 200)
+    finally:
+        stop_process(proc, 30, kill_group=True)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+@dataclass
+class Trickled:
+    answer: bytes  # what the server sent
+    closed: bool  # whether it closed the connection within the budget
+    seconds: float  # from the request's first byte to the close (or to the end of the budget)
+
+
+def trickle(port: int, request_head: bytes, budget_s: float) -> Trickled:
+    """Send a request's line and headers, then one byte of its body every TRICKLE_EVERY_S until the server closes
+    the connection or `budget_s` has passed."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        started = time.monotonic()
+        s.sendall(request_head)
+        s.settimeout(TRICKLE_EVERY_S)
+        while time.monotonic() - started < budget_s:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                try:
+                    s.sendall(b" ")
+                except (BrokenPipeError, ConnectionResetError):
+                    return Trickled(answer, True, time.monotonic() - started)
+                continue
+            except ConnectionResetError:
+                return Trickled(answer, True, time.monotonic() - started)
+            if not chunk:
+                return Trickled(answer, True, time.monotonic() - started)
+            answer += chunk
+    return Trickled(answer, False, time.monotonic() - started)
+
+
+@dataclass
+class Siege:
+    """`count` connections that each announce a body and send one byte of it every TRICKLE_EVERY_S, like the
+    observed attack; one that is answered or closed is replaced (at most `per_tick` new ones every 0.1 s)."""
+
+    port: int
+    heads: list[bytes]
+    count: int
+    per_tick: int = 8
+    outcomes: Counter[str] = field(default_factory=Counter)  # how the server ended tricklers: status line or "closed"
+    opened: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Siege:
+        self._thread = threading.Thread(target=self._run, name="siege", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+    def _run(self) -> None:
+        kinds = itertools.cycle(self.heads)
+        sel = selectors.DefaultSelector()
+        open_socks: set[socket.socket] = set()
+        last_trickle = last_open = time.monotonic()
+
+        def end(s: socket.socket, outcome: str) -> None:
+            self.outcomes[outcome] += 1
+            sel.unregister(s)
+            open_socks.discard(s)
+            s.close()
+
+        try:
+            while not self._stop.is_set():
+                opening = 0
+                if time.monotonic() - last_open >= 0.1:
+                    last_open, opening = time.monotonic(), min(self.per_tick, self.count - len(open_socks))
+                for _ in range(opening):
+                    try:
+                        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                        s.sendall(next(kinds))
+                    except OSError:
+                        self.outcomes["connect failed"] += 1
+                        break
+                    s.setblocking(False)
+                    sel.register(s, selectors.EVENT_READ)
+                    open_socks.add(s)
+                    self.opened += 1
+                for key, _ in sel.select(0.1):
+                    s = key.fileobj  # type: ignore[assignment]
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        data = b""
+                    end(s, outcome_of(data))
+                if time.monotonic() - last_trickle >= TRICKLE_EVERY_S:
+                    last_trickle = last_open = time.monotonic()
+                    for s in list(open_socks):
+                        try:
+                            s.send(b" ")
+                        except OSError:
+                            end(s, "closed")
+        finally:
+            for s in list(open_socks):
+                s.close()
+            sel.close()
+
+    def wait_full(self, timeout_s: float = 30) -> None:
+        """Until `count` tricklers have been opened and have held on for a few trickles."""
+        deadline = time.monotonic() + timeout_s
+        while self.opened < self.count:
+            assert time.monotonic() < deadline, f"only {self.opened} tricklers opened: {self.outcomes}"
+            time.sleep(0.1)
+        time.sleep(4 * TRICKLE_EVERY_S)
+
+
+def outcome_of(answer: bytes) -> str:
+    """How a trickler was ended: "closed", or the status line, marked when it was closed to make room."""
+    if not answer:
+        return "closed"
+    status = answer[:12].decode(errors="replace")
+    return status + " to make room" if b"make room" in answer else status
+
+
+def read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """One response (head, body) from a kept-alive connection; the body by its Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before a response: {data!r}"
+        data += chunk
+    response_head, rest = data.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in response_head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        assert chunk, "closed in the middle of a response"
+        rest += chunk
+    assert len(rest) == length, "more than one response arrived"
+    return response_head, rest
+
+
+# ------------------------------------------------------------------------------- 1. cut off within the deadline
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_trickled_body_is_cut_off_within_the_deadline(edge: Edge, kind: str) -> None:
+    request_head, status_line = edge.tricklers()[kind]
+    t = trickle(edge.port, request_head, REQUEST_TIMEOUT_S + SLACK_S)
+    assert t.closed, f"{edge.name} {kind}: still connected after {t.seconds:.1f}s, answered {t.answer[:120]!r}"
+    assert t.answer.startswith(status_line), (edge.name, kind, t.answer[:300])
+    if status_line.endswith(b"408"):
+        assert b"request_timeout" in t.answer and b"connection: close" in t.answer.lower(), t.answer[:300]
+    print(f"{edge.name} {kind}: {t.answer[:12].decode()} and closed after {t.seconds:.1f}s")
+
+
+# ------------------------------------------------------------------- 2. more tricklers than the connection cap
+
+
+@pytest.mark.parametrize("kinds", [KINDS, ["read-by-the-app"]], ids=["every-kind", "read-by-the-app"])
+def test_tricklers_beyond_the_cap_cannot_lock_out_new_requests(edge: Edge, kinds: list[str]) -> None:
+    tricklers = edge.tricklers()
+    steady: list[int | str] = []
+    with Siege(edge.port, [tricklers[k][0] for k in kinds], count=CAP + CAP // 2) as siege:
+        siege.wait_full()
+        upload = threading.Thread(target=lambda: steady.append(steady_upload(edge, REQUEST_TIMEOUT_S / 2)))
+        upload.start()
+        answers = [(what, status_of(what, edge)) for _ in range(10) for what in ("healthz", "normal")]
+        upload.join()
+        outcomes = dict(siege.outcomes)
+    assert answers == [("healthz", 200), ("normal", edge.status)] * 10, (answers, outcomes)
+    assert steady == [edge.status], (steady, outcomes)
+    if kinds == ["read-by-the-app"]:  # these tricklers' bodies were being read: the slowest made room
+        assert outcomes.get("HTTP/1.1 408 to make room", 0) > 0, outcomes
+    log = edge.log_text()
+    assert f"connection limit {CAP} reached" in log, "the tricklers never filled the server"
+    assert "Traceback" not in log and "unhandled" not in log, log[-3000:]
+    print(f"{edge.name} {'+'.join(kinds)}: {len(answers)} normal answers; tricklers ended: {outcomes}")
+
+
+def status_of(what: str, edge: Edge) -> int | str:
+    try:
+        return httpx.get(edge.url + "/healthz", timeout=30).status_code if what == "healthz" else edge.normal()
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------- 3. normal clients unchanged
+
+
+def steady_upload(edge: Edge, over_s: float) -> int | str:
+    """The route's normal body sent in 20 equal parts spread over `over_s`: its status (or what went wrong)."""
+    body = edge.body
+    parts = [body[i * len(body) // 20 : (i + 1) * len(body) // 20] for i in range(20)]
+    try:
+        with socket.create_connection(("127.0.0.1", edge.port), timeout=30) as s:
+            s.sendall(head("POST", edge.body_path, len(body), JSON))
+            for part in parts:
+                time.sleep(over_s / 20)
+                s.sendall(part)
+            response_head, _ = read_response(s)
+    except (OSError, AssertionError) as exc:
+        return repr(exc)
+    return int(response_head[9:12])
+
+
+def test_a_slow_but_steady_upload_within_the_deadline_succeeds(edge: Edge) -> None:
+    assert steady_upload(edge, REQUEST_TIMEOUT_S / 2) == edge.status
+
+
+def test_keep_alive_requests_one_after_another(edge: Edge) -> None:
+    requests = [
+        (head("GET", "/healthz", 0), 200),
+        (head("POST", edge.body_path, len(edge.body), JSON) + edge.body, edge.status),
+        (head("GET", "/healthz", 5) + b"hello", 200),  # a body the route does not read, sent in full
+        (head("POST", edge.body_path, len(edge.body), JSON) + edge.body, edge.status),
+        (head("POST", edge.body_path, 11, "text/plain") + b"not json!!!", 415),
+        (head("GET", "/healthz", 0), 200),
+    ]
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=30) as s:
+        for request, status in requests:
+            s.sendall(request)
+            response_head, _ = read_response(s)
+            assert response_head.startswith(b"HTTP/1.1 %d" % status), (request[:60], response_head)
+            assert b"connection: close" not in response_head.lower(), response_head
+        # and they came back on that one connection, which is still open
+        s.sendall(head("GET", "/healthz", 0))
+        assert orjson.loads(read_response(s)[1]) == {"status": "ok"}
