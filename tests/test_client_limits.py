@@ -204,3 +204,29 @@ def test_the_simulated_fleet_of_up_is_not_limited_but_other_local_clients_are(tm
         wait_rate_limited_today(s, 1)
     finally:
         assert s.stop() == 0, s.log()
+
+
+def test_compose_trusts_the_proxy_alone_and_the_proxy_overwrites_forwarded_for() -> None:
+    """In compose the collector believes X-Forwarded-For only from the proxy's fixed address, which lies in the
+    network's subnet and outside the range other containers get addresses from; nginx replaces the header with the
+    address it saw, so nothing a client writes into it reaches the collector."""
+    from ipaddress import ip_address, ip_network
+
+    from is_telemetry.config import load_settings
+    from tests.test_compose import COMPOSE, COMPOSE_FILE, compose_config, env_of
+
+    config = compose_config(COMPOSE_FILE)
+    collector, proxy = config["services"]["collector"], config["services"]["proxy"]
+    trusted = load_settings(
+        collector={"trusted_proxies": orjson.loads(env_of(collector)["IS_TELEMETRY_COLLECTOR__TRUSTED_PROXIES"])}
+    )
+    address = ip_address(proxy["networks"]["default"]["ipv4_address"])
+    assert trusted.collector.trusted_proxies == [f"{address}/32"]
+    (pool,) = config["networks"]["default"]["ipam"]["config"]
+    assert address in ip_network(pool["subnet"]) and address not in ip_network(pool["ip_range"])
+    assert int(env_of(collector)["IS_TELEMETRY_COLLECTOR__MAX_NEW_UIDS_PER_CLIENT_PER_DAY"]) == 200
+    template = (COMPOSE / "nginx" / "templates" / "default.conf.template").read_text()
+    collect = template[template.index("location = /collect") :]
+    collect = collect[: collect.index("}\n    location")]
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in collect
+    assert "$proxy_add_x_forwarded_for" not in template  # appending would pass a client's own header on
