@@ -145,6 +145,11 @@ def test_one_address_adds_at_most_the_limit_of_new_uids_a_day(stack: RunningStac
     assert row["body"].encode() == changed
     deployments = stack.sql(f"SELECT deployments FROM fleet_daily WHERE day = '{today()}'")[0]["deployments"]
     assert deployments == (fleet_before[0]["deployments"] if fleet_before else 0) + LIMIT
+    # and in the dashboard's data-quality figures: the rejected messages per reason
+    panel = httpx.get(stack.api_url + "/api/rejected", params={"from": today(), "to": today()}, timeout=30).json()
+    assert "rate_limited" in panel["reasons"]
+    by_reason = {r["reason"]: r["messages"] for r in panel["tables"]["by_reason"]["rows"]}
+    assert by_reason["rate_limited"] == before + 10
 
 
 def test_forwarded_for_from_an_untrusted_peer_is_ignored(stack: RunningStack) -> None:
