@@ -138,6 +138,21 @@ def check_host(host: str) -> str:
     return host
 
 
+def check_networks(items: list[str]) -> list[str]:
+    """Each item as a canonical network (an address alone is its /32 or /128; host bits are cleared); else
+    ValueError naming the item and what a right one looks like. Names are not resolved."""
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(item.strip().strip("[]"), strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP address or network; write addresses, not names, "
+                "e.g. 172.30.64.2, 10.0.0.0/8 or 2001:db8::/32"
+            ) from None
+    return out
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -217,8 +232,31 @@ class CollectorSettings(_HttpEdge):
     batch_max_bytes: int = Field(
         512 * 1024, ge=1024, description="Most bytes in one Kafka record (below the brokers' message.max.bytes)"
     )
+    max_new_uids_per_client_per_day: int = Field(
+        200,
+        ge=1,
+        description="New UIDs one client (an IPv4 address, an IPv6 /64) may send per UTC day and collector process; the excess is stored and rejected as 'rate_limited'",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses/networks of proxies whose X-Forwarded-For names the client (its right-most untrusted hop); from anyone else the header is ignored",
+    )
+    unlimited_clients: list[str] = Field(
+        default_factory=list, description="Addresses/networks of clients whose new UIDs are not limited"
+    )
+    max_tracked_clients: int = Field(
+        100_000,
+        ge=1,
+        description="Clients whose UIDs are remembered per UTC day and process; past it, new clients' UIDs are rate-limited until the day ends",
+    )
+    max_tracked_uids: int = Field(
+        1_000_000,
+        ge=1,
+        description="UIDs remembered per UTC day and process, all clients together (8 bytes each); past it, new UIDs are rate-limited until the day ends",
+    )
 
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
+    _networks = field_validator("trusted_proxies", "unlimited_clients")(classmethod(lambda cls, v: check_networks(v)))
 
 
 class ApiSettings(_HttpEdge):

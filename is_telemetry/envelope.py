@@ -11,6 +11,10 @@ instead. A record without that header is one body, with the receive time in its 
 timestamp): what every other producer writes, always accepted. A body's identity is (partition, offset, index of
 its line): unique, and ordered as the bodies arrived.
 
+A record with the header `rate_limited: 1` holds bodies of a client that had used up its new UIDs for the day
+(producers/client_limits.py): every body in it, alone or in a batch, is stored but rejected as `rate_limited`, never
+counted. The collector never puts marked and unmarked bodies in one record. The mark names no client.
+
 Why: faust's per-record machinery costs several times the work on a body (docs/benchmarks.md); a record of 100
 bodies pays it once. Why JSON lines: any Kafka consumer can read them, ClickHouse's Kafka engine included.
 """
@@ -26,6 +30,8 @@ import orjson
 
 HEADER_FORMAT = "format"
 BATCH_FORMAT = b"telemetry-batch/1"
+HEADER_RATE_LIMITED = "rate_limited"
+RATE_LIMITED = b"1"  # the one value that marks a record; any other value is no mark
 MAX_USER_AGENT = 512
 
 
@@ -79,6 +85,11 @@ def unpack(value: bytes) -> Iterator[Frame]:
 
 def is_batch(headers: Mapping[str, bytes]) -> bool:
     return headers.get(HEADER_FORMAT) == BATCH_FORMAT
+
+
+def is_rate_limited(headers: Mapping[str, bytes]) -> bool:
+    """The record's bodies come from a client over its new-UID budget: rejected as `rate_limited`."""
+    return headers.get(HEADER_RATE_LIMITED) == RATE_LIMITED
 
 
 def frame_size(body: bytes, user_agent: bytes) -> int:

@@ -4,6 +4,8 @@ drives it (processors/worker.py), the roll-up follows (processors/rollup.py, app
 Input: raw records as they sit in the raw topic. Output: the snapshot and rejection rows, the dead-letter records,
 and the records to re-key. The day of a record is the UTC day of the receive time the collector stamped (header
 `received_at_ms`, else the record timestamp), never the processing time, so a replay gives the same answer.
+A body the collector marked `rate_limited` (its client was over its new-UID budget, is_telemetry/envelope.py) is
+rejected with that reason before it is read.
 
 One UID, one partition: a valid record whose key is not its UID, or that is not in the partition Kafka's default
 partitioner gives its UID (a third-party producer, a null key, another partitioner), is not rolled up where it is:
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol
 
-from is_telemetry.envelope import HEADER_FORMAT
+from is_telemetry.envelope import HEADER_FORMAT, is_rate_limited
 from is_telemetry.kafka import HEADER_RECEIVED_AT
 from is_telemetry.partitioning import partitions_of
 from is_telemetry.rows import RejectionRow, SnapshotRow
@@ -43,6 +45,7 @@ class RawRecord:
     index: int = 0
     batched: bool = False
     error: str | None = None  # a many-bodies record that could not be read: rejected whole as `bad_batch`
+    # headers: a record's own; a body of a many-bodies record gets its user_agent and the record's rate_limited mark
 
     @property
     def received_at_ms(self) -> int:
@@ -69,6 +72,11 @@ class Rekey:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
+
+
+RATE_LIMITED_MESSAGE = (
+    "its client had sent collector.max_new_uids_per_client_per_day new UIDs today (docs/collector.md)"
+)
 
 
 class Dedup(Protocol):
@@ -120,6 +128,9 @@ def process(
     for r in records:
         if r.error is not None:
             _reject(out, r, Reason.BAD_BATCH, r.error)
+            continue
+        if is_rate_limited(r.headers):  # decided before the body is read: none of it counts
+            _reject(out, r, Reason.RATE_LIMITED, RATE_LIMITED_MESSAGE)
             continue
         result = validate(r.value, plausibility_limit)
         if isinstance(result, Rejection):

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     IMPLAUSIBLE = "implausible"  # a count above the plausibility limit
     BODY_TOO_LARGE = "body_too_large"  # larger than the collector's limit (only if it got past the edge)
     BAD_BATCH = "bad_batch"  # a many-bodies record whose frames cannot be read (is_telemetry/envelope.py)
+    RATE_LIMITED = "rate_limited"  # marked by the collector: its client was over its new-UID budget for the day
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,15 @@ import faust
 
 from is_telemetry import gctuning
 from is_telemetry.config import Settings
-from is_telemetry.envelope import EnvelopeError, bodies_in, is_batch, unpack
+from is_telemetry.envelope import (
+    HEADER_RATE_LIMITED,
+    RATE_LIMITED,
+    EnvelopeError,
+    bodies_in,
+    is_batch,
+    is_rate_limited,
+    unpack,
+)
 from is_telemetry.kafka import HEADER_USER_AGENT
 from is_telemetry.rows import PartitionBatch, encode_payloads
 from is_telemetry.streaming import FaustRewinder, faust_app, take_bodies
@@ -56,12 +64,16 @@ def records_of(event: Any) -> list[RawRecord]:
     except EnvelopeError as exc:
         return [RawRecord(m.topic, m.partition, m.offset, timestamp_ms, headers, value[:4096], key, error=str(exc))]
     # a frame's receive time is its record's timestamp here (RawRecord.received_at_ms reads it when no header says)
-    return [
+    records = [
         RawRecord(
             m.topic, m.partition, m.offset, f.received_at_ms, {HEADER_USER_AGENT: f.user_agent}, f.body, None, i, True
         )
         for i, f in enumerate(frames)
     ]
+    if is_rate_limited(headers):  # the record's mark is every body's
+        for r in records:
+            r.headers[HEADER_RATE_LIMITED] = RATE_LIMITED
+    return records
 
 
 def partition_batches(records: Sequence[RawRecord], outcome: Outcome) -> list[PartitionBatch]:

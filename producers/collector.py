@@ -4,7 +4,9 @@
 stamps the receive time, and publishes the raw bytes unchanged to the raw topic (`kafka.raw_topic`),
 keyed by the message's `uid`. It answers `202 {"status":"accepted"}` only once Kafka acknowledged the
 record (acks=all); anything else is a one-line JSON error. Validation beyond "is it JSON" is the
-processors' job. See docs/collector.md for the contract, metrics and measured figures.
+processors' job. A client past its new-UIDs budget for the day (producers/client_limits.py) is answered the
+same, and its body published marked `rate_limited`: the processors reject it as such. See docs/collector.md for
+the contract, metrics and measured figures.
 
     create_app(settings, producer=None) -> Starlette   # the ASGI app (producer injectable for tests)
     serve(settings, log_level="warning")               # uvicorn with graceful shutdown
@@ -39,7 +41,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from is_telemetry.config import Settings, load_settings
-from is_telemetry.envelope import BATCH_FORMAT, HEADER_FORMAT, Frame, frame_size, pack
+from is_telemetry.envelope import (
+    BATCH_FORMAT,
+    HEADER_FORMAT,
+    HEADER_RATE_LIMITED,
+    RATE_LIMITED,
+    Frame,
+    frame_size,
+    pack,
+)
 from is_telemetry.errors import RequestRefused, Stopped, Unavailable, UnsupportedMediaType
 from is_telemetry.httpedge import edge_limits, read_body, server_config
 from is_telemetry.kafka import HEADER_SOURCE, broker_answers, close_producer, make_producer
@@ -47,6 +57,7 @@ from is_telemetry.kafka import headers as record_headers
 from is_telemetry.logsetup import setup_logging
 from is_telemetry.partitioning import partition_of
 from is_telemetry.retry import RetryPolicy, retry_on, with_retries
+from producers.client_limits import ClientLimits, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +152,26 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("collector_in_flight_requests", "HTTP requests being handled", registry=r)
+        self.rate_limited = Counter(
+            "collector_rate_limited",
+            "Bodies published marked rate_limited, by cause (over_budget | table_full)",
+            ["cause"],
+            registry=r,
+        )
+        self.tracked_clients = Gauge(
+            "collector_tracked_clients", "Clients whose new UIDs are remembered today (this process)", registry=r
+        )
+        self.tracked_uids = Gauge(
+            "collector_tracked_uids", "UIDs remembered today, all clients (this process)", registry=r
+        )
         self.kafka_ready = Gauge("collector_kafka_producer_ready", "1 once the Kafka producer is connected", registry=r)
         self._children: dict[tuple[str, int], Any] = {}
         for reason in ("timeout", "error", "not_ready"):
             self.kafka_errors.labels(reason)
+        self._limited = {v: self.rate_limited.labels(v.value) for v in Verdict if v.limited}
+
+    def count_limited(self, verdict: Verdict) -> None:
+        self._limited[verdict].inc()
 
     def count(self, endpoint: str, status: int) -> None:
         child = self._children.get((endpoint, status))
@@ -234,7 +261,7 @@ class Publisher:
         self.linger_s = c.batch_linger_ms / 1000
         self.batch_max_bodies, self.batch_max_bytes = c.batch_max_bodies, c.batch_max_bytes
         self.partition_count = 0  # the raw topic's, once its metadata is known (then bodies are batched)
-        self._batches: dict[int, _Batch] = {}
+        self._batches: dict[tuple[int, bool], _Batch] = {}  # (partition, marked rate_limited) -> the open batch
         if producer is not None:
             self.metrics.kafka_ready.set(1)
 
@@ -368,16 +395,21 @@ class Publisher:
         future.add_errback(on_error)
         return acked
 
-    async def publish(self, body: bytes, key: bytes | None, received_at_ms: int, user_agent: str) -> Any:
-        """Store one body in Kafka, alone or in its partition's batch; returns once Kafka acknowledged the record
-        that holds it. Raises Unavailable (503) otherwise."""
+    async def publish(
+        self, body: bytes, key: bytes | None, received_at_ms: int, user_agent: str, limited: bool = False
+    ) -> Any:
+        """Store one body in Kafka, alone or in its partition's batch (`limited`: marked rate_limited, in a record of
+        marked bodies only); returns once Kafka acknowledged the record that holds it. Raises Unavailable (503)
+        otherwise."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
                 if key is not None and self.linger_s > 0 and self.partition_count:
-                    metadata = await asyncio.shield(self._batched(body, key, received_at_ms, user_agent))
+                    metadata = await asyncio.shield(self._batched(body, key, received_at_ms, user_agent, limited))
                 else:
                     hdrs = record_headers(received_at_ms, SOURCE, user_agent, len(body))
+                    if limited:
+                        hdrs.append((HEADER_RATE_LIMITED, RATE_LIMITED))
                     metadata = await await_acked(await self._send(body, key, hdrs, received_at_ms))
         except TimeoutError:
             self.metrics.kafka_errors.labels("timeout").inc()
@@ -393,33 +425,39 @@ class Publisher:
         self.metrics.published_bytes.inc(len(body))
         return metadata
 
-    def _batched(self, body: bytes, key: bytes, received_at_ms: int, user_agent: str) -> asyncio.Future[Any]:
-        """Add the body to its partition's batch; the future resolves when the batch's record is acknowledged."""
-        partition = partition_of(key, self.partition_count)
-        batch = self._batches.get(partition)
+    def _batched(
+        self, body: bytes, key: bytes, received_at_ms: int, user_agent: str, limited: bool
+    ) -> asyncio.Future[Any]:
+        """Add the body to its partition's batch (marked bodies have batches of their own); the future resolves when
+        the batch's record is acknowledged."""
+        slot = (partition_of(key, self.partition_count), limited)
+        batch = self._batches.get(slot)
         if batch is None:
             loop = asyncio.get_running_loop()
-            batch = self._batches[partition] = _Batch(loop.create_future())
-            batch.timer = loop.call_later(self.linger_s, self._flush, partition)
+            batch = self._batches[slot] = _Batch(loop.create_future())
+            batch.timer = loop.call_later(self.linger_s, self._flush, slot)
         ua = user_agent.encode("utf-8", "replace")
         batch.frames.append(Frame(received_at_ms, ua, body))
         batch.size += frame_size(body, ua)
         if len(batch.frames) >= self.batch_max_bodies or batch.size >= self.batch_max_bytes:
-            self._flush(partition)
+            self._flush(slot)
         return batch.done
 
-    def _flush(self, partition: int) -> None:
-        batch = self._batches.pop(partition, None)
+    def _flush(self, slot: tuple[int, bool]) -> None:
+        batch = self._batches.pop(slot, None)
         if batch is None:
             return
         if batch.timer is not None:
             batch.timer.cancel()
         self.metrics.batch_bodies.observe(len(batch.frames))
+        partition, limited = slot
         headers = [
             (HEADER_FORMAT, BATCH_FORMAT),
             (HEADER_SOURCE, SOURCE.encode()),
             ("bodies", str(len(batch.frames)).encode()),
         ]
+        if limited:
+            headers.append((HEADER_RATE_LIMITED, RATE_LIMITED))
         task = asyncio.ensure_future(
             self._send(pack(batch.frames), None, headers, batch.frames[0].received_at_ms, partition)
         )
@@ -435,8 +473,8 @@ class Publisher:
         task.add_done_callback(sent)
 
     async def flush_batches(self) -> None:
-        for partition in list(self._batches):
-            self._flush(partition)
+        for slot in list(self._batches):
+            self._flush(slot)
 
     # -- readiness --------------------------------------------------------------------------------
     async def ready(self) -> bool:
@@ -509,6 +547,9 @@ def create_app(settings: Settings, producer: Any = None) -> Starlette:
     metrics = Metrics()
     publisher = Publisher(settings, producer, metrics)
     limit = settings.collector.max_body_bytes
+    limits = ClientLimits(settings.collector)
+    metrics.tracked_clients.set_function(lambda: limits.budget.clients)
+    metrics.tracked_uids.set_function(lambda: limits.budget.uids)
 
     async def collect(request: Request) -> Response:
         received_at_ms = time.time_ns() // 1_000_000  # receive time, UTC Unix ms, before reading the body
@@ -520,7 +561,11 @@ def create_app(settings: Settings, producer: Any = None) -> Starlette:
                 raise RequestRefused("the body is empty; expected a JSON telemetry message", code="empty_body")
             key = _key_of(body)
             user_agent = request.headers.get("user-agent", "")[:USER_AGENT_MAX]
-            await publisher.publish(body, key, received_at_ms, user_agent)
+            peer = request.client.host if request.client is not None else None
+            verdict = limits.verdict(peer, request.headers.getlist("x-forwarded-for"), key, received_at_ms)
+            if verdict.limited:
+                metrics.count_limited(verdict)
+            await publisher.publish(body, key, received_at_ms, user_agent, verdict.limited)
         except RequestRefused as r:
             return error_response(r.status, r.code, r.message, r.headers)
         except ClientDisconnect:

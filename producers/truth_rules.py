@@ -35,6 +35,7 @@ REASONS = (
     "implausible",
     "body_too_large",
     "bad_batch",
+    "rate_limited",  # decided by the delivery, not the body: a body the collector marked is this whatever it holds
 )
 DEFAULT_PLAUSIBILITY_LIMIT = 10**9  # processors.plausibility_limit's documented default
 UINT64_MAX = 18_446_744_073_709_551_615  # 2^64 - 1: the largest count
@@ -191,8 +192,13 @@ def _cli_uid_ok(uid: str) -> bool:
     return [len(g) for g in groups] == [8, 4, 4, 4, 12] and all(c in _HEX for g in groups for c in g)
 
 
-def judge(body: bytes, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT) -> TelemetryMessage | Rejected:
-    """The message of a valid body, or why the pipeline must reject it."""
+def judge(
+    body: bytes, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT, rate_limited: bool = False
+) -> TelemetryMessage | Rejected:
+    """The message of a valid body, or why the pipeline must reject it. `rate_limited`: the collector marked the body
+    (its client was over its new-UIDs budget, docs/collector.md): rejected as such, its content unread."""
+    if rate_limited:
+        return Rejected("rate_limited", "client")
     try:
         doc = _parse(body)
     except _NotJson as exc:

@@ -635,7 +635,8 @@ TRICKLERS: dict[int, Tricklers] = {}
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    """One stack for the input tests; slow clients trickle into its collector the whole time."""
+    """One stack for the input tests; slow clients trickle into its collector the whole time. The tests post from
+    127.0.0.1 fewer new UIDs than collector.max_new_uids_per_client_per_day (200); more would be rate-limited."""
     s = start_stack(tmp_path_factory.mktemp("reliability") / "stack", "--no-simulate")
     host, port = base(s).removeprefix("http://").split(":")
     TRICKLERS[s.broker_port] = Tricklers((host, int(port)))
@@ -1101,17 +1102,22 @@ def test_a_uid_resending_1000_times_in_a_day_counts_once(running: RunningStack) 
     assert row["body"].encode() == last
 
 
-def test_many_uids_from_one_client_are_limited_only_at_the_edge(running: RunningStack) -> None:
-    """The embedded collector has no per-client limit: one client can add deployments by inventing UIDs (the
-    threat model says so). In production the compose proxy limits requests and connections per client address."""
+def test_many_uids_from_one_client_are_limited_per_client(running: RunningStack) -> None:
+    """One client inventing UIDs adds at most collector.max_new_uids_per_client_per_day (200) deployments a day; the
+    rest are answered alike, stored and rejected as `rate_limited` (tests/test_client_limits.py has the details). It
+    sends from 127.0.0.3, so that the budget of 127.0.0.1, which the module's other tests use, stays theirs. In
+    production the compose proxy also limits requests and connections per client address."""
+    limit = load_settings().collector.max_new_uids_per_client_per_day
     drain(running)
-    fleet = fleet_today(running)
-    with httpx.Client(timeout=30) as client:
-        for i in range(300):
+    fleet, rejected = fleet_today(running), rejected_today(running)
+    transport = httpx.HTTPTransport(local_address="127.0.0.3")
+    with httpx.Client(timeout=30, transport=transport) as client:
+        for i in range(limit + 100):
             r = client.post(running.collector_url, content=is_body(is_uid(f"sybil-{i}")), headers=HEADERS)
-            assert r.status_code == 202  # never 429 here
+            assert r.status_code == 202  # never 429 here: the answer teaches nothing
     drain(running)
-    assert fleet_today(running)["deployments"] == fleet["deployments"] + 300
+    assert fleet_today(running)["deployments"] == fleet["deployments"] + limit
+    assert rejected_today(running) - rejected == Counter(rate_limited=100)
     proxy = (ROOT / "compose/nginx/templates/default.conf.template").read_text()
     assert re.search(r"limit_req_zone \$binary_remote_addr zone=collect_per_client", proxy)
     assert re.search(r"limit_conn_zone \$binary_remote_addr zone=collect_conn_per_client", proxy)
@@ -1119,6 +1125,7 @@ def test_many_uids_from_one_client_are_limited_only_at_the_edge(running: Running
     assert m, "no location = /collect block in the proxy template"
     collect = m.group(1)
     assert "limit_req zone=collect_per_client" in collect and "limit_conn collect_conn_per_client" in collect
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in collect  # overwritten, never a client's own
     assert "client_max_body_size ${COLLECTOR_BODY_LIMIT}" in proxy and "limit_req_status 429" in proxy
     compose = (ROOT / "compose/compose.yaml").read_text()
     assert "COLLECTOR_BODY_LIMIT: ${COLLECTOR_BODY_LIMIT:-64k}" in compose

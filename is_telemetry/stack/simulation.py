@@ -17,6 +17,7 @@ from is_telemetry import apiclient
 from is_telemetry.config import Settings
 from is_telemetry.stack.options import StackOptions
 from is_telemetry.stack.readings import Readings
+from is_telemetry.stack.supervisor import simulator_source
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,12 @@ class Simulation:
                 if self.stop.is_set():
                     return
                 self.feed = simulator.LiveFeed(
-                    self.collector_url, self.o.deployments, self.o.cli_installs, self.o.seed, self.stop
+                    self.collector_url,
+                    self.o.deployments,
+                    self.o.cli_installs,
+                    self.o.seed,
+                    self.stop,
+                    local_address=simulator_source(self.s.collector.host),  # unlimited at the collector
                 )
                 self.feed.run()
             except KeyboardInterrupt:

@@ -3,8 +3,12 @@ exits on its own, stopped in reverse order. Each writes its output to data_dir/l
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +17,32 @@ from typing import IO
 
 import httpx
 
-from is_telemetry.config import Settings
+from is_telemetry.config import Settings, client_host
 from is_telemetry.errors import TelemetryError
 from is_telemetry.runtime import stop_process
 from is_telemetry.stack.options import StackOptions
 from is_telemetry.stack.preflight import PreflightFailed
+
+SIMULATOR_ADDRESS = "127.0.0.2"  # the simulated fleet's own loopback source: the rest of 127.0.0.0/8 stays limited
+
+
+@functools.cache
+def simulator_source(collector_host: str) -> str:
+    """The address the simulated fleet sends from, which the stack's collector lists in collector.unlimited_clients
+    (docs/collector.md, "Per-client limits"): 127.0.0.2; ::1 when the collector is reached over IPv6; 127.0.0.1
+    where 127.0.0.2 cannot be bound (macOS configures 127.0.0.1 alone), and then every local client is unlimited."""
+    host = client_host(collector_host)
+    try:
+        if ipaddress.ip_address(host.strip("[]")).version == 6:
+            return "::1"
+    except ValueError:  # a host name
+        pass
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((SIMULATOR_ADDRESS, 0))
+    except OSError:
+        return "127.0.0.1"
+    return SIMULATOR_ADDRESS
 
 
 class ChildFailed(TelemetryError, RuntimeError):
@@ -113,9 +138,18 @@ class Children:
                     self.s.collector.host,
                 ),
                 self.log_dir,
+                env=self._collector_env(),
             )
         )
         self._wait_http(self.collector_url.rsplit("/", 1)[0] + "/readyz", "collector", 60)
+
+    def _collector_env(self) -> dict[str, str]:
+        """The simulated fleet is one client with hundreds of deployments: its address is unlimited (besides the
+        configured ones); everyone else is limited as configured."""
+        if not self.o.simulate:
+            return {}
+        unlimited = [*self.s.collector.unlimited_clients, simulator_source(self.s.collector.host)]
+        return {"IS_TELEMETRY_COLLECTOR__UNLIMITED_CLIENTS": json.dumps(unlimited)}
 
     def _wait_http(self, url: str, name: str, timeout_s: float) -> None:
         child = next(c for c in self.running if c.name == name)

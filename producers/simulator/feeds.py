@@ -104,10 +104,12 @@ class LiveFeed:
         idle_rate_per_s: float = 0.2,
         malformed_rate: float = 0.01,
         timeout_s: float = 10.0,
+        local_address: str | None = None,
     ) -> None:
         self.url, self.deployments, self.cli_installs, self.seed = collector_url, deployments, cli_installs, seed
         self.stop_event, self.rate_per_s, self.idle_rate_per_s = stop_event, rate_per_s, idle_rate_per_s
         self.malformed_rate, self.timeout_s = malformed_rate, timeout_s
+        self.local_address = local_address  # the source address to send from (None: the system's choice)
         self.posted = 0
         self.refused = 0  # 400: bodies the collector refuses at the edge (not JSON)
         self.failed = 0
@@ -156,7 +158,8 @@ class LiveFeed:
         import httpx
 
         rng = random.Random(f"simulator:{self.seed}:live")
-        with httpx.Client(timeout=self.timeout_s) as client:
+        transport = httpx.HTTPTransport(local_address=self.local_address) if self.local_address else None
+        with httpx.Client(timeout=self.timeout_s, transport=transport) as client:
             while not self.stop_event.is_set():
                 day = utc_today()
                 bodies = self._day_bodies(day)
