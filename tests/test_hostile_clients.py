@@ -783,3 +783,104 @@ def test_a_killed_worker_is_started_again_and_nothing_is_lost(stack: RunningStac
     for body in bodies:
         wait_stored(stack, uid_of(body), timeout_s=90)
     assert stack.process.poll() is None
+
+
+# --------------------------------------------------------------------------------- the command line
+
+
+def run_sql_cli(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "is_telemetry", "sql", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+    )
+
+
+ESCAPES = "SELECT concat('plan', char(27), '[2J', char(27), ']0;pwned', char(7), unhex('E280AE'), unhex('C29B')) AS v"
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_stored_escape_sequences_never_reach_the_terminal(stack: RunningStack, fmt: str) -> None:
+    done = run_sql_cli("--api", stack.api_url, "--format", fmt, ESCAPES)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout
+    assert "\x1b" not in printed and "\x07" not in printed and "\u202e" not in printed and "\u009b" not in printed
+    assert "plan" in printed and ("\\x1b" in printed or "\\u001b" in printed)
+    if fmt == "json":  # the same value, escaped the way JSON escapes
+        assert orjson.loads(printed)[0]["v"] == "plan\x1b[2J\x1b]0;pwned\x07\u202e\u009b"
+
+
+class _TokenCatcher(threading.Thread):
+    """An HTTP server on `host` that records the Authorization header of each request."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.seen: list[bytes] = []
+        self.stopping = False
+
+    def run(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                data = conn.recv(65536)
+                self.seen.append(data)
+                conn.sendall(b"HTTP/1.1 503 No\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.join(5)
+        self.sock.close()
+
+
+def _own_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: the kernel picks the route's source address
+            address = str(s.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_a_token_goes_only_to_the_api_the_user_named(tmp_path: Path) -> None:
+    address = _own_address() or "10.255.255.1"
+    catcher = _TokenCatcher(address if _own_address() else "127.0.0.1")
+    catcher.start()
+    data = tmp_path / "data"
+    data.mkdir()
+    state = {"pid": os.getpid(), "api_url": catcher.url if _own_address() else f"http://{address}:9"}
+    (data / "stack.json").write_bytes(orjson.dumps(state))
+    token = {"IS_TELEMETRY_API__TOKEN": "secret-token-for-the-test"}
+    try:
+        # a stack.json that names another machine's API (written by anyone who can write the data directory)
+        done = run_sql_cli("--data-dir", str(data), "SELECT 1", env=token, timeout_s=30)
+        assert done.returncode == 1 and "pass --api" in done.stderr, done.stderr
+        assert not any(b"secret-token" in seen for seen in catcher.seen)
+        # the same address named by the user: the token goes there
+        if _own_address():
+            done = run_sql_cli("--api", catcher.url, "SELECT 1", env=token, timeout_s=30)
+            assert any(b"Bearer secret-token-for-the-test" in seen for seen in catcher.seen), catcher.seen
+    finally:
+        catcher.stop()
+    # a loopback API found in stack.json gets it
+    loopback = _TokenCatcher("127.0.0.1")
+    loopback.start()
+    (data / "stack.json").write_bytes(orjson.dumps({"pid": os.getpid(), "api_url": loopback.url}))
+    try:
+        run_sql_cli("--data-dir", str(data), "SELECT 1", env=token, timeout_s=30)
+        assert any(b"Bearer secret-token-for-the-test" in seen for seen in loopback.seen), loopback.seen
+    finally:
+        loopback.stop()
