@@ -9,7 +9,7 @@
   (ClickHouse stops the query at that limit) plus DELIVERY_GRACE_S; a client that reads too slowly is cut off.
 - **Bytes.** The result goes out as ClickHouse wrote it (dashboard/sql_formats.py), a chunk at a time: the process
   never holds more than one chunk of it. The first FIRST_BYTES are read before the status is sent, so that a result
-  that fails early is answered with its error status. Past `api.query_max_result_bytes` the body ends with the error
+  that fails early is answered with its error status; a result that fits in them goes out whole, with its length. Past `api.query_max_result_bytes` the body ends with the error
   (JSON: an `"error"` member; other formats: a `#error` line, then the connection is closed before the end of the
   chunked body, so that no reader takes the truncated file for a whole one).
 """
@@ -105,6 +105,13 @@ class SqlEndpoint:
             gone.cancel()
             metrics.QUERIES.labels("cancelled").inc()
             return Response(status_code=499)
+        if running.done:  # the whole result is in hand: an ordinary response with its length
+            gone.cancel()
+            self.sessions.give_back(running.engine, healthy=True)
+            self._release()
+            metrics.QUERIES.labels("ok").inc()
+            metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
+            return Response(b"".join(running.first), media_type=running.fmt.media_type, headers=_headers(running.fmt))
         deadline = started + self.timeout_s + DELIVERY_GRACE_S
         return _ResultResponse(self, running, gone, deadline, started)
 
@@ -195,6 +202,13 @@ class SqlEndpoint:
             raise
 
 
+def _headers(fmt: OutputFormat) -> dict[str, str]:
+    headers = {"cache-control": "no-store"}
+    if fmt.binary:
+        headers["content-disposition"] = f'attachment; filename="result.{fmt.name}"'
+    return headers
+
+
 def _marker(query_id: str) -> str:
     return f"/* is-telemetry analyst {query_id} */ "
 
@@ -216,10 +230,8 @@ class _ResultResponse(Response):
     ) -> None:
         # no Response.__init__: it would announce a Content-Length, and the length is not known yet (chunked)
         self.status_code, self.background, self.media_type = 200, None, running.fmt.media_type
-        self.raw_headers = [(b"content-type", running.fmt.media_type.encode()), (b"cache-control", b"no-store")]
-        if running.fmt.binary:
-            disposition = f'attachment; filename="result.{running.fmt.name}"'
-            self.raw_headers.append((b"content-disposition", disposition.encode()))
+        self.raw_headers = [(b"content-type", running.fmt.media_type.encode())]
+        self.raw_headers += [(k.encode(), v.encode()) for k, v in _headers(running.fmt).items()]
         self.endpoint, self.running, self.gone, self.deadline, self.started = endpoint, running, gone, deadline, started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
