@@ -27,7 +27,7 @@ class Reason(StrEnum):
     OUT_OF_RANGE = "out_of_range"  # a count beyond uint64
     BAD_UID = "bad_uid"  # uid not 88-char base64 (IS) / not a UUID (CLI)
     KIND_AMBIGUOUS = "kind_ambiguous"  # both or neither of cli and entities_count
-    IMPLAUSIBLE = "implausible"  # a count above the plausibility limit
+    IMPLAUSIBLE = "implausible"  # a count, or what a message's count list adds up to, above the plausibility limit
     BODY_TOO_LARGE = "body_too_large"  # larger than the collector's limit (only if it got past the edge)
     BAD_BATCH = "bad_batch"  # a many-bodies record whose frames cannot be read (is_telemetry/envelope.py)
 
@@ -61,8 +61,8 @@ def _reason_of(error: Mapping[str, Any]) -> Reason:
         return Reason.NOT_OBJECT
     if kind == "missing":
         return Reason.MISSING_FIELD
-    if kind == "greater_than_equal":
-        return Reason.NEGATIVE
+    if kind == "greater_than_equal":  # below a count's 0, or below a signed 64-bit integer's least value
+        return Reason.NEGATIVE if error.get("ctx", {}).get("ge") == 0 else Reason.OUT_OF_RANGE
     if kind == "less_than_equal":
         return Reason.OUT_OF_RANGE
     if kind in ("int_type", "int_from_float", "int_parsing") and isinstance(value, float):
@@ -87,12 +87,13 @@ def validate(body: bytes, plausibility_limit: int = 10**9) -> TelemetryMessage |
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         return Rejection(reasons[best], _describe(errors[best])[:500] + more)
     ec = message.entities_count
-    if ec is not None and ec.largest() > plausibility_limit:  # the names only for a message that has one
-        for name, value in ec.counts().items():
-            if value > plausibility_limit:
-                return Rejection(
-                    Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"
-                )
+    if ec is not None and ec.largest() <= plausibility_limit:  # the usual case, without naming the figures
+        return message
+    for name, value in message.figures():
+        if value > plausibility_limit:
+            return Rejection(
+                Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"
+            )
     return message
 
 
