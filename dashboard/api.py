@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dashboard import metrics, panels
+from dashboard import freshness, metrics, panels
 from dashboard.analyst_sql import AnalystSessions, new_query_id
 from dashboard.responses import OrjsonResponse, error, json_value, refused
 from is_telemetry.config import Settings, is_loopback
@@ -107,6 +107,16 @@ def _query_of(raw: bytes) -> str:
     return query
 
 
+def _refresh_metrics(sessions: AnalystSessions) -> bytes:
+    """The analyst views' refresh gauges (dashboard/freshness.py); none when ClickHouse cannot say (down, busy,
+    not migrated yet)."""
+    try:
+        return freshness.metrics_text(panels.panel_query(sessions))
+    except RequestRefused as exc:
+        log.debug("analyst view refresh metrics unavailable: %s", exc.message)
+        return b""
+
+
 async def _client_gone(request: Request) -> None:
     """Returns when the client disconnects (the body has been read: the next message is the disconnect)."""
     while True:
@@ -163,7 +173,8 @@ def create_app(
         return OrjsonResponse({"status": "ok"})
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        refreshes = await asyncio.to_thread(_refresh_metrics, panel_sessions or sessions)
+        return Response(generate_latest() + refreshes, media_type=CONTENT_TYPE_LATEST)
 
     async def on_refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestRefused)

@@ -10,20 +10,28 @@ and a failing refresh shows.
   at 10^9 each; CLI execution counts of 2^64-1 and -7) rejected and stored nowhere.
 - A data directory of migrations 0001-0004 holding such values (its refresh fails: the bug) upgrades cleanly
   to 0005 and its figures come out exact.
+- A failing refresh (a table it reads detached) shows in `is-telemetry status`, in /metrics and in the
+  dashboard's /api/freshness ("Figures as of T"), and clears once the table is back.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from dashboard.freshness import FAILING_METRIC, LAST_SUCCESS_METRIC
+from dashboard.server import ApiThread
+from is_telemetry.broker import free_ports
+from is_telemetry.config import load_settings
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery, ground_truth
 from sinks import clickhouse
@@ -340,6 +348,9 @@ def test_hostile_values_and_implausible_totals_through_a_running_stack(tmp_path:
         sent = now_deliveries(hostile)
         wait_for_analyst_views(stack.api_url, expected(sent))  # the refresh ran (every 10 s) and came out exact
         assert_values_come_out(stack.sql, [b for _u, b in hostile])
+        freshness = httpx.get(stack.api_url + "/api/freshness", timeout=10).json()
+        assert freshness["rows"] and not freshness["behind"], freshness
+        assert not [r for r in freshness["rows"] if r["failing"]], freshness
         # sent after the hostile ones: in the figures at the next refresh
         for _u, body in later_bodies():
             post(stack, body)
@@ -348,3 +359,107 @@ def test_hostile_values_and_implausible_totals_through_a_running_stack(tmp_path:
         assert {"command_path": "after the hostile ones", "installs": 1, "executions": 3} in usage
     finally:
         assert stack.stop() == 0
+
+
+# -- a failing refresh shows --------------------------------------------------------------------------------------
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """view -> value of a gauge `name{view="..."}` in a Prometheus text."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + '{view="'):
+            labels, value = line.rsplit(" ", 1)
+            out[labels[len(name) + len('{view="') : -2]] = float(value)
+    return out
+
+
+def run_status(api_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    broker, collector = free_ports(2)
+    return subprocess.run(
+        [sys.executable, "-m", "is_telemetry", "status", "--api", api_url, "--collector", f"http://127.0.0.1:{collector}",
+         "--kafka", f"127.0.0.1:{broker}", "--timeout", "2"],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+    )  # fmt: skip
+
+
+def views_line(out: str) -> str:
+    lines = [x for x in out.splitlines() if x.strip().startswith("views ")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def wait_until(what: str, predicate: Callable[[], Any], timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_failing_refresh_shows_in_status_metrics_and_the_dashboard(tmp_path: Path) -> None:
+    with opened(tmp_path / "chdb") as store:
+        consume(store, [to_records(deliveries(hostile_bodies(), day=1))])
+        refresh_every_view(store)
+        before = datetime.now(UTC)
+        (api_port,) = free_ports(1)
+        settings = load_settings(None, api={"port": api_port}, clickhouse={"dsn": store.dsn})
+        api = ApiThread(settings).start()
+        url = f"http://127.0.0.1:{api_port}"
+        try:
+            wait_until("the API", lambda: _answers(url + "/healthz"))
+            metrics = httpx.get(url + "/metrics", timeout=10).text
+            assert metric_values(metrics, FAILING_METRIC) == {"analyst_daily_refresh": 0.0, "retention_refresh": 0.0}
+            assert all(v > 0 for v in metric_values(metrics, LAST_SUCCESS_METRIC).values())
+            assert " OK " in views_line(run_status(url, tmp_path).stdout)
+            assert httpx.get(url + "/api/freshness", timeout=10).json()["behind"] is False
+
+            # A table both refreshes read goes away: each refresh fails, and the figures stay as they were.
+            store.client.command("DETACH TABLE snapshot_changes")
+            for view in refreshable_views(store):
+                store.client.command(f"SYSTEM REFRESH VIEW {view}")
+            wait_until(
+                "both refreshes to fail",
+                lambda: (
+                    metric_values(httpx.get(url + "/metrics", timeout=10).text, FAILING_METRIC)
+                    == {"analyst_daily_refresh": 1.0, "retention_refresh": 1.0}
+                ),
+            )
+            last = metric_values(httpx.get(url + "/metrics", timeout=10).text, LAST_SUCCESS_METRIC)
+            assert all(v >= int(before.timestamp()) - 60 for v in last.values()), last  # kept: the last success
+            fresh = httpx.get(url + "/api/freshness", timeout=10).json()
+            assert fresh["behind"] is True and fresh["as_of"], fresh
+            assert (
+                fresh["message"].startswith("Figures as of ")
+                and "the refresh of analyst_daily_refresh is failing (" in fresh["message"]
+            )
+            assert all(r["failing"] and "snapshot_changes" in r["error"] for r in fresh["rows"]), fresh["rows"]
+            r = run_status(url, tmp_path)
+            assert r.returncode == 1
+            line = views_line(r.stdout)
+            assert "DOWN" in line and "analyst_daily_refresh FAILING:" in line and "snapshot_changes" in line, line
+            assert "last success 20" in line and "figures as of 20" in line, line
+            assert "views down" in r.stdout.splitlines()[-1], r.stdout
+
+            # Back: the next refresh succeeds and nothing shows any more.
+            store.client.command("ATTACH TABLE snapshot_changes")
+            refresh_every_view(store)
+            wait_until(
+                "the refreshes to succeed",
+                lambda: (
+                    set(metric_values(httpx.get(url + "/metrics", timeout=10).text, FAILING_METRIC).values()) == {0.0}
+                ),
+            )
+            assert httpx.get(url + "/api/freshness", timeout=10).json()["behind"] is False
+            assert " OK " in views_line(run_status(url, tmp_path).stdout)
+        finally:
+            api.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
