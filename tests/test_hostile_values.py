@@ -10,8 +10,9 @@ and a failing refresh shows.
   at 10^9 each; CLI execution counts of 2^64-1 and -7) rejected and stored nowhere.
 - A data directory of migrations 0001-0004 holding such values (its refresh fails: the bug) upgrades cleanly
   to 0005 and its figures come out exact.
-- A failing refresh (a table it reads detached) shows in `is-telemetry status`, in /metrics and in the
-  dashboard's /api/freshness ("Figures as of T"), and clears once the table is back.
+- A failing refresh (a table it reads detached) shows in `is-telemetry status`, in /metrics and on the
+  dashboard (/api/freshness, and its banner "Figures as of T" in a headless Chromium), and clears once the
+  table is back.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tests.analyst_checks import differences, expected, wait_for_analyst_views
 from tests.conftest import RunningStack, start_stack
 from tests.test_analyst_scenarios import uid
 from tests.test_analyst_views import store_reader
+from tests.test_dashboard import Dom, run_chromium
 from tests.test_sink import DAY0, H, consume, extra_truth, extra_views, opened, sorted_truth, to_records, truth_views
 
 LIMIT = 10**9
@@ -442,6 +444,9 @@ def test_a_failing_refresh_shows_in_status_metrics_and_the_dashboard(tmp_path: P
             assert "DOWN" in line and "analyst_daily_refresh FAILING:" in line and "snapshot_changes" in line, line
             assert "last success 20" in line and "figures as of 20" in line, line
             assert "views down" in r.stdout.splitlines()[-1], r.stdout
+            state, node = banner(url, tmp_path / "profile")
+            assert state == "behind" and "hidden" not in node["attrs"], (state, node["attrs"])
+            assert node["text"] == fresh["message"] and node["attrs"]["data-as-of"] == fresh["as_of"]
 
             # Back: the next refresh succeeds and nothing shows any more.
             store.client.command("ATTACH TABLE snapshot_changes")
@@ -454,8 +459,20 @@ def test_a_failing_refresh_shows_in_status_metrics_and_the_dashboard(tmp_path: P
             )
             assert httpx.get(url + "/api/freshness", timeout=10).json()["behind"] is False
             assert " OK " in views_line(run_status(url, tmp_path).stdout)
+            state, node = banner(url, tmp_path / "profile")
+            assert state == "current" and "hidden" in node["attrs"] and not node["text"], (state, node)
         finally:
             api.stop()
+
+
+def banner(url: str, profile: Path) -> tuple[str, dict[str, Any]]:
+    """The dashboard page in a real browser (headless Chromium): <body>'s data-freshness and the banner node."""
+    result = run_chromium(profile, url + "/", "--dump-dom")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = Dom(result.stdout)
+    body = next(n for n in dom.nodes if n["tag"] == "body")
+    (node,) = dom.find(id="freshness")
+    return body["attrs"].get("data-freshness", ""), node
 
 
 def _answers(url: str) -> bool:
