@@ -181,7 +181,6 @@ class CmdData(TypedDict, total=False):
 
 
 _CMD_DATA = TypeAdapter(CmdData)
-_USAGE_KEYS = ("commands", "aliases")
 
 
 def command_usage(cli: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Mapping[str, Any]]]:
@@ -190,12 +189,21 @@ def command_usage(cli: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Mapping
     object one level down that has them (path `(key,)`: a named field). These are checked as CmdData and read by
     the analyst views (sinks/migrations/0005_values_survive.sql); usage lists deeper down are unknown fields."""
     found: list[tuple[tuple[str, ...], Mapping[str, Any]]] = []
-    if any(k in cli for k in _USAGE_KEYS):
+    if "commands" in cli or "aliases" in cli:
         found.append(((), cli))
     for key, value in cli.items():
-        if isinstance(value, dict) and any(k in value for k in _USAGE_KEYS):
+        if isinstance(value, dict) and ("commands" in value or "aliases" in value):
             found.append(((key,), value))
     return found
+
+
+def _usage_sums(cli: Mapping[str, Any]) -> tuple[int, int]:
+    """What the execution counts and the alias usage counts of a cli object add up to."""
+    executions = usages = 0
+    for _path, holder in command_usage(cli):
+        executions += sum(command.get("execution_count", 0) for command in holder.get("commands") or ())
+        usages += sum(alias.get("usage_count", 0) for alias in holder.get("aliases") or ())
+    return executions, usages
 
 
 def _line_errors(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
@@ -254,6 +262,13 @@ class TelemetryMessage(_Model):
             raise PydanticCustomError("bad_uid", "uid must be {kind}", {"kind": kind})
         return self
 
+    def largest(self) -> int:
+        """The largest of figures() (what the plausibility check compares first, without naming them all): counts
+        are never negative, so a sum is at least each of its counts."""
+        if self.entities_count is not None:
+            return self.entities_count.largest()
+        return max(_usage_sums(self.cli)) if self.cli else 0
+
     def figures(self) -> Iterator[tuple[str, int]]:
         """Every count the message carries and what each of its count lists adds up to, by name: what the
         plausibility limit bounds (processors/validate.py), so that no message moves a fleet sum by more."""
@@ -262,17 +277,13 @@ class TelemetryMessage(_Model):
             plans = self.entities_count.gateways.gateways_by_frequency_plan_id
             yield "gateways_by_frequency_plan_id (the plans' sum)", sum(plans.values())
         elif self.cli:
-            executions = usages = 0
             for path, holder in command_usage(self.cli):
                 where = ".".join(("cli", *path))
                 for i, command in enumerate(holder.get("commands") or ()):
-                    n = command.get("execution_count", 0)
-                    executions += n
-                    yield f"{where}.commands.{i}.execution_count", n
+                    yield f"{where}.commands.{i}.execution_count", command.get("execution_count", 0)
                 for i, alias in enumerate(holder.get("aliases") or ()):
-                    n = alias.get("usage_count", 0)
-                    usages += n
-                    yield f"{where}.aliases.{i}.usage_count", n
+                    yield f"{where}.aliases.{i}.usage_count", alias.get("usage_count", 0)
+            executions, usages = _usage_sums(self.cli)
             yield "cli execution_count (the commands' sum)", executions
             yield "cli usage_count (the aliases' sum)", usages
 
