@@ -27,7 +27,7 @@ class Reason(StrEnum):
     OUT_OF_RANGE = "out_of_range"  # a count beyond uint64
     BAD_UID = "bad_uid"  # uid not 88-char base64 (IS) / not a UUID (CLI)
     KIND_AMBIGUOUS = "kind_ambiguous"  # both or neither of cli and entities_count
-    IMPLAUSIBLE = "implausible"  # a count, or what a message's count list adds up to, above the plausibility limit
+    IMPLAUSIBLE = "implausible"  # a count above the plausibility limit
     BODY_TOO_LARGE = "body_too_large"  # larger than the collector's limit (only if it got past the edge)
     BAD_BATCH = "bad_batch"  # a many-bodies record whose frames cannot be read (is_telemetry/envelope.py)
 
