@@ -38,6 +38,12 @@ FAILING_METRIC = "is_telemetry_analyst_view_refresh_failing"
 LAST_SUCCESS_METRIC = "is_telemetry_analyst_view_last_success_timestamp_seconds"
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (controls, escapes, bidirectional marks) written as an
+    escape: an error can quote any value a sender chose, and it is shown on terminals and pages."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _utc(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         return None
@@ -58,12 +64,12 @@ class Refresh:
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Refresh:
-        exception = str(row["exception"] or "")
+        exception = str(row["exception"] or "").strip()
         return cls(
             str(row["view"]),
             str(row["status"]),
             bool(row["failing"]),
-            exception.strip().splitlines()[0][:ERROR_CHARS] if exception.strip() else "",
+            printable(exception.splitlines()[0][:ERROR_CHARS]) if exception else "",
             _utc(row["last_success_time"]),
             _utc(row["last_refresh_time"]),
             _utc(row["figures_as_of"]),

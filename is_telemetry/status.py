@@ -177,32 +177,29 @@ def check_views(client: Any, api: str) -> Line:
         message = _json_field(r, "message") or r.text[:200]
         return Line("views", UNKNOWN, f"not checked: {url} answered {r.status_code}: {message}")
     try:
-        rows = r.json()["rows"]
-        refreshes = [(str(x["view"]), bool(x["failing"]), bool(x["stale"]), str(x["error"]), x) for x in rows]
+        body = r.json()
+        rows = [(str(x["view"]), x) for x in body["rows"]]
+        stale_after_s = int(body["stale_after_s"])
     except (ValueError, KeyError, TypeError) as exc:
         return Line("views", UNKNOWN, f"not checked: {url} did not answer rows of refreshes ({exc})")
-    if not refreshes:
+    if not rows:
         return Line("views", UNKNOWN, "not checked: ClickHouse reports no refreshable view (not migrated yet?)")
 
     def since(x: dict[str, Any]) -> str:
-        last = (
-            f"last success {_when(_parse_time(x['last_success_time']))}"
-            if x["last_success_time"]
-            else ("no success since ClickHouse started")
-        )
-        as_of = f"; figures as of {_when(_parse_time(x['figures_as_of']))}" if x["figures_as_of"] else ""
-        return last + as_of
+        last = x["last_success_time"]
+        text = f"last success {_when(_parse_time(last))}" if last else "no success since ClickHouse started"
+        as_of = x["figures_as_of"]
+        return text + (f"; figures as of {_when(_parse_time(as_of))}" if as_of else "")
 
-    failing = [f"{view} FAILING: {error} ({since(x)})" for view, bad, _stale, error, x in refreshes if bad]
+    failing = [f"{view} FAILING: {x['error']} ({since(x)})" for view, x in rows if x["failing"]]
     if failing:
         return Line("views", DOWN, "; ".join(failing))
-    stale = [f"{view} has not refreshed for long ({since(x)})" for view, _bad, late, _e, x in refreshes if late]
+    stale = [f"{view} has not refreshed for {stale_after_s} s ({since(x)})" for view, x in rows if x["stale"]]
     if stale:
         return Line("views", BEHIND, "; ".join(stale))
-    names = ", ".join(view for view, *_ in refreshes)
-    lasts = [_parse_time(x["last_success_time"]) for *_, x in refreshes if x["last_success_time"]]
-    when = f"last success {_when(min(lasts))}" if len(lasts) == len(refreshes) else "first refresh since start pending"
-    return Line("views", OK, f"{names} refreshing ({when})")
+    lasts = [_parse_time(x["last_success_time"]) for _view, x in rows if x["last_success_time"]]
+    when = f"last success {_when(min(lasts))}" if len(lasts) == len(rows) else "first refresh since start pending"
+    return Line("views", OK, f"{', '.join(view for view, _x in rows)} refreshing ({when})")
 
 
 def _sink_metric(client: Any, url: str) -> str:
