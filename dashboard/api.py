@@ -13,6 +13,7 @@ Every `/api/*` and `/metrics` request is refused (403) when the browser says it 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 
@@ -26,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dashboard import metrics, panels
+from dashboard import freshness, metrics, panels
 from dashboard.analyst_sql import AnalystSessions, SqlSessions
 from dashboard.responses import OrjsonResponse, error, refused
 from dashboard.sql_endpoint import SqlEndpoint, request_of
@@ -85,6 +86,16 @@ class BrowserGuard:
         await self.app(scope, receive, send)
 
 
+def _refresh_metrics(sessions: AnalystSessions) -> bytes:
+    """The analyst views' refresh gauges (dashboard/freshness.py); none when ClickHouse cannot say (down, busy,
+    not migrated yet)."""
+    try:
+        return freshness.metrics_text(panels.panel_query(sessions))
+    except RequestRefused as exc:
+        log.debug("analyst view refresh metrics unavailable: %s", exc.message)
+        return b""
+
+
 def create_app(settings: Settings, sessions: SqlSessions, panel_sessions: AnalystSessions) -> Starlette:
     """The API app: POST /api/sql runs on `sessions` (dashboard/sql_endpoint.py); the dashboard's panels on
     `panel_sessions`, so that a pool saturated by ad-hoc queries leaves the dashboard answering."""
@@ -118,7 +129,8 @@ def create_app(settings: Settings, sessions: SqlSessions, panel_sessions: Analys
         return OrjsonResponse({"status": "ok"})
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        refreshes = await asyncio.to_thread(_refresh_metrics, panel_sessions)
+        return Response(generate_latest() + refreshes, media_type=CONTENT_TYPE_LATEST)
 
     async def on_refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestRefused)

@@ -28,7 +28,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dashboard import analyst_panels
+from dashboard import analyst_panels, freshness
 from dashboard.analyst_sql import AnalystSessions
 from dashboard.panel_model import (
     FLEET_COLUMNS,
@@ -271,6 +271,7 @@ PANELS: dict[str, Callable[[Query, Range], Result]] = {
     "os": panel_os,
     "rejected": panel_rejected,
     "days": panel_days,
+    "freshness": freshness.panel_freshness,  # whether the fleet over time is up to date (dashboard/freshness.py)
     # the fleet over time (carried-forward fleet, lifecycle, shape, regions, versions, CLI, data quality)
     **analyst_panels.PANELS,
 }
@@ -288,11 +289,18 @@ def csv_body(table: Table) -> str:
     return out.getvalue()
 
 
-def run_panel(sessions: AnalystSessions, name: str, params: dict[str, str], today: date) -> tuple[Range, Result]:
+def panel_query(sessions: AnalystSessions) -> Query:
+    """The project's own queries on the analysts' sessions, as rows of dicts."""
+
     def q(sql: str, parameters: dict[str, Any] | None) -> list[dict[str, Any]]:
         result = sessions.run(sql, parameters)
         return [dict(zip(result.columns, row)) for row in result.rows]
 
+    return q
+
+
+def run_panel(sessions: AnalystSessions, name: str, params: dict[str, str], today: date) -> tuple[Range, Result]:
+    q = panel_query(sessions)
     r = resolve_range(params, q, today)
     return r, PANELS[name](q, r)
 

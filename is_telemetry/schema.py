@@ -2,18 +2,31 @@
 
 Shapes follow TTS's `pkg/telemetry/exporter/models` (see docs/telemetry-message.md):
 an Identity Server sends `entities_count` and `"cli": null`; the CLI sends `cli` and
-`"entities_count": null`. Unknown extra fields are accepted everywhere: newer senders add
-fields. Every count is an unsigned 64-bit integer (strict: no floats, no strings).
+`"entities_count": null`, from 2025 with its command usage (`commands`, `aliases`) in `cli`. Unknown extra
+fields are accepted everywhere: newer senders add fields. Every count is an unsigned 64-bit integer (strict:
+no floats, no strings); what the processors accept of them (the plausibility limit, on each count and on
+what a message's counts add up to) is `TelemetryMessage.figures()`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from typing_extensions import TypedDict
 
 UINT64_MAX = 2**64 - 1
 
@@ -47,6 +60,8 @@ _UID_JSON_SCHEMA: dict[str, Any] = {
 
 
 Count = Annotated[int, Field(ge=0, le=UINT64_MAX, strict=True)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
+Text = Annotated[str, Field(strict=True)]
 
 
 class _Model(BaseModel):
@@ -99,7 +114,8 @@ class EntitiesCount(_Model):
     accounts: AccountsCount = Field(default_factory=AccountsCount)
 
     def largest(self) -> int:
-        """The largest count of the message (what the plausibility check compares first, without naming them all)."""
+        """The largest of the message's figures (what the plausibility check compares first, without naming them
+        all): its counts and the plans' sum (which is at least each plan's count)."""
         ed, active, users = self.end_devices, self.end_devices.activate_end_devices, self.accounts.users
         largest = max(
             self.gateways.total,
@@ -114,8 +130,7 @@ class EntitiesCount(_Model):
             users.total or 0,
             self.accounts.organizations.total,
         )
-        plans = self.gateways.gateways_by_frequency_plan_id
-        return max(largest, max(plans.values())) if plans else largest
+        return max(largest, sum(self.gateways.gateways_by_frequency_plan_id.values()))
 
     def counts(self) -> dict[str, int]:
         """Every count of the message by a flat name (per-plan gateway counts as `gateways_by_frequency_plan_id.<plan>`)."""
@@ -139,6 +154,88 @@ class EntitiesCount(_Model):
         return out
 
 
+class CommandUsageData(TypedDict, total=False):
+    """One command's use since the CLI's previous report (TTS `models.CommandUsageData`)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    command_path: Text
+    execution_count: Count
+    last_used_at: Int64  # unix seconds: a time, not a count
+
+
+class AliasUsageData(TypedDict, total=False):
+    """One alias's use (TTS `models.AliasUsageData`)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    command_name: Text
+    alias: Text
+    usage_count: Count
+
+
+class CmdData(TypedDict, total=False):
+    """The CLI's command usage (TTS `models.CmdData`); Go writes a nil list as null."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    commands: list[CommandUsageData] | None
+    aliases: list[AliasUsageData] | None
+
+
+_CMD_DATA = TypeAdapter(CmdData)
+
+
+def command_usage(cli: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Mapping[str, Any]]]:
+    """(path, object) of each object of a CLI message's `cli` that holds command usage (CmdData): the cli object
+    itself (path `()`) when it has `commands` or `aliases` (TTS's `CLITelemetry{CmdData}`, inlined), then each
+    object one level down that has them (path `(key,)`: a named field). These are checked as CmdData and read by
+    the analyst views (sinks/migrations/0005_values_survive.sql); usage lists deeper down are unknown fields."""
+    found: list[tuple[tuple[str, ...], Mapping[str, Any]]] = []
+    if "commands" in cli or "aliases" in cli:
+        found.append(((), cli))
+    for key, value in cli.items():
+        if isinstance(value, dict) and ("commands" in value or "aliases" in value):
+            found.append(((key,), value))
+    return found
+
+
+def _usage_sums(cli: Mapping[str, Any]) -> tuple[int, int]:
+    """What the execution counts and the alias usage counts of a cli object add up to."""
+    executions = usages = 0
+    for _path, holder in command_usage(cli):
+        executions += sum(command.get("execution_count", 0) for command in holder.get("commands") or ())
+        usages += sum(alias.get("usage_count", 0) for alias in holder.get("aliases") or ())
+    return executions, usages
+
+
+def _line_errors(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
+    out: list[InitErrorDetails] = []
+    for e in exc.errors(include_url=False):
+        detail: InitErrorDetails = {"type": e["type"], "loc": prefix + tuple(e["loc"]), "input": e["input"]}
+        if "ctx" in e:
+            detail["ctx"] = e["ctx"]
+        out.append(detail)
+    return out
+
+
+def _cli_as_sent(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """The cli object checked as CmdData wherever command_usage() finds it, and kept as sent (its key order too:
+    the snapshot stores it as JSON text). Every problem is reported: the first reason in order names the message."""
+    errors: list[InitErrorDetails] = []
+    try:
+        handler(value)  # the cli object itself, as CmdData (inlined)
+    except ValidationError as exc:
+        errors += _line_errors(exc, ())
+    if isinstance(value, dict):
+        for path, holder in command_usage(value):
+            if path:
+                try:
+                    _CMD_DATA.validate_python(holder, strict=True)
+                except ValidationError as exc:
+                    errors += _line_errors(exc, path)
+    if errors:
+        raise ValidationError.from_exception_data("cli", errors)
+    return value
+
+
 class TelemetryMessage(_Model):
     """A telemetry body as TTS posts it to `telemetry.target`."""
 
@@ -149,9 +246,10 @@ class TelemetryMessage(_Model):
         ),
     ]
     os: OSTelemetry | None = None
-    cli: dict[str, Any] | None = Field(
+    cli: Annotated[CmdData, WrapValidator(_cli_as_sent)] | None = Field(
         default=None,
-        description="CLI messages: {} or command-usage data (commands/aliases lists); null for an IS",
+        description="CLI messages: {} (2023-2024) or command usage: `commands` and `aliases` lists, inlined or in an "
+        "object one level down (each such object is checked as this one); null for an IS",
     )
     entities_count: EntitiesCount | None = Field(default=None, description="IS messages; null for the CLI")
 
@@ -163,6 +261,31 @@ class TelemetryMessage(_Model):
             kind = "a UUID (CLI)" if self.cli is not None else "88-char base64 of a SHA-512 digest (Identity Server)"
             raise PydanticCustomError("bad_uid", "uid must be {kind}", {"kind": kind})
         return self
+
+    def largest(self) -> int:
+        """The largest of figures() (what the plausibility check compares first, without naming them all): counts
+        are never negative, so a sum is at least each of its counts."""
+        if self.entities_count is not None:
+            return self.entities_count.largest()
+        return max(_usage_sums(self.cli)) if self.cli else 0
+
+    def figures(self) -> Iterator[tuple[str, int]]:
+        """Every count the message carries and what each of its count lists adds up to, by name: what the
+        plausibility limit bounds (processors/validate.py), so that no message moves a fleet sum by more."""
+        if self.entities_count is not None:
+            yield from self.entities_count.counts().items()
+            plans = self.entities_count.gateways.gateways_by_frequency_plan_id
+            yield "gateways_by_frequency_plan_id (the plans' sum)", sum(plans.values())
+        elif self.cli:
+            for path, holder in command_usage(self.cli):
+                where = ".".join(("cli", *path))
+                for i, command in enumerate(holder.get("commands") or ()):
+                    yield f"{where}.commands.{i}.execution_count", command.get("execution_count", 0)
+                for i, alias in enumerate(holder.get("aliases") or ()):
+                    yield f"{where}.aliases.{i}.usage_count", alias.get("usage_count", 0)
+            executions, usages = _usage_sums(self.cli)
+            yield "cli execution_count (the commands' sum)", executions
+            yield "cli usage_count (the aliases' sum)", usages
 
     @property
     def kind(self) -> Literal["is", "cli"]:

@@ -10,6 +10,9 @@
                 the sink's `is_telemetry_sink_last_write_timestamp_seconds` from --sink-metrics, by default the
                 API's /metrics (present when the API runs inside the writing process, as with `is-telemetry up`;
                 a standalone `is-telemetry api` does not write: point --sink-metrics at the sink's /metrics)
+    views       the refreshes of the fleet over time (`analyst_daily`, retention), from the API's /api/freshness: a
+                refresh whose latest attempt failed is DOWN with its error, the time of its last success and how old
+                the figures are; one without a success for 10 minutes is BEHIND
     today       today's row of `fleet_daily` (UTC day)
 
 Lag method: lag = high-water mark - committed offset, per partition of the raw topic, summed. Committed offsets
@@ -44,6 +47,7 @@ from kafka.errors import KafkaError
 from is_telemetry.apiclient import ApiError
 
 SINK_METRIC = "is_telemetry_sink_last_write_timestamp_seconds"
+FRESHNESS_PATH = "/api/freshness"  # dashboard/freshness.py
 
 OK, DOWN, UNKNOWN, BEHIND = "OK", "DOWN", "?", "BEHIND"
 
@@ -160,6 +164,42 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
             f"applications {r['applications']}, users {r['users']}, organizations {r['organizations']}"
         ),
     )
+
+
+def check_views(client: Any, api: str) -> Line:
+    """The analyst views' refreshes, as the dashboard's /api/freshness reports them."""
+    url = f"{api}{FRESHNESS_PATH}"
+    try:
+        r = client.get(url)
+    except httpx.HTTPError as exc:
+        return Line("views", UNKNOWN, f"not checked: the API does not answer ({_reason(exc)})")
+    if r.status_code != 200:
+        message = _json_field(r, "message") or r.text[:200]
+        return Line("views", UNKNOWN, f"not checked: {url} answered {r.status_code}: {message}")
+    try:
+        body = r.json()
+        rows = [(str(x["view"]), x) for x in body["rows"]]
+        stale_after_s = int(body["stale_after_s"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return Line("views", UNKNOWN, f"not checked: {url} did not answer rows of refreshes ({exc})")
+    if not rows:
+        return Line("views", UNKNOWN, "not checked: ClickHouse reports no refreshable view (not migrated yet?)")
+
+    def since(x: dict[str, Any]) -> str:
+        last = x["last_success_time"]
+        text = f"last success {_when(_parse_time(last))}" if last else "no success since ClickHouse started"
+        as_of = x["figures_as_of"]
+        return text + (f"; figures as of {_when(_parse_time(as_of))}" if as_of else "")
+
+    failing = [f"{view} FAILING: {x['error']} ({since(x)})" for view, x in rows if x["failing"]]
+    if failing:
+        return Line("views", DOWN, "; ".join(failing))
+    stale = [f"{view} has not refreshed for {stale_after_s} s ({since(x)})" for view, x in rows if x["stale"]]
+    if stale:
+        return Line("views", BEHIND, "; ".join(stale))
+    lasts = [_parse_time(x["last_success_time"]) for _view, x in rows if x["last_success_time"]]
+    when = f"last success {_when(min(lasts))}" if len(lasts) == len(rows) else "first refresh since start pending"
+    return Line("views", OK, f"{', '.join(view for view, _x in rows)} refreshing ({when})")
 
 
 def _sink_metric(client: Any, url: str) -> str:
@@ -336,10 +376,13 @@ def collect(t: Targets, timeout_s: float, max_lag: int | None) -> Report:
         api_line, ch_line, today = f_api.result()
         kafka_line, lag_line = f_kafka.result()
         sink_line = f_sink.result()
+        views_line = (
+            check_views(client, t.api) if api_line.healthy else Line("views", UNKNOWN, "not checked: the API is down")
+        )
     lines = [collector_line, api_line, kafka_line, lag_line]
     if sink_line is not None:
         lines.append(sink_line)
-    return Report([*lines, ch_line], today)
+    return Report([*lines, ch_line, views_line], today)
 
 
 def render(report: Report, echo: Callable[[str], None]) -> None:

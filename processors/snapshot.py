@@ -16,13 +16,16 @@ import orjson
 from is_telemetry.rows import RejectionRow, SnapshotRow, ms_to_datetime, position
 from is_telemetry.schema import TelemetryMessage
 
-_MAJOR_MINOR = re.compile(r"^\s*v?(\d+)\.(\d+)")
+# major.minor: ASCII digits, each part below 1000 (leading zeros allowed): a bounded pattern, never int() of a long
+# digit string (Python refuses more than 4,300 digits) and never a number the analyst views cannot order.
+_MAJOR_MINOR = re.compile(r"^\s*v?0*([0-9]{1,3})\.0*([0-9]{1,3})(?![0-9])")
 REJECTED_BODY_MAX = 4096  # a rejected body is kept truncated: anyone can put any text in it
 
 
 @lru_cache(maxsize=4096)  # a fleet runs a few hundred distinct versions
 def major_minor(binary_version: str) -> str:
-    """'3.32.1 (1d218216, 2024-10-24T13:28:12Z)' -> '3.32'; '3.27.0-dev' -> '3.27'; else 'unknown'."""
+    """'3.32.1 (1d218216, 2024-10-24T13:28:12Z)' -> '3.32'; '3.27.0-dev' -> '3.27'; else (no two dotted numbers
+    below 1000 first) 'unknown'."""
     m = _MAJOR_MINOR.match(binary_version)
     return f"{int(m.group(1))}.{int(m.group(2))}" if m else "unknown"
 

@@ -62,8 +62,8 @@ def _reason_of(error: Mapping[str, Any]) -> Reason:
         return Reason.NOT_OBJECT
     if kind == "missing":
         return Reason.MISSING_FIELD
-    if kind == "greater_than_equal":
-        return Reason.NEGATIVE
+    if kind == "greater_than_equal":  # below a count's 0, or below a signed 64-bit integer's least value
+        return Reason.NEGATIVE if error.get("ctx", {}).get("ge") == 0 else Reason.OUT_OF_RANGE
     if kind == "less_than_equal":
         return Reason.OUT_OF_RANGE
     if kind in ("int_type", "int_from_float", "int_parsing") and isinstance(value, float):
@@ -87,13 +87,13 @@ def validate(body: bytes, plausibility_limit: int = 10**9) -> TelemetryMessage |
         best = min(range(len(errors)), key=lambda i: _PRECEDENCE.index(reasons[i]) if reasons[i] in _PRECEDENCE else 99)
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         return Rejection(reasons[best], _describe(errors[best])[:500] + more)
-    ec = message.entities_count
-    if ec is not None and ec.largest() > plausibility_limit:  # the names only for a message that has one
-        for name, value in ec.counts().items():
-            if value > plausibility_limit:
-                return Rejection(
-                    Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"
-                )
+    if message.largest() <= plausibility_limit:  # the usual case, without naming the figures
+        return message
+    for name, value in message.figures():
+        if value > plausibility_limit:
+            return Rejection(
+                Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"
+            )
     return message
 
 

@@ -39,6 +39,7 @@ REASONS = (
 )
 DEFAULT_PLAUSIBILITY_LIMIT = 10**9  # processors.plausibility_limit's documented default
 UINT64_MAX = 18_446_744_073_709_551_615  # 2^64 - 1: the largest count
+INT64_MIN, INT64_MAX = -9_223_372_036_854_775_808, 9_223_372_036_854_775_807  # a CLI's last_used_at (unix seconds)
 
 _EPOCH = date(1970, 1, 1)
 _DAY_MS = 86_400_000
@@ -51,7 +52,8 @@ def utc_day(received_at_ms: int) -> date:
 
 def version_of(binary_version: str) -> str:
     """major.minor of a binary version ('3.32.1 (1d218216, ...)', ' v3.27.0-dev' -> '3.32', '3.27': leading blanks
-    and a 'v' allowed, each part read as a number), or 'unknown' when it does not start with two dotted numbers."""
+    and a 'v' allowed, each part read as a number), or 'unknown' when it does not start with two dotted numbers
+    (ASCII digits) each below 1000."""
     rest = binary_version.lstrip()
     if rest[:1] == "v":
         rest = rest[1:]
@@ -60,9 +62,10 @@ def version_of(binary_version: str) -> str:
         digits = ""
         while rest[:1].isascii() and rest[:1].isdigit():
             digits, rest = digits + rest[0], rest[1:]
-        if not digits:
+        significant = digits.lstrip("0") or "0"
+        if not digits or len(significant) > 3:
             return "unknown"
-        numbers.append(int(digits))
+        numbers.append(int(significant))
         if len(numbers) == 1:
             if rest[:1] != ".":
                 return "unknown"
@@ -81,6 +84,7 @@ class Rejected:
 # The message, as docs/telemetry-message.md's table describes it. An object's keys are optional unless listed in
 # _REQUIRED; unknown keys are accepted everywhere.
 _COUNT, _COUNT_OR_NULL, _STRING, _COUNT_MAP, _ANY_OBJECT = "count", "count or null", "string", "count map", "object"
+_INT64 = "signed 64-bit integer"
 _OS = {"operating_system": _STRING, "arch": _STRING, "binary_version": _STRING, "golang_version": _STRING}
 _ENTITIES = {
     "gateways": {"total": _COUNT, "gateways_by_frequency_plan_id": _COUNT_MAP},
@@ -95,6 +99,12 @@ _ENTITIES = {
     },
 }
 _REQUIRED = ("uid",)
+# A CLI's command usage: lists (or null) of these objects under `commands` and `aliases`, in the cli object itself
+# or in an object one level down; each list's counts are summed for the plausibility limit under its name.
+_USAGE_LISTS = {
+    "commands": ({"command_path": _STRING, "execution_count": _COUNT, "last_used_at": _INT64}, "execution_count"),
+    "aliases": ({"command_name": _STRING, "alias": _STRING, "usage_count": _COUNT}, "usage_count"),
+}
 
 
 class _NotJson(ValueError):
@@ -124,6 +134,7 @@ class _Problems:
     def __init__(self) -> None:
         self.found: list[tuple[int, str, str]] = []  # (rank, reason, where)
         self.counts: list[tuple[str, int]] = []  # (where, value) of every well-formed count
+        self.sums: dict[str, int] = {}  # what each kind of count list adds up to (plans, executions, usages)
 
     def add(self, reason: str, where: str) -> None:
         self.found.append((REASONS.index(reason), reason, where))
@@ -148,6 +159,20 @@ def _count(value: Any, where: str, problems: _Problems) -> None:
         problems.counts.append((where, value))
 
 
+def _int64(value: Any, where: str, problems: _Problems) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.add("wrong_type", where)
+    elif isinstance(value, float):
+        problems.add("fractional", where)
+    elif not INT64_MIN <= value <= INT64_MAX:
+        problems.add("out_of_range", where)
+
+
+def _summed(problems: _Problems, name: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT64_MAX:
+        problems.sums[name] = problems.sums.get(name, 0) + value
+
+
 def _object(value: Any, shape: dict[str, Any], where: str, problems: _Problems) -> None:
     if not isinstance(value, dict):
         problems.add("wrong_type", where)
@@ -161,6 +186,8 @@ def _object(value: Any, shape: dict[str, Any], where: str, problems: _Problems) 
                 _count(item, at, problems)
         elif kind == _COUNT:
             _count(item, at, problems)
+        elif kind == _INT64:
+            _int64(item, at, problems)
         elif kind == _STRING:
             if not isinstance(item, str):
                 problems.add("wrong_type", at)
@@ -170,8 +197,34 @@ def _object(value: Any, shape: dict[str, Any], where: str, problems: _Problems) 
             else:
                 for plan, n in item.items():
                     _count(n, f"{at}.{plan}", problems)
+                    _summed(problems, at, n)
         else:
             _object(item, kind, at, problems)
+
+
+def _usage(cli: dict[str, Any], where: str, problems: _Problems) -> None:
+    """The command-usage lists of one object of the cli object."""
+    for key, (shape, counted) in _USAGE_LISTS.items():
+        items = cli.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            problems.add("wrong_type", f"{where}.{key}")
+            continue
+        for i, item in enumerate(items):
+            _object(item, shape, f"{where}.{key}.{i}", problems)
+            if isinstance(item, dict):
+                _summed(problems, f"cli {key}: the sum of {counted}", item.get(counted, 0))
+
+
+def _cli(cli: Any, problems: _Problems) -> None:
+    if not isinstance(cli, dict):
+        problems.add("wrong_type", "cli")
+        return
+    _usage(cli, "cli", problems)
+    for key, value in cli.items():
+        if isinstance(value, dict) and ("commands" in value or "aliases" in value):
+            _usage(value, f"cli.{key}", problems)
 
 
 def _is_uid_ok(uid: str) -> bool:
@@ -213,8 +266,8 @@ def judge(
         problems.add("wrong_type", "uid")
     if doc.get("os") is not None:
         _object(doc["os"], _OS, "os", problems)
-    if doc.get("cli") is not None and not isinstance(doc["cli"], dict):
-        problems.add("wrong_type", "cli")
+    if doc.get("cli") is not None:
+        _cli(doc["cli"], problems)
     if doc.get("entities_count") is not None:
         _object(doc["entities_count"], _ENTITIES, "entities_count", problems)
     if problems.found:
@@ -224,7 +277,7 @@ def judge(
         return Rejected("kind_ambiguous", "cli, entities_count")
     if not (_cli_uid_ok(doc["uid"]) if is_cli else _is_uid_ok(doc["uid"])):
         return Rejected("bad_uid", "uid")
-    for where, n in problems.counts:
+    for where, n in [*problems.counts, *problems.sums.items()]:  # each count, then each list's sum
         if n > plausibility_limit:
             return Rejected("implausible", where)
     return TelemetryMessage.model_validate(doc)

@@ -96,6 +96,7 @@ ANALYST_DEPTH_VIEWS = [
     "data_quality_daily",
     "sender_jumps_daily",
     "analyst_daily_pending",
+    "analyst_refreshes",  # migration 0005
 ]
 ANALYST_DEPTH_PARAMETERIZED = [
     "fleet_daily_carried_lookback",

@@ -73,6 +73,8 @@ def test_status_of_a_running_then_stopped_stack(tmp_path: Path) -> None:
         assert re.search(r"ClickHouse\s+OK\s+last snapshot received \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(\d+ s ago\)", ch)
         # `up` serves the API from the writing worker, so its /metrics has the sink metric.
         assert re.search(r"sink last write \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", ch)
+        # the refreshes of the fleet over time (dashboard /api/freshness)
+        assert re.search(r"views\s+OK\s+analyst_daily_refresh, retention_refresh refreshing", line(out, "views"))
         today = line(out, "today")
         for figure in (
             "deployments 3",
@@ -99,7 +101,8 @@ def test_status_of_a_running_then_stopped_stack(tmp_path: Path) -> None:
     assert re.search(r"API\s+DOWN\s+.*connection refused", line(out, "API"))
     assert re.search(r"Kafka\s+DOWN\s+127\.0\.0\.1:\d+\s+not reachable", line(out, "Kafka"))
     assert "not computed" in line(out, "lag") and "not checked" in line(out, "ClickHouse")
-    assert out.splitlines()[-1] == "unhealthy: collector, API, Kafka down; lag, ClickHouse not checked"
+    assert "not checked" in line(out, "views")
+    assert out.splitlines()[-1] == "unhealthy: collector, API, Kafka down; lag, ClickHouse, views not checked"
 
 
 def test_render_names_what_is_behind() -> None:

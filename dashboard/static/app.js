@@ -531,8 +531,10 @@
       ["cli", "#panel-cli", (d) => renderCli(d, axis)],
       ["data-quality", "#panel-quality", (d) => renderQuality(d, axis)],
     ];
+    const fresh = getJSON("/api/freshness", range);
     const results = await Promise.allSettled(jobs.map(([name]) => getJSON("/api/" + name, range)));
     if (mine !== generation) return;
+    showFreshness(await fresh.catch(() => null));
     const failed = [];
     results.forEach((res, i) => {
       const [name, panel, render] = jobs[i];
@@ -557,6 +559,16 @@
       status("Showing " + range.from + " to " + range.to + (summaryDay ? "; figures for " + summaryDay : "; no data in this range") + ".");
       document.body.dataset.state = "ready";
     }
+  }
+
+  // "Figures as of T: ..." when a refresh of the fleet over time is failing or late (/api/freshness); as text.
+  function showFreshness(data) {
+    const banner = $("#freshness");
+    const behind = Boolean(data && data.behind);
+    banner.hidden = !behind;
+    banner.textContent = behind ? data.message : "";
+    banner.dataset.asOf = behind && data.as_of ? data.as_of : "";
+    document.body.dataset.freshness = data ? (behind ? "behind" : "current") : "unknown";
   }
 
   function currentParams() {
