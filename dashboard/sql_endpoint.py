@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Iterator
@@ -217,6 +218,21 @@ def _next(pieces: Iterator[bytes]) -> bytes | None:
     return next(pieces, None)
 
 
+_CUT_SHORT: contextvars.ContextVar[bool] = contextvars.ContextVar("analyst_result_cut_short", default=False)
+UNFINISHED = "ASGI callable returned without completing response."
+
+
+class _DeliberatelyUnfinished(logging.Filter):
+    """uvicorn calls a response left unfinished an error; a result this module cut short on purpose is not one (it
+    is logged at INFO with its reason). The flag lives in the request's own task, so no other response is hidden."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == UNFINISHED and _CUT_SHORT.get())
+
+
+logging.getLogger("uvicorn.error").addFilter(_DeliberatelyUnfinished())
+
+
 class _ResultResponse(Response):
     """Streams a running result; ends it with the error if it is cut short (see the module's docstring)."""
 
@@ -248,7 +264,8 @@ class _ResultResponse(Response):
             if finish:  # a whole result, or a JSON one ended by its "error" member
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 healthy = outcome == "ok"
-            # else the body stays unfinished and the server closes the connection
+            else:  # the body stays unfinished: the server closes the connection (and need not call that an error)
+                _CUT_SHORT.set(True)
         finally:
             self.gone.cancel()
             with contextlib.suppress(RuntimeError):

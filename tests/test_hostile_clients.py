@@ -608,6 +608,8 @@ def test_a_text_result_cut_short_is_not_taken_for_a_whole_one(stack: RunningStac
             for chunk in r.iter_bytes():
                 tail = (tail + chunk)[-300:]
     assert b"\n#error result_too_large: " in tail
+    worker_log = (stack.data_dir / "logs" / "worker.log").read_text(errors="replace")
+    assert "without completing response" not in worker_log  # cut on purpose, logged at INFO with its reason
 
 
 def test_waiting_is_bounded_and_abandoned_work_never_runs(stack: RunningStack) -> None:
