@@ -57,6 +57,21 @@ def settings_from(config: Path | None, serves_api: bool = False, **flags: Any) -
         raise typer.Exit(2) from exc
 
 
+def follow_lifeline(settings: Settings, drain: bool = False) -> None:
+    """A child of `up` stops by itself once `up` is gone (is_telemetry/lifeline.py); a worker on `up`'s embedded
+    broker first stores what the broker holds (is_telemetry/stack/drain.py). Nothing, when started by hand."""
+    import os
+
+    from is_telemetry import lifeline
+    from is_telemetry.stack.drain import DRAIN_ENV, wait_stored
+
+    def store_first() -> None:
+        wait_stored(settings)
+
+    drain = drain and os.environ.pop(DRAIN_ENV, "") == "1"
+    lifeline.follow(before_stop=store_first if drain else None)
+
+
 def _port(value: int | None) -> int | None:
     return value or None  # 0 or absent = the configured default
 
@@ -198,6 +213,7 @@ def worker(
         processors={"group_id": group_id},
     )
     setup_logging(log_level)
+    follow_lifeline(s, drain=True)
     try:
         code = run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
     except ConfigError as exc:  # e.g. the raw topic's partition count changed
@@ -257,6 +273,7 @@ def collect(
 
     s = settings_from(config, kafka={"bootstrap_servers": kafka}, collector={"port": _port(port), "host": host or None})
     setup_logging(log_level)
+    follow_lifeline(s)
     serve(s, log_level=log_level)
 
 

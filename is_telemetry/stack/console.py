@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from is_telemetry.stack.output import say
+
 
 def progress_line(stored: tuple[int, int, int], simulate: bool, backfilled: int, live_posted: int | None) -> str:
     clickhouse = f"ClickHouse: {stored[0]} snapshots (UID-days), {stored[1]} rejected, {stored[2]} days"
@@ -42,9 +44,9 @@ class ProgressConsole:
         """`summary` is called only when a summary is due (it queries ClickHouse)."""
         if self.first_row_at is None and stored[0] > 0:
             self.first_row_at = time.monotonic()
-            print(f"\nfirst rows in ClickHouse {self.first_row_at - self.started:.1f}s after start-up", flush=True)
+            say(f"\nfirst rows in ClickHouse {self.first_row_at - self.started:.1f}s after start-up")
         if self.tty:
-            print("\r" + line[:160].ljust(160), end="", flush=True)
+            say("\r" + line[:160].ljust(160), end="")
         if time.monotonic() >= self.next_summary:
-            print(("\n" if self.tty else "") + summary() + ("" if self.tty else f"\n  {line}"), flush=True)
+            say(("\n" if self.tty else "") + summary() + ("" if self.tty else f"\n  {line}"))
             self.next_summary = time.monotonic() + self.summary_every_s

@@ -16,6 +16,7 @@ from kafka.errors import KafkaError
 from is_telemetry import apiclient
 from is_telemetry.config import Settings
 from is_telemetry.stack.options import StackOptions
+from is_telemetry.stack.output import say
 from is_telemetry.stack.readings import Readings
 from is_telemetry.stack.supervisor import simulator_source
 
@@ -87,25 +88,22 @@ class Simulation:
             # what sending can raise (a failed send, Kafka, HTTP, the data directory, a fleet it cannot generate):
             # the simulator stops with one line, the pipeline goes on
             except (simulator.SendError, KafkaError, httpx.HTTPError, OSError, ValueError) as exc:
-                print(f"\nsimulator stopped: {exc}", flush=True)
+                say(f"\nsimulator stopped: {exc}")
 
         t = threading.Thread(target=backfill_then_live, name="simulator", daemon=True)
         t.start()
         self.threads.append(t)
         if live_only:
-            print("  simulator  live feed through the collector started again", flush=True)
+            say("  simulator  live feed through the collector started again")
             return
         fleet = f"{self.o.deployments} deployments + {self.o.cli_installs} CLI installs"
         if recorded is not None and self.o.days > 0:
-            print(
+            say(
                 f"  simulator  {fleet}: history already stored from this data directory (through "
-                f"{recorded.get('through')}), not sent again; live through the collector",
-                flush=True,
+                f"{recorded.get('through')}), not sent again; live through the collector"
             )
             return
-        print(
-            f"  simulator  {fleet}: {self.o.days} days backfilled to Kafka, then live through the collector", flush=True
-        )
+        say(f"  simulator  {fleet}: {self.o.days} days backfilled to Kafka, then live through the collector")
 
     def check_backfill_stored(self, readings: Readings, every_s: float = 2.0) -> None:
         """Once the worker has stored the backfill's records, remember (in the data directory) that this fleet's

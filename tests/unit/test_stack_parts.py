@@ -11,10 +11,21 @@ from pathlib import Path
 import pytest
 
 from is_telemetry.config import Settings
+from is_telemetry.lifeline import Lifelines, broker_command
 from is_telemetry.stack.broker_recovery import LossAccount, start_broker_again
 from is_telemetry.stack.console import progress_line, summary_line
 from is_telemetry.stack.preflight import PreflightFailed, ports, preflight
-from is_telemetry.stack.state import STATE_FILE, other_owner, read_state, remove_state, write_state
+from is_telemetry.stack.state import (
+    STATE_FILE,
+    leftovers,
+    other_owner,
+    process_started,
+    read_state,
+    read_state_file,
+    remove_state,
+    this_process,
+    write_state,
+)
 from is_telemetry.stack.supervisor import RestartWindow, exit_status
 
 
@@ -71,8 +82,8 @@ def test_console_lines() -> None:
 
 def test_the_state_file_is_this_process_s_until_removed(tmp_path: Path) -> None:
     assert read_state(tmp_path) is None
-    write_state(tmp_path, {"pid": os.getpid(), "api_url": "http://127.0.0.1:1"})
-    assert read_state(tmp_path) == {"pid": os.getpid(), "api_url": "http://127.0.0.1:1"}
+    write_state(tmp_path, {**this_process(), "api_url": "http://127.0.0.1:1"})
+    assert read_state(tmp_path) == {**this_process(), "api_url": "http://127.0.0.1:1"}
     assert other_owner(tmp_path) is None  # this process's own
     remove_state(tmp_path)
     assert not (tmp_path / STATE_FILE).exists()
@@ -82,6 +93,48 @@ def test_the_state_file_is_this_process_s_until_removed(tmp_path: Path) -> None:
     assert (tmp_path / STATE_FILE).exists()
     (tmp_path / STATE_FILE).write_text("[1, 2]")
     assert read_state(tmp_path) is None
+
+
+def test_a_stale_state_file_is_recognised_and_its_leftovers_named(tmp_path: Path) -> None:
+    """An `up` that was killed leaves its state file: its pid is gone, or now another process's (pid reuse), or
+    the process there is not an `up`. Then no stack runs there, and the children it names that still run are the
+    leftovers the next `up` waits for."""
+    parent = os.getppid()  # alive, and not an `is-telemetry up`
+    started = process_started(parent)
+    assert started is not None
+    for stale in (
+        {"pid": 2**22 + 12345},  # gone
+        {"pid": parent, "pid_started": started + 1},  # the pid was given to another process since
+        {"pid": parent},  # no start time recorded: its command line is not an `up`
+        {"pid": "1"},  # not a pid
+    ):
+        write_state(tmp_path, stale)
+        assert read_state(tmp_path) is None, stale
+        assert other_owner(tmp_path) is None, stale
+        assert read_state_file(tmp_path) == stale
+    me = {"pid": os.getpid(), "started": process_started(os.getpid())}
+    write_state(tmp_path, {"pid": 2**22 + 12345, "children": {"worker": me, "collector": {**me, "started": 1}}})
+    assert leftovers(tmp_path) == {"worker": os.getpid()}  # the collector's pid is now another process's
+    write_state(tmp_path, {**this_process(), "children": {"worker": me}})
+    assert leftovers(tmp_path) == {}  # its `up` runs: nothing is left over
+
+
+def test_every_port_clash_is_reported_in_one_run(tmp_path: Path) -> None:
+    held = [socket.socket() for _ in range(3)]
+    try:
+        for sock in held:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        broker, collector, api = (sock.getsockname()[1] for sock in held)
+        s = settings(tmp_path, broker={"port": broker}, collector={"port": collector}, api={"port": api})
+        with pytest.raises(PreflightFailed) as failed:
+            preflight(s, tmp_path, threading.Event())
+    finally:
+        for sock in held:
+            sock.close()
+    assert len(failed.value.problems) == 3, failed.value.problems
+    for port, flag in ((broker, "--broker-port"), (collector, "--collector-port"), (api, "--api-port")):
+        assert any(f"port {port} for the" in p and flag in p for p in failed.value.problems), failed.value.problems
 
 
 def test_restarts_are_counted_within_the_window() -> None:
@@ -102,3 +155,19 @@ def test_a_broker_restart_asked_to_stop_starts_nothing(tmp_path: Path) -> None:
     stop.set()
     assert start_broker_again(Settings(), tmp_path / "broker.log", stop) is None
     assert not (tmp_path / "broker.log").exists()
+
+
+def test_a_later_child_holds_the_lifelines_of_the_earlier_ones() -> None:
+    """The collector (started last, stopped first) holds the worker's and the broker's write ends; the worker the
+    broker's; each reads its own. So, after `up` dies, a child's pipe breaks only once those after it are gone."""
+    lines = Lifelines(["broker", "worker", "collector"])
+    try:
+        (br, bw), (wr, ww), (cr, _cw) = (lines.pipes[n] for n in ("broker", "worker", "collector"))
+        assert lines.pass_fds("broker") == (br,)
+        assert lines.pass_fds("worker") == (wr, bw)
+        assert lines.pass_fds("collector") == (cr, bw, ww)
+        assert lines.env("worker") == {"IS_TELEMETRY_LIFELINE": str(wr)}
+        assert not any(os.get_inheritable(fd) for pair in lines.pipes.values() for fd in pair)  # only pass_fds
+    finally:
+        lines.close()
+    assert broker_command(7, ["/bin/tansu", "broker"])[-3:] == ["--", "/bin/tansu", "broker"]
