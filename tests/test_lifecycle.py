@@ -276,6 +276,29 @@ def test_a_graceful_end_stops_everything_in_order_and_keeps_what_was_acknowledge
     ended.append(up)
     check_children(up, embedded=True)
     uids = post_bodies(up.collector_url, way)
+    if way == "SIGTERM":  # `status` and `simulate` find this stack (on ports of its own) through its data directory
+        sim = subprocess.run(
+            [
+                *CLI,
+                "simulate",
+                "--data-dir",
+                str(up.data_dir),
+                "--deployments",
+                "2",
+                "--cli-installs",
+                "0",
+                "--days",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sim.returncode == 0 and f"kafka 127.0.0.1:{up.ports['broker']} " in sim.stderr, sim.stderr
+        code, out = status(up.data_dir)
+        assert code == 0 and "all healthy" in out, out
+        assert f"up          OK     pid {up.process.pid} on {up.data_dir}" in out, out
+        assert f"collector   OK     http://127.0.0.1:{up.ports['collector']}" in out, out
     if way == "ctrl-c, output gone":
         up.go_away()  # tee dies first (the same Ctrl-C)...
         up.process.send_signal(signal.SIGINT)  # ...then `up` is told to stop, and finds nobody reading its output
@@ -338,12 +361,21 @@ def test_the_oom_killer_the_children_store_what_was_acknowledged_then_stop(tmp_p
     took = assert_all_gone(up.children, GONE_WITHIN_S, up.log())
     assert_ports_free(up)
     assert (up.data_dir / "stack.json").exists()  # stale: its `up` is gone
+    code, out = status(up.data_dir)
+    assert code == 1 and f"names pid {up.process.pid}, which is not running: that `up` was killed" in out, out
     assert stored(up.data_dir, uids) == len(uids)
     again = start_up(tmp_path / "data")  # starts at once: the stale stack.json is recognised
     ended.append(again)
     again.process.send_signal(signal.SIGTERM)
     assert again.process.wait(60) == 0, again.log()
     print(f"the children of a killed `up` were gone {took:.1f}s later")
+
+
+def status(data_dir: Path) -> tuple[int, str]:
+    p = subprocess.run(
+        [*CLI, "status", "--data-dir", str(data_dir), "--timeout", "2"], capture_output=True, text=True, timeout=60
+    )
+    return p.returncode, p.stdout + p.stderr
 
 
 def _stored_through_api(up: Up, uids: list[str]) -> int:
