@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import NamedTuple
 
@@ -84,13 +84,14 @@ def preflight(settings: Settings, data_dir: Path, stop: threading.Event) -> None
             wait_for(name, probe, stop, first[name])
 
 
-def port_clashes(settings: Settings) -> list[str]:
-    """Each port `up` would listen on that is already taken, in one line each."""
+def port_clashes(settings: Settings, skip: Collection[str] = ()) -> list[str]:
+    """Each port `up` would listen on that is already taken, in one line each (`skip`: the flags of ports not to
+    check, e.g. given wrong: the default in their place is not what was asked for)."""
     return [
         f"port {p.port} for the {p.name} is already in use (another `is-telemetry up`?): "
         f"stop that, or pick another port with {p.flag}, e.g. {p.flag} {p.port + 10}"
         for p in ports(settings)
-        if port_open(client_host(p.host), p.port)
+        if p.flag not in skip and port_open(client_host(p.host), p.port)
     ]
 
 
