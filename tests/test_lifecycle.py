@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -316,6 +317,9 @@ def test_a_graceful_end_stops_everything_in_order_and_keeps_what_was_acknowledge
         order = [log.index(f"stopping: {name}") for name in ("collector", "worker", "broker")]
         assert order == sorted(order), log
         assert log.rstrip().endswith("stopped"), log
+        # off a terminal: plain progress lines (no control characters), never two blank lines in a row
+        assert "ClickHouse: 0 snapshots (UID-days), 0 rejected, 0 days\n" in log, log
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", log) and "\n\n\n" not in log, repr(log)
     assert stored(up.data_dir, uids) == len(uids), up.log()
 
 

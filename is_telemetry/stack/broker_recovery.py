@@ -91,7 +91,7 @@ class LossAccount:
         if backfill:
             sources += f", the simulator backfilled {backfill}"
         return (
-            f"\n!! BROKER LOST: {why}.\n"
+            f"!! BROKER LOST: {why}.\n"
             f"!! Its memory storage is gone: every topic, offset and consumer group.\n"
             f"!! Lost: about {lost} records acknowledged to their senders but not yet stored by the worker "
             f"({sources} since the broker started; the worker stored {stored}). Senders got 202 and will not "

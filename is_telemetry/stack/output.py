@@ -1,20 +1,41 @@
-"""Where `up` writes its console: stdout (stderr for errors). The reader may be gone (`make run | tee log`: Ctrl-C
-ends tee first, then a write fails with EPIPE; a closed terminal: EIO): the stream is then pointed at /dev/null and
-`up` goes on. A failed write never cuts a stop short, and nothing later (a library's log line, the interpreter's
-last flush) fails on it either."""
+"""Where `up` writes its console: stdout (stderr for errors).
+
+- The reader may be gone (`make run | tee log`: Ctrl-C ends tee first, then a write fails with EPIPE; a closed
+  terminal: EIO): the stream is then pointed at /dev/null and `up` goes on. A failed write never cuts a stop
+  short, and nothing later (a library's log line, the interpreter's last flush) fails on it either.
+- On a terminal the progress line is rewritten in place (`rewrite`); the next line said ends it first, so that no
+  message starts in the middle of it and none is preceded by an empty line it did not ask for."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from typing import TextIO
+
+_midline = False  # a progress line is on the terminal, not ended yet
 
 
 def say(text: str = "", *, err: bool = False, end: str = "\n") -> None:
     """Write one piece of the console and flush it; if the reader is gone, silence that stream for good."""
-    stream = sys.stderr if err else sys.stdout
+    global _midline
+    if _midline:
+        _midline = False
+        _write(sys.stdout, "\n")
+    _write(sys.stderr if err else sys.stdout, text + end)
+
+
+def rewrite(line: str) -> None:
+    """A terminal's progress line, in place (cut to the terminal's width: a wrapped line cannot be rewritten)."""
+    global _midline
+    width = max(20, shutil.get_terminal_size((120, 24)).columns - 1)
+    _write(sys.stdout, "\r" + line[:width].ljust(width))
+    _midline = True
+
+
+def _write(stream: TextIO, text: str) -> None:
     try:
-        stream.write(text + end)
+        stream.write(text)
         stream.flush()
     except (OSError, ValueError):  # EPIPE, EIO, ... or a stream already closed
         silence(stream)

@@ -238,7 +238,7 @@ class Children:
                 f"{self.o.broker_restarts_window_s:.0f}s): giving up; see {child.log_path}:\n" + tail(child.log_path)
             )
         say(
-            f"\n!! the {child.name} exited with {status}; see {child.log_path}. Starting it again: records the "
+            f"!! the {child.name} exited with {status}; see {child.log_path}. Starting it again: records the "
             f"broker holds are not lost{' (the worker resumes from its committed offsets)' if child.name == 'worker' else ''}."
         )
         if child.name == "worker":

@@ -23,6 +23,7 @@ import logging
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 
 from is_telemetry import apiclient
 from is_telemetry.broker import EmbeddedBroker
@@ -62,6 +63,7 @@ class Stack:
         self.losses = LossAccount()
         self.broker_restarts = RestartWindow(options.broker_restarts_window_s)
         self.started_at = time.time()
+        self.started = time.monotonic()  # start-up: when the first component starts (reset by start())
         self._recorded: dict[str, dict[str, int | None]] | None = None  # the children the state file names
         self.children.on_started = self.write_state
 
@@ -69,7 +71,7 @@ class Stack:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        self.started = started = time.monotonic()
         if self.s.embedded_kafka:
             self.broker = EmbeddedBroker(
                 self.s.broker.host, self.s.broker.port, self.log_dir / "broker.log", self.lifelines.read_fd("broker")
@@ -114,7 +116,7 @@ class Stack:
     # -- watch ------------------------------------------------------------------------------------------------
 
     def watch(self) -> None:
-        console = ProgressConsole(self.o.summary_every_s)
+        console = ProgressConsole(self.o.summary_every_s, self.started)
         while not self.stop_event.wait(1.0):
             lost = self.watcher.lost(self.broker, self.children.any_exited())
             if lost:
@@ -124,12 +126,18 @@ class Stack:
             self.write_state()
             self.losses.poll(self.readings)
             self.sim.check_backfill_stored(self.readings)
+            if console.first_row_at is None:
+                console.first_rows(self.readings.worker_stored())
             try:
                 stored = self.readings.stored_counts()
                 line = progress_line(stored, self.o.simulate, self.sim.backfilled, self.sim.live_posted)
-                console.show(stored, line, lambda: summary_line(self.readings.latest_fleet_day()))
+                console.show(line, self.summary)
             except apiclient.ApiError as exc:
                 log.debug("progress query failed: %s", exc)
+
+    def summary(self) -> str:
+        today = datetime.now(UTC).date().isoformat()
+        return summary_line(self.readings.summary_day(), today, self.sim.history_stored)
 
     def recover_broker(self, why: str) -> None:
         """Report the loss of the embedded broker's memory and bring the pipeline back on a new broker."""
@@ -211,7 +219,7 @@ class Stack:
                 say(f"error: {problem}", err=True)
             code = 2
         except Exception as exc:  # noqa: BLE001 - the outermost boundary: one line, then everything is stopped
-            say(f"\nerror: {exc}", err=True)
+            say(f"error: {exc}", err=True)
             code = 1
         finally:
             self.stop()

@@ -4,8 +4,10 @@ loss account, the console's lines, the state file, the restart budget."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ import pytest
 from is_telemetry.config import Settings
 from is_telemetry.lifeline import Lifelines, broker_command
 from is_telemetry.stack.broker_recovery import LossAccount, start_broker_again
-from is_telemetry.stack.console import progress_line, summary_line
+from is_telemetry.stack.console import ProgressConsole, progress_line, summary_line
+from is_telemetry.stack.output import rewrite, say
 from is_telemetry.stack.preflight import PreflightFailed, ports, preflight
 from is_telemetry.stack.state import (
     STATE_FILE,
@@ -72,12 +75,46 @@ def test_console_lines() -> None:
     assert progress_line((3, 1, 2), False, 0, None) == "ClickHouse: 3 snapshots (UID-days), 1 rejected, 2 days"
     assert progress_line((3, 1, 2), True, 10, None).startswith("backfill 10  live -  | ClickHouse: 3 snapshots")
     assert progress_line((3, 1, 2), True, 10, 7).startswith("backfill 10  live 7  | ")
-    assert summary_line(None) == "today: no data yet"
+    assert summary_line(None, "2024-05-02", True) == "fleet: no data yet"
     day = ["2024-05-01", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
-    assert summary_line(day) == (
-        "2024-05-01: 1 deployments, 2 CLI installs, 3 gateways, 4 end devices (active day/week/month 5/6/7), "
-        "8 applications, 9 users, 10 organizations"
+    assert summary_line(day, "2024-05-02", True) == (
+        "2024-05-01 (last full UTC day): 1 deployments, 2 CLI installs, 3 gateways, 4 end devices "
+        "(active day/week/month 5/6/7), 8 applications, 9 users, 10 organizations"
     )
+    # a day still loading, and today (it grows until midnight), are said to be partial
+    assert summary_line(day, "2024-05-02", False).startswith(
+        "2024-05-01 (partial: the simulator's history is still being stored): 1 deployments"
+    )
+    assert summary_line(day, "2024-05-01", True).startswith("2024-05-01 (today so far: partial): 1 deployments")
+
+
+def test_the_console_off_a_terminal_is_plain_lines_at_a_pace(capsys: pytest.CaptureFixture[str]) -> None:
+    console = ProgressConsole(summary_every_s=15, started=time.monotonic(), tty=False)
+    console.next_summary = float("inf")
+    console.show("backfill 1  live -  | ClickHouse: 0 snapshots", str)
+    console.show("backfill 2  live -  | ClickHouse: 0 snapshots", str)  # within PLAIN_EVERY_S: not printed
+    console.first_rows(None)
+    console.first_rows(0)  # nothing stored by this start yet (rows from earlier starts do not count)
+    console.first_rows(12)
+    console.first_rows(40)  # said once
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "backfill 1  live -  | ClickHouse: 0 snapshots", out
+    assert len(lines) == 2 and lines[1].startswith("first rows in ClickHouse "), out
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", out), repr(out)  # no \r, no escapes: only line ends
+
+
+def test_a_message_after_the_terminal_s_progress_line_starts_a_line_of_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rewrite("ClickHouse: 1 snapshots")
+    rewrite("ClickHouse: 2 snapshots")
+    say("stopping: collector")
+    say("stopping: worker")
+    out = capsys.readouterr().out
+    progress, rest = out.split("\n", 1)
+    assert progress.split("\r")[-1].rstrip() == "ClickHouse: 2 snapshots", repr(out)  # rewritten in place
+    assert rest == "stopping: collector\nstopping: worker\n", repr(out)  # each on a line of its own, no blank one
 
 
 def test_the_state_file_is_this_process_s_until_removed(tmp_path: Path) -> None:
