@@ -21,6 +21,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -74,6 +75,11 @@ def follow(before_stop: Callable[[], None] | None = None, grace_s: float = STOP_
     if not value.isdigit():
         return False
     fd = int(value)
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):  # not the pipe `up` gave: nothing to follow
+            return False
+    except OSError:
+        return False
 
     def watch() -> None:
         wait_for_eof(fd)

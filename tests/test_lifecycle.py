@@ -189,9 +189,9 @@ class Up:
         self.go_away()
 
 
-def start_up(data_dir: Path, *extra: str, output: str = "file", embedded: bool = True) -> Up:
+def start_up(data_dir: Path, *extra: str, output: str = "file", embedded: bool = True, wait: bool = True) -> Up:
     """`up --no-simulate` on free ports; its output to a file, a pipe (`pipe`) or a pseudo-terminal (`terminal`,
-    made its controlling terminal: closing our end hangs it up)."""
+    made its controlling terminal: closing our end hangs it up). `wait`: until it is ready (wait_ready)."""
     broker, collector, api = free_ports(3)
     ports = {"collector": collector, "api": api, **({"broker": broker} if embedded else {})}
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -233,14 +233,20 @@ def start_up(data_dir: Path, *extra: str, output: str = "file", embedded: bool =
 
         up.copier = threading.Thread(target=copy, daemon=True)
         up.copier.start()
-    deadline = time.monotonic() + 60
+    if wait:
+        wait_ready(up)
+    return up
+
+
+def wait_ready(up: Up, timeout_s: float = 60) -> None:
+    """Until `up` says it is ready; then its children, as /proc shows them, are noted."""
+    deadline = time.monotonic() + timeout_s
     while "Ctrl-C stops everything" not in up.log():
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if up.process.poll() is not None or time.monotonic() > deadline:
             up.kill_all()
             raise AssertionError(f"`up` did not start:\n{up.log()}")
         time.sleep(0.1)
-    up.children = descendants(proc.pid)
-    return up
+    up.children = descendants(up.process.pid)
 
 
 def check_children(up: Up, embedded: bool) -> None:
@@ -341,6 +347,9 @@ def test_kill_9_the_children_stop_by_themselves_and_the_next_up_stores_the_rest(
         up.process.wait()
         took = assert_all_gone(up.children, GONE_WITHIN_S, up.log())
         assert_ports_free(up)
+        assert (up.data_dir / "stack.json").exists()  # stale: its `up` is gone
+        code, out = status(up.data_dir)
+        assert code == 1 and f"names pid {up.process.pid}, which is not running: that `up` was killed" in out, out
         again = start_up(tmp_path / "data", *kafka, embedded=False)  # a stale stack.json does not stop it
         ended.append(again)
         deadline = time.monotonic() + 60
@@ -355,24 +364,35 @@ def test_kill_9_the_children_stop_by_themselves_and_the_next_up_stores_the_rest(
 
 def test_the_oom_killer_the_children_store_what_was_acknowledged_then_stop(tmp_path: Path, ended: list[Up]) -> None:
     """The OOM killer sends SIGKILL. With the embedded broker, the collector stops first, then the worker stores what
-    the broker holds and stops, then the broker: nothing acknowledged is lost; the next `up` starts at once."""
+    the broker holds and stops, then the broker: nothing acknowledged is lost. The next `up`, started at once,
+    recognises the stale stack.json and waits for the children still stopping (here the worker, held up with SIGSTOP
+    until that `up` says it waits for it)."""
     up = start_up(tmp_path / "data")
     ended.append(up)
     check_children(up, embedded=True)
     uids = post_bodies(up.collector_url, "oom")
-    up.process.send_signal(signal.SIGKILL)
-    up.process.wait()
+    worker = next(p for p in up.children if " is_telemetry worker " in p.cmdline)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        up.process.send_signal(signal.SIGKILL)
+        up.process.wait()
+        again = start_up(tmp_path / "data", wait=False)
+        ended.append(again)
+        deadline = time.monotonic() + 60
+        while "waiting: the last `up` on" not in again.log():
+            assert again.process.poll() is None and time.monotonic() < deadline, again.log()
+            time.sleep(0.1)
+        assert f"worker pid {worker.pid}" in again.log(), again.log()
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    wait_ready(again)
     took = assert_all_gone(up.children, GONE_WITHIN_S, up.log())
-    assert_ports_free(up)
-    assert (up.data_dir / "stack.json").exists()  # stale: its `up` is gone
-    code, out = status(up.data_dir)
-    assert code == 1 and f"names pid {up.process.pid}, which is not running: that `up` was killed" in out, out
-    assert stored(up.data_dir, uids) == len(uids)
-    again = start_up(tmp_path / "data")  # starts at once: the stale stack.json is recognised
-    ended.append(again)
+    assert "they stopped after" in again.log(), again.log()
+    assert _stored_through_api(again, uids) == len(uids), again.log()
     again.process.send_signal(signal.SIGTERM)
     assert again.process.wait(60) == 0, again.log()
-    print(f"the children of a killed `up` were gone {took:.1f}s later")
+    assert_all_gone(again.children, 5, again.log())
+    print(f"the children of a killed `up` were gone {took:.1f}s after the worker went on")
 
 
 def status(data_dir: Path) -> tuple[int, str]:

@@ -14,23 +14,29 @@ import sys
 from typing import TextIO
 
 _midline = False  # a progress line is on the terminal, not ended yet
+_blank = False  # the console's last line is empty: another empty one would double it
 
 
 def say(text: str = "", *, err: bool = False, end: str = "\n") -> None:
-    """Write one piece of the console and flush it; if the reader is gone, silence that stream for good."""
-    global _midline
+    """Write one piece of the console and flush it; if the reader is gone, silence that stream for good. An empty
+    line right after an empty line is not written."""
+    global _midline, _blank
     if _midline:
         _midline = False
         _write(sys.stdout, "\n")
+    elif _blank and not text and end == "\n":
+        return
     _write(sys.stderr if err else sys.stdout, text + end)
+    _blank = (text + end).endswith("\n\n") or (not text and end == "\n")
 
 
 def rewrite(line: str) -> None:
     """A terminal's progress line, in place (cut to the terminal's width: a wrapped line cannot be rewritten)."""
-    global _midline
+    global _midline, _blank
     width = max(20, shutil.get_terminal_size((120, 24)).columns - 1)
     _write(sys.stdout, "\r" + line[:width].ljust(width))
     _midline = True
+    _blank = False
 
 
 def _write(stream: TextIO, text: str) -> None:

@@ -22,6 +22,8 @@ from is_telemetry.statefile import (
 __all__ = [
     "STATE_FILE",
     "leftovers",
+    "is_our_program",
+    "ours",
     "other_owner",
     "process_started",
     "read_state",
@@ -70,6 +72,27 @@ def leftovers(data_dir: Path) -> dict[str, int]:
         return {}
     out: dict[str, int] = {}
     for name, child in children.items():
-        if isinstance(child, dict) and same_process(child.get("pid"), child.get("started")):
+        if isinstance(child, dict) and same_process(child.get("pid"), child.get("started")) and ours(child["pid"]):
             out[str(name)] = int(child["pid"])
     return out
+
+
+def ours(pid: int) -> bool:
+    """`pid` runs one of the programs `up` starts (is waited for, and killed if it does not stop): a worker or a
+    collector (`python -m is_telemetry worker|collect`) or the Tansu broker. An allowlist: whatever else a state file
+    names (it is a file anyone with access to the data directory can write) is left alone."""
+    try:
+        args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return False
+    return is_our_program(args)
+
+
+def is_our_program(args: list[str]) -> bool:
+    """A command line `up` starts: `tansu broker ...`, or `python -m is_telemetry worker|collect ...`."""
+    if args and Path(args[0]).name == "tansu" and args[1:2] == ["broker"]:
+        return True
+    return any(
+        a == "-m" and args[i + 1 : i + 3] in (["is_telemetry", "worker"], ["is_telemetry", "collect"])
+        for i, a in enumerate(args)
+    )

