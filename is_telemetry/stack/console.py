@@ -5,9 +5,9 @@ ClickHouse, and a fleet summary.
   control characters, every PLAIN_EVERY_S seconds while it changes (every QUIET_EVERY_S when it does not);
 - first rows: when the worker of this start has stored its first records (its own counter: rows that were in
   ClickHouse before this start do not count);
-- summary: a finished UTC day (today's counts grow until midnight), said to be partial while the simulator's
-  history is still being stored, or, before any day has finished, today's so far, said to be partial; printed
-  when it changes, at most every summary_every_s seconds."""
+- summary: the last finished UTC day (today's counts grow until midnight), once it is complete (none while the
+  simulator's history is still being stored: the progress line shows that), or, before any day has finished,
+  today's so far, said to be partial; printed when it changes, at most every summary_every_s seconds."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def progress_line(stored: tuple[int, int, int], simulate: bool, backfilled: int,
     return f"backfill {backfilled}  {live}  | {clickhouse}"
 
 
-def summary_line(day: list[Any] | None, today: str, history_stored: bool) -> str:
+def summary_line(day: list[Any] | None, today: str, history_stored: bool) -> str | None:
     """One line about a day of fleet_daily (Readings.summary_day: the last finished day, else today's), with what
-    kind of day it is: `today` is today's date (UTC), `history_stored` whether every earlier day is in ClickHouse."""
+    kind of day it is: `today` is today's date (UTC), `history_stored` whether every earlier day is in ClickHouse.
+    None while a finished day may still be incomplete."""
     if day is None:
         return "fleet: no data yet"
     d = day
@@ -41,7 +42,7 @@ def summary_line(day: list[Any] | None, today: str, history_stored: bool) -> str
     elif history_stored:
         kind = "last full UTC day"
     else:
-        kind = "partial: the simulator's history is still being stored"
+        return None
     return (
         f"{d[0]} ({kind}): {d[1]} deployments, {d[2]} CLI installs, {d[3]} gateways, {d[4]} end devices "
         f"(active day/week/month {d[5]}/{d[6]}/{d[7]}), {d[8]} applications, {d[9]} users, {d[10]} organizations"
@@ -67,7 +68,7 @@ class ProgressConsole:
             self.first_row_at = time.monotonic()
             say(f"first rows in ClickHouse {self.first_row_at - self.started:.1f}s after start-up")
 
-    def show(self, line: str, summary: Callable[[], str]) -> None:
+    def show(self, line: str, summary: Callable[[], str | None]) -> None:
         """`summary` is called only when a summary is due (it queries ClickHouse)."""
         now = time.monotonic()
         if self.tty:
@@ -78,6 +79,6 @@ class ProgressConsole:
         if now >= self.next_summary:
             self.next_summary = now + self.summary_every_s
             text = summary()
-            if text != self.last_summary:
+            if text is not None and text != self.last_summary:
                 say(text)
                 self.last_summary = text

@@ -135,7 +135,7 @@ class Stack:
             except apiclient.ApiError as exc:
                 log.debug("progress query failed: %s", exc)
 
-    def summary(self) -> str:
+    def summary(self) -> str | None:
         today = datetime.now(UTC).date().isoformat()
         return summary_line(self.readings.summary_day(), today, self.sim.history_stored)
 
