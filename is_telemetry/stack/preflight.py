@@ -60,7 +60,7 @@ def preflight(settings: Settings, data_dir: Path, stop: threading.Event) -> None
     other = other_owner(data_dir) if data.ok else None
     if other is not None:
         problems.append(
-            f"another `is-telemetry up` (pid {other['pid']}, API {other.get('api_url')}) is "
+            f"another `is-telemetry up` (pid {other['pid']}, API {other.get('api_url') or 'not ready yet'}) is "
             f"running on {data_dir}: stop it first, or pass another --data-dir"
         )
     elif data.ok:

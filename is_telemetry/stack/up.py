@@ -64,7 +64,8 @@ class Stack:
         self.broker_restarts = RestartWindow(options.broker_restarts_window_s)
         self.started_at = time.time()
         self.started = time.monotonic()  # start-up: when the first component starts (reset by start())
-        self._recorded: dict[str, dict[str, int | None]] | None = None  # the children the state file names
+        self._ready = False  # every component answers: the state file says where
+        self._recorded: tuple[dict[str, dict[str, int | None]], bool] | None = None  # what the state file says
         self.children.on_started = self.write_state
 
     # -- start ------------------------------------------------------------------------------------------------
@@ -89,23 +90,24 @@ class Stack:
         say(f"  logs       {self.log_dir}/")
         say(f"  ready in {time.monotonic() - started:.1f}s")
 
-    def write_state(self) -> None:
-        """Say where this stack is (for `is-telemetry sql` and `status`) and which processes it runs (for the next
-        `up`, should this one be killed): written before anything starts, again whenever a child (re)starts, and
-        removed on stop."""
+    def write_state(self, ready: bool = False) -> None:
+        """Say which processes this stack runs (for the next `up`, should this one be killed) and, once it is
+        `ready`, where it answers (for `is-telemetry sql` and `status`): written before anything starts, again
+        whenever a child (re)starts, and removed on stop."""
         children = self.children.pids()
         if self.broker is not None and self.broker.process is not None and self.broker.process.poll() is None:
             pid = self.broker.process.pid
             children["broker"] = {"pid": pid, "started": process_started(pid)}
-        if children == self._recorded:
+        self._ready = self._ready or ready
+        if (children, self._ready) == self._recorded:
             return
-        self._recorded = children
+        self._recorded = (children, self._ready)
+        where = {"api_url": self.api_url, "collector_url": self.collector_url} if self._ready else {}
         write_state(
             self.data_dir,
             {
                 **this_process(),
-                "api_url": self.api_url,
-                "collector_url": self.collector_url,
+                **where,
                 "kafka": self.s.bootstrap_servers,
                 "clickhouse": redact(self.s.clickhouse_dsn),
                 "started_at": self.started_at,
@@ -210,6 +212,7 @@ class Stack:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.write_state()  # this data directory is taken from now on
             self.start()
+            self.write_state(ready=True)
             if self.o.simulate:
                 self.sim.start()
             say("Ctrl-C stops everything, flushing what is in flight.\n")
