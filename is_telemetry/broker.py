@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import IO
 
 from is_telemetry.errors import BrokerFailed
+from is_telemetry.lifeline import broker_command
 from is_telemetry.runtime import stop_process
 
 
@@ -53,10 +54,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 class EmbeddedBroker:
-    """Runs `tansu broker` on host:port until stopped. Use as a context manager."""
+    """Runs `tansu broker` on host:port until stopped. Use as a context manager.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 19092, log_file: Path | None = None) -> None:
-        self.host, self.port, self.log_file = host, port, log_file
+    `lifeline`: the read end of a lifeline pipe (is_telemetry/lifeline.py): the broker stops by itself once every
+    holder of its write end is gone (the `up` that started it, and the children that stop before it)."""
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 19092, log_file: Path | None = None, lifeline: int | None = None
+    ) -> None:
+        self.host, self.port, self.log_file, self.lifeline = host, port, log_file, lifeline
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None  # the open log file while the broker runs (closed by stop())
 
@@ -71,20 +77,24 @@ class EmbeddedBroker:
         self._close_log()
         self._log = open(self.log_file, "ab") if self.log_file else None
         out = self._log if self._log is not None else subprocess.DEVNULL
+        command = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        if self.lifeline is not None:
+            command = broker_command(self.lifeline, command)
         self.process = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
+            command,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=() if self.lifeline is None else (self.lifeline,),
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):

@@ -7,12 +7,16 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer._click import Command, Context  # typer 0.29 (pinned) parses with a copy of click of its own
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperArgument, TyperOption
 
 from is_telemetry import status
-from is_telemetry.config import Settings, check_api_exposure, describe_validation_error, load_settings
+from is_telemetry.config import Settings, check_api_exposure, describe_validation_errors, dotted, load_settings
 from is_telemetry.errors import ConfigError
 from is_telemetry.logsetup import setup_logging
 from is_telemetry.preflight import check_data_dir
+from is_telemetry.stack.options import StackOptions
 from producers import identity_server, simulator
 
 app = typer.Typer(
@@ -38,23 +42,83 @@ DataDirOpt = Annotated[
     typer.Option("--data-dir", show_default=False, help="Embedded state directory (default ./data, from data_dir)"),
 ]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")]
+OPTIONS = StackOptions()  # `up`'s defaults, for its help
 
 
 def settings_from(config: Path | None, serves_api: bool = False, **flags: Any) -> Settings:
-    """Settings from defaults < file < environment < flags; a bad configuration ends the command with one line."""
+    """Settings from defaults < file < environment < flags; a bad configuration ends the command with one line per
+    mistake (exit code 2)."""
+    settings, problems, _ = checked_settings(config, serves_api, flags)
+    if settings is None or problems:
+        refuse(problems)
+    assert settings is not None
+    return settings
+
+
+def checked_settings(
+    config: Path | None, serves_api: bool, flags: dict[str, Any]
+) -> tuple[Settings | None, list[str], set[str]]:
+    """(settings, every mistake found, the flags that were wrong). With wrong flags, the settings are those without
+    them (if the rest is right: the caller may check more, e.g. ports, and report it all in one go); None if even
+    those cannot be loaded."""
     from pydantic import ValidationError
 
-    try:
-        settings = load_settings(config, **flags)
-        if serves_api:
+    problems: list[str] = []
+    wrong: set[str] = set()
+    while True:
+        try:
+            settings = load_settings(config, **flags)
+        except ValidationError as exc:
+            if not problems:
+                problems = [f"bad configuration: {line}" for line in describe_validation_errors(exc)]
+            dropped = {key for e in exc.errors() if (key := _drop_flag(flags, tuple(e["loc"])))}
+            if not dropped:
+                return None, problems, wrong
+            wrong |= dropped
+            continue
+        except (ConfigError, ValueError, OSError) as exc:
+            return None, [*problems, f"bad configuration: {exc}"], wrong
+        break
+    if serves_api:
+        try:
             check_api_exposure(settings)
-        return settings
-    except ValidationError as exc:
-        typer.echo(f"error: bad configuration: {describe_validation_error(exc)}", err=True)
-        raise typer.Exit(2) from exc
-    except (ConfigError, ValueError, OSError) as exc:
-        typer.echo(f"error: bad configuration: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        except ConfigError as exc:
+            problems.append(f"bad configuration: {exc}")
+    return settings, problems, wrong
+
+
+def _drop_flag(flags: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """Remove the flag a validation error points at (its settings key), if a flag gave that value; "" if none did."""
+    if len(loc) == 1 and flags.get(str(loc[0])) is not None:
+        flags[str(loc[0])] = None
+        return str(loc[0])
+    section = flags.get(str(loc[0])) if loc else None
+    if len(loc) == 2 and isinstance(section, dict) and section.get(str(loc[1])) is not None:
+        section[str(loc[1])] = None
+        return f"{loc[0]}.{loc[1]}"
+    return ""
+
+
+def refuse(problems: list[str]) -> None:
+    """End the command: one `error:` line per problem, exit code 2."""
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    raise typer.Exit(2)
+
+
+def follow_lifeline(settings: Settings, drain: bool = False) -> None:
+    """A child of `up` stops by itself once `up` is gone (is_telemetry/lifeline.py); a worker on `up`'s embedded
+    broker first stores what the broker holds (is_telemetry/stack/drain.py). Nothing, when started by hand."""
+    import os
+
+    from is_telemetry import lifeline
+    from is_telemetry.stack.drain import DRAIN_ENV, wait_stored
+
+    def store_first() -> None:
+        wait_stored(settings)
+
+    drain = drain and os.environ.pop(DRAIN_ENV, "") == "1"
+    lifeline.follow(before_stop=store_first if drain else None)
 
 
 def _port(value: int | None) -> int | None:
@@ -87,6 +151,10 @@ def broker(
         typer.echo("broker stopped")
 
 
+# `up`'s values are taken as text and checked with the settings and StackOptions (pydantic): every wrong one is
+# reported in the same run, one line each, a value that is not a number included (click stops at the first).
+
+
 @app.command()
 def up(
     config: ConfigOpt = None,
@@ -94,17 +162,17 @@ def up(
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
     broker_port: Annotated[
-        Optional[int],
+        Optional[str],
         typer.Option(
             "--broker-port", show_default=False, help="Embedded broker port (default 19092, from broker.port)"
         ),
     ] = None,
     collector_port: Annotated[
-        Optional[int],
+        Optional[str],
         typer.Option("--collector-port", show_default=False, help="Collector port (default 8480, from collector.port)"),
     ] = None,
     api_port: Annotated[
-        Optional[int],
+        Optional[str],
         typer.Option("--api-port", show_default=False, help="API/dashboard port (default 8481, from api.port)"),
     ] = None,
     collector_host: Annotated[
@@ -124,40 +192,83 @@ def up(
         ),
     ] = "",
     simulate: Annotated[bool, typer.Option("--simulate/--no-simulate", help="Feed simulated deployments")] = True,
-    deployments: Annotated[int, typer.Option("--deployments", help="Simulated deployments")] = 300,
-    cli_installs: Annotated[int, typer.Option("--cli-installs", help="Simulated CLI installs")] = 100,
-    days: Annotated[int, typer.Option("--days", help="Days of simulated history to backfill")] = 30,
-    seed: Annotated[int, typer.Option("--seed", help="Simulation seed (same seed, same fleet)")] = 1,
+    deployments: Annotated[
+        Optional[str],
+        typer.Option(
+            "--deployments", show_default=False, help=f"Simulated deployments (default {OPTIONS.deployments})"
+        ),
+    ] = None,
+    cli_installs: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cli-installs", show_default=False, help=f"Simulated CLI installs (default {OPTIONS.cli_installs})"
+        ),
+    ] = None,
+    days: Annotated[
+        Optional[str],
+        typer.Option(
+            "--days", show_default=False, help=f"Days of simulated history to backfill (default {OPTIONS.days})"
+        ),
+    ] = None,
+    seed: Annotated[
+        Optional[str],
+        typer.Option(
+            "--seed", show_default=False, help=f"Simulation seed: same seed, same fleet (default {OPTIONS.seed})"
+        ),
+    ] = None,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Start the whole pipeline: broker, processors worker + sink + API, collector, simulator."""
-    s = settings_from(
-        config,
-        serves_api=True,
-        data_dir=data_dir,
-        kafka={"bootstrap_servers": kafka},
-        clickhouse={"dsn": clickhouse},
-        broker={"port": _port(broker_port)},
-        collector={"port": _port(collector_port), "host": collector_host or None},
-        api={"port": _port(api_port), "host": api_host or None},
-    )
-    data_ok = check_data_dir(s.data_dir.resolve())
-    if not data_ok.ok:
-        typer.echo(f"error: {data_ok.message}", err=True)
-        raise typer.Exit(2)
-    setup_logging(log_level)
-    from is_telemetry.stack import Stack, StackOptions
+    from pydantic import ValidationError
 
-    opts = StackOptions(
-        config=config,
-        simulate=simulate,
-        deployments=deployments,
-        cli_installs=cli_installs,
-        days=days,
-        seed=seed,
-        log_level=log_level,
-    )
+    from is_telemetry.stack import Stack, StackOptions
+    from is_telemetry.stack.preflight import port_clashes
+
+    flags: dict[str, Any] = {
+        "data_dir": data_dir,
+        "kafka": {"bootstrap_servers": kafka},
+        "clickhouse": {"dsn": clickhouse},
+        "broker": {"port": _port_text(broker_port)},
+        "collector": {"port": _port_text(collector_port), "host": collector_host or None},
+        "api": {"port": _port_text(api_port), "host": api_host or None},
+    }
+    s, problems, wrong = checked_settings(config, True, flags)
+    given = {"deployments": deployments, "cli_installs": cli_installs, "days": days, "seed": seed}
+    try:
+        opts = StackOptions(
+            config=config,
+            simulate=simulate,
+            log_level=log_level.lower(),  # type: ignore[arg-type]  # checked by StackOptions
+            **{k: _number(v) for k, v in given.items() if v is not None},  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        problems += describe_validation_errors(exc, lambda loc: "--" + dotted(loc).replace("_", "-"))  # its flag
+    if s is not None:
+        data_ok = check_data_dir(s.data_dir.resolve())
+        if not data_ok.ok:
+            problems.append(data_ok.message)
+        elif problems:  # the rest is checked before anything starts; here, everything wrong is said at once
+            skip = {f"--{key.replace('.', '-')}" for key in wrong}  # e.g. --collector-port: not what was asked for
+            if "kafka.bootstrap_servers" in wrong:
+                skip.add("--broker-port")  # a Kafka was asked for, not the embedded broker
+            problems += port_clashes(s, skip)
+    if problems:
+        refuse(problems)
+    assert s is not None
+    setup_logging(opts.log_level)
     raise typer.Exit(Stack(s, opts).run())
+
+
+def _port_text(value: str | None) -> int | str | None:
+    """A port flag's text for the settings to check: None (0 or absent: the configured default), else _number."""
+    return None if value is None or value.strip() in ("", "0") else _number(value)
+
+
+def _number(value: str) -> int | str:
+    """An integer if the text is one (so that a message shows -1, not '-1'), else the text (refused as it is)."""
+    import re
+
+    return int(value) if re.fullmatch(r"\s*-?[0-9]+\s*", value) else value
 
 
 @app.command()
@@ -198,6 +309,7 @@ def worker(
         processors={"group_id": group_id},
     )
     setup_logging(log_level)
+    follow_lifeline(s, drain=True)
     try:
         code = run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
     except ConfigError as exc:  # e.g. the raw topic's partition count changed
@@ -257,6 +369,7 @@ def collect(
 
     s = settings_from(config, kafka={"bootstrap_servers": kafka}, collector={"port": _port(port), "host": host or None})
     setup_logging(log_level)
+    follow_lifeline(s)
     serve(s, log_level=log_level)
 
 
@@ -290,8 +403,8 @@ def sql(
         typer.Option(
             "--api",
             show_default=False,
-            help="The API to ask, e.g. http://127.0.0.1:8481 (default: the one a running `up` recorded in the data "
-            "directory, else the data directory's chDB, read-only)",
+            help="The API to ask, e.g. http://127.0.0.1:8481. Default: the API of the stack running on the data "
+            "directory; with none running, the data directory's chDB, read-only",
         ),
     ] = None,
     clickhouse: ClickHouseOpt = None,
@@ -429,5 +542,44 @@ app.command("simulate")(simulator.command)
 app.command("status")(status.command)
 
 
-def main() -> None:
-    app()
+#: A value's name in the help, where the option's own last word would say less (argparse's convention otherwise:
+#: --collector-port PORT, --data-dir DIR).
+METAVARS = {"config": "FILE", "output": "FILE", "kafka": "HOST:PORT,...", "clickhouse": "DSN", "api": "URL"}
+
+
+def plain_help(command: Command) -> None:
+    """No type noise in the help: typer writes each option's type beside it (`<bool>` on every flag, `<str>`,
+    `<int>`, `<path>`), where the help texts say what a value is. A flag gets no value name; an option or argument
+    that takes a value gets its name in capitals (METAVARS, else the option's last word)."""
+    help_option = command.get_help_option(Context(command))
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if param.metavar is not None:
+            continue
+        if isinstance(param, TyperOption) and (param.is_flag or param.count or param.secondary_opts):
+            param.metavar = ""
+            continue
+        longest = max(param.opts, key=len).lstrip("-") if param.opts else (param.name or "value")
+        param.metavar = METAVARS.get(longest, longest.rsplit("-", 1)[-1].rsplit("_", 1)[-1].upper())
+        if isinstance(param, TyperArgument):  # its name is the value's: no type beside it
+            setattr(param, "display_type_rich", lambda ctx: None)  # noqa: B010 - an instance's own, not the class's
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub)
+
+
+def main(args: list[str] | None = None) -> None:
+    """The command line: a mistake in it is one `error:` line (with where to look), never a box; exit code 2."""
+    command = typer.main.get_command(app)
+    plain_help(command)
+    try:
+        code = command.main(args=args, prog_name="is-telemetry", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # click's usage errors (an unknown option, a value that is not a number)
+        ctx = exc.ctx if isinstance(exc, UsageError) else None
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{where}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

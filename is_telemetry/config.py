@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -393,10 +394,21 @@ def check_api_exposure(settings: Settings) -> None:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per wrong setting: its key, the value given and what is wrong (pydantic's noise left out)."""
+    """Every wrong setting in one line (describe_validation_errors, joined)."""
+    return "; ".join(describe_validation_errors(exc))
+
+
+def dotted(loc: tuple[Any, ...]) -> str:
+    """A setting's key from its location in the settings: collector.port."""
+    return ".".join(map(str, loc))
+
+
+def describe_validation_errors(exc: ValidationError, name: Callable[[tuple[Any, ...]], str] = dotted) -> list[str]:
+    """One line per wrong setting: its key (`name` of its location), the value given and what is wrong (pydantic's
+    noise left out)."""
     lines = []
     for e in exc.errors(include_url=False):
-        key = ".".join(str(p) for p in e["loc"])
+        key = name(tuple(e["loc"]))
         msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown setting{_known_keys(e['loc'])}")
@@ -407,7 +419,7 @@ def describe_validation_error(exc: ValidationError) -> str:
             shown = f" = {value!r}" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
             hint = " (a TCP port: 1 to 65535, e.g. 8490)" if key.endswith("port") else ""
             lines.append(f"{key}{shown}: {msg[:1].lower() + msg[1:]}{hint}")
-    return "; ".join(lines)
+    return lines
 
 
 def _known_keys(loc: tuple[Any, ...]) -> str:

@@ -24,6 +24,10 @@ fetch response carries the partition's high-water mark, which kafka-python keeps
 most one small batch, so this costs little even far behind, and it is right on Tansu and on Apache Kafka alike.
 Nothing is committed and no group is joined.
 
+Where: each address given as a flag (--api, --collector, --kafka); else where the `up` recorded in the data
+directory (--data-dir, default ./data: data_dir/stack.json, is_telemetry/statefile.py) runs, with a first line
+`up` saying which process that is (or that the file is stale: its `up` was killed); else the configuration.
+
 Exit status: 0 when every component is healthy, 1 otherwise (the last line names what is down). Lag alone is not
 unhealthy unless --max-lag is given and exceeded.
 
@@ -402,6 +406,12 @@ def render(report: Report, echo: Callable[[str], None]) -> None:
     echo(text)
 
 
+def _text(state: dict[str, Any], key: str) -> str:
+    """A string the state file holds (anything else reads as absent)."""
+    value = state.get(key)
+    return value if isinstance(value, str) else ""
+
+
 def _base_url(url: str) -> str:
     url = url.rstrip("/")
     if url.endswith("/collect"):
@@ -411,19 +421,51 @@ def _base_url(url: str) -> str:
     return url
 
 
+def recorded_stack(data_dir: Path) -> tuple[dict[str, Any], Line] | None:
+    """The stack the data directory's state file names, and the `up` line saying whether it still runs."""
+    from is_telemetry.statefile import STATE_FILE, is_running, read_state_file
+
+    state = read_state_file(data_dir)
+    if state is None:
+        return None
+    where = data_dir / STATE_FILE
+    pid = state.get("pid")
+    if is_running(state):
+        return state, Line("up", OK, f"pid {pid} on {data_dir} (from {where})")
+    return state, Line(
+        "up",
+        DOWN,
+        f"{where} names pid {pid}, which is not running: that `up` was killed (the next `up` on {data_dir} "
+        "replaces the file)",
+    )
+
+
 def command(
     api: Annotated[
-        Optional[str], typer.Option("--api", help="API/dashboard URL (default from api.host/api.port)")
+        Optional[str],
+        typer.Option("--api", help="API/dashboard URL (default: the running stack's, else from api.host/api.port)"),
     ] = None,
     collector: Annotated[
         Optional[str],
-        typer.Option("--collector", help="Collector URL, with or without /collect (default from collector.host/port)"),
+        typer.Option(
+            "--collector",
+            help="Collector URL, with or without /collect (default: the running stack's, else collector.host/port)",
+        ),
     ] = None,
     kafka: Annotated[
         Optional[str],
         typer.Option(
             "--kafka",
-            help="Kafka bootstrap servers host:port,... (default kafka.bootstrap_servers, else the embedded broker)",
+            help="Kafka bootstrap servers host:port,... (default: the running stack's, else kafka.bootstrap_servers, "
+            "else the embedded broker)",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data-dir",
+            show_default=False,
+            help="Where `up` records its stack (data_dir/stack.json; default ./data, from data_dir)",
         ),
     ] = None,
     config: Annotated[
@@ -442,26 +484,37 @@ def command(
     ] = None,
 ) -> None:
     """One screen: each component's health, the processors' lag, the last ClickHouse write and today's counts."""
-    from is_telemetry.config import client_host, load_settings
+    from urllib.parse import urlparse
+
+    from is_telemetry.config import client_host, is_loopback, load_settings
 
     try:
-        s = load_settings(config)
+        s = load_settings(config, data_dir=data_dir)
     except Exception as exc:
         typer.echo(f"error: bad configuration: {exc}", err=True)
         raise typer.Exit(2) from exc
-    api_url = _base_url(api or f"http://{client_host(s.api.host)}:{s.api.port}")
-    collector_url = _base_url(collector or f"http://{client_host(s.collector.host)}:{s.collector.port}")
+    recorded = recorded_stack(s.data_dir.resolve()) if not (api and collector and kafka) else None
+    state, up_line = recorded if recorded is not None else ({}, None)
+    api_url = _base_url(api or _text(state, "api_url") or f"http://{client_host(s.api.host)}:{s.api.port}")
+    collector_url = _base_url(
+        collector or _text(state, "collector_url") or f"http://{client_host(s.collector.host)}:{s.collector.port}"
+    )
     targets = Targets(
         api=api_url,
         collector=collector_url,
-        bootstrap=kafka or s.bootstrap_servers,
+        bootstrap=kafka or _text(state, "kafka") or s.bootstrap_servers,
         raw_topic=s.kafka.raw_topic,
         group=s.processors.group_id,
         snapshots_topic=s.kafka.snapshots_topic,
         sink_group=s.processors.sink_group_id,
-        token=s.api.token,
+        # the token goes to an API named by a flag or the configuration, or to a loopback one the state file names
+        token=s.api.token
+        if api or not _text(state, "api_url") or is_loopback(urlparse(api_url).hostname or "")
+        else "",
         sink_metrics=sink_metrics or "",
     )
     report = collect(targets, timeout, max_lag)
+    if up_line is not None:
+        report.lines.insert(0, up_line)
     render(report, typer.echo)
     raise typer.Exit(0 if not report.unhealthy() else 1)

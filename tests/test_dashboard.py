@@ -15,6 +15,7 @@ import io
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -27,6 +28,7 @@ import pytest
 
 from producers import fleet_truth, simulator
 from tests.analyst_checks import normalise, wait_for_analyst_views
+from tests.browser import Browser
 from tests.conftest import ROOT, RunningStack, start_stack
 
 TOPIC = "tts-telemetry-raw"
@@ -595,3 +597,78 @@ def test_browser_shows_the_ground_truth(fed: Fed, tmp_path: Path) -> None:
     )
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+# -- narrow screens, the notes of the Fleet switch, the lifecycle's scale (a browser driven over DevTools) ----------
+
+#: Everything a reader may meet, laid out: every table unfolded.
+UNFOLD = "document.querySelectorAll('details').forEach((d) => { d.open = true; })"
+#: How wide the laid-out document is, and what sticks out of the viewport (for the failure message).
+WIDTH = """(() => {
+  const w = window.innerWidth, out = [];
+  for (const e of document.querySelectorAll('body *')) {
+    const r = e.getBoundingClientRect();
+    if (r.right > w + 0.5 && r.width > 0 && !e.closest('.table-scroll, details.data')) out.push(e.tagName + '#' + e.id);
+  }
+  return { document: document.documentElement.scrollWidth, viewport: w, outside: out.slice(0, 10) };
+})()"""
+
+
+def test_the_page_fits_a_phone(fed: Fed, tmp_path: Path) -> None:
+    """At 360 and 420 CSS pixels the document is no wider than the viewport: loaded there, and after a window as
+    wide as a desktop's was narrowed (the charts drawn wide must shrink), every table unfolded (they scroll inside
+    their cards)."""
+    url = fed.stack.api_url + "/"
+    with Browser(tmp_path / "profile") as page:
+        for width in (360, 420):
+            for query in ("", "?fleet=carried"):
+                page.open(url + query, width, 800)
+                page.evaluate(UNFOLD)
+                laid_out = page.evaluate(WIDTH)
+                assert laid_out["document"] <= width and not laid_out["outside"], (width, query, laid_out)
+        page.open(url, 1400, 900)
+        for width in (420, 360):
+            page.call("Emulation.setDeviceMetricsOverride", width=width, height=800, deviceScaleFactor=1, mobile=False)
+            page.evaluate(UNFOLD)
+            deadline = time.monotonic() + 10  # Chart.js redraws on its ResizeObserver
+            while (laid_out := page.evaluate(WIDTH))["document"] > width and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert laid_out["document"] <= width and not laid_out["outside"], ("narrowed", width, laid_out)
+
+
+def test_the_notes_say_which_fleet_the_figures_count(fed: Fed, tmp_path: Path) -> None:
+    notes = "[...document.querySelectorAll('#fleet-note, #panel-active .note, #panel-deployments .note, #panel-entities .note')].map((n) => n.textContent)"
+    with Browser(tmp_path / "profile") as page:
+        page.open(fed.stack.api_url + "/", 1200, 900)
+        reported = page.evaluate(notes)
+        page.open(fed.stack.api_url + "/?fleet=carried", 1200, 900)
+        carried = page.evaluate(notes)
+    assert len(reported) == len(carried) == 4
+    assert all("reported" in n and "carried" not in n for n in reported), reported
+    assert all("carried-forward" in n or "carried forward" in n for n in carried), carried
+    assert all("latest report of the last 7 days" in n for n in carried), carried
+
+
+def test_the_lifecycle_bars_are_not_flattened_by_the_first_days_of_data(fed: Fed, tmp_path: Path) -> None:
+    """In the first 7 days of data every sender is new (to the data): those new bars are left out of the chart, so
+    that the scale is set by the days after; hovering and the table keep the counts."""
+    first = fed.day(DAYS - 1)
+    with Browser(tmp_path / "profile") as page:
+        page.open(fed.stack.api_url + "/", 1200, 900)
+        chart = page.evaluate(
+            """(() => { const c = Chart.getChart(document.getElementById('chart-lifecycle'));
+              const ds = c.data.datasets.find((d) => d.label === 'New');
+              return { labels: c.data.labels, data: ds.data, counts: ds.counts, max: c.scales.events.max }; })()"""
+        )
+        table_first = page.evaluate(
+            f'document.querySelector(\'#table-lifecycle tr[data-day="{first}"][data-kind="is"] td[data-metric="new"]\').dataset.value'
+        )
+    by_day = dict(zip(chart["labels"], zip(chart["data"], chart["counts"])))
+    first_new = fed.analyst["deployment_lifecycle_daily"][0]
+    assert first_new["day"] == first and first_new["new"] > 0
+    assert by_day[first] == (None, first_new["new"]) and table_first == str(first_new["new"])
+    warm_up = [d for d in chart["labels"] if d < fed.day(DAYS - 1 - 7)]
+    assert len(warm_up) == 7 and all(by_day[d][0] is None for d in warm_up), by_day
+    later = [by_day[d] for d in chart["labels"] if d not in warm_up]
+    assert later and all(drawn == count for drawn, count in later), later
+    assert chart["max"] < first_new["new"], chart  # the scale is the later days'

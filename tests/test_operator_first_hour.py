@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +98,76 @@ def test_a_wrong_setting_fails_at_once_with_an_example(tmp_path: Path, flags: li
     assert len([line for line in out.splitlines() if line.startswith("error:")]) == 1, out  # one line per problem
     assert "Traceback" not in out and "stopping:" not in out, out
     assert took < 8, f"took {took:.1f}s"
+
+
+def test_every_mistake_is_reported_in_one_run(tmp_path: Path) -> None:
+    """Values that are not numbers, out of range or unknown, and ports in use: all in one run, one line each (the
+    port of a wrong value is not checked: its default is not what was asked for)."""
+    held = [socket.socket() for _ in range(2)]
+    try:
+        for sock in held:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        api, broker = (sock.getsockname()[1] for sock in held)
+        code, out, took = run_cli(
+            "up",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--collector-port",
+            "notaport",
+            "--api-port",
+            str(api),
+            "--broker-port",
+            str(broker),
+            "--deployments",
+            "many",
+            "--days",
+            "-1",
+            "--log-level",
+            "loud",
+        )
+    finally:
+        for sock in held:
+            sock.close()
+    assert code == 2 and took < 8, out
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 6 and len(out.splitlines()) == 6, out  # nothing else: no box, no usage, no traceback
+    for said in (
+        "collector.port = 'notaport': input should be a valid integer",
+        f"port {api} for the API is already in use",
+        f"port {broker} for the embedded broker is already in use",
+        "--deployments = 'many': input should be a valid integer",
+        "--days = -1: input should be greater than or equal to 0",
+        "--log-level = 'loud': input should be 'debug', 'info', 'warning' or 'error'",
+    ):
+        assert sum(said in line for line in errors) == 1, (said, out)
+
+
+def test_a_mistake_in_any_command_is_one_error_line() -> None:
+    for args, said in (
+        (["status", "--timeout", "soon"], "error: Invalid value for '--timeout': Input should be a valid number"),
+        (["collect", "--port", "http"], "error: Invalid value for '--port': Input should be a valid integer"),
+        (["nosuch"], "error: No such command 'nosuch'. (see: is-telemetry --help)"),
+    ):
+        code, out, _ = run_cli(*args)
+        assert code == 2 and out.strip().startswith(said) and len(out.strip().splitlines()) == 1, out
+
+
+def test_help_has_no_type_noise() -> None:
+    for command in ("up", "sql", "status", "worker", "simulate"):
+        code, out, _ = run_cli(command, "--help")
+        assert code == 0, out
+        for noise in ("<bool>", "<str>", "<int>", "<float>", "<path>"):
+            assert noise not in out, (command, noise, out)
+    code, out, _ = run_cli("sql", "--help")
+    text = " ".join(out.replace("│", " ").split())  # rich's box, wrapped to the terminal's width
+    assert (
+        "--api URL The API to ask, e.g. http://127.0.0.1:8481. Default: the API of the stack running on the data "
+        "directory; with none running, the data directory's chDB, read-only" in text
+    ), out
+    code, out, _ = run_cli("up", "--help")
+    text = " ".join(out.replace("│", " ").split())
+    assert "--collector-port PORT Collector port" in text and "--simulate --no-simulate Feed" in text, out
 
 
 def test_an_unreachable_clickhouse_is_reported_and_waited_for_aloud(tmp_path: Path) -> None:

@@ -950,6 +950,14 @@ def test_analysts_doc_queries_run(tmp_path: Path):
                     empty.append(title)
                 else:
                     assert result_.columns, title
+                if title == "Older senders without a gateway total":  # deployments, not UID-days (issue 23)
+                    deployments = sum(dict(zip(result_.columns, row))["deployments"] for row in result_.rows)
+                    older = s.query(
+                        "SELECT uniqExact(uid) FROM (SELECT uid, argMax(gateways, day) AS total, "
+                        "argMax(gateways_by_frequency_plan, day) AS plans FROM snapshots_latest WHERE kind = 'is' "
+                        "GROUP BY uid) WHERE total = 0 AND arraySum(mapValues(plans)) > 0"
+                    )[1][0][0]
+                    assert deployments == older > 0, (deployments, older)
         finally:
             sessions.close()  # the next test opens chDB at another path: nothing of this one may stay open
         assert not empty, f"queries without rows on simulated data: {empty}"

@@ -307,23 +307,33 @@
   }
   renderers.versions = () => cache.versions && renderVersionsReadable(cache.versions.data, cache.versions.axis);
 
+  // The first days of data: every sender is "new" there (the data starts, not the senders), and the bars of the
+  // later days would be flat next to them. The chart leaves "new" out for these days (hover and the table keep it).
+  const WARM_UP_DAYS = 7; // the gap of returning and churned: the same week of history
+  let dataStart = null; // the first day with data (/api/days)
+
   function renderLifecycle(data, axis) {
     cache.lifecycle = { data, axis };
     const kind = mode("lifecycle-kind", "is");
     const byDay = new Map(data.rows.filter((r) => r.kind === kind).map((r) => [r.day, r]));
     const col = (name) => axis.map((d) => (byDay.has(d) ? num(byDay.get(d)[name]) : null));
+    const warmUp = (d) => dataStart !== null && d < addDays(dataStart, WARM_UP_DAYS);
     const lines = [["active_1d", "Active, last day"], ["active_7d", "Active, last 7 days"], ["active_30d", "Active, last 30 days"]];
     const bars = [["new", "New"], ["returning", "Returning"], ["churned", "Churned"]];
     draw("chart-lifecycle", {
       data: { labels: axis, datasets: [
-        ...lines.map(([k, label], i) => ({ type: "line", label, data: col(k), borderColor: DISTINCT[i], backgroundColor: DISTINCT[i],
-          pointRadius: axis.length > 60 ? 0 : 2, yAxisID: "y", order: -1 })),
-        ...bars.map(([k, label], i) => ({ type: "bar", label, data: col(k), backgroundColor: DISTINCT[i + 3], yAxisID: "events",
-          maxBarThickness: 14 })),
+        ...lines.map(([k, label], i) => ({ type: "line", label, data: col(k), counts: col(k), borderColor: DISTINCT[i],
+          backgroundColor: DISTINCT[i], pointRadius: axis.length > 60 ? 0 : 2, yAxisID: "y", order: -1 })),
+        ...bars.map(([k, label], i) => ({ type: "bar", label, counts: col(k), backgroundColor: DISTINCT[i + 3], yAxisID: "events",
+          data: col(k).map((n, j) => (k === "new" && warmUp(axis[j]) ? null : n)), maxBarThickness: 14 })),
       ] },
-      options: { interaction: { mode: "index", intersect: false }, plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
+      options: { interaction: { mode: "index", intersect: false },
+        plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } },
+          tooltip: { callbacks: { label: (c) => c.dataset.label + ": " + fmt(c.dataset.counts[c.dataIndex]) +
+            (c.dataset.label === "New" && warmUp(axis[c.dataIndex]) ? " (first week of data: not drawn)" : "") } } },
         scales: { x: { ticks: DAY_TICKS }, y: { beginAtZero: true, title: { display: true, text: "active" } },
-          events: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "per day" } } } },
+          events: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, ticks: { precision: 0 },
+            title: { display: true, text: "per day" } } } },
     });
     fillTable("table-lifecycle", data.rows.slice().reverse().map((r) => el("tr", { "data-day": r.day, "data-kind": r.kind }, [
       el("td", { text: r.day }), el("td", { text: r.kind === "is" ? "deployments" : "CLI" }),
@@ -492,6 +502,7 @@
     }
     if (mine !== generation) return;
     const info = days.rows[0];
+    dataStart = info.first_day || null;
     const range = { from: days.from, to: days.to };
     $("#from").value = range.from;
     $("#to").value = range.to;
@@ -512,9 +523,8 @@
 
     const carried = fleetMode() === "carried";
     document.body.dataset.fleet = fleetMode();
-    $("#fleet-note").textContent = carried
-      ? "Each deployment counts with its latest report of the last 7 days (carried forward)"
-      : "Sums over every deployment that reported that day";
+    // the notes of the panels the switch changes say which fleet they count
+    $$("[data-note-carried]").forEach((n) => { n.textContent = carried ? n.dataset.noteCarried : n.dataset.noteReported; });
     const jobs = [
       [carried ? "summary-carried" : "summary", "#panel-summary", renderSummary],
       [carried ? "fleet-carried" : "fleet", null, (d) => renderFleet(d, axis)],

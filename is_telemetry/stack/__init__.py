@@ -7,8 +7,11 @@ One module per idea:
 - `simulation`: the simulated fleet's thread (backfill, then live) and the record of a stored backfill.
 - `readings`: what the pipeline says about itself (SQL through the API, /metrics counters).
 - `console`: the progress line and the fleet summary.
-- `preflight`: what is checked before anything starts (`PreflightFailed`: exit code 2).
-- `state`: the state file (data_dir/stack.json) read by `is-telemetry sql`.
+- `preflight`: what is checked before anything starts (`PreflightFailed`: exit code 2, every problem at once), and
+  the wait for what a killed `up` left running.
+- `drain`: before the embedded broker stops, the wait for the worker to store what it holds.
+- `state`: the state file (data_dir/stack.json) read by `is-telemetry sql` and `status`; stale ones recognised.
+- `output`: the console's writes (a reader that is gone never stops `up`).
 - `options`: `StackOptions`.
 """
 

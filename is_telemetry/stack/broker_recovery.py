@@ -20,6 +20,7 @@ from is_telemetry.config import Settings
 from is_telemetry.errors import BrokerFailed, GaveUp, Stopped
 from is_telemetry.kafka import ensure_topics, topic_names
 from is_telemetry.retry import RetryPolicy, retry_on, with_retries
+from is_telemetry.stack.output import say
 from is_telemetry.stack.readings import Readings
 from is_telemetry.stack.supervisor import exit_status
 
@@ -90,7 +91,7 @@ class LossAccount:
         if backfill:
             sources += f", the simulator backfilled {backfill}"
         return (
-            f"\n!! BROKER LOST: {why}.\n"
+            f"!! BROKER LOST: {why}.\n"
             f"!! Its memory storage is gone: every topic, offset and consumer group.\n"
             f"!! Lost: about {lost} records acknowledged to their senders but not yet stored by the worker "
             f"({sources} since the broker started; the worker stored {stored}). Senders got 202 and will not "
@@ -116,30 +117,30 @@ def restart_broker(
     """Stop the old broker (exited, or topics vanished: its PID must be gone before the port is reused), start a
     new one on the same port and create the topics. None if `stop` was set meanwhile."""
     broker.stop()
-    new = start_broker_again(settings, log_file, stop)
+    new = start_broker_again(settings, log_file, stop, broker.lifeline)
     if new is None:
         return None  # stopping meanwhile
     ensure_topics(settings)
     wrong = wrong_partitions(settings)
     if wrong:
-        print(f"   warning: topics with an unexpected partition count: {wrong}", flush=True)
+        say(f"   warning: topics with an unexpected partition count: {wrong}")
     pid = new.process.pid if new.process is not None else "?"
-    print(
+    say(
         f"   broker     kafka://{new.bootstrap_servers} again (pid {pid}); "
-        f"topics {', '.join(topic_names(settings))} created",
-        flush=True,
+        f"topics {', '.join(topic_names(settings))} created"
     )
     return new
 
 
 def start_broker_again(
-    settings: Settings, log_file: Path, stop: threading.Event, timeout_s: float = 30.0
+    settings: Settings, log_file: Path, stop: threading.Event, lifeline: int | None = None, timeout_s: float = 30.0
 ) -> EmbeddedBroker | None:
-    """A new embedded broker on the same host:port (retried every 0.5s while the old socket is still held)."""
+    """A new embedded broker on the same host:port (retried every 0.5s while the old socket is still held), on the
+    same lifeline as the old one."""
     policy = RetryPolicy(initial_s=0.5, maximum_s=0.5, deadline_s=timeout_s)
     try:
         return with_retries(
-            lambda: EmbeddedBroker(settings.broker.host, settings.broker.port, log_file).start(),
+            lambda: EmbeddedBroker(settings.broker.host, settings.broker.port, log_file, lifeline).start(),
             policy,
             stop,
             retry_on(RuntimeError, what="starting the embedded broker again"),

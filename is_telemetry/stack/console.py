@@ -1,5 +1,13 @@
-"""The console of `up` while it watches: a progress line (rewritten in place on a terminal), the moment the
-first rows reach ClickHouse, and a fleet summary every summary_every_s seconds."""
+"""The console of `up` while it watches: a progress line, the moment the first rows of this start reach
+ClickHouse, and a fleet summary.
+
+- progress: on a terminal, rewritten in place every second; otherwise (a pipe, a file) a plain line, without
+  control characters, every PLAIN_EVERY_S seconds while it changes (every QUIET_EVERY_S when it does not);
+- first rows: when the worker of this start has stored its first records (its own counter: rows that were in
+  ClickHouse before this start do not count);
+- summary: the last finished UTC day (today's counts grow until midnight), once it is complete (none while the
+  simulator's history is still being stored: the progress line shows that), or, before any day has finished,
+  today's so far, said to be partial; printed when it changes, at most every summary_every_s seconds."""
 
 from __future__ import annotations
 
@@ -7,6 +15,11 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from is_telemetry.stack.output import rewrite, say
+
+PLAIN_EVERY_S = 5.0  # the progress line when not on a terminal, while its counts change
+QUIET_EVERY_S = 60.0  # ... and when they do not
 
 
 def progress_line(stored: tuple[int, int, int], simulate: bool, backfilled: int, live_posted: int | None) -> str:
@@ -17,34 +30,55 @@ def progress_line(stored: tuple[int, int, int], simulate: bool, backfilled: int,
     return f"backfill {backfilled}  {live}  | {clickhouse}"
 
 
-def summary_line(day: list[Any] | None) -> str:
-    """One line about the last day of fleet_daily (Readings.latest_fleet_day)."""
+def summary_line(day: list[Any] | None, today: str, history_stored: bool) -> str | None:
+    """One line about a day of fleet_daily (Readings.summary_day: the last finished day, else today's), with what
+    kind of day it is: `today` is today's date (UTC), `history_stored` whether every earlier day is in ClickHouse.
+    None while a finished day may still be incomplete."""
     if day is None:
-        return "today: no data yet"
+        return "fleet: no data yet"
     d = day
+    if str(d[0]) >= today:
+        kind = "today so far: partial"
+    elif history_stored:
+        kind = "last full UTC day"
+    else:
+        return None
     return (
-        f"{d[0]}: {d[1]} deployments, {d[2]} CLI installs, {d[3]} gateways, {d[4]} end devices "
+        f"{d[0]} ({kind}): {d[1]} deployments, {d[2]} CLI installs, {d[3]} gateways, {d[4]} end devices "
         f"(active day/week/month {d[5]}/{d[6]}/{d[7]}), {d[8]} applications, {d[9]} users, {d[10]} organizations"
     )
 
 
 class ProgressConsole:
-    """What the watch loop prints each second (on a terminal) and every summary_every_s seconds (always)."""
+    """What the watch loop prints: called each second with the progress line."""
 
-    def __init__(self, summary_every_s: float) -> None:
+    def __init__(self, summary_every_s: float, started: float, tty: bool | None = None) -> None:
         self.summary_every_s = summary_every_s
-        self.tty = sys.stdout.isatty()
-        self.started = time.monotonic()
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.started = started  # when `up` started (time.monotonic())
         self.first_row_at: float | None = None
         self.next_summary = time.monotonic() + 5
+        self.last_summary = ""
+        self.plain_line = ""
+        self.plain_at = 0.0
 
-    def show(self, stored: tuple[int, int, int], line: str, summary: Callable[[], str]) -> None:
-        """`summary` is called only when a summary is due (it queries ClickHouse)."""
-        if self.first_row_at is None and stored[0] > 0:
+    def first_rows(self, stored_by_this_start: float | None) -> None:
+        """Say when the worker of this start stored its first records (its counter, None if unknown)."""
+        if self.first_row_at is None and stored_by_this_start:
             self.first_row_at = time.monotonic()
-            print(f"\nfirst rows in ClickHouse {self.first_row_at - self.started:.1f}s after start-up", flush=True)
+            say(f"first rows in ClickHouse {self.first_row_at - self.started:.1f}s after start-up")
+
+    def show(self, line: str, summary: Callable[[], str | None]) -> None:
+        """`summary` is called only when a summary is due (it queries ClickHouse)."""
+        now = time.monotonic()
         if self.tty:
-            print("\r" + line[:160].ljust(160), end="", flush=True)
-        if time.monotonic() >= self.next_summary:
-            print(("\n" if self.tty else "") + summary() + ("" if self.tty else f"\n  {line}"), flush=True)
-            self.next_summary = time.monotonic() + self.summary_every_s
+            rewrite(line)
+        elif now - self.plain_at >= (PLAIN_EVERY_S if line != self.plain_line else QUIET_EVERY_S):
+            say(line)
+            self.plain_line, self.plain_at = line, now
+        if now >= self.next_summary:
+            self.next_summary = now + self.summary_every_s
+            text = summary()
+            if text is not None and text != self.last_summary:
+                say(text)
+                self.last_summary = text

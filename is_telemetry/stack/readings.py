@@ -29,13 +29,14 @@ class Readings:
         )[0]
         return int(row[0]), int(row[1]), int(row[2])
 
-    def latest_fleet_day(self) -> list[Any] | None:
-        """The last day of fleet_daily: day, deployments, CLI installs, gateways, end devices, active
-        day/week/month, applications, users, organizations."""
+    def summary_day(self) -> list[Any] | None:
+        """The last finished UTC day of fleet_daily, else today's (before any day has finished): day, deployments,
+        CLI installs, gateways, end devices, active day/week/month, applications, users, organizations."""
         rows = self.query(
-            "SELECT day, deployments, cli_installs, gateways, end_devices, active_last_day, active_last_week, "
-            "active_last_month, applications, users_standard + users_admin, organizations "
-            "FROM fleet_daily ORDER BY day DESC LIMIT 1",
+            "SELECT toString(day), deployments, cli_installs, gateways, end_devices, active_last_day, "
+            "active_last_week, active_last_month, applications, users_standard + users_admin, organizations "
+            "FROM fleet_daily WHERE day <= toDate(now('UTC')) "
+            "ORDER BY day = toDate(now('UTC')), day DESC LIMIT 1",
             timeout_s=5,
         )
         return rows[0] if rows else None

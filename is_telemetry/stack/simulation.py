@@ -16,6 +16,7 @@ from kafka.errors import KafkaError
 from is_telemetry import apiclient
 from is_telemetry.config import Settings
 from is_telemetry.stack.options import StackOptions
+from is_telemetry.stack.output import say
 from is_telemetry.stack.readings import Readings
 from is_telemetry.stack.supervisor import simulator_source
 
@@ -34,6 +35,13 @@ class Simulation:
         self.backfill_expected: dict[Any, tuple[int, int]] | None = None  # per day: what ClickHouse must hold
         self._backfill_expected: dict[Any, tuple[int, int]] | None = None
         self._backfill_checked_at = 0.0
+        self._history_recorded = False
+
+    @property
+    def history_stored(self) -> bool:
+        """Every past day of the simulated fleet is in ClickHouse (or there is none to send): stored by an earlier
+        start on this data directory, or by this one once the backfill is (it is not after a broker loss)."""
+        return not self.o.simulate or self.o.days == 0 or self._history_recorded
 
     @property
     def live_posted(self) -> int | None:
@@ -46,6 +54,7 @@ class Simulation:
         from producers import simulator
 
         recorded = simulator.recorded_backfill(self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed)
+        self._history_recorded = self._history_recorded or recorded is not None
         backfill = self.o.days > 0 and not live_only and recorded is None
 
         def backfill_then_live() -> None:
@@ -87,25 +96,22 @@ class Simulation:
             # what sending can raise (a failed send, Kafka, HTTP, the data directory, a fleet it cannot generate):
             # the simulator stops with one line, the pipeline goes on
             except (simulator.SendError, KafkaError, httpx.HTTPError, OSError, ValueError) as exc:
-                print(f"\nsimulator stopped: {exc}", flush=True)
+                say(f"simulator stopped: {exc}")
 
         t = threading.Thread(target=backfill_then_live, name="simulator", daemon=True)
         t.start()
         self.threads.append(t)
         if live_only:
-            print("  simulator  live feed through the collector started again", flush=True)
+            say("  simulator  live feed through the collector started again")
             return
         fleet = f"{self.o.deployments} deployments + {self.o.cli_installs} CLI installs"
         if recorded is not None and self.o.days > 0:
-            print(
+            say(
                 f"  simulator  {fleet}: history already stored from this data directory (through "
-                f"{recorded.get('through')}), not sent again; live through the collector",
-                flush=True,
+                f"{recorded.get('through')}), not sent again; live through the collector"
             )
             return
-        print(
-            f"  simulator  {fleet}: {self.o.days} days backfilled to Kafka, then live through the collector", flush=True
-        )
+        say(f"  simulator  {fleet}: {self.o.days} days backfilled to Kafka, then live through the collector")
 
     def check_backfill_stored(self, readings: Readings, every_s: float = 2.0) -> None:
         """Once the worker has stored the backfill's records, remember (in the data directory) that this fleet's
@@ -128,6 +134,7 @@ class Simulation:
         if any(uid_days.get(str(d), 0) < u or bad.get(str(d), 0) < r for d, (u, r) in expected.items()):
             return
         self.backfill_expected = None
+        self._history_recorded = True
         simulator.record_backfill(
             self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed, self.o.days, self.backfilled
         )

@@ -1,5 +1,6 @@
 """The stack's children (the worker, the collector): started in order and waited for, started again when one
-exits on its own, stopped in reverse order. Each writes its output to data_dir/logs/NAME.log."""
+exits on its own, stopped in reverse order. Each writes its output to data_dir/logs/NAME.log, and each has a
+lifeline (is_telemetry/lifeline.py): if `up` dies without stopping them, they stop by themselves, in order."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -19,9 +22,13 @@ import httpx
 
 from is_telemetry.config import Settings, client_host
 from is_telemetry.errors import TelemetryError
+from is_telemetry.lifeline import Lifelines
 from is_telemetry.runtime import stop_process
+from is_telemetry.stack.drain import DRAIN_ENV, DRAIN_S, wait_stored
 from is_telemetry.stack.options import StackOptions
+from is_telemetry.stack.output import say
 from is_telemetry.stack.preflight import PreflightFailed
+from is_telemetry.stack.state import process_started
 
 SIMULATOR_ADDRESS = "127.0.0.2"  # the simulated fleet's own loopback source: the rest of 127.0.0.0/8 stays limited
 
@@ -50,15 +57,28 @@ class ChildFailed(TelemetryError, RuntimeError):
 
 
 class Child:
-    """A child process of the stack, its output in data_dir/logs/NAME.log."""
+    """A child process of the stack, its output in data_dir/logs/NAME.log; `pass_fds`: its lifeline's descriptors."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the terminal's Ctrl-C and hang-up reach `up` alone: it stops them in order
+            env={**os.environ, **(env or {})},
+            pass_fds=pass_fds,
         )
+        self.started = process_started(self.process.pid)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -66,7 +86,7 @@ class Child:
     def stop(self, timeout_s: float) -> int | None:
         """SIGTERM, wait up to timeout_s, then SIGKILL (saying so); its exit code."""
         if stop_process(self.process, timeout_s).killed:
-            print(f"  {self.name} did not stop within {timeout_s:.0f}s: killing it", flush=True)
+            say(f"  {self.name} did not stop within {timeout_s:.0f}s: killing it")
         self._log.close()
         return self.process.returncode
 
@@ -89,13 +109,20 @@ class Children:
     """The worker (processors + sink + API) and the collector, in stop order: the collector, then the worker."""
 
     def __init__(
-        self, settings: Settings, options: StackOptions, data_dir: Path, api_url: str, collector_url: str
+        self,
+        settings: Settings,
+        options: StackOptions,
+        data_dir: Path,
+        api_url: str,
+        collector_url: str,
+        lifelines: Lifelines,
     ) -> None:
-        self.s, self.o, self.data_dir = settings, options, data_dir
+        self.s, self.o, self.data_dir, self.lifelines = settings, options, data_dir, lifelines
         self.log_dir = data_dir / "logs"
         self.api_url, self.collector_url = api_url, collector_url
         self.running: list[Child] = []
         self.exits = RestartWindow(options.broker_restarts_window_s)
+        self.on_started: Callable[[], None] = lambda: None  # called once a child's process exists (up records it)
 
     def _cli(self, *args: str) -> list[str]:
         base = [sys.executable, "-m", "is_telemetry", *args, "--log-level", self.o.log_level]
@@ -119,9 +146,17 @@ class Children:
                     str(self.s.api.port),
                 ),
                 self.log_dir,
-                env={"IS_TELEMETRY_API__HOST": self.s.api.host, "IS_TELEMETRY_API__TOKEN": self.s.api.token},
+                env={
+                    "IS_TELEMETRY_API__HOST": self.s.api.host,
+                    "IS_TELEMETRY_API__TOKEN": self.s.api.token,
+                    **self.lifelines.env("worker"),
+                    # the embedded broker's memory goes with it: a worker whose `up` is gone stores what it holds first
+                    **({DRAIN_ENV: "1"} if self.s.embedded_kafka else {}),
+                },
+                pass_fds=self.lifelines.pass_fds("worker"),
             )
         )
+        self.on_started()
         self._wait_http(self.api_url + "/healthz", "worker", 90)
 
     def start_collector(self) -> None:
@@ -138,9 +173,11 @@ class Children:
                     self.s.collector.host,
                 ),
                 self.log_dir,
-                env=self._collector_env(),
+                env={**self._collector_env(), **self.lifelines.env("collector")},
+                pass_fds=self.lifelines.pass_fds("collector"),
             )
         )
+        self.on_started()
         self._wait_http(self.collector_url.rsplit("/", 1)[0] + "/readyz", "collector", 60)
 
     def _collector_env(self) -> dict[str, str]:
@@ -200,17 +237,16 @@ class Children:
                 f"the {child.name} exited with {status} ({exits} exits within "
                 f"{self.o.broker_restarts_window_s:.0f}s): giving up; see {child.log_path}:\n" + tail(child.log_path)
             )
-        print(
-            f"\n!! the {child.name} exited with {status}; see {child.log_path}. Starting it again: records the "
-            f"broker holds are not lost{' (the worker resumes from its committed offsets)' if child.name == 'worker' else ''}.",
-            flush=True,
+        say(
+            f"!! the {child.name} exited with {status}; see {child.log_path}. Starting it again: records the "
+            f"broker holds are not lost{' (the worker resumes from its committed offsets)' if child.name == 'worker' else ''}."
         )
         if child.name == "worker":
             self.start_worker()
         else:
             self.start_collector()
         self.keep_stop_order()
-        print(f"   {child.name} running again", flush=True)
+        say(f"   {child.name} running again")
 
     def stop_before_broker_restart(self) -> None:
         """Stop the broker's clients before a new broker listens: on a fresh broker they would auto-create the
@@ -222,16 +258,36 @@ class Children:
             c = by_name.get(name)
             if c is not None:
                 code = c.stop(grace_s)
-                print(f"   {name} stopped ({exit_status(code)})", flush=True)
+                say(f"   {name} stopped ({exit_status(code)})")
         self.running = []
 
-    def stop_all(self) -> None:
-        """Stop in reverse start order (the collector flushes its producer, the worker finishes its batch)."""
+    def stop_all(self, hurry: threading.Event) -> None:
+        """Stop in reverse start order: the collector (it flushes its producer), then, with the embedded broker, a
+        wait for the worker to store what the broker holds (its memory goes with it; at most DRAIN_S, or until
+        `hurry` is set: a second Ctrl-C), then the worker (it finishes its batch and commits)."""
         for c in reversed(self.running):
-            print(f"stopping: {c.name}", flush=True)
+            if c.name == "worker" and c.alive() and self.s.embedded_kafka and not hurry.is_set():
+                self.drain(hurry)
+            say(f"stopping: {c.name}")
             code = c.stop(60 if c.name == "worker" else 20)
             if code not in (0, None, -signal.SIGTERM):
-                print(f"  {c.name} exited with {code}; see {c.log_path}", flush=True)
+                say(f"  {c.name} exited with {code}; see {c.log_path}")
+        self.running = []
+
+    def drain(self, hurry: threading.Event) -> None:
+        def waiting(n: int) -> None:
+            say(
+                f"waiting for the worker to store the {n} records the embedded broker still holds (its memory goes "
+                f"with it; at most {DRAIN_S:.0f}s, Ctrl-C again to skip)"
+            )
+
+        left = wait_stored(self.s, DRAIN_S, hurry, waiting)
+        if left:
+            say(f"  {left} records not stored: they are lost with the broker's memory (senders got 202)")
+
+    def pids(self) -> dict[str, dict[str, int | None]]:
+        """The running children as the state file names them (is_telemetry/stack/state.py)."""
+        return {c.name: {"pid": c.process.pid, "started": c.started} for c in self.running if c.alive()}
 
 
 def exit_status(code: int | None) -> str:

@@ -2,9 +2,13 @@
 
 broker (embedded Tansu unless --kafka) -> topics -> processors worker (+ sink + API/dashboard, since
 the embedded chDB is readable only by the process that writes it) -> collector -> simulator
-(backfill straight to Kafka, then a live feed through the collector). Ctrl-C/SIGTERM stops the
-simulator, then the collector (flushes its producer), then the worker (finishes and acks its batch),
-then the broker.
+(backfill straight to Kafka, then a live feed through the collector). Ctrl-C, SIGTERM or SIGHUP (the
+terminal closed) stops the simulator, then the collector (flushes its producer), then, with the embedded
+broker, waits for the worker to store what the broker holds, then stops the worker (finishes and acks its
+batch), then the broker. A console whose reader is gone (EPIPE, EIO) does not cut that short
+(is_telemetry/stack/output.py). If `up` itself dies at once (kill -9, the OOM killer), its children stop by
+themselves in the same order (is_telemetry/lifeline.py), and the next `up` on the data directory waits for
+them (is_telemetry/stack/state.py).
 
 The embedded broker keeps everything in memory. If it dies (or its topics vanish), the watch loop says so
 on the console, with what was lost (records the collector acknowledged that the worker had not stored
@@ -16,23 +20,24 @@ collector and the worker are started again (docs/reliability.md).
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
 import threading
 import time
+from datetime import UTC, datetime
 
 from is_telemetry import apiclient
 from is_telemetry.broker import EmbeddedBroker
 from is_telemetry.config import Settings, client_host
 from is_telemetry.kafka import ensure_topics
+from is_telemetry.lifeline import Lifelines
 from is_telemetry.stack.broker_recovery import BrokerWatch, LossAccount, kept_in_clickhouse, restart_broker
 from is_telemetry.stack.console import ProgressConsole, progress_line, summary_line
 from is_telemetry.stack.options import StackOptions
+from is_telemetry.stack.output import say
 from is_telemetry.stack.preflight import PreflightFailed, preflight
 from is_telemetry.stack.readings import Readings
 from is_telemetry.stack.simulation import Simulation
-from is_telemetry.stack.state import remove_state, write_state
+from is_telemetry.stack.state import process_started, remove_state, this_process, write_state
 from is_telemetry.stack.supervisor import Children, RestartWindow
 from sinks.clickhouse import redact
 
@@ -47,65 +52,94 @@ class Stack:
         self.log_dir = self.data_dir / "logs"
         self.broker: EmbeddedBroker | None = None
         self.stop_event = threading.Event()
+        self.hurry = threading.Event()  # a second Ctrl-C: stop without waiting for the worker to store the rest
+        self.lifelines = Lifelines(["broker", "worker", "collector"])  # in start order: a later one stops first
         self.api_url = f"http://{client_host(settings.api.host)}:{settings.api.port}"
         self.collector_url = f"http://{client_host(settings.collector.host)}:{settings.collector.port}/collect"
-        self.children = Children(settings, options, self.data_dir, self.api_url, self.collector_url)
+        self.children = Children(settings, options, self.data_dir, self.api_url, self.collector_url, self.lifelines)
         self.readings = Readings(self.api_url, self.collector_url, settings.api.token)
         self.sim = Simulation(settings, options, self.data_dir, self.collector_url, self.stop_event)
         self.watcher = BrokerWatch(settings)
         self.losses = LossAccount()
         self.broker_restarts = RestartWindow(options.broker_restarts_window_s)
+        self.started_at = time.time()
+        self.started = time.monotonic()  # start-up: when the first component starts (reset by start())
+        self._ready = False  # every component answers: the state file says where
+        self._recorded: tuple[dict[str, dict[str, int | None]], bool] | None = None  # what the state file says
+        self.children.on_started = self.write_state
 
     # -- start ------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        self.started = started = time.monotonic()
         if self.s.embedded_kafka:
-            self.broker = EmbeddedBroker(self.s.broker.host, self.s.broker.port, self.log_dir / "broker.log").start()
-            print(f"  broker     kafka://{self.broker.bootstrap_servers}  (embedded Tansu, memory storage)", flush=True)
+            self.broker = EmbeddedBroker(
+                self.s.broker.host, self.s.broker.port, self.log_dir / "broker.log", self.lifelines.read_fd("broker")
+            ).start()
+            self.write_state()
+            say(f"  broker     kafka://{self.broker.bootstrap_servers}  (embedded Tansu, memory storage)")
         else:
-            print(f"  kafka      {self.s.bootstrap_servers}  (external)", flush=True)
+            say(f"  kafka      {self.s.bootstrap_servers}  (external)")
         ensure_topics(self.s)
         self.children.start_worker()
-        print(f"  worker     processors + sink -> {self.s.clickhouse_dsn}", flush=True)
-        print(f"  API        {self.api_url}/  (dashboard; POST /api/sql)", flush=True)
+        say(f"  worker     processors + sink -> {self.s.clickhouse_dsn}")
+        say(f"  API        {self.api_url}/  (dashboard; POST /api/sql)")
         self.children.start_collector()
-        print(f"  collector  {self.collector_url}  (set TTS telemetry.target to this)", flush=True)
-        print(f"  logs       {self.log_dir}/", flush=True)
-        print(f"  ready in {time.monotonic() - started:.1f}s", flush=True)
+        say(f"  collector  {self.collector_url}  (set TTS telemetry.target to this)")
+        say(f"  logs       {self.log_dir}/")
+        say(f"  ready in {time.monotonic() - started:.1f}s")
 
-    def write_state(self) -> None:
-        """Say where this stack's API is, for `is-telemetry sql` (removed again on stop)."""
+    def write_state(self, ready: bool = False) -> None:
+        """Say which processes this stack runs (for the next `up`, should this one be killed) and, once it is
+        `ready`, where it answers (for `is-telemetry sql` and `status`): written before anything starts, again
+        whenever a child (re)starts, and removed on stop."""
+        children = self.children.pids()
+        if self.broker is not None and self.broker.process is not None and self.broker.process.poll() is None:
+            pid = self.broker.process.pid
+            children["broker"] = {"pid": pid, "started": process_started(pid)}
+        self._ready = self._ready or ready
+        if (children, self._ready) == self._recorded:
+            return
+        self._recorded = (children, self._ready)
+        where = {"api_url": self.api_url, "collector_url": self.collector_url} if self._ready else {}
         write_state(
             self.data_dir,
             {
-                "pid": os.getpid(),
-                "api_url": self.api_url,
-                "collector_url": self.collector_url,
+                **this_process(),
+                **where,
+                "kafka": self.s.bootstrap_servers,
                 "clickhouse": redact(self.s.clickhouse_dsn),
-                "started_at": time.time(),
+                "started_at": self.started_at,
+                "children": children,
             },
         )
 
     # -- watch ------------------------------------------------------------------------------------------------
 
     def watch(self) -> None:
-        console = ProgressConsole(self.o.summary_every_s)
+        console = ProgressConsole(self.o.summary_every_s, self.started)
         while not self.stop_event.wait(1.0):
             lost = self.watcher.lost(self.broker, self.children.any_exited())
             if lost:
                 self.recover_broker(lost)
                 continue
             self.children.restart_exited()
+            self.write_state()
             self.losses.poll(self.readings)
             self.sim.check_backfill_stored(self.readings)
+            if console.first_row_at is None:
+                console.first_rows(self.readings.worker_stored())
             try:
                 stored = self.readings.stored_counts()
                 line = progress_line(stored, self.o.simulate, self.sim.backfilled, self.sim.live_posted)
-                console.show(stored, line, lambda: summary_line(self.readings.latest_fleet_day()))
+                console.show(line, self.summary)
             except apiclient.ApiError as exc:
                 log.debug("progress query failed: %s", exc)
+
+    def summary(self) -> str | None:
+        today = datetime.now(UTC).date().isoformat()
+        return summary_line(self.readings.summary_day(), today, self.sim.history_stored)
 
     def recover_broker(self, why: str) -> None:
         """Report the loss of the embedded broker's memory and bring the pipeline back on a new broker."""
@@ -114,7 +148,7 @@ class Stack:
         restarts = self.broker_restarts.note()
         self.losses.poll(self.readings, force=True)  # the collector (and the worker, if alive) still answer
         kept = kept_in_clickhouse(self.readings)
-        print(self.losses.report(why, self.sim.backfill_acked, kept, self.s, self.broker.bootstrap_servers), flush=True)
+        say(self.losses.report(why, self.sim.backfill_acked, kept, self.s, self.broker.bootstrap_servers))
         if restarts > self.o.broker_restarts_max:
             raise RuntimeError(
                 f"the embedded broker was lost {restarts} times within "
@@ -130,16 +164,15 @@ class Stack:
         if self.stop_event.is_set():
             return  # Ctrl-C meanwhile: stop() stops the new broker
         self.children.start_collector()  # first: records it accepts wait in the topic for the worker
-        print(f"   collector  {self.collector_url} running again", flush=True)
+        say(f"   collector  {self.collector_url} running again")
         self.children.start_worker()
-        print(f"   worker     running again; API {self.api_url}/", flush=True)
+        say(f"   worker     running again; API {self.api_url}/")
         self.children.keep_stop_order()
         if self.o.simulate and not self.sim.running() and not self.stop_event.is_set():
             self.sim.start(live_only=True)
-        print(
+        say(
             f"!! RECOVERED from the broker loss in {time.monotonic() - started:.1f}s "
-            f"(broker restarts so far: {restarts})",
-            flush=True,
+            f"(broker restarts so far: {restarts})"
         )
 
     # -- stop -------------------------------------------------------------------------------------------------
@@ -147,44 +180,49 @@ class Stack:
     def stop(self) -> None:
         self.stop_event.set()
         if not (self.sim.threads or self.children.running or self.broker):
+            remove_state(self.data_dir)
+            self.lifelines.close()
             return  # nothing had been started
+        say("")
         if self.sim.threads:
-            print("\nstopping: simulator", flush=True)
-        else:
-            print("", flush=True)
+            say("stopping: simulator")
         self.sim.join(15)
-        self.children.stop_all()
+        self.children.stop_all(self.hurry)
         if self.broker is not None:
-            print("stopping: broker (embedded: its topics are gone; ClickHouse keeps every stored row)", flush=True)
+            say("stopping: broker (embedded: its topics are gone; ClickHouse keeps every stored row)")
             self.broker.stop()
         remove_state(self.data_dir)
-        print("stopped", flush=True)
+        self.lifelines.close()
+        say("stopped")
 
     def run(self) -> int:
-        handler_fired = threading.Event()
-
         def on_signal(signum: int, frame: object) -> None:
-            handler_fired.set()
+            if self.stop_event.is_set():
+                self.hurry.set()  # a second Ctrl-C: no more waiting for the worker to store what is left
             self.stop_event.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal was closed
+        previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals}
         code = 0
         try:
-            print(f"is-telemetry up (data in {self.data_dir})", flush=True)
+            say(f"is-telemetry up (data in {self.data_dir})")
             preflight(self.s, self.data_dir, self.stop_event)
             if self.stop_event.is_set():
                 return 0
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.write_state()  # this data directory is taken from now on
             self.start()
-            self.write_state()
+            self.write_state(ready=True)
             if self.o.simulate:
                 self.sim.start()
-            print("Ctrl-C stops everything, flushing what is in flight.\n", flush=True)
+            say("Ctrl-C stops everything, flushing what is in flight.\n")
             self.watch()
         except PreflightFailed as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            for problem in exc.problems:
+                say(f"error: {problem}", err=True)
             code = 2
         except Exception as exc:  # noqa: BLE001 - the outermost boundary: one line, then everything is stopped
-            print(f"\nerror: {exc}", file=sys.stderr, flush=True)
+            say(f"error: {exc}", err=True)
             code = 1
         finally:
             self.stop()

@@ -50,7 +50,8 @@ def command(
         Optional[str],
         typer.Option(
             "--kafka",
-            help="Produce straight to Kafka at host:port,... (receive times as generated; default: kafka.bootstrap_servers)",
+            help="Produce straight to Kafka at host:port,... (receive times as generated; default: the running stack's "
+            "Kafka, recorded in the data directory, else kafka.bootstrap_servers)",
         ),
     ] = None,
     collector: Annotated[
@@ -102,6 +103,14 @@ def command(
     ] = False,
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", help="YAML config file (for the default Kafka and topic)")
+    ] = None,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data-dir",
+            show_default=False,
+            help="Where a running `up` records its Kafka (data_dir/stack.json; default ./data, from data_dir)",
+        ),
     ] = None,
 ) -> None:
     """Simulate a fleet of TTS deployments and CLI installs; send to Kafka or the collector, write the ground truth."""
@@ -165,9 +174,13 @@ def command(
     else:
         from is_telemetry.config import load_settings
         from is_telemetry.kafka import ensure_topics
+        from is_telemetry.statefile import read_state
 
         try:
-            settings = load_settings(config, kafka={"bootstrap_servers": kafka})
+            settings = load_settings(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka})
+            stack = read_state(settings.data_dir.resolve()) if kafka is None else None
+            if stack is not None and isinstance(stack.get("kafka"), str):  # the running stack's, wherever it listens
+                settings = load_settings(config, data_dir=data_dir, kafka={"bootstrap_servers": stack["kafka"]})
         except Exception as exc:
             typer.echo(f"error: bad configuration: {exc}", err=True)
             raise typer.Exit(2) from exc
