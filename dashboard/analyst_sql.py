@@ -93,6 +93,7 @@ class QueryLimits:
             # what analysts read: ISO times, numbers as numbers
             "date_time_output_format": "iso",
             "output_format_json_quote_64bit_integers": 0,
+            "output_format_json_validate_utf8": 1,  # JSON results stay valid UTF-8 whatever bytes a value holds
         }
 
 
@@ -369,7 +370,7 @@ class SqlSessions:
             engine,
             "SELECT database, name FROM system.tables "
             "WHERE database IN (currentDatabase(), 'system', 'information_schema', 'INFORMATION_SCHEMA')",
-        )
+        )  # the check's own catalogue: this query is the project's, never an analyst's
         return Catalog(
             database, frozenset((d, t) for d, t in tables), functions.exact, functions.folded, functions.aggregates
         )
@@ -379,7 +380,9 @@ class SqlSessions:
         data = sql.encode("utf-8", "surrogatepass")
         if len(data) > MAX_STATEMENT_BYTES:
             raise QueryFailed(f"the statement is longer than {MAX_STATEMENT_BYTES} bytes", code="too_long")
-        canonical = _ask(engine, f"SELECT formatQuerySingleLine(unhex('{data.hex()}'))").decode()
+        # ClickHouse writes a literal's bytes as they are ('\xff' becomes the byte 0xFF): invalid UTF-8 is replaced,
+        # and what is checked below, and runs, is that text
+        canonical = _ask(engine, f"SELECT formatQuerySingleLine(unhex('{data.hex()}'))").decode("utf-8", "replace")
         if not canonical.strip():
             raise QueryFailed("empty query")
         try:

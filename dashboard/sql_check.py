@@ -7,8 +7,9 @@ tree) and refuses it (raising NotAllowed / WriteRefused, 403) unless every part 
 - every function, wherever it appears (calls, higher-order arguments, lambdas, `APPLY`), and every identifier that
   names a function: on dashboard/sql_allowlist.py's FUNCTIONS once aliases and aggregate combinators are resolved;
 - every table function: on the generators-only TABLE_FUNCTIONS, or a parameterized view of the current database;
-- every table: one of the current database's tables, a CTE of the statement, or a table of `system` /
-  `information_schema` (chDB's default database also reads host files named as tables: `FROM '/etc/passwd'`);
+- every table, after FROM or JOIN and after IN (`x IN t` reads a table): one of the current database's tables, a CTE
+  in scope, a view of `information_schema`, or one of a few `system` tables that show no host path and no other
+  session's queries (chDB's default database also reads host files named as tables: `FROM '/etc/passwd'`);
 - the statement kinds: SELECT (with WITH, UNION, INTERSECT, EXCEPT) and EXPLAIN of one.
 
 Nothing here is a list of what is forbidden: a name is allowed because it is listed, never because it is not known
@@ -81,8 +82,24 @@ EXPLAIN_KINDS = frozenset(
 MUST_BE_FALSE = frozenset({"is_outfile_append", "is_outfile_truncate", "is_into_outfile_with_stdout"})
 #: Function names that are syntax, not functions (`x -> x + 1` parses as Function lambda).
 SYNTAX_FUNCTIONS = frozenset({"lambda"})
-#: Databases whose tables analysts may read besides the current one: metadata only.
-METADATA_DATABASES = frozenset({"system", "information_schema", "INFORMATION_SCHEMA"})
+#: Metadata analysts may read besides the current database: information_schema's views (names, types, comments), and
+#: the system tables that show no host path, no other session's query text or error and no code address (so not
+#: system.tables, system.databases, system.parts: their paths; not processes, query_log, errors...).
+METADATA_DATABASES = frozenset({"information_schema", "INFORMATION_SCHEMA"})
+SYSTEM_TABLES = frozenset(
+    {
+        "one", "numbers", "numbers_mt", "zeros", "zeros_mt", "columns", "functions", "table_functions",
+        "aggregate_function_combinators", "data_type_families", "time_zones", "view_refreshes",
+    }
+)  # fmt: skip
+#: Functions whose right-hand argument, when a bare name, is read as a table (`x IN t`).
+TABLE_ARGUMENT = frozenset(
+    {
+        "in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn", "globalNotNullIn",
+        "inIgnoreSet", "notInIgnoreSet", "globalInIgnoreSet", "globalNotInIgnoreSet", "nullInIgnoreSet",
+        "notNullInIgnoreSet", "globalNullInIgnoreSet", "globalNotNullInIgnoreSet",
+    }
+)  # fmt: skip
 
 MAX_DEPTH = 256  # ClickHouse's own parser stops at max_parser_depth (1000); a deeper tree is refused here first
 
@@ -120,7 +137,7 @@ def check(ast: Any, catalog: Catalog) -> None:
         kind = ast.get("type") if isinstance(ast, dict) else type(ast).__name__
         raise WriteRefused(
             f"only SELECT, WITH and EXPLAIN statements run here (got {str(kind)[:40]}); for the tables, "
-            "SELECT name FROM system.tables WHERE database = currentDatabase()"
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = currentDatabase()"
         )
     _Walk(catalog).node(ast, "", 0, frozenset())
 
@@ -183,6 +200,13 @@ class _Walk:
                     )
             elif name not in SYNTAX_FUNCTIONS and not self.catalog.allows(name):
                 raise NotAllowed(_function_refusal(name), function=name)
+            resolved = self.catalog.resolve(name)
+            if resolved is not None and resolved[0] in TABLE_ARGUMENT:
+                arguments = node.get("arguments")
+                children = arguments.get("children") if isinstance(arguments, dict) else None
+                if isinstance(children, list) and len(children) == 2 and isinstance(children[1], dict):
+                    if children[1].get("type") == "Identifier":  # `x IN name`: ClickHouse reads a table there
+                        self._table(_parts(children[1]), ctes)
         elif kind == "ColumnsApplyTransformer":
             applied = node.get("func_name")
             if isinstance(applied, str) and applied and not self.catalog.allows(applied):
@@ -204,12 +228,13 @@ class _Walk:
                 return
         elif len(parts) == 2:
             db, name = parts
-            if (db == database or db in METADATA_DATABASES) and (db, name) in tables:
+            allowed = db == database or db in METADATA_DATABASES or (db == "system" and name in SYSTEM_TABLES)
+            if allowed and (db, name) in tables:
                 return
         shown = ".".join(parts)[:120]
         raise NotAllowed(
             f"no table {shown!r} to read here: tables are the database's own ({database}), a CTE of the query, "
-            "or system.* / information_schema.*",
+            f"information_schema.*, or system.{{{','.join(sorted(SYSTEM_TABLES))}}}",
             table=shown,
         )
 

@@ -17,6 +17,7 @@ from is_telemetry.errors import ConfigError
 from is_telemetry.logsetup import setup_logging
 from is_telemetry.preflight import check_data_dir
 from is_telemetry.stack.options import StackOptions
+from is_telemetry.termsafe import printable
 from producers import identity_server, simulator
 
 app = typer.Typer(
@@ -102,7 +103,7 @@ def _drop_flag(flags: dict[str, Any], loc: tuple[Any, ...]) -> str:
 def refuse(problems: list[str]) -> None:
     """End the command: one `error:` line per problem, exit code 2."""
     for problem in problems:
-        typer.echo(f"error: {problem}", err=True)
+        typer.echo(f"error: {printable(str(problem))}", err=True)
     raise typer.Exit(2)
 
 
@@ -313,7 +314,7 @@ def worker(
     try:
         code = run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
     except ConfigError as exc:  # e.g. the raw topic's partition count changed
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(str(exc))}", err=True)
         raise typer.Exit(2) from exc
     raise typer.Exit(code)
 
@@ -347,7 +348,7 @@ def sink(
     try:
         code = run_sink(s, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(str(exc))}", err=True)
         raise typer.Exit(2) from exc
     raise typer.Exit(code)
 
@@ -441,10 +442,8 @@ def sql(
             return
         columns, rows = run_query(s, query, api=api, token=token, direct=direct)
     except SqlError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(str(exc))}", err=True)
         if verbose and exc.detail:
-            from is_telemetry.termsafe import printable
-
             typer.echo(printable(exc.detail), err=True)
         raise typer.Exit(1) from exc
     sys.stdout.write(format_result(columns, rows, fmt))
@@ -578,7 +577,7 @@ def main(args: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # click's usage errors (an unknown option, a value that is not a number)
         ctx = exc.ctx if isinstance(exc, UsageError) else None
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        typer.echo(f"error: {exc.format_message()}{where}", err=True)
+        typer.echo(f"error: {printable(exc.format_message())}{where}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
     except typer.Abort:
         sys.exit(130)

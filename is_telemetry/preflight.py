@@ -54,22 +54,24 @@ def chdb_holder(path: str | Path) -> int | None:
 
 
 def check_data_dir(path: Path) -> Probe:
-    """The data directory exists (or can be made) and is writable."""
+    """The data directory exists, or can be made, and is writable. Nothing is created: a check that finds another
+    mistake must leave no trace."""
     if path.exists() and not path.is_dir():
         return Probe(
             False,
             message=f"data directory {path} is a file, not a directory: pass --data-dir to a "
             "directory (e.g. --data-dir ./data; it is created if missing)",
         )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
         return Probe(
             False,
-            message=f"data directory {path} cannot be created ({exc.strerror or exc}): pass "
+            message=f"data directory {path} cannot be created ({existing} is not a directory): pass "
             "--data-dir to a writable place (e.g. --data-dir ./data)",
         )
-    if not os.access(path, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK):
         return Probe(
             False,
             message=f"data directory {path} is not writable by this user: pass --data-dir to a "

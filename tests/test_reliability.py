@@ -890,7 +890,10 @@ def test_sql_looking_and_unicode_identifiers_round_trip_byte_for_byte(running: R
         for r in running.sql(f"SELECT operating_system FROM deployments_by_os_daily WHERE day = '{today()}'")
     }
     assert set(HOSTILE_STRINGS) <= oses
-    tables = {r["name"] for r in running.sql("SELECT name FROM system.tables WHERE database = currentDatabase()")}
+    tables = {
+        r["table_name"]
+        for r in running.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = currentDatabase()")
+    }
     assert {"snapshots", "rejections", "daily_rollup", "fleet_daily"} <= tables
     assert_all_healthy(running)
 

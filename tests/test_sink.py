@@ -864,7 +864,9 @@ def test_analyst_queries_cannot_write(store: ClickHouseStore):
             with pytest.raises(RequestRefused) as refused:
                 sessions.run(sql)
             assert refused.value.status in (400, 403), sql
-        assert sessions.run("SELECT count() FROM system.tables WHERE name = 'intruder'").rows == [(0,)]
+        assert sessions.run("SELECT count() FROM information_schema.tables WHERE table_name = 'intruder'").rows == [
+            (0,)
+        ]
         with pytest.raises(QueryFailed) as too_many:
             SqlSessions(store.dsn, QueryLimits(max_result_rows=10)).run("SELECT number FROM numbers(1000)")
         assert too_many.value.extra["clickhouse_error"] == "TOO_MANY_ROWS_OR_BYTES"
