@@ -1,4 +1,4 @@
-"""The analyst views of migration 0002 (the fleet over time) equal an independent ground truth exactly.
+"""The analyst views of the fleet over time (migrations 0002, 0006) equal an independent ground truth exactly.
 
 One real chDB store per module (sinks.clickhouse.ClickHouseStore, as the worker writes it) is filled with a
 simulated fleet through the pipeline's own batch path (validate, dedup, roll up, write); the analyst rows are
@@ -130,6 +130,18 @@ def test_parameterized_views_take_other_lookbacks_gaps_and_factors(
         assert view_rows(store, f"sender_jumps(factor = {factor}, {span})", columns) == truth_rows(want, columns), (
             factor
         )
+    # CLI command and alias usage: every report of the look-back (the defaults give the named views)
+    for lookback in (1, 7, 30, 45):
+        commands, aliases = fleet_truth.cli_usage(snaps, lookback=lookback, first=first + timedelta(days=3), last=last)
+        assert commands and aliases, lookback
+        cli_span = f"lookback = {lookback}, first = '{first + timedelta(days=3)}', last = '{last}'"
+        for view, want in (("cli_command_usage", commands), ("cli_alias_usage", aliases)):
+            columns = list(want[0])
+            assert view_rows(store, f"{view}({cli_span})", columns) == truth_rows(want, columns), (view, lookback)
+    named = fleet_truth.analyst_ground_truth(deliveries)
+    for view in ("cli_command_usage", "cli_alias_usage"):
+        want = named[f"{view}_daily"]
+        assert view_rows(store, f"{view}(lookback = 30, {span})", list(want[0])) == truth_rows(want, list(want[0]))
     for min_behind in (0, 2, 5):
         want = fleet_truth.deployments_behind(snaps, END, min_behind)
         assert want, min_behind
