@@ -241,7 +241,14 @@ class ClickHouseStore:
         return applied
 
     def _apply_ttl(self) -> None:
-        for table in TTL_TABLES:
+        present = {
+            str(r[0])
+            for r in self.client.query(
+                "SELECT name FROM system.tables WHERE database = currentDatabase() AND name IN {names:Array(String)}",
+                parameters={"names": list(TTL_TABLES)},
+            ).result_rows
+        }
+        for table in (t for t in TTL_TABLES if t in present):  # a table a later migration adds is not there yet
             if self.snapshot_ttl_days > 0:
                 self.client.command(
                     f"ALTER TABLE {table} MODIFY TTL day + toIntervalDay({int(self.snapshot_ttl_days)})"

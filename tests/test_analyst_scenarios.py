@@ -19,6 +19,7 @@ import pytest
 from is_telemetry.uid import uid_from_elements
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery
+from sinks import clickhouse
 from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import differences
 from tests.test_analyst_views import refresh, store_reader
@@ -343,6 +344,33 @@ def test_cli_usage_sums_every_report_of_the_window(store: ClickHouseStore) -> No
     consume(store, [to_records(list(reversed([*first, late])))])
     refresh(store)
     assert differences(store_reader(store), truth, views) == {}
+
+
+def test_a_data_directory_of_0005_upgrades_to_0006(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored by 0001-0005 (each install's latest report of a day), then 0006: its CLI reports are those snapshots,
+    every day is recomputed with the sums, and a report written after the upgrade adds to them."""
+    first, late = cli_usage_deliveries()
+    once_a_day = [d for d in first if not (d.key == X.encode() and d.received_at_ms == at(2, 9))]  # one a day
+    every = clickhouse.migrations
+    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every() if m[0] <= 5])
+    with opened(tmp_path / "chdb") as s:
+        write(s, once_a_day)
+        assert "cli_reports" not in {r[0] for r in s.query("SELECT name FROM system.tables")[1]}
+    monkeypatch.undo()
+    with opened(tmp_path / "chdb") as s:
+        applied = [r[0] for r in s.query("SELECT version FROM schema_migrations FINAL ORDER BY version")[1]]
+        assert applied == [v for v, _name, _sql in every()] and 6 in applied
+        stored = s.query("SELECT count() FROM snapshots FINAL WHERE kind = 'cli'")[1]
+        assert s.query("SELECT count() FROM cli_reports FINAL")[1] == stored
+        assert {r[0] for r in s.query("SELECT day FROM analyst_daily_pending")[1]} == {
+            r[0] for r in s.query("SELECT DISTINCT day FROM snapshots")[1]
+        }  # every day is due
+        refresh(s)
+        views = ["cli_command_usage_daily", "cli_alias_usage_daily", "cli_lifecycle_daily", "cli_installs_active_daily"]
+        assert differences(store_reader(s), fleet_truth.analyst_ground_truth(once_a_day), views) == {}
+        consume(s, [to_records([late])])  # after the upgrade: an older report of X on day 3 counts too
+        refresh(s)
+        assert differences(store_reader(s), fleet_truth.analyst_ground_truth([*once_a_day, late]), views) == {}
 
 
 def test_jumps_at_the_edge_of_the_factor(store: ClickHouseStore) -> None:

@@ -306,7 +306,7 @@ def test_an_existing_data_directory_upgrades_to_0005(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     with opened(tmp_path / "chdb") as store:
         applied = [r[0] for r in store.query("SELECT version FROM schema_migrations FINAL ORDER BY version")[1]]
-        assert applied == [1, 2, 3, 4, 5]
+        assert applied == [v for v, _name, _sql in every()]  # 0005 and every later one
         refresh_every_view(store)
         every_view_answers(store, date(2025, 1, 1), date(2025, 1, 2))
         compare_with_the_oracles(store, sent)
