@@ -79,7 +79,15 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHous
 
 def test_every_view_equals_the_ground_truth(filled: tuple[ClickHouseStore, list[Delivery]]) -> None:
     store, deliveries = filled
-    compare(store, fleet_truth.analyst_ground_truth(deliveries))
+    truth = fleet_truth.analyst_ground_truth(deliveries)
+    compare(store, truth)
+    # the CLI's cases are in the simulation: two reports of an install on a day, a report with nothing used (null
+    # lists), installs new on a 2025 CLI (upgrades among them) and on an older one
+    snaps = fleet_truth.Snapshots.of(deliveries)
+    assert any(len(bodies) > 1 for bodies in snaps.reports.values())
+    assert any(cli == {"commands": None, "aliases": None} for b in snaps.reports.values() for cli in b.values())
+    new = truth["cli_lifecycle_daily"]
+    assert sum(r["new_2025_cli"] for r in new) and sum(r["new_older_cli"] for r in new)
 
 
 def test_parameterized_views_take_other_lookbacks_gaps_and_factors(
