@@ -55,6 +55,7 @@ VIEWS = [
     "deployments_behind_daily",
     "cli_installs_active_daily",
     "cli_command_usage_daily",
+    "cli_alias_usage_daily",
     "data_quality_daily",
     "sender_jumps_daily",
 ]
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sender_jumps(factor 5), 3 days": f"sender_jumps(factor = 5, first = '{END - timedelta(days=2)}', last = '{END}')",
             "sender_jumps(factor 5), 7 days": f"sender_jumps(factor = 5, first = '{week}', last = '{END}')",
             "deployments_behind(3), one day": f"deployments_behind(day = '{END}', min_behind = 3)",
+            "cli_command_usage(7), 7 days": f"cli_command_usage(lookback = 7, first = '{week}', last = '{END}')",
+            "cli_alias_usage(30), 7 days": f"cli_alias_usage(lookback = 30, first = '{week}', last = '{END}')",
         }
         print("parameterized views, computed on the fly (the analysts' session limits: 1 thread, 1 GB)")
         for label, source in on_the_fly.items():

@@ -1,13 +1,14 @@
 """The dashboard's panels on the fleet over time (docs/dashboard.md, "The fleet over time").
 
-They read the analyst views of sinks/migrations/0002_analyst_depth.sql: the carried-forward fleet, lifecycle,
-retention, fleet shape, regions, version adoption, versions behind, CLI activity and data quality. All of them
-read one pre-computed row per day (`analyst_daily`, refreshed by ClickHouse) or per UID, so each answers in a
-few milliseconds whatever the fleet's size (bench/bench_analyst.py). Same envelope, range rules, JSON and CSV as
-dashboard/panels.py, which registers these panels (both build on dashboard/panel_model.py).
+They read the analyst views of sinks/migrations/0002_analyst_depth.sql and 0006_cli_reports.sql: the carried-forward
+fleet, lifecycle, retention, fleet shape, regions, version adoption, versions behind, CLI activity, command and
+alias usage, and data quality. All of them read one pre-computed row per day (`analyst_daily`, refreshed by
+ClickHouse) or per UID, so each answers in a few milliseconds whatever the fleet's size (bench/bench_analyst.py).
+Same envelope, range rules, JSON and CSV as dashboard/panels.py, which registers these panels (both build on
+dashboard/panel_model.py).
 
-Single-day tables (the deployments far behind, CLI command usage) show the latest complete day in the range
-that has an analyst row (`analyst_day`), else its latest day with one (`complete: false`).
+Single-day tables (the deployments far behind, CLI command and alias usage) show the latest complete day in the
+range that has an analyst row (`analyst_day`), else its latest day with one (`complete: false`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from dashboard.panel_model import FLEET_COLUMNS, Query, Range, Result, Table, su
 
 CARRIED_NOTE = "carried forward: each deployment counts with its latest report of the last 7 days"
 LIFECYCLE_COLUMNS = ["active_1d", "active_7d", "active_30d", "new", "returning", "churned"]
+#: CLI installs only: their new installs on a 2025 CLI (an install upgraded from 3.32 or older is one: the 2025 CLI
+#: keeps its state in telemetry.json and makes a new UID) and on an older CLI (docs/analysts.md).
+CLI_NEW_COLUMNS = ["new_2025_cli", "new_older_cli"]
 
 
 def _range(r: Range) -> dict[str, Any]:
@@ -57,8 +61,8 @@ CARRIED_ON_DAYS = (
 LIFECYCLE_SQL = {
     "is": "SELECT day, active_1d, active_7d, active_30d, new, returning, churned FROM deployment_lifecycle_daily "
     "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
-    "cli": "SELECT day, active_1d, active_7d, active_30d, new, returning, churned FROM cli_lifecycle_daily "
-    "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
+    "cli": "SELECT day, active_1d, active_7d, active_30d, new, returning, churned, new_2025_cli, new_older_cli "
+    "FROM cli_lifecycle_daily WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
 }
 RETENTION_SQL = {
     "week": "SELECT kind, cohort, weeks_since AS periods_since, cohort_size, active, retention FROM retention_weekly "
@@ -111,11 +115,15 @@ def panel_summary_carried(q: Query, r: Range) -> Result:
 
 
 def panel_lifecycle(q: Query, r: Range) -> Result:
-    """Active (1/7/30 days), new, returning and churned UIDs per day, deployments and CLI installs apart (G = 7)."""
+    """Active (1/7/30 days), new, returning and churned UIDs per day, deployments and CLI installs apart (G = 7); the
+    new CLI installs split by CLI generation (null for deployments)."""
     rows = []
     for kind, sql in LIFECYCLE_SQL.items():
-        rows += [{"day": x["day"], "kind": kind, **{c: x[c] for c in LIFECYCLE_COLUMNS}} for x in q(sql, _range(r))]
-    return Result(Table(["day", "kind", *LIFECYCLE_COLUMNS], rows), {"gap": 7})
+        rows += [
+            {"day": x["day"], "kind": kind, **{c: x.get(c) for c in LIFECYCLE_COLUMNS + CLI_NEW_COLUMNS}}
+            for x in q(sql, _range(r))
+        ]
+    return Result(Table(["day", "kind", *LIFECYCLE_COLUMNS, *CLI_NEW_COLUMNS], rows), {"gap": 7})
 
 
 def panel_retention(q: Query, r: Range) -> Result:
@@ -231,7 +239,8 @@ def panel_versions_behind(q: Query, r: Range) -> Result:
 
 def panel_cli(q: Query, r: Range) -> Result:
     """CLI installs active in the last 30 days by version, OS and arch, per day; tables.commands: command usage on
-    the panel's day."""
+    the panel's day (the sum of every report of its 30 days); tables.new_installs: the new installs per day, on a
+    2025 CLI (re-identified upgrades among them) and on an older one."""
     rows = q(
         "SELECT day, dimension, value, installs FROM cli_installs_active_daily "
         "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, value",
@@ -245,11 +254,33 @@ def panel_cli(q: Query, r: Range) -> Result:
             "WHERE day = {day:Date} ORDER BY installs DESC, command_path",
             {"day": day},
         )
+    new = q(
+        "SELECT day, new, new_2025_cli, new_older_cli FROM cli_lifecycle_daily "
+        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
+        _range(r),
+    )
     return Result(
         Table(["day", "dimension", "value", "installs"], rows),
         {"day": day, "complete": complete},
-        {"commands": Table(["day", "command_path", "installs", "executions", "active_installs"], commands)},
+        {
+            "commands": Table(["day", "command_path", "installs", "executions", "active_installs"], commands),
+            "new_installs": Table(["day", "new", *CLI_NEW_COLUMNS], new),
+        },
     )
+
+
+def panel_cli_aliases(q: Query, r: Range) -> Result:
+    """The aliases 2025 CLIs used in the 30 days up to the panel's day: per (command, alias), the installs that used
+    it and its uses (the sum of every report), most used first."""
+    day, complete = analyst_day(q, r)
+    rows: list[dict[str, Any]] = []
+    if day is not None:
+        rows = q(
+            "SELECT day, command_name, alias, installs, uses FROM cli_alias_usage_daily "
+            "WHERE day = {day:Date} ORDER BY uses DESC, command_name, alias",
+            {"day": day},
+        )
+    return Result(Table(["day", "command_name", "alias", "installs", "uses"], rows), {"day": day, "complete": complete})
 
 
 def panel_data_quality(q: Query, r: Range) -> Result:
@@ -292,5 +323,6 @@ PANELS: dict[str, Callable[[Query, Range], Result]] = {
     "version-adoption": panel_version_adoption,
     "versions-behind": panel_versions_behind,
     "cli": panel_cli,
+    "cli-aliases": panel_cli_aliases,
     "data-quality": panel_data_quality,
 }

@@ -272,7 +272,7 @@ PANELS: dict[str, Callable[[Query, Range], Result]] = {
     "rejected": panel_rejected,
     "days": panel_days,
     "freshness": freshness.panel_freshness,  # whether the fleet over time is up to date (dashboard/freshness.py)
-    # the fleet over time (carried-forward fleet, lifecycle, shape, regions, versions, CLI, data quality)
+    # the fleet over time (carried-forward fleet, lifecycle, shape, regions, versions, CLI use and aliases, data quality)
     **analyst_panels.PANELS,
 }
 

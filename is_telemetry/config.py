@@ -178,7 +178,9 @@ class ClickHouseSettings(_Section):
     dsn: str = Field(
         "", description="chdb:///abs/path or http(s)://user:pass@host:8123/db; empty = chdb under data_dir"
     )
-    snapshot_ttl_days: int = Field(0, ge=0, description="Delete per-UID snapshot rows after N days (0 = keep)")
+    snapshot_ttl_days: int = Field(
+        0, ge=0, description="Delete per-UID snapshot rows and CLI reports after N days (0 = keep)"
+    )
     retry_s: float = Field(
         30.0,
         gt=0,

@@ -173,7 +173,8 @@ class AliasUsageData(TypedDict, total=False):
 
 
 class CmdData(TypedDict, total=False):
-    """The CLI's command usage (TTS `models.CmdData`); Go writes a nil list as null."""
+    """The CLI's command usage (TTS `models.CmdData`): what was used since its previous report (the 2025 CLI empties
+    both lists after each report); Go writes a nil list as null."""
 
     __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
     commands: list[CommandUsageData] | None
@@ -187,7 +188,8 @@ def command_usage(cli: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Mapping
     """(path, object) of each object of a CLI message's `cli` that holds command usage (CmdData): the cli object
     itself (path `()`) when it has `commands` or `aliases` (TTS's `CLITelemetry{CmdData}`, inlined), then each
     object one level down that has them (path `(key,)`: a named field). These are checked as CmdData and read by
-    the analyst views (sinks/migrations/0005_values_survive.sql); usage lists deeper down are unknown fields."""
+    the analyst views (sinks/migrations/0006_cli_reports.sql, cli_usage_compute: every report summed, since the
+    2025 CLI reports the uses since its previous report); usage lists deeper down are unknown fields."""
     found: list[tuple[tuple[str, ...], Mapping[str, Any]]] = []
     if "commands" in cli or "aliases" in cli:
         found.append(((), cli))

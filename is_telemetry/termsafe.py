@@ -37,7 +37,7 @@ def json_printable(text: str) -> str:
     """JSON text with the unsafe characters JSON allows raw (C1 controls, format characters...) written as JSON's
     own escapes (`\\u202e`): the same JSON value, safe to print."""
     if text.isascii() and "\x7f" not in text:
-        return text  # the encoder already escaped every other ASCII control
+        return text  # the encoder already escaped every other ASCII control (JSON leaves DEL raw)
     out = []
     for ch in text:
         if unicodedata.category(ch) in UNSAFE_CLASSES:

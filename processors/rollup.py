@@ -107,7 +107,9 @@ class Applied(Enum):
     ADDED = "added"  # the first message of this UID on this day
     REPLACED = "replaced"  # newer than the counted one: replaces it
     DUPLICATE = "duplicate"  # the same body as the counted one: nothing changes, nothing to write
-    OLDER = "older"  # older than the counted one: nothing changes (ClickHouse keeps the newer too)
+    OLDER = (
+        "older"  # older than the counted one: nothing changes (ClickHouse keeps the newer too; a CLI one is written)
+    )
     LATE = "late"  # a day before the state window: written, and the day recomputed from ClickHouse
 
 
@@ -364,7 +366,9 @@ class Rollups:
 def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatch]) -> Batch:
     """Apply `parts` to the roll-up (loading the state of partitions not held yet) and return what to write: the
     new and late snapshots, the new rejections, the aggregate rows of the days touched, the late days to
-    recompute. Exact re-sends and older messages change nothing and are not written."""
+    recompute. Exact re-sends and older messages change nothing and are not written, except an older CLI message:
+    each CLI report counts in command usage (it resets its counts after each), so it is written too, and loses to
+    the newer one under FINAL (sinks/migrations/0006_cli_reports.sql)."""
     parts = list(parts)
     rollups.load(source, rollups.missing(p.partition for p in parts))
     b = Batch(partitions_total=rollups.partitions_total)
@@ -380,6 +384,8 @@ def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatc
             elif applied is Applied.LATE:
                 b.snapshots.append(row)
                 late.add(row.day)
+            elif applied is Applied.OLDER and row.kind == "cli":
+                b.snapshots.append(row)  # a CLI report counts in command usage whatever its age (cli_reports)
             elif applied is Applied.DUPLICATE:
                 b.duplicates += 1
         for rejection in part.rejections:

@@ -1,14 +1,17 @@
-"""Ground truth of the analyst views of sinks/migrations/0002_analyst_depth.sql, computed from the deliveries.
+"""Ground truth of the analyst views of the fleet over time (sinks/migrations/0002_analyst_depth.sql, and the CLI
+usage of 0006_cli_reports.sql), computed from the deliveries.
 
 Independent of the pipeline's code on purpose: its own UTC day bucketing, version parsing and validity rules
-(producers/truth_rules.py), inconsistency flags, size buckets, frequency-plan regions, look-backs and lifecycle
-rules, all from the semantics documented in docs/analysts.md and docs/processing.md, so that a bug on either side
-shows up as a difference. What it shares with the pipeline is the message definition (is_telemetry/schema.py: the
-fields of a valid body).
+(producers/truth_rules.py), inconsistency flags, size buckets, frequency-plan regions, look-backs, lifecycle rules
+and CLI usage rules (every distinct report of a UID and day counts: the 2025 CLI resets its counts after each
+report; the usage lists are read in the cli object and one object down), all from the semantics documented in
+docs/analysts.md, docs/processing.md and docs/telemetry-message.md, so that a bug on either side shows up as a
+difference. What it shares with the pipeline is the message definition (is_telemetry/schema.py: the fields of a
+valid body).
 
 `analyst_ground_truth(deliveries)` returns {view name: rows}, each row a dict with exactly the view's columns
-(days as ISO strings); `lifecycle()`, `carried_fleet()` and `jumps()` take other gaps, look-backs and factors,
-as the parameterized views do.
+(days as ISO strings); `lifecycle()`, `carried_fleet()`, `jumps()` and `cli_usage()` take other gaps, look-backs
+and factors, as the parameterized views do.
 """
 
 from __future__ import annotations
@@ -66,20 +69,43 @@ def bucket_label(b: int) -> str:
     return "0" if b == 0 else "10000+" if b == 10000 else f"{b}-{b * 10 - 1}"
 
 
+def usage_holders(cli: Any) -> list[dict[str, Any]]:
+    """The objects of a CLI message's `cli` whose `commands` and `aliases` lists count (docs/telemetry-message.md: TTS's
+    CmdData, inlined in the cli object or in an object one level down; lists deeper down are unknown fields)."""
+    if not isinstance(cli, dict):
+        return []
+    return [cli, *(v for v in cli.values() if isinstance(v, dict))]
+
+
+def reports_usage(cli: Any) -> bool:
+    """A 2025 CLI's report: it carries command usage (`commands` or `aliases`, even null) where it is read."""
+    return any("commands" in h or "aliases" in h for h in usage_holders(cli))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def commands_of(cli: Any) -> list[tuple[str, int]]:
-    """(command_path, execution_count) of every command-usage object, wherever it sits in the cli object."""
-    out: list[tuple[str, int]] = []
-    if isinstance(cli, dict):
-        if isinstance(cli.get("command_path"), str):
-            count = cli.get("execution_count")
-            out.append((cli["command_path"], count if isinstance(count, int) else 0))
-        else:
-            for v in cli.values():
-                out += commands_of(v)
-    elif isinstance(cli, list):
-        for v in cli:
-            out += commands_of(v)
-    return out
+    """(command_path, execution_count) of every command of a report, where it is read; one without a path is left
+    out, a missing count is 0."""
+    return [
+        (c["command_path"], _count(c.get("execution_count")))
+        for h in usage_holders(cli)
+        for c in h.get("commands") or ()
+        if isinstance(c, dict) and isinstance(c.get("command_path"), str)
+    ]
+
+
+def aliases_of(cli: Any) -> list[tuple[str, str, int]]:
+    """(command_name, alias, usage_count) of every alias of a report, where it is read; one without a command name
+    or an alias is left out."""
+    return [
+        (a["command_name"], a["alias"], _count(a.get("usage_count")))
+        for h in usage_holders(cli)
+        for a in h.get("aliases") or ()
+        if isinstance(a, dict) and isinstance(a.get("command_name"), str) and isinstance(a.get("alias"), str)
+    ]
 
 
 @dataclass(frozen=True)
@@ -96,7 +122,7 @@ class Snap:
     counts: Mapping[str, int]
     plans: Mapping[str, int]
     inconsistent: bool
-    commands: tuple[tuple[str, int], ...] = ()
+    reports_usage: bool = False  # a CLI report with command usage: a 2025 CLI
 
     @property
     def gateways_effective(self) -> int:
@@ -170,7 +196,7 @@ def _snap(day: date, m: Any) -> Snap:
         counts=counts,
         plans=plans,
         inconsistent=inconsistent,
-        commands=tuple(commands_of(m.cli)),
+        reports_usage=reports_usage(m.cli),
     )
 
 
@@ -181,10 +207,13 @@ class Snapshots:
     by_key: dict[tuple[date, str], Snap] = field(default_factory=dict)
     days_of: dict[str, list[date]] = field(default_factory=dict)  # uid -> sorted days seen
     kind_of: dict[str, str] = field(default_factory=dict)
+    #: every CLI report, not only the latest: (day, uid) -> {body: its cli object}; an exact re-send is one body
+    reports: dict[tuple[date, str], dict[bytes, Any]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, deliveries: Iterable[Sequence[Any]], plausibility_limit: int = 10**9) -> Snapshots:
         latest: dict[tuple[date, str], tuple[int, Any]] = {}
+        out = cls()
         for received_at_ms, _key, body in deliveries:
             m = judge(body, plausibility_limit)
             if isinstance(m, Rejected):
@@ -192,7 +221,8 @@ class Snapshots:
             k = (utc_day(received_at_ms), m.uid)
             if k not in latest or received_at_ms >= latest[k][0]:
                 latest[k] = (received_at_ms, m)
-        out = cls()
+            if m.cli is not None:
+                out.reports.setdefault(k, {})[bytes(body)] = m.cli
         days: dict[str, set[date]] = defaultdict(set)
         for (day, uid), (_t, m) in latest.items():
             out.by_key[(day, uid)] = snap = _snap(day, m)
@@ -415,9 +445,9 @@ def deployments_behind(snaps: Snapshots, day: date, min_behind: int) -> list[dic
 # -- CLI -------------------------------------------------------------------------------------------------------
 
 
-def cli_active(snaps: Snapshots) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(cli_installs_active_daily, cli_command_usage_daily)."""
-    active_rows, command_rows = [], []
+def cli_active(snaps: Snapshots) -> list[dict[str, Any]]:
+    """cli_installs_active_daily: the installs with a report of the last 30 days, each by its latest report."""
+    active_rows = []
     for day in snaps.days:
         active = snaps.carried(day, "cli", CLI_LOOKBACK)
         for dimension, value in (
@@ -429,23 +459,57 @@ def cli_active(snaps: Snapshots) -> tuple[list[dict[str, Any]], list[dict[str, A
             active_rows += [
                 {"day": day.isoformat(), "dimension": dimension, "value": k, "installs": n} for k, n in per.items()
             ]
-        installs: Counter[str] = Counter()
+    return active_rows
+
+
+def cli_usage(
+    snaps: Snapshots, lookback: int = CLI_LOOKBACK, first: date | None = None, last: date | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(cli_command_usage_daily, cli_alias_usage_daily), or their parameterized views: per day with data, over every
+    distinct report of [D - lookback + 1, D] (a 2025 CLI's report counts the uses since its previous one):
+    executions / uses are the sums of the reports' counts, installs the UIDs with a report naming the command
+    (alias), active_installs the UIDs with any report."""
+    command_rows, alias_rows = [], []
+    for day in snaps.days:
+        if (first and day < first) or (last and day > last):
+            continue
+        start = day - timedelta(days=lookback - 1)
         executions: Counter[str] = Counter()
-        for s in active:
-            installs.update({path for path, _n in s.commands})
-            for path, n in s.commands:
-                executions[path] += n
+        uses: Counter[tuple[str, str]] = Counter()
+        command_installs: dict[str, set[str]] = defaultdict(set)
+        alias_installs: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for (d, uid), bodies in snaps.reports.items():
+            if not start <= d <= day:
+                continue
+            for cli in bodies.values():
+                for path, n in commands_of(cli):
+                    executions[path] += n
+                    command_installs[path].add(uid)
+                for name, short, n in aliases_of(cli):
+                    uses[(name, short)] += n
+                    alias_installs[(name, short)].add(uid)
+        active = len(snaps.carried(day, "cli", lookback))
         command_rows += [
             {
                 "day": day.isoformat(),
-                "command_path": p,
-                "installs": n,
-                "executions": executions[p],
-                "active_installs": len(active),
+                "command_path": path,
+                "installs": len(uids),
+                "executions": executions[path],
+                "active_installs": active,
             }
-            for p, n in installs.items()
+            for path, uids in command_installs.items()
         ]
-    return active_rows, command_rows
+        alias_rows += [
+            {
+                "day": day.isoformat(),
+                "command_name": name,
+                "alias": short,
+                "installs": len(uids),
+                "uses": uses[(name, short)],
+            }
+            for (name, short), uids in alias_installs.items()
+        ]
+    return command_rows, alias_rows
 
 
 # -- data quality ----------------------------------------------------------------------------------------------
@@ -543,6 +607,18 @@ def lifecycle(
     return rows
 
 
+def cli_lifecycle(snaps: Snapshots) -> list[dict[str, Any]]:
+    """cli_lifecycle_daily: the lifecycle of CLI installs, their new installs split by the report of their first day:
+    on a 2025 CLI (it reports command usage; an install upgraded from 3.32 or older makes a new UID) or an older one."""
+    rows = lifecycle(snaps, "cli")
+    for row in rows:
+        day = date.fromisoformat(row["day"])
+        new = [uid for uid, ds in snaps.days_of.items() if snaps.kind_of[uid] == "cli" and ds[0] == day]
+        row["new_2025_cli"] = sum(snaps.by_key[(day, uid)].reports_usage for uid in new)
+        row["new_older_cli"] = len(new) - row["new_2025_cli"]
+    return rows
+
+
 def retention(snaps: Snapshots, period: str) -> list[dict[str, Any]]:
     """Cohorts by the Monday (period 'week') or first of the month ('month') of each UID's first day."""
 
@@ -579,10 +655,10 @@ def retention(snaps: Snapshots, period: str) -> list[dict[str, Any]]:
 def analyst_ground_truth(
     deliveries: Iterable[Sequence[Any]], plausibility_limit: int = 10**9
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every named analyst view of migration 0002, as rows with the view's columns (sorted by the tests)."""
+    """Every named analyst view of the fleet over time, as rows with the view's columns (sorted by the tests)."""
     snaps = Snapshots.of(deliveries, plausibility_limit)
     adoption = version_adoption(snaps)
-    active, commands = cli_active(snaps)
+    commands, aliases = cli_usage(snaps)
     jump_rows = jumps(snaps)
     return {
         "fleet_daily_carried": carried_fleet(snaps),
@@ -592,13 +668,14 @@ def analyst_ground_truth(
         "version_adoption_speed": version_adoption_speed(adoption),
         "versions_behind_daily": versions_behind(snaps),
         "deployments_behind_daily": deployments_behind_top(snaps),
-        "cli_installs_active_daily": active,
+        "cli_installs_active_daily": cli_active(snaps),
         "cli_command_usage_daily": commands,
+        "cli_alias_usage_daily": aliases,
         "data_quality_daily": data_quality(snaps, jump_rows),
         "sender_jumps_daily": jump_rows,
         "sender_lifespans": lifespans(snaps),
         "deployment_lifecycle_daily": lifecycle(snaps, "is"),
-        "cli_lifecycle_daily": lifecycle(snaps, "cli"),
+        "cli_lifecycle_daily": cli_lifecycle(snaps),
         "retention_weekly": retention(snaps, "week"),
         "retention_monthly": retention(snaps, "month"),
     }

@@ -78,6 +78,8 @@ GROUP BY day, source_partition
 
 
 _OWNER = "kafkaMurmurHash(uid) % {n:UInt32}"  # the partition Kafka's default partitioner gives the UID
+#: The tables `clickhouse.snapshot_ttl_days` applies to: the snapshots and every CLI report (migration 0006).
+TTL_TABLES = ("snapshots", "cli_reports")
 
 
 class StoreRefused(ConfigError):
@@ -239,12 +241,22 @@ class ClickHouseStore:
         return applied
 
     def _apply_ttl(self) -> None:
-        if self.snapshot_ttl_days > 0:
-            self.client.command(f"ALTER TABLE snapshots MODIFY TTL day + toIntervalDay({int(self.snapshot_ttl_days)})")
-        else:
-            create = self.client.command("SHOW CREATE TABLE snapshots")
-            if "TTL" in str(create):
-                self.client.command("ALTER TABLE snapshots REMOVE TTL")
+        present = {
+            str(r[0])
+            for r in self.client.query(
+                "SELECT name FROM system.tables WHERE database = currentDatabase() AND name IN {names:Array(String)}",
+                parameters={"names": list(TTL_TABLES)},
+            ).result_rows
+        }
+        for table in (t for t in TTL_TABLES if t in present):  # a table a later migration adds is not there yet
+            if self.snapshot_ttl_days > 0:
+                self.client.command(
+                    f"ALTER TABLE {table} MODIFY TTL day + toIntervalDay({int(self.snapshot_ttl_days)})"
+                )
+            else:
+                create = self.client.command(f"SHOW CREATE TABLE {table}")
+                if "TTL" in str(create):
+                    self.client.command(f"ALTER TABLE {table} REMOVE TTL")
 
     # -- writes -----------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Comparing the analyst views (migration 0002) with `producers.fleet_truth`: shared by the store-level tests,
+"""Comparing the analyst views (migrations 0002 and 0006) with `producers.fleet_truth`: shared by the store-level tests,
 the dashboard test and the multi-process exactness tests.
 
 Counts compare exactly; shares, retention rates and jump factors (rounded to 6 or 2 decimals on both sides) to
@@ -28,6 +28,7 @@ NAMED_VIEWS = [
     "deployments_behind_daily",
     "cli_installs_active_daily",
     "cli_command_usage_daily",
+    "cli_alias_usage_daily",
     "data_quality_daily",
     "sender_jumps_daily",
     "sender_lifespans",

@@ -19,8 +19,10 @@ import pytest
 from is_telemetry.uid import uid_from_elements
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery
+from sinks import clickhouse
 from sinks.clickhouse import ClickHouseStore
-from tests.test_analyst_views import refresh
+from tests.analyst_checks import differences
+from tests.test_analyst_views import refresh, store_reader
 from tests.test_sink import DAY0, H, consume, opened, to_records
 
 D1 = date(2025, 1, 1)
@@ -241,36 +243,134 @@ def test_regions_and_size_buckets_at_their_edges(store: ClickHouseStore) -> None
     assert sorted(rules) == sorted(fleet_truth.REGION_PREFIXES)
 
 
-def test_cli_command_usage_wherever_it_sits(store: ClickHouseStore) -> None:
-    x, y, z = (
-        "0f8fad5b-d9cb-469f-a165-70867728950e",
-        "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94",
-        "0b7e4b8c-9c1f-4d2a-8f3e-6a5d4c3b2a10",
-    )
-    cmd = {"command_path": "ttn-lw-cli end-devices list", "execution_count": 4, "last_used_at": 1735700000}
-    other = {"command_path": "ttn-lw-cli login", "execution_count": 1, "last_used_at": 1735700000}
-    write(
-        store,
-        [
-            send(x, 1, cli_body(x, {"commands": [cmd, other], "aliases": []})),
-            send(y, 2, cli_body(y, {"usage": {"commands": [dict(cmd, execution_count=6)]}})),  # nested elsewhere
-            send(z, 3, cli_body(z, {}, version="3.30.2")),
-            send(x, 20, cli_body(x, {"commands": [dict(cmd, execution_count=9)]})),  # its latest report wins
-            send(uid("a"), 35, is_body(uid("a"))),  # a later day: only x (day 20) is within its 30 days
-        ],
-    )
-    usage = {(d, c): (i, e, a) for d, c, i, e, a in store.query("SELECT * FROM cli_command_usage_daily")[1]}
+X, Y, Z, W = (
+    "0f8fad5b-d9cb-469f-a165-70867728950e",
+    "3f6c2a8e-5b1d-4c7e-9a0f-2d8b7e6c1a94",
+    "0b7e4b8c-9c1f-4d2a-8f3e-6a5d4c3b2a10",
+    "5d2c1b0a-6e7f-4a8b-9c0d-1e2f3a4b5c6d",
+)
+
+
+def cmd(path: str, n: int, at: int = 1735700000) -> dict[str, Any]:
+    return {"command_path": path, "execution_count": n, "last_used_at": at}
+
+
+def alias(name: str, short: str, n: int) -> dict[str, Any]:
+    return {"command_name": name, "alias": short, "usage_count": n}
+
+
+def report(commands: list[Any] | None = None, aliases: list[Any] | None = None) -> dict[str, Any]:
+    """A 2025 CLI's `cli` object: the uses since its previous report; Go writes an empty list as null."""
+    return {"commands": commands, "aliases": aliases}
+
+
+def cli_usage_deliveries() -> tuple[list[Delivery], Delivery]:
+    """(the deliveries in order, one older report of X that arrives after its newer ones)."""
+    first = [
+        send(X, 1, cli_body(X, report([cmd("end-devices list", 5), cmd("login", 1)],
+                                      [alias("end-devices", "dev", 2), {"command_name": "gateways", "usage_count": 9}])), 9),
+        send(X, 2, cli_body(X, report([cmd("end-devices list", 3)])), 9),
+        # a second report of X on day 2 (a shared cache directory): the uses since its first one count too
+        send(X, 2, cli_body(X, report([cmd("end-devices list", 2), cmd("applications list", 1)],
+                                      [alias("applications", "app", 1)])), 20),
+        send(Y, 2, cli_body(Y, report([cmd("end-devices list", 4)], [alias("end-devices", "dev", 3)])), 10),
+        send(Y, 2, cli_body(Y, report([cmd("end-devices list", 4)], [alias("end-devices", "dev", 3)])), 11),  # re-sent
+        send(X, 3, cli_body(X, report()), 9),  # nothing since: its latest report names no command
+        # one object down (a named field) counts; deeper lists are unknown fields
+        send(Z, 3, cli_body(Z, {"usage": report([cmd("end-devices list", 6)], [alias("end-devices", "ed", 4)]),
+                                "a": {"b": report([cmd("login", 100)])}})),
+        send(W, 3, cli_body(W, {}, version="3.30.2")),  # an older CLI: no command usage
+        send(X, 20, cli_body(X, report([cmd("end-devices list", 9)])), 9),
+        send(uid("a"), 35, is_body(uid("a"))),  # a later day: only X's day-20 report is within its 30 days
+    ]  # fmt: skip
+    late = send(X, 3, cli_body(X, report([cmd("gateways list", 7)])), 5)  # received before X's day-3 report
+    return first, late
+
+
+def test_cli_usage_sums_every_report_of_the_window(store: ClickHouseStore) -> None:
+    """The 2025 CLI resets its counts after each report: a window's executions are the sum of its reports (two of
+    one install on one day, and one received before a newer one but written after it, included); an exact re-send
+    counts once; installs are those with a report naming the command."""
+    first, late = cli_usage_deliveries()
+    write(store, first)
+    consume(store, [to_records([late])])  # written after X's newer day-3 report: it counts all the same
+    refresh(store)
     day = lambda n: D1 + timedelta(days=n - 1)  # noqa: E731
-    assert usage[(day(3), "ttn-lw-cli end-devices list")] == (2, 10, 3)
-    assert usage[(day(3), "ttn-lw-cli login")] == (1, 1, 3)
-    assert usage[(day(20), "ttn-lw-cli end-devices list")] == (2, 15, 3)
-    assert (day(20), "ttn-lw-cli login") not in usage
-    assert [(k, v) for k, v in usage.items() if k[0] == day(35)] == [
-        ((day(35), "ttn-lw-cli end-devices list"), (1, 9, 1))
+    usage = {(d, c): (i, e, a) for d, c, i, e, a in store.query("SELECT * FROM cli_command_usage_daily")[1]}
+    assert {k[1]: v for k, v in usage.items() if k[0] == day(1)} == {"end-devices list": (1, 5, 1), "login": (1, 1, 1)}
+    assert {k[1]: v for k, v in usage.items() if k[0] == day(2)} == {
+        "end-devices list": (2, 5 + 3 + 2 + 4, 2),
+        "login": (1, 1, 2),
+        "applications list": (1, 1, 2),
+    }
+    assert {k[1]: v for k, v in usage.items() if k[0] == day(3)} == {
+        "end-devices list": (3, 10 + 4 + 6, 4),
+        "login": (1, 1, 4),
+        "applications list": (1, 1, 4),
+        "gateways list": (1, 7, 4),
+    }
+    assert usage[(day(20), "end-devices list")] == (3, 29, 4)
+    assert {k[1]: v for k, v in usage.items() if k[0] == day(35)} == {"end-devices list": (1, 9, 1)}
+    aliases = {(d, c, a): (i, u) for d, c, a, i, u in store.query("SELECT * FROM cli_alias_usage_daily")[1]}
+    assert {k[1:]: v for k, v in aliases.items() if k[0] == day(3)} == {
+        ("end-devices", "dev"): (2, 5),
+        ("applications", "app"): (1, 1),
+        ("end-devices", "ed"): (1, 4),
+    }
+    assert not [k for k in aliases if k[0] == day(35)]
+    # another look-back, on the fly: day 3 alone
+    one = store.query(
+        "SELECT day, command_path, installs, executions, active_installs FROM "
+        "cli_command_usage(lookback = 1, first = '2025-01-01', last = '2025-01-03') ORDER BY day, command_path"
+    )[1]
+    assert [r[1:] for r in one if r[0] == day(3)] == [("end-devices list", 1, 6, 3), ("gateways list", 1, 7, 3)]
+    assert [r[1:] for r in one if r[0] == day(2)] == [("applications list", 1, 1, 2), ("end-devices list", 2, 9, 2)]
+    one_alias = store.query(
+        "SELECT day, command_name, alias, installs, uses FROM "
+        "cli_alias_usage(lookback = 1, first = '2025-01-02', last = '2025-01-02') ORDER BY alias"
+    )[1]
+    assert [r[1:] for r in one_alias] == [("applications", "app", 1, 1), ("end-devices", "dev", 1, 3)]
+    # new installs: on a 2025 CLI (it reports command usage; an upgrade from 3.32 gets a new UID) or an older one
+    lifecycle = by_day(store, "SELECT day, new, new_2025_cli, new_older_cli FROM cli_lifecycle_daily")
+    assert [(lifecycle[d]["new_2025_cli"], lifecycle[d]["new_older_cli"]) for d in (1, 2, 3)] == [
+        (1, 0),
+        (1, 0),
+        (1, 1),
     ]
-    active = {(d, dim, v): n for d, dim, v, n in store.query("SELECT * FROM cli_installs_active_daily")[1]}
-    assert active[(day(3), "version", "3.35")] == 2 and active[(day(3), "version", "3.30")] == 1
-    assert [(v, n) for (d, dim, v), n in active.items() if d == day(35) and dim == "version"] == [("3.35", 1)]  # x
+    # the oracle agrees, and a replay changes nothing
+    truth = fleet_truth.analyst_ground_truth([*first, late])
+    views = ["cli_command_usage_daily", "cli_alias_usage_daily", "cli_lifecycle_daily", "cli_installs_active_daily"]
+    assert differences(store_reader(store), truth, views) == {}
+    consume(store, [to_records(list(reversed([*first, late])))])
+    refresh(store)
+    assert differences(store_reader(store), truth, views) == {}
+
+
+def test_a_data_directory_of_0005_upgrades_to_0006(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored by 0001-0005 (each install's latest report of a day), then 0006: its CLI reports are those snapshots,
+    every day is recomputed with the sums, and a report written after the upgrade adds to them."""
+    first, late = cli_usage_deliveries()
+    once_a_day = [d for d in first if not (d.key == X.encode() and d.received_at_ms == at(2, 9))]  # one a day
+    every = clickhouse.migrations
+    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every() if m[0] <= 5])
+    with opened(tmp_path / "chdb") as s:
+        write(s, once_a_day)
+        assert "cli_reports" not in {r[0] for r in s.query("SELECT name FROM system.tables")[1]}
+    monkeypatch.undo()
+    with opened(tmp_path / "chdb") as s:
+        applied = [r[0] for r in s.query("SELECT version FROM schema_migrations FINAL ORDER BY version")[1]]
+        assert applied == [v for v, _name, _sql in every()] and 6 in applied
+        stored = s.query("SELECT count() FROM snapshots FINAL WHERE kind = 'cli'")[1]
+        assert s.query("SELECT count() FROM cli_reports FINAL")[1] == stored
+        assert {r[0] for r in s.query("SELECT day FROM analyst_daily_pending")[1]} == {
+            r[0] for r in s.query("SELECT DISTINCT day FROM snapshots")[1]
+        }  # every day is due
+        refresh(s)
+        views = ["cli_command_usage_daily", "cli_alias_usage_daily", "cli_lifecycle_daily", "cli_installs_active_daily"]
+        assert differences(store_reader(s), fleet_truth.analyst_ground_truth(once_a_day), views) == {}
+        consume(s, [to_records([late])])  # after the upgrade: an older report of X on day 3 counts too
+        refresh(s)
+        assert differences(store_reader(s), fleet_truth.analyst_ground_truth([*once_a_day, late]), views) == {}
 
 
 def test_jumps_at_the_edge_of_the_factor(store: ClickHouseStore) -> None:

@@ -1,4 +1,4 @@
-"""The analyst views of migration 0002 (the fleet over time) equal an independent ground truth exactly.
+"""The analyst views of the fleet over time (migrations 0002, 0006) equal an independent ground truth exactly.
 
 One real chDB store per module (sinks.clickhouse.ClickHouseStore, as the worker writes it) is filled with a
 simulated fleet through the pipeline's own batch path (validate, dedup, roll up, write); the analyst rows are
@@ -79,7 +79,15 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHous
 
 def test_every_view_equals_the_ground_truth(filled: tuple[ClickHouseStore, list[Delivery]]) -> None:
     store, deliveries = filled
-    compare(store, fleet_truth.analyst_ground_truth(deliveries))
+    truth = fleet_truth.analyst_ground_truth(deliveries)
+    compare(store, truth)
+    # the CLI's cases are in the simulation: two reports of an install on a day, a report with nothing used (null
+    # lists), installs new on a 2025 CLI (upgrades among them) and on an older one
+    snaps = fleet_truth.Snapshots.of(deliveries)
+    assert any(len(bodies) > 1 for bodies in snaps.reports.values())
+    assert any(cli == {"commands": None, "aliases": None} for b in snaps.reports.values() for cli in b.values())
+    new = truth["cli_lifecycle_daily"]
+    assert sum(r["new_2025_cli"] for r in new) and sum(r["new_older_cli"] for r in new)
 
 
 def test_parameterized_views_take_other_lookbacks_gaps_and_factors(
@@ -130,6 +138,18 @@ def test_parameterized_views_take_other_lookbacks_gaps_and_factors(
         assert view_rows(store, f"sender_jumps(factor = {factor}, {span})", columns) == truth_rows(want, columns), (
             factor
         )
+    # CLI command and alias usage: every report of the look-back (the defaults give the named views)
+    for lookback in (1, 7, 30, 45):
+        commands, aliases = fleet_truth.cli_usage(snaps, lookback=lookback, first=first + timedelta(days=3), last=last)
+        assert commands and aliases, lookback
+        cli_span = f"lookback = {lookback}, first = '{first + timedelta(days=3)}', last = '{last}'"
+        for view, want in (("cli_command_usage", commands), ("cli_alias_usage", aliases)):
+            columns = list(want[0])
+            assert view_rows(store, f"{view}({cli_span})", columns) == truth_rows(want, columns), (view, lookback)
+    named = fleet_truth.analyst_ground_truth(deliveries)
+    for view in ("cli_command_usage", "cli_alias_usage"):
+        want = named[f"{view}_daily"]
+        assert view_rows(store, f"{view}(lookback = 30, {span})", list(want[0])) == truth_rows(want, list(want[0]))
     for min_behind in (0, 2, 5):
         want = fleet_truth.deployments_behind(snaps, END, min_behind)
         assert want, min_behind

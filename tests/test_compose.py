@@ -329,7 +329,7 @@ def test_dashboard_sql_runs_on_the_real_schema(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     fleet = out["Fleet (latest complete day)"]
-    assert len(fleet) == 1 and fleet[0]["Deployments"] == "3" and fleet[0]["CLI installs"] == "1"
+    assert len(fleet) == 1 and fleet[0]["Deployments"] == "3" and fleet[0]["CLI installs"] == "3"
     assert fleet[0]["Gateways"] == "5"
     by_plan = out["Gateways per frequency plan (latest complete day)"]
     plans = {row["frequency_plan_id"]: row["gateways"] for row in by_plan}

@@ -73,6 +73,7 @@ ANALYST_PANELS = [
     "version-adoption",
     "versions-behind",
     "cli",
+    "cli-aliases",
     "data-quality",
 ]
 
@@ -251,6 +252,12 @@ def test_analyst_panels_equal_ground_truth(fed: Fed) -> None:
     cli = fed.json("/api/cli")
     same(cli["rows"], "cli_installs_active_daily")
     same(cli["tables"]["commands"]["rows"], "cli_command_usage_daily", keep=lambda r: r["day"] == latest)
+    split = ["day", "new", "new_2025_cli", "new_older_cli"]
+    assert api_rows(cli["tables"]["new_installs"]["rows"], split) == api_rows(a["cli_lifecycle_daily"], split)
+    assert sum(r["new_2025_cli"] for r in a["cli_lifecycle_daily"]) > 0  # upgrades and new 2025 CLIs
+    aliases = fed.json("/api/cli-aliases")
+    assert aliases["day"] == latest
+    same(aliases["rows"], "cli_alias_usage_daily", keep=lambda r: r["day"] == latest)
     quality = fed.json("/api/data-quality")
     same(quality["rows"], "data_quality_daily")
     same(quality["tables"]["jumps"]["rows"], "sender_jumps_daily")
@@ -515,6 +522,7 @@ def test_browser_shows_the_ground_truth(fed: Fed, tmp_path: Path) -> None:
         "version-adoption",
         "versions-behind",
         "cli",
+        "cli-aliases",
         "data-quality",
     ):
         assert [n["attrs"]["data-state"] for n in dom.find(data_panel=panel)] == ["ready"], panel
@@ -562,6 +570,29 @@ def test_browser_shows_the_ground_truth(fed: Fed, tmp_path: Path) -> None:
     assert (
         commands == {r["command_path"]: r["installs"] for r in a["cli_command_usage_daily"] if r["day"] == latest} != {}
     )
+    aliases = {
+        (n["attrs"]["data-command-name"], n["attrs"]["data-alias"]): int(
+            next(c for c in dom.nodes if c["parent"] is n and c["attrs"].get("data-metric") == "uses")["attrs"][
+                "data-value"
+            ]
+        )
+        for n in dom.with_attr("data-alias")
+    }
+    want_aliases = {
+        (r["command_name"], r["alias"]): r["uses"] for r in a["cli_alias_usage_daily"] if r["day"] == latest
+    }
+    assert aliases == want_aliases != {}
+    new_cli = {
+        (n["parent"]["attrs"]["data-day"], n["attrs"]["data-metric"]): int(n["attrs"]["data-value"])
+        for n in dom.nodes
+        if n["tag"] == "td"
+        and n["parent"] is not None
+        and "data-cli-new" in n["parent"]["attrs"]
+        and n["attrs"].get("data-metric")
+    }
+    assert new_cli == {
+        (r["day"], m): r[m] for r in a["cli_lifecycle_daily"] for m in ("new", "new_2025_cli", "new_older_cli")
+    }
 
     # The carried-forward fleet, switched on in the address: its figures, the switch pressed.
     dom = load_page(fed, tmp_path / "profile", "?fleet=carried")

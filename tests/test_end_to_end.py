@@ -12,7 +12,7 @@ from tests.conftest import RunningStack, sample_bodies, start_stack
 
 EXPECTED_FLEET = {
     "deployments": 3,
-    "cli_installs": 1,
+    "cli_installs": 3,
     "gateways": 5,
     "end_devices": 132,
     "active_end_devices": 100,
@@ -45,7 +45,7 @@ def test_samples_become_exact_rows(stack: RunningStack) -> None:
     # An exact re-send of every body the same day changes nothing.
     post_samples(stack)
     fleet = stack.wait_for(
-        "SELECT * FROM fleet_daily", lambda rows: rows and rows[0]["deployments"] == 3 and rows[0]["cli_installs"] == 1
+        "SELECT * FROM fleet_daily", lambda rows: rows and rows[0]["deployments"] == 3 and rows[0]["cli_installs"] == 3
     )
     assert len(fleet) == 1
     assert {k: v for k, v in fleet[0].items() if k != "day"} == EXPECTED_FLEET
@@ -55,14 +55,25 @@ def test_samples_become_exact_rows(stack: RunningStack) -> None:
     versions = stack.sql("SELECT version, deployments FROM deployments_by_version_daily")
     assert {r["version"]: r["deployments"] for r in versions} == EXPECTED_VERSIONS
     cli = stack.sql("SELECT version, installs FROM cli_installs_by_version_daily")
-    assert [(r["version"], r["installs"]) for r in cli] == [("3.30", 1)]
+    assert sorted((r["version"], r["installs"]) for r in cli) == [("3.30", 1), ("3.35", 2)]
     assert stack.sql("SELECT * FROM rejected_daily") == []
 
     # One snapshot per UID, body stored byte for byte.
     snaps = stack.sql("SELECT uid, kind, body FROM snapshots_latest ORDER BY uid")
     bodies = {orjson.loads(b)["uid"]: b for b in sample_bodies().values()}
     assert {r["uid"]: r["body"].encode() for r in snaps} == bodies
-    assert sorted(r["kind"] for r in snaps) == ["cli", "is", "is", "is"]
+    assert sorted(r["kind"] for r in snaps) == ["cli", "cli", "cli", "is", "is", "is"]
+
+    # The 2025 CLI's report (cli-2025.json; cli-2025-first.json names nothing yet), sent twice: counted once.
+    usage = stack.wait_for(
+        "SELECT command_path, installs, executions, active_installs FROM cli_command_usage_daily ORDER BY command_path",
+        lambda rows: len(rows) == 2,
+    )
+    assert [tuple(r.values()) for r in usage] == [("applications list", 1, 1, 3), ("end-devices list", 1, 3, 3)]
+    aliases = stack.sql("SELECT command_name, alias, installs, uses FROM cli_alias_usage_daily ORDER BY alias")
+    assert [tuple(r.values()) for r in aliases] == [("applications", "app", 1, 1), ("end-devices", "dev", 1, 2)]
+    new = stack.sql("SELECT new, new_2025_cli, new_older_cli FROM cli_lifecycle_daily")
+    assert [tuple(r.values()) for r in new] == [(3, 2, 1)]
 
 
 def test_sql_cli_formats_and_restart_keeps_rows(tmp_path) -> None:
@@ -108,6 +119,6 @@ def test_sql_cli_formats_and_restart_keeps_rows(tmp_path) -> None:
     again = start_stack(tmp_path / "s", "--no-simulate")
     try:
         rows = again.sql("SELECT deployments, cli_installs, gateways FROM fleet_daily")
-        assert rows == [{"deployments": 3, "cli_installs": 1, "gateways": 5}]
+        assert rows == [{"deployments": 3, "cli_installs": 3, "gateways": 5}]
     finally:
         assert again.stop() == 0

@@ -175,6 +175,9 @@ PARAMETERIZED = {
     "deployments_behind": "day = '{last}', min_behind = 0",
     "carried_snapshots": "day = '{last}', lookback = 7, cli_lookback = 30",
     "analyst_compute": "days = ['{first}', '{last}'], seen = [1, 1], lookback = 7, cli_lookback = 30, factor = 10, gap = 7",
+    "cli_usage_compute": "days = ['{first}', '{last}'], lookback = 30",
+    "cli_command_usage": "lookback = 30, first = '{first}', last = '{last}'",
+    "cli_alias_usage": "lookback = 30, first = '{first}', last = '{last}'",
 }
 
 
@@ -248,6 +251,11 @@ def assert_values_come_out(read: Callable[[str], list[dict[str, Any]]], sent: Se
     assert {r["value"] for r in active if r["dimension"] == "arch"} == cli_os
     paths = {p for m in cli_messages for p, _n in fleet_truth.commands_of(m["cli"])}
     assert {r["command_path"] for r in read("SELECT command_path FROM cli_command_usage_daily")} == paths
+    aliases = {(c, a) for m in cli_messages for c, a, _n in fleet_truth.aliases_of(m["cli"])}
+    assert {(r["command_name"], r["alias"]) for r in read("SELECT command_name, alias FROM cli_alias_usage_daily")} == (
+        aliases
+    )
+    assert len(aliases) >= len(ALL)  # every hostile value as a command name and an alias
     stored = {r["uid"]: json.loads(r["cli"]) for r in read("SELECT uid, cli FROM snapshots_latest WHERE kind = 'cli'")}
     assert stored == {m["uid"]: m["cli"] for m in cli_messages}  # aliases and every unknown field, as sent
 
@@ -306,7 +314,7 @@ def test_an_existing_data_directory_upgrades_to_0005(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     with opened(tmp_path / "chdb") as store:
         applied = [r[0] for r in store.query("SELECT version FROM schema_migrations FINAL ORDER BY version")[1]]
-        assert applied == [1, 2, 3, 4, 5]
+        assert applied == [v for v, _name, _sql in every()]  # 0005 and every later one
         refresh_every_view(store)
         every_view_answers(store, date(2025, 1, 1), date(2025, 1, 2))
         compare_with_the_oracles(store, sent)

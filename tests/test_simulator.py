@@ -48,7 +48,9 @@ def test_deterministic_with_a_seed():
     d = simulator.generate(40, 15, 2, seed=5, end_day="2025-03-10", resend_rate=0, malformed_rate=0)
     uids = {json.loads(x.body)["uid"] for x in d.deliveries}
     fleet = simulator.build_fleet(40, 15, 5)
-    assert uids <= {dep.uid for dep in fleet.deployments} | {ci.uid for ci in fleet.cli_installs}
+    assert uids <= {dep.uid for dep in fleet.deployments} | {
+        u for ci in fleet.cli_installs for u in (ci.uid, ci.uid_2025)
+    }
     # sorted by receive time, every receive time in the window
     times = [x.received_at_ms for x in a.deliveries]
     assert times == sorted(times)
@@ -154,6 +156,51 @@ def test_fleet_variety():
     assert all(abs(v[-1] - v[0]) <= 0.25 * v[-1] + 10 for v in big)
 
 
+def test_cli_bodies_as_the_2025_cli_sends_them():
+    """The 2025 CLI (3.34 and newer here): each report counts the uses since the previous one (a UID's first report
+    has none yet: null lists, as Go writes an empty list), cobra's paths without the binary name, aliases; an install
+    upgraded from an older CLI reports under a new UID from then on (its telemetry.yml is not read); Go's User-Agent."""
+    sim = simulator.generate(20, 120, 60, seed=4, end_day="2025-06-30", malformed_rate=0, changed_rate=0.05)
+    fleet = simulator.build_fleet(20, 120, 4)
+    reports: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+    for d in sim.deliveries:
+        m = validate(d.body)
+        if not isinstance(m, Rejection) and m.kind == "cli":
+            reports[m.uid].append((d.received_at_ms, d.body))
+            assert simulator.user_agent_of(d.body) == simulator.CLI_USER_AGENT == "Go-http-client/1.1"
+            assert TelemetryMessage.model_validate_json(d.body).to_json() == d.body  # byte for byte as Go writes it
+    usage = [json.loads(b)["cli"] for rs in reports.values() for _t, b in rs if json.loads(b)["cli"]]
+    assert usage and all(list(cli) == ["commands", "aliases"] for cli in usage)  # CmdData, inlined, Go's order
+    paths = {c["command_path"] for cli in usage for c in cli["commands"] or ()}
+    assert paths and not any(p.startswith("ttn-lw-cli") for p in paths) and "end-devices list" in paths
+    assert any(cli["aliases"] for cli in usage) and any(cli["aliases"] is None for cli in usage)
+    assert all(all(c["execution_count"] > 0 for c in cli["commands"] or ()) for cli in usage)  # only what was used
+    # a 2025 UID that starts in the window: its first report is empty, the later ones count what was used since
+    started = [ci for ci in fleet.cli_installs if ci.age_days <= 60 and ci.uid_2025 in reports]
+    upgraded = [ci for ci in fleet.cli_installs if ci.uid in reports and ci.uid_2025 in reports]
+    assert started and upgraded
+    later = []
+    for ci in started + upgraded:
+        first, *rest = [json.loads(b)["cli"] for _t, b in sorted(reports[ci.uid_2025])]
+        assert first == {"commands": None, "aliases": None}
+        later += rest
+    assert any(cli["commands"] for cli in later)
+    for ci in upgraded:  # the old UID goes quiet when the new one starts
+        old = [json.loads(b)["os"]["binary_version"] for _t, b in reports[ci.uid]]
+        new = [json.loads(b)["os"]["binary_version"] for _t, b in reports[ci.uid_2025]]
+        assert max(t for t, _b in reports[ci.uid]) < min(t for t, _b in reports[ci.uid_2025])
+        assert all(
+            int(v.split(".")[1]) < simulator.CLI_USAGE_MIN_MINOR <= int(w.split(".")[1]) for v in old for w in new
+        )
+    # the counts are not cumulative: the executions of a UID's reports go down as well as up
+    series = [
+        [sum(c["execution_count"] for c in json.loads(b)["cli"]["commands"] or ()) for _t, b in sorted(rs)]
+        for rs in reports.values()
+        if len(rs) > 3 and json.loads(rs[0][1])["cli"]
+    ]
+    assert any(any(b < a for a, b in zip(s, s[1:])) for s in series)
+
+
 # ---------------------------------------------------------------------------------------------
 # ground truth
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +291,7 @@ def test_ground_truth_by_hand():
     cli_y = _cli(
         Y,
         {
-            "commands": [
-                {"command_path": "ttn-lw-cli end-devices list", "execution_count": 3, "last_used_at": 1735794000}
-            ],
+            "commands": [{"command_path": "end-devices list", "execution_count": 3, "last_used_at": 1735794000}],
             "aliases": [{"command_name": "end-devices", "alias": "dev", "usage_count": 2}],
         },
     )
@@ -431,7 +476,8 @@ def test_send_to_kafka_roundtrip(broker):
         assert h["source"] == b"simulator"
         assert h["body_length"] == str(len(r.value)).encode()
         assert h["user_agent"] == simulator.user_agent_of(r.value).encode()
-        assert h["user_agent"].startswith(b"TheThingsStack/")
+        cli = b'"cli":{' in r.value and b'"entities_count":null' in r.value
+        assert h["user_agent"].startswith(b"Go-http-client/" if cli else b"TheThingsStack/")  # the CLI: Go's default
     one = next(r for r in records if r.key is not None and b'"binary_version":"3.' in r.value)
     os_ = json.loads(one.value)["os"]
     assert dict(one.headers)["user_agent"].decode() == (
@@ -667,4 +713,4 @@ def test_the_fleet_lives():
     cli_35 = [
         m for d, m in msgs if m.kind == "cli" and d == last and simulator.major_minor(m.os.binary_version) == "3.35"
     ]
-    assert cli_35 and all(m.cli.get("commands") for m in cli_35)  # upgraded CLIs send command usage
+    assert cli_35 and all("commands" in m.cli for m in cli_35)  # upgraded CLIs send command usage

@@ -76,7 +76,7 @@ ANALYST_VIEWS = [
 TABLES = ["schema_migrations", "snapshots", "rejections", "rollup_partitions", "pipeline_settings"]
 #: Migration 0002 (the fleet over time): its tables and named views (documented column by column) and its
 #: parameterized views (documented, called with arguments).
-ANALYST_DEPTH_TABLES = ["uid_activity", "snapshot_changes", "analyst_daily", "retention_cohorts"]
+ANALYST_DEPTH_TABLES = ["uid_activity", "snapshot_changes", "analyst_daily", "retention_cohorts", "cli_reports"]
 ANALYST_DEPTH_VIEWS = [
     "fleet_daily_carried",
     "deployment_lifecycle_daily",
@@ -93,6 +93,7 @@ ANALYST_DEPTH_VIEWS = [
     "deployments_behind_daily",
     "cli_installs_active_daily",
     "cli_command_usage_daily",
+    "cli_alias_usage_daily",  # migration 0006
     "data_quality_daily",
     "sender_jumps_daily",
     "analyst_daily_pending",
@@ -105,6 +106,9 @@ ANALYST_DEPTH_PARAMETERIZED = [
     "deployments_behind",
     "carried_snapshots",
     "analyst_compute",
+    "cli_usage_compute",  # migration 0006
+    "cli_command_usage",
+    "cli_alias_usage",
 ]
 #: the views ground_truth() does not cover: name -> (key column, count column)
 EXTRA_VIEWS = {
@@ -653,7 +657,10 @@ def test_snapshot_ttl_setting_adds_and_removes_the_ttl(tmp_path: Path):
     recent = (int(time.time() * 1000) // DAY_MS - 3) * DAY_MS  # three days ago, 00:00 UTC: well within the TTL
 
     def create(s: ClickHouseStore) -> str:
-        return str(s.client.command("SHOW CREATE TABLE snapshots"))
+        """SHOW CREATE of the snapshots; the CLI reports (migration 0006) have the same TTL."""
+        snapshots, reports = (str(s.client.command(f"SHOW CREATE TABLE {t}")) for t in ("snapshots", "cli_reports"))
+        assert re.findall(r"TTL [^\n]*", snapshots) == re.findall(r"TTL [^\n]*", reports), reports
+        return snapshots
 
     with opened(path) as s:
         assert "TTL" not in create(s)

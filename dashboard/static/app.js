@@ -319,7 +319,10 @@
     const col = (name) => axis.map((d) => (byDay.has(d) ? num(byDay.get(d)[name]) : null));
     const warmUp = (d) => dataStart !== null && d < addDays(dataStart, WARM_UP_DAYS);
     const lines = [["active_1d", "Active, last day"], ["active_7d", "Active, last 7 days"], ["active_30d", "Active, last 30 days"]];
-    const bars = [["new", "New"], ["returning", "Returning"], ["churned", "Churned"]];
+    // CLI installs: an install upgraded to the 2025 CLI starts a new UID, so their new ones are split by CLI
+    const bars = kind === "cli"
+      ? [["new_2025_cli", "New, 2025 CLI"], ["new_older_cli", "New, older CLI"], ["returning", "Returning"], ["churned", "Churned"]]
+      : [["new", "New"], ["returning", "Returning"], ["churned", "Churned"]];
     draw("chart-lifecycle", {
       data: { labels: axis, datasets: [
         ...lines.map(([k, label], i) => ({ type: "line", label, data: col(k), counts: col(k), borderColor: DISTINCT[i],
@@ -440,7 +443,25 @@
     stackedBars("chart-cli", axis, data.rows.filter((r) => r.dimension === dim), (r) => r.value || "(empty)", (r) => r.installs, "cli");
     fillTable("table-cli", data.tables.commands.rows.map((r) => el("tr", { "data-command": r.command_path }, [
       el("td", { text: r.command_path }), td(r.installs, { "data-metric": "installs" }), td(r.executions, { "data-metric": "executions" })])));
+    fillTable("table-cli-new", data.tables.new_installs.rows.slice().reverse().map((r) => el("tr", { "data-day": r.day, "data-cli-new": "" }, [
+      el("td", { text: r.day }), td(r.new, { "data-metric": "new" }), td(r.new_2025_cli, { "data-metric": "new_2025_cli" }),
+      td(r.new_older_cli, { "data-metric": "new_older_cli" })])));
     setPanel("#panel-cli", data.rows.length ? "ready" : "empty", data.day);
+  }
+
+  // The aliases of the panel's day, most used first: a horizontal bar per alias ("dev (end-devices)"), uses.
+  function renderCliAliases(data) {
+    const rows = data.rows;
+    draw("chart-cli-aliases", {
+      type: "bar",
+      data: { labels: rows.map((r) => r.alias + " (" + r.command_name + ")"),
+        datasets: [{ label: "Uses", data: rows.map((r) => num(r.uses)), backgroundColor: PALETTE[4], maxBarThickness: 26 }] },
+      options: { indexAxis: "y", plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true } } },
+    });
+    fillTable("table-cli-aliases", rows.map((r) => el("tr", { "data-alias": r.alias, "data-command-name": r.command_name }, [
+      el("td", { text: r.alias }), el("td", { text: r.command_name }), td(r.installs, { "data-metric": "installs" }),
+      td(r.uses, { "data-metric": "uses" })])));
+    setPanel("#panel-cli-aliases", rows.length ? "ready" : "empty", data.day);
   }
   renderers["cli-dimension"] = renderers.cli = () => cache.cli && renderCli(cache.cli.data, cache.cli.axis);
 
@@ -539,6 +560,7 @@
       ["version-adoption", "#panel-adoption", (d) => renderAdoption(d, axis)],
       ["versions-behind", "#panel-behind", (d) => renderBehind(d, axis)],
       ["cli", "#panel-cli", (d) => renderCli(d, axis)],
+      ["cli-aliases", "#panel-cli-aliases", renderCliAliases],
       ["data-quality", "#panel-quality", (d) => renderQuality(d, axis)],
     ];
     const fresh = getJSON("/api/freshness", range);

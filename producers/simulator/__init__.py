@@ -25,12 +25,14 @@ See docs/simulator.md for flags, distributions, rates and the ground-truth forma
 """
 
 from producers.simulator.bodies import (
+    CLI_USER_AGENT,
     FALLBACK_USER_AGENT,
     build_body,
     changed_object,
     cli_object,
     is_object,
     key_of,
+    usage_report,
     user_agent,
     user_agent_of,
 )
@@ -91,6 +93,7 @@ from producers.truth_rules import version_of as major_minor
 __all__ = [
     "BACKFILL_RECORD",
     "CLI_USAGE_MIN_MINOR",
+    "CLI_USER_AGENT",
     "COUNT_CAP",
     "CliInstall",
     "DAY_MS",
@@ -129,6 +132,7 @@ __all__ = [
     "send_to_collector",
     "send_to_kafka",
     "stored_expectation",
+    "usage_report",
     "user_agent",
     "user_agent_of",
     "utc_today",

@@ -20,6 +20,8 @@ from producers.simulator.fleet import (
 )
 
 FALLBACK_USER_AGENT = "TheThingsStack/3.32.1 (linux/amd64)"
+#: Every TTS CLI posts with Go's `http.DefaultClient`: Go's own User-Agent, not the TTS one.
+CLI_USER_AGENT = "Go-http-client/1.1"
 
 
 def user_agent(binary_version: str, operating_system: str, arch: str) -> str:
@@ -28,11 +30,15 @@ def user_agent(binary_version: str, operating_system: str, arch: str) -> str:
 
 
 def user_agent_of(body: bytes) -> str:
-    """The User-Agent of the sender of `body` (from its os object; a fixed one for unreadable bodies)."""
+    """The User-Agent of the sender of `body`: Go's for a CLI body, the TTS one (from its os object) for an Identity
+    Server's; a fixed one for unreadable bodies."""
     try:
-        o = json.loads(body)["os"]
+        obj = json.loads(body)
+        if obj.get("cli") is not None:
+            return CLI_USER_AGENT
+        o = obj["os"]
         return user_agent(str(o["binary_version"]), str(o["operating_system"]), str(o["arch"]))
-    except (ValueError, TypeError, KeyError):  # not JSON, not an object, no os: the simulator's malformed bodies
+    except (ValueError, TypeError, KeyError, AttributeError):  # not JSON, not an object, no os: malformed bodies
         return FALLBACK_USER_AGENT
 
 
@@ -88,30 +94,44 @@ def is_object(dep: Deployment, minor: int, patch: int, counts: dict[str, int]) -
     }
 
 
-def cli_object(ci: CliInstall, back: int, received_at_ms: int, rng: random.Random) -> dict[str, Any]:
-    cli: dict[str, Any] = {}
+def usage_report(ci: CliInstall, received_at_ms: int, rng: random.Random, first: bool) -> dict[str, Any]:
+    """TTS's CmdData as the 2025 CLI sends it: each command (and alias) used since its previous report with its count
+    since then (the CLI empties both lists after each report; one it did not use is not listed), cobra's paths
+    without the binary name. A UID's first report has nothing yet: the CLI sends as it starts, before it counts the
+    command it runs. Go writes an empty list as null."""
+    now_s = received_at_ms // 1000
+    commands: list[dict[str, Any]] = []
+    aliases: list[dict[str, Any]] = []
+    if not first:
+        for path, mean in ci.commands:
+            n = int(rng.expovariate(1 / mean))
+            if n:
+                commands.append(
+                    {"command_path": path, "execution_count": n, "last_used_at": now_s - rng.randint(60, 86400)}
+                )
+        for name, alias, mean in ci.aliases:
+            n = int(rng.expovariate(1 / mean))
+            if n:
+                aliases.append({"command_name": name, "alias": alias, "usage_count": n})
+    return {"commands": commands or None, "aliases": aliases or None}
+
+
+def cli_object(
+    ci: CliInstall, back: int, received_at_ms: int, rng: random.Random, first: bool = False
+) -> dict[str, Any]:
+    """A CLI install's message `back` days before the end day: a 2025 CLI (CLI_USAGE_MIN_MINOR and newer) reports its
+    command usage under the UID of its telemetry.json (`first`: the first report of that UID), an older one `{}`."""
     minor, patch = ci.life.version((ci.minor, ci.patch), back)
-    if minor >= CLI_USAGE_MIN_MINOR:
-        now_s = received_at_ms // 1000
-        cmds = []
-        for j, (path, count, per_day) in enumerate(ci.commands):
-            n = max(1, count - int(back * per_day * ci.use_probability))
-            last = now_s - (rng.randint(0, 60) if j == 0 else rng.randint(60, 20 * 86400))
-            cmds.append({"command_path": path, "execution_count": n, "last_used_at": last})
-        aliases = [
-            {"command_name": name, "alias": alias, "usage_count": max(1, n - back // 3)}
-            for name, alias, n in ci.aliases
-        ]
-        cli = {"commands": cmds, "aliases": aliases}
+    usage = minor >= CLI_USAGE_MIN_MINOR
     return {
-        "uid": ci.uid,
+        "uid": ci.uid_on(minor),
         "os": {
             "operating_system": ci.operating_system,
             "arch": ci.arch,
             "binary_version": version_string(minor, patch),
             "golang_version": go_version(minor, patch),
         },
-        "cli": cli,
+        "cli": usage_report(ci, received_at_ms, rng, first) if usage else {},
         "entities_count": None,
     }
 
@@ -122,7 +142,8 @@ def build_body(obj: dict[str, Any]) -> bytes:
 
 
 def changed_object(obj: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """A later, different body of the same sender on the same day (a few more devices, a gateway, a command)."""
+    """A later, different body of the same sender on the same day (a few more devices, a gateway; a 2025 CLI's next
+    report; an older CLI's patch upgrade)."""
     new = copy.deepcopy(obj)
     ec = new.get("entities_count")
     if ec is not None:
@@ -143,10 +164,17 @@ def changed_object(obj: dict[str, Any], rng: random.Random) -> dict[str, Any]:
             gw["gateways_by_frequency_plan_id"] = dict(sorted(plans.items()))
             if "total" not in ec["accounts"]["users"]:  # older senders (users.total) leave gateways.total at 0
                 gw["total"] += 1
-    elif new["cli"].get("commands"):
-        c = new["cli"]["commands"][0]
-        c["execution_count"] += rng.randint(1, 3)
-        c["last_used_at"] += rng.randint(1, 600)
+    elif (
+        "commands" in new["cli"]
+    ):  # a 2025 CLI's later report (a cache directory shared by two machines): the uses since
+        used = new["cli"]["commands"] or [{"command_path": "end-devices list", "last_used_at": 1735689600}]
+        last = max(c["last_used_at"] for c in used) + rng.randint(1, 600)
+        new["cli"] = {
+            "commands": [
+                {"command_path": used[0]["command_path"], "execution_count": rng.randint(1, 3), "last_used_at": last}
+            ],
+            "aliases": None,
+        }
     else:  # "cli": {} -- the user upgraded the CLI and ran it again
         o = new["os"]
         parts = o["binary_version"].split(".")

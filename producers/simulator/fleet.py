@@ -48,7 +48,9 @@ _PATCH_WEIGHTS = [5, 4, 3, 2, 1]  # x.y.0 .. x.y.4
 OLD_SENDER_MAX_MINOR = 27
 
 
-#: CLI versions from this minor send command-usage data in "cli" (before: {}).
+#: CLI versions from this minor are the 2025 CLI: they send command usage in "cli" (before: {}), each report counting
+#: the uses since the previous one, and keep their state in telemetry.json (3.32 and older: telemetry.yml), so an
+#: install that upgrades to one starts a new UID.
 CLI_USAGE_MIN_MINOR = 34
 
 
@@ -109,21 +111,22 @@ _REGIONS: dict[str, tuple[int, list[tuple[tuple[str, ...], int]]]] = {
 }
 
 
+#: cobra's command paths, as the 2025 CLI reports them: without the binary name.
 _CLI_COMMANDS = [
-    "ttn-lw-cli end-devices list",
-    "ttn-lw-cli end-devices get",
-    "ttn-lw-cli end-devices create",
-    "ttn-lw-cli end-devices set",
-    "ttn-lw-cli gateways list",
-    "ttn-lw-cli gateways get",
-    "ttn-lw-cli applications list",
-    "ttn-lw-cli applications create",
-    "ttn-lw-cli login",
-    "ttn-lw-cli users get",
-    "ttn-lw-cli organizations list",
-    "ttn-lw-cli simulate uplink",
-    "ttn-lw-cli end-devices templates extend",
-    "ttn-lw-cli applications link get",
+    "end-devices list",
+    "end-devices get",
+    "end-devices create",
+    "end-devices set",
+    "gateways list",
+    "gateways get",
+    "applications list",
+    "applications create",
+    "login",
+    "users get",
+    "organizations list",
+    "simulate uplink",
+    "end-devices templates extend",
+    "applications link get",
 ]
 
 
@@ -215,9 +218,14 @@ class CliInstall:
     patch: int
     use_probability: float  # chance of running a command (hence sending) on a day
     age_days: int
-    commands: list[tuple[str, int, float]]  # (command_path, executions on the end day, executions per use day)
-    aliases: list[tuple[str, str, int]]  # (command_name, alias, usage count on the end day)
+    commands: list[tuple[str, float]]  # (command_path, mean executions between two reports)
+    aliases: list[tuple[str, str, float]]  # (command_name, alias, mean uses between two reports)
     life: Lifecycle = field(default_factory=Lifecycle)  # upgrades, churn
+    uid_2025: str = ""  # the UID its 2025 CLI makes (no telemetry.json yet): what it reports under from then on
+
+    def uid_on(self, minor: int) -> str:
+        """The UID it reports under on CLI 3.<minor>: a 2025 CLI's own, else the one of telemetry.yml."""
+        return self.uid_2025 if minor >= CLI_USAGE_MIN_MINOR else self.uid
 
 
 @dataclass
@@ -293,10 +301,8 @@ def _make_cli(rng: random.Random, i: int) -> CliInstall:
     minor = _weighted(rng, _CLI_MINORS)
     patch = _weighted(rng, list(enumerate(_PATCH_WEIGHTS)))
     uid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    commands = [
-        (path, rng.randint(1, 400), rng.uniform(1, 12)) for path in rng.sample(_CLI_COMMANDS, rng.randint(1, 6))
-    ]
-    aliases = [(name, alias, rng.randint(1, 150)) for name, alias in rng.sample(_CLI_ALIASES, rng.randint(0, 3))]
+    commands = [(path, rng.uniform(1, 12)) for path in rng.sample(_CLI_COMMANDS, rng.randint(1, 6))]
+    aliases = [(name, alias, rng.uniform(0.5, 5)) for name, alias in rng.sample(_CLI_ALIASES, rng.randint(0, 3))]
     return CliInstall(
         index=i,
         uid=uid,
@@ -308,6 +314,7 @@ def _make_cli(rng: random.Random, i: int) -> CliInstall:
         age_days=rng.randint(1, 60) if rng.random() < 0.3 else 10_000,
         commands=commands,
         aliases=aliases,
+        uid_2025=str(uuid.UUID(int=random.Random(f"{uid}:telemetry.json").getrandbits(128), version=4)),
     )
 
 

@@ -15,7 +15,7 @@ from producers.fleet_lifecycle import Outages, jump
 from producers.simulator.bodies import build_body, changed_object, cli_object, is_object, key_of
 from producers.simulator.corruption import MALFORMED_KINDS_CLI, MALFORMED_KINDS_IS, corrupt, make_inconsistent
 from producers.simulator.deliveries import DAY_MS, Delivery
-from producers.simulator.fleet import COUNT_CAP, Deployment, build_fleet
+from producers.simulator.fleet import CLI_USAGE_MIN_MINOR, COUNT_CAP, Deployment, build_fleet
 from producers.truth_rules import utc_day
 
 
@@ -150,6 +150,13 @@ def generate(
             stats["changed"] += 1
 
     day_list = [end - timedelta(days=days - 1 - i) for i in range(days)]
+    # CLI installs whose 2025 UID has reported: its first report has nothing yet (bodies.usage_report). Known for an
+    # install that starts, or runs an older CLI, within the window; one on a 2025 CLI before it reported earlier.
+    reported_2025 = {
+        ci.index
+        for ci in fleet.cli_installs
+        if ci.age_days > days and ci.life.version((ci.minor, ci.patch), days - 1)[0] >= CLI_USAGE_MIN_MINOR
+    }
     for i, d in enumerate(day_list):
         back = days - 1 - i  # days before the end day
         start = day_start_ms(d)
@@ -191,7 +198,11 @@ def generate(
             if not used or t > limit:
                 continue
             stats["cli_messages"] += 1
-            emit(t, cli_object(ci, back, t, rng), limit, MALFORMED_KINDS_CLI)
+            minor = ci.life.version((ci.minor, ci.patch), back)[0]
+            first = minor >= CLI_USAGE_MIN_MINOR and ci.index not in reported_2025
+            if first:
+                reported_2025.add(ci.index)
+            emit(t, cli_object(ci, back, t, rng, first), limit, MALFORMED_KINDS_CLI)
 
     out.sort(key=lambda x: x[0])  # stable: at equal times, the order sent
     stats["deliveries"] = len(out)

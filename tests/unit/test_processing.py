@@ -1,8 +1,11 @@
-"""Pure logic of the processors: deduplication state, validate() edge cases, process(), the UID. No processes."""
+"""Pure logic of the processors: deduplication state, validate() edge cases, process(), the UID, what the roll-up
+writes. No processes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
+from typing import Any
 
 import orjson
 import pytest
@@ -10,9 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from is_telemetry.partitioning import partition_of
+from is_telemetry.rows import PartitionBatch, RejectionRow
 from is_telemetry.uid import DEFAULT_CONSOLE_BASE_URL, uid_from_config, uid_from_elements
 from processors.dedup import Deduplicator
 from processors.pipeline import RawRecord, process
+from processors.rollup import Rollups, roll_up
+from processors.snapshot import snapshot_row
 from processors.validate import Reason, Rejection, inconsistencies, validate
 from tests.samples import SAMPLES
 
@@ -233,3 +239,47 @@ def test_uid_from_config_defaults_to_five_console_urls_and_prefers_uid_elements(
     assert uid_from_config({"telemetry": {"uid-elements": ["x", 1]}}) == uid_from_elements(["x", "1"])
     ui = {k: {"base-url": f"https://{k}.example"} for k in ("is", "gs", "ns", "as", "js")}
     assert uid_from_config({"console": {"ui": ui}}) == uid_from_elements([f"https://{k}.example" for k in ui])
+
+
+# ------------------------------------------------------------------------------------------- roll_up
+
+
+class NoState:
+    """A StateSource with nothing stored yet (processors/rollup.py)."""
+
+    def newest_days(self, partitions: list[int]) -> dict[int, date]:
+        return {}
+
+    def allocate_generation(self) -> int:
+        return 1
+
+    def latest_snapshots(self, partitions: list[int], partitions_total: int, since: date) -> Iterator[Any]:
+        return iter(())
+
+    def rejections_since(self, partitions: list[int], since: date) -> Iterator[RejectionRow]:
+        return iter(())
+
+
+def test_an_older_cli_report_is_written_an_older_deployment_message_is_not() -> None:
+    """The 2025 CLI's reports each count the uses since the previous one: an older report of the day (arrived later)
+    is written for cli_reports, though the newer stays the snapshot; an exact re-send of the counted one is not."""
+    cli_uid, t = "0f8fad5b-d9cb-469f-a165-70867728950e", 1_772_323_200_000  # 2026-03-01T00:00Z
+
+    def cli(n: int) -> bytes:
+        usage = {"commands": [{"command_path": "end-devices list", "execution_count": n, "last_used_at": 1}]}
+        return orjson.dumps({"uid": cli_uid, "os": None, "cli": usage, "entities_count": None})
+
+    is_body = SAMPLES["is-3.32.json"]
+    older_is = is_body.replace(b'"total":120', b'"total":110')
+    bodies = [(cli(5), t + 10), (cli(3), t + 9), (cli(5), t + 11), (is_body, t + 10), (older_is, t + 9)]
+    rows, raw = [], []
+    for offset, (body, ms) in enumerate(bodies):
+        message = validate(body)
+        assert not isinstance(message, Rejection), message
+        rows.append(snapshot_row(message, body, ms, 0, offset, inconsistencies(message)))
+        raw.append(body)
+    batch = roll_up(Rollups(3, 8), NoState(), [PartitionBatch(0, len(bodies) - 1, rows, raw)])
+    assert [(r.kind, r.received_at_ms) for r in batch.snapshots] == [("cli", t + 10), ("cli", t + 9), ("is", t + 10)]
+    assert batch.duplicates == 1  # the re-sent CLI report
+    (rollup,) = batch.rollups
+    assert (rollup.cli_installs, rollup.deployments, rollup.end_devices) == (1, 1, 120)  # the newer ones count

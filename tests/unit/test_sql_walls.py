@@ -237,5 +237,6 @@ def test_printed_json_is_the_same_value_and_safe(value: Any) -> None:
 
 
 def test_escape_sequences_are_shown_not_run() -> None:
+    assert json_printable('"a\x7fb"') == '"a\\u007fb"'  # DEL: JSON leaves it raw, a terminal control all the same
     assert printable("\x1b[31mred\x1b]0;title\x07") == "\\x1b[31mred\\x1b]0;title\\x07"
     assert printable("a\u202eb\u009bc") == "a\\u202eb\\x9bc"
