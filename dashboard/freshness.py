@@ -117,10 +117,14 @@ def behind_message(late: list[Refresh], as_of: datetime | None) -> str:
     return f"{head}: {'; '.join(parts)}."
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def panel_freshness(q: Query, r: Range) -> Result:
     """/api/freshness: one row per refreshable view; `behind` when any is failing or stale, `as_of` the oldest
     figures among those, and `message` what the dashboard shows ("Figures as of T: ...")."""
-    now = datetime.now(UTC)
+    now = _now()
     refreshes = read(q)
     late = [x for x in refreshes if x.behind(now)]
     times = [x.figures_as_of for x in late if x.figures_as_of is not None]

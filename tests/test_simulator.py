@@ -478,7 +478,9 @@ def test_send_to_kafka_roundtrip(broker):
         assert h["user_agent"] == simulator.user_agent_of(r.value).encode()
         cli = b'"cli":{' in r.value and b'"entities_count":null' in r.value
         assert h["user_agent"].startswith(b"Go-http-client/" if cli else b"TheThingsStack/")  # the CLI: Go's default
-    one = next(r for r in records if r.key is not None and b'"binary_version":"3.' in r.value)
+    one = next(
+        r for r in records if r.key is not None and b'"binary_version":"3.' in r.value and b'"cli":null' in r.value
+    )  # an Identity Server's: the CLI sends Go's default User-Agent
     os_ = json.loads(one.value)["os"]
     assert dict(one.headers)["user_agent"].decode() == (
         f"TheThingsStack/{os_['binary_version'].split(' ')[0]} ({os_['operating_system']}/{os_['arch']})"

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from dashboard.freshness import (
     FAILING_METRIC,
     LAST_SUCCESS_METRIC,
@@ -17,6 +19,14 @@ from dashboard.freshness import (
 from dashboard.panel_model import Range
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _clock_at_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module's clock stands at NOW: the tests may run long after this module was imported (a whole suite)."""
+    monkeypatch.setattr("dashboard.freshness._now", lambda: NOW)
+
+
 RANGE = Range(date(2025, 1, 1), date(2025, 1, 31), date(2025, 2, 1))
 
 
