@@ -84,6 +84,10 @@ class Collector:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env["IS_TELEMETRY_KAFKA__RAW_TOPIC"] = topic
+        # every client here is loopback, one client to the collector: its request and byte buckets are made large
+        # enough never to run out (they are still taken from), so that what is measured is the collector's speed
+        env["IS_TELEMETRY_COLLECTOR__CLIENT_REQUEST_BURST"] = str(10**9)
+        env["IS_TELEMETRY_COLLECTOR__CLIENT_BODY_BYTES_BURST"] = str(10**13)
         env.pop("IS_TELEMETRY_CONFIG", None)
         self.log_path = log_path
         with open(log_path, "wb") as err:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from is_telemetry.errors import ConfigError
@@ -238,14 +238,15 @@ class CollectorSettings(_HttpEdge):
     max_new_uids_per_client_per_day: int = Field(
         200,
         ge=1,
-        description="New UIDs one client (an IPv4 address, an IPv6 /64) may send per UTC day and collector process; the excess is stored and rejected as 'rate_limited'",
+        description="New UIDs one client (an IPv4 address, an IPv6 /64, all of loopback) may send per UTC day and collector process (a body without a string uid is one each time); the excess is stored and rejected as 'rate_limited'",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="Addresses/networks of proxies whose X-Forwarded-For names the client (its right-most untrusted hop); from anyone else the header is ignored",
     )
     unlimited_clients: list[str] = Field(
-        default_factory=list, description="Addresses/networks of clients whose new UIDs are not limited"
+        default_factory=list,
+        description="Addresses/networks of clients that are not limited (neither requests, body bytes nor new UIDs), matched on the client's own address",
     )
     max_tracked_clients: int = Field(
         100_000,
@@ -257,9 +258,42 @@ class CollectorSettings(_HttpEdge):
         ge=1,
         description="UIDs remembered per UTC day and process, all clients together (8 bytes each); past it, new UIDs are rate-limited until the day ends",
     )
+    client_requests_per_s: float = Field(
+        1.0,
+        gt=0,
+        description="Requests to /collect one client (an IPv4 address, an IPv6 /64, all of loopback) may make per second, sustained: its request bucket's refill; past its bucket, answered 429 and not stored",
+    )
+    client_request_burst: int = Field(
+        2000, ge=1, description="Requests to /collect one client may make at once: the size of its request bucket"
+    )
+    client_body_bytes_per_s: int = Field(
+        2048,
+        ge=1,
+        description="Body bytes one client may send to /collect per second, sustained: its byte bucket's refill; past its bucket, answered 429 and not stored",
+    )
+    client_body_bytes_burst: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="Body bytes one client may send at once: the size of its byte bucket (at least max_body_bytes)",
+    )
+    max_request_clients: int = Field(
+        100_000,
+        ge=1,
+        description="Clients whose request and byte buckets are held at once per process (a bucket is dropped once it is full again); past it, requests of other clients are answered 429",
+    )
 
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
     _networks = field_validator("trusted_proxies", "unlimited_clients")(classmethod(lambda cls, v: check_networks(v)))
+
+    @model_validator(mode="after")
+    def _a_largest_body_fits_a_byte_bucket(self) -> CollectorSettings:
+        if self.client_body_bytes_burst < self.max_body_bytes:
+            raise ValueError(
+                f"client_body_bytes_burst ({self.client_body_bytes_burst}) is below max_body_bytes "
+                f"({self.max_body_bytes}): a body of the largest size allowed could never be accepted; raise "
+                f"client_body_bytes_burst to at least {self.max_body_bytes}"
+            )
+        return self
 
 
 class ApiSettings(_HttpEdge):

@@ -4,9 +4,10 @@
 stamps the receive time, and publishes the raw bytes unchanged to the raw topic (`kafka.raw_topic`),
 keyed by the message's `uid`. It answers `202 {"status":"accepted"}` only once Kafka acknowledged the
 record (acks=all); anything else is a one-line JSON error. Validation beyond "is it JSON" is the
-processors' job. A client past its new-UIDs budget for the day (producers/client_limits.py) is answered the
-same, and its body published marked `rate_limited`: the processors reject it as such. See docs/collector.md for
-the contract, metrics and measured figures.
+processors' job. Per client (producers/client_limits.py): a request past its client's request or body-byte
+budget is answered 429 with Retry-After and not stored (flood control); a body with a new UID past its client's
+budget for the day is answered 202 like any other and published marked `rate_limited`: the processors reject it as
+such. See docs/collector.md for the contract, metrics and measured figures.
 
     create_app(settings, producer=None) -> Starlette   # the ASGI app (producer injectable for tests)
     serve(settings, log_level="warning")               # uvicorn with graceful shutdown
@@ -57,7 +58,7 @@ from is_telemetry.kafka import headers as record_headers
 from is_telemetry.logsetup import setup_logging
 from is_telemetry.partitioning import partition_of
 from is_telemetry.retry import RetryPolicy, retry_on, with_retries
-from producers.client_limits import ClientLimits, Verdict
+from producers.client_limits import ClientLimits, Throttle, Throttled, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +165,29 @@ class Metrics:
         self.tracked_uids = Gauge(
             "collector_tracked_uids", "UIDs remembered today, all clients (this process)", registry=r
         )
+        self.throttled = Counter(
+            "collector_throttled",
+            "Requests to /collect answered 429 and not stored, by cause (requests | bytes | table_full)",
+            ["cause"],
+            registry=r,
+        )
+        self.request_clients = Gauge(
+            "collector_request_clients",
+            "Clients whose request and byte buckets are held now (this process)",
+            registry=r,
+        )
         self.kafka_ready = Gauge("collector_kafka_producer_ready", "1 once the Kafka producer is connected", registry=r)
         self._children: dict[tuple[str, int], Any] = {}
         for reason in ("timeout", "error", "not_ready"):
             self.kafka_errors.labels(reason)
         self._limited = {v: self.rate_limited.labels(v.value) for v in Verdict if v.limited}
+        self._throttled = {t: self.throttled.labels(t.value) for t in Throttle}
 
     def count_limited(self, verdict: Verdict) -> None:
         self._limited[verdict].inc()
+
+    def count_throttled(self, cause: Throttle) -> None:
+        self._throttled[cause].inc()
 
     def count(self, endpoint: str, status: int) -> None:
         child = self._children.get((endpoint, status))
@@ -550,22 +566,29 @@ def create_app(settings: Settings, producer: Any = None) -> Starlette:
     limits = ClientLimits(settings.collector)
     metrics.tracked_clients.set_function(lambda: limits.budget.clients)
     metrics.tracked_uids.set_function(lambda: limits.budget.uids)
+    metrics.request_clients.set_function(lambda: limits.requests.clients)
 
     async def collect(request: Request) -> Response:
         received_at_ms = time.time_ns() // 1_000_000  # receive time, UTC Unix ms, before reading the body
+        peer = request.client.host if request.client is not None else None
+        client = limits.client(peer, request.headers.getlist("x-forwarded-for"))
         try:
+            limits.take_request(client)  # every request, whatever follows: 429 before its body is read
             _check_media_type(request.headers.get("content-type"))
             body = await read_body(request, limit)  # 408 at collector.request_timeout_s
             metrics.body_bytes.observe(len(body))
+            limits.take_bytes(client, len(body))  # every body read, whatever it holds
             if not body:
                 raise RequestRefused("the body is empty; expected a JSON telemetry message", code="empty_body")
             key = _key_of(body)
             user_agent = request.headers.get("user-agent", "")[:USER_AGENT_MAX]
-            peer = request.client.host if request.client is not None else None
-            verdict = limits.verdict(peer, request.headers.getlist("x-forwarded-for"), key, received_at_ms)
+            verdict = limits.verdict(client, key, received_at_ms)
             if verdict.limited:
                 metrics.count_limited(verdict)
             await publisher.publish(body, key, received_at_ms, user_agent, verdict.limited)
+        except Throttled as t:  # flood: answered, counted, never stored
+            metrics.count_throttled(t.cause)
+            return error_response(t.status, t.code, t.message, t.headers)
         except RequestRefused as r:
             return error_response(r.status, r.code, r.message, r.headers)
         except ClientDisconnect:

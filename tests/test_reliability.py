@@ -636,8 +636,14 @@ TRICKLERS: dict[int, Tricklers] = {}
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """One stack for the input tests; slow clients trickle into its collector the whole time. The tests post from
-    127.0.0.1 fewer new UIDs than collector.max_new_uids_per_client_per_day (200); more would be rate-limited."""
-    s = start_stack(tmp_path_factory.mktemp("reliability") / "stack", "--no-simulate")
+    loopback (one client) fewer new UIDs and bodies without a UID than collector.max_new_uids_per_client_per_day
+    (200); more would be rate-limited. 127.0.0.1 is a trusted proxy, so that a test can name a client of its own
+    (X-Forwarded-For), as the compose proxy does."""
+    s = start_stack(
+        tmp_path_factory.mktemp("reliability") / "stack",
+        "--no-simulate",
+        env={"IS_TELEMETRY_COLLECTOR__TRUSTED_PROXIES": '["127.0.0.1"]'},
+    )
     host, port = base(s).removeprefix("http://").split(":")
     TRICKLERS[s.broker_port] = Tricklers((host, int(port)))
     try:
@@ -1113,13 +1119,13 @@ def test_a_uid_resending_1000_times_in_a_day_counts_once(running: RunningStack) 
 def test_many_uids_from_one_client_are_limited_per_client(running: RunningStack) -> None:
     """One client inventing UIDs adds at most collector.max_new_uids_per_client_per_day (200) deployments a day; the
     rest are answered alike, stored and rejected as `rate_limited` (tests/test_client_limits.py has the details). It
-    sends from 127.0.0.3, so that the budget of 127.0.0.1, which the module's other tests use, stays theirs. In
-    production the compose proxy also limits requests and connections per client address."""
+    is a client of its own behind the trusted proxy 127.0.0.1 (all of loopback is one client, whose budget the
+    module's other tests use). In production the compose proxy also limits requests and connections per client
+    address."""
     limit = load_settings().collector.max_new_uids_per_client_per_day
     drain(running)
     fleet, rejected = fleet_today(running), rejected_today(running)
-    transport = httpx.HTTPTransport(local_address="127.0.0.3")
-    with httpx.Client(timeout=30, transport=transport) as client:
+    with httpx.Client(timeout=30, headers={"x-forwarded-for": "192.0.2.3"}) as client:
         for i in range(limit + 100):
             r = client.post(running.collector_url, content=is_body(is_uid(f"sybil-{i}")), headers=HEADERS)
             assert r.status_code == 202  # never 429 here: the answer teaches nothing

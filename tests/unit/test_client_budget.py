@@ -1,6 +1,7 @@
-"""Per-client limits, pure logic: who the client is (X-Forwarded-For only from trusted proxies), the new-UID budget
-per client and UTC day (bounded memory, day reset, IPv6 per /64), and how a marked body is rejected downstream.
-The same limits through real processes: tests/test_client_limits.py."""
+"""Per-client limits, pure logic: who the client is (X-Forwarded-For only from trusted proxies, all of loopback one
+client), the new-UID budget per client and UTC day (bounded memory, day reset, IPv6 per /64, bodies without a UID
+counted), the request and byte buckets per client (refill, burst, bounded memory) and how a marked body is rejected
+downstream. The same limits through real processes: tests/test_client_limits.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,18 @@ from is_telemetry.partitioning import partition_of
 from processors.pipeline import RawRecord, process
 from processors.validate import Reason
 from processors.worker import records_of
-from producers.client_limits import ClientLimits, NewUidBudget, Verdict, client_key, client_of, networks
+from producers.client_limits import (
+    ClientLimits,
+    NewUidBudget,
+    Refusal,
+    RequestBudget,
+    Throttle,
+    Throttled,
+    Verdict,
+    client_key,
+    client_of,
+    networks,
+)
 from producers.truth_rules import REASONS, Rejected, judge
 from tests.samples import SAMPLES
 
@@ -151,16 +163,159 @@ def test_client_limits_from_settings_trust_unlimited_and_count_per_client() -> N
     limits = ClientLimits(settings.collector)
     at = DAY * DAY_MS + 5
     for i in range(5):  # unlimited clients are not counted (nor remembered)
-        assert limits.verdict("127.0.0.2", [], f"s-{i}".encode(), at) is Verdict.UNLIMITED
-        assert limits.verdict("2001:db8:5::1", [], f"s-{i}".encode(), at) is Verdict.UNLIMITED
+        assert limits.verdict(limits.client("127.0.0.2", []), f"s-{i}".encode(), at) is Verdict.UNLIMITED
+        assert limits.verdict(limits.client("2001:db8:5::1", []), f"s-{i}".encode(), at) is Verdict.UNLIMITED
     assert limits.budget.clients == 0
     # the trusted proxy forwards an unlimited address: unlimited; a limited one: counted
-    assert limits.verdict("127.0.0.1", ["127.0.0.2"], b"p-0", at) is Verdict.UNLIMITED
-    got = [limits.verdict("127.0.0.1", ["198.51.100.1"], f"p-{i}".encode(), at) for i in range(3)]
+    assert limits.verdict(limits.client("127.0.0.1", ["127.0.0.2"]), b"p-0", at) is Verdict.UNLIMITED
+    client = limits.client("127.0.0.1", ["198.51.100.1"])
+    got = [limits.verdict(client, f"p-{i}".encode(), at) for i in range(3)]
     assert got == [Verdict.ADMITTED, Verdict.ADMITTED, Verdict.OVER_BUDGET]
-    # a body without a UID is not a new UID: the processors reject it with its own reason
-    assert limits.verdict("198.51.100.1", [], None, at) is Verdict.ADMITTED
     assert limits.budget.uids == 2
+
+
+def test_a_body_without_a_uid_counts_as_a_new_uid_each_time() -> None:
+    """A body whose `uid` is missing or not a string (the processors reject it anyway) takes one new UID of its
+    client's budget each time: a flood of them cannot go on uncounted."""
+    limits = ClientLimits(load_settings(collector={"max_new_uids_per_client_per_day": 3}).collector)
+    at = DAY * DAY_MS + 5
+    client = limits.client("198.51.100.1", [])
+    got = [limits.verdict(client, None, at) for _ in range(4)]
+    assert got == [Verdict.ADMITTED] * 3 + [Verdict.OVER_BUDGET]
+    assert limits.verdict(client, b"a-real-uid", at) is Verdict.OVER_BUDGET  # the budget is spent
+    assert limits.budget.uids == 3
+    # the same in the budget itself, and a UID's own bytes never match one of those bodies
+    budget = NewUidBudget(per_client=2, max_clients=10, max_uids=100, key=KEY)
+    one = key_of("203.0.113.7")
+    assert budget.admit(one, None, DAY) is Verdict.ADMITTED
+    assert budget.admit(one, b"", DAY) is Verdict.ADMITTED  # an empty string is a UID (bad_uid downstream)
+    assert budget.admit(one, None, DAY) is Verdict.OVER_BUDGET
+    assert budget.admit(one, b"", DAY) is Verdict.ADMITTED  # a re-send
+
+
+def test_every_loopback_address_is_one_client_but_the_unlimited_one() -> None:
+    """127.0.0.0/8 and ::1 are one client for both budgets (any local process can bind any of them); an address
+    listed in unlimited_clients (up's simulator, 127.0.0.2) stays unlimited."""
+    assert key_of("127.0.0.1") == key_of("127.0.0.77") == key_of("127.255.255.254") == key_of("::1")
+    assert key_of("::ffff:127.3.2.1") == key_of("127.0.0.1")
+    assert key_of("127.0.0.1") not in {key_of("128.0.0.1"), key_of("126.255.255.255"), key_of("::2"), client_key(None)}
+    settings = load_settings(
+        collector={
+            "max_new_uids_per_client_per_day": 2,
+            "client_request_burst": 3,
+            "client_requests_per_s": 0.001,
+            "unlimited_clients": ["127.0.0.2"],
+        }
+    )
+    limits = ClientLimits(settings.collector)
+    at = DAY * DAY_MS
+    a, b = limits.client("127.0.0.1", []), limits.client("127.0.0.77", [])
+    assert a == b and not a.unlimited
+    assert limits.verdict(a, b"l-0", at) is Verdict.ADMITTED
+    assert limits.verdict(b, b"l-1", at) is Verdict.ADMITTED
+    assert limits.verdict(limits.client("127.9.9.9", []), b"l-2", at) is Verdict.OVER_BUDGET
+    for _ in range(3):
+        limits.take_request(a, 100.0)
+    with pytest.raises(Throttled) as caught:
+        limits.take_request(b, 100.0)
+    assert caught.value.cause is Throttle.REQUESTS and caught.value.status == 429
+    simulator = limits.client("127.0.0.2", [])
+    assert simulator.unlimited and simulator.key == a.key  # unlimited by its own address, not by its key
+    for i in range(10):
+        limits.take_request(simulator, 100.0)
+        limits.take_bytes(simulator, 60_000, 100.0)
+        assert limits.verdict(simulator, f"sim-{i}".encode(), at) is Verdict.UNLIMITED
+
+
+# ------------------------------------------------------------------------------- request and byte buckets
+
+
+def test_a_client_gets_its_burst_at_once_then_its_rate() -> None:
+    budget = RequestBudget(requests_per_s=2, request_burst=5, bytes_per_s=100, byte_burst=1000, max_clients=10)
+    one, other = key_of("198.51.100.1"), key_of("198.51.100.2")
+    assert [budget.take_request(one, 0.0) for _ in range(5)] == [None] * 5
+    assert budget.take_request(one, 0.0) == Refusal(Throttle.REQUESTS, 1)
+    assert budget.take_request(one, 0.25) == Refusal(Throttle.REQUESTS, 1)  # half a token: not enough
+    assert budget.take_request(one, 0.5) is None  # one token back after 1 / 2 s
+    assert budget.take_request(one, 0.5) == Refusal(Throttle.REQUESTS, 1)
+    # another client has its own bucket, full
+    assert [budget.take_request(other, 0.5) for _ in range(5)] == [None] * 5
+    # refilled up to the burst, never beyond, however long the client was away
+    assert [budget.take_request(one, 1000.0) for _ in range(6)] == [None] * 5 + [Refusal(Throttle.REQUESTS, 1)]
+    # Retry-After: the whole seconds until the next token, at least 1
+    slow = RequestBudget(requests_per_s=0.1, request_burst=1, bytes_per_s=100, byte_burst=1000, max_clients=10)
+    assert slow.take_request(one, 0.0) is None
+    assert slow.take_request(one, 0.0) == Refusal(Throttle.REQUESTS, 10)
+    assert slow.take_request(one, 7.5) == Refusal(Throttle.REQUESTS, 3)
+
+
+def test_body_bytes_are_counted_too() -> None:
+    budget = RequestBudget(requests_per_s=100, request_burst=100, bytes_per_s=100, byte_burst=1000, max_clients=10)
+    one = key_of("2001:db8:1:2::1")
+    assert budget.take_bytes(one, 600, 0.0) is None
+    assert budget.take_bytes(one, 600, 0.0) == Refusal(Throttle.BYTES, 2)  # 400 left: 200 more take 2 s
+    assert budget.take_bytes(one, 400, 0.0) is None  # a smaller body still fits
+    assert budget.take_bytes(one, 1, 0.0) == Refusal(Throttle.BYTES, 1)
+    assert budget.take_bytes(key_of("2001:db8:1:2::ffff"), 1, 0.0) == Refusal(Throttle.BYTES, 1)  # one /64
+    assert budget.take_bytes(one, 500, 5.0) is None
+    # a refused body takes nothing: the bucket is as it was
+    assert budget.take_bytes(one, 1000, 5.0) == Refusal(Throttle.BYTES, 10)
+    assert budget.take_bytes(one, 0, 5.0) is None
+
+
+def test_bucket_memory_is_bounded_and_full_buckets_are_forgotten() -> None:
+    """At most max_clients buckets; a bucket untouched long enough to be full again is forgotten (it holds nothing
+    a new one would not); while every bucket is in use, a client without one is refused (fail closed) until the
+    oldest is full again."""
+    budget = RequestBudget(requests_per_s=1, request_burst=10, bytes_per_s=100, byte_burst=2000, max_clients=3)
+    assert budget.idle_s == 20  # the longer refill: 2000 bytes at 100 a second
+    for i in range(3):
+        assert budget.take_request(key_of(f"192.0.2.{i}"), float(i)) is None
+    assert budget.clients == 3
+    late = key_of("192.0.2.100")
+    assert budget.take_request(late, 5.0) == Refusal(Throttle.TABLE_FULL, 15)  # 192.0.2.0 is full again at 20
+    assert budget.take_bytes(late, 1, 5.0) == Refusal(Throttle.TABLE_FULL, 15)
+    assert budget.take_request(key_of("192.0.2.0"), 6.0) is None  # a client with a bucket goes on
+    assert budget.take_request(late, 20.5) == Refusal(Throttle.TABLE_FULL, 1)  # 192.0.2.1 (used at 1): full at 21
+    # from 22 on, two buckets are full again and forgotten: the late one gets a bucket
+    assert budget.take_request(late, 22.0) is None
+    assert budget.clients == 2  # 192.0.2.0 (used at 6) and the late one
+    # a flood of clients never holds more than max_clients buckets
+    for i in range(10_000):
+        budget.take_request(key_of(f"10.{i >> 8 & 255}.{i & 255}.1"), 30.0 + i / 1000)
+    assert budget.clients == 3
+    # and a forgotten client starts again from a full bucket
+    assert [budget.take_request(key_of("192.0.2.0"), 100.0) for _ in range(11)][-2:] == [
+        None,
+        Refusal(Throttle.REQUESTS, 1),
+    ]
+
+
+def test_throttled_is_a_429_with_retry_after_naming_the_settings() -> None:
+    settings = load_settings(
+        collector={"client_request_burst": 1, "client_body_bytes_burst": 65536, "client_body_bytes_per_s": 1000}
+    )
+    limits = ClientLimits(settings.collector)
+    client = limits.client("198.51.100.1", [])
+    limits.take_request(client, 0.0)
+    with pytest.raises(Throttled) as caught:
+        limits.take_request(client, 0.0)
+    t = caught.value
+    assert (t.status, t.code, t.headers) == (429, "too_many_requests", {"Retry-After": "1"})
+    assert "collector.client_request_burst" in t.message and "collector.client_requests_per_s" in t.message
+    limits.take_bytes(client, 65536, 0.0)
+    with pytest.raises(Throttled) as caught:
+        limits.take_bytes(client, 2500, 0.0)
+    t = caught.value
+    assert t.cause is Throttle.BYTES and t.headers == {"Retry-After": "3"}
+    assert "collector.client_body_bytes_burst" in t.message
+
+
+def test_a_byte_bucket_smaller_than_the_largest_body_is_refused() -> None:
+    with pytest.raises(Exception) as caught:
+        load_settings(collector={"max_body_bytes": 100_000, "client_body_bytes_burst": 65536})
+    message = describe_validation_error(caught.value)  # type: ignore[arg-type]
+    assert "client_body_bytes_burst" in message and "at least 100000" in message, message
 
 
 @pytest.mark.parametrize("key", ["trusted_proxies", "unlimited_clients"])
