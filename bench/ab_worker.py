@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         if name in PEERS:
                             fig = bp.run_child(name, bootstrap, topic, args.messages, expect, workdir)
                         else:
-                            fig = bp.run_full(bootstrap, topic, args.messages, expect, workdir)
+                            fig = bp.run_full(bootstrap, topic, args.messages, expect, workdir, export=False)
                     finally:
                         os.environ.clear()
                         os.environ.update(saved)

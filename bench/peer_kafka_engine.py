@@ -1,0 +1,392 @@
+"""A peer with the worker's output: ClickHouse's own Kafka table engine inside chDB, every step in SQL.
+
+The store is the project's (every migration applied: `snapshots`, `rejections`, `rollup_partitions`, the views over
+them and the analysts' materialized and refreshable views), so what the dashboard reads is there as the worker
+leaves it. Into it, a chain of materialized views:
+
+    peer_kq (Kafka, RawBLOB: one row a Kafka record)
+      -> peer_bodies   (Null) the bodies: a many-bodies record split into its frames (is_telemetry/envelope.py), its
+                              `rate_limited` mark, a frame that cannot be read making the record one `bad_batch`
+      -> peer_checked  (Null) validated (the reason code, or '') and the snapshot row's columns extracted
+      -> rejections           the rejected bodies, with their reason codes
+      -> snapshots            the valid ones, less exact re-sends of the snapshot a UID already has that day (the
+                              worker keeps the first of identical bodies: its receive time and position); only
+                              bodies in their UID's partition (the worker re-keys the others; the bench has none)
+      -> peer_touched  (Null) the (day, partition) pairs a write touched, from `snapshots` and `rejections`
+      -> rollup_partitions    each touched (day, partition) recomputed from `snapshots` FINAL and `rejections`
+                              FINAL: the same figures as the worker's incremental roll-up
+
+Validation follows processors/validate.py and the message definition (is_telemetry/schema.py: the UID patterns,
+the count fields, which of them may be null, read from the pydantic model): the same reason codes, in the same
+precedence; the messages are shorter. Where SQL cannot follow pydantic (a key given twice in one object: ClickHouse
+reads the first, pydantic the last; NaN or Infinity in a field the schema does not know; Unicode digits and spaces
+in a version), a body may be judged otherwise: none of these is in the bench's input, and the bench checks that
+the stored tables equal the worker's. Not done: the worker's dead-letter and re-key records (Kafka writes), and
+its state window (a record more than `processors.state_days` behind its partition's newest day; the bench's input
+is in receive order, so it has none).
+
+librdkafka's session timeout is set to 10 s through a server config file (it waits ~25 s for partitions on the
+embedded broker otherwise: /work/shared notes, "ClickHouse's Kafka table engine inside chDB").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from is_telemetry.schema import CLI_UID_PATTERN, DEFAULT_UID, IS_UID_PATTERN, EntitiesCount, OSTelemetry
+
+REPLACEMENT = "'\\xEF\\xBF\\xBD'"  # U+FFFD, as Python's decode(errors="replace") writes it
+WHITESPACE = "' \\t\\n\\r\\x0B\\x0C'"  # what str.strip() removes, in ASCII
+
+
+def _path(*keys: str) -> str:
+    return ", ".join(f"'{k}'" for k in keys)
+
+
+def _schema_nodes(
+    model: type[BaseModel], prefix: tuple[str, ...]
+) -> tuple[list[tuple[str, ...]], list[tuple[tuple[str, ...], bool]], list[tuple[str, ...]]]:
+    """The entities_count part of the schema: (object paths, (count path, may be null), per-plan map paths)."""
+    objects: list[tuple[str, ...]] = []
+    counts: list[tuple[tuple[str, ...], bool]] = []
+    maps: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        path, annotation = (*prefix, name), field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            objects.append(path)
+            sub = _schema_nodes(annotation, path)
+            objects, counts, maps = objects + sub[0], counts + sub[1], maps + sub[2]
+        elif typing.get_origin(annotation) is dict:
+            maps.append(path)
+        else:
+            counts.append((path, type(None) in typing.get_args(annotation)))
+    return objects, counts, maps
+
+
+EC = ("entities_count",)
+EC_OBJECTS, EC_COUNTS, EC_MAPS = _schema_nodes(EntitiesCount, EC)
+OS_FIELDS = list(OSTelemetry.model_fields)
+INTEGER = "('Int64', 'UInt64')"
+
+
+def _big(value: str) -> str:
+    """A JSON integer beyond 64 bits: simdjson hands it to ClickHouse as a string; the body holds it unquoted."""
+    return f"(match({value}, '^-?[0-9]{{19,}}$') AND match(b, concat(':[ \\t\\n\\r]*', {value}, '[ \\t\\n\\r]*[,}}]')))"
+
+
+def _count_checks(path: tuple[str, ...], nullable: bool) -> dict[str, str]:
+    p = _path(*path)
+    t, s = f"JSONType(b, {p})", f"JSONExtractString(b, {p})"
+    allowed = f"{t} IN {INTEGER} OR {t} = 'Double'" + (f" OR {t} = 'Null'" if nullable else "")
+    return {
+        "wrong_type": f"(JSONHas(b, {p}) AND NOT ({allowed}) AND NOT ({t} = 'String' AND {_big(s)}))",
+        "fractional": f"({t} = 'Double')",
+        "negative": f"(({t} = 'Int64' AND JSONExtractInt(b, {p}) < 0) OR ({t} = 'String' AND {_big(s)} AND startsWith({s}, '-')))",
+        "out_of_range": f"({t} = 'String' AND {_big(s)} AND NOT startsWith({s}, '-'))",
+        "implausible": f"({t} IN {INTEGER} AND JSONExtractUInt(b, {p}) > {{limit}})",
+    }
+
+
+def _map_checks(path: tuple[str, ...]) -> dict[str, str]:
+    p = _path(*path)
+    t, s = f"JSONType(b, {p}, k)", f"JSONExtractString(b, {p}, k)"
+    keys = f"JSONExtractKeys(b, {p})"
+    return {
+        "wrong_type": f"arrayExists(k -> NOT ({t} IN {INTEGER} OR {t} = 'Double') AND NOT ({t} = 'String' AND {_big(s)}), {keys})",
+        "fractional": f"arrayExists(k -> {t} = 'Double', {keys})",
+        "negative": f"arrayExists(k -> ({t} = 'Int64' AND JSONExtractInt(b, {p}, k) < 0) OR ({t} = 'String' AND {_big(s)} AND startsWith({s}, '-')), {keys})",
+        "out_of_range": f"arrayExists(k -> {t} = 'String' AND {_big(s)} AND NOT startsWith({s}, '-'), {keys})",
+        "implausible": f"arrayExists(k -> {t} IN {INTEGER} AND JSONExtractUInt(b, {p}, k) > {{limit}}, {keys})",
+    }
+
+
+def reason_sql(limit: int) -> str:
+    """The reason code of body `b` ('' if valid), in processors/validate.py's precedence."""
+    checks: dict[str, list[str]] = {
+        k: [] for k in ("wrong_type", "fractional", "negative", "out_of_range", "implausible")
+    }
+    for path, nullable in EC_COUNTS:
+        for k, v in _count_checks(path, nullable).items():
+            checks[k].append(v)
+    for path in EC_MAPS:
+        for k, v in _map_checks(path).items():
+            checks[k].append(v)
+    checks["wrong_type"] += [
+        "(JSONHas(b, 'uid') AND JSONType(b, 'uid') != 'String')",
+        "(JSONType(b, 'os') NOT IN ('Null', 'Object'))",
+        *(f"(JSONHas(b, 'os', '{k}') AND JSONType(b, 'os', '{k}') != 'String')" for k in OS_FIELDS),
+        "(JSONType(b, 'cli') NOT IN ('Null', 'Object'))",
+        "(JSONType(b, 'entities_count') NOT IN ('Null', 'Object'))",
+        *(f"(JSONHas(b, {_path(*p)}) AND JSONType(b, {_path(*p)}) != 'Object')" for p in EC_OBJECTS + EC_MAPS),
+    ]
+    any_of = {k: " OR ".join(v).replace("{limit}", str(int(limit))) for k, v in checks.items()}
+    uid = "JSONExtractString(b, 'uid')"
+    return (
+        "multiIf(NOT isValidJSON(b), 'not_json', JSONType(b) != 'Object', 'not_object', "
+        "NOT JSONHas(b, 'uid'), 'missing_field', "
+        f"{any_of['wrong_type']}, 'wrong_type', {any_of['fractional']}, 'fractional', "
+        f"{any_of['negative']}, 'negative', {any_of['out_of_range']}, 'out_of_range', "
+        "(JSONType(b, 'cli') = 'Object') = (JSONType(b, 'entities_count') = 'Object'), 'kind_ambiguous', "
+        f"if(JSONType(b, 'cli') = 'Object', NOT match({uid}, '{CLI_UID_PATTERN}'), NOT match({uid}, '{IS_UID_PATTERN}')), "
+        "'bad_uid', "
+        f"{any_of['implausible']}, 'implausible', '')"
+    )
+
+
+def python_replace_decode(x: str) -> str:
+    """`x` (bytes) as Python's `bytes.decode("utf-8", "replace")` reads it: each maximal ill-formed subsequence one
+    U+FFFD (ClickHouse's toValidUTF8 makes one of a whole run), by a fold over the bytes for the rare invalid ones."""
+
+    def start(out: str, byte: str) -> str:
+        states = [
+            (f"{byte} < 0x80", f"(concat({out}, char({byte})), 0, 0, 0, '')"),
+            (f"{byte} BETWEEN 0xC2 AND 0xDF", f"({out}, 1, 0x80, 0xBF, char({byte}))"),
+            (f"{byte} = 0xE0", f"({out}, 2, 0xA0, 0xBF, char({byte}))"),
+            (f"{byte} BETWEEN 0xE1 AND 0xEC OR {byte} IN (0xEE, 0xEF)", f"({out}, 2, 0x80, 0xBF, char({byte}))"),
+            (f"{byte} = 0xED", f"({out}, 2, 0x80, 0x9F, char({byte}))"),
+            (f"{byte} = 0xF0", f"({out}, 3, 0x90, 0xBF, char({byte}))"),
+            (f"{byte} BETWEEN 0xF1 AND 0xF3", f"({out}, 3, 0x80, 0xBF, char({byte}))"),
+            (f"{byte} = 0xF4", f"({out}, 3, 0x80, 0x8F, char({byte}))"),
+        ]
+        cases = ", ".join(f"{cond}, {state}" for cond, state in states)
+        return f"CAST(multiIf({cases}, (concat({out}, {REPLACEMENT}), 0, 0, 0, '')), 'Tuple(String, UInt8, UInt8, UInt8, String)')"
+
+    step = (
+        "if(acc.2 = 0, " + start("acc.1", "x") + ", if(x BETWEEN acc.3 AND acc.4, if(acc.2 = 1, "
+        "CAST((concat(acc.1, acc.5, char(x)), 0, 0, 0, ''), 'Tuple(String, UInt8, UInt8, UInt8, String)'), "
+        "CAST((acc.1, acc.2 - 1, 0x80, 0xBF, concat(acc.5, char(x))), 'Tuple(String, UInt8, UInt8, UInt8, String)')), "
+        + start(f"concat(acc.1, {REPLACEMENT})", "x")
+        + "))"
+    )
+    folded = (
+        f"arrayFold((acc, x) -> {step}, arrayMap(i -> reinterpretAsUInt8(substring({x}, i, 1)), range(1, length({x}) + 1)), "
+        "CAST(('', 0, 0, 0, ''), 'Tuple(String, UInt8, UInt8, UInt8, String)'))"
+    )
+    return f"if(isValidUTF8({x}), {x}, concat(tupleElement({folded} AS f, 1), if(tupleElement(f, 2) > 0, {REPLACEMENT}, '')))"
+
+
+def _header(name: str) -> str:
+    return f"arrayElement(_headers.value, indexOf(_headers.name, '{name}'))"
+
+
+_FRAME_OK = (
+    "isValidJSON(l) AND JSONType(l) = 'Object' AND JSONType(l, 'received_at_ms') IN ('Int64', 'UInt64') AND "
+    "if(JSONHas(l, 'body'), JSONType(l, 'body') = 'String', JSONType(l, 'body_base64') = 'String' AND "
+    "match(JSONExtractString(l, 'body_base64'), '^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$'))"
+)
+
+CHECKED_COLUMNS = (
+    "topic String, partition UInt32, offset UInt64, idx UInt32, received_at_ms Int64, reason String, "
+    "day Date, uid String, kind String, received_at DateTime64(3, 'UTC'), version UInt128, default_uid Bool, "
+    "flags Array(String), operating_system String, arch String, binary_version String, version_major_minor String, "
+    "golang_version String, gateways UInt64, gateways_by_frequency_plan Map(String, UInt64), end_devices UInt64, "
+    "active_end_devices UInt64, active_last_day UInt64, active_last_week UInt64, active_last_month UInt64, "
+    "applications UInt64, users_standard UInt64, users_admin UInt64, users_total Nullable(UInt64), "
+    "organizations UInt64, cli String, body String, body_hash UInt64, home UInt32"
+)
+
+
+def pipeline_sql(bootstrap: str, topic: str, group: str, partitions: int, limit: int) -> list[str]:
+    """The peer's tables and materialized views, to run after the project's migrations."""
+
+    def ec(*keys: str) -> str:
+        return f"if(is_is, JSONExtractUInt(b, {_path(*EC, *keys)}), 0)"
+
+    day, week, month = (ec("end_devices", "activate_end_devices", w) for w in ("last_day", "last_week", "last_month"))
+    active, total = ec("end_devices", "activate_end_devices", "total"), ec("end_devices", "total")
+    flags = (
+        f"arrayFilter(f -> f != '', [if({day} > {week}, 'last_day>last_week', ''), "
+        f"if({week} > {month}, 'last_week>last_month', ''), if({month} > {active}, 'last_month>active_total', ''), "
+        f"if({active} > {total}, 'active_total>end_devices', '')])"
+    )
+    minor = "extractGroups(binary_version, '^[ \\t\\n\\r\\x0B\\x0C\\x1C-\\x1F]*v?([0-9]+)\\\\.([0-9]+)')"
+    strip0 = "replaceRegexpOne({}, '^0+([0-9])', '\\\\1')"
+    users_total = _path(*EC, "accounts", "users", "total")
+    rollup_sums = ", ".join(
+        f"sum({c}) AS {c}"
+        for c in (
+            "gateways",
+            "end_devices",
+            "active_end_devices",
+            "active_last_day",
+            "active_last_week",
+            "active_last_month",
+            "applications",
+            "users_standard",
+            "users_admin",
+            "organizations",
+        )
+    )
+    return [
+        f"CREATE TABLE peer_kq (raw String) ENGINE = Kafka SETTINGS kafka_broker_list = '{bootstrap}', "
+        f"kafka_topic_list = '{topic}', kafka_group_name = '{group}', kafka_format = 'RawBLOB', "
+        "kafka_max_block_size = 1000, kafka_flush_interval_ms = 250, kafka_num_consumers = 1, "
+        "kafka_thread_per_consumer = 0",
+        "CREATE TABLE peer_bodies (topic String, partition UInt32, offset UInt64, idx UInt32, received_at_ms Int64, "
+        "rate_limited Bool, bad_batch Bool, body String) ENGINE = Null",
+        # a record's bodies: its frames (or itself); a frame that cannot be read makes the record one bad_batch body
+        "CREATE MATERIALIZED VIEW peer_bodies_mv TO peer_bodies AS "
+        "SELECT topic, partition, offset, toUInt32(i - 1) AS idx, "
+        "if(frames, JSONExtractInt(lines[i], 'received_at_ms'), "
+        "ifNull(toInt64OrNull(header_ms), ts)) AS received_at_ms, rate_limited, batched AND NOT frames AS bad_batch, "
+        "if(frames, if(JSONHas(lines[i], 'body'), JSONExtractString(lines[i], 'body'), "
+        "base64Decode(JSONExtractString(lines[i], 'body_base64'))), if(batched, substring(raw, 1, 4096), raw)) AS body "
+        "FROM (SELECT _topic AS topic, toUInt32(_partition) AS partition, _offset AS offset, raw, "
+        f"{_header('format')} = 'telemetry-batch/1' AS batched, {_header('rate_limited')} = '1' AS rate_limited, "
+        f"{_header('received_at_ms')} AS header_ms, ifNull(toUnixTimestamp64Milli(_timestamp_ms), 0) AS ts, "
+        "if(batched, splitByChar('\\n', raw), []) AS lines, "
+        f"batched AND arrayAll(l -> {_FRAME_OK}, lines) AS frames, if(frames, length(lines), 1) AS n FROM peer_kq) "
+        "ARRAY JOIN range(1, n + 1) AS i",
+        f"CREATE TABLE peer_checked ({CHECKED_COLUMNS}) ENGINE = Null",
+        "CREATE MATERIALIZED VIEW peer_checked_mv TO peer_checked AS SELECT topic, partition, offset, idx, "
+        f"received_at_ms, multiIf(bad_batch, 'bad_batch', rate_limited, 'rate_limited', {reason_sql(limit)}) AS reason, "
+        "toDate(received_at) AS day, JSONExtractString(b, 'uid') AS uid, "
+        "if(is_is, 'is', 'cli') AS kind, "
+        "fromUnixTimestamp64Milli(received_at_ms, 'UTC') AS received_at, "
+        "bitShiftLeft(toUInt128(received_at_ms), 64) + bitShiftLeft(toUInt128(offset), 16) + idx AS version, "
+        f"is_is AND uid = '{DEFAULT_UID}' AS default_uid, if(is_is, {flags}, []) AS flags, "
+        "JSONExtractString(b, 'os', 'operating_system') AS operating_system, JSONExtractString(b, 'os', 'arch') AS arch, "
+        "JSONExtractString(b, 'os', 'binary_version') AS binary_version, "
+        f"if(empty({minor} AS g), 'unknown', concat({strip0.format('g[1]')}, '.', {strip0.format('g[2]')})) "
+        "AS version_major_minor, "
+        f"trim(BOTH {WHITESPACE} FROM JSONExtractString(b, 'os', 'golang_version')) AS golang_version, "
+        f"{ec('gateways', 'total')} AS gateways, "
+        f"if(is_is, JSONExtract(b, {_path(*EC, 'gateways', 'gateways_by_frequency_plan_id')}, 'Map(String, UInt64)'), "
+        "map()) AS gateways_by_frequency_plan, "
+        f"{total} AS end_devices, {active} AS active_end_devices, {day} AS active_last_day, {week} AS active_last_week, "
+        f"{month} AS active_last_month, {ec('applications', 'total')} AS applications, "
+        f"{ec('accounts', 'users', 'standard')} AS users_standard, {ec('accounts', 'users', 'admin')} AS users_admin, "
+        f"if(is_is AND JSONType(b, {users_total}) IN {INTEGER}, toNullable(JSONExtractUInt(b, {users_total})), NULL) "
+        f"AS users_total, {ec('accounts', 'organizations', 'total')} AS organizations, "
+        "if(is_is, '', JSONExtractRaw(b, 'cli')) AS cli, body, reinterpretAsUInt64(MD5(body)) AS body_hash, "
+        f"toUInt32(kafkaMurmurHash(uid) % {int(partitions)}) AS home "
+        "FROM (SELECT *, body AS b, JSONType(b, 'entities_count') = 'Object' AS is_is FROM peer_bodies)",
+        "CREATE MATERIALIZED VIEW peer_rejections_mv TO rejections AS SELECT day, received_at, reason, "
+        "concat('rejected in SQL: ', reason) AS message, topic AS source_topic, partition AS source_partition, "
+        f"offset AS source_offset, idx AS source_index, {python_replace_decode('substring(body, 1, 4096)')} AS body "
+        "FROM peer_checked WHERE reason != ''",
+        # the worker keeps the first of identical bodies of a UID and day, and never an older one: each body is
+        # compared with the one before it (in this block, else the stored one)
+        "CREATE MATERIALIZED VIEW peer_snapshots_mv TO snapshots AS SELECT day, uid, kind, received_at, version, "
+        "partition AS source_partition, offset AS source_offset, idx AS source_index, default_uid, flags, "
+        "operating_system, arch, binary_version, version_major_minor, golang_version, gateways, "
+        "gateways_by_frequency_plan, end_devices, active_end_devices, active_last_day, active_last_week, "
+        "active_last_month, applications, users_standard, users_admin, users_total, organizations, cli, body "
+        "FROM (SELECT *, lagInFrame(body_hash, 1, toUInt64(0)) OVER w AS prev_hash, lagInFrame(version, 1, toUInt128(0)) OVER w "
+        "AS prev_version FROM peer_checked WHERE reason = '' AND partition = home "
+        "WINDOW w AS (PARTITION BY day, uid ORDER BY version ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)) AS c "
+        "LEFT JOIN (SELECT day, uid, argMax(reinterpretAsUInt64(MD5(body)), version) AS stored_hash, "
+        "max(version) AS stored_version FROM snapshots WHERE (day, uid) IN "
+        "(SELECT day, uid FROM peer_checked WHERE reason = '') GROUP BY day, uid) AS s USING (day, uid) "
+        "WHERE if(prev_version > stored_version, body_hash != prev_hash, "
+        "stored_version = 0 OR (body_hash != stored_hash AND version > stored_version))",
+        "CREATE TABLE peer_touched (day Date, source_partition UInt32) ENGINE = Null",
+        "CREATE MATERIALIZED VIEW peer_touched_snapshots_mv TO peer_touched AS "
+        "SELECT DISTINCT day, source_partition FROM snapshots",
+        "CREATE MATERIALIZED VIEW peer_touched_rejections_mv TO peer_touched AS "
+        "SELECT DISTINCT day, source_partition FROM rejections",
+        "CREATE MATERIALIZED VIEW peer_rollup_mv TO rollup_partitions AS SELECT day, source_partition, "
+        "bitShiftLeft(toUInt128(1), 64) + toUInt128(toUnixTimestamp64Nano(now64(9))) AS version, "
+        "now64(6, 'UTC') AS computed_at, deployments, default_uid_deployments, inconsistent_deployments, cli_installs, "
+        "gateways, end_devices, active_end_devices, active_last_day, active_last_week, active_last_month, applications, "
+        "users_standard, users_admin, organizations, gateways_by_frequency_plan, deployments_by_version, "
+        "deployments_by_os, deployments_by_arch, deployments_by_go_version, cli_by_version, cli_by_os, cli_by_arch, "
+        "rejected_by_reason "
+        "FROM (SELECT DISTINCT day, source_partition FROM peer_touched) AS t "
+        "LEFT JOIN (SELECT day, source_partition, countIf(kind = 'is') AS deployments, "
+        "countIf(kind = 'is' AND default_uid) AS default_uid_deployments, "
+        "countIf(kind = 'is' AND notEmpty(flags)) AS inconsistent_deployments, countIf(kind = 'cli') AS cli_installs, "
+        f"{rollup_sums}, sumMap(gateways_by_frequency_plan) AS gateways_by_frequency_plan, "
+        "sumMapIf(map(version_major_minor, toUInt64(1)), kind = 'is') AS deployments_by_version, "
+        "sumMapIf(map(operating_system, toUInt64(1)), kind = 'is') AS deployments_by_os, "
+        "sumMapIf(map(arch, toUInt64(1)), kind = 'is') AS deployments_by_arch, "
+        "sumMapIf(map(golang_version, toUInt64(1)), kind = 'is') AS deployments_by_go_version, "
+        "sumMapIf(map(version_major_minor, toUInt64(1)), kind = 'cli') AS cli_by_version, "
+        "sumMapIf(map(operating_system, toUInt64(1)), kind = 'cli') AS cli_by_os, "
+        "sumMapIf(map(arch, toUInt64(1)), kind = 'cli') AS cli_by_arch "
+        "FROM snapshots FINAL WHERE (day, source_partition) IN (SELECT day, source_partition FROM peer_touched) "
+        "GROUP BY day, source_partition) AS s USING (day, source_partition) "
+        "LEFT JOIN (SELECT day, source_partition, sumMap(map(reason, toUInt64(1))) AS rejected_by_reason "
+        "FROM rejections FINAL WHERE (day, source_partition) IN (SELECT day, source_partition FROM peer_touched) "
+        "GROUP BY day, source_partition) AS r USING (day, source_partition)",
+    ]
+
+
+def run(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    n: int,
+    expect: dict[str, Any],
+    chdb_dir: str,
+    out: str,
+    export_dir: str | None = None,
+    timeout_s: float = 300,
+) -> None:
+    """Store the topic's bodies through the pipeline's SQL; write the figures to `out`, the tables to `export_dir`."""
+    import chdb
+
+    from bench.equal_output import export
+    from bench.peers import _figures
+    from is_telemetry.config import load_settings
+    from sinks.clickhouse import migrations
+
+    settings = load_settings()
+    os.makedirs(chdb_dir, exist_ok=True)
+    cfg = Path(chdb_dir).parent / f"{Path(chdb_dir).name}-kafka.xml"
+    cfg.write_text(
+        "<clickhouse><kafka><session_timeout_ms>10000</session_timeout_ms>"
+        "<heartbeat_interval_ms>1000</heartbeat_interval_ms></kafka></clickhouse>"
+    )
+    conn = chdb.connect(f"{chdb_dir}?config-file={cfg}")
+
+    def q(sql: str) -> str:
+        return str(conn.query(sql, "TabSeparated")).strip()
+
+    for _version, _name, statements in migrations():  # the project's schema, every view included
+        for statement in statements:
+            q(statement)
+    statements = pipeline_sql(
+        bootstrap, topic, group, settings.kafka.partitions, settings.processors.plausibility_limit
+    )
+    for statement in statements:
+        try:
+            q(statement)
+        except RuntimeError as exc:  # "Shutdown was called (LOGICAL_ERROR)" on CREATE of the Kafka table: it works
+            if "Shutdown was called" not in str(exc):
+                raise
+    deadline = time.monotonic() + timeout_s
+    t0 = cpu0 = None
+    # done when the day aggregates count every snapshot and rejection: the last step of the chain has run
+    done = (
+        "SELECT (SELECT count() FROM snapshots FINAL), (SELECT count() FROM rejections FINAL), "
+        "(SELECT sum(deployments + cli_installs) FROM daily_rollup), "
+        "(SELECT sum(arraySum(mapValues(rejected_by_reason))) FROM daily_rollup)"
+    )
+    want = [expect["distinct_day_uid"], expect["rejected"]] * 2
+    while True:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Kafka engine peer did not store everything within {timeout_s}s: {q(done)}")
+        if t0 is None and q("SELECT count() FROM system.kafka_consumers WHERE notEmpty(assignments.topic)") != "0":
+            t0, cpu0 = time.perf_counter(), time.process_time()
+        stored = [int(x) for x in q(done).split("\t")]
+        if stored == want:
+            t1, cpu1 = time.perf_counter(), time.process_time()
+            break
+        time.sleep(0.05)
+    if t0 is None:
+        raise RuntimeError("the Kafka engine stored everything before its assignment was seen")
+    fig = _figures(n, t1 - t0, cpu1 - cpu0, snapshots=stored[0], rejections=stored[1])
+    if export_dir:
+        export(lambda sql: conn.query(sql).bytes(), Path(export_dir))
+    Path(out).write_text(json.dumps(fig))
+    conn.close()
+    os.kill(os.getpid(), signal.SIGKILL)  # chDB's Kafka threads do not stop on their own; nothing is left to keep
