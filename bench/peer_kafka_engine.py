@@ -194,7 +194,13 @@ CHECKED_COLUMNS = (
 )
 
 
-def pipeline_sql(bootstrap: str, topic: str, group: str, partitions: int, limit: int) -> list[str]:
+#: Kafka records per block through the views: 50 records of 100 bodies, the worker's batch of 5,000 bodies
+RECORDS_PER_BLOCK = 50
+
+
+def pipeline_sql(
+    bootstrap: str, topic: str, group: str, partitions: int, limit: int, records_per_block: int = RECORDS_PER_BLOCK
+) -> list[str]:
     """The peer's tables and materialized views, to run after the project's migrations."""
 
     def ec(*keys: str) -> str:
@@ -228,23 +234,25 @@ def pipeline_sql(bootstrap: str, topic: str, group: str, partitions: int, limit:
     return [
         f"CREATE TABLE peer_kq (raw String) ENGINE = Kafka SETTINGS kafka_broker_list = '{bootstrap}', "
         f"kafka_topic_list = '{topic}', kafka_group_name = '{group}', kafka_format = 'RawBLOB', "
-        "kafka_max_block_size = 1000, kafka_flush_interval_ms = 250, kafka_num_consumers = 1, "
+        f"kafka_max_block_size = {int(records_per_block)}, kafka_flush_interval_ms = 250, kafka_num_consumers = 1, "
         "kafka_thread_per_consumer = 0",
         "CREATE TABLE peer_bodies (topic String, partition UInt32, offset UInt64, idx UInt32, received_at_ms Int64, "
         "rate_limited Bool, bad_batch Bool, body String) ENGINE = Null",
         # a record's bodies: its frames (or itself); a frame that cannot be read makes the record one bad_batch body
         "CREATE MATERIALIZED VIEW peer_bodies_mv TO peer_bodies AS "
-        "SELECT topic, partition, offset, toUInt32(i - 1) AS idx, "
-        "if(frames, JSONExtractInt(lines[i], 'received_at_ms'), "
-        "ifNull(toInt64OrNull(header_ms), ts)) AS received_at_ms, rate_limited, batched AND NOT frames AS bad_batch, "
-        "if(frames, if(JSONHas(lines[i], 'body'), JSONExtractString(lines[i], 'body'), "
-        "base64Decode(JSONExtractString(lines[i], 'body_base64'))), if(batched, substring(raw, 1, 4096), raw)) AS body "
-        "FROM (SELECT _topic AS topic, toUInt32(_partition) AS partition, _offset AS offset, raw, "
+        "SELECT topic, partition, offset, toUInt32(i - 1) AS idx, ms AS received_at_ms, rate_limited, "
+        "batched AND NOT frames AS bad_batch, body "
+        "FROM (SELECT _topic AS topic, toUInt32(_partition) AS partition, _offset AS offset, "
         f"{_header('format')} = 'telemetry-batch/1' AS batched, {_header('rate_limited')} = '1' AS rate_limited, "
-        f"{_header('received_at_ms')} AS header_ms, ifNull(toUnixTimestamp64Milli(_timestamp_ms), 0) AS ts, "
         "if(batched, splitByChar('\\n', raw), []) AS lines, "
-        f"batched AND arrayAll(l -> {_FRAME_OK}, lines) AS frames, if(frames, length(lines), 1) AS n FROM peer_kq) "
-        "ARRAY JOIN range(1, n + 1) AS i",
+        f"batched AND arrayAll(l -> {_FRAME_OK}, lines) AS frames, "
+        "if(frames, arrayMap(l -> if(JSONHas(l, 'body'), JSONExtractString(l, 'body'), "
+        "base64Decode(JSONExtractString(l, 'body_base64'))), lines), "
+        "[if(batched, substring(raw, 1, 4096), raw)]) AS bodies, "
+        "if(frames, arrayMap(l -> JSONExtractInt(l, 'received_at_ms'), lines), "
+        f"[ifNull(toInt64OrNull({_header('received_at_ms')}), ifNull(toUnixTimestamp64Milli(_timestamp_ms), 0))]) "
+        "AS times FROM peer_kq) "
+        "ARRAY JOIN bodies AS body, times AS ms, arrayEnumerate(bodies) AS i",
         f"CREATE TABLE peer_checked ({CHECKED_COLUMNS}) ENGINE = Null",
         "CREATE MATERIALIZED VIEW peer_checked_mv TO peer_checked AS SELECT topic, partition, offset, idx, "
         f"received_at_ms, multiIf(bad_batch, 'bad_batch', rate_limited, 'rate_limited', {reason_sql(limit)}) AS reason, "
