@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import typing
@@ -77,34 +78,43 @@ OS_FIELDS = list(OSTelemetry.model_fields)
 INTEGER = "('Int64', 'UInt64')"
 
 
-def _big(value: str) -> str:
-    """A JSON integer beyond 64 bits: simdjson hands it to ClickHouse as a string; the body holds it unquoted."""
-    return f"(match({value}, '^-?[0-9]{{19,}}$') AND match(b, concat(':[ \\t\\n\\r]*', {value}, '[ \\t\\n\\r]*[,}}]')))"
+def _big(raw: str) -> str:
+    """A JSON integer beyond 64 bits: simdjson hands it to ClickHouse as a string (its raw text quoted), while the
+    body holds it unquoted."""
+    digits = f"substring({raw}, 2, length({raw}) - 2)"
+    return (
+        f"(match({raw}, '^\"-?[0-9]{{19,}}\"$') AND "
+        f"(position(b, concat(':', {digits})) > 0 OR position(b, concat(': ', {digits})) > 0))"
+    )
 
 
 def _count_checks(path: tuple[str, ...], nullable: bool) -> dict[str, str]:
+    """One count's problems, from two reads of the body: its JSON type and its raw text ('' when absent, the same
+    expressions as the column's value, which ClickHouse computes once)."""
     p = _path(*path)
-    t, s = f"JSONType(b, {p})", f"JSONExtractString(b, {p})"
-    allowed = f"{t} IN {INTEGER} OR {t} = 'Double'" + (f" OR {t} = 'Null'" if nullable else "")
+    t, r = f"JSONType(b, {p})", f"JSONExtractRaw(b, {p})"
+    allowed = f"{t} IN {INTEGER} OR {t} = 'Double'" + (f" OR {r} = 'null'" if nullable else "")
+    big = f"({t} = 'String' AND {_big(r)})"
     return {
-        "wrong_type": f"(JSONHas(b, {p}) AND NOT ({allowed}) AND NOT ({t} = 'String' AND {_big(s)}))",
+        "wrong_type": f"({r} != '' AND NOT ({allowed}) AND NOT {big})",
         "fractional": f"({t} = 'Double')",
-        "negative": f"(({t} = 'Int64' AND JSONExtractInt(b, {p}) < 0) OR ({t} = 'String' AND {_big(s)} AND startsWith({s}, '-')))",
-        "out_of_range": f"({t} = 'String' AND {_big(s)} AND NOT startsWith({s}, '-'))",
-        "implausible": f"({t} IN {INTEGER} AND JSONExtractUInt(b, {p}) > {{limit}})",
+        "negative": f"(({t} = 'Int64' AND startsWith({r}, '-')) OR ({big} AND startsWith({r}, '\"-')))",
+        "out_of_range": f"({big} AND NOT startsWith({r}, '\"-'))",
+        "implausible": f"({t} IN {INTEGER} AND toUInt64OrZero({r}) > {{limit}})",
     }
 
 
 def _map_checks(path: tuple[str, ...]) -> dict[str, str]:
     p = _path(*path)
-    t, s = f"JSONType(b, {p}, k)", f"JSONExtractString(b, {p}, k)"
+    t, r = f"JSONType(b, {p}, k)", f"JSONExtractRaw(b, {p}, k)"
     keys = f"JSONExtractKeys(b, {p})"
+    big = f"({t} = 'String' AND {_big(r)})"
     return {
-        "wrong_type": f"arrayExists(k -> NOT ({t} IN {INTEGER} OR {t} = 'Double') AND NOT ({t} = 'String' AND {_big(s)}), {keys})",
+        "wrong_type": f"arrayExists(k -> NOT ({t} IN {INTEGER} OR {t} = 'Double') AND NOT {big}, {keys})",
         "fractional": f"arrayExists(k -> {t} = 'Double', {keys})",
-        "negative": f"arrayExists(k -> ({t} = 'Int64' AND JSONExtractInt(b, {p}, k) < 0) OR ({t} = 'String' AND {_big(s)} AND startsWith({s}, '-')), {keys})",
-        "out_of_range": f"arrayExists(k -> {t} = 'String' AND {_big(s)} AND NOT startsWith({s}, '-'), {keys})",
-        "implausible": f"arrayExists(k -> {t} IN {INTEGER} AND JSONExtractUInt(b, {p}, k) > {{limit}}, {keys})",
+        "negative": f"arrayExists(k -> ({t} = 'Int64' AND startsWith({r}, '-')) OR ({big} AND startsWith({r}, '\"-')), {keys})",
+        "out_of_range": f"arrayExists(k -> {big} AND NOT startsWith({r}, '\"-'), {keys})",
+        "implausible": f"arrayExists(k -> {t} IN {INTEGER} AND toUInt64OrZero({r}) > {{limit}}, {keys})",
     }
 
 
@@ -173,6 +183,27 @@ def python_replace_decode(x: str) -> str:
     return f"if(isValidUTF8({x}), {x}, concat(tupleElement({folded} AS f, 1), if(tupleElement(f, 2) > 0, {REPLACEMENT}, '')))"
 
 
+_READ = re.compile(r"(?:JSON\w+|isValidJSON)\(b(?:, '[^']*')*\)")
+
+
+def _reads_once(select: str) -> tuple[str, str]:
+    """`select` (SELECT ... FROM (subquery)) split in two stages: (the reads of the body `b` it makes, each once, as
+    columns of `source`'s rows; `select` on those columns, from `peer_reads`). Within one expression ClickHouse
+    shares a repeated read, but its short-circuit evaluation of if/multiIf/and/or computes a branch's reads again for
+    the rows that reach it: 4 times the CPU here. A subquery does not stop it (its expressions are merged into the
+    query's) and a setting in the view's query is not applied when the view runs: a table between the two does."""
+    head, _, source = select.rpartition(" FROM (")  # the source: a subquery
+    source = "(" + source
+    names: dict[str, str] = {}
+
+    def name(m: re.Match[str]) -> str:
+        return names.setdefault(m.group(0), f"read_{len(names)}")
+
+    head = _READ.sub(name, head)
+    reads = ", ".join(f"{read} AS {column}" for read, column in names.items())
+    return f"SELECT *, {reads} FROM {source}", f"{head} FROM peer_reads"
+
+
 def _header(name: str) -> str:
     return f"arrayElement(_headers.value, indexOf(_headers.name, '{name}'))"
 
@@ -194,8 +225,10 @@ CHECKED_COLUMNS = (
 )
 
 
-#: Kafka records per block through the views: 50 records of 100 bodies, the worker's batch of 5,000 bodies
-RECORDS_PER_BLOCK = 50
+#: Kafka records per block through the views (each block is flushed after 250 ms at most): 200 records of 100
+#: bodies. The views cost much per block (the re-send lookup, each touched day recomputed): 40,000 bodies took 269 us
+#: of CPU a body in blocks of 20 records, 110-153 in 50-100, 88 in 200 and 135 in one block of all (2026-12-07).
+RECORDS_PER_BLOCK = 200
 
 
 def pipeline_sql(
@@ -203,8 +236,8 @@ def pipeline_sql(
 ) -> list[str]:
     """The peer's tables and materialized views, to run after the project's migrations."""
 
-    def ec(*keys: str) -> str:
-        return f"if(is_is, JSONExtractUInt(b, {_path(*EC, *keys)}), 0)"
+    def ec(*keys: str) -> str:  # the raw text the validation read: one read of the body a count
+        return f"if(is_is, toUInt64OrZero(JSONExtractRaw(b, {_path(*EC, *keys)})), 0)"
 
     day, week, month = (ec("end_devices", "activate_end_devices", w) for w in ("last_day", "last_week", "last_month"))
     active, total = ec("end_devices", "activate_end_devices", "total"), ec("end_devices", "total")
@@ -231,6 +264,31 @@ def pipeline_sql(
             "organizations",
         )
     )
+    reads, checked = _reads_once(
+        "SELECT topic, partition, offset, idx, "
+        f"received_at_ms, multiIf(bad_batch, 'bad_batch', rate_limited, 'rate_limited', {reason_sql(limit)}) AS reason, "
+        "toDate(received_at) AS day, JSONExtractString(b, 'uid') AS uid, "
+        "if(is_is, 'is', 'cli') AS kind, "
+        "fromUnixTimestamp64Milli(received_at_ms, 'UTC') AS received_at, "
+        "bitShiftLeft(toUInt128(received_at_ms), 64) + bitShiftLeft(toUInt128(offset), 16) + idx AS version, "
+        f"is_is AND uid = '{DEFAULT_UID}' AS default_uid, if(is_is, {flags}, []) AS flags, "
+        "JSONExtractString(b, 'os', 'operating_system') AS operating_system, JSONExtractString(b, 'os', 'arch') AS arch, "
+        "JSONExtractString(b, 'os', 'binary_version') AS binary_version, "
+        f"if(empty({minor} AS g), 'unknown', concat({strip0.format('g[1]')}, '.', {strip0.format('g[2]')})) "
+        "AS version_major_minor, "
+        f"trim(BOTH {WHITESPACE} FROM JSONExtractString(b, 'os', 'golang_version')) AS golang_version, "
+        f"{ec('gateways', 'total')} AS gateways, "
+        f"if(is_is, JSONExtract(b, {_path(*EC, 'gateways', 'gateways_by_frequency_plan_id')}, 'Map(String, UInt64)'), "
+        "map()) AS gateways_by_frequency_plan, "
+        f"{total} AS end_devices, {active} AS active_end_devices, {day} AS active_last_day, {week} AS active_last_week, "
+        f"{month} AS active_last_month, {ec('applications', 'total')} AS applications, "
+        f"{ec('accounts', 'users', 'standard')} AS users_standard, {ec('accounts', 'users', 'admin')} AS users_admin, "
+        f"if(is_is AND JSONType(b, {users_total}) IN {INTEGER}, toNullable(toUInt64OrZero(JSONExtractRaw(b, {users_total}))), NULL) "
+        f"AS users_total, {ec('accounts', 'organizations', 'total')} AS organizations, "
+        "if(is_is, '', JSONExtractRaw(b, 'cli')) AS cli, body, reinterpretAsUInt64(MD5(body)) AS body_hash, "
+        f"toUInt32(kafkaMurmurHash(uid) % {int(partitions)}) AS home "
+        "FROM (SELECT *, body AS b, JSONType(b, 'entities_count') = 'Object' AS is_is FROM peer_bodies)"
+    )
     return [
         f"CREATE TABLE peer_kq (raw String) ENGINE = Kafka SETTINGS kafka_broker_list = '{bootstrap}', "
         f"kafka_topic_list = '{topic}', kafka_group_name = '{group}', kafka_format = 'RawBLOB', "
@@ -253,30 +311,10 @@ def pipeline_sql(
         f"[ifNull(toInt64OrNull({_header('received_at_ms')}), ifNull(toUnixTimestamp64Milli(_timestamp_ms), 0))]) "
         "AS times FROM peer_kq) "
         "ARRAY JOIN bodies AS body, times AS ms, arrayEnumerate(bodies) AS i",
+        f"CREATE TABLE peer_reads ENGINE = Null AS {reads}",
+        f"CREATE MATERIALIZED VIEW peer_reads_mv TO peer_reads AS {reads}",
         f"CREATE TABLE peer_checked ({CHECKED_COLUMNS}) ENGINE = Null",
-        "CREATE MATERIALIZED VIEW peer_checked_mv TO peer_checked AS SELECT topic, partition, offset, idx, "
-        f"received_at_ms, multiIf(bad_batch, 'bad_batch', rate_limited, 'rate_limited', {reason_sql(limit)}) AS reason, "
-        "toDate(received_at) AS day, JSONExtractString(b, 'uid') AS uid, "
-        "if(is_is, 'is', 'cli') AS kind, "
-        "fromUnixTimestamp64Milli(received_at_ms, 'UTC') AS received_at, "
-        "bitShiftLeft(toUInt128(received_at_ms), 64) + bitShiftLeft(toUInt128(offset), 16) + idx AS version, "
-        f"is_is AND uid = '{DEFAULT_UID}' AS default_uid, if(is_is, {flags}, []) AS flags, "
-        "JSONExtractString(b, 'os', 'operating_system') AS operating_system, JSONExtractString(b, 'os', 'arch') AS arch, "
-        "JSONExtractString(b, 'os', 'binary_version') AS binary_version, "
-        f"if(empty({minor} AS g), 'unknown', concat({strip0.format('g[1]')}, '.', {strip0.format('g[2]')})) "
-        "AS version_major_minor, "
-        f"trim(BOTH {WHITESPACE} FROM JSONExtractString(b, 'os', 'golang_version')) AS golang_version, "
-        f"{ec('gateways', 'total')} AS gateways, "
-        f"if(is_is, JSONExtract(b, {_path(*EC, 'gateways', 'gateways_by_frequency_plan_id')}, 'Map(String, UInt64)'), "
-        "map()) AS gateways_by_frequency_plan, "
-        f"{total} AS end_devices, {active} AS active_end_devices, {day} AS active_last_day, {week} AS active_last_week, "
-        f"{month} AS active_last_month, {ec('applications', 'total')} AS applications, "
-        f"{ec('accounts', 'users', 'standard')} AS users_standard, {ec('accounts', 'users', 'admin')} AS users_admin, "
-        f"if(is_is AND JSONType(b, {users_total}) IN {INTEGER}, toNullable(JSONExtractUInt(b, {users_total})), NULL) "
-        f"AS users_total, {ec('accounts', 'organizations', 'total')} AS organizations, "
-        "if(is_is, '', JSONExtractRaw(b, 'cli')) AS cli, body, reinterpretAsUInt64(MD5(body)) AS body_hash, "
-        f"toUInt32(kafkaMurmurHash(uid) % {int(partitions)}) AS home "
-        "FROM (SELECT *, body AS b, JSONType(b, 'entities_count') = 'Object' AS is_is FROM peer_bodies)",
+        f"CREATE MATERIALIZED VIEW peer_checked_mv TO peer_checked AS {checked}",
         "CREATE MATERIALIZED VIEW peer_rejections_mv TO rejections AS SELECT day, received_at, reason, "
         "concat('rejected in SQL: ', reason) AS message, topic AS source_topic, partition AS source_partition, "
         f"offset AS source_offset, idx AS source_index, {python_replace_decode('substring(body, 1, 4096)')} AS body "
