@@ -204,6 +204,13 @@ def _reads_once(select: str) -> tuple[str, str]:
     return f"SELECT *, {reads} FROM {source}", f"{head} FROM peer_reads"
 
 
+#: processors/snapshot.py `major_minor` of the SQL expression {version}: '3.32.1 (...)' -> '3.32', else 'unknown'
+MAJOR_MINOR = (
+    "if(empty(extractGroups({version}, '^[ \\t\\n\\r\\x0B\\x0C\\x1C-\\x1F]*v?([0-9]+)\\\\.([0-9]+)') AS g), 'unknown', "
+    "concat(replaceRegexpOne(g[1], '^0+([0-9])', '\\\\1'), '.', replaceRegexpOne(g[2], '^0+([0-9])', '\\\\1')))"
+)
+
+
 def _header(name: str) -> str:
     return f"arrayElement(_headers.value, indexOf(_headers.name, '{name}'))"
 
@@ -246,8 +253,6 @@ def pipeline_sql(
         f"if({week} > {month}, 'last_week>last_month', ''), if({month} > {active}, 'last_month>active_total', ''), "
         f"if({active} > {total}, 'active_total>end_devices', '')])"
     )
-    minor = "extractGroups(binary_version, '^[ \\t\\n\\r\\x0B\\x0C\\x1C-\\x1F]*v?([0-9]+)\\\\.([0-9]+)')"
-    strip0 = "replaceRegexpOne({}, '^0+([0-9])', '\\\\1')"
     users_total = _path(*EC, "accounts", "users", "total")
     rollup_sums = ", ".join(
         f"sum({c}) AS {c}"
@@ -274,8 +279,7 @@ def pipeline_sql(
         f"is_is AND uid = '{DEFAULT_UID}' AS default_uid, if(is_is, {flags}, []) AS flags, "
         "JSONExtractString(b, 'os', 'operating_system') AS operating_system, JSONExtractString(b, 'os', 'arch') AS arch, "
         "JSONExtractString(b, 'os', 'binary_version') AS binary_version, "
-        f"if(empty({minor} AS g), 'unknown', concat({strip0.format('g[1]')}, '.', {strip0.format('g[2]')})) "
-        "AS version_major_minor, "
+        f"{MAJOR_MINOR.format(version='binary_version')} AS version_major_minor, "
         f"trim(BOTH {WHITESPACE} FROM JSONExtractString(b, 'os', 'golang_version')) AS golang_version, "
         f"{ec('gateways', 'total')} AS gateways, "
         f"if(is_is, JSONExtract(b, {_path(*EC, 'gateways', 'gateways_by_frequency_plan_id')}, 'Map(String, UInt64)'), "
