@@ -7,6 +7,7 @@ leaves it. Into it, a chain of materialized views:
     peer_kq (Kafka, RawBLOB: one row a Kafka record)
       -> peer_bodies   (Null) the bodies: a many-bodies record split into its frames (is_telemetry/envelope.py), its
                               `rate_limited` mark, a frame that cannot be read making the record one `bad_batch`
+      -> peer_reads    (Null) each read of a body's JSON the next step makes, once (see `_reads_once`)
       -> peer_checked  (Null) validated (the reason code, or '') and the snapshot row's columns extracted
       -> rejections           the rejected bodies, with their reason codes
       -> snapshots            the valid ones, less exact re-sends of the snapshot a UID already has that day (the
@@ -25,8 +26,8 @@ the stored tables equal the worker's. Not done: the worker's dead-letter and re-
 its state window (a record more than `processors.state_days` behind its partition's newest day; the bench's input
 is in receive order, so it has none).
 
-librdkafka's session timeout is set to 10 s through a server config file (it waits ~25 s for partitions on the
-embedded broker otherwise: /work/shared notes, "ClickHouse's Kafka table engine inside chDB").
+librdkafka's session timeout is set to 10 s through a server config file (with its 45 s default it waits ~25 s for
+partitions on the embedded broker). Blocks of 200 records (RECORDS_PER_BLOCK) measured best.
 """
 
 from __future__ import annotations
