@@ -240,9 +240,16 @@ RECORDS_PER_BLOCK = 200
 
 
 def pipeline_sql(
-    bootstrap: str, topic: str, group: str, partitions: int, limit: int, records_per_block: int = RECORDS_PER_BLOCK
+    bootstrap: str,
+    topic: str,
+    group: str,
+    partitions: int,
+    limit: int,
+    state_days: int,
+    records_per_block: int = RECORDS_PER_BLOCK,
 ) -> list[str]:
     """The peer's tables and materialized views, to run after the project's migrations."""
+    recent = "touched_at >= now64(3, 'UTC') - INTERVAL 5 SECOND"  # each touch recomputed by the refreshes of 5 s
 
     def ec(*keys: str) -> str:  # the raw text the validation read: one read of the body a count
         return f"if(is_is, toUInt64OrZero(JSONExtractRaw(b, {_path(*EC, *keys)})), 0)"
@@ -298,7 +305,7 @@ def pipeline_sql(
         f"CREATE TABLE peer_kq (raw String) ENGINE = Kafka SETTINGS kafka_broker_list = '{bootstrap}', "
         f"kafka_topic_list = '{topic}', kafka_group_name = '{group}', kafka_format = 'RawBLOB', "
         f"kafka_max_block_size = {int(records_per_block)}, kafka_flush_interval_ms = 250, kafka_num_consumers = 1, "
-        "kafka_thread_per_consumer = 0",
+        "kafka_thread_per_consumer = 1",
         "CREATE TABLE peer_bodies (topic String, partition UInt32, offset UInt64, idx UInt32, received_at_ms Int64, "
         "rate_limited Bool, bad_batch Bool, body String) ENGINE = Null",
         # a record's bodies: its frames (or itself); a frame that cannot be read makes the record one bad_batch body
@@ -325,7 +332,13 @@ def pipeline_sql(
         f"offset AS source_offset, idx AS source_index, {python_replace_decode('substring(body, 1, 4096)')} AS body "
         "FROM peer_checked WHERE reason != ''",
         # the worker keeps the first of identical bodies of a UID and day, and never an older one: each body is
-        # compared with the one before it (in this block, else the stored one)
+        # compared with the one before it (in this block, else the stored one of its partition's state window, as the
+        # worker's roll-up holds them: processors.state_days days back from the partition's newest). A view
+        # reads the block that triggers it once: a second read of it (an IN subquery) loses rows now and then
+        "CREATE TABLE peer_latest (day Date, uid String, source_partition UInt32, version UInt128, body_hash UInt64) "
+        "ENGINE = ReplacingMergeTree(version) ORDER BY (day, uid)",
+        "CREATE MATERIALIZED VIEW peer_latest_mv TO peer_latest AS "
+        "SELECT day, uid, source_partition, version, reinterpretAsUInt64(MD5(body)) AS body_hash FROM snapshots",
         "CREATE MATERIALIZED VIEW peer_snapshots_mv TO snapshots AS SELECT day, uid, kind, received_at, version, "
         "partition AS source_partition, offset AS source_offset, idx AS source_index, default_uid, flags, "
         "operating_system, arch, binary_version, version_major_minor, golang_version, gateways, "
@@ -334,24 +347,29 @@ def pipeline_sql(
         "FROM (SELECT *, lagInFrame(body_hash, 1, toUInt64(0)) OVER w AS prev_hash, lagInFrame(version, 1, toUInt128(0)) OVER w "
         "AS prev_version FROM peer_checked WHERE reason = '' AND partition = home "
         "WINDOW w AS (PARTITION BY day, uid ORDER BY version ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)) AS c "
-        "LEFT JOIN (SELECT day, uid, argMax(reinterpretAsUInt64(MD5(body)), version) AS stored_hash, "
-        "max(version) AS stored_version FROM snapshots WHERE (day, uid) IN "
-        "(SELECT day, uid FROM peer_checked WHERE reason = '') GROUP BY day, uid) AS s USING (day, uid) "
+        "LEFT JOIN (SELECT day, uid, argMax(body_hash, version) AS stored_hash, max(version) AS stored_version "
+        "FROM peer_latest INNER JOIN (SELECT source_partition, max(day) AS newest FROM peer_latest "
+        f"GROUP BY source_partition) AS w USING (source_partition) WHERE day > newest - {int(state_days)} "
+        "GROUP BY day, uid) AS s USING (day, uid) "
         "WHERE if(prev_version > stored_version, body_hash != prev_hash, "
         "stored_version = 0 OR (body_hash != stored_hash AND version > stored_version))",
-        "CREATE TABLE peer_touched (day Date, source_partition UInt32) ENGINE = Null",
+        # the roll-up: each (day, partition) written to recomputed from the tables, every second, by a refreshable
+        # view (it reads what is committed; a view triggered by the write may not see the write's own rows)
+        "CREATE TABLE peer_touched (day Date, source_partition UInt32, touched_at DateTime64(3, 'UTC') "
+        "DEFAULT now64(3, 'UTC')) ENGINE = MergeTree ORDER BY touched_at",
         "CREATE MATERIALIZED VIEW peer_touched_snapshots_mv TO peer_touched AS "
         "SELECT DISTINCT day, source_partition FROM snapshots",
         "CREATE MATERIALIZED VIEW peer_touched_rejections_mv TO peer_touched AS "
         "SELECT DISTINCT day, source_partition FROM rejections",
-        "CREATE MATERIALIZED VIEW peer_rollup_mv TO rollup_partitions AS SELECT day, source_partition, "
+        "CREATE MATERIALIZED VIEW peer_rollup_refresh REFRESH EVERY 1 SECOND APPEND TO rollup_partitions AS "
+        "SELECT day, source_partition, "
         "bitShiftLeft(toUInt128(1), 64) + toUInt128(toUnixTimestamp64Nano(now64(9))) AS version, "
         "now64(6, 'UTC') AS computed_at, deployments, default_uid_deployments, inconsistent_deployments, cli_installs, "
         "gateways, end_devices, active_end_devices, active_last_day, active_last_week, active_last_month, applications, "
         "users_standard, users_admin, organizations, gateways_by_frequency_plan, deployments_by_version, "
         "deployments_by_os, deployments_by_arch, deployments_by_go_version, cli_by_version, cli_by_os, cli_by_arch, "
         "rejected_by_reason "
-        "FROM (SELECT DISTINCT day, source_partition FROM peer_touched) AS t "
+        f"FROM (SELECT DISTINCT day, source_partition FROM peer_touched WHERE {recent}) AS t "
         "LEFT JOIN (SELECT day, source_partition, countIf(kind = 'is') AS deployments, "
         "countIf(kind = 'is' AND default_uid) AS default_uid_deployments, "
         "countIf(kind = 'is' AND notEmpty(flags)) AS inconsistent_deployments, countIf(kind = 'cli') AS cli_installs, "
@@ -363,10 +381,10 @@ def pipeline_sql(
         "sumMapIf(map(version_major_minor, toUInt64(1)), kind = 'cli') AS cli_by_version, "
         "sumMapIf(map(operating_system, toUInt64(1)), kind = 'cli') AS cli_by_os, "
         "sumMapIf(map(arch, toUInt64(1)), kind = 'cli') AS cli_by_arch "
-        "FROM snapshots FINAL WHERE (day, source_partition) IN (SELECT day, source_partition FROM peer_touched) "
+        f"FROM snapshots FINAL WHERE (day, source_partition) IN (SELECT day, source_partition FROM peer_touched WHERE {recent}) "
         "GROUP BY day, source_partition) AS s USING (day, source_partition) "
         "LEFT JOIN (SELECT day, source_partition, sumMap(map(reason, toUInt64(1))) AS rejected_by_reason "
-        "FROM rejections FINAL WHERE (day, source_partition) IN (SELECT day, source_partition FROM peer_touched) "
+        f"FROM rejections FINAL WHERE (day, source_partition) IN (SELECT day, source_partition FROM peer_touched WHERE {recent}) "
         "GROUP BY day, source_partition) AS r USING (day, source_partition)",
     ]
 
@@ -380,7 +398,7 @@ def run(
     chdb_dir: str,
     out: str,
     export_dir: str | None = None,
-    timeout_s: float = 300,
+    timeout_s: float = 240,
 ) -> None:
     """Store the topic's bodies through the pipeline's SQL; write the figures to `out`, the tables to `export_dir`."""
     import chdb
@@ -406,7 +424,12 @@ def run(
         for statement in statements:
             q(statement)
     statements = pipeline_sql(
-        bootstrap, topic, group, settings.kafka.partitions, settings.processors.plausibility_limit
+        bootstrap,
+        topic,
+        group,
+        settings.kafka.partitions,
+        settings.processors.plausibility_limit,
+        settings.processors.state_days,
     )
     for statement in statements:
         try:
@@ -416,23 +439,38 @@ def run(
                 raise
     deadline = time.monotonic() + timeout_s
     t0 = cpu0 = None
-    # done when the day aggregates count every snapshot and rejection: the last step of the chain has run
+    # done when the day aggregates count every snapshot and rejection: the last step has run. The polls are cheap
+    # (counts from the parts) until the counts are reached, and 0.1 s apart: their CPU counts as the peer's
+    counts = "SELECT (SELECT count() FROM snapshots), (SELECT count() FROM rejections)"
     done = (
         "SELECT (SELECT count() FROM snapshots FINAL), (SELECT count() FROM rejections FINAL), "
         "(SELECT sum(deployments + cli_installs) FROM daily_rollup), "
         "(SELECT sum(arraySum(mapValues(rejected_by_reason))) FROM daily_rollup)"
     )
     want = [expect["distinct_day_uid"], expect["rejected"]] * 2
+    consumers = (
+        "SELECT num_messages_read, num_commits, assignments.partition_id, exceptions.text, (SELECT groupArray((name, "
+        "value, last_error_message)) FROM system.errors WHERE last_error_time > now() - 600) FROM system.kafka_consumers"
+    )
+    said = time.monotonic()
     while True:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the Kafka engine peer did not store everything within {timeout_s}s: {q(done)}")
+            raise RuntimeError(
+                f"the Kafka engine peer did not store everything within {timeout_s}s: stored {q(done)}, expected "
+                f"{want}; its consumer: {q(consumers)}"
+            )
+        if time.monotonic() - said > 10:  # a line in the child's log every 10 s while it waits
+            said = time.monotonic()
+            print(f"waiting: stored {q(done)}; consumer {q(consumers)[:1000]}", flush=True)
         if t0 is None and q("SELECT count() FROM system.kafka_consumers WHERE notEmpty(assignments.topic)") != "0":
             t0, cpu0 = time.perf_counter(), time.process_time()
-        stored = [int(x) for x in q(done).split("\t")]
-        if stored == want:
-            t1, cpu1 = time.perf_counter(), time.process_time()
-            break
-        time.sleep(0.05)
+        snapshots, rejections = (int(x) for x in q(counts).split("\t"))
+        if snapshots >= want[0] and rejections >= want[1]:
+            stored = [int(x) for x in q(done).split("\t")]
+            if stored == want:
+                t1, cpu1 = time.perf_counter(), time.process_time()
+                break
+        time.sleep(0.1)
     if t0 is None:
         raise RuntimeError("the Kafka engine stored everything before its assignment was seen")
     fig = _figures(n, t1 - t0, cpu1 - cpu0, snapshots=stored[0], rejections=stored[1])
