@@ -13,18 +13,24 @@ leaves it. Into it, a chain of materialized views:
       -> snapshots            the valid ones, less exact re-sends of the snapshot a UID already has that day (the
                               worker keeps the first of identical bodies: its receive time and position); only
                               bodies in their UID's partition (the worker re-keys the others; the bench has none)
-      -> peer_touched  (Null) the (day, partition) pairs a write touched, from `snapshots` and `rejections`
-      -> rollup_partitions    each touched (day, partition) recomputed from `snapshots` FINAL and `rejections`
-                              FINAL: the same figures as the worker's incremental roll-up
+           -> peer_latest     (day, uid, partition, version, body hash) of what was written: the stored side of the
+                              re-send rule, read within each partition's state window (processors.state_days)
+      -> peer_touched         the (day, partition) pairs written to, from `snapshots` and `rejections`, with when
+    peer_rollup_refresh (a refreshable view, every second) -> rollup_partitions: each (day, partition) written to
+                              in the last 5 s recomputed from `snapshots` FINAL and `rejections` FINAL: the same
+                              figures as the worker's incremental roll-up
+
+A view reads the block that triggers it once: with a second read (an IN subquery over the same block) ClickHouse
+logged "Cannot clone ReadFromStorage plan step" and, now and then, a block's rows went missing. And a view triggered
+by a write may not see that write's own rows in the table, so the roll-up reads what is committed, every second.
 
 Validation follows processors/validate.py and the message definition (is_telemetry/schema.py: the UID patterns,
 the count fields, which of them may be null, read from the pydantic model): the same reason codes, in the same
 precedence; the messages are shorter. Where SQL cannot follow pydantic (a key given twice in one object: ClickHouse
 reads the first, pydantic the last; NaN or Infinity in a field the schema does not know; Unicode digits and spaces
 in a version), a body may be judged otherwise: none of these is in the bench's input, and the bench checks that
-the stored tables equal the worker's. Not done: the worker's dead-letter and re-key records (Kafka writes), and
-its state window (a record more than `processors.state_days` behind its partition's newest day; the bench's input
-is in receive order, so it has none).
+the stored tables equal the worker's. Not done: the worker's dead-letter and re-key records (Kafka writes). A record
+older than its partition's state window is written whatever it repeats, as the worker writes a late record.
 
 librdkafka's session timeout is set to 10 s through a server config file (with its 45 s default it waits ~25 s for
 partitions on the embedded broker). Blocks of 200 records (RECORDS_PER_BLOCK) measured best.
