@@ -308,27 +308,8 @@ def pipeline_sql(
         "FROM (SELECT *, body AS b, JSONType(b, 'entities_count') = 'Object' AS is_is FROM peer_bodies)"
     )
     return [
-        f"CREATE TABLE peer_kq (raw String) ENGINE = Kafka SETTINGS kafka_broker_list = '{bootstrap}', "
-        f"kafka_topic_list = '{topic}', kafka_group_name = '{group}', kafka_format = 'RawBLOB', "
-        f"kafka_max_block_size = {int(records_per_block)}, kafka_flush_interval_ms = 250, kafka_num_consumers = 1, "
-        "kafka_thread_per_consumer = 1",
         "CREATE TABLE peer_bodies (topic String, partition UInt32, offset UInt64, idx UInt32, received_at_ms Int64, "
         "rate_limited Bool, bad_batch Bool, body String) ENGINE = Null",
-        # a record's bodies: its frames (or itself); a frame that cannot be read makes the record one bad_batch body
-        "CREATE MATERIALIZED VIEW peer_bodies_mv TO peer_bodies AS "
-        "SELECT topic, partition, offset, toUInt32(i - 1) AS idx, ms AS received_at_ms, rate_limited, "
-        "batched AND NOT frames AS bad_batch, body "
-        "FROM (SELECT _topic AS topic, toUInt32(_partition) AS partition, _offset AS offset, "
-        f"{_header('format')} = 'telemetry-batch/1' AS batched, {_header('rate_limited')} = '1' AS rate_limited, "
-        "if(batched, splitByChar('\\n', raw), []) AS lines, "
-        f"batched AND arrayAll(l -> {_FRAME_OK}, lines) AS frames, "
-        "if(frames, arrayMap(l -> if(JSONHas(l, 'body'), JSONExtractString(l, 'body'), "
-        "base64Decode(JSONExtractString(l, 'body_base64'))), lines), "
-        "[if(batched, substring(raw, 1, 4096), raw)]) AS bodies, "
-        "if(frames, arrayMap(l -> JSONExtractInt(l, 'received_at_ms'), lines), "
-        f"[ifNull(toInt64OrNull({_header('received_at_ms')}), ifNull(toUnixTimestamp64Milli(_timestamp_ms), 0))]) "
-        "AS times FROM peer_kq) "
-        "ARRAY JOIN bodies AS body, times AS ms, arrayEnumerate(bodies) AS i",
         f"CREATE TABLE peer_reads ENGINE = Null AS {reads}",
         f"CREATE MATERIALIZED VIEW peer_reads_mv TO peer_reads AS {reads}",
         f"CREATE TABLE peer_checked ({CHECKED_COLUMNS}) ENGINE = Null",
@@ -392,7 +373,37 @@ def pipeline_sql(
         "LEFT JOIN (SELECT day, source_partition, sumMap(map(reason, toUInt64(1))) AS rejected_by_reason "
         f"FROM rejections FINAL WHERE (day, source_partition) IN (SELECT day, source_partition FROM peer_touched WHERE {recent}) "
         "GROUP BY day, source_partition) AS r USING (day, source_partition)",
+        # the Kafka table and its view last: the engine reads as soon as a view is attached, and a block that finds
+        # the next views missing is lost (and committed)
+        f"CREATE TABLE peer_kq (raw String) ENGINE = Kafka SETTINGS kafka_broker_list = '{bootstrap}', "
+        f"kafka_topic_list = '{topic}', kafka_group_name = '{group}', kafka_format = 'RawBLOB', "
+        f"kafka_max_block_size = {int(records_per_block)}, kafka_flush_interval_ms = 250, kafka_num_consumers = 1, "
+        "kafka_thread_per_consumer = 1",
+        # a record's bodies: its frames (or itself); a frame that cannot be read makes the record one bad_batch body
+        "CREATE MATERIALIZED VIEW peer_bodies_mv TO peer_bodies AS "
+        "SELECT topic, partition, offset, toUInt32(i - 1) AS idx, ms AS received_at_ms, rate_limited, "
+        "batched AND NOT frames AS bad_batch, body "
+        "FROM (SELECT _topic AS topic, toUInt32(_partition) AS partition, _offset AS offset, "
+        f"{_header('format')} = 'telemetry-batch/1' AS batched, {_header('rate_limited')} = '1' AS rate_limited, "
+        "if(batched, splitByChar('\\n', raw), []) AS lines, "
+        f"batched AND arrayAll(l -> {_FRAME_OK}, lines) AS frames, "
+        "if(frames, arrayMap(l -> if(JSONHas(l, 'body'), JSONExtractString(l, 'body'), "
+        "base64Decode(JSONExtractString(l, 'body_base64'))), lines), "
+        "[if(batched, substring(raw, 1, 4096), raw)]) AS bodies, "
+        "if(frames, arrayMap(l -> JSONExtractInt(l, 'received_at_ms'), lines), "
+        f"[ifNull(toInt64OrNull({_header('received_at_ms')}), ifNull(toUnixTimestamp64Milli(_timestamp_ms), 0))]) "
+        "AS times FROM peer_kq) "
+        "ARRAY JOIN bodies AS body, times AS ms, arrayEnumerate(bodies) AS i",
     ]
+
+
+#: Seconds without a new row, once it has partitions, before a run fails as stalled (rather than at its timeout):
+#: records committed whose rows never arrive (as when the Kafka table was created before the views below it).
+STALL_S = 30.0
+
+
+class Stalled(RuntimeError):
+    """The Kafka engine committed records whose rows never arrived."""
 
 
 def run(
@@ -458,8 +469,14 @@ def run(
         "SELECT num_messages_read, num_commits, assignments.partition_id, exceptions.text, (SELECT groupArray((name, "
         "value, last_error_message)) FROM system.errors WHERE last_error_time > now() - 600) FROM system.kafka_consumers"
     )
-    said = time.monotonic()
+    said = progressed = time.monotonic()
+    last: tuple[int, ...] = ()
     while True:
+        if t0 is not None and time.monotonic() - progressed > STALL_S:
+            raise Stalled(
+                f"the Kafka engine peer stalled: nothing new stored for {STALL_S:.0f}s; stored {q(done)}, expected "
+                f"{want}; its consumer (messages read, commits): {q(consumers)}"
+            )
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"the Kafka engine peer did not store everything within {timeout_s}s: stored {q(done)}, expected "
@@ -471,6 +488,8 @@ def run(
         if t0 is None and q("SELECT count() FROM system.kafka_consumers WHERE notEmpty(assignments.topic)") != "0":
             t0, cpu0 = time.perf_counter(), time.process_time()
         snapshots, rejections = (int(x) for x in q(counts).split("\t"))
+        if (snapshots, rejections) != last:
+            last, progressed = (snapshots, rejections), time.monotonic()
         if snapshots >= want[0] and rejections >= want[1]:
             stored = [int(x) for x in q(done).split("\t")]
             if stored == want:
