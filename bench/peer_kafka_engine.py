@@ -20,9 +20,11 @@ leaves it. Into it, a chain of materialized views:
                               in the last 5 s recomputed from `snapshots` FINAL and `rejections` FINAL: the same
                               figures as the worker's incremental roll-up
 
-A view reads the block that triggers it once: with a second read (an IN subquery over the same block) ClickHouse
-logged "Cannot clone ReadFromStorage plan step" and, now and then, a block's rows went missing. And a view triggered
-by a write may not see that write's own rows in the table, so the roll-up reads what is committed, every second.
+The Kafka table and its view are created last: the engine reads as soon as a view is attached to it, and a block
+that finds the views below missing is lost, yet committed (a first version lost half its rows now and then so). A
+view reads the block that triggers it once (a second read, an IN subquery over the same block, made ClickHouse log
+"Cannot clone ReadFromStorage plan step"), and the roll-up reads only what is committed, every second (a roll-up
+triggered by the write was the first version; whether it sees the write's own rows was not settled).
 
 Validation follows processors/validate.py and the message definition (is_telemetry/schema.py: the UID patterns,
 the count fields, which of them may be null, read from the pydantic model): the same reason codes, in the same
