@@ -1,6 +1,6 @@
 """A/B of worker settings, interleaved on one broker: what a lever is worth, measured side by side.
 
-    python -m bench.ab_worker [--rounds 3] [--messages 40000] NAME[:VAR=VALUE,...] ...
+    python -m bench.ab_worker [--rounds 3] [--messages 40000] [--smoke] NAME[:VAR=VALUE,...] ...
 
 Each NAME is a variant: `plain` runs the plain-consumer peer (bench/peers.py), `plain_same_work` the plain loop
 doing the worker's work (its pipeline, roll-up and store, in sequence: not a peer, a reference); any other name
@@ -11,7 +11,9 @@ by thread), then the median per variant.
 
     python -m bench.ab_worker plain base big:IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000
 
-Not one of `python -m bench`'s benches (its name does not start with bench_): a tool for trying levers.
+Not one of `python -m bench`'s benches (its name does not start with bench_): a tool for trying levers. Its last
+line is `fastest=<name>`. `--smoke`: one round of 2,000 bodies, `plain` and `base` unless variants are given
+(`python -m bench --smoke`).
 """
 
 from __future__ import annotations
@@ -46,11 +48,20 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.ab_worker", description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "variants", nargs="+", help="NAME[:VAR=VALUE,...]; the names plain and plain_same_work run those peers"
+        "variants", nargs="*", help="NAME[:VAR=VALUE,...]; the names plain and plain_same_work run those peers"
     )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--messages", type=int, default=40_000)
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny size: that the tool runs end to end and prints its verdict line (python -m bench --smoke)",
+    )
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.messages, args.variants = 1, 2000, args.variants or ["plain", "base"]
+    if not args.variants:
+        ap.error("name at least one variant (example: plain base big:IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000)")
     variants = [parse_variant(v) for v in args.variants]
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _env in variants}
@@ -65,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         if name in PEERS:
                             fig = bp.run_child(name, bootstrap, topic, args.messages, expect, workdir)
                         else:
-                            fig = bp.run_full(bootstrap, topic, args.messages, expect, workdir)
+                            fig = bp.run_full(bootstrap, topic, args.messages, expect, workdir, export=False)
                     finally:
                         os.environ.clear()
                         os.environ.update(saved)
@@ -83,7 +94,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"{name:14s} median {medians[name]:>8,} msgs/s  {cpu:6.1f} us CPU/msg  runs {[f['msgs_per_s'] for f in figs]}"
         )
-    return {"msgs_per_s": medians, "runs": runs}
+    fastest = max(medians, key=lambda name: medians[name])
+    last_line = f"fastest={fastest}"
+    print(last_line)
+    return {"msgs_per_s": medians, "runs": runs, "last_line": last_line}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ POST /api/sql):
 - `saturated`: as many such queries as there are analyst sessions (api.query_concurrency, 4), plus more that are
   turned away (503). Latency is then read from the worker's sink metric instead (no SQL session is free).
 Prints the medians, the ratio of each phase to `alone` (the baseline, measured in the same run) and the load
-average. The batch interval (processors.batch_seconds, 1 s) dominates every figure.
+average. The batch interval (processors.batch_seconds, 1 s) dominates every figure. The last line is
+`heavy_vs_alone=<x> saturated_vs_alone=<x>`. `--smoke`: 2 bodies per phase.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def body(seed: str) -> tuple[str, bytes]:
 
 
 class Stack:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         broker, self.collector_port, self.api_port = free_ports(3)
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.collect = f"http://127.0.0.1:{self.collector_port}/collect"
@@ -73,6 +74,7 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=data_dir,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 120
         while "Ctrl-C stops everything" not in self.log.read_text(errors="replace"):
@@ -118,10 +120,18 @@ def heavy_queries(stack: Stack, n: int, stop: threading.Event) -> list[threading
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_api_isolation", description=__doc__.splitlines()[0])
     ap.add_argument("--posts", type=int, default=10, help="bodies per phase")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny size: that the bench runs end to end and prints its verdict line (python -m bench --smoke)",
+    )
     args = ap.parse_args(argv if argv is not None else sys.argv[1:])
+    if args.smoke:
+        args.posts = 2
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-api-isolation-") as tmp:
-        stack = Stack(Path(tmp) / "stack")
+        # the smoke: heavy queries stopped after 5 s, not 30 (stopping the stack waits for the queries running)
+        stack = Stack(Path(tmp) / "stack", {"IS_TELEMETRY_API__QUERY_TIMEOUT_S": "5"} if args.smoke else None)
         try:
             stack.post_until_stored("warm-up")  # the consumer group join
             phases: dict[str, list[float]] = {}
@@ -146,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out[f"{name}_median_ms"] = round(median * 1000)
         out[f"{name}_vs_alone"] = round(median / base, 2)
     out["load_average"] = round(os.getloadavg()[0], 2)
-    print(f"heavy_vs_alone={out['heavy_vs_alone']} saturated_vs_alone={out['saturated_vs_alone']}")
+    out["last_line"] = f"heavy_vs_alone={out['heavy_vs_alone']} saturated_vs_alone={out['saturated_vs_alone']}"
+    print(out["last_line"])
     return out
 
 

@@ -1,6 +1,6 @@
 """Write cost per batch as one day's fleet grows: 10k, 100k and 1M UIDs through the real write path.
 
-    python -m bench.bench_day_scaling [--sizes 10000,100000,1000000] [--batch 5000]
+    python -m bench.bench_day_scaling [--sizes 10000,100000,1000000] [--batch 5000] [--smoke]
 
 For each size, in a fresh chDB directory: one UTC day on which N distinct Identity Server UIDs (88-char base64
 SHA-512, ~600-byte bodies) each report once, fed in batches of B records through
@@ -11,7 +11,8 @@ day), so its cost grew with the day; now no write reads a day back.
 
 Prints, per size, the median time per batch of the write and of roll-up + write over the second half of the
 batches (the day is large by then), the load average, and as its last line `ratio_1M_vs_10k=<x>`: the median
-roll-up + write per batch at the largest size over the smallest (goal: at most 1.5).
+roll-up + write per batch at the largest size over the smallest (goal: at most 1.5). `--smoke`: 500 and 1,000 UIDs
+in batches of 250 (its last line then `ratio_1k_vs_500=<x>`).
 """
 
 from __future__ import annotations
@@ -85,7 +86,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_day_scaling", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="UIDs per day, comma-separated")
     ap.add_argument("--batch", type=int, default=2000, help="records per batch")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny size: that the bench runs end to end and prints its verdict line (python -m bench --smoke)",
+    )
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.batch = "500,1000", 250
     sizes = [int(x) for x in args.sizes.split(",")]
     results = []
     for n in sizes:
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = {"sizes": results, "ratio": round(ratio, 2), "load_average": round(os.getloadavg()[0], 2)}
     label = f"{sizes[-1] // 1_000_000}M" if sizes[-1] >= 1_000_000 else f"{sizes[-1] // 1000}k"
     first = f"{sizes[0] // 1000}k" if sizes[0] >= 1000 else str(sizes[0])
-    print(f"ratio_{label}_vs_{first}={ratio:.2f}")
+    out["last_line"] = f"ratio_{label}_vs_{first}={ratio:.2f}"
+    print(out["last_line"])
     return out
 
 

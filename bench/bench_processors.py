@@ -1,6 +1,6 @@
 """Processors throughput: the full worker against the alternatives a user would pick instead, in one run.
 
-    python -m bench.bench_processors [--messages N] [--repeats R] [--take] [--single]
+    python -m bench.bench_processors [--messages N] [--repeats R] [--take] [--single] [--only V,...] [--smoke]
 
 One embedded broker (Tansu, 8 partitions). N realistic bodies from the fleet simulator
 (`producers.simulator.generate`: ~510-byte IS/CLI bodies over 30 days, with its re-sends, changed bodies,
@@ -14,25 +14,32 @@ Then, R times, each variant reads a whole topic from offset 0 with a consumer gr
 2. bare         - a faust agent in a child (`faust_app()` with the worker's settings, spinner off):
                   `async for value in stream: orjson.loads(value)` (single-body topic): faust's per-record cost;
 3. take         - (with --take) the same with the worker's loop shape (`noack_take`, per-event acks);
-4. plain        - peer: an aiokafka consumer with the project's own parsing and validation, latest per (day, UID),
-                  one insert per table per batch, commit after insert, the worker's GC settings (bench/peers.py);
-5. kafka_engine - peer: ClickHouse's Kafka table engine in chDB, validation and extraction in SQL materialized
-                  views (bench/peers.py);
-6. plain_same_work - not a peer, a reference: a plain aiokafka loop doing the worker's work in sequence (its
+4. plain        - the floor to chase, not a peer with equal output: an aiokafka consumer with the project's own
+                  parsing and validation, latest per (day, UID), one insert per table per batch into `snapshots` and
+                  `rejections` only (no day aggregates, no views), commit after insert (bench/peers.py);
+5. kafka_engine - peer with equal output: ClickHouse's Kafka table engine in chDB, validation, the re-send rule and
+                  the roll-up in SQL materialized views into the project's tables (bench/peer_kafka_engine.py);
+6. quixstreams  - peer with equal output: a quixstreams application running the worker's pipeline, roll-up and
+                  store (bench/peer_quixstreams.py);
+7. plain_same_work - not a peer, a reference: a plain aiokafka loop doing the worker's work in sequence (its
                   pipeline, roll-up and store with every view; no dead letters published): what faust and the
                   worker's pipelined write cost or gain (`full_vs_plain_same_work`);
-7. full         - a real `is-telemetry worker` process (validate, re-key check, roll-up, sink to a fresh chDB);
-8. full_single  - (with --single) the same worker on the single-body topic.
+8. full         - a real `is-telemetry worker` process (validate, re-key check, roll-up, sink to a fresh chDB);
+9. full_single  - (with --single) the same worker on the single-body topic.
 Peers and the worker read the raw topic; each must end with the exact snapshot count (distinct (day, UID) of the
-valid bodies) and rejection count, or the run fails.
+valid bodies) and rejection count, or the run fails. The peers with equal output (and plain_same_work) must also
+store exactly what the worker stores, in every table analysts query (bench/equal_output.py: snapshots, rejections
+with their reasons, the day aggregates per partition and per day): each run's tables are compared with the first
+worker run's, and the bench fails on any difference; it prints a line saying they match.
 
 Timing starts when the consumer has its partitions (rebalance listener; faust's "Ready"; the Kafka engine's
 `system.kafka_consumers` assignment) and ends when everything is stored. CPU seconds of the consuming process over
 the same interval are reported per body, and for the worker per thread (its event loop against ClickHouse's
 threads). The worker's run ends at its sink's last write once every body is
 acknowledged as stored; its final partial batch waits out processors.batch_seconds, so a "steady" rate without it
-is reported too. `main()` prints and returns the medians (and every sample); the last line is
-`full_vs_fastest_peer=<ratio>` (the worker's median over the faster peer's).
+is reported too. `main()` prints and returns the medians (and every sample); it prints `full_vs_plain=<x>` (the
+floor) and, as its last line, `full_vs_best_equal_output_peer=<x>`: the worker's median msgs/s over the best peer
+with equal output's (target >= 1.0). `--smoke`: 2,000 bodies, one round of every variant, the equality checked.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.equal_output import TABLES
 from is_telemetry.runtime import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,11 +276,19 @@ def _faust_child(mode: str, bootstrap: str, topic_name: str, group: str, n: int,
         pass
 
 
+#: The variants that store what the worker stores (their tables are compared with the worker's); the first two are
+#: the peers the verdict is measured against, plain_same_work a reference.
+EQUAL_OUTPUT_PEERS = ("kafka_engine", "quixstreams")
+EQUAL_OUTPUT = (*EQUAL_OUTPUT_PEERS, "plain_same_work")
+
+
 def run_child(
     mode: str, bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir: Path, timeout_s: float = 300
 ) -> dict[str, Any]:
-    """One measurement in a child process of its own: `bare`/`take` faust agents, the `plain`/`kafka_engine` peers."""
+    """One measurement in a child process of its own: `bare`/`take` faust agents, the peers. The peers with equal
+    output export their tables; the figures then say where (`export`)."""
     tag = uuid.uuid4().hex[:8]
+    export_dir = workdir / f"export-{mode}-{tag}"
     out = workdir / f"{mode}-{tag}.json"
     group = f"bench-{mode}-{tag}"
     log = workdir / f"{mode}.log"
@@ -298,6 +314,7 @@ def run_child(
                 str(workdir / f"chdb-{tag}"),
                 "--expect",
                 json.dumps(expect),
+                *(["--export", str(export_dir)] if mode in EQUAL_OUTPUT else []),
             ],
             cwd=workdir,
             env=_child_env(),
@@ -319,6 +336,8 @@ def run_child(
             f"{mode} stored {fig['snapshots']} snapshots and {fig['rejections']} rejections, expected "
             f"{expect['distinct_day_uid']} and {expect['rejected']}"
         )
+    if mode in EQUAL_OUTPUT:
+        fig["export"] = str(export_dir)
     return fig
 
 
@@ -338,8 +357,15 @@ def _sum(m: dict[str, float], prefix: str) -> float:
 
 
 def run_full(
-    bootstrap: str, topic: str, n: int, expect: dict[str, Any], workdir: Path, timeout_s: float = 600
+    bootstrap: str,
+    topic: str,
+    n: int,
+    expect: dict[str, Any],
+    workdir: Path,
+    timeout_s: float = 600,
+    export: bool = True,
 ) -> dict[str, Any]:
+    """A real worker, timed; with `export`, its tables exported once it has stopped (the figures say where)."""
     import httpx
 
     from is_telemetry.broker import free_port
@@ -412,6 +438,31 @@ def run_full(
         in_clickhouse = int(body["rows"][0][0])
     finally:
         stop_process(proc, 60)
+    export_dir = data.parent / f"export-full-{data.name}"
+    exported = (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_processors",
+                "--child",
+                "export",
+                "--chdb",
+                str((data / "chdb").resolve()),
+                "--export",
+                str(export_dir),
+            ],
+            cwd=workdir,
+            env=_child_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if export
+        else None
+    )
+    if exported is not None and exported.returncode != 0:
+        raise RuntimeError(f"exporting the worker's tables failed: {exported.stderr[-3000:]}")
     if in_clickhouse != expect["distinct_day_uid"]:
         raise RuntimeError(f"ClickHouse has {in_clickhouse} snapshots, expected {expect['distinct_day_uid']}")
     if int(_sum(m, "is_telemetry_processor_rejected_total")) != expect["rejected"]:
@@ -441,6 +492,8 @@ def run_full(
             k: round(v / n * 1e6, 1) for k, v in sorted(thread_cpu.items(), key=lambda kv: -kv[1]) if v >= 0.01
         },
     )
+    if export:
+        fig["export"] = str(export_dir)
     if os.environ.get("BENCH_KEEP_LOG"):
         shutil.copy(log, os.environ["BENCH_KEEP_LOG"])
     shutil.rmtree(data, ignore_errors=True)
@@ -448,6 +501,23 @@ def run_full(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_equal(reference: Path | None, pending: list[tuple[str, Path]], equal: dict[str, int]) -> None:
+    """Compare each pending export with the worker's (`reference`), then delete it; raise on any difference."""
+    from bench.equal_output import differences
+
+    if reference is None:
+        return
+    while pending:
+        name, export = pending.pop(0)
+        if export == reference:
+            continue
+        found = differences(reference, export)
+        if found:
+            raise RuntimeError(f"{name} does not store what the worker stores:\n  " + "\n  ".join(found))
+        equal[name] = equal.get(name, 0) + 1
+        shutil.rmtree(export, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -458,21 +528,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--single", action="store_true", help="also measure the worker on the single-body topic")
     ap.add_argument("--only", help="comma-separated variants to measure (default: all)")
     ap.add_argument(
-        "--child", choices=["bare", "take", "plain", "plain_same_work", "kafka_engine"], help=argparse.SUPPRESS
+        "--smoke",
+        action="store_true",
+        help="a tiny size: that the bench runs end to end and prints its verdict line (python -m bench --smoke)",
     )
-    for hidden in ("--bootstrap", "--topic", "--group", "--out", "--chdb", "--expect"):
+    ap.add_argument(
+        "--child",
+        choices=["bare", "take", "plain", "plain_same_work", "kafka_engine", "quixstreams", "export"],
+        help=argparse.SUPPRESS,
+    )
+    for hidden in ("--bootstrap", "--topic", "--group", "--out", "--chdb", "--expect", "--export"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.messages, args.repeats = 2000, 1
     if args.child in ("bare", "take"):
         _faust_child(args.child, args.bootstrap, args.topic, args.group, args.messages, args.out)
         return {}
-    if args.child:
-        from bench import peers
+    if args.child == "export":
+        from bench.equal_output import export_store
 
-        run = {"plain": peers.run_plain, "plain_same_work": peers.run_plain_same_work}.get(
-            args.child, peers.run_kafka_engine
+        export_store(f"chdb://{args.chdb}", Path(args.export))
+        return {}
+    if args.child:
+        from bench import peer_kafka_engine, peer_quixstreams, peers
+
+        run = {
+            "plain": peers.run_plain,
+            "plain_same_work": peers.run_plain_same_work,
+            "kafka_engine": peer_kafka_engine.run,
+            "quixstreams": peer_quixstreams.run,
+        }[args.child]
+        run(
+            args.bootstrap,
+            args.topic,
+            args.group,
+            args.messages,
+            json.loads(args.expect),
+            args.chdb,
+            args.out,
+            args.export,
         )
-        run(args.bootstrap, args.topic, args.group, args.messages, json.loads(args.expect), args.chdb, args.out)
         return {}
 
     n = args.messages
@@ -481,16 +577,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bare",
         *(["take"] if args.take else []),
         "plain",
-        "kafka_engine",
+        *EQUAL_OUTPUT_PEERS,
         "plain_same_work",
         "full",
         *(["full_single"] if args.single else []),
     ]
     if args.only:
         variants = [v for v in variants if v in args.only.split(",")]
-    peer_names = [v for v in ("plain", "kafka_engine") if v in variants]
     samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     load = {"before": _loadavg()}
+    reference: Path | None = None  # the first worker run's tables: every equal-output run must match them
+    pending: list[tuple[str, Path]] = []
+    equal: dict[str, int] = {}  # runs found equal to the worker's, by variant
     with tempfile.TemporaryDirectory(prefix="bench-processors-") as tmp:
         workdir = Path(tmp)
         with input_topics(workdir, n) as (bootstrap, topic, single, expect, partitions):
@@ -508,6 +606,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         fig = run_full(bootstrap, topic if v == "full" else single, n, expect, workdir)
                     else:
                         fig = run_child(v, bootstrap, single if v in ("bare", "take") else topic, n, expect, workdir)
+                    export = Path(fig.pop("export")) if "export" in fig else None
+                    if v == "full" and reference is None:
+                        reference = export
+                    elif export is not None and v in (*EQUAL_OUTPUT, "full"):
+                        pending.append((v, export))
+                    elif export is not None:
+                        shutil.rmtree(export, ignore_errors=True)
+                    _check_equal(reference, pending, equal)
                     samples[v].append(fig)
                     extra = ""
                     if v.startswith("full"):
@@ -523,6 +629,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"{fig['cpu_us_per_msg']:6.1f} us CPU/msg{extra}  load {_loadavg()}",
                         flush=True,
                     )
+    if pending:  # --only without full: measured, not compared
+        print(f"not compared with the worker's tables (no worker run): {', '.join(sorted({n for n, _ in pending}))}")
     load["after"] = _loadavg()
     med = {v: round(statistics.median(s["msgs_per_s"] for s in samples[v])) for v in variants}
     cpu = {v: round(statistics.median(s["cpu_us_per_msg"] for s in samples[v]), 1) for v in variants}
@@ -536,16 +644,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "loadavg": load,
         "samples": samples,
+        "equal_output_runs": equal,
     }
-    ratios = {f"full_vs_{p}": round(med["full"] / med[p], 3) for p in peer_names if "full" in med}
-    if "full" in med and "plain_same_work" in med:  # a reference, not a peer: what faust and the pipelining give
-        ratios["full_vs_plain_same_work"] = round(med["full"] / med["plain_same_work"], 3)
-    if "full" in med and "bare" in med:
-        ratios["full_vs_bare"] = round(med["full"] / med["bare"], 3)
-    if "take" in med and "bare" in med:
-        ratios["take_vs_bare"] = round(med["take"] / med["bare"], 3)
-    if "full_single" in med and "full" in med:
-        ratios["full_vs_full_single"] = round(med["full"] / med["full_single"], 3)
+    ratios = {f"full_vs_{p}": round(med["full"] / med[p], 3) for p in variants if p != "full" and "full" in med}
     result["ratios"] = ratios
     steady = [s["steady_msgs_per_s"] for s in samples.get("full", []) if "steady_msgs_per_s" in s]
     if steady:
@@ -560,12 +661,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {k} {r:.2f}")
     if steady:
         print(f"  full without its last (partial, timer-flushed) batch: {result['full_steady_msgs_per_s']:,} msgs/s")
-    if peer_names and "full" in med:
-        fastest = max(peer_names, key=lambda p: med[p])
-        result["full_vs_fastest_peer"] = round(med["full"] / med[fastest], 3)
+    if equal:
+        runs = ", ".join(f"{name} ({k} run{'s' if k > 1 else ''})" for name, k in equal.items())
+        print(f"equal output: {runs} stored exactly what the worker stored: {TABLES}")
+    peers = [p for p in EQUAL_OUTPUT_PEERS if p in med]
+    if "full" in med and "plain" in med:
+        result["full_vs_plain"] = ratios["full_vs_plain"]
+        print(f"full_vs_plain={result['full_vs_plain']:.2f}")
+    if "full" in med and peers:
+        best = max(peers, key=lambda p: med[p])
+        result["best_equal_output_peer"] = best
+        result["full_vs_best_equal_output_peer"] = round(med["full"] / med[best], 3)
+        print(f"best peer with equal output: {best}")
         # `python -m bench` prints a bench's last_line after its summary table: the run's very last line
-        result["last_line"] = f"full_vs_fastest_peer={result['full_vs_fastest_peer']:.2f}"
-        print(f"fastest peer: {fastest}")
+        result["last_line"] = f"full_vs_best_equal_output_peer={result['full_vs_best_equal_output_peer']:.2f}"
         print(result["last_line"])
     return result
 

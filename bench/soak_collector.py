@@ -1,7 +1,7 @@
 """Collector soak: many concurrent clients for a bounded time; memory must stay flat and no record be lost.
 
     python -m bench.soak_collector [--seconds 300] [--clients 200] [--think-ms 20] [--reconnect-every 50]
-                                   [--bad-every 50] [--sample-every 5] [--json]
+                                   [--bad-every 50] [--sample-every 5] [--json] [--smoke]
 
 Starts an embedded broker (Tansu) on a free loopback port, a fresh raw topic, and the collector as a subprocess
 (`python -m producers.collector`, the same serve() that `is-telemetry collect` runs). Then C clients, each on
@@ -17,7 +17,8 @@ topic is read back by consuming it (Tansu's ListOffsets "latest" is wrong, so en
 - duplicated: records beyond the first for a UID (must be 0 here: no retries happen in a healthy run);
 - stored_unacknowledged: UIDs in the topic whose request did not get a 202 (allowed; a client would re-send).
 
-It prints RSS first/last/max and the counts; `main()` returns them as a dict (tests run it briefly).
+It prints RSS first/last/max and the counts, the last line `lost=<n> duplicated=<n>`; `main()` returns them as a
+dict (tests run it briefly). `--smoke`: 20 clients for 3 s (`python -m bench --smoke`).
 Loopback only; the broker and the collector are stopped at the end.
 """
 
@@ -306,7 +307,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sample-every", type=float, default=5.0, help="RSS sampling interval in seconds (default 5)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny size: that the tool runs end to end and prints its verdict line (python -m bench --smoke)",
+    )
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.clients, args.sample_every = 3.0, 20, 0.5
 
     run = uuid.uuid4().hex[:8]
     topic = f"soak-{run}"
@@ -362,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if collector is not None:
             collector.stop()
         broker.stop()
+    out["last_line"] = f"lost={out['lost']} duplicated={out['duplicated']}"
     if args.json:
         print(json.dumps(out))
     else:
@@ -378,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"records: {out['accepted']} acknowledged, {out['records_in_topic']} bodies in the topic; lost {out['lost']}, "
             f"duplicated {out['duplicated']}, stored but not acknowledged {out['stored_unacknowledged']}"
         )
+        print(out["last_line"])
     return out
 
 
