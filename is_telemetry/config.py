@@ -209,7 +209,11 @@ class _HttpEdge(_Section):
     header_timeout_s: float = Field(
         10.0, gt=0, description="A request's line and headers must arrive within this (else 408 and close)"
     )
-    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Larger request line + headers are refused with 431")
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Larger request line + headers, or a longer run of chunked framing (chunk-size lines, extensions, trailers), are refused with 431",
+    )
     request_timeout_s: float = Field(
         30.0,
         gt=0,
