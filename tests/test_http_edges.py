@@ -117,7 +117,10 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         try:
             topic = new_topic("edges")
             ensure_topics(collector_settings(broker.bootstrap_servers, topic))
-            c = CollectorProcess(broker.bootstrap_servers, topic, tmp, **EDGE)
+            # every test client is on loopback, one client to the per-client budgets: these tests are about
+            # connections, so its budgets are out of the way (tests/test_client_limits.py tests them)
+            budgets = {"CLIENT_REQUEST_BURST": 10**9, "CLIENT_BODY_BYTES_BURST": 10**12}
+            c = CollectorProcess(broker.bootstrap_servers, topic, tmp, **EDGE, **budgets)
             try:
                 yield Edge("collector", c.address[1], c.log, "/collect", SAMPLES["is-3.32.json"], 202, c.proc.pid)
             finally:
