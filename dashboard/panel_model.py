@@ -25,6 +25,12 @@ FLEET_COLUMNS = [
     "default_uid_deployments",
     "inconsistent_deployments",
 ]
+#: How many keys a panel lists, whatever the number of distinct keys stored (a sender may store up to 200 UIDs a day
+#: times the plausible sizes of docs/telemetry-message.md): the rest is one "other" row (its key null, `others` the
+#: number of keys it stands for, its counts their sum), computed in the panel's SQL.
+TOP_KEYS = 50  # one day's list: frequency plans, OS, architectures, CLI commands, aliases, versions' upgrade speed
+TOP_SERIES = 12  # a series per key over the days of the range: versions, versions behind, CLI version / OS / arch
+TOP_JUMPS = 100  # the data-quality panel's jumps, the largest
 #: The figure cards of /api/summary: (metric, label). `users` = standard + admin users.
 SUMMARY_METRICS = [
     ("deployments", "Deployments"),
