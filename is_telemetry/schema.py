@@ -234,8 +234,9 @@ def _too_long(names: Iterator[Any], what: str) -> str | None:
 
 def _beyond_usage_bounds(cli: Mapping[str, Any]) -> str | None:
     """What exceeds the plausible sizes in a CLI report's command usage (every list command_usage() finds), or None."""
-    commands = [c for _path, holder in command_usage(cli) for c in holder.get("commands") or ()]
-    aliases = [a for _path, holder in command_usage(cli) for a in holder.get("aliases") or ()]
+    holders = [holder for _path, holder in command_usage(cli)]
+    commands = [c for holder in holders for c in holder.get("commands") or ()]
+    aliases = [a for holder in holders for a in holder.get("aliases") or ()]
     if len(commands) > MAX_CLI_COMMANDS:
         return f"cli commands: {len(commands)} entries, above the bound of {MAX_CLI_COMMANDS} per report"
     if len(aliases) > MAX_CLI_ALIASES:
