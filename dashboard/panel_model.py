@@ -29,7 +29,10 @@ FLEET_COLUMNS = [
 #: times the plausible sizes of docs/telemetry-message.md): the rest is one "other" row (its key null, `others` the
 #: number of keys it stands for, its counts their sum), computed in the panel's SQL.
 TOP_KEYS = 50  # one day's list: frequency plans, OS, architectures, CLI commands, aliases, versions' upgrade speed
-TOP_SERIES = 12  # a series per key over the days of the range: versions, versions behind, CLI version / OS / arch
+#: a series per key over the days of the range (versions, versions behind, CLI version / OS / arch): the page draws
+#: 8 series and "other", and 3 dimensions x (8 + 1) rows x the longest range (3,660 days) stay within the 100,000
+#: result rows of a query
+TOP_SERIES = 8
 TOP_JUMPS = 100  # the data-quality panel's jumps, the largest
 #: The figure cards of /api/summary: (metric, label). `users` = standard + admin users.
 SUMMARY_METRICS = [

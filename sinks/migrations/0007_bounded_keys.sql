@@ -102,7 +102,7 @@ FROM
             active_last_day, active_last_week, active_last_month, applications, users_standard, users_admin, organizations,
             ordinal, established,
             -- the newest version: the newest that passes the bar (established, below), never one deployment's alone
-            maxIf(ordinal, established) OVER (PARTITION BY target) AS newest,
+            maxIf(ordinal, established) OVER by_version AS newest,
             multiIf(gateways_effective = 0, 0, gateways_effective < 10, 1, gateways_effective < 100, 10,
                     gateways_effective < 1000, 100, gateways_effective < 10000, 1000, 10000) AS gateway_bucket,
             multiIf(end_devices = 0, 0, end_devices < 10, 1, end_devices < 100, 10, end_devices < 1000, 100,
@@ -127,9 +127,8 @@ FROM
             -- deployments run a release build of it (not -dev); one forged deployment cannot make a version newest
             SELECT *,
                    carried AND NOT dev AND ordinal > 0
-                   AND countIf(carried AND NOT dev) OVER (PARTITION BY target, ordinal) >= 3
-                   AND countIf(carried AND NOT dev) OVER (PARTITION BY target, ordinal) * 100
-                       >= countIf(carried) OVER (PARTITION BY target) AS established
+                   AND countIf(carried AND NOT dev) OVER on_version >= 3
+                   AND countIf(carried AND NOT dev) OVER on_version * 100 >= countIf(carried) OVER by_version AS established
             FROM
         (
             SELECT
@@ -175,7 +174,11 @@ FROM
             ARRAY JOIN arrayFilter(t -> t >= s.day AND t <= s.day + {lookback:UInt32}, {days:Array(Date)}) AS target
             GROUP BY target, s.key
         )
+            -- both sorted as by_version: one sort (peers of an ordinal are the rows on that version)
+            WINDOW on_version AS (PARTITION BY target ORDER BY ordinal RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
+                   by_version AS (PARTITION BY target ORDER BY ordinal ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
         )
+        WINDOW by_version AS (PARTITION BY target ORDER BY ordinal ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
     )
     GROUP BY day
 ) AS i
