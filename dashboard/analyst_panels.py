@@ -17,7 +17,18 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
-from dashboard.panel_model import FLEET_COLUMNS, Query, Range, Result, Table, summary_rows, version_key
+from dashboard.panel_model import (
+    FLEET_COLUMNS,
+    TOP_JUMPS,
+    TOP_KEYS,
+    TOP_SERIES,
+    Query,
+    Range,
+    Result,
+    Table,
+    summary_rows,
+    version_key,
+)
 
 CARRIED_NOTE = "carried forward: each deployment counts with its latest report of the last 7 days"
 LIFECYCLE_COLUMNS = ["active_1d", "active_7d", "active_30d", "new", "returning", "churned"]
@@ -70,6 +81,88 @@ RETENTION_SQL = {
     "month": "SELECT kind, cohort, months_since AS periods_since, cohort_size, active, retention FROM retention_monthly "
     "WHERE cohort BETWEEN {first:Date} AND {end:Date} ORDER BY kind, cohort, periods_since",
 }
+
+
+# Every list of keys is bounded in its SQL (TOP_KEYS, TOP_SERIES, TOP_JUMPS of dashboard/panel_model.py): the first
+# keys, then one row for the rest (its key NULL, `others` = how many keys it stands for, its counts their sum), as in
+# dashboard/panels.py. A series per key over the range keeps the keys first over the whole range.
+ADOPTION_IN_RANGE = (
+    # the TOP_SERIES newest versions of the range; per day, the older ones in one row (inner names v_*: an outer alias
+    # would shadow the column it sums)
+    "SELECT day, if(slot <= {top:UInt32}, any(v_version), NULL) AS version, sum(v_deployments) AS deployments, "
+    "if(slot <= {top:UInt32}, any(v_above), NULL) AS deployments_at_or_above, "
+    "any(v_active) AS active_deployments, "
+    "if(slot <= {top:UInt32}, any(v_share), round(sum(v_deployments) / any(v_active), 6)) AS share, "
+    "if(slot <= {top:UInt32}, any(v_share_above), NULL) AS share_at_or_above, "
+    "if(slot <= {top:UInt32}, 0, count()) AS others "
+    "FROM (SELECT *, least(dense_rank() OVER (ORDER BY v_ordinal DESC), {top:UInt32} + 1) AS slot "
+    "FROM (SELECT day, version AS v_version, deployments AS v_deployments, deployments_at_or_above AS v_above, "
+    "active_deployments AS v_active, share AS v_share, share_at_or_above AS v_share_above, "
+    "toUInt32OrZero(splitByChar('.', version)[1]) * 1000 + toUInt32OrZero(splitByChar('.', version)[2]) AS v_ordinal "
+    "FROM version_adoption_daily WHERE day BETWEEN {start:Date} AND {end:Date})) "
+    "GROUP BY day, slot ORDER BY day, slot"
+)
+SPEED_NEWEST = (
+    "SELECT version, first_seen, half_on, days_to_half, seen_on_first_day, count() OVER () AS listed "
+    "FROM version_adoption_speed "
+    "ORDER BY toUInt32OrZero(splitByChar('.', version)[1]) DESC, toUInt32OrZero(splitByChar('.', version)[2]) DESC "
+    "LIMIT {top:UInt32}"
+)
+BEHIND_IN_RANGE = (
+    "SELECT day, any(newest_version) AS newest_version, if(slot <= {top:UInt32}, any(behind), NULL) AS behind, "
+    "sum(deployments) AS deployments, if(slot <= {top:UInt32}, 0, count()) AS others "
+    "FROM (SELECT day, newest_version, behind, deployments, "
+    "least(dense_rank() OVER (ORDER BY total DESC, behind), {top:UInt32} + 1) AS slot "
+    "FROM (SELECT day, newest_version, behind, deployments, sum(deployments) OVER (PARTITION BY behind) AS total "
+    "FROM versions_behind_daily WHERE day BETWEEN {start:Date} AND {end:Date})) "
+    "GROUP BY day, slot ORDER BY day, slot > {top:UInt32}, behind"
+)
+CLI_ACTIVE_IN_RANGE = (
+    # per dimension (one query: a query per dimension would read the view three times)
+    "SELECT day, dimension, if(slot <= {top:UInt32}, any(value), NULL) AS value, sum(installs) AS installs, "
+    "if(slot <= {top:UInt32}, 0, count()) AS others "
+    "FROM (SELECT day, dimension, value, installs, "
+    "least(dense_rank() OVER (PARTITION BY dimension ORDER BY total DESC, value), {top:UInt32} + 1) AS slot "
+    "FROM (SELECT day, dimension, value, installs, sum(installs) OVER (PARTITION BY dimension, value) AS total "
+    "FROM cli_installs_active_daily WHERE day BETWEEN {start:Date} AND {end:Date})) "
+    "GROUP BY day, dimension, slot"
+)
+CLI_DIMENSIONS = ("version", "operating_system", "arch")
+COMMANDS_ON_DAY = (
+    "SELECT day, if(slot <= {top:UInt32}, any(command_path), NULL) AS command_path, sum(installs) AS installs, "
+    "sum(executions) AS executions, any(active_installs) AS active_installs, "
+    "if(slot <= {top:UInt32}, 0, count()) AS others "
+    "FROM (SELECT day, command_path, installs, executions, active_installs, "
+    "least(row_number() OVER (ORDER BY installs DESC, command_path), {top:UInt32} + 1) AS slot "
+    "FROM cli_command_usage_daily WHERE day = {day:Date}) "
+    "GROUP BY day, slot ORDER BY slot"
+)
+ALIASES_ON_DAY = (
+    "SELECT day, if(slot <= {top:UInt32}, any(command_name), NULL) AS command_name, "
+    "if(slot <= {top:UInt32}, any(alias), NULL) AS alias, sum(installs) AS installs, sum(uses) AS uses, "
+    "if(slot <= {top:UInt32}, 0, count()) AS others "
+    "FROM (SELECT day, command_name, alias, installs, uses, "
+    "least(row_number() OVER (ORDER BY uses DESC, command_name, alias), {top:UInt32} + 1) AS slot "
+    "FROM cli_alias_usage_daily WHERE day = {day:Date}) "
+    "GROUP BY day, slot ORDER BY slot"
+)
+JUMPS_LARGEST = (
+    "SELECT day, uid, metric, previous_day, previous, current, factor, count() OVER () AS listed "
+    "FROM sender_jumps_daily WHERE day BETWEEN {start:Date} AND {end:Date} "
+    "ORDER BY factor DESC, day DESC, uid, metric LIMIT {top:UInt32}"
+)
+
+
+def _with_rest(rows: list[dict[str, Any]], columns: list[str]) -> list[dict[str, Any]]:
+    """`rows` (each with `listed`: how many rows there were before the LIMIT) with `others` 0, and one more row for
+    those left out (every column NULL, `others` their number), when any were."""
+    listed = rows[0].pop("listed") if rows else 0
+    for row in rows:
+        row.pop("listed", None)
+        row["others"] = 0
+    if listed > len(rows):
+        rows.append({**dict.fromkeys(columns), "others": listed - len(rows)})
+    return rows
 
 
 def _carried_rows(q: Query, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,20 +272,24 @@ def panel_regions(q: Query, r: Range) -> Result:
 # -- versions --------------------------------------------------------------------------------------------------
 
 
+def _version_order(row: dict[str, Any]) -> tuple[bool, tuple[int, tuple[int, ...], str]]:
+    """Versions in version order, the row of the others (version NULL) first: it holds the older ones."""
+    return row["version"] is not None, version_key(row["version"] or "")
+
+
 def panel_version_adoption(q: Query, r: Range) -> Result:
-    """Per day and version in the carried-forward fleet: deployments, and the share on it or a newer version;
-    tables.speed: per version, the days from its first sighting until it (or newer) ran on half the fleet."""
-    rows = q(
-        "SELECT day, version, deployments, deployments_at_or_above, active_deployments, share, share_at_or_above "
-        "FROM version_adoption_daily WHERE day BETWEEN {start:Date} AND {end:Date}",
-        _range(r),
-    )
-    rows.sort(key=lambda x: (x["day"], version_key(x["version"])))
-    speed = q("SELECT version, first_seen, half_on, days_to_half, seen_on_first_day FROM version_adoption_speed", None)
+    """Per day and established version in the carried-forward fleet (the TOP_SERIES newest of the range, the older
+    ones in one row): deployments, and the share on it or a newer version; tables.speed: per version (the TOP_KEYS
+    newest), the days from its first sighting until it (or newer) ran on half the fleet."""
+    rows = q(ADOPTION_IN_RANGE, {**_range(r), "top": TOP_SERIES})
+    rows.sort(key=lambda x: (x["day"], *_version_order(x)))
+    speed_columns = ["version", "first_seen", "half_on", "days_to_half", "seen_on_first_day"]
+    speed = _with_rest(q(SPEED_NEWEST, {"top": TOP_KEYS}), speed_columns)
     for x in speed:
-        x["seen_on_first_day"] = bool(x["seen_on_first_day"])
-    speed.sort(key=lambda x: version_key(x["version"]))
-    versions = sorted({x["version"] for x in rows}, key=version_key)
+        if x["version"] is not None:
+            x["seen_on_first_day"] = bool(x["seen_on_first_day"])
+    speed.sort(key=_version_order)
+    versions = sorted({x["version"] for x in rows if x["version"] is not None}, key=version_key)
     return Result(
         Table(
             [
@@ -203,22 +300,20 @@ def panel_version_adoption(q: Query, r: Range) -> Result:
                 "active_deployments",
                 "share",
                 "share_at_or_above",
+                "others",
             ],
             rows,
         ),
-        {"versions": versions},
-        {"speed": Table(["version", "first_seen", "half_on", "days_to_half", "seen_on_first_day"], speed)},
+        {"versions": versions, "top": TOP_SERIES},
+        {"speed": Table([*speed_columns, "others"], speed)},
     )
 
 
 def panel_versions_behind(q: Query, r: Range) -> Result:
-    """Carried-forward deployments per number of minor versions behind the newest, per day; tables.deployments:
-    the largest deployments 3 or more behind on the panel's day."""
-    rows = q(
-        "SELECT day, newest_version, behind, deployments FROM versions_behind_daily "
-        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, behind",
-        _range(r),
-    )
+    """Carried-forward deployments per number of minor versions behind the newest, per day (the TOP_SERIES numbers
+    with the most deployments over the range, per day the rest in one row); tables.deployments: the largest
+    deployments 3 or more behind on the panel's day."""
+    rows = q(BEHIND_IN_RANGE, {**_range(r), "top": TOP_SERIES})
     day, complete = analyst_day(q, r)
     top: list[dict[str, Any]] = []
     if day is not None:
@@ -228,8 +323,8 @@ def panel_versions_behind(q: Query, r: Range) -> Result:
             {"day": day},
         )
     return Result(
-        Table(["day", "newest_version", "behind", "deployments"], rows),
-        {"day": day, "complete": complete},
+        Table(["day", "newest_version", "behind", "deployments", "others"], rows),
+        {"day": day, "complete": complete, "top": TOP_SERIES},
         {"deployments": Table(["day", "uid", "version", "behind", "end_devices", "gateways"], top)},
     )
 
@@ -241,29 +336,22 @@ def panel_cli(q: Query, r: Range) -> Result:
     """CLI installs active in the last 30 days by version, OS and arch, per day; tables.commands: command usage on
     the panel's day (the sum of every report of its 30 days); tables.new_installs: the new installs per day, on a
     2025 CLI (re-identified upgrades among them) and on an older one."""
-    rows = q(
-        "SELECT day, dimension, value, installs FROM cli_installs_active_daily "
-        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, value",
-        _range(r),
-    )
+    rows = q(CLI_ACTIVE_IN_RANGE, {**_range(r), "top": TOP_SERIES})  # days x 3 x (TOP_SERIES + 1) rows at most
+    rows.sort(key=lambda x: (x["day"], CLI_DIMENSIONS.index(x["dimension"]), x["others"] > 0, x["value"] or ""))
     day, complete = analyst_day(q, r)
     commands: list[dict[str, Any]] = []
     if day is not None:
-        commands = q(
-            "SELECT day, command_path, installs, executions, active_installs FROM cli_command_usage_daily "
-            "WHERE day = {day:Date} ORDER BY installs DESC, command_path",
-            {"day": day},
-        )
+        commands = q(COMMANDS_ON_DAY, {"day": day, "top": TOP_KEYS})
     new = q(
         "SELECT day, new, new_2025_cli, new_older_cli FROM cli_lifecycle_daily "
         "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
         _range(r),
     )
     return Result(
-        Table(["day", "dimension", "value", "installs"], rows),
-        {"day": day, "complete": complete},
+        Table(["day", "dimension", "value", "installs", "others"], rows),
+        {"day": day, "complete": complete, "top": TOP_SERIES, "top_commands": TOP_KEYS},
         {
-            "commands": Table(["day", "command_path", "installs", "executions", "active_installs"], commands),
+            "commands": Table(["day", "command_path", "installs", "executions", "active_installs", "others"], commands),
             "new_installs": Table(["day", "new", *CLI_NEW_COLUMNS], new),
         },
     )
@@ -275,12 +363,11 @@ def panel_cli_aliases(q: Query, r: Range) -> Result:
     day, complete = analyst_day(q, r)
     rows: list[dict[str, Any]] = []
     if day is not None:
-        rows = q(
-            "SELECT day, command_name, alias, installs, uses FROM cli_alias_usage_daily "
-            "WHERE day = {day:Date} ORDER BY uses DESC, command_name, alias",
-            {"day": day},
-        )
-    return Result(Table(["day", "command_name", "alias", "installs", "uses"], rows), {"day": day, "complete": complete})
+        rows = q(ALIASES_ON_DAY, {"day": day, "top": TOP_KEYS})
+    return Result(
+        Table(["day", "command_name", "alias", "installs", "uses", "others"], rows),
+        {"day": day, "complete": complete, "top": TOP_KEYS},
+    )
 
 
 def panel_data_quality(q: Query, r: Range) -> Result:
@@ -291,11 +378,10 @@ def panel_data_quality(q: Query, r: Range) -> Result:
         "FROM data_quality_daily WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
         _range(r),
     )
-    jumps = q(
-        "SELECT day, uid, metric, previous_day, previous, current, factor FROM sender_jumps_daily "
-        "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, uid, metric",
-        _range(r),
-    )
+    jump_columns = ["day", "uid", "metric", "previous_day", "previous", "current", "factor"]
+    jumps = q(JUMPS_LARGEST, {**_range(r), "top": TOP_JUMPS})  # the largest; the rest counted in one row
+    jumps.sort(key=lambda x: (x["day"], x["uid"], x["metric"]))
+    jumps = _with_rest(jumps, jump_columns)
     return Result(
         Table(
             [
@@ -308,8 +394,8 @@ def panel_data_quality(q: Query, r: Range) -> Result:
             ],
             rows,
         ),
-        {"factor": 10},
-        {"jumps": Table(["day", "uid", "metric", "previous_day", "previous", "current", "factor"], jumps)},
+        {"factor": 10, "top": TOP_JUMPS},
+        {"jumps": Table([*jump_columns, "others"], jumps)},
     )
 
 

@@ -25,6 +25,15 @@ FLEET_COLUMNS = [
     "default_uid_deployments",
     "inconsistent_deployments",
 ]
+#: How many keys a panel lists, whatever the number of distinct keys stored (a sender may store up to 200 UIDs a day
+#: times the plausible sizes of docs/telemetry-message.md): the rest is one "other" row (its key null, `others` the
+#: number of keys it stands for, its counts their sum), computed in the panel's SQL.
+TOP_KEYS = 50  # one day's list: frequency plans, OS, architectures, CLI commands, aliases, versions' upgrade speed
+#: a series per key over the days of the range (versions, versions behind, CLI version / OS / arch): the page draws
+#: 8 series and "other", and 3 dimensions x (8 + 1) rows x the longest range (3,660 days) stay within the 100,000
+#: result rows of a query
+TOP_SERIES = 8
+TOP_JUMPS = 100  # the data-quality panel's jumps, the largest
 #: The figure cards of /api/summary: (metric, label). `users` = standard + admin users.
 SUMMARY_METRICS = [
     ("deployments", "Deployments"),

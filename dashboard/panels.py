@@ -32,6 +32,8 @@ from dashboard import analyst_panels, freshness
 from dashboard.analyst_sql import AnalystSessions
 from dashboard.panel_model import (
     FLEET_COLUMNS,
+    TOP_KEYS,
+    TOP_SERIES,
     BadRequest,
     Query,
     Range,
@@ -155,53 +157,81 @@ def panel_fleet(q: Query, r: Range) -> Result:
     return Result(Table(columns, [{c: row[c] for c in columns} for row in rows]))
 
 
+# Each list of keys is bounded in its SQL (dashboard/panel_model.py TOP_KEYS, TOP_SERIES): the largest keys, then
+# one "other" row with the rest summed (key NULL, `others` = how many keys it sums), so that no answer grows with
+# the number of distinct keys stored. One day's list: slot = the key's rank, the ranks past {top} share one slot.
+GATEWAYS_BY_PLAN = (
+    "SELECT day, if(slot <= {top:UInt32}, any(frequency_plan_id), NULL) AS frequency_plan_id, sum(gateways) AS gateways, "
+    "if(slot <= {top:UInt32}, 0, count()) AS others "
+    "FROM (SELECT day, frequency_plan_id, gateways, "
+    "least(row_number() OVER (ORDER BY gateways DESC, frequency_plan_id), {top:UInt32} + 1) AS slot "
+    "FROM gateways_by_frequency_plan_daily WHERE day = {day:Date} AND gateways > 0) "
+    "GROUP BY day, slot ORDER BY slot"
+)
+# A series per key over the range: the keys with the largest sum over the range, per day the rest in one row.
+VERSIONS_IN_RANGE = (
+    "SELECT day, if(slot <= {top:UInt32}, any(version), NULL) AS version, sum(deployments) AS deployments, "
+    "if(slot <= {top:UInt32}, 0, count()) AS others "
+    "FROM (SELECT day, version, deployments, "
+    "least(dense_rank() OVER (ORDER BY total DESC, version), {top:UInt32} + 1) AS slot "
+    "FROM (SELECT day, version, deployments, sum(deployments) OVER (PARTITION BY version) AS total "
+    "FROM deployments_by_version_daily WHERE day BETWEEN {start:Date} AND {end:Date} AND deployments > 0)) "
+    "GROUP BY day, slot ORDER BY day, slot"
+)
+OS_ON_DAY = {
+    dimension: "SELECT day, if(slot <= {top:UInt32}, any(value), NULL) AS value, sum(deployments) AS deployments, "
+    "if(slot <= {top:UInt32}, 0, count()) AS others "
+    "FROM (SELECT day, value, deployments, "
+    "least(row_number() OVER (ORDER BY deployments DESC, value), {top:UInt32} + 1) AS slot "
+    f"FROM (SELECT day, {dimension} AS value, deployments FROM {view} "
+    "WHERE day = {day:Date} AND deployments > 0)) "
+    "GROUP BY day, slot ORDER BY slot"
+    for dimension, view in (("operating_system", "deployments_by_os_daily"), ("arch", "deployments_by_arch_daily"))
+}
+
+
 def panel_gateways_by_plan(q: Query, r: Range) -> Result:
     day, complete = pick_day(q, r)
-    columns = ["day", "frequency_plan_id", "gateways"]
+    columns = ["day", "frequency_plan_id", "gateways", "others"]
     rows: list[dict[str, Any]] = []
     if day is not None:
-        rows = q(
-            "SELECT day, frequency_plan_id, gateways FROM gateways_by_frequency_plan_daily "
-            "WHERE day = {day:Date} AND gateways > 0 ORDER BY gateways DESC, frequency_plan_id",
-            {"day": day},
-        )
-    return Result(Table(columns, rows), {"day": day, "complete": complete})
+        rows = q(GATEWAYS_BY_PLAN, {"day": day, "top": TOP_KEYS})
+    return Result(Table(columns, rows), {"day": day, "complete": complete, "top": TOP_KEYS})
+
+
+def _version_order(row: dict[str, Any]) -> tuple[bool, tuple[int, tuple[int, ...], str]]:
+    """Versions in version order, the "other" row (version NULL) last."""
+    return row["version"] is None, version_key(row["version"] or "")
 
 
 def panel_versions(q: Query, r: Range) -> Result:
     day, complete = pick_day(q, r)
-    rows = q(
-        "SELECT day, version, deployments FROM deployments_by_version_daily "
-        "WHERE day BETWEEN {start:Date} AND {end:Date} AND deployments > 0",
-        _range_params(r),
-    )
+    rows = q(VERSIONS_IN_RANGE, {**_range_params(r), "top": TOP_SERIES})
     totals: dict[date, int] = {}
     for row in rows:
         totals[row["day"]] = totals.get(row["day"], 0) + row["deployments"]
     for row in rows:
         row["share"] = _share(row["deployments"], totals[row["day"]])
-    rows.sort(key=lambda x: (x["day"], version_key(x["version"])))
-    latest = sorted((x for x in rows if x["day"] == day), key=lambda x: (-x["deployments"], version_key(x["version"])))
-    columns = ["day", "version", "deployments", "share"]
-    versions = sorted({x["version"] for x in rows}, key=version_key)
+    rows.sort(key=lambda x: (x["day"], *_version_order(x)))
+    latest = sorted(
+        (x for x in rows if x["day"] == day), key=lambda x: (x["others"] > 0, -x["deployments"], _version_order(x))
+    )
+    columns = ["day", "version", "deployments", "share", "others"]
+    versions = sorted({x["version"] for x in rows if x["version"] is not None}, key=version_key)
     return Result(
         Table(columns, rows),
-        {"day": day, "complete": complete, "versions": versions},
+        {"day": day, "complete": complete, "versions": versions, "top": TOP_SERIES},
         {"adoption": Table(columns, latest)},
     )
 
 
 def panel_os(q: Query, r: Range) -> Result:
     day, complete = pick_day(q, r)
-    columns = ["day", "dimension", "value", "deployments", "share"]
+    columns = ["day", "dimension", "value", "deployments", "share", "others"]
     rows: list[dict[str, Any]] = []
     if day is not None:
-        for dimension, view in (("operating_system", "deployments_by_os_daily"), ("arch", "deployments_by_arch_daily")):
-            part = q(
-                f"SELECT day, {dimension} AS value, deployments FROM {view} "
-                "WHERE day = {day:Date} AND deployments > 0 ORDER BY deployments DESC, value",
-                {"day": day},
-            )
+        for dimension, sql in OS_ON_DAY.items():
+            part = q(sql, {"day": day, "top": TOP_KEYS})
             total = sum(x["deployments"] for x in part)
             rows += [
                 {
@@ -210,10 +240,11 @@ def panel_os(q: Query, r: Range) -> Result:
                     "value": x["value"],
                     "deployments": x["deployments"],
                     "share": _share(x["deployments"], total),
+                    "others": x["others"],
                 }
                 for x in part
             ]
-    return Result(Table(columns, rows), {"day": day, "complete": complete})
+    return Result(Table(columns, rows), {"day": day, "complete": complete, "top": TOP_KEYS})
 
 
 def panel_rejected(q: Query, r: Range) -> Result:

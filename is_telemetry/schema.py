@@ -30,6 +30,15 @@ from typing_extensions import TypedDict
 
 UINT64_MAX = 2**64 - 1
 
+#: Plausible sizes (docs/telemetry-message.md, "Plausible sizes"): how many names one message may list and how long
+#: each may be. Far above what TTS sends (it has about 100 frequency plans and a deployment uses a few; the CLI has a
+#: few hundred commands), they bound how many distinct keys one message adds to the fleet's tables: beyond them the
+#: processors reject the message as `implausible` (`TelemetryMessage.beyond_bounds()`); the JSON Schema states them.
+MAX_FREQUENCY_PLANS = 256  # plan IDs in gateways_by_frequency_plan_id
+MAX_CLI_COMMANDS = 512  # entries of a CLI report's `commands` lists, all of them together
+MAX_CLI_ALIASES = 512  # entries of a CLI report's `aliases` lists, all of them together
+MAX_NAME_LENGTH = 256  # characters of a plan ID, a command_path, an alias's command_name and alias
+
 #: Every deployment left on TTS's default console URLs shares this UID.
 DEFAULT_UID = "m64Jv5T3Bqnxz3tSgOAYD0w25UqWwP5DgIsuKbS0g5dBQkA8ZEHwlV1iDoKgjeF7uE3dt+3SDMdANJ41xDZqag=="
 
@@ -62,6 +71,9 @@ _UID_JSON_SCHEMA: dict[str, Any] = {
 Count = Annotated[int, Field(ge=0, le=UINT64_MAX, strict=True)]
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
 Text = Annotated[str, Field(strict=True)]
+# A name a message lists (a plan ID, a command path, an alias): its bound is stated in the JSON Schema and checked by
+# beyond_bounds() after every other check, like the plausibility limit, so that an earlier reason names the message.
+Name = Annotated[str, Field(strict=True, json_schema_extra={"maxLength": MAX_NAME_LENGTH})]
 
 
 class _Model(BaseModel):
@@ -81,7 +93,10 @@ class Total(_Model):
 
 class GatewaysCount(_Model):
     total: Count = 0
-    gateways_by_frequency_plan_id: dict[str, Count] = Field(default_factory=dict)
+    gateways_by_frequency_plan_id: dict[str, Count] = Field(
+        default_factory=dict,
+        json_schema_extra={"maxProperties": MAX_FREQUENCY_PLANS, "propertyNames": {"maxLength": MAX_NAME_LENGTH}},
+    )
 
 
 class ActiveEndDevices(_Model):
@@ -158,7 +173,7 @@ class CommandUsageData(TypedDict, total=False):
     """One command's use since the CLI's previous report (TTS `models.CommandUsageData`)."""
 
     __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
-    command_path: Text
+    command_path: Name
     execution_count: Count
     last_used_at: Int64  # unix seconds: a time, not a count
 
@@ -167,8 +182,8 @@ class AliasUsageData(TypedDict, total=False):
     """One alias's use (TTS `models.AliasUsageData`)."""
 
     __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
-    command_name: Text
-    alias: Text
+    command_name: Name
+    alias: Name
     usage_count: Count
 
 
@@ -177,8 +192,9 @@ class CmdData(TypedDict, total=False):
     both lists after each report); Go writes a nil list as null."""
 
     __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
-    commands: list[CommandUsageData] | None
-    aliases: list[AliasUsageData] | None
+    # the entries of every list of a report together are bounded (beyond_bounds()); the schema states it per list
+    commands: Annotated[list[CommandUsageData] | None, Field(json_schema_extra={"maxItems": MAX_CLI_COMMANDS})]
+    aliases: Annotated[list[AliasUsageData] | None, Field(json_schema_extra={"maxItems": MAX_CLI_ALIASES})]
 
 
 _CMD_DATA = TypeAdapter(CmdData)
@@ -206,6 +222,30 @@ def _usage_sums(cli: Mapping[str, Any]) -> tuple[int, int]:
         executions += sum(command.get("execution_count", 0) for command in holder.get("commands") or ())
         usages += sum(alias.get("usage_count", 0) for alias in holder.get("aliases") or ())
     return executions, usages
+
+
+def _too_long(names: Iterator[Any], what: str) -> str | None:
+    """What is wrong with the first of `names` that is a string longer than MAX_NAME_LENGTH, or None."""
+    for name in names:
+        if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+            return f"{what} of {len(name)} characters is above the bound of {MAX_NAME_LENGTH}"
+    return None
+
+
+def _beyond_usage_bounds(cli: Mapping[str, Any]) -> str | None:
+    """What exceeds the plausible sizes in a CLI report's command usage (every list command_usage() finds), or None."""
+    holders = [holder for _path, holder in command_usage(cli)]
+    commands = [c for holder in holders for c in holder.get("commands") or ()]
+    aliases = [a for holder in holders for a in holder.get("aliases") or ()]
+    if len(commands) > MAX_CLI_COMMANDS:
+        return f"cli commands: {len(commands)} entries, above the bound of {MAX_CLI_COMMANDS} per report"
+    if len(aliases) > MAX_CLI_ALIASES:
+        return f"cli aliases: {len(aliases)} entries, above the bound of {MAX_CLI_ALIASES} per report"
+    return (
+        _too_long((c.get("command_path") for c in commands), "a cli command_path")
+        or _too_long((a.get("command_name") for a in aliases), "a cli alias's command_name")
+        or _too_long((a.get("alias") for a in aliases), "a cli alias")
+    )
 
 
 def _line_errors(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
@@ -288,6 +328,19 @@ class TelemetryMessage(_Model):
             executions, usages = _usage_sums(self.cli)
             yield "cli execution_count (the commands' sum)", executions
             yield "cli usage_count (the aliases' sum)", usages
+
+    def beyond_bounds(self) -> str | None:
+        """What exceeds the plausible sizes (MAX_FREQUENCY_PLANS, MAX_CLI_COMMANDS, MAX_CLI_ALIASES, MAX_NAME_LENGTH),
+        said with the bound, or None: one message may add only so many distinct keys to the fleet's tables."""
+        if self.entities_count is not None:
+            plans = self.entities_count.gateways.gateways_by_frequency_plan_id
+            if len(plans) > MAX_FREQUENCY_PLANS:
+                return (
+                    f"entities_count.gateways.gateways_by_frequency_plan_id: {len(plans)} plan IDs, above the "
+                    f"bound of {MAX_FREQUENCY_PLANS} per message"
+                )
+            return _too_long(iter(plans), "a frequency plan ID")
+        return _beyond_usage_bounds(self.cli) if self.cli else None
 
     @property
     def kind(self) -> Literal["is", "cli"]:

@@ -27,7 +27,7 @@ class Reason(StrEnum):
     OUT_OF_RANGE = "out_of_range"  # a count beyond uint64
     BAD_UID = "bad_uid"  # uid not 88-char base64 (IS) / not a UUID (CLI)
     KIND_AMBIGUOUS = "kind_ambiguous"  # both or neither of cli and entities_count
-    IMPLAUSIBLE = "implausible"  # a count above the plausibility limit
+    IMPLAUSIBLE = "implausible"  # a count above the plausibility limit, or more names (longer) than plausible
     BODY_TOO_LARGE = "body_too_large"  # larger than the collector's limit (only if it got past the edge)
     BAD_BATCH = "bad_batch"  # a many-bodies record whose frames cannot be read (is_telemetry/envelope.py)
     RATE_LIMITED = "rate_limited"  # marked by the collector: its client was over its new-UID budget for the day
@@ -87,13 +87,15 @@ def validate(body: bytes, plausibility_limit: int = 10**9) -> TelemetryMessage |
         best = min(range(len(errors)), key=lambda i: _PRECEDENCE.index(reasons[i]) if reasons[i] in _PRECEDENCE else 99)
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         return Rejection(reasons[best], _describe(errors[best])[:500] + more)
-    if message.largest() <= plausibility_limit:  # the usual case, without naming the figures
-        return message
-    for name, value in message.figures():
-        if value > plausibility_limit:
-            return Rejection(
-                Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"
-            )
+    if message.largest() > plausibility_limit:  # the usual case compares one figure, without naming them
+        for name, value in message.figures():
+            if value > plausibility_limit:
+                return Rejection(
+                    Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"
+                )
+    beyond = message.beyond_bounds()  # the plausible sizes (is_telemetry/schema.py): plans, commands, names
+    if beyond is not None:
+        return Rejection(Reason.IMPLAUSIBLE, beyond)
     return message
 
 

@@ -45,6 +45,10 @@ REGION_PREFIXES = [
     ("RU_864_870", "RU864"),
     ("ISM_2400", "ISM2400"),
 ]
+#: docs/analysts.md, "The newest version": a version is established on a day when at least NEWEST_MIN deployments and
+#: at least NEWEST_MIN_PERCENT % of the day's carried-forward deployments run a release build of it (not -dev).
+NEWEST_MIN = 3
+NEWEST_MIN_PERCENT = 1
 BUCKETS = [0, 1, 10, 100, 1000, 10000]
 JUMP_METRICS = ["end_devices", "gateways", "applications", "users", "organizations"]
 
@@ -341,12 +345,23 @@ def regions(snaps: Snapshots) -> list[dict[str, Any]]:
 # -- versions --------------------------------------------------------------------------------------------------
 
 
+def established(carried: list[Snap]) -> set[str]:
+    """The versions that pass the bar among one day's carried-forward deployments: run (a release build, not -dev)
+    by at least NEWEST_MIN of them and by at least NEWEST_MIN_PERCENT % of them."""
+    releases = Counter(s.version for s in carried if not s.dev and s.version != "unknown")
+    return {v for v, n in releases.items() if n >= NEWEST_MIN and n * 100 >= NEWEST_MIN_PERCENT * len(carried)}
+
+
 def version_adoption(snaps: Snapshots) -> list[dict[str, Any]]:
+    """Per day, the established versions only (the others still show in the version shares)."""
     rows = []
     for day in snaps.days:
         carried = snaps.carried(day, "is", LOOKBACK)
         per = Counter(s.version for s in carried)
+        bar = established(carried)
         for v, n in per.items():
+            if v not in bar:
+                continue
             above = sum(c for w, c in per.items() if ordinal(w) >= ordinal(v) > 0) if v != "unknown" else 0
             rows.append(
                 {
@@ -382,7 +397,8 @@ def version_adoption_speed(adoption: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def newest(carried: list[Snap]) -> int:
-    return max((ordinal(s.version) for s in carried if not s.dev and s.version != "unknown"), default=0)
+    """The newest established version (0: none): one deployment alone cannot set it."""
+    return max((ordinal(v) for v in established(carried)), default=0)
 
 
 def versions_behind(snaps: Snapshots) -> list[dict[str, Any]]:

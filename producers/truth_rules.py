@@ -38,6 +38,11 @@ REASONS = (
     "rate_limited",  # decided by the delivery, not the body: a body the collector marked is this whatever it holds
 )
 DEFAULT_PLAUSIBILITY_LIMIT = 10**9  # processors.plausibility_limit's documented default
+#: docs/telemetry-message.md, "Plausible sizes": what one message may list, and how long each name may be.
+MAX_PLANS = 256  # frequency plan IDs of a deployment's gateways_by_frequency_plan_id
+MAX_COMMANDS = 512  # command usage entries of one CLI report, every list of it together
+MAX_ALIASES = 512  # alias usage entries of one CLI report, every list of it together
+MAX_NAME = 256  # characters of a plan ID, a command path, an alias and the command name it stands for
 UINT64_MAX = 18_446_744_073_709_551_615  # 2^64 - 1: the largest count
 INT64_MIN, INT64_MAX = -9_223_372_036_854_775_808, 9_223_372_036_854_775_807  # a CLI's last_used_at (unix seconds)
 
@@ -105,6 +110,9 @@ _USAGE_LISTS = {
     "commands": ({"command_path": _STRING, "execution_count": _COUNT, "last_used_at": _INT64}, "execution_count"),
     "aliases": ({"command_name": _STRING, "alias": _STRING, "usage_count": _COUNT}, "usage_count"),
 }
+#: The bounded sizes: how many entries each kind of list may hold in one message, and which strings are names.
+_ENTRY_BOUNDS = {"plans": MAX_PLANS, "commands": MAX_COMMANDS, "aliases": MAX_ALIASES}
+_NAMES = ("command_path", "command_name", "alias")
 
 
 class _NotJson(ValueError):
@@ -135,6 +143,8 @@ class _Problems:
         self.found: list[tuple[int, str, str]] = []  # (rank, reason, where)
         self.counts: list[tuple[str, int]] = []  # (where, value) of every well-formed count
         self.sums: dict[str, int] = {}  # what each kind of count list adds up to (plans, executions, usages)
+        self.entries: dict[str, int] = {}  # how many names each kind of list holds (plans, commands, aliases)
+        self.names: list[str] = []  # every name a list holds (plan IDs, command paths, command names, aliases)
 
     def add(self, reason: str, where: str) -> None:
         self.found.append((REASONS.index(reason), reason, where))
@@ -198,6 +208,8 @@ def _object(value: Any, shape: dict[str, Any], where: str, problems: _Problems) 
                 for plan, n in item.items():
                     _count(n, f"{at}.{plan}", problems)
                     _summed(problems, at, n)
+                problems.entries["plans"] = problems.entries.get("plans", 0) + len(item)
+                problems.names.extend(item)
         else:
             _object(item, kind, at, problems)
 
@@ -211,10 +223,12 @@ def _usage(cli: dict[str, Any], where: str, problems: _Problems) -> None:
         if not isinstance(items, list):
             problems.add("wrong_type", f"{where}.{key}")
             continue
+        problems.entries[key] = problems.entries.get(key, 0) + len(items)
         for i, item in enumerate(items):
             _object(item, shape, f"{where}.{key}.{i}", problems)
             if isinstance(item, dict):
                 _summed(problems, f"cli {key}: the sum of {counted}", item.get(counted, 0))
+                problems.names.extend(v for k, v in item.items() if k in _NAMES and isinstance(v, str))
 
 
 def _cli(cli: Any, problems: _Problems) -> None:
@@ -280,6 +294,11 @@ def judge(
     for where, n in [*problems.counts, *problems.sums.items()]:  # each count, then each list's sum
         if n > plausibility_limit:
             return Rejected("implausible", where)
+    for kind, n in problems.entries.items():  # then the sizes: entries of each kind, the length of each name
+        if n > _ENTRY_BOUNDS[kind]:
+            return Rejected("implausible", f"{n} {kind}")
+    if any(len(name) > MAX_NAME for name in problems.names):
+        return Rejected("implausible", "a name too long")
     return TelemetryMessage.model_validate(doc)
 
 

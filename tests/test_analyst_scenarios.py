@@ -450,3 +450,76 @@ def test_older_history_written_late_moves_new_and_returning(store: ClickHouseSto
     assert [tuple(r.values()) for r in sorted(truth, key=lambda r: r["day"])] == [
         (d.isoformat(), *v) for d, *v in store.query("SELECT * FROM deployment_lifecycle_daily ORDER BY day")[1]
     ]
+
+
+# -- the newest version: one deployment cannot set it (the security test's finding 6) ------------------------------
+
+FAKE = "3.999.0 (deadbeef, 2026-12-07T00:00:00Z)"
+
+
+def newest_version_deliveries() -> list[Delivery]:
+    """18 deployments on 3.33 (5) and 3.34 (13) on days 1-6; one forged deployment on 3.999 from day 2, a second on
+    day 3 (3.998); on day 5 three of the 3.34 ones upgrade to 3.35 (three, and more than 1 % of the fleet)."""
+    out = []
+    for n in range(18):
+        u = uid(f"real-{n}")
+        for d in range(1, 7):
+            version = "3.33.2" if n < 5 else "3.35.0" if n >= 15 and d >= 5 else "3.34.1"
+            out.append(send(u, d, is_body(u, end_devices=100 + n, version=version)))
+    out += [send(uid("forged-1"), d, is_body(uid("forged-1"), version=FAKE)) for d in range(2, 7)]
+    out += [send(uid("forged-2"), d, is_body(uid("forged-2"), version="3.998.0")) for d in range(3, 7)]
+    return out
+
+
+def test_one_or_two_deployments_on_a_fake_newest_version_move_nothing(store: ClickHouseStore) -> None:
+    sent = newest_version_deliveries()
+    write(store, sent)
+    newest = {
+        d: r["newest_version"]
+        for d, r in by_day(store, "SELECT DISTINCT day, newest_version FROM versions_behind_daily").items()
+    }
+    assert newest == {1: "3.34", 2: "3.34", 3: "3.34", 4: "3.34", 5: "3.35", 6: "3.35"}
+    behind: dict[int, dict[int, int]] = {}
+    for day, _newest, b, n in store.query("SELECT day, newest_version, behind, deployments FROM versions_behind_daily")[
+        1
+    ]:
+        behind.setdefault((day - D1).days + 1, {})[b] = n
+    # the forged ones count as current (they are not behind): every real deployment is as far behind as before
+    assert behind[1] == {0: 13, 1: 5} and behind[3] == {0: 13 + 2, 1: 5}
+    assert behind[5] == {0: 3 + 2, 1: 10, 2: 5}
+    assert store.query("SELECT count() FROM deployments_behind_daily")[1] == [(0,)]  # nobody 3 or more behind
+    # adoption and upgrade speed list only the versions that pass the bar; the version shares show every one
+    adoption = {(r[0], r[1]) for r in store.query("SELECT version, day FROM version_adoption_daily")[1]}
+    assert {v for v, _d in adoption} == {"3.33", "3.34", "3.35"}
+    speed = {r[0]: r[1] for r in store.query("SELECT version, first_seen FROM version_adoption_speed")[1]}
+    assert speed == {"3.33": D1, "3.34": D1, "3.35": D1 + timedelta(days=4)}
+    shares = {r[0] for r in store.query("SELECT version FROM deployments_by_version_daily WHERE day = '2025-01-03'")[1]}
+    assert shares == {"3.33", "3.34", "3.998", "3.999"}
+    on_day = store.query("SELECT DISTINCT newest_version FROM deployments_behind(day = '2025-01-03', min_behind = 0)")
+    assert on_day[1] == [("3.34",)]
+    views = ["versions_behind_daily", "deployments_behind_daily", "version_adoption_daily", "version_adoption_speed"]
+    assert differences(store_reader(store), fleet_truth.analyst_ground_truth(sent), views) == {}
+
+
+def test_a_data_directory_of_0006_upgrades_to_0007(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored and refreshed by 0001-0006 (newest_version 3.999, from one forged deployment), then 0007: every day is
+    recomputed with the bar, and nothing is re-sent."""
+    sent = newest_version_deliveries()
+    every = clickhouse.migrations
+    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every() if m[0] <= 6])
+    with opened(tmp_path / "chdb") as s:
+        write(s, sent)
+        assert ("3.999",) in s.query("SELECT DISTINCT newest_version FROM versions_behind_daily")[1]
+    monkeypatch.undo()
+    with opened(tmp_path / "chdb") as s:
+        applied = [r[0] for r in s.query("SELECT version FROM schema_migrations FINAL ORDER BY version")[1]]
+        assert applied == [v for v, _name, _sql in every()] and 7 in applied
+        assert {r[0] for r in s.query("SELECT day FROM analyst_daily_pending")[1]} == {
+            r[0] for r in s.query("SELECT DISTINCT day FROM snapshots")[1]
+        }  # every day is due
+        refresh(s)
+        assert differences(store_reader(s), fleet_truth.analyst_ground_truth(sent)) == {}
+        assert s.query("SELECT DISTINCT newest_version FROM versions_behind_daily ORDER BY 1")[1] == [
+            ("3.34",),
+            ("3.35",),
+        ]

@@ -7,7 +7,8 @@ and a failing refresh shows.
   answers, every analyst view equals the oracle (producers/fleet_truth.py) and the values come out byte for
   byte; a message written after the hostile ones still shows in the figures.
 - The same through a running `is-telemetry up` over HTTP on 127.0.0.1, with the implausible totals (3,000 plans
-  at 10^9 each; CLI execution counts of 2^64-1 and -7) rejected and stored nowhere.
+  at 10^9 each; CLI execution counts of 2^64-1 and -7) and sizes (the security test's 4,000 plans and 800 commands
+  of count 1 each, a plan ID, a command path and an alias one character too long) rejected and stored nowhere.
 - A data directory of migrations 0001-0004 holding such values (its refresh fails: the bug) upgrades cleanly
   to 0005 and its figures come out exact.
 - A failing refresh (a table it reads detached) shows in `is-telemetry status`, in /metrics and on the
@@ -33,6 +34,7 @@ from dashboard.freshness import FAILING_METRIC, LAST_SUCCESS_METRIC
 from dashboard.server import ApiThread
 from is_telemetry.broker import free_ports
 from is_telemetry.config import load_settings
+from is_telemetry.schema import MAX_CLI_COMMANDS, MAX_FREQUENCY_PLANS, MAX_NAME_LENGTH
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery, ground_truth
 from sinks import clickhouse
@@ -78,6 +80,11 @@ ALL = [*HOSTILE, LONG]
 LONG_VERSIONS = ["9" * 5000 + ".1", "3." + "7" * 5000, "3.1000.0", "1000.3"]
 
 
+def name(s: str) -> str:
+    """`s` as a plan ID, command path or alias: at most MAX_NAME_LENGTH characters (a longer one is implausible)."""
+    return s[:MAX_NAME_LENGTH]
+
+
 def cli_uid(i: int) -> str:
     return f"0f8fad5b-d9cb-469f-a165-{i:012d}"
 
@@ -88,7 +95,7 @@ def is_message(u: str, i: int, s: str, plans: dict[str, int] | None = None) -> d
         "os": {"operating_system": s, "arch": s, "binary_version": f"3.{i}.0 {s}", "golang_version": s},
         "cli": None,
         "entities_count": {
-            "gateways": {"total": 1, "gateways_by_frequency_plan_id": plans if plans is not None else {s: i + 1}},
+            "gateways": {"total": 1, "gateways_by_frequency_plan_id": plans if plans is not None else {name(s): i + 1}},
             "end_devices": {
                 "total": 5,
                 "activate_end_devices": {"total": 4, "last_day": 1, "last_week": 2, "last_month": 3},
@@ -103,10 +110,10 @@ def usage(i: int, s: str) -> dict[str, Any]:
     """TTS's CmdData with `s` as command paths and alias; every fifth one under a named field (one object down)."""
     data = {
         "commands": [
-            {"command_path": s, "execution_count": i + 1, "last_used_at": 1735700000},
-            {"command_path": f"end-devices {s}", "execution_count": 2, "last_used_at": 1735700001, "new": [s]},
+            {"command_path": name(s), "execution_count": i + 1, "last_used_at": 1735700000},
+            {"command_path": name(f"end-devices {s}"), "execution_count": 2, "last_used_at": 1735700001, "new": [s]},
         ],
-        "aliases": [{"command_name": s, "alias": s, "usage_count": i + 1}],
+        "aliases": [{"command_name": name(s), "alias": name(s), "usage_count": i + 1}],
     }
     return {"cmd_data": data, s: s} if i % 5 == 4 else data
 
@@ -130,7 +137,7 @@ def hostile_bodies() -> list[tuple[str, bytes]]:
     for i, s in enumerate(ALL):
         out.append((uid(f"hostile-{i}"), dumps(is_message(uid(f"hostile-{i}"), i, s))))
         out.append((cli_uid(i), dumps(cli_message(cli_uid(i), i, s))))
-    plans = {s: i + 1 for i, s in enumerate(ALL)} | {f"US_902_928{s}": 7 for s in HOSTILE}
+    plans = {name(s): i + 1 for i, s in enumerate(ALL)} | {f"US_902_928{s}": 7 for s in HOSTILE}
     out.append((uid("all-plans"), dumps(is_message(uid("all-plans"), 99, "linux", plans))))
     for j, version in enumerate(LONG_VERSIONS):  # no major.minor below 1000: 'unknown'
         is_m, cli_m = is_message(uid(f"version-{j}"), 0, "linux"), cli_message(cli_uid(500 + j), 0, "linux")
@@ -146,10 +153,23 @@ def implausible_bodies() -> list[tuple[str, bytes, str]]:
     huge, negative = cli_message(cli_uid(900), 1, "x"), cli_message(cli_uid(901), 1, "x")
     huge["cli"] = {"commands": [{"command_path": "end-devices list", "execution_count": 2**64 - 1}]}
     negative["cli"] = {"commands": [{"command_path": "end-devices list", "execution_count": -7}]}
+    # the plausible sizes (the security test's finding 5): every count 1, too many names or one too long
+    many_plans = is_message(uid("many-plans"), 1, "linux", {f"C0_{j}": 1 for j in range(4000)})
+    long_plan = is_message(uid("long-plan"), 1, "linux", {"P" * (MAX_NAME_LENGTH + 1): 1})
+    many_commands, long_path, long_alias = (cli_message(cli_uid(n), 1, "x") for n in (902, 903, 904))
+    many_commands["cli"] = {"commands": [{"command_path": f"k0_{j}", "execution_count": 1} for j in range(800)]}
+    long_path["cli"] = {"commands": [{"command_path": "c" * (MAX_NAME_LENGTH + 1), "execution_count": 1}]}
+    long_alias["cli"] = {"aliases": [{"command_name": "end-devices", "alias": "a" * (MAX_NAME_LENGTH + 1)}]}
+    assert 800 > MAX_CLI_COMMANDS and 4000 > MAX_FREQUENCY_PLANS
     return [
         (uid("plans"), dumps(three_thousand), "implausible"),
         (cli_uid(900), dumps(huge), "implausible"),
         (cli_uid(901), dumps(negative), "negative"),
+        (uid("many-plans"), dumps(many_plans), "implausible"),
+        (uid("long-plan"), dumps(long_plan), "implausible"),
+        (cli_uid(902), dumps(many_commands), "implausible"),
+        (cli_uid(903), dumps(long_path), "implausible"),
+        (cli_uid(904), dumps(long_alias), "implausible"),
     ]
 
 
@@ -286,7 +306,7 @@ def test_every_view_survives_hostile_values_byte_for_byte(tmp_path: Path) -> Non
         compare_with_the_oracles(store, hostile + rejected)
         assert_values_come_out(store_sql(store), [d.body for d in hostile])
         reasons = store.query("SELECT reason, count() FROM rejections FINAL GROUP BY reason ORDER BY reason")[1]
-        assert reasons == [("implausible", 2), ("negative", 1)]
+        assert reasons == [("implausible", 7), ("negative", 1)]
         stored = {r[0] for r in store.query("SELECT uid FROM snapshots FINAL")[1]}
         assert not stored & {u for u, _b, _r in implausible_bodies()}  # stored nowhere but as rejections
         # what comes after the hostile values shows in the figures
@@ -346,13 +366,19 @@ def test_hostile_values_and_implausible_totals_through_a_running_stack(tmp_path:
             lambda rows: rows and rows[0]["n"] == len(hostile) and rows[0]["r"] == len(rejected),
         )
         reasons = stack.sql("SELECT reason, messages FROM rejected_daily ORDER BY reason")
-        assert [(r["reason"], r["messages"]) for r in reasons] == [("implausible", 2), ("negative", 1)]
+        assert [(r["reason"], r["messages"]) for r in reasons] == [("implausible", 7), ("negative", 1)]
         stored = {r["uid"] for r in stack.sql("SELECT uid FROM snapshots")}
         assert not stored & {u for u, _b, _r in rejected}  # stored nowhere but as rejections
         plans = {
             r["frequency_plan_id"] for r in stack.sql("SELECT frequency_plan_id FROM gateways_by_frequency_plan_daily")
         }
         assert not plans & {f"P{i}" for i in range(3000)}  # the 3,000 plans moved nothing
+        assert not plans & {f"C0_{j}" for j in range(4000)}  # nor the 4,000
+        paths = {r["command_path"] for r in stack.sql("SELECT command_path FROM cli_command_usage_daily")}
+        assert not paths & {f"k0_{j}" for j in range(800)}  # nor the 800 commands
+        messages = [r["message"] for r in stack.sql("SELECT message FROM rejections WHERE reason = 'implausible'")]
+        assert any("4000 plan IDs" in m and f"bound of {MAX_FREQUENCY_PLANS}" in m for m in messages), messages
+        assert any("800 entries" in m and f"bound of {MAX_CLI_COMMANDS}" in m for m in messages), messages
         sent = now_deliveries(hostile)
         wait_for_analyst_views(stack.api_url, expected(sent))  # the refresh ran (every 10 s) and came out exact
         assert_values_come_out(stack.sql, [b for _u, b in hostile])

@@ -44,6 +44,7 @@ from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.config import load_settings
 from is_telemetry.kafka import ensure_topics
 from is_telemetry.partitioning import partition_of
+from is_telemetry.schema import MAX_NAME_LENGTH
 from processors.validate import Rejection, validate
 from producers.simulator import generate, ground_truth, send_to_kafka
 from tests.conftest import RunningStack, start_stack
@@ -818,7 +819,7 @@ HOSTILE_STRINGS = [
     "",
     " ",
     "\t\r\n",
-    "a" * 1000,
+    "a" * MAX_NAME_LENGTH,  # the longest plan ID a message may carry (a longer one is implausible)
     "ЕU_863_870",
     "EU_863_870\u200b",
     "$1",

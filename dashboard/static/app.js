@@ -72,6 +72,11 @@
     tbody.replaceChildren(...rows);
   }
 
+  // A panel lists its first keys and sums the rest in one row: its key is null and `others` says how many keys it
+  // stands for (docs/dashboard.md, "Bounded answers"). Such a row is shown as "other (n)".
+  const isRest = (r) => Number(r.others || 0) > 0;
+  const restLabel = (r, what) => "other (" + fmt(r.others) + " " + what + ")";
+
   function td(value, attrs) {
     return el("td", Object.assign({ class: "num", "data-value": value === null ? "" : String(value), text: fmt(value) }, attrs || {}));
   }
@@ -129,14 +134,15 @@
 
   function renderGateways(data) {
     const rows = data.rows;
+    const label = (r) => (isRest(r) ? restLabel(r, "plans") : r.frequency_plan_id);
     draw("chart-gateways", {
       type: "bar",
-      data: { labels: rows.map((r) => r.frequency_plan_id),
+      data: { labels: rows.map(label),
         datasets: [{ label: "Gateways", data: rows.map((r) => num(r.gateways)), backgroundColor: PALETTE[0], maxBarThickness: 26 }] },
       options: { indexAxis: "y", plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true } } },
     });
-    fillTable("table-gateways", rows.map((r) => el("tr", { "data-plan": r.frequency_plan_id }, [
-      el("td", { text: r.frequency_plan_id }), td(r.gateways)])));
+    fillTable("table-gateways", rows.map((r) => el("tr", isRest(r) ? { "data-other": r.others } : { "data-plan": r.frequency_plan_id }, [
+      el("td", { text: label(r) }), td(r.gateways)])));
     setPanel("#panel-gateways", rows.length ? "ready" : "empty", data.day);
   }
 
@@ -184,7 +190,8 @@
   function renderVersions(data, axis) {
     renderVersionsReadable(data, axis); // the top versions and "other", share or number (the switch), counts on hover
     const adoption = data.tables.adoption.rows;
-    fillTable("table-versions", adoption.map((r) => el("tr", { "data-version": r.version }, [el("td", { text: r.version }),
+    fillTable("table-versions", adoption.map((r) => el("tr", isRest(r) ? { "data-other": r.others } : { "data-version": r.version }, [
+      el("td", { text: isRest(r) ? restLabel(r, "versions") : r.version }),
       td(r.deployments), el("td", { class: "num", text: pct(r.share) })])));
     setPanel("#panel-versions", data.rows.length ? "ready" : "empty", data.day);
   }
@@ -195,15 +202,17 @@
       const rows = part(dim);
       draw(id, {
         type: "bar",
-        data: { labels: rows.map((r) => r.value || "(empty)"),
+        data: { labels: rows.map((r) => (isRest(r) ? restLabel(r, "values") : r.value || "(empty)")),
           datasets: [{ label: "Deployments", data: rows.map((r) => num(r.deployments)), backgroundColor: PALETTE[k + 1],
             maxBarThickness: 26 }] },
         options: { indexAxis: "y", plugins: { legend: { display: false }, title: { display: true, text: title } },
           scales: { x: { beginAtZero: true } } },
       });
     });
-    fillTable("table-os", data.rows.map((r) => el("tr", { "data-dimension": r.dimension, "data-key": r.value }, [
-      el("td", { text: r.dimension === "arch" ? "architecture" : "operating system" }), el("td", { text: r.value }),
+    fillTable("table-os", data.rows.map((r) => el("tr", Object.assign({ "data-dimension": r.dimension },
+      isRest(r) ? { "data-other": r.others } : { "data-key": r.value }), [
+      el("td", { text: r.dimension === "arch" ? "architecture" : "operating system" }),
+      el("td", { text: isRest(r) ? restLabel(r, "values") : r.value }),
       td(r.deployments), el("td", { class: "num", text: pct(r.share) })])));
     setPanel("#panel-os", data.rows.length ? "ready" : "empty", data.day);
   }
@@ -252,11 +261,21 @@
     return new URLSearchParams(location.search).get("fleet") === "carried" ? "carried" : "reported";
   }
 
-  // Stacked bars over the day axis: the TOP_N keys with the largest totals over the range, the rest as "other".
-  // `order` (optional) fixes the order of keys (e.g. size buckets) instead of largest first. Hover: count and share.
-  function stackedBars(id, axis, rows, keyOf, valueOf, switchName, order) {
+  // Stacked bars over the day axis: the TOP_N keys with the largest totals over the range, the rest as "other", with
+  // the rows the API already summed as the rest (isRest). `order` (optional) fixes the order of keys (e.g. size
+  // buckets) instead of largest first. Hover: count and share.
+  function stackedBars(id, axis, allRows, keyOf, valueOf, switchName, order) {
     const totals = new Map();
     const perDay = new Map();
+    const apiRest = new Map(); // day -> what the API summed as the rest
+    let apiRestKeys = 0;
+    allRows.filter(isRest).forEach((r) => {
+      const v = num(valueOf(r)) || 0;
+      apiRest.set(r.day, (apiRest.get(r.day) || 0) + v);
+      perDay.set(r.day, (perDay.get(r.day) || 0) + v);
+      apiRestKeys = Math.max(apiRestKeys, Number(r.others));
+    });
+    const rows = allRows.filter((r) => !isRest(r));
     rows.forEach((r) => {
       const k = keyOf(r), v = num(valueOf(r)) || 0;
       totals.set(k, (totals.get(k) || 0) + v);
@@ -269,9 +288,9 @@
     if (order) top = order(top);
     const value = new Map(rows.map((r) => [r.day + "|" + keyOf(r), num(valueOf(r)) || 0]));
     const series = top.map((k) => ({ label: String(k), counts: axis.map((d) => value.get(d + "|" + k) || 0) }));
-    if (rest.size) {
-      series.push({ label: "other (" + rest.size + ")", other: true, counts: axis.map((d) => {
-        let n = 0;
+    if (rest.size || apiRest.size) {
+      series.push({ label: "other (" + (rest.size + apiRestKeys) + (apiRestKeys ? "+" : "") + ")", other: true, counts: axis.map((d) => {
+        let n = apiRest.get(d) || 0;
         rest.forEach((k) => { n += value.get(d + "|" + k) || 0; });
         return n;
       }) });
@@ -418,7 +437,9 @@
             " (" + fmt(c.dataset.counts[c.dataIndex]) + ")" } } },
         scales: { x: { ticks: DAY_TICKS }, y: { min: 0, max: 100, ticks: { callback: (v) => v + "%" } } } },
     });
-    fillTable("table-adoption", data.tables.speed.rows.slice().reverse().map((r) => el("tr", { "data-version": r.version }, [
+    fillTable("table-adoption", data.tables.speed.rows.slice().reverse().map((r) => isRest(r)
+      ? el("tr", { "data-other": r.others }, [el("td", { text: fmt(r.others) + " older versions not listed" })])
+      : el("tr", { "data-version": r.version }, [
       el("td", { text: r.version }), el("td", { text: r.first_seen + (r.seen_on_first_day ? " or before" : "") }),
       el("td", { text: r.half_on || "not yet" }),
       el("td", { class: "num", "data-value": r.days_to_half === null ? "" : String(r.days_to_half), text: r.days_to_half === null ? "–" : String(r.days_to_half) })])));
@@ -441,8 +462,8 @@
     cache.cli = { data, axis };
     const dim = mode("cli-dimension", "version");
     stackedBars("chart-cli", axis, data.rows.filter((r) => r.dimension === dim), (r) => r.value || "(empty)", (r) => r.installs, "cli");
-    fillTable("table-cli", data.tables.commands.rows.map((r) => el("tr", { "data-command": r.command_path }, [
-      el("td", { text: r.command_path }), td(r.installs, { "data-metric": "installs" }), td(r.executions, { "data-metric": "executions" })])));
+    fillTable("table-cli", data.tables.commands.rows.map((r) => el("tr", isRest(r) ? { "data-other": r.others } : { "data-command": r.command_path }, [
+      el("td", { text: isRest(r) ? restLabel(r, "commands") : r.command_path }), td(r.installs, { "data-metric": "installs" }), td(r.executions, { "data-metric": "executions" })])));
     fillTable("table-cli-new", data.tables.new_installs.rows.slice().reverse().map((r) => el("tr", { "data-day": r.day, "data-cli-new": "" }, [
       el("td", { text: r.day }), td(r.new, { "data-metric": "new" }), td(r.new_2025_cli, { "data-metric": "new_2025_cli" }),
       td(r.new_older_cli, { "data-metric": "new_older_cli" })])));
@@ -454,12 +475,12 @@
     const rows = data.rows;
     draw("chart-cli-aliases", {
       type: "bar",
-      data: { labels: rows.map((r) => r.alias + " (" + r.command_name + ")"),
+      data: { labels: rows.map((r) => (isRest(r) ? restLabel(r, "aliases") : r.alias + " (" + r.command_name + ")")),
         datasets: [{ label: "Uses", data: rows.map((r) => num(r.uses)), backgroundColor: PALETTE[4], maxBarThickness: 26 }] },
       options: { indexAxis: "y", plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true } } },
     });
-    fillTable("table-cli-aliases", rows.map((r) => el("tr", { "data-alias": r.alias, "data-command-name": r.command_name }, [
-      el("td", { text: r.alias }), el("td", { text: r.command_name }), td(r.installs, { "data-metric": "installs" }),
+    fillTable("table-cli-aliases", rows.map((r) => el("tr", isRest(r) ? { "data-other": r.others } : { "data-alias": r.alias, "data-command-name": r.command_name }, [
+      el("td", { text: isRest(r) ? restLabel(r, "aliases") : r.alias }), el("td", { text: isRest(r) ? "" : r.command_name }), td(r.installs, { "data-metric": "installs" }),
       td(r.uses, { "data-metric": "uses" })])));
     setPanel("#panel-cli-aliases", rows.length ? "ready" : "empty", data.day);
   }
@@ -473,9 +494,12 @@
       { label: "Inconsistent deployments", data: col("inconsistent_deployments") },
       { label: "Deployments with a jump", data: col("jumping_deployments") },
     ]);
-    fillTable("table-quality", data.tables.jumps.rows.slice().reverse().map((r) => el("tr", { "data-day": r.day, "data-uid": r.uid, "data-jump": r.metric }, [
+    const jumps = data.tables.jumps.rows;
+    fillTable("table-quality", jumps.filter((r) => !isRest(r)).reverse().map((r) => el("tr", { "data-day": r.day, "data-uid": r.uid, "data-jump": r.metric }, [
       el("td", { text: r.day }), el("td", { class: "uid", text: r.uid.slice(0, 12) + "…", title: r.uid }), el("td", { text: r.metric }),
-      td(r.previous, { "data-metric": "previous" }), td(r.current, { "data-metric": "current" })])));
+      td(r.previous, { "data-metric": "previous" }), td(r.current, { "data-metric": "current" })])).concat(
+      jumps.filter(isRest).map((r) => el("tr", { "data-other": r.others }, [
+        el("td", { colspan: 5, text: "and " + fmt(r.others) + " smaller jumps (the largest " + fmt(data.top) + " are listed)" })]))));
     setPanel("#panel-quality", data.rows.length ? "ready" : "empty");
   }
 
