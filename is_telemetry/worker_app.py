@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from mode import Service
@@ -17,6 +18,7 @@ from mode import Service
 from dashboard.server import ApiThread
 from is_telemetry.config import Settings
 from is_telemetry.kafka import ensure_topics, topic_partitions
+from is_telemetry.ledger import StoredPositions
 from is_telemetry.streaming import FaustRewinder, faust_app, run_faust, take_bodies
 from processors.rollup import Rollups, preparer
 from processors.worker import Ack, Processors, SinkFactory
@@ -41,7 +43,12 @@ class ApiService(Service):
 
 
 def checkpoint(
-    settings: Settings, store: ClickHouseStore, rollups: Rollups, rewinder: FaustRewinder, ack: Ack
+    settings: Settings,
+    store: ClickHouseStore,
+    rollups: Rollups,
+    rewinder: FaustRewinder,
+    ack: Ack,
+    on_written: Callable[[dict[int, int]], None] | None = None,
 ) -> Checkpoint:
     """The sink: roll a batch up (processors/rollup.py), write it to `store`, then acknowledge its events."""
     return Checkpoint(
@@ -53,12 +60,16 @@ def checkpoint(
         ack=ack,
         deadline_s=settings.clickhouse.retry_s,
         load=lambda partitions: rollups.load(store, rollups.missing(partitions)),
+        on_written=on_written,
     )
 
 
-def in_process_sink(settings: Settings, store: ClickHouseStore) -> SinkFactory:
-    """The processors worker's sink (processors/worker.py `SinkFactory`), writing to `store`."""
-    return lambda rollups, rewinder, ack: checkpoint(settings, store, rollups, rewinder, ack)
+def in_process_sink(settings: Settings, store: ClickHouseStore, ledger_dir: Path | None = None) -> SinkFactory:
+    """The processors worker's sink (processors/worker.py `SinkFactory`), writing to `store`; with `ledger_dir`, it
+    records there what it stored of the raw topic (is_telemetry/ledger.py)."""
+    positions = StoredPositions(ledger_dir, settings.kafka.raw_topic) if ledger_dir is not None else None
+    on_written = positions.record if positions is not None else None
+    return lambda rollups, rewinder, ack: checkpoint(settings, store, rollups, rewinder, ack, on_written)
 
 
 def open_store(settings: Settings) -> ClickHouseStore:
@@ -83,8 +94,15 @@ def _closer(store: ClickHouseStore | None) -> Callable[[], None] | None:
     return close
 
 
-def run_worker(settings: Settings, with_sink: bool = True, serve_api: bool = False, log_level: str = "warning") -> int:
-    """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered."""
+def run_worker(
+    settings: Settings,
+    with_sink: bool = True,
+    serve_api: bool = False,
+    log_level: str = "warning",
+    ledger_dir: Path | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered.
+    `ledger_dir`: where the sink records what it stored (`up` on the embedded broker, is_telemetry/ledger.py)."""
     ensure_topics(settings)
     partitions_total = topic_partitions(settings, settings.kafka.raw_topic)
     store = None
@@ -92,7 +110,7 @@ def run_worker(settings: Settings, with_sink: bool = True, serve_api: bool = Fal
         store = open_store(settings)
         if with_sink:
             store.check_partitions(partitions_total, settings.kafka.raw_topic)
-    sink = in_process_sink(settings, store) if with_sink and store is not None else None
+    sink = in_process_sink(settings, store, ledger_dir) if with_sink and store is not None else None
     processors = Processors(settings, sink, partitions_total)
     return run_faust(processors.app, settings, _services(settings, serve_api, log_level), _closer(store), log_level)
 

@@ -76,10 +76,13 @@ class Checkpoint:
         deadline_s: float = 30.0,
         backoff_s: tuple[float, float] = (2.0, 60.0),
         load: Callable[[list[int]], None] | None = None,
+        on_written: Callable[[dict[int, int]], None] | None = None,
     ) -> None:
-        """`load`: rebuilds the prepared state of partitions taken on (`taken_on`), before their first batch."""
+        """`load`: rebuilds the prepared state of partitions taken on (`taken_on`), before their first batch.
+        `on_written`: told `written` after each batch is stored, before its events are acknowledged (the loss ledger
+        of the embedded broker, is_telemetry/ledger.py)."""
         self.store, self.prepare, self.needs_io, self.on_rewind = store, prepare, needs_io, on_rewind
-        self.load = load
+        self.load, self.on_written = load, on_written
         self.rewinder, self.ack, self.deadline_s = rewinder, ack, deadline_s
         self.backoff_s, self._backoff = backoff_s, backoff_s[0]
         self.written: dict[int, int] = {}  # partition -> the first position not yet written
@@ -140,6 +143,11 @@ class Checkpoint:
             return False
         for part in pending.parts:
             self.written[part.partition] = max(self.written.get(part.partition, 0), part.position + 1)
+        if self.on_written is not None:
+            try:
+                self.on_written(self.written)
+            except OSError as exc:  # the records are stored: only the loss report would be off
+                log.error("the stored positions could not be recorded (%s): a broker loss would be over-reported", exc)
         await self.ack(pending.events, pending.bodies)
         self._backoff = self.backoff_s[0]
         return True
@@ -185,6 +193,7 @@ class Checkpoint:
         metrics.REWINDS.inc()
         self.rewinder.pause(partitions)
         self.paused |= partitions
+        metrics.PAUSED.set(len(self.paused))
         self.on_rewind(partitions)
         for b in batches:
             self.rewinder.discard(b.events)
@@ -199,6 +208,7 @@ class Checkpoint:
     def _resume_all(self) -> None:
         self._resume = None
         partitions, self.paused = self.paused, set()
+        metrics.PAUSED.set(0)
         log.info("resuming partitions %s", sorted(partitions))
         self.rewinder.resume(partitions)
 
@@ -210,6 +220,7 @@ class Checkpoint:
         for p in partitions:
             self.written.pop(p, None)
             self.paused.discard(p)
+        metrics.PAUSED.set(len(self.paused))
         if self._resume is not None and not self.paused:
             self._resume.cancel()
             self._resume = None

@@ -9,3 +9,7 @@ REWINDS = Counter(
     "is_telemetry_sink_rewinds_total",
     "Batches ClickHouse did not take in time: partitions paused and rewound to the last written position",
 )
+PAUSED = Gauge(
+    "is_telemetry_sink_paused_partitions",
+    "Partitions paused because ClickHouse did not take their last batch (they resume after a back-off)",
+)
