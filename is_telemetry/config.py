@@ -239,10 +239,10 @@ class BrokerSettings(_Section):
     host: str = Field("127.0.0.1", description="Embedded broker listen address")
     port: int = Field(19092, ge=0, le=65535, description="Embedded broker port")
     session_timeout_s: float = Field(
-        4.0,
-        ge=2.0,
+        2.0,
+        ge=1.0,
         le=60.0,
-        description="Consumer-group session timeout of the worker `up` runs on the embedded broker (it completes a join after about half of it: a restarted worker consumes again that much sooner)",
+        description="Consumer-group session timeout of the worker `up` runs on the embedded broker: Tansu completes a join after about half of it, so a restarted worker consumes again that much sooner (its heartbeats go 4 times as often; a worker that misses them all is taken out of its group and joins again)",
     )
     max_records: int = Field(
         20_000,

@@ -54,7 +54,7 @@ def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
         topic_replication_factor=settings.kafka.replication_factor,
         processing_guarantee="at_least_once",
         broker_session_timeout=settings.kafka.session_timeout_s,
-        broker_heartbeat_interval=1.0,
+        broker_heartbeat_interval=min(1.0, settings.kafka.session_timeout_s / 4),  # 3 or more per session
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         producer_linger=0.01,

@@ -77,24 +77,30 @@ class Checkpoint:
         backoff_s: tuple[float, float] = (2.0, 60.0),
         load: Callable[[list[int]], None] | None = None,
         on_written: Callable[[dict[int, int]], None] | None = None,
+        ready: Callable[[], None] | None = None,
     ) -> None:
         """`load`: rebuilds the prepared state of partitions taken on (`taken_on`), before their first batch.
         `on_written`: told `written` after each batch is stored, before its events are acknowledged (the loss ledger
-        of the embedded broker, is_telemetry/ledger.py)."""
+        of the embedded broker, is_telemetry/ledger.py). `ready`: blocks until the store is open (it may be opened
+        while the consumer joins its group); waited for when partitions are taken on, before their first batch."""
         self.store, self.prepare, self.needs_io, self.on_rewind = store, prepare, needs_io, on_rewind
-        self.load, self.on_written = load, on_written
+        self.load, self.on_written, self.ready = load, on_written, ready
         self.rewinder, self.ack, self.deadline_s = rewinder, ack, deadline_s
         self.backoff_s, self._backoff = backoff_s, backoff_s[0]
         self.written: dict[int, int] = {}  # partition -> the first position not yet written
         self._inflight: asyncio.Task[bool] | None = None
         self._resume: asyncio.TimerHandle | None = None
         self.paused: set[int] = set()
+        self.failing: set[int] = set()  # partitions whose last batch ClickHouse did not take, until one is written
 
     async def taken_on(self, partitions: Iterable[int]) -> None:
         """Partitions assigned to this process: their state is rebuilt now, off the event loop, in one go, rather than
         by their first batches (each of which would wait for it, behind the write in flight). If ClickHouse does not
         answer, the first batch of each partition loads it instead (and rewinds if that fails too)."""
         wanted = sorted(set(partitions))
+        if self.ready is not None:
+            await asyncio.to_thread(self.ready)
+            self.ready = None
         if self.load is None or not wanted:
             return
         try:
@@ -143,6 +149,8 @@ class Checkpoint:
             return False
         for part in pending.parts:
             self.written[part.partition] = max(self.written.get(part.partition, 0), part.position + 1)
+        self.failing -= {part.partition for part in pending.parts}
+        self._count_held()
         if self.on_written is not None:
             try:
                 self.on_written(self.written)
@@ -193,7 +201,8 @@ class Checkpoint:
         metrics.REWINDS.inc()
         self.rewinder.pause(partitions)
         self.paused |= partitions
-        metrics.PAUSED.set(len(self.paused))
+        self.failing |= partitions
+        self._count_held()
         self.on_rewind(partitions)
         for b in batches:
             self.rewinder.discard(b.events)
@@ -205,10 +214,12 @@ class Checkpoint:
         self._resume = asyncio.get_running_loop().call_later(self._backoff, self._resume_all)
         self._backoff = min(self._backoff * 2, self.backoff_s[1])
 
+    def _count_held(self) -> None:
+        metrics.PAUSED.set(len(self.paused | self.failing))
+
     def _resume_all(self) -> None:
         self._resume = None
         partitions, self.paused = self.paused, set()
-        metrics.PAUSED.set(0)
         log.info("resuming partitions %s", sorted(partitions))
         self.rewinder.resume(partitions)
 
@@ -220,7 +231,8 @@ class Checkpoint:
         for p in partitions:
             self.written.pop(p, None)
             self.paused.discard(p)
-        metrics.PAUSED.set(len(self.paused))
+            self.failing.discard(p)
+        self._count_held()
         if self._resume is not None and not self.paused:
             self._resume.cancel()
             self._resume = None

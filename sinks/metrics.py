@@ -11,5 +11,6 @@ REWINDS = Counter(
 )
 PAUSED = Gauge(
     "is_telemetry_sink_paused_partitions",
-    "Partitions paused because ClickHouse did not take their last batch (they resume after a back-off)",
+    "Partitions whose last batch ClickHouse did not take: paused and rewound, then tried again after a back-off; "
+    "counted until a batch of theirs is written",
 )

@@ -9,8 +9,9 @@ ClickHouse, and a fleet summary.
   simulator's history is still being stored: the progress line shows that), or, before any day has finished,
   today's so far, said to be partial; printed when it changes, at most every summary_every_s seconds;
 - the worker up but consuming nothing (it answers, but its group has given it no partition: after a restart, while
-  it joins; nothing is stored meanwhile), and when it consumes again: a line each, when it happens (at start-up only
-  if its first join takes longer than FIRST_JOIN_S)."""
+  it joins; or some of its partitions are paused: ClickHouse did not take their last batch; nothing is stored from
+  them meanwhile), and when it consumes again: a line each, when it happens (at start-up only if its first join
+  takes longer than FIRST_JOIN_S)."""
 
 from __future__ import annotations
 
@@ -75,20 +76,28 @@ class ProgressConsole:
             self.first_row_at = time.monotonic()
             say(f"first rows in ClickHouse {self.first_row_at - self.started:.1f}s after start-up")
 
-    def worker(self, partitions: int | None) -> None:
-        """What the worker's /metrics say it consumes (None: it does not answer; a dead worker is reported by the
-        supervisor)."""
-        if partitions is None:
+    def worker(self, consuming: tuple[int, int] | None) -> None:
+        """What the worker's /metrics say it consumes: (partitions assigned, of them paused); None: it does not
+        answer (a dead worker is reported by the supervisor)."""
+        if consuming is None:
             return
+        partitions, paused = consuming
         now = time.monotonic()
-        if partitions == 0:
+        if partitions == 0 or paused:
             self.idle_since = self.idle_since if self.idle_since is not None else now
-            if not self.told_idle and (self.consumed or now - self.started > FIRST_JOIN_S):
+            if self.told_idle or not (self.consumed or now - self.started > FIRST_JOIN_S):
+                return
+            if partitions == 0:
                 say(
                     "worker: up, but consuming no partition of the raw topic (joining its consumer group): nothing "
                     "is stored meanwhile; records wait in the broker"
                 )
-                self.told_idle = True
+            else:
+                say(
+                    f"worker: up, but {paused} of its {partitions} partitions are paused: ClickHouse did not take "
+                    "their last batch (they resume after a back-off); records wait in the broker"
+                )
+            self.told_idle = True
             return
         if self.told_idle and self.idle_since is not None:
             say(f"worker: consuming again ({partitions} partitions), after {now - self.idle_since:.1f}s without")

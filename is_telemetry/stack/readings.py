@@ -10,6 +10,7 @@ from is_telemetry import apiclient
 
 WORKER_STORED = "is_telemetry_processor_stored_total"  # records acknowledged once their batch reached ClickHouse
 WORKER_ASSIGNED = "is_telemetry_processor_partitions_assigned"  # raw-topic partitions the worker consumes
+WORKER_PAUSED = "is_telemetry_sink_paused_partitions"  # of them, paused: ClickHouse did not take their last batch
 
 
 class Readings:
@@ -59,7 +60,10 @@ class Readings:
         worker = apiclient.metrics(self.api_url + "/metrics")
         return None if worker is None else worker.get(WORKER_STORED, 0.0)
 
-    def worker_partitions(self) -> int | None:
-        """Raw-topic partitions the worker consumes (0: it is up but consumes nothing), None if it does not answer."""
+    def worker_partitions(self) -> tuple[int, int] | None:
+        """(raw-topic partitions the worker consumes, of them paused); (0, 0): it is up but consumes nothing; None if
+        it does not answer."""
         worker = apiclient.metrics(self.api_url + "/metrics", timeout_s=1.0)
-        return None if worker is None or WORKER_ASSIGNED not in worker else int(worker[WORKER_ASSIGNED])
+        if worker is None or WORKER_ASSIGNED not in worker:
+            return None
+        return int(worker[WORKER_ASSIGNED]), int(worker.get(WORKER_PAUSED, 0))

@@ -82,26 +82,33 @@ def test_the_console_says_when_the_worker_is_up_but_consumes_nothing(
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     console = ProgressConsole(summary_every_s=15, started=now[0], tty=False)
-    console.worker(0)  # at start-up, joining: not a stall yet
+    console.worker((0, 0))  # at start-up, joining: not a stall yet
     console.worker(None)  # not answering: the supervisor reports a dead worker
     now[0] += 3
-    console.worker(8)
+    console.worker((8, 0))
     assert capsys.readouterr().out == ""
     now[0] += 60
-    console.worker(0)  # after it consumed: at once
+    console.worker((0, 0))  # after it consumed: at once
     now[0] += 2.5
-    console.worker(0)
-    console.worker(8)
+    console.worker((0, 0))
+    console.worker((8, 0))
+    now[0] += 10
+    console.worker((8, 3))  # ClickHouse refused a batch: paused partitions
+    now[0] += 4
+    console.worker((8, 0))
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "worker: up, but consuming no partition of the raw topic (joining its consumer group): nothing is stored "
         "meanwhile; records wait in the broker",
         "worker: consuming again (8 partitions), after 2.5s without",
+        "worker: up, but 3 of its 8 partitions are paused: ClickHouse did not take their last batch (they resume "
+        "after a back-off); records wait in the broker",
+        "worker: consuming again (8 partitions), after 4.0s without",
     ], out
     late = ProgressConsole(summary_every_s=15, started=now[0], tty=False)
-    late.worker(0)
+    late.worker((0, 0))
     now[0] += FIRST_JOIN_S + 1
-    late.worker(0)  # a first join that takes too long is said too
+    late.worker((0, 0))  # a first join that takes too long is said too
     assert "consuming no partition" in capsys.readouterr().out
 
 
