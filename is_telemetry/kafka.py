@@ -201,3 +201,18 @@ def remove_members(bootstrap_servers: str, group_id: str, client_id: str, timeou
     finally:
         admin.close()
     return gone
+
+
+def leave_static(bootstrap_servers: str, group_id: str, instance_id: str, timeout_s: float = 3.0) -> None:
+    """Take a static member (group.instance.id) out of its group now: on a graceful stop, so that its partitions
+    move at once (a static member that simply stops keeps them until its session times out; one that crashes keeps
+    them for its replacement, which is the point). Raises KafkaError or OSError if Kafka does not answer."""
+    from kafka.admin import MemberToRemove
+
+    admin: Any = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id="is-telemetry-admin", request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        admin.remove_group_members(group_id, [MemberToRemove(group_instance_id=instance_id)])
+    finally:
+        admin.close()

@@ -15,13 +15,14 @@ from typing import Any
 import faust
 from faust.tables import TableManager
 from faust.types import TP
+from kafka.errors import KafkaError
 from mode import Service
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
 from is_telemetry import gctuning
 from is_telemetry.config import Settings, group_instance_id
-from is_telemetry.kafka import member_client_id
+from is_telemetry.kafka import leave_static, member_client_id
 
 
 def _faust_dir(settings: Settings) -> Path:
@@ -242,6 +243,19 @@ def run_faust(
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
+        leave_if_static(app, settings)
         if on_stopped is not None:
             on_stopped()
     return 0
+
+
+def leave_if_static(app: faust.App, settings: Settings) -> None:
+    """A static member that stops leaves its group (its partitions move at once); one that crashes does not, and its
+    replacement takes them back without a rebalance."""
+    instance_id = app.conf.consumer_group_instance_id
+    if not instance_id:
+        return
+    try:
+        leave_static(settings.bootstrap_servers, app.conf.id, instance_id)
+    except (KafkaError, OSError) as exc:
+        logging.getLogger(__name__).info("could not leave group %s as %s: %r", app.conf.id, instance_id, exc)
