@@ -245,7 +245,7 @@ class BrokerSettings(_Section):
         description="Consumer-group session timeout of the worker `up` runs on the embedded broker: Tansu completes a join after about half of it, so a restarted worker consumes again that much sooner (its heartbeats go 4 times as often; a worker that misses them all is taken out of its group and joins again)",
     )
     max_records: int = Field(
-        20_000,
+        10_000,
         ge=100,
         description="Records the embedded broker may hold in the current generation of the raw topic: past it, `up` moves the stack to a new generation and deletes the old one once it is stored (Tansu keeps every record in memory, and costs more CPU per request the more it holds)",
     )

@@ -149,15 +149,11 @@ class Processors:
             await self._stream.ack(event)
         metrics.STORED.inc(bodies)
 
-    def _count_assigned(self) -> None:
-        with contextlib.suppress(Exception):  # no consumer yet: nothing assigned
-            topic = self.settings.kafka.raw_topic
-            metrics.ASSIGNED.set(sum(1 for tp in self.app.consumer.assignment() if tp.topic == topic))
-
     async def _on_assigned(self, app: Any, assigned: Any, **kwargs: Any) -> None:
-        self._count_assigned()
+        raw = self.settings.kafka.raw_topic
+        metrics.ASSIGNED.set(sum(1 for tp in assigned if tp.topic == raw))  # faust passes the whole assignment
         if self.checkpoint is not None:  # the roll-up state of the partitions taken on, before their first batch
-            await self.checkpoint.taken_on(tp.partition for tp in assigned if tp.topic == self.settings.kafka.raw_topic)
+            await self.checkpoint.taken_on(tp.partition for tp in assigned if tp.topic == raw)
 
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.kafka.raw_topic}

@@ -89,19 +89,30 @@ class Checkpoint:
         self.backoff_s, self._backoff = backoff_s, backoff_s[0]
         self.written: dict[int, int] = {}  # partition -> the first position not yet written
         self._inflight: asyncio.Task[bool] | None = None
+        self._loading: asyncio.Future[None] | None = None  # the state of partitions taken on, being rebuilt
         self._resume: asyncio.TimerHandle | None = None
         self.paused: set[int] = set()
         self.failing: set[int] = set()  # partitions whose last batch ClickHouse did not take, until one is written
 
     async def taken_on(self, partitions: Iterable[int]) -> None:
-        """Partitions assigned to this process: their state is rebuilt now, off the event loop, in one go, rather than
-        by their first batches (each of which would wait for it, behind the write in flight). If ClickHouse does not
-        answer, the first batch of each partition loads it instead (and rewinds if that fails too)."""
+        """Partitions assigned to this process: their state is rebuilt off the event loop, in one go, rather than
+        by their first batches (each of which would wait for it, behind the write in flight). It runs in the
+        background: the assignment callback returns at once (the consumer sends no heartbeat until it has returned,
+        and a group takes a member that misses its session out), and the next batch, or drain, waits for it. If
+        ClickHouse does not answer, the first batch of each partition loads it instead (and rewinds if that fails
+        too)."""
         wanted = sorted(set(partitions))
+        if (self.ready is None and self.load is None) or not wanted:
+            return
+        self._loading = asyncio.ensure_future(self._load_taken(wanted, self._loading))
+
+    async def _load_taken(self, wanted: list[int], before: asyncio.Future[None] | None) -> None:
+        if before is not None:
+            await before
         if self.ready is not None:
             await asyncio.to_thread(self.ready)
             self.ready = None
-        if self.load is None or not wanted:
+        if self.load is None:
             return
         try:
             await asyncio.to_thread(self.load, wanted)
@@ -109,6 +120,12 @@ class Checkpoint:
             log.warning(
                 "the state of partitions %s was not loaded on assignment (%s): their first batch loads it", wanted, exc
             )
+
+    async def _loaded(self) -> None:
+        """Wait for the state of the partitions taken on (a load cannot be interrupted: it runs on a thread)."""
+        task, self._loading = self._loading, None
+        if task is not None:
+            await task
 
     def first_seen(self, partition: int, position: int) -> None:
         """Where a partition's reading starts (its committed offset), the first time it is seen."""
@@ -119,6 +136,7 @@ class Checkpoint:
     ) -> None:
         """Prepare this batch while the previous one is written, wait for that write, then start this one's.
         `bodies`: how many bodies the events hold (a Kafka record may hold many), for the acknowledgement."""
+        await self._loaded()
         pending = _Pending(parts, events, sends, len(events) if bodies is None else bodies)
         try:
             if self.needs_io(parts):  # state to load from ClickHouse first: off the event loop
@@ -225,6 +243,7 @@ class Checkpoint:
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Finish (or give up on) the write in flight: before stopping, and before partitions are revoked."""
+        await self._loaded()
         await self._wait_inflight(self.deadline_s if timeout_s is None else timeout_s)
 
     def revoked(self, partitions: Iterable[int]) -> None:
