@@ -389,6 +389,16 @@ def test_the_broker_moves_through_generations_and_nothing_is_lost_or_counted_twi
     assert first not in held and now in held, (first, now, held)
     assert len([t for t in held if t.startswith("tts-telemetry-raw")]) <= 2, held  # the current one (and a next)
     print(f"\n{valid} valid and {bad} rejected bodies through {first} .. {now}; topics now {held}")
+    # a tool that finds the stack through its data directory writes to the generation it reads now
+    sim = subprocess.run(
+        [sys.executable, "-m", "is_telemetry", "simulate", "--data-dir", str(stack.data_dir), "--deployments", "2"]
+        + ["--cli-installs", "0", "--days", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sim.returncode == 0 and f"kafka 127.0.0.1:{stack.broker_port} {now}" in sim.stderr, sim.stderr
+    assert first not in topics(stack)  # not created again
 
 
 def _answers(url: str) -> bool:

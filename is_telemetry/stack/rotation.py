@@ -61,8 +61,6 @@ class Rotation:
         self.since = time.monotonic()
         self.checked_at = time.monotonic()
         self.held: int | None = None  # records in the current generation's raw topic, at the last count
-        self.last_number = 0
-        self.rotations = 0
         self.on_change: Callable[[], None] = lambda: None  # the generations changed (up records them)
 
     @property
@@ -84,7 +82,7 @@ class Rotation:
     def reset(self) -> None:
         """A new broker: generation 0 again (its topics were created with it)."""
         self.children.use_generation(generation(self.s, 0))
-        self.phase, self.held, self.last_number = Phase.IDLE, None, 0
+        self.phase, self.held = Phase.IDLE, None
         self.since = self.checked_at = time.monotonic()
         self.on_change()
 
@@ -111,8 +109,7 @@ class Rotation:
 
     def begin(self) -> None:
         old = self.current
-        self.last_number = max(self.last_number, old.number) + 1
-        new = generation(self.s, self.last_number)
+        new = generation(self.s, old.number + 1)  # after an abort, the same one again: it may hold records
         try:
             create_topics(self.s, new.topics())
         except KafkaError as exc:
@@ -132,8 +129,8 @@ class Rotation:
         )
 
     def abort(self) -> None:
-        """The collector did not move within SWITCH_WARN_S: it stays (or goes back) on the worker's generation; the
-        new one is kept, empty or not, and used by the next attempt."""
+        """The collector did not move within SWITCH_WARN_S: it stays (or goes back) on the worker's generation. The
+        new one is kept, and is the next attempt's: whatever the collector published there meanwhile is read then."""
         back = self.children.worker_generation
         say(f"broker: the collector did not move to {self.current.raw}; staying on {back.raw} (see the collector log)")
         self.children.collector_generation = back
@@ -166,7 +163,6 @@ class Rotation:
         except KafkaError as exc:
             log.warning("could not delete %s (%r)", old.topics(), exc)
         ledger.remove(self.children.ledger_dir, [old.raw])
-        self.rotations += 1
         self.phase, self.held, self.checked_at = Phase.IDLE, None, time.monotonic()
         self.on_change()
         say(
