@@ -311,8 +311,11 @@ def worker(
     )
     setup_logging(log_level)
     follow_lifeline(s, drain=True)
+    from is_telemetry import ledger
+
     try:
-        code = run_worker(s, with_sink=sink, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
+        serve_api = api_port is not None and api_port >= 0
+        code = run_worker(s, sink, serve_api, log_level, ledger_dir=ledger.from_env())  # `up` gives it, if any
     except ConfigError as exc:  # e.g. the raw topic's partition count changed
         typer.echo(f"error: {printable(str(exc))}", err=True)
         raise typer.Exit(2) from exc
@@ -366,12 +369,13 @@ def collect(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the HTTP collector: POST /collect (what TTS's telemetry.target points at)."""
+    from is_telemetry import control, ledger
     from producers.collector import serve
 
     s = settings_from(config, kafka={"bootstrap_servers": kafka}, collector={"port": _port(port), "host": host or None})
     setup_logging(log_level)
     follow_lifeline(s)
-    serve(s, log_level=log_level)
+    serve(s, log_level=log_level, ledger_dir=ledger.from_env(), control_fd=control.from_env())  # from `up`, if any
 
 
 @app.command()

@@ -20,6 +20,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from is_telemetry.errors import ConfigError
 
 ENV_PREFIX = "IS_TELEMETRY_"
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable of a setting, e.g. env_name("kafka", "raw_topic") -> IS_TELEMETRY_KAFKA__RAW_TOPIC."""
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
 CONFIG_ENV = "IS_TELEMETRY_CONFIG"
 DEFAULT_CONFIG_FILE = "is-telemetry.yml"
 
@@ -139,6 +146,43 @@ def check_host(host: str) -> str:
     return host
 
 
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")  # Kafka's legal characters; room left for a generation suffix
+
+
+def check_topic(name: str) -> str:
+    """A Kafka topic name: letters, digits, '.', '_', '-' (Kafka's own rule), not '.' or '..', at most 200."""
+    if not _TOPIC.match(name) or name in (".", ".."):
+        raise ValueError(
+            f"{name!r} is not a Kafka topic name: use letters, digits, '.', '_' and '-', at most 200 (e.g. "
+            "tts-telemetry-raw)"
+        )
+    return name
+
+
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]+$")  # Kafka's legal characters for a group.instance.id
+INSTANCE_ID_MAX = 249
+HOSTNAME_PLACEHOLDER = "{hostname}"
+
+
+def check_group_instance_id(template: str) -> str:
+    """A static-membership id: Kafka's legal characters, and `{hostname}` (replaced per host)."""
+    if template and not _INSTANCE_ID.match(template.replace(HOSTNAME_PLACEHOLDER, "h")):
+        raise ValueError(
+            f"{template!r} is not a group instance id: use letters, digits, '.', '_', '-' and {HOSTNAME_PLACEHOLDER} "
+            f"(e.g. worker-{HOSTNAME_PLACEHOLDER})"
+        )
+    return template
+
+
+def group_instance_id(template: str, hostname: str) -> str | None:
+    """The static-membership id of this process (`{hostname}` replaced, characters outside Kafka's allowed set of
+    the host name turned into '-', cut to Kafka's 249), or None for dynamic membership."""
+    if not template:
+        return None
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", hostname) or "host"
+    return template.replace(HOSTNAME_PLACEHOLDER, host)[:INSTANCE_ID_MAX]
+
+
 def check_networks(items: list[str]) -> list[str]:
     """Each item as a canonical network (an address alone is its /32 or /128; host bits are cleared); else
     ValueError naming the item and what a right one looks like. Names are not resolved."""
@@ -172,6 +216,9 @@ class KafkaSettings(_Section):
     session_timeout_s: float = Field(10.0, description="Consumer group session timeout (seconds)")
 
     _servers = field_validator("bootstrap_servers")(classmethod(lambda cls, v: check_bootstrap_servers(v)))
+    _topics = field_validator("raw_topic", "deadletter_topic", "snapshots_topic")(
+        classmethod(lambda cls, v: check_topic(v))
+    )
 
 
 class ClickHouseSettings(_Section):
@@ -193,6 +240,17 @@ class ClickHouseSettings(_Section):
 class BrokerSettings(_Section):
     host: str = Field("127.0.0.1", description="Embedded broker listen address")
     port: int = Field(19092, ge=0, le=65535, description="Embedded broker port")
+    session_timeout_s: float = Field(
+        2.0,
+        ge=1.0,
+        le=60.0,
+        description="Consumer-group session timeout of the worker `up` runs on the embedded broker: Tansu completes a join after about half of it, so a restarted worker consumes again that much sooner (its heartbeats go 4 times as often; a worker that misses them all is taken out of its group and joins again)",
+    )
+    max_records: int = Field(
+        10_000,
+        ge=100,
+        description="Records the embedded broker may hold in the current generation of the raw topic: past it, `up` moves the stack to a new generation and deletes the old one once it is stored (Tansu keeps every record in memory, and costs more CPU per request the more it holds)",
+    )
 
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
@@ -378,6 +436,12 @@ class ProcessorSettings(_Section):
         description="Days of per-UID state (roll-up, dedup) kept in memory; a record for an older day recomputes that day and partition from ClickHouse",
     )
     web_port: int = Field(0, ge=0, le=65535, description="faust's own web port (0 = off)")
+    group_instance_id: str = Field(
+        "",
+        description="Static consumer-group membership (Kafka's group.instance.id): a restarted worker gets its partitions back at once, without a rebalance; `{hostname}` is replaced by the host's name (one id per process, e.g. `worker-{hostname}` in compose); empty = dynamic membership",
+    )
+
+    _instance = field_validator("group_instance_id")(classmethod(lambda cls, v: check_group_instance_id(v)))
 
 
 class Settings(BaseSettings):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import re
+import socket
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
@@ -147,3 +152,67 @@ def broker_answers(bootstrap_servers: str, timeout_s: float, client_id: str = "i
         return False
     probe.close(0)  # nothing was sent: nothing to flush
     return True
+
+
+def member_client_id(role: str, pid: int | None = None) -> str:
+    """The client id of a worker's (or a sink's) Kafka clients: it names the host and the process. Kafka, and Tansu,
+    begin every member id of a consumer group with the member's client id, so the members of a process that died can
+    be told apart (`remove_members`)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "host"
+    return f"is-telemetry-{role}-{host}-{os.getpid() if pid is None else pid}"
+
+
+async def _member_ids(bootstrap_servers: str, group_id: str, timeout_s: float) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    # aiokafka's describe, not kafka-python's: that one fails on Tansu's answer (its authorized operations)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id="is-telemetry-admin", request_timeout_ms=int(timeout_s * 1000)
+    )
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    ids: list[str] = []
+    for response in responses:
+        for group in response.to_object().get("groups", []):
+            ids += [str(m["member_id"]) for m in group.get("members", []) if m.get("member_id")]
+    return ids
+
+
+def remove_members(bootstrap_servers: str, group_id: str, client_id: str, timeout_s: float = 3.0) -> list[str]:
+    """Remove from the consumer group every member of the process whose client id is `client_id` (a process that is
+    gone: its member would hold its partitions until its session times out). Kafka accepts such a LeaveGroup from
+    any client. Returns the member ids removed; raises KafkaError (kafka-python) or OSError if Kafka does not answer.
+
+    Blocking; not to be called from a running event loop."""
+    from kafka.admin import MemberToRemove
+
+    members = asyncio.run(asyncio.wait_for(_member_ids(bootstrap_servers, group_id, timeout_s), timeout_s * 2))
+    gone = [m for m in members if m.startswith(client_id + "-")]
+    if not gone:
+        return []
+    admin: Any = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id="is-telemetry-admin", request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        admin.remove_group_members(group_id, [MemberToRemove(member_id=m) for m in gone])
+    finally:
+        admin.close()
+    return gone
+
+
+def leave_static(bootstrap_servers: str, group_id: str, instance_id: str, timeout_s: float = 3.0) -> None:
+    """Take a static member (group.instance.id) out of its group now: on a graceful stop, so that its partitions
+    move at once (a static member that simply stops keeps them until its session times out; one that crashes keeps
+    them for its replacement, which is the point). Raises KafkaError or OSError if Kafka does not answer."""
+    from kafka.admin import MemberToRemove
+
+    admin: Any = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id="is-telemetry-admin", request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        admin.remove_group_members(group_id, [MemberToRemove(group_instance_id=instance_id)])
+    finally:
+        admin.close()

@@ -2,7 +2,13 @@
 
     collector   GET /healthz and /readyz of the collector (readyz = its Kafka producer is connected)
     API         GET /healthz of the HTTP API/dashboard
-    Kafka       the bootstrap servers answer (kafka-python admin client) and the raw topic exists
+    worker      what the worker serving the API consumes (its /metrics, present when the API runs inside a worker, as
+                with `is-telemetry up`): DOWN when it is up but consumes no partition (it is joining its consumer
+                group: nothing is stored meanwhile), BEHIND when some of its partitions are paused (ClickHouse did not
+                take their last batch)
+    Kafka       the bootstrap servers answer (kafka-python admin client) and the raw topic exists; with `up`'s
+                embedded broker, the generations of the raw topic it holds (is_telemetry/generations.py) and the
+                records they hold (their high-water marks)
     lag         records the processors' consumer group (processors.group_id, `is-telemetry-processors`) has
                 not committed yet on the raw topic; `sink lag` the same for a separate sink's group
                 (processors.sink_group_id) on the snapshots topic, shown when that group has committed offsets
@@ -51,6 +57,8 @@ from kafka.errors import KafkaError
 from is_telemetry.apiclient import ApiError
 
 SINK_METRIC = "is_telemetry_sink_last_write_timestamp_seconds"
+ASSIGNED_METRIC = "is_telemetry_processor_partitions_assigned"  # processors/metrics.py
+PAUSED_METRIC = "is_telemetry_sink_paused_partitions"  # sinks/metrics.py
 FRESHNESS_PATH = "/api/freshness"  # dashboard/freshness.py
 
 OK, DOWN, UNKNOWN, BEHIND = "OK", "DOWN", "?", "BEHIND"
@@ -168,6 +176,35 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
             f"applications {r['applications']}, users {r['users']}, organizations {r['organizations']}"
         ),
     )
+
+
+def check_worker(client: Any, url: str) -> Line | None:
+    """What the worker serving `url` (its /metrics) consumes; None when that process is not a worker (a standalone
+    API) or does not answer (the API line says so)."""
+    from is_telemetry.apiclient import metrics
+
+    found = metrics(url, client=client)
+    if found is None or ASSIGNED_METRIC not in found:
+        return None
+    return worker_line(int(found[ASSIGNED_METRIC]), int(found.get(PAUSED_METRIC, 0)))
+
+
+def worker_line(assigned: int, paused: int) -> Line:
+    if assigned == 0:
+        return Line(
+            "worker",
+            DOWN,
+            "up, but consuming no partition of the raw topic: it is joining its consumer group (seconds after a "
+            "restart), or other members of the group hold every partition; nothing is stored meanwhile",
+        )
+    if paused:
+        return Line(
+            "worker",
+            BEHIND,
+            f"consuming {assigned} partitions, {paused} of them paused: ClickHouse did not take their last batch "
+            "(they resume after a back-off)",
+        )
+    return Line("worker", OK, f"consuming {assigned} partitions of the raw topic")
 
 
 def check_views(client: Any, api: str) -> Line:
@@ -320,9 +357,15 @@ def _lag_line(name: str, lag: Lag, topic: str, group: str, max_lag: int | None) 
     return Line(name, OK, detail)
 
 
-def check_kafka(bootstrap: str, topic: str, group: str, timeout_s: float, max_lag: int | None) -> tuple[Line, Line]:
+def check_kafka(
+    bootstrap: str, topics: list[str], group: str, timeout_s: float, max_lag: int | None
+) -> tuple[Line, Line]:
+    """The Kafka and lag lines, over `topics` (the raw topic; with `up`'s embedded broker, the generations of it that
+    exist: the lag is summed over them)."""
+    lags: list[Lag] = []
     try:
-        lag = kafka_lag(bootstrap, topic, group, timeout_s)
+        for topic in topics:
+            lags.append(kafka_lag(bootstrap, topic, group, timeout_s))
     except LookupError as exc:
         return (
             Line("Kafka", OK, f"{bootstrap}  reachable"),
@@ -333,13 +376,19 @@ def check_kafka(bootstrap: str, topic: str, group: str, timeout_s: float, max_la
             Line("Kafka", DOWN, f"{bootstrap}  not reachable ({_reason(exc)})"),
             Line("lag", UNKNOWN, "not computed: Kafka is not reachable"),
         )
-    kafka = Line(
-        "Kafka",
-        OK,
-        f"{bootstrap}  reachable; topic {topic}: {lag.partitions} partitions, "
-        f"high-water marks sum to {sum(lag.highwater.values())}",
+    held = ", ".join(
+        f"topic {t}: {lag.partitions} partitions, high-water marks sum to {sum(lag.highwater.values())}"
+        for t, lag in zip(topics, lags)
     )
-    return kafka, _lag_line("lag", lag, topic, group, max_lag)
+    kafka = Line("Kafka", OK, f"{bootstrap}  reachable; {held}")
+    total = Lag(
+        lags[-1].partitions,
+        sum(lag.total for lag in lags),
+        lags[-1].highwater,
+        lags[-1].committed,
+        sorted({p for lag in lags for p in lag.unknown}),
+    )
+    return kafka, _lag_line("lag", total, " + ".join(topics), group, max_lag)
 
 
 def check_sink_lag(bootstrap: str, topic: str, group: str, timeout_s: float, max_lag: int | None) -> Line | None:
@@ -360,7 +409,7 @@ class Targets:
     api: str
     collector: str
     bootstrap: str
-    raw_topic: str
+    raw_topics: list[str]
     group: str
     snapshots_topic: str
     sink_group: str
@@ -374,16 +423,18 @@ def collect(t: Targets, timeout_s: float, max_lag: int | None) -> Report:
     with httpx.Client(timeout=timeout_s) as client, ThreadPoolExecutor(4) as pool:
         f_collector = pool.submit(check_collector, client, t.collector)
         f_api = pool.submit(check_api, client, t.api, t.token, t.sink_metrics or f"{t.api}/metrics")
-        f_kafka = pool.submit(check_kafka, t.bootstrap, t.raw_topic, t.group, timeout_s, max_lag)
+        f_kafka = pool.submit(check_kafka, t.bootstrap, t.raw_topics, t.group, timeout_s, max_lag)
+        f_worker = pool.submit(check_worker, client, t.sink_metrics or f"{t.api}/metrics")
         f_sink = pool.submit(check_sink_lag, t.bootstrap, t.snapshots_topic, t.sink_group, timeout_s, max_lag)
         collector_line = f_collector.result()
         api_line, ch_line, today = f_api.result()
         kafka_line, lag_line = f_kafka.result()
         sink_line = f_sink.result()
+        worker = f_worker.result()
         views_line = (
             check_views(client, t.api) if api_line.healthy else Line("views", UNKNOWN, "not checked: the API is down")
         )
-    lines = [collector_line, api_line, kafka_line, lag_line]
+    lines = [collector_line, api_line, *([worker] if worker is not None else []), kafka_line, lag_line]
     if sink_line is not None:
         lines.append(sink_line)
     return Report([*lines, ch_line, views_line], today)
@@ -410,6 +461,21 @@ def _text(state: dict[str, Any], key: str) -> str:
     """A string the state file holds (anything else reads as absent)."""
     value = state.get(key)
     return value if isinstance(value, str) else ""
+
+
+def _raw_topics(state: dict[str, Any], settings: Any) -> list[str]:
+    """The generations of the raw topic the state file names (each must be one: the file is input), else the
+    configured raw topic."""
+    from is_telemetry.generations import number_of
+
+    named = state.get("raw_topics")
+    if (
+        isinstance(named, list)
+        and named
+        and all(isinstance(t, str) and number_of(settings, t) is not None for t in named)
+    ):
+        return list(named)
+    return [settings.kafka.raw_topic]
 
 
 def _base_url(url: str) -> str:
@@ -503,7 +569,7 @@ def command(
         api=api_url,
         collector=collector_url,
         bootstrap=kafka or _text(state, "kafka") or s.bootstrap_servers,
-        raw_topic=s.kafka.raw_topic,
+        raw_topics=_raw_topics(state, s),
         group=s.processors.group_id,
         snapshots_topic=s.kafka.snapshots_topic,
         sink_group=s.processors.sink_group_id,

@@ -9,14 +9,20 @@ each other (pyproject.toml `[tool.importlinter]`).
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from mode import Service
 
-from dashboard.server import ApiThread
-from is_telemetry.config import Settings
+from is_telemetry.config import Settings, check_api_exposure
+from is_telemetry.errors import ConfigError
 from is_telemetry.kafka import ensure_topics, topic_partitions
+from is_telemetry.ledger import StoredPositions
 from is_telemetry.streaming import FaustRewinder, faust_app, run_faust, take_bodies
 from processors.rollup import Rollups, preparer
 from processors.worker import Ack, Processors, SinkFactory
@@ -27,21 +33,48 @@ from sinks.consumer import partition_batches
 
 class ApiService(Service):
     """Serves the HTTP API/dashboard from the worker (chDB can only be read by the process that writes it), on a
-    thread and event loop of its own, with its queries on their own read-only ClickHouse sessions."""
+    thread and event loop of its own, with its queries on their own read-only ClickHouse sessions. The query side
+    is imported and set up on that thread: the consumer joins its group meanwhile (a restarted worker consumes again
+    that much sooner)."""
 
-    def __init__(self, settings: Settings, log_level: str, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, log_level: str, ready: Callable[[], None] = lambda: None, **kwargs: Any
+    ) -> None:
+        """`ready`: waits until the store is open (its migrations applied) before the API starts."""
         super().__init__(**kwargs)
-        self.api = ApiThread(settings, log_level)
+        check_api_exposure(settings)  # a refusal ends the process now (exit code 2), not on the API's thread
+        self.settings, self.log_level, self.ready = settings, log_level, ready
+        self.api: Any = None  # dashboard.server.ApiThread, once set up
+        self.starting: threading.Thread | None = None
 
     async def on_start(self) -> None:
-        self.api.start()
+        def start() -> None:
+            from dashboard.server import ApiThread
+
+            self.ready()
+            self.api = ApiThread(self.settings, self.log_level).start()
+
+        self.starting = threading.Thread(target=start, name="api-start", daemon=True)
+        self.starting.start()
 
     async def on_stop(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.api.stop, 5.0)
+        def stop() -> None:
+            if self.starting is not None:
+                self.starting.join(30)
+            if self.api is not None:
+                self.api.stop(5.0)
+
+        await asyncio.get_running_loop().run_in_executor(None, stop)
 
 
 def checkpoint(
-    settings: Settings, store: ClickHouseStore, rollups: Rollups, rewinder: FaustRewinder, ack: Ack
+    settings: Settings,
+    store: ClickHouseStore,
+    rollups: Rollups,
+    rewinder: FaustRewinder,
+    ack: Ack,
+    on_written: Callable[[dict[int, int]], None] | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> Checkpoint:
     """The sink: roll a batch up (processors/rollup.py), write it to `store`, then acknowledge its events."""
     return Checkpoint(
@@ -53,48 +86,113 @@ def checkpoint(
         ack=ack,
         deadline_s=settings.clickhouse.retry_s,
         load=lambda partitions: rollups.load(store, rollups.missing(partitions)),
+        on_written=on_written,
+        ready=ready,
     )
 
 
-def in_process_sink(settings: Settings, store: ClickHouseStore) -> SinkFactory:
-    """The processors worker's sink (processors/worker.py `SinkFactory`), writing to `store`."""
-    return lambda rollups, rewinder, ack: checkpoint(settings, store, rollups, rewinder, ack)
+def in_process_sink(
+    settings: Settings, store: ClickHouseStore, ledger_dir: Path | None = None, ready: Callable[[], None] | None = None
+) -> SinkFactory:
+    """The processors worker's sink (processors/worker.py `SinkFactory`), writing to `store` (once `ready` returns);
+    with `ledger_dir`, it records there what it stored of the raw topic (is_telemetry/ledger.py)."""
+    positions = StoredPositions(ledger_dir, settings.kafka.raw_topic) if ledger_dir is not None else None
+    on_written = positions.record if positions is not None else None
+    return lambda rollups, rewinder, ack: checkpoint(settings, store, rollups, rewinder, ack, on_written, ready)
+
+
+def new_store(settings: Settings) -> ClickHouseStore:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days, settings.clickhouse.retry_s)
 
 
 def open_store(settings: Settings) -> ClickHouseStore:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ClickHouseStore(
-        settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days, settings.clickhouse.retry_s
-    ).open()
+    return new_store(settings).open()
 
 
-def _services(settings: Settings, serve_api: bool, log_level: str) -> list[Service]:
-    return [ApiService(settings, log_level)] if serve_api else []
+class OpeningStore:
+    """The embedded chDB, opened (migrations applied, the raw topic's partition count checked) on a thread of its
+    own while the worker's consumer joins its group: a worker started again consumes that much sooner. The sink and
+    the API wait for it (`wait`). What it refuses ends the process as a refusal before any record is processed (exit
+    code 2, one `error:` line), what else it raises with exit code 1. Not for a ClickHouse server: one that does not
+    answer yet is waited for before the worker joins its group (it would hold partitions it cannot store)."""
+
+    def __init__(self, store: ClickHouseStore, partitions: int | None, topic: str) -> None:
+        self.store, self.partitions, self.topic = store, partitions, topic
+        self.done = threading.Event()
+        threading.Thread(target=self._open, name="store-open", daemon=True).start()
+
+    def _open(self) -> None:
+        try:
+            self.store.open()
+            if self.partitions is not None:
+                self.store.check_partitions(self.partitions, self.topic)
+        except ConfigError as exc:
+            _end(2, f"error: {exc}")
+        except Exception as exc:
+            logging.getLogger(__name__).exception("the store could not be opened")
+            _end(1, f"error: the store could not be opened: {exc}")
+        finally:
+            self.done.set()
+
+    def wait(self) -> None:
+        self.done.wait()
 
 
-def _closer(store: ClickHouseStore | None) -> Callable[[], None] | None:
+def _open() -> None:
+    """A store opened before the worker starts is ready at once."""
+
+
+def _end(code: int, line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(code)  # from the opening thread: nothing was consumed, nothing committed
+
+
+def _services(
+    settings: Settings, serve_api: bool, log_level: str, ready: Callable[[], None] = lambda: None
+) -> list[Service]:
+    return [ApiService(settings, log_level, ready)] if serve_api else []
+
+
+def _closer(store: ClickHouseStore | None, ready: Callable[[], None] = lambda: None) -> Callable[[], None] | None:
     if store is None:
         return None
 
     def close() -> None:
+        ready()
         store.stopping.set()
         store.close()
 
     return close
 
 
-def run_worker(settings: Settings, with_sink: bool = True, serve_api: bool = False, log_level: str = "warning") -> int:
-    """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered."""
+def run_worker(
+    settings: Settings,
+    with_sink: bool = True,
+    serve_api: bool = False,
+    log_level: str = "warning",
+    ledger_dir: Path | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered.
+    `ledger_dir`: where the sink records what it stored (`up` on the embedded broker, is_telemetry/ledger.py)."""
     ensure_topics(settings)
-    partitions_total = topic_partitions(settings, settings.kafka.raw_topic)
+    topic = settings.kafka.raw_topic
+    partitions_total = topic_partitions(settings, topic)
     store = None
+    ready = _open
     if with_sink or serve_api:
-        store = open_store(settings)
-        if with_sink:
-            store.check_partitions(partitions_total, settings.kafka.raw_topic)
-    sink = in_process_sink(settings, store) if with_sink and store is not None else None
+        if settings.clickhouse_dsn.startswith("chdb:"):  # local: opened while the consumer joins its group
+            store = new_store(settings)
+            ready = OpeningStore(store, partitions_total if with_sink else None, topic).wait
+        else:
+            store = open_store(settings)
+            if with_sink:
+                store.check_partitions(partitions_total, topic)
+    sink = in_process_sink(settings, store, ledger_dir, ready) if with_sink and store is not None else None
     processors = Processors(settings, sink, partitions_total)
-    return run_faust(processors.app, settings, _services(settings, serve_api, log_level), _closer(store), log_level)
+    services = _services(settings, serve_api, log_level, ready)
+    return run_faust(processors.app, settings, services, _closer(store, ready), log_level)
 
 
 def run_sink(settings: Settings, serve_api: bool = False, log_level: str = "warning") -> int:

@@ -21,3 +21,7 @@ BATCH_SIZE = Histogram(
 )
 LAG = Gauge("is_telemetry_processor_lag_records", "Records behind the fetched high-water mark", ["partition"])
 STATE_UID_DAYS = Gauge("is_telemetry_rollup_state_uid_days", "UID-days held by the roll-up state in this process")
+ASSIGNED = Gauge(
+    "is_telemetry_processor_partitions_assigned",
+    "Raw-topic partitions this worker consumes (0: it consumes nothing, e.g. while it joins its consumer group)",
+)

@@ -150,11 +150,14 @@ class Processors:
         metrics.STORED.inc(bodies)
 
     async def _on_assigned(self, app: Any, assigned: Any, **kwargs: Any) -> None:
+        raw = self.settings.kafka.raw_topic
+        metrics.ASSIGNED.set(sum(1 for tp in assigned if tp.topic == raw))  # faust passes the whole assignment
         if self.checkpoint is not None:  # the roll-up state of the partitions taken on, before their first batch
-            await self.checkpoint.taken_on(tp.partition for tp in assigned if tp.topic == self.settings.kafka.raw_topic)
+            await self.checkpoint.taken_on(tp.partition for tp in assigned if tp.topic == raw)
 
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.kafka.raw_topic}
+        metrics.ASSIGNED.set(0)  # faust revokes every partition before a new assignment
         if self.checkpoint is not None:
             await self.checkpoint.drain()  # the write in flight finishes (or gives up) before another owner reads
             self.checkpoint.revoked(partitions)

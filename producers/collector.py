@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from is_telemetry import control
 from is_telemetry.config import Settings, load_settings
 from is_telemetry.envelope import (
     BATCH_FORMAT,
@@ -52,9 +54,11 @@ from is_telemetry.envelope import (
     pack,
 )
 from is_telemetry.errors import RequestRefused, Stopped, Unavailable, UnsupportedMediaType
+from is_telemetry.generations import number_of
 from is_telemetry.httpedge import edge_limits, read_body, server_config
 from is_telemetry.kafka import HEADER_SOURCE, broker_answers, close_producer, make_producer
 from is_telemetry.kafka import headers as record_headers
+from is_telemetry.ledger import AckLedger
 from is_telemetry.logsetup import setup_logging
 from is_telemetry.partitioning import partition_of
 from is_telemetry.retry import RetryPolicy, retry_on, with_retries
@@ -177,6 +181,12 @@ class Metrics:
             registry=r,
         )
         self.kafka_ready = Gauge("collector_kafka_producer_ready", "1 once the Kafka producer is connected", registry=r)
+        self.raw_topic = Gauge(
+            "collector_raw_topic",
+            "1 for the raw topic this collector publishes to (its generation)",
+            ["topic"],
+            registry=r,
+        )
         self._children: dict[tuple[str, int], Any] = {}
         for reason in ("timeout", "error", "not_ready"):
             self.kafka_errors.labels(reason)
@@ -259,9 +269,18 @@ def producer_overrides(settings: Settings) -> dict[str, object]:
 class Publisher:
     """Owns the Kafka producer: connects in the background, bridges kafka-python futures to asyncio."""
 
-    def __init__(self, settings: Settings, producer: Any = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, producer: Any = None, metrics: Metrics | None = None, ledger_dir: Path | None = None
+    ) -> None:
+        """`ledger_dir`: where to write what Kafka acknowledged (is_telemetry/ledger.py; `up`, embedded broker)."""
         self.settings = settings
         self.topic = settings.kafka.raw_topic
+        self.ledger_dir = ledger_dir
+        self.ledger = AckLedger(ledger_dir, self.topic) if ledger_dir is not None else None
+        self._open = asyncio.Event()  # cleared while the raw topic changes: publishes wait (switch_topic)
+        self._open.set()
+        self._switching = asyncio.Lock()
+        self._pending: set[asyncio.Future[Any]] = set()  # records handed to the producer, not yet settled
         self.timeout_s = settings.collector.publish_timeout_s
         self.delivery_timeout_s = delivery_timeout_ms(settings) / 1000
         self.producer = producer
@@ -278,6 +297,7 @@ class Publisher:
         self.batch_max_bodies, self.batch_max_bytes = c.batch_max_bodies, c.batch_max_bytes
         self.partition_count = 0  # the raw topic's, once its metadata is known (then bodies are batched)
         self._batches: dict[tuple[int, bool], _Batch] = {}  # (partition, marked rate_limited) -> the open batch
+        self.metrics.raw_topic.labels(self.topic).set(1)
         if producer is not None:
             self.metrics.kafka_ready.set(1)
 
@@ -355,6 +375,8 @@ class Publisher:
             await asyncio.get_running_loop().run_in_executor(None, self._close_or_flush, p)
         self._sender_pool.shutdown(wait=False, cancel_futures=True)
         self._probe_pool.shutdown(wait=False, cancel_futures=True)
+        if self.ledger is not None:
+            self.ledger.close()
 
     def _close_or_flush(self, p: Any) -> None:
         if self.owned:
@@ -379,19 +401,29 @@ class Publisher:
         headers: list[tuple[str, bytes]],
         timestamp_ms: int,
         partition: int | None = None,
+        bodies: int = 1,
     ) -> asyncio.Future[Any]:
-        """Hand one record to the producer; the returned future resolves when Kafka acknowledged it (acks=all)."""
+        """Hand one record (holding `bodies` bodies) to the producer; the returned future resolves when Kafka
+        acknowledged it (acks=all), once the ack ledger (if any) has it."""
         p = self.producer
         if p is None:
             self.metrics.kafka_errors.labels("not_ready").inc()
             raise _unavailable("the Kafka producer is not connected yet")
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[Any] = loop.create_future()
+        self._pending.add(acked)
+        acked.add_done_callback(self._pending.discard)
+        ledger = self.ledger
         send = partial(
             p.send, self.topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms, partition=partition
         )
 
         def on_success(metadata: Any) -> None:
+            if ledger is not None:  # written before anyone is answered 202 (the I/O thread; a write is atomic)
+                try:
+                    ledger.record(metadata.partition, metadata.offset, bodies)
+                except OSError as exc:
+                    log.error("the ack ledger could not be written (%s): a broker loss would be under-reported", exc)
             try:
                 loop.call_soon_threadsafe(_resolve, acked, metadata, None)
             except RuntimeError:  # event loop closed
@@ -420,6 +452,8 @@ class Publisher:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
+                if not self._open.is_set():  # the raw topic is changing: a moment's wait, not a refusal
+                    await self._open.wait()
                 if key is not None and self.linger_s > 0 and self.partition_count:
                     metadata = await asyncio.shield(self._batched(body, key, received_at_ms, user_agent, limited))
                 else:
@@ -475,8 +509,10 @@ class Publisher:
         if limited:
             headers.append((HEADER_RATE_LIMITED, RATE_LIMITED))
         task = asyncio.ensure_future(
-            self._send(pack(batch.frames), None, headers, batch.frames[0].received_at_ms, partition)
+            self._send(pack(batch.frames), None, headers, batch.frames[0].received_at_ms, partition, len(batch.frames))
         )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
         def sent(t: asyncio.Future[Any]) -> None:
             if t.cancelled() or t.exception() is not None:
@@ -491,6 +527,60 @@ class Publisher:
     async def flush_batches(self) -> None:
         for slot in list(self._batches):
             self._flush(slot)
+
+    async def switch_topic(self, topic: str) -> bool:
+        """Publish to `topic` from now on (a new generation of the raw topic, is_telemetry/generations.py): new
+        publishes wait while the open batches go out and every record handed to the old topic is settled, then a new
+        producer (owned: the old one's metadata would keep asking for the old topic, and Tansu creates a topic a client
+        asks for) takes over. False, and the old topic kept, if the new one does not answer."""
+        async with self._switching:
+            if topic == self.topic:
+                return True
+            started = time.perf_counter()
+            self._open.clear()
+            try:
+                await self.flush_batches()
+                if self._pending:
+                    await asyncio.wait(set(self._pending), timeout=self.delivery_timeout_s + 1)
+                loop = asyncio.get_running_loop()
+                try:
+                    producer, partitions = await loop.run_in_executor(self._sender_pool, self._producer_for, topic)
+                except (KafkaError, OSError) as exc:
+                    log.error("cannot publish to %s (%r): staying on %s", topic, exc, self.topic)
+                    return False
+                if self.partition_count and partitions != self.partition_count:
+                    wrong = f"{topic} has {partitions} partitions, {self.topic} {self.partition_count}"
+                    log.error("%s: staying on %s", wrong, self.topic)
+                    if producer is not self.producer:
+                        await loop.run_in_executor(None, self._close, producer, 1.0)
+                    return False
+                old, old_topic, old_ledger = self.producer, self.topic, self.ledger
+                self.producer, self.topic = producer, topic
+                self.ledger = AckLedger(self.ledger_dir, topic) if self.ledger_dir is not None else None
+                self.partition_count = partitions or self.partition_count
+            finally:
+                self._open.set()
+            waited_ms = 1000 * (time.perf_counter() - started)
+            self.metrics.raw_topic.labels(topic).set(1)
+            self.metrics.raw_topic.remove(old_topic)
+            if old is not producer and old is not None:
+                await loop.run_in_executor(None, self._close, old, 1.0)
+            if old_ledger is not None:  # after its producer: no acknowledgement can come for it any more
+                old_ledger.close()
+            log.info("publishing to %s (was %s); publishes waited %.0f ms", topic, old_topic, waited_ms)
+            return True
+
+    def _producer_for(self, topic: str) -> tuple[Any, int]:
+        """A producer for `topic` (a new one if this publisher made its own) and the topic's partition count."""
+        p = make_producer(self.settings.bootstrap_servers, **producer_overrides(self.settings)) if self.owned else None
+        p = p if p is not None else self.producer
+        try:
+            partitions = len(p.partitions_for(topic) or ()) if hasattr(p, "partitions_for") else 0
+        except KafkaError:
+            if p is not self.producer:
+                self._close(p, 1.0)
+            raise
+        return p, partitions
 
     # -- readiness --------------------------------------------------------------------------------
     async def ready(self) -> bool:
@@ -557,11 +647,15 @@ def _key_of(body: bytes) -> bytes | None:
     return None
 
 
-def create_app(settings: Settings, producer: Any = None) -> Starlette:
+def create_app(
+    settings: Settings, producer: Any = None, ledger_dir: Path | None = None, control_fd: int | None = None
+) -> Starlette:
     """The collector ASGI app. With producer=None the lifespan creates one (make_producer) and closes it
-    on shutdown; an injected producer is flushed on shutdown but left open (its owner closes it)."""
+    on shutdown; an injected producer is flushed on shutdown but left open (its owner closes it).
+    `ledger_dir`: where to record what Kafka acknowledged; `control_fd`: the read end of `up`'s command pipe
+    (is_telemetry/control.py), by which it moves the collector to another generation of the raw topic."""
     metrics = Metrics()
-    publisher = Publisher(settings, producer, metrics)
+    publisher = Publisher(settings, producer, metrics, ledger_dir)
     limit = settings.collector.max_body_bytes
     limits = ClientLimits(settings.collector)
     metrics.tracked_clients.set_function(lambda: limits.budget.clients)
@@ -614,6 +708,8 @@ def create_app(settings: Settings, producer: Any = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await publisher.start()
+        if control_fd is not None:
+            follow_commands(control_fd, publisher, settings)
         try:
             yield
         finally:
@@ -707,9 +803,28 @@ def make_config(settings: Settings, app: ASGIApp | None = None, log_level: str =
     )
 
 
-def serve(settings: Settings, log_level: str = "warning") -> None:
-    """Run the collector on settings.collector.host:port until SIGTERM/SIGINT, then shut down gracefully."""
-    server = CollectorServer(make_config(settings, log_level=log_level))
+def follow_commands(fd: int, publisher: Publisher, settings: Settings) -> None:
+    """`up`'s commands (is_telemetry/control.py): {"raw_topic": NAME} moves publishing to that generation of the raw
+    topic (only a generation of the configured one is accepted)."""
+    loop = asyncio.get_running_loop()
+
+    def on_command(command: dict[str, str]) -> None:
+        topic = command.get("raw_topic", "")
+        if set(command) != {"raw_topic"} or number_of(settings, topic) is None:
+            log.warning("ignored a control command other than a generation of %s", settings.kafka.raw_topic)
+            return
+        asyncio.run_coroutine_threadsafe(publisher.switch_topic(topic), loop)
+
+    control.listen(fd, on_command)
+
+
+def serve(
+    settings: Settings, log_level: str = "warning", ledger_dir: Path | None = None, control_fd: int | None = None
+) -> None:
+    """Run the collector on settings.collector.host:port until SIGTERM/SIGINT, then shut down gracefully
+    (`ledger_dir`, `control_fd`: see create_app)."""
+    app = create_app(settings, ledger_dir=ledger_dir, control_fd=control_fd)
+    server = CollectorServer(make_config(settings, app, log_level=log_level))
     server.run()
     if not server.started:
         raise SystemExit(f"the collector could not listen on {settings.collector.host}:{settings.collector.port}")

@@ -76,23 +76,43 @@ class Checkpoint:
         deadline_s: float = 30.0,
         backoff_s: tuple[float, float] = (2.0, 60.0),
         load: Callable[[list[int]], None] | None = None,
+        on_written: Callable[[dict[int, int]], None] | None = None,
+        ready: Callable[[], None] | None = None,
     ) -> None:
-        """`load`: rebuilds the prepared state of partitions taken on (`taken_on`), before their first batch."""
+        """`load`: rebuilds the prepared state of partitions taken on (`taken_on`), before their first batch.
+        `on_written`: told `written` after each batch is stored, before its events are acknowledged (the loss ledger
+        of the embedded broker, is_telemetry/ledger.py). `ready`: blocks until the store is open (it may be opened
+        while the consumer joins its group); waited for when partitions are taken on, before their first batch."""
         self.store, self.prepare, self.needs_io, self.on_rewind = store, prepare, needs_io, on_rewind
-        self.load = load
+        self.load, self.on_written, self.ready = load, on_written, ready
         self.rewinder, self.ack, self.deadline_s = rewinder, ack, deadline_s
         self.backoff_s, self._backoff = backoff_s, backoff_s[0]
         self.written: dict[int, int] = {}  # partition -> the first position not yet written
         self._inflight: asyncio.Task[bool] | None = None
+        self._loading: asyncio.Future[None] | None = None  # the state of partitions taken on, being rebuilt
         self._resume: asyncio.TimerHandle | None = None
         self.paused: set[int] = set()
+        self.failing: set[int] = set()  # partitions whose last batch ClickHouse did not take, until one is written
 
     async def taken_on(self, partitions: Iterable[int]) -> None:
-        """Partitions assigned to this process: their state is rebuilt now, off the event loop, in one go, rather than
-        by their first batches (each of which would wait for it, behind the write in flight). If ClickHouse does not
-        answer, the first batch of each partition loads it instead (and rewinds if that fails too)."""
+        """Partitions assigned to this process: their state is rebuilt off the event loop, in one go, rather than
+        by their first batches (each of which would wait for it, behind the write in flight). It runs in the
+        background: the assignment callback returns at once (the consumer sends no heartbeat until it has returned,
+        and a group takes a member that misses its session out), and the next batch, or drain, waits for it. If
+        ClickHouse does not answer, the first batch of each partition loads it instead (and rewinds if that fails
+        too)."""
         wanted = sorted(set(partitions))
-        if self.load is None or not wanted:
+        if (self.ready is None and self.load is None) or not wanted:
+            return
+        self._loading = asyncio.ensure_future(self._load_taken(wanted, self._loading))
+
+    async def _load_taken(self, wanted: list[int], before: asyncio.Future[None] | None) -> None:
+        if before is not None:
+            await before
+        if self.ready is not None:
+            await asyncio.to_thread(self.ready)
+            self.ready = None
+        if self.load is None:
             return
         try:
             await asyncio.to_thread(self.load, wanted)
@@ -100,6 +120,12 @@ class Checkpoint:
             log.warning(
                 "the state of partitions %s was not loaded on assignment (%s): their first batch loads it", wanted, exc
             )
+
+    async def _loaded(self) -> None:
+        """Wait for the state of the partitions taken on (a load cannot be interrupted: it runs on a thread)."""
+        task, self._loading = self._loading, None
+        if task is not None:
+            await task
 
     def first_seen(self, partition: int, position: int) -> None:
         """Where a partition's reading starts (its committed offset), the first time it is seen."""
@@ -110,6 +136,7 @@ class Checkpoint:
     ) -> None:
         """Prepare this batch while the previous one is written, wait for that write, then start this one's.
         `bodies`: how many bodies the events hold (a Kafka record may hold many), for the acknowledgement."""
+        await self._loaded()
         pending = _Pending(parts, events, sends, len(events) if bodies is None else bodies)
         try:
             if self.needs_io(parts):  # state to load from ClickHouse first: off the event loop
@@ -140,6 +167,13 @@ class Checkpoint:
             return False
         for part in pending.parts:
             self.written[part.partition] = max(self.written.get(part.partition, 0), part.position + 1)
+        self.failing -= {part.partition for part in pending.parts}
+        self._count_held()
+        if self.on_written is not None:
+            try:
+                self.on_written(self.written)
+            except OSError as exc:  # the records are stored: only the loss report would be off
+                log.error("the stored positions could not be recorded (%s): a broker loss would be over-reported", exc)
         await self.ack(pending.events, pending.bodies)
         self._backoff = self.backoff_s[0]
         return True
@@ -185,6 +219,8 @@ class Checkpoint:
         metrics.REWINDS.inc()
         self.rewinder.pause(partitions)
         self.paused |= partitions
+        self.failing |= partitions
+        self._count_held()
         self.on_rewind(partitions)
         for b in batches:
             self.rewinder.discard(b.events)
@@ -196,6 +232,9 @@ class Checkpoint:
         self._resume = asyncio.get_running_loop().call_later(self._backoff, self._resume_all)
         self._backoff = min(self._backoff * 2, self.backoff_s[1])
 
+    def _count_held(self) -> None:
+        metrics.PAUSED.set(len(self.paused | self.failing))
+
     def _resume_all(self) -> None:
         self._resume = None
         partitions, self.paused = self.paused, set()
@@ -204,12 +243,15 @@ class Checkpoint:
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Finish (or give up on) the write in flight: before stopping, and before partitions are revoked."""
+        await self._loaded()
         await self._wait_inflight(self.deadline_s if timeout_s is None else timeout_s)
 
     def revoked(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.written.pop(p, None)
             self.paused.discard(p)
+            self.failing.discard(p)
+        self._count_held()
         if self._resume is not None and not self.paused:
             self._resume.cancel()
             self._resume = None

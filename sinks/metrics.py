@@ -9,3 +9,8 @@ REWINDS = Counter(
     "is_telemetry_sink_rewinds_total",
     "Batches ClickHouse did not take in time: partitions paused and rewound to the last written position",
 )
+PAUSED = Gauge(
+    "is_telemetry_sink_paused_partitions",
+    "Partitions whose last batch ClickHouse did not take: paused and rewound, then tried again after a back-off; "
+    "counted until a batch of theirs is written",
+)

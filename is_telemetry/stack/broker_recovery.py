@@ -1,6 +1,8 @@
 """The embedded broker keeps everything in memory. This module tells when that memory is gone (its process
 exited, or its topics vanished), accounts for what was lost with it (records acknowledged to their senders that
-the worker had not stored yet), and starts a broker again on the same port with the topics as configured.
+the worker had not stored yet: from the loss ledger, is_telemetry/ledger.py, durable facts written by the collector
+and the worker as they happen, whatever restarted since), and starts a broker again on the same port with the topics
+as configured.
 The order of the recovery (stop the clients, restart the broker, start the clients again) is `up`'s
 (docs/reliability.md)."""
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from is_telemetry.broker import EmbeddedBroker
 from is_telemetry.config import Settings
 from is_telemetry.errors import BrokerFailed, GaveUp, Stopped
 from is_telemetry.kafka import ensure_topics, topic_names
+from is_telemetry.ledger import Loss
 from is_telemetry.retry import RetryPolicy, retry_on, with_retries
 from is_telemetry.stack.output import say
 from is_telemetry.stack.readings import Readings
@@ -28,10 +32,10 @@ TOPICS_CHECK_EVERY_S = 15.0  # how often the watch loop asks the broker for its 
 
 
 class BrokerWatch:
-    """Tells when the embedded broker's state is gone."""
+    """Tells when the embedded broker's state is gone. `topics`: the topics it must hold (the generations in use)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.s = settings
+    def __init__(self, settings: Settings, topics: Callable[[], list[str]]) -> None:
+        self.s, self.topics = settings, topics
         self.topics_checked_at = time.monotonic()
 
     def lost(self, broker: EmbeddedBroker | None, child_exited: bool) -> str | None:
@@ -45,7 +49,7 @@ class BrokerWatch:
         now = time.monotonic()
         if child_exited or now - self.topics_checked_at >= TOPICS_CHECK_EVERY_S:
             self.topics_checked_at = now
-            missing = missing_topics(self.s)
+            missing = missing_topics(self.s, self.topics())
             if missing:
                 return f"the embedded broker lost its topics ({', '.join(missing)} no longer exist)"
         return None
@@ -54,52 +58,27 @@ class BrokerWatch:
         self.topics_checked_at = time.monotonic()
 
 
-class LossAccount:
-    """What the current broker has taken in (the collector's published counter) and what the current worker has
-    stored (its stored counter): the last values seen, refreshed by the watch loop. Their difference, plus what
-    the broker acknowledged of the simulator's backfill, is what a broker loss takes with it."""
-
-    def __init__(self) -> None:
-        self.collector_published = 0.0
-        self.worker_stored = 0.0
-        self._polled_at = 0.0
-
-    def poll(self, readings: Readings, every_s: float = 2.0, force: bool = False) -> None:
-        """Refresh both counters (best effort, short timeouts: a /metrics that does not answer keeps its value)."""
-        if not force and time.monotonic() - self._polled_at < every_s:
-            return
-        self._polled_at = time.monotonic()
-        published = readings.collector_published()
-        if published is not None:
-            self.collector_published = published
-        stored = readings.worker_stored()
-        if stored is not None:
-            self.worker_stored = stored
-
-    def reset(self) -> None:
-        """A new broker: nothing published to it, nothing stored from it."""
-        self.collector_published = 0.0
-        self.worker_stored = 0.0
-
-    def report(self, why: str, backfill_acked: int, kept: str, settings: Settings, bootstrap_servers: str) -> str:
-        """The console's account of a broker loss: what was lost, what ClickHouse keeps (`kept`), what comes next."""
-        published = int(self.collector_published)
-        backfill = int(backfill_acked)
-        stored = int(self.worker_stored)
-        lost = max(0, published + backfill - stored)
-        sources = f"the collector acknowledged {published}"
-        if backfill:
-            sources += f", the simulator backfilled {backfill}"
-        return (
-            f"!! BROKER LOST: {why}.\n"
-            f"!! Its memory storage is gone: every topic, offset and consumer group.\n"
-            f"!! Lost: about {lost} records acknowledged to their senders but not yet stored by the worker "
-            f"({sources} since the broker started; the worker stored {stored}). Senders got 202 and will not "
-            f"re-send them (TTS sends again the next day).\n"
-            f"!! ClickHouse is intact ({settings.clickhouse_dsn}): {kept}.\n"
-            f"!! Recovering: stopping the worker and the collector, restarting the broker on "
-            f"{bootstrap_servers}, recreating the topics, restarting the collector and the worker."
+def loss_report(lost: Loss, history_missing: int, kept: str, settings: Settings, bootstrap_servers: str) -> str:
+    """The console's account of a broker loss, after its first line: what was lost (`lost`, from the loss ledger;
+    `history_missing`: UID-days of the simulator's backfill ClickHouse does not hold), what ClickHouse keeps (`kept`),
+    what comes next."""
+    lines = [
+        "!! Its memory storage is gone: every topic, offset and consumer group.",
+        f"!! Lost: {lost.lost} records acknowledged to their senders but not yet stored (since the broker started the "
+        f"collector got {lost.acknowledged} acknowledged, and {lost.stored} of them were stored). Senders got 202 "
+        "and will not re-send them (TTS sends again the next day).",
+    ]
+    if history_missing:
+        lines.append(
+            f"!! The simulator's history: {history_missing} UID-days of it are not in ClickHouse; the next start on "
+            "this data directory sends it again."
         )
+    lines += [
+        f"!! ClickHouse is intact ({settings.clickhouse_dsn}): {kept}.",
+        f"!! Recovering: restarting the broker on {bootstrap_servers}, recreating the topics, restarting the "
+        "collector and the worker.",
+    ]
+    return "\n".join(lines)
 
 
 def kept_in_clickhouse(readings: Readings) -> str:
@@ -162,8 +141,8 @@ def _admin(settings: Settings) -> Any:
     )
 
 
-def missing_topics(settings: Settings) -> list[str]:
-    """The pipeline's topics the broker no longer has ([] if it has them all, or does not answer)."""
+def missing_topics(settings: Settings, topics: list[str]) -> list[str]:
+    """The `topics` the broker no longer has ([] if it has them all, or does not answer)."""
     try:
         admin = _admin(settings)
     except KafkaError:
@@ -174,7 +153,7 @@ def missing_topics(settings: Settings) -> list[str]:
         return []
     finally:
         admin.close()
-    return [t for t in topic_names(settings) if t not in existing]
+    return [t for t in topics if t not in existing]
 
 
 def wrong_partitions(settings: Settings) -> dict[str, int]:

@@ -7,7 +7,11 @@ ClickHouse, and a fleet summary.
   ClickHouse before this start do not count);
 - summary: the last finished UTC day (today's counts grow until midnight), once it is complete (none while the
   simulator's history is still being stored: the progress line shows that), or, before any day has finished,
-  today's so far, said to be partial; printed when it changes, at most every summary_every_s seconds."""
+  today's so far, said to be partial; printed when it changes, at most every summary_every_s seconds;
+- the worker up but consuming nothing (it answers, but its group has given it no partition: after a restart, while
+  it joins; or some of its partitions are paused: ClickHouse did not take their last batch; nothing is stored from
+  them meanwhile), and when it consumes again: a line each, when it happens (at start-up only if its first join
+  takes longer than FIRST_JOIN_S)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from is_telemetry.stack.output import rewrite, say
 
 PLAIN_EVERY_S = 5.0  # the progress line when not on a terminal, while its counts change
 QUIET_EVERY_S = 60.0  # ... and when they do not
+FIRST_JOIN_S = 15.0  # at start-up, a worker that consumes nothing for longer than this is said to
 
 
 def progress_line(stored: tuple[int, int, int], simulate: bool, backfilled: int, live_posted: int | None) -> str:
@@ -61,12 +66,42 @@ class ProgressConsole:
         self.last_summary = ""
         self.plain_line = ""
         self.plain_at = 0.0
+        self.consumed = False  # the worker has consumed since `up` started
+        self.idle_since: float | None = None  # the worker answers but consumes nothing, since then
+        self.told_idle = False
 
     def first_rows(self, stored_by_this_start: float | None) -> None:
         """Say when the worker of this start stored its first records (its counter, None if unknown)."""
         if self.first_row_at is None and stored_by_this_start:
             self.first_row_at = time.monotonic()
             say(f"first rows in ClickHouse {self.first_row_at - self.started:.1f}s after start-up")
+
+    def worker(self, consuming: tuple[int, int] | None) -> None:
+        """What the worker's /metrics say it consumes: (partitions assigned, of them paused); None: it does not
+        answer (a dead worker is reported by the supervisor)."""
+        if consuming is None:
+            return
+        partitions, paused = consuming
+        now = time.monotonic()
+        if partitions == 0 or paused:
+            self.idle_since = self.idle_since if self.idle_since is not None else now
+            if self.told_idle or not (self.consumed or now - self.started > FIRST_JOIN_S):
+                return
+            if partitions == 0:
+                say(
+                    "worker: up, but consuming no partition of the raw topic (joining its consumer group): nothing "
+                    "is stored meanwhile; records wait in the broker"
+                )
+            else:
+                say(
+                    f"worker: up, but {paused} of its {partitions} partitions are paused: ClickHouse did not take "
+                    "their last batch (they resume after a back-off); records wait in the broker"
+                )
+            self.told_idle = True
+            return
+        if self.told_idle and self.idle_since is not None:
+            say(f"worker: consuming again ({partitions} partitions), after {now - self.idle_since:.1f}s without")
+        self.consumed, self.told_idle, self.idle_since = True, False, None
 
     def show(self, line: str, summary: Callable[[], str | None]) -> None:
         """`summary` is called only when a summary is due (it queries ClickHouse)."""

@@ -17,12 +17,15 @@ DRAIN_S = 15.0  # the longest a stop waits for the worker to store what the embe
 DRAIN_ENV = "IS_TELEMETRY_DRAIN_BEFORE_STOP"  # "1" in the environment of a worker of `up` on the embedded broker
 
 
-def unstored(settings: Settings, timeout_s: float = 3.0) -> int | None:
-    """Records of the raw topic the processors' group has not committed yet; None if Kafka cannot tell."""
+def unstored(settings: Settings, timeout_s: float = 3.0, topic: str | None = None) -> int | None:
+    """Records of the raw topic (or of `topic`, a generation of it) the processors' group has not committed yet; None
+    if Kafka cannot tell."""
     from is_telemetry.status import kafka_lag
 
     try:
-        lag = kafka_lag(settings.bootstrap_servers, settings.kafka.raw_topic, settings.processors.group_id, timeout_s)
+        lag = kafka_lag(
+            settings.bootstrap_servers, topic or settings.kafka.raw_topic, settings.processors.group_id, timeout_s
+        )
     except Exception:  # noqa: BLE001 - whatever kafka-python raises: the broker cannot tell, nothing to wait for
         return None
     return None if lag.unknown else lag.total
@@ -33,14 +36,15 @@ def wait_stored(
     bound_s: float = DRAIN_S,
     skip: threading.Event | None = None,
     waiting: Callable[[int], None] | None = None,
+    topic: str | None = None,
 ) -> int | None:
-    """Wait until the worker has stored every record of the raw topic, at most `bound_s` (or until `skip` is set).
-    `waiting(n)` is called once, when there are n records to wait for. Returns the records left (0: all stored;
-    None: Kafka could not tell)."""
+    """Wait until the worker has stored every record of the raw topic (or of `topic`), at most `bound_s` (or until
+    `skip` is set). `waiting(n)` is called once, when there are n records to wait for. Returns the records left (0:
+    all stored; None: Kafka could not tell)."""
     deadline = time.monotonic() + bound_s
     told = False
     while True:
-        left = unstored(settings)
+        left = unstored(settings, topic=topic)
         if not left:
             return left
         if not told and waiting is not None:

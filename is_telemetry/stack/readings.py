@@ -1,5 +1,5 @@
 """What the running pipeline says about itself, read the way an operator would: SQL through the API (POST
-/api/sql) and counters from the collector's and the worker's /metrics. Short timeouts; a query that fails raises
+/api/sql) and the worker's /metrics. Short timeouts; a query that fails raises
 apiclient.ApiError, a /metrics that does not answer reads as None."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from typing import Any
 
 from is_telemetry import apiclient
 
-COLLECTOR_PUBLISHED = "collector_records_published_total"
 WORKER_STORED = "is_telemetry_processor_stored_total"  # records acknowledged once their batch reached ClickHouse
+WORKER_ASSIGNED = "is_telemetry_processor_partitions_assigned"  # raw-topic partitions the worker consumes
+WORKER_PAUSED = "is_telemetry_sink_paused_partitions"  # of them, paused: ClickHouse did not take their last batch
 
 
 class Readings:
@@ -55,10 +56,14 @@ class Readings:
         rejected = self.query("SELECT day, count() FROM rejections FINAL GROUP BY day", timeout_s=5)
         return {str(d): int(n) for d, n in rows}, {str(d): int(n) for d, n in rejected}
 
-    def collector_published(self) -> float | None:
-        collector = apiclient.metrics(self.collector_base + "/metrics")
-        return None if collector is None else collector.get(COLLECTOR_PUBLISHED, 0.0)
-
     def worker_stored(self) -> float | None:
         worker = apiclient.metrics(self.api_url + "/metrics")
         return None if worker is None else worker.get(WORKER_STORED, 0.0)
+
+    def worker_partitions(self) -> tuple[int, int] | None:
+        """(raw-topic partitions the worker consumes, of them paused); (0, 0): it is up but consumes nothing; None if
+        it does not answer."""
+        worker = apiclient.metrics(self.api_url + "/metrics", timeout_s=1.0)
+        if worker is None or WORKER_ASSIGNED not in worker:
+            return None
+        return int(worker[WORKER_ASSIGNED]), int(worker.get(WORKER_PAUSED, 0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,18 @@ log = logging.getLogger(__name__)
 
 class Simulation:
     def __init__(
-        self, settings: Settings, options: StackOptions, data_dir: Path, collector_url: str, stop: threading.Event
+        self,
+        settings: Settings,
+        options: StackOptions,
+        data_dir: Path,
+        collector_url: str,
+        stop: threading.Event,
+        raw_topic: Callable[[], str] | None = None,
     ) -> None:
+        """`raw_topic`: the generation of the raw topic the backfill goes to (is_telemetry/generations.py)."""
         self.s, self.o, self.data_dir, self.collector_url, self.stop = settings, options, data_dir, collector_url, stop
+        self.raw_topic = raw_topic or (lambda: settings.kafka.raw_topic)
+        self.backfilling = False  # the backfill is being sent straight to the raw topic (it must not rotate meanwhile)
         self.threads: list[threading.Thread] = []
         self.backfilled = 0
         self.feed: Any = None
@@ -60,6 +70,7 @@ class Simulation:
         def backfill_then_live() -> None:
             try:
                 if backfill:
+                    self.backfilling = True
 
                     def progress(done: int, total: int) -> None:
                         self.backfill_acked = done
@@ -71,7 +82,7 @@ class Simulation:
 
                     self.backfilled = simulator.backfill(
                         self.s.bootstrap_servers,
-                        self.s.kafka.raw_topic,
+                        self.raw_topic(),
                         self.o.deployments,
                         self.o.cli_installs,
                         self.o.days,
@@ -80,6 +91,7 @@ class Simulation:
                         generated=generated,
                     )
                     self.backfill_expected = self._backfill_expected  # recorded once ClickHouse holds all of it
+                    self.backfilling = False
                 if self.stop.is_set():
                     return
                 self.feed = simulator.LiveFeed(
@@ -97,6 +109,8 @@ class Simulation:
             # the simulator stops with one line, the pipeline goes on
             except (simulator.SendError, KafkaError, httpx.HTTPError, OSError, ValueError) as exc:
                 say(f"simulator stopped: {exc}")
+            finally:
+                self.backfilling = False
 
         t = threading.Thread(target=backfill_then_live, name="simulator", daemon=True)
         t.start()
@@ -139,6 +153,20 @@ class Simulation:
             self.data_dir, self.o.deployments, self.o.cli_installs, self.o.seed, self.o.days, self.backfilled
         )
         log.info("backfill of %d records stored; recorded in %s", self.backfilled, self.data_dir)
+
+    def history_missing(self, readings: Readings) -> int:
+        """UID-days (and rejected bodies) of the backfill sent by this start that ClickHouse does not hold yet (0 when
+        there is none, or it is all stored); what ClickHouse holds, not what a process counted."""
+        expected = self.backfill_expected or self._backfill_expected if not self._history_recorded else None
+        if not expected:
+            return 0
+        try:
+            uid_days, bad = readings.stored_per_day()
+        except apiclient.ApiError:
+            return sum(u + r for u, r in expected.values())
+        return sum(
+            max(0, u - uid_days.get(str(d), 0)) + max(0, r - bad.get(str(d), 0)) for d, (u, r) in expected.items()
+        )
 
     def broker_lost(self) -> None:
         """The broker's memory is gone: what it acknowledged of the backfill no longer counts, and the backfill is

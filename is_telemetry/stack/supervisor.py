@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import logging
 import os
 import signal
 import socket
@@ -19,9 +20,14 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+from kafka.errors import KafkaError
 
-from is_telemetry.config import Settings, client_host
+from is_telemetry.config import Settings, client_host, env_name
+from is_telemetry.control import ControlPipe
 from is_telemetry.errors import TelemetryError
+from is_telemetry.generations import Generation, generation
+from is_telemetry.kafka import member_client_id, remove_members
+from is_telemetry.ledger import LEDGER_ENV
 from is_telemetry.lifeline import Lifelines
 from is_telemetry.runtime import stop_process
 from is_telemetry.stack.drain import DRAIN_ENV, DRAIN_S, wait_stored
@@ -29,6 +35,8 @@ from is_telemetry.stack.options import StackOptions
 from is_telemetry.stack.output import say
 from is_telemetry.stack.preflight import PreflightFailed
 from is_telemetry.stack.state import process_started
+
+log = logging.getLogger(__name__)
 
 SIMULATOR_ADDRESS = "127.0.0.2"  # the simulated fleet's own loopback source: the rest of 127.0.0.0/8 stays limited
 
@@ -121,6 +129,11 @@ class Children:
         self.log_dir = data_dir / "logs"
         self.api_url, self.collector_url = api_url, collector_url
         self.running: list[Child] = []
+        # the embedded broker's: the loss ledger, the generations of the raw topic (the worker's lags behind the
+        # collector's while the worker finishes the old one), and the collector's command pipe
+        self.ledger_dir = data_dir / "ledger"
+        self.worker_generation = self.collector_generation = generation(settings, 0)
+        self.control = ControlPipe() if settings.embedded_kafka else None
         self.exits = RestartWindow(options.broker_restarts_window_s)
         self.on_started: Callable[[], None] = lambda: None  # called once a child's process exists (up records it)
 
@@ -150,14 +163,30 @@ class Children:
                     "IS_TELEMETRY_API__HOST": self.s.api.host,
                     "IS_TELEMETRY_API__TOKEN": self.s.api.token,
                     **self.lifelines.env("worker"),
-                    # the embedded broker's memory goes with it: a worker whose `up` is gone stores what it holds first
-                    **({DRAIN_ENV: "1"} if self.s.embedded_kafka else {}),
+                    **(self._embedded_worker_env() if self.s.embedded_kafka else {}),
                 },
                 pass_fds=self.lifelines.pass_fds("worker"),
             )
         )
         self.on_started()
         self._wait_http(self.api_url + "/healthz", "worker", 90)
+
+    def _embedded_worker_env(self) -> dict[str, str]:
+        """On the embedded broker: the broker's memory goes with it, so a worker whose `up` is gone stores what it
+        holds first; its group's session timeout is the embedded one (Tansu completes a join after about half the
+        session timeout: a worker started again consumes sooner); its generation of the topics; the loss ledger."""
+        return {
+            DRAIN_ENV: "1",
+            env_name("kafka", "session_timeout_s"): str(self.s.broker.session_timeout_s),
+            **self._generation_env(self.worker_generation),
+        }
+
+    def _generation_env(self, gen: Generation) -> dict[str, str]:
+        return {
+            env_name("kafka", "raw_topic"): gen.raw,
+            env_name("kafka", "deadletter_topic"): gen.deadletter,
+            LEDGER_ENV: str(self.ledger_dir),
+        }
 
     def start_collector(self) -> None:
         self.running.append(
@@ -173,8 +202,13 @@ class Children:
                     self.s.collector.host,
                 ),
                 self.log_dir,
-                env={**self._collector_env(), **self.lifelines.env("collector")},
-                pass_fds=self.lifelines.pass_fds("collector"),
+                env={
+                    **self._collector_env(),
+                    **self.lifelines.env("collector"),
+                    **(self._generation_env(self.collector_generation) if self.s.embedded_kafka else {}),
+                    **(self.control.env() if self.control is not None else {}),
+                },
+                pass_fds=self.lifelines.pass_fds("collector") + (self.control.pass_fds() if self.control else ()),
             )
         )
         self.on_started()
@@ -242,11 +276,26 @@ class Children:
             f"broker holds are not lost{' (the worker resumes from its committed offsets)' if child.name == 'worker' else ''}."
         )
         if child.name == "worker":
+            self.forget_member(child)
             self.start_worker()
         else:
             self.start_collector()
         self.keep_stop_order()
         say(f"   {child.name} running again")
+
+    def forget_member(self, worker: Child) -> None:
+        """A worker that died (kill -9, the OOM killer) did not leave its consumer group: its member would hold every
+        partition until its session times out, and the next worker would wait for that. Remove it now. With static
+        membership the next worker takes the same member's place at once instead: nothing to do."""
+        if self.s.processors.group_instance_id:
+            return
+        client_id = member_client_id("worker", worker.process.pid)
+        try:
+            removed = remove_members(self.s.bootstrap_servers, self.s.processors.group_id, client_id)
+        except (KafkaError, OSError, TimeoutError) as exc:  # the next worker waits for the session timeout instead
+            log.info("could not remove the group member of the worker that exited: %r", exc)
+            return
+        log.info("removed the group members %s of the worker that exited", removed)
 
     def stop_before_broker_restart(self) -> None:
         """Stop the broker's clients before a new broker listens: on a fresh broker they would auto-create the
@@ -275,15 +324,48 @@ class Children:
         self.running = []
 
     def drain(self, hurry: threading.Event) -> None:
-        def waiting(n: int) -> None:
-            say(
-                f"waiting for the worker to store the {n} records the embedded broker still holds (its memory goes "
-                f"with it; at most {DRAIN_S:.0f}s, Ctrl-C again to skip)"
-            )
+        """Wait for the worker to store what the broker holds: in its generation of the raw topic and, if the
+        collector had moved on to a newer one (a rotation under way), in that one too, after the worker moved there."""
+        deadline = time.monotonic() + DRAIN_S
+        told: list[int] = []
 
-        left = wait_stored(self.s, DRAIN_S, hurry, waiting)
+        def waiting(n: int) -> None:
+            if not told:
+                say(
+                    f"waiting for the worker to store the {n} records the embedded broker still holds (its memory "
+                    f"goes with it; at most {DRAIN_S:.0f}s, Ctrl-C again to skip)"
+                )
+            told.append(n)
+
+        left = wait_stored(self.s, DRAIN_S, hurry, waiting, self.worker_generation.raw)
+        if not left and self.worker_generation != self.collector_generation and not hurry.is_set():
+            self.move_worker(self.collector_generation)
+            left = wait_stored(
+                self.s, max(1.0, deadline - time.monotonic()), hurry, waiting, self.worker_generation.raw
+            )
         if left:
             say(f"  {left} records not stored: they are lost with the broker's memory (senders got 202)")
+
+    def stop_worker(self) -> None:
+        """Stop the worker (it finishes its batch and commits, then leaves its group)."""
+        worker = next((c for c in self.running if c.name == "worker"), None)
+        if worker is None:
+            return
+        code = worker.stop(60)
+        self.running.remove(worker)
+        if code not in (0, None, -signal.SIGTERM):
+            say(f"  the worker exited with {code} when stopped; see {worker.log_path}")
+
+    def move_worker(self, gen: Generation) -> None:
+        """Stop the worker and start it again on generation `gen`."""
+        self.stop_worker()
+        self.worker_generation = gen
+        self.start_worker()
+        self.keep_stop_order()
+
+    def use_generation(self, gen: Generation) -> None:
+        """A new broker: every child starts on `gen` (generation 0) from now on."""
+        self.worker_generation = self.collector_generation = gen
 
     def pids(self) -> dict[str, dict[str, int | None]]:
         """The running children as the state file names them (is_telemetry/stack/state.py)."""

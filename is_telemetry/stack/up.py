@@ -12,9 +12,11 @@ them (is_telemetry/stack/state.py).
 
 The embedded broker keeps everything in memory. If it dies (or its topics vanish), the watch loop says so
 on the console, with what was lost (records the collector acknowledged that the worker had not stored
-yet; ClickHouse is intact), and recovers: the collector and the worker are stopped, the broker is
-started again on the same port once the old process is gone, the topics are created again, and the
-collector and the worker are started again (docs/reliability.md).
+yet, from the loss ledger: is_telemetry/ledger.py; ClickHouse is intact), and recovers: the collector and the
+worker are stopped, the broker is started again on the same port once the old process is gone, the topics are
+created again, and the collector and the worker are started again (docs/reliability.md). So that it holds a bounded
+amount meanwhile, the watch loop moves the stack to a new generation of the raw topic once the current one holds
+more than broker.max_records, and deletes the old one once it is stored (is_telemetry/stack/rotation.py).
 """
 
 from __future__ import annotations
@@ -25,17 +27,18 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from is_telemetry import apiclient
+from is_telemetry import apiclient, ledger
 from is_telemetry.broker import EmbeddedBroker
 from is_telemetry.config import Settings, client_host
 from is_telemetry.kafka import ensure_topics
 from is_telemetry.lifeline import Lifelines
-from is_telemetry.stack.broker_recovery import BrokerWatch, LossAccount, kept_in_clickhouse, restart_broker
+from is_telemetry.stack.broker_recovery import BrokerWatch, kept_in_clickhouse, loss_report, restart_broker
 from is_telemetry.stack.console import ProgressConsole, progress_line, summary_line
 from is_telemetry.stack.options import StackOptions
 from is_telemetry.stack.output import say
 from is_telemetry.stack.preflight import PreflightFailed, preflight
 from is_telemetry.stack.readings import Readings
+from is_telemetry.stack.rotation import Rotation
 from is_telemetry.stack.simulation import Simulation
 from is_telemetry.stack.state import process_started, remove_state, this_process, write_state
 from is_telemetry.stack.supervisor import Children, RestartWindow
@@ -58,14 +61,17 @@ class Stack:
         self.collector_url = f"http://{client_host(settings.collector.host)}:{settings.collector.port}/collect"
         self.children = Children(settings, options, self.data_dir, self.api_url, self.collector_url, self.lifelines)
         self.readings = Readings(self.api_url, self.collector_url, settings.api.token)
-        self.sim = Simulation(settings, options, self.data_dir, self.collector_url, self.stop_event)
-        self.watcher = BrokerWatch(settings)
-        self.losses = LossAccount()
+        self.rotation = Rotation(settings, self.children, self.readings.collector_base + "/metrics")
+        self.rotation.on_change = self.write_state
+        self.sim = Simulation(
+            settings, options, self.data_dir, self.collector_url, self.stop_event, lambda: self.rotation.current.raw
+        )
+        self.watcher = BrokerWatch(settings, self.rotation.topics if settings.embedded_kafka else lambda: [])
         self.broker_restarts = RestartWindow(options.broker_restarts_window_s)
         self.started_at = time.time()
         self.started = time.monotonic()  # start-up: when the first component starts (reset by start())
         self._ready = False  # every component answers: the state file says where
-        self._recorded: tuple[dict[str, dict[str, int | None]], bool] | None = None  # what the state file says
+        self._recorded: tuple[dict[str, dict[str, int | None]], bool, list[str]] | None = None  # the state file's
         self.children.on_started = self.write_state
 
     # -- start ------------------------------------------------------------------------------------------------
@@ -74,6 +80,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.started = started = time.monotonic()
         if self.s.embedded_kafka:
+            ledger.remove(self.children.ledger_dir)  # of an earlier broker: its topics are gone
             self.broker = EmbeddedBroker(
                 self.s.broker.host, self.s.broker.port, self.log_dir / "broker.log", self.lifelines.read_fd("broker")
             ).start()
@@ -99,16 +106,20 @@ class Stack:
             pid = self.broker.process.pid
             children["broker"] = {"pid": pid, "started": process_started(pid)}
         self._ready = self._ready or ready
-        if (children, self._ready) == self._recorded:
-            return
-        self._recorded = (children, self._ready)
         where = {"api_url": self.api_url, "collector_url": self.collector_url} if self._ready else {}
+        topics = self.rotation.raw_topics() if self.s.embedded_kafka else [self.s.kafka.raw_topic]
+        if (children, self._ready, topics) == self._recorded:
+            return
+        self._recorded = (children, self._ready, topics)
         write_state(
             self.data_dir,
             {
                 **this_process(),
                 **where,
                 "kafka": self.s.bootstrap_servers,
+                # the generation the collector publishes to, and every one that holds records (is_telemetry/generations.py)
+                "raw_topic": topics[-1],
+                "raw_topics": topics,
                 "clickhouse": redact(self.s.clickhouse_dsn),
                 "started_at": self.started_at,
                 "children": children,
@@ -125,11 +136,13 @@ class Stack:
                 self.recover_broker(lost)
                 continue
             self.children.restart_exited()
+            if self.s.embedded_kafka:
+                self.rotation.tick(may_start=not self.sim.backfilling)
             self.write_state()
-            self.losses.poll(self.readings)
             self.sim.check_backfill_stored(self.readings)
             if console.first_row_at is None:
                 console.first_rows(self.readings.worker_stored())
+            console.worker(self.readings.worker_partitions())
             try:
                 stored = self.readings.stored_counts()
                 line = progress_line(stored, self.o.simulate, self.sim.backfilled, self.sim.live_posted)
@@ -146,19 +159,23 @@ class Stack:
         assert self.broker is not None
         started = time.monotonic()
         restarts = self.broker_restarts.note()
-        self.losses.poll(self.readings, force=True)  # the collector (and the worker, if alive) still answer
-        kept = kept_in_clickhouse(self.readings)
-        say(self.losses.report(why, self.sim.backfill_acked, kept, self.s, self.broker.bootstrap_servers))
+        kept = kept_in_clickhouse(self.readings)  # while the worker (the API) still answers
+        history_missing = self.sim.history_missing(self.readings)
+        say(f"!! BROKER LOST: {why}.")
         if restarts > self.o.broker_restarts_max:
             raise RuntimeError(
                 f"the embedded broker was lost {restarts} times within "
                 f"{self.o.broker_restarts_window_s:.0f}s: giving up; see {self.log_dir / 'broker.log'}"
             )
         self.children.stop_before_broker_restart()
+        # after the worker stopped: what it stored until then is in the ledger
+        lost = ledger.loss(self.children.ledger_dir, self.rotation.raw_topics())
+        say(loss_report(lost, history_missing, kept, self.s, self.broker.bootstrap_servers))
         self.broker = restart_broker(self.s, self.broker, self.log_dir / "broker.log", self.stop_event)
         if self.broker is None:
             return  # stopping meanwhile
-        self.losses.reset()
+        ledger.remove(self.children.ledger_dir)
+        self.rotation.reset()
         self.sim.broker_lost()
         self.watcher.restarted()
         if self.stop_event.is_set():
@@ -191,6 +208,9 @@ class Stack:
         if self.broker is not None:
             say("stopping: broker (embedded: its topics are gone; ClickHouse keeps every stored row)")
             self.broker.stop()
+            ledger.remove(self.children.ledger_dir)
+        if self.children.control is not None:
+            self.children.control.close()
         remove_state(self.data_dir)
         self.lifelines.close()
         say("stopped")

@@ -173,6 +173,7 @@ def command(
             line.end()
     else:
         from is_telemetry.config import load_settings
+        from is_telemetry.generations import generation, number_of
         from is_telemetry.kafka import ensure_topics
         from is_telemetry.statefile import read_state
 
@@ -180,7 +181,13 @@ def command(
             settings = load_settings(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka})
             stack = read_state(settings.data_dir.resolve()) if kafka is None else None
             if stack is not None and isinstance(stack.get("kafka"), str):  # the running stack's, wherever it listens
-                settings = load_settings(config, data_dir=data_dir, kafka={"bootstrap_servers": stack["kafka"]})
+                # and the generation of the raw topic it reads now, if it says one (is_telemetry/generations.py)
+                n = number_of(settings, stack["raw_topic"]) if isinstance(stack.get("raw_topic"), str) else None
+                g = generation(settings, n or 0)
+                topics = {"raw_topic": g.raw, "deadletter_topic": g.deadletter}
+                settings = load_settings(
+                    config, data_dir=data_dir, kafka={"bootstrap_servers": stack["kafka"], **topics}
+                )
         except Exception as exc:
             typer.echo(f"error: bad configuration: {exc}", err=True)
             raise typer.Exit(2) from exc

@@ -1,5 +1,5 @@
 """The parts of `is-telemetry up` (is_telemetry/stack/) that need no process: which ports are checked where, the
-loss account, the console's lines, the state file, the restart budget."""
+loss report, the console's lines, the state file, the restart budget."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from is_telemetry.config import Settings
+from is_telemetry.ledger import Loss
 from is_telemetry.lifeline import Lifelines, broker_command
 from is_telemetry.stack import output
-from is_telemetry.stack.broker_recovery import LossAccount, start_broker_again
-from is_telemetry.stack.console import ProgressConsole, progress_line, summary_line
+from is_telemetry.stack.broker_recovery import loss_report, start_broker_again
+from is_telemetry.stack.console import FIRST_JOIN_S, ProgressConsole, progress_line, summary_line
 from is_telemetry.stack.output import rewrite, say
 from is_telemetry.stack.preflight import PreflightFailed, ports, preflight
 from is_telemetry.stack.state import (
@@ -64,20 +65,51 @@ def test_a_collector_port_taken_on_the_collectors_host_is_refused(tmp_path: Path
             preflight(s, tmp_path, threading.Event())
 
 
-def test_the_loss_report_counts_acknowledged_minus_stored() -> None:
-    losses = LossAccount()
-    losses.collector_published, losses.worker_stored = 9.0, 4.0
+def test_the_loss_report_says_what_the_ledger_says() -> None:
     s = Settings()
-    text = losses.report("the broker exited", 0, "4 snapshot rows over 1 day", s, "127.0.0.1:9092")
-    assert "!! Lost: about 5 records" in text
-    assert "(the collector acknowledged 9 since the broker started; the worker stored 4)" in text
-    assert "4 snapshot rows over 1 day" in text
-    with_backfill = losses.report("x", 100, "", s, "127.0.0.1:9092")
-    assert "about 105 records" in with_backfill and "the simulator backfilled 100" in with_backfill
-    losses.worker_stored = 50.0
-    assert "about 0 records" in losses.report("x", 0, "", s, "b")  # never negative
-    losses.reset()
-    assert (losses.collector_published, losses.worker_stored) == (0.0, 0.0)
+    text = loss_report(Loss(acknowledged=9, lost=5), 0, "4 snapshot rows over 1 day", s, "127.0.0.1:9092")
+    assert "!! Lost: 5 records acknowledged to their senders but not yet stored" in text
+    assert "(since the broker started the collector got 9 acknowledged, and 4 of them were stored)" in text
+    assert "4 snapshot rows over 1 day" in text and "simulator" not in text
+    with_history = loss_report(Loss(0, 0), 120, "", s, "127.0.0.1:9092")
+    assert "!! Lost: 0 records" in with_history
+    assert "The simulator's history: 120 UID-days of it are not in ClickHouse" in with_history
+
+
+def test_the_console_says_when_the_worker_is_up_but_consumes_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    console = ProgressConsole(summary_every_s=15, started=now[0], tty=False)
+    console.worker((0, 0))  # at start-up, joining: not a stall yet
+    console.worker(None)  # not answering: the supervisor reports a dead worker
+    now[0] += 3
+    console.worker((8, 0))
+    assert capsys.readouterr().out == ""
+    now[0] += 60
+    console.worker((0, 0))  # after it consumed: at once
+    now[0] += 2.5
+    console.worker((0, 0))
+    console.worker((8, 0))
+    now[0] += 10
+    console.worker((8, 3))  # ClickHouse refused a batch: paused partitions
+    now[0] += 4
+    console.worker((8, 0))
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "worker: up, but consuming no partition of the raw topic (joining its consumer group): nothing is stored "
+        "meanwhile; records wait in the broker",
+        "worker: consuming again (8 partitions), after 2.5s without",
+        "worker: up, but 3 of its 8 partitions are paused: ClickHouse did not take their last batch (they resume "
+        "after a back-off); records wait in the broker",
+        "worker: consuming again (8 partitions), after 4.0s without",
+    ], out
+    late = ProgressConsole(summary_every_s=15, started=now[0], tty=False)
+    late.worker((0, 0))
+    now[0] += FIRST_JOIN_S + 1
+    late.worker((0, 0))  # a first join that takes too long is said too
+    assert "consuming no partition" in capsys.readouterr().out
 
 
 def test_console_lines() -> None:
