@@ -6,7 +6,7 @@ that deployments adopt over weeks, laggards, CLI installs that report on the day
 Everything is a function of (deployment number, day index) through cityHash64, so the same arguments give the
 same rows. Each day is one INSERT (the materialized views run on it as on the sink's inserts).
 
-The columns come from the one declaration of a snapshot row (`is_telemetry.rows.SnapshotRow`): each INSERT names
+The columns come from the one declaration of a snapshot row (`core.rows.SnapshotRow`): each INSERT names
 the columns it fills, in the row's order, from the expressions below. A column added to the row later is left to its
 default (0, '' or empty) until an expression is given for it here; an expression for a column the row no longer has
 stops the bench at once, saying which.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from is_telemetry.rows import SnapshotRow, columns
+from core.rows import SnapshotRow, columns
 from sinks.clickhouse import ClickHouseStore
 
 _PLANS = (
@@ -120,7 +120,7 @@ def insert_sql(expressions: dict[str, str], source: str) -> str:
     if unknown:
         raise ValueError(
             f"bench/analyst_data.py has expressions for {unknown}, which a snapshot row does not have "
-            f"(is_telemetry/rows.py SnapshotRow: {', '.join(declared)}): remove or rename them"
+            f"(core/rows.py SnapshotRow: {', '.join(declared)}): remove or rename them"
         )
     names = [c for c in declared if c in expressions]
     select = ",\n    ".join(f"{expressions[c]} AS {c}" for c in names)

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.analyst_data import fill
+from core.errors import QueryFailed
 from dashboard.analyst_sql import AnalystSessions, QueryLimits
 from dashboard.panels import PANELS, run_panel
-from is_telemetry.errors import QueryFailed
 from sinks.clickhouse import ClickHouseStore
 
 TARGET_MS = 200.0

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.soak_collector import Collector
+from core.config import load_settings
+from core.kafka import ensure_topics, headers, make_producer
 from is_telemetry.broker import EmbeddedBroker, free_port
-from is_telemetry.config import load_settings
-from is_telemetry.kafka import ensure_topics, headers, make_producer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PATH = REPO / "tests" / "fixtures" / "tts-samples" / "is-3.32.json"

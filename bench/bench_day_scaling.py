@@ -25,8 +25,8 @@ import time
 from typing import Any
 
 from bench.bench_state_memory import body_of, uid_of
-from is_telemetry.kafka import HEADER_RECEIVED_AT
-from is_telemetry.partitioning import partition_of
+from core.kafka import HEADER_RECEIVED_AT
+from core.partitioning import partition_of
 from processors.pipeline import RawRecord, process
 from processors.rollup import Rollups, roll_up
 from processors.worker import partition_batches

@@ -6,7 +6,7 @@ One embedded broker (Tansu, 8 partitions). N realistic bodies from the fleet sim
 (`producers.simulator.generate`: ~510-byte IS/CLI bodies over 30 days, with its re-sends, changed bodies,
 ~1% malformed ones and its fleet's lifecycle) are produced once into two topics:
 - the raw topic as the project's producers write it: many bodies per Kafka record (`producers/packed.py`, 100 a
-  record, JSON lines: is_telemetry/envelope.py), as the collector batches them under load;
+  record, JSON lines: core/envelope.py), as the collector batches them under load;
 - a single-body topic (`send_to_kafka`, one body a record with the collector's headers), for the references.
 Then, R times, each variant reads a whole topic from offset 0 with a consumer group of its own:
 
@@ -159,9 +159,9 @@ def produce(bootstrap: str, topic: str, single_topic: str, n: int) -> dict[str, 
 def input_topics(workdir: Path, n: int) -> Iterator[tuple[str, str, str, dict[str, Any], int]]:
     """An embedded broker with the input produced once: (bootstrap, raw topic, single-body topic, what ClickHouse must
     end up with, partitions)."""
+    from core.config import load_settings
+    from core.kafka import ensure_topics
     from is_telemetry.broker import EmbeddedBroker, free_port
-    from is_telemetry.config import load_settings
-    from is_telemetry.kafka import ensure_topics
 
     with EmbeddedBroker(port=free_port(), log_file=workdir / "broker.log") as broker:
         bootstrap = broker.bootstrap_servers
@@ -222,8 +222,8 @@ def _faust_child(mode: str, bootstrap: str, topic_name: str, group: str, n: int,
     import faust
     import orjson
 
-    from is_telemetry.config import load_settings
-    from is_telemetry.streaming import faust_app
+    from core.config import load_settings
+    from core.streaming import faust_app
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = load_settings(None, kafka={"bootstrap_servers": bootstrap})
@@ -269,7 +269,7 @@ def _faust_child(mode: str, bootstrap: str, topic_name: str, group: str, n: int,
             await super().on_startup_finished()
 
     worker = Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
-    worker.spinner = None  # the spinner sets the root logger to DEBUG (see is_telemetry.streaming.run_faust)
+    worker.spinner = None  # the spinner sets the root logger to DEBUG (see core.streaming.run_faust)
     try:
         worker.execute_from_commandline()
     except SystemExit:

@@ -36,9 +36,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from is_telemetry.kafka import HEADER_RECEIVED_AT
-from is_telemetry.partitioning import partition_of
-from is_telemetry.rows import PartitionBatch, SnapshotRow, columns, ms_to_datetime, values
+from core.kafka import HEADER_RECEIVED_AT
+from core.partitioning import partition_of
+from core.rows import PartitionBatch, SnapshotRow, columns, ms_to_datetime, values
 from processors.pipeline import RawRecord, process
 from processors.rollup import Rollups, roll_up
 from processors.snapshot import day_of

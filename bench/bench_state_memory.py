@@ -82,7 +82,7 @@ def body_of(i: int, uid: str) -> bytes:
 
 def snapshot_of(i: int, uid: str, day: date, body: bytes) -> Any:
     """The snapshot row `body_of(i, uid)` validates to (made directly: this bench measures the state)."""
-    from is_telemetry.rows import SnapshotRow, ms_to_datetime
+    from core.rows import SnapshotRow, ms_to_datetime
 
     g = i % 97
     d = (i * 7919) % 100_000
@@ -125,7 +125,7 @@ class _RollupState:
     """The roll-up as a worker with its sink holds it: one PartitionRollup per partition."""
 
     def __init__(self) -> None:
-        from is_telemetry.partitioning import partition_of
+        from core.partitioning import partition_of
         from processors.rollup import Interner, PartitionRollup
 
         strings = Interner()

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from is_telemetry.rows import MAP_COLUMNS
+from core.rows import MAP_COLUMNS
 
 _MAPS_SORTED = ", ".join(f"mapSort({m}) AS {m}" for m in MAP_COLUMNS)
 

@@ -5,7 +5,7 @@ them and the analysts' materialized and refreshable views), so what the dashboar
 leaves it. Into it, a chain of materialized views:
 
     peer_kq (Kafka, RawBLOB: one row a Kafka record)
-      -> peer_bodies   (Null) the bodies: a many-bodies record split into its frames (is_telemetry/envelope.py), its
+      -> peer_bodies   (Null) the bodies: a many-bodies record split into its frames (core/envelope.py), its
                               `rate_limited` mark, a frame that cannot be read making the record one `bad_batch`
       -> peer_reads    (Null) each read of a body's JSON the next step makes, once (see `_reads_once`)
       -> peer_checked  (Null) validated (the reason code, or '') and the snapshot row's columns extracted
@@ -26,7 +26,7 @@ view reads the block that triggers it once (a second read, an IN subquery over t
 "Cannot clone ReadFromStorage plan step"), and the roll-up reads only what is committed, every second (a roll-up
 triggered by the write was the first version; whether it sees the write's own rows was not settled).
 
-Validation follows processors/validate.py and the message definition (is_telemetry/schema.py: the UID patterns,
+Validation follows processors/validate.py and the message definition (core/schema.py: the UID patterns,
 the count fields, which of them may be null, read from the pydantic model): the same reason codes, in the same
 precedence; the messages are shorter. Where SQL cannot follow pydantic (a key given twice in one object: ClickHouse
 reads the first, pydantic the last; NaN or Infinity in a field the schema does not know; Unicode digits and spaces
@@ -51,7 +51,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from is_telemetry.schema import CLI_UID_PATTERN, DEFAULT_UID, IS_UID_PATTERN, EntitiesCount, OSTelemetry
+from core.schema import CLI_UID_PATTERN, DEFAULT_UID, IS_UID_PATTERN, EntitiesCount, OSTelemetry
 
 REPLACEMENT = "'\\xEF\\xBF\\xBD'"  # U+FFFD, as Python's decode(errors="replace") writes it
 WHITESPACE = "' \\t\\n\\r\\x0B\\x0C'"  # what str.strip() removes, in ASCII
@@ -424,7 +424,7 @@ def run(
 
     from bench.equal_output import export
     from bench.peers import _figures
-    from is_telemetry.config import load_settings
+    from core.config import load_settings
     from sinks.clickhouse import migrations
 
     settings = load_settings()

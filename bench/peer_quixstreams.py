@@ -39,8 +39,8 @@ def run(
     from quixstreams.sinks import BaseSink
 
     from bench.peers import _stored_figures
-    from is_telemetry import gctuning
-    from is_telemetry.config import load_settings
+    from core import gctuning
+    from core.config import load_settings
     from processors.pipeline import Outcome, RawRecord, process
     from processors.rollup import Rollups, roll_up
     from processors.worker import partition_batches, records_of

@@ -5,7 +5,7 @@ topic from offset 0 with a consumer group of its own, and ends once every body i
 (distinct (day, UID) of the valid bodies) and the exact rejection count, or it fails. The peers with the worker's
 output also export what analysts query (bench/equal_output.py), which the bench compares with the worker's.
 
-- `plain`: an aiokafka consumer with the project's own parsing (is_telemetry/envelope.py), validation
+- `plain`: an aiokafka consumer with the project's own parsing (core/envelope.py), validation
   (processors/validate.py) and snapshot rows, a latest-per-(day, UID) dict per batch, one insert per table per
   batch into ClickHouse (clickhouse-connect, the project's two tables without its views), the offsets committed after the insert, the
   worker's GC settings. No day aggregates: just snapshots and rejections.
@@ -92,8 +92,8 @@ async def timed_consumer(
 async def _plain(
     bootstrap: str, topic: str, group: str, n: int, expect: dict[str, Any], chdb_dir: str
 ) -> dict[str, Any]:
-    from is_telemetry.envelope import is_batch, unpack
-    from is_telemetry.rows import RejectionRow, SnapshotRow, columns, values
+    from core.envelope import is_batch, unpack
+    from core.rows import RejectionRow, SnapshotRow, columns, values
     from processors.snapshot import rejection_row, snapshot_row
     from processors.validate import Rejection, inconsistencies, validate
     from sinks.clickhouse import ClickHouseStore
@@ -158,7 +158,7 @@ def run_plain(
     export_dir: str | None = None,
 ) -> None:
     """`export_dir` is ignored: the plain consumer stores snapshots and rejections only (not the worker's output)."""
-    gc.set_threshold(50_000, 20, 10)  # the worker's setting (is_telemetry/streaming.py)
+    gc.set_threshold(50_000, 20, 10)  # the worker's setting (core/streaming.py)
     gc.freeze()
     fig = asyncio.run(_plain(bootstrap, topic, group, n, expect, chdb_dir))
     Path(out).write_text(json.dumps(fig))
@@ -172,8 +172,8 @@ async def _plain_same_work(
 ) -> dict[str, Any]:
     from types import SimpleNamespace
 
-    from is_telemetry import gctuning
-    from is_telemetry.config import load_settings
+    from core import gctuning
+    from core.config import load_settings
     from processors.pipeline import process
     from processors.rollup import Rollups, roll_up
     from processors.worker import partition_batches, records_of
@@ -231,7 +231,7 @@ def run_plain_same_work(
 ) -> None:
     """Not a peer: the reference that shows what faust and the worker's pipelined write cost or gain. A plain loop
     doing the worker's work in sequence: its pipeline, roll-up and store with every view."""
-    from is_telemetry import gctuning
+    from core import gctuning
 
     gctuning.tune()  # the worker's GC settings
     fig = asyncio.run(_plain_same_work(bootstrap, topic, group, n, chdb_dir, export_dir))

@@ -45,9 +45,9 @@ from typing import Any
 
 import orjson
 
+from core.config import load_settings
+from core.kafka import ensure_topics
 from is_telemetry.broker import EmbeddedBroker, free_port
-from is_telemetry.config import load_settings
-from is_telemetry.kafka import ensure_topics
 from is_telemetry.runtime import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,7 +263,7 @@ def topic_keys(
     consuming from the beginning until at_least were read and no more arrive."""
     from kafka import KafkaConsumer
 
-    from is_telemetry.envelope import is_batch, unpack
+    from core.envelope import is_batch, unpack
 
     consumer = KafkaConsumer(
         topic,

@@ -33,12 +33,12 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError
 
+from core.clickhouse_client import connect, redact
+from core.config import Settings
+from core.errors import PayloadTooLarge, QueryFailed, RequestRefused, Unavailable, WriteRefused
 from dashboard.sql_check import Catalog, check
 from dashboard.sql_engine import Chunks, Engine, EngineError, open_engine
 from dashboard.sql_formats import OutputFormat
-from is_telemetry.clickhouse_client import connect, redact
-from is_telemetry.config import Settings
-from is_telemetry.errors import PayloadTooLarge, QueryFailed, RequestRefused, Unavailable, WriteRefused
 
 log = logging.getLogger(__name__)
 

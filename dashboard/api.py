@@ -27,13 +27,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.config import Settings, is_loopback
+from core.errors import Forbidden, RequestRefused, Unauthorized, UnsupportedMediaType
+from core.httpedge import read_body
 from dashboard import freshness, metrics, panels
 from dashboard.analyst_sql import AnalystSessions, SqlSessions
 from dashboard.responses import OrjsonResponse, error, refused
 from dashboard.sql_endpoint import SqlEndpoint, request_of
-from is_telemetry.config import Settings, is_loopback
-from is_telemetry.errors import Forbidden, RequestRefused, Unauthorized, UnsupportedMediaType
-from is_telemetry.httpedge import read_body
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def create_app(settings: Settings, sessions: SqlSessions, panel_sessions: Analys
             raise UnsupportedMediaType('POST /api/sql takes Content-Type: application/json, {"query": "SELECT ..."}')
         try:
             raw = await read_body(request, settings.api.max_sql_bytes)  # 408 at api.request_timeout_s
-        except ClientDisconnect:  # the client hung up, or the edge cut it off (is_telemetry/httpedge.py)
+        except ClientDisconnect:  # the client hung up, or the edge cut it off (core/httpedge.py)
             return Response(status_code=499)  # nobody to answer
         query, fmt = request_of(raw, request.query_params)
         try:

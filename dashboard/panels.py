@@ -28,6 +28,9 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from core.config import Settings
+from core.csvsafe import csv_cell
+from core.errors import RequestRefused
 from dashboard import analyst_panels, freshness
 from dashboard.analyst_sql import AnalystSessions
 from dashboard.panel_model import (
@@ -43,9 +46,6 @@ from dashboard.panel_model import (
     version_key,
 )
 from dashboard.responses import OrjsonResponse, error, json_value
-from is_telemetry.config import Settings
-from is_telemetry.csvsafe import csv_cell
-from is_telemetry.errors import RequestRefused
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_DAYS = 30

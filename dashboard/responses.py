@@ -10,7 +10,7 @@ from uuid import UUID
 import orjson
 from starlette.responses import JSONResponse
 
-from is_telemetry.errors import RequestRefused
+from core.errors import RequestRefused
 
 
 def json_value(v: Any) -> Any:

@@ -13,11 +13,11 @@ import threading
 
 import uvicorn
 
+from core.config import Settings, check_api_exposure
+from core.httpedge import edge_limits, server_config
 from dashboard.analyst_sql import AnalystSessions
 from dashboard.api import app_from_settings
 from dashboard.sql_endpoint import SqlEndpoint
-from is_telemetry.config import Settings, check_api_exposure
-from is_telemetry.httpedge import edge_limits, server_config
 
 log = logging.getLogger(__name__)
 

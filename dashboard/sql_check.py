@@ -23,8 +23,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import NotAllowed, WriteRefused
 from dashboard.sql_allowlist import COMBINATORS, FUNCTIONS, TABLE_FUNCTIONS
-from is_telemetry.errors import NotAllowed, WriteRefused
 
 #: Every node kind a statement may contain, with the fields it may have. Fields holding nodes are walked; the others
 #: are flags, names and literals read where this module needs them.

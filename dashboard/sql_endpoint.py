@@ -31,11 +31,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from core.errors import PayloadTooLarge, RequestRefused, Unavailable
 from dashboard import metrics
 from dashboard.analyst_sql import SqlSessions, new_query_id, query_error
 from dashboard.sql_engine import Engine, EngineError
 from dashboard.sql_formats import DEFAULT_FORMAT, FORMATS, OutputFormat, ResultCut, frame
-from is_telemetry.errors import PayloadTooLarge, RequestRefused, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import chdb
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from is_telemetry.clickhouse_client import connect
+from core.clickhouse_client import connect
 
 #: Formats chDB can hand out a block at a time: each block's output stands alone and the blocks concatenate.
 BLOCK_FORMATS = frozenset({"JSONCompactEachRow", "CSV", "TabSeparated", "JSONEachRow"})

@@ -9,7 +9,7 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from is_telemetry.errors import TelemetryError
+from core.errors import TelemetryError
 
 
 class ApiError(TelemetryError):

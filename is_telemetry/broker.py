@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from is_telemetry.errors import BrokerFailed
+from core.errors import BrokerFailed
 from is_telemetry.lifeline import broker_command
 from is_telemetry.runtime import stop_process
 

@@ -11,11 +11,11 @@ from typer._click import Command, Context  # typer 0.29 (pinned) parses with a c
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperArgument, TyperOption
 
+from core.config import Settings, check_api_exposure, describe_validation_errors, dotted, load_settings
+from core.errors import ConfigError
+from core.logsetup import setup_logging
+from core.preflight import check_data_dir
 from is_telemetry import status
-from is_telemetry.config import Settings, check_api_exposure, describe_validation_errors, dotted, load_settings
-from is_telemetry.errors import ConfigError
-from is_telemetry.logsetup import setup_logging
-from is_telemetry.preflight import check_data_dir
 from is_telemetry.stack.options import StackOptions
 from is_telemetry.termsafe import printable
 from producers import identity_server, simulator
@@ -311,7 +311,7 @@ def worker(
     )
     setup_logging(log_level)
     follow_lifeline(s, drain=True)
-    from is_telemetry import ledger
+    from core import ledger
 
     try:
         serve_api = api_port is not None and api_port >= 0
@@ -369,7 +369,7 @@ def collect(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the HTTP collector: POST /collect (what TTS's telemetry.target points at)."""
-    from is_telemetry import control, ledger
+    from core import control, ledger
     from producers.collector import serve
 
     s = settings_from(config, kafka={"bootstrap_servers": kafka}, collector={"port": _port(port), "host": host or None})
@@ -465,7 +465,7 @@ def uid(
     ] = None,
 ) -> None:
     """Print the telemetry UID exactly as The Things Stack computes it."""
-    from is_telemetry.uid import uid_from_config, uid_from_elements
+    from core.uid import uid_from_config, uid_from_elements
 
     elements = [*(elements or []), *ctx.args]
     if elements:
@@ -484,7 +484,7 @@ def schema() -> None:
     """Print the JSON Schema of the telemetry message (docs/telemetry-message.schema.json)."""
     import json
 
-    from is_telemetry.schema import json_schema
+    from core.schema import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
 
@@ -495,7 +495,7 @@ def config_cmd(
     docs: Annotated[bool, typer.Option("--docs", help="Print the configuration reference (markdown)")] = False,
 ) -> None:
     """Print the effective configuration (or its reference with --docs)."""
-    from is_telemetry.config import reference_markdown
+    from core.config import reference_markdown
 
     if docs:
         typer.echo(reference_markdown(), nl=False)
@@ -524,7 +524,7 @@ def rollup_repartition(
 ) -> None:
     """After adding partitions to the raw topic: rewrite the day aggregates for the new count. Stop every worker and
     sink first (docs/operations.md, "Adding partitions")."""
-    from is_telemetry.kafka import topic_partitions
+    from core.kafka import topic_partitions
     from sinks.clickhouse import ClickHouseStore
 
     s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse})

@@ -18,11 +18,11 @@ from urllib.parse import urlparse
 
 import orjson
 
+from core.config import Settings, is_loopback
+from core.csvsafe import csv_cell
+from core.errors import RequestRefused, TelemetryError
+from core.preflight import chdb_holder
 from is_telemetry import apiclient
-from is_telemetry.config import Settings, is_loopback
-from is_telemetry.csvsafe import csv_cell
-from is_telemetry.errors import RequestRefused, TelemetryError
-from is_telemetry.preflight import chdb_holder
 from is_telemetry.stack.state import STATE_FILE, read_state
 from is_telemetry.termsafe import json_printable, printable
 from sinks.clickhouse import redact

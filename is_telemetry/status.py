@@ -7,7 +7,7 @@
                 group: nothing is stored meanwhile), BEHIND when some of its partitions are paused (ClickHouse did not
                 take their last batch)
     Kafka       the bootstrap servers answer (kafka-python admin client) and the raw topic exists; with `up`'s
-                embedded broker, the generations of the raw topic it holds (is_telemetry/generations.py) and the
+                embedded broker, the generations of the raw topic it holds (core/generations.py) and the
                 records they hold (their high-water marks)
     lag         records the processors' consumer group (processors.group_id, `is-telemetry-processors`) has
                 not committed yet on the raw topic; `sink lag` the same for a separate sink's group
@@ -31,7 +31,7 @@ most one small batch, so this costs little even far behind, and it is right on T
 Nothing is committed and no group is joined.
 
 Where: each address given as a flag (--api, --collector, --kafka); else where the `up` recorded in the data
-directory (--data-dir, default ./data: data_dir/stack.json, is_telemetry/statefile.py) runs, with a first line
+directory (--data-dir, default ./data: data_dir/stack.json, core/statefile.py) runs, with a first line
 `up` saying which process that is (or that the file is stale: its `up` was killed); else the configuration.
 
 Exit status: 0 when every component is healthy, 1 otherwise (the last line names what is down). Lag alone is not
@@ -466,7 +466,7 @@ def _text(state: dict[str, Any], key: str) -> str:
 def _raw_topics(state: dict[str, Any], settings: Any) -> list[str]:
     """The generations of the raw topic the state file names (each must be one: the file is input), else the
     configured raw topic."""
-    from is_telemetry.generations import number_of
+    from core.generations import number_of
 
     named = state.get("raw_topics")
     if (
@@ -489,7 +489,7 @@ def _base_url(url: str) -> str:
 
 def recorded_stack(data_dir: Path) -> tuple[dict[str, Any], Line] | None:
     """The stack the data directory's state file names, and the `up` line saying whether it still runs."""
-    from is_telemetry.statefile import STATE_FILE, is_running, read_state_file
+    from core.statefile import STATE_FILE, is_running, read_state_file
 
     state = read_state_file(data_dir)
     if state is None:
@@ -552,7 +552,7 @@ def command(
     """One screen: each component's health, the processors' lag, the last ClickHouse write and today's counts."""
     from urllib.parse import urlparse
 
-    from is_telemetry.config import client_host, is_loopback, load_settings
+    from core.config import client_host, is_loopback, load_settings
 
     try:
         s = load_settings(config, data_dir=data_dir)

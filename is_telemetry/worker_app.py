@@ -19,11 +19,11 @@ from typing import Any
 
 from mode import Service
 
-from is_telemetry.config import Settings, check_api_exposure
-from is_telemetry.errors import ConfigError
-from is_telemetry.kafka import ensure_topics, topic_partitions
-from is_telemetry.ledger import StoredPositions
-from is_telemetry.streaming import FaustRewinder, faust_app, run_faust, take_bodies
+from core.config import Settings, check_api_exposure
+from core.errors import ConfigError
+from core.kafka import ensure_topics, topic_partitions
+from core.ledger import StoredPositions
+from core.streaming import FaustRewinder, faust_app, run_faust, take_bodies
 from processors.rollup import Rollups, preparer
 from processors.worker import Ack, Processors, SinkFactory
 from sinks.checkpoint import Checkpoint
@@ -95,7 +95,7 @@ def in_process_sink(
     settings: Settings, store: ClickHouseStore, ledger_dir: Path | None = None, ready: Callable[[], None] | None = None
 ) -> SinkFactory:
     """The processors worker's sink (processors/worker.py `SinkFactory`), writing to `store` (once `ready` returns);
-    with `ledger_dir`, it records there what it stored of the raw topic (is_telemetry/ledger.py)."""
+    with `ledger_dir`, it records there what it stored of the raw topic (core/ledger.py)."""
     positions = StoredPositions(ledger_dir, settings.kafka.raw_topic) if ledger_dir is not None else None
     on_written = positions.record if positions is not None else None
     return lambda rollups, rewinder, ack: checkpoint(settings, store, rollups, rewinder, ack, on_written, ready)
@@ -175,7 +175,7 @@ def run_worker(
     ledger_dir: Path | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered.
-    `ledger_dir`: where the sink records what it stored (`up` on the embedded broker, is_telemetry/ledger.py)."""
+    `ledger_dir`: where the sink records what it stored (`up` on the embedded broker, core/ledger.py)."""
     ensure_topics(settings)
     topic = settings.kafka.raw_topic
     partitions_total = topic_partitions(settings, topic)

@@ -4,13 +4,13 @@ drives it (processors/worker.py), the roll-up follows (processors/rollup.py, app
 Input: raw records as they sit in the raw topic. Output: the snapshot and rejection rows, the dead-letter records,
 and the records to re-key. The day of a record is the UTC day of the receive time the collector stamped (header
 `received_at_ms`, else the record timestamp), never the processing time, so a replay gives the same answer.
-A body the collector marked `rate_limited` (its client was over its new-UID budget, is_telemetry/envelope.py) is
+A body the collector marked `rate_limited` (its client was over its new-UID budget, core/envelope.py) is
 rejected with that reason before it is read.
 
 One UID, one partition: a valid record whose key is not its UID, or that is not in the partition Kafka's default
 partitioner gives its UID (a third-party producer, a null key, another partitioner), is not rolled up where it is:
 it is listed in `rekey`, and the worker publishes it again keyed by its UID, so all of a UID's messages meet in one
-partition, in order. A body of a many-bodies record (is_telemetry/envelope.py) has no key of its own: only its
+partition, in order. A body of a many-bodies record (core/envelope.py) has no key of its own: only its
 partition is checked.
 """
 
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol
 
-from is_telemetry.envelope import HEADER_FORMAT, is_rate_limited
-from is_telemetry.kafka import HEADER_RECEIVED_AT
-from is_telemetry.partitioning import partitions_of
-from is_telemetry.rows import RejectionRow, SnapshotRow
+from core.envelope import HEADER_FORMAT, is_rate_limited
+from core.kafka import HEADER_RECEIVED_AT
+from core.partitioning import partitions_of
+from core.rows import RejectionRow, SnapshotRow
 from processors.snapshot import rejection_row, snapshot_row
 from processors.validate import Reason, Rejection, inconsistencies, validate
 

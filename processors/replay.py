@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from is_telemetry.partitioning import partition_of
-from is_telemetry.rows import Batch
+from core.partitioning import partition_of
+from core.rows import Batch
 from processors.pipeline import Outcome, RawRecord, process
 from processors.rollup import Rollups, StateSource, roll_up
 from processors.worker import partition_batches

@@ -32,7 +32,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Protocol
 
-from is_telemetry.rows import (
+from core.rows import (
     COUNT_COLUMNS,
     MAP_COLUMNS,
     Batch,
@@ -404,7 +404,7 @@ def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatc
 
 def preparer(rollups: Rollups, source: StateSource) -> Callable[[list[PartitionBatch]], Batch]:
     """The sink checkpoint's `prepare` (sinks/checkpoint.py): roll a batch up, counting exact re-sends."""
-    from is_telemetry import gctuning
+    from core import gctuning
     from processors import metrics
 
     def prepare(parts: list[PartitionBatch]) -> Batch:

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from is_telemetry.rows import RejectionRow, SnapshotRow, ms_to_datetime, position
-from is_telemetry.schema import TelemetryMessage
+from core.rows import RejectionRow, SnapshotRow, ms_to_datetime, position
+from core.schema import TelemetryMessage
 
 # major.minor: ASCII digits, each part below 1000 (leading zeros allowed): a bounded pattern, never int() of a long
 # digit string (Python refuses more than 4,300 digits) and never a number the analyst views cannot order.

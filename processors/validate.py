@@ -1,4 +1,4 @@
-"""Validate a raw record against the one message definition (is_telemetry.schema).
+"""Validate a raw record against the one message definition (core.schema).
 
 `validate(body)` returns the parsed TelemetryMessage or a Rejection with a machine-readable
 reason code. Reason codes are a stable contract (rejected_daily.reason, dead-letter records):
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from is_telemetry.schema import TelemetryMessage
+from core.schema import TelemetryMessage
 
 
 class Reason(StrEnum):
@@ -29,7 +29,7 @@ class Reason(StrEnum):
     KIND_AMBIGUOUS = "kind_ambiguous"  # both or neither of cli and entities_count
     IMPLAUSIBLE = "implausible"  # a count above the plausibility limit, or more names (longer) than plausible
     BODY_TOO_LARGE = "body_too_large"  # larger than the collector's limit (only if it got past the edge)
-    BAD_BATCH = "bad_batch"  # a many-bodies record whose frames cannot be read (is_telemetry/envelope.py)
+    BAD_BATCH = "bad_batch"  # a many-bodies record whose frames cannot be read (core/envelope.py)
     RATE_LIMITED = "rate_limited"  # marked by the collector: its client was over its new-UID budget for the day
 
 
@@ -93,7 +93,7 @@ def validate(body: bytes, plausibility_limit: int = 10**9) -> TelemetryMessage |
                 return Rejection(
                     Reason.IMPLAUSIBLE, f"{name} = {value} is above the plausibility limit {plausibility_limit}"
                 )
-    beyond = message.beyond_bounds()  # the plausible sizes (is_telemetry/schema.py): plans, commands, names
+    beyond = message.beyond_bounds()  # the plausible sizes (core/schema.py): plans, commands, names
     if beyond is not None:
         return Rejection(Reason.IMPLAUSIBLE, beyond)
     return message

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import faust
 
-from is_telemetry import gctuning
-from is_telemetry.config import Settings
-from is_telemetry.envelope import (
+from core import gctuning
+from core.config import Settings
+from core.envelope import (
     HEADER_RATE_LIMITED,
     RATE_LIMITED,
     EnvelopeError,
@@ -33,9 +33,9 @@ from is_telemetry.envelope import (
     is_rate_limited,
     unpack,
 )
-from is_telemetry.kafka import HEADER_USER_AGENT
-from is_telemetry.rows import PartitionBatch, encode_payloads
-from is_telemetry.streaming import FaustRewinder, faust_app, take_bodies
+from core.kafka import HEADER_USER_AGENT
+from core.rows import PartitionBatch, encode_payloads
+from core.streaming import FaustRewinder, faust_app, take_bodies
 from processors import metrics
 from processors.dedup import Deduplicator
 from processors.pipeline import Outcome, RawRecord, process
@@ -51,7 +51,7 @@ def _headers(message: Any) -> dict[str, bytes]:
 
 
 def records_of(event: Any) -> list[RawRecord]:
-    """The bodies of one Kafka record: itself, or the frames of a many-bodies record (is_telemetry/envelope.py)."""
+    """The bodies of one Kafka record: itself, or the frames of a many-bodies record (core/envelope.py)."""
     m = event.message
     value = m.value if isinstance(m.value, bytes) else (event.value or b"")
     key = m.key if isinstance(m.key, bytes) or m.key is None else str(m.key).encode()

@@ -10,7 +10,7 @@ send (token buckets), and how many new UIDs it may send per UTC day. See docs/co
 
 Two kinds of limit, two answers. A request past its client's request or byte bucket is flood: it is answered 429
 with Retry-After and not stored. A new UID past its client's daily budget is answered 202 like any other body and
-published marked (is_telemetry/envelope.py); the processors reject it as `rate_limited`.
+published marked (core/envelope.py); the processors reject it as `rate_limited`.
 
 Memory is bounded. Buckets: at most `max_request_clients`, in the order they were last used; a bucket untouched
 for as long as an empty one takes to fill is forgotten (a new one would be the same); while all are in use a client
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
-from is_telemetry.config import CollectorSettings
-from is_telemetry.errors import RequestRefused
+from core.config import CollectorSettings
+from core.errors import RequestRefused
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Verdict(StrEnum):
 
 
 def networks(items: Iterable[str]) -> tuple[Network, ...]:
-    """Networks of configured addresses (already checked by is_telemetry.config.check_networks)."""
+    """Networks of configured addresses (already checked by core.config.check_networks)."""
     return tuple(ip_network(item, strict=False) for item in items)
 
 

@@ -42,9 +42,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from is_telemetry import control
-from is_telemetry.config import Settings, load_settings
-from is_telemetry.envelope import (
+from core import control
+from core.config import Settings, load_settings
+from core.envelope import (
     BATCH_FORMAT,
     HEADER_FORMAT,
     HEADER_RATE_LIMITED,
@@ -53,15 +53,15 @@ from is_telemetry.envelope import (
     frame_size,
     pack,
 )
-from is_telemetry.errors import RequestRefused, Stopped, Unavailable, UnsupportedMediaType
-from is_telemetry.generations import number_of
-from is_telemetry.httpedge import edge_limits, read_body, server_config
-from is_telemetry.kafka import HEADER_SOURCE, broker_answers, close_producer, make_producer
-from is_telemetry.kafka import headers as record_headers
-from is_telemetry.ledger import AckLedger
-from is_telemetry.logsetup import setup_logging
-from is_telemetry.partitioning import partition_of
-from is_telemetry.retry import RetryPolicy, retry_on, with_retries
+from core.errors import RequestRefused, Stopped, Unavailable, UnsupportedMediaType
+from core.generations import number_of
+from core.httpedge import edge_limits, read_body, server_config
+from core.kafka import HEADER_SOURCE, broker_answers, close_producer, make_producer
+from core.kafka import headers as record_headers
+from core.ledger import AckLedger
+from core.logsetup import setup_logging
+from core.partitioning import partition_of
+from core.retry import RetryPolicy, retry_on, with_retries
 from producers.client_limits import ClientLimits, Throttle, Throttled, Verdict
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class Publisher:
     def __init__(
         self, settings: Settings, producer: Any = None, metrics: Metrics | None = None, ledger_dir: Path | None = None
     ) -> None:
-        """`ledger_dir`: where to write what Kafka acknowledged (is_telemetry/ledger.py; `up`, embedded broker)."""
+        """`ledger_dir`: where to write what Kafka acknowledged (core/ledger.py; `up`, embedded broker)."""
         self.settings = settings
         self.topic = settings.kafka.raw_topic
         self.ledger_dir = ledger_dir
@@ -529,7 +529,7 @@ class Publisher:
             self._flush(slot)
 
     async def switch_topic(self, topic: str) -> bool:
-        """Publish to `topic` from now on (a new generation of the raw topic, is_telemetry/generations.py): new
+        """Publish to `topic` from now on (a new generation of the raw topic, core/generations.py): new
         publishes wait while the open batches go out and every record handed to the old topic is settled, then a new
         producer (owned: the old one's metadata would keep asking for the old topic, and Tansu creates a topic a client
         asks for) takes over. False, and the old topic kept, if the new one does not answer."""
@@ -653,7 +653,7 @@ def create_app(
     """The collector ASGI app. With producer=None the lifespan creates one (make_producer) and closes it
     on shutdown; an injected producer is flushed on shutdown but left open (its owner closes it).
     `ledger_dir`: where to record what Kafka acknowledged; `control_fd`: the read end of `up`'s command pipe
-    (is_telemetry/control.py), by which it moves the collector to another generation of the raw topic."""
+    (core/control.py), by which it moves the collector to another generation of the raw topic."""
     metrics = Metrics()
     publisher = Publisher(settings, producer, metrics, ledger_dir)
     limit = settings.collector.max_body_bytes
@@ -794,7 +794,7 @@ def make_config(settings: Settings, app: ASGIApp | None = None, log_level: str =
         app if app is not None else create_app(settings),
         settings.collector.host,
         settings.collector.port,
-        edge_limits(settings.collector),  # header timeout and size, connection cap (is_telemetry/httpedge.py)
+        edge_limits(settings.collector),  # header timeout and size, connection cap (core/httpedge.py)
         log_level,
         timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
@@ -804,7 +804,7 @@ def make_config(settings: Settings, app: ASGIApp | None = None, log_level: str =
 
 
 def follow_commands(fd: int, publisher: Publisher, settings: Settings) -> None:
-    """`up`'s commands (is_telemetry/control.py): {"raw_topic": NAME} moves publishing to that generation of the raw
+    """`up`'s commands (core/control.py): {"raw_topic": NAME} moves publishing to that generation of the raw
     topic (only a generation of the configured one is accepted)."""
     loop = asyncio.get_running_loop()
 

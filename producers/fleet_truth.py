@@ -6,7 +6,7 @@ Independent of the pipeline's code on purpose: its own UTC day bucketing, versio
 and CLI usage rules (every distinct report of a UID and day counts: the 2025 CLI resets its counts after each
 report; the usage lists are read in the cli object and one object down), all from the semantics documented in
 docs/analysts.md, docs/processing.md and docs/telemetry-message.md, so that a bug on either side shows up as a
-difference. What it shares with the pipeline is the message definition (is_telemetry/schema.py: the fields of a
+difference. What it shares with the pipeline is the message definition (core/schema.py: the fields of a
 valid body).
 
 `analyst_ground_truth(deliveries)` returns {view name: rows}, each row a dict with exactly the view's columns

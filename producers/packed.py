@@ -1,4 +1,4 @@
-"""Bodies straight to Kafka many to a record, as the collector batches them (is_telemetry/envelope.py).
+"""Bodies straight to Kafka many to a record, as the collector batches them (core/envelope.py).
 
     send_packed(deliveries, bootstrap_servers, topic, bodies_per_record=100) -> bodies acknowledged
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from is_telemetry.envelope import BATCH_FORMAT, HEADER_FORMAT, Frame, pack
-from is_telemetry.errors import KafkaUnavailable
-from is_telemetry.kafka import HEADER_SOURCE, headers, make_producer
-from is_telemetry.partitioning import partition_of
+from core.envelope import BATCH_FORMAT, HEADER_FORMAT, Frame, pack
+from core.errors import KafkaUnavailable
+from core.kafka import HEADER_SOURCE, headers, make_producer
+from core.partitioning import partition_of
 
 
 class Delivery(Protocol):

@@ -6,7 +6,7 @@ not from the processors' code (processors/validate.py, processors/snapshot.py): 
 (producers/simulator/truth.py `ground_truth`, producers/fleet_truth.py) is the oracle the pipeline is checked against,
 so a bug in the pipeline's day bucketing, version parsing or validation shows as a difference instead of being
 repeated here. Only the message definition is shared: a body these rules accept is read into
-`is_telemetry.schema.TelemetryMessage` for its fields.
+`core.schema.TelemetryMessage` for its fields.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from is_telemetry.schema import TelemetryMessage
+from core.schema import TelemetryMessage
 
 #: docs/processing.md, "Validation": the reasons, in the order that names a body with several problems.
 REASONS = (

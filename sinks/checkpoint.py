@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from is_telemetry import gctuning
-from is_telemetry.rows import Batch, PartitionBatch
+from core import gctuning
+from core.rows import Batch, PartitionBatch
 from sinks import metrics
 from sinks.clickhouse import ClickHouseStore, SinkUnavailable
 
@@ -81,7 +81,7 @@ class Checkpoint:
     ) -> None:
         """`load`: rebuilds the prepared state of partitions taken on (`taken_on`), before their first batch.
         `on_written`: told `written` after each batch is stored, before its events are acknowledged (the loss ledger
-        of the embedded broker, is_telemetry/ledger.py). `ready`: blocks until the store is open (it may be opened
+        of the embedded broker, core/ledger.py). `ready`: blocks until the store is open (it may be opened
         while the consumer joins its group); waited for when partitions are taken on, before their first batch."""
         self.store, self.prepare, self.needs_io, self.on_rewind = store, prepare, needs_io, on_rewind
         self.load, self.on_written, self.ready = load, on_written, ready

@@ -1,6 +1,6 @@
 """ClickHouse access: one code path for chDB (`chdb:///path`) and a server (`http(s)://...`).
 
-`ClickHouseStore` applies the migrations and writes batches of typed rows (is_telemetry/rows.py) idempotently:
+`ClickHouseStore` applies the migrations and writes batches of typed rows (core/rows.py) idempotently:
 - snapshots: ReplacingMergeTree(version) keyed (day, uid); version = receive ms << 64 | source offset, so a
   re-written snapshot collapses and the latest received wins;
 - rejections: ReplacingMergeTree keyed by source position and receive time: a re-processed record counts once;
@@ -27,9 +27,9 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from is_telemetry.clickhouse_client import connect, redact
-from is_telemetry.errors import ConfigError, TelemetryError
-from is_telemetry.rows import (
+from core.clickhouse_client import connect, redact
+from core.errors import ConfigError, TelemetryError
+from core.rows import (
     COUNT_COLUMNS,
     MAP_COLUMNS,
     Batch,
@@ -507,7 +507,7 @@ def _json_columns(names: Sequence[str], types: Sequence[str], data: Sequence[lis
 
 
 def _chdb_unusable(dsn: str, reason: str) -> str:
-    from is_telemetry.preflight import check_chdb
+    from core.preflight import check_chdb
 
     held = check_chdb(dsn)
     if not held.ok:

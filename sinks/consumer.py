@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from is_telemetry.rows import PartitionBatch, PayloadError, decode_payload
+from core.rows import PartitionBatch, PayloadError, decode_payload
 
 log = logging.getLogger(__name__)
 

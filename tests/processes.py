@@ -175,7 +175,7 @@ class Body:
 
 
 def expand(records: list[Any]) -> list[Body]:
-    from is_telemetry.envelope import is_batch, unpack
+    from core.envelope import is_batch, unpack
 
     out: list[Body] = []
     for r in records:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from is_telemetry.uid import uid_from_elements
+from core.uid import uid_from_elements
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery
 from sinks import clickhouse

@@ -346,7 +346,7 @@ def test_compose_trusts_the_proxy_alone_and_the_proxy_overwrites_forwarded_for()
     address it saw, so nothing a client writes into it reaches the collector."""
     from ipaddress import ip_address, ip_network
 
-    from is_telemetry.config import load_settings
+    from core.config import load_settings
     from tests.test_compose import COMPOSE, COMPOSE_FILE, compose_config, env_of
 
     config = compose_config(COMPOSE_FILE)

@@ -39,10 +39,10 @@ from hypothesis import strategies as st
 from kafka.errors import KafkaError
 from kafka.future import Future
 
+from core.config import Settings, load_settings
+from core.kafka import ensure_topics
 from is_telemetry import apiclient
 from is_telemetry.broker import EmbeddedBroker, free_port
-from is_telemetry.config import Settings, load_settings
-from is_telemetry.kafka import ensure_topics
 from is_telemetry.runtime import stop_process
 from producers.collector import CollectorServer, create_app, make_config
 from tests.processes import consume_bodies, wait_until

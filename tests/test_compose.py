@@ -104,7 +104,7 @@ def test_kafka_is_three_kraft_brokers_with_rf3_min_isr2(config: dict[str, Any]) 
 
 
 def test_project_processes_are_configured_by_environment(config: dict[str, Any]) -> None:
-    from is_telemetry.config import ENV_PREFIX, load_settings
+    from core.config import ENV_PREFIX, load_settings
 
     services = config["services"]
     for name in APP_SERVICES:
@@ -281,8 +281,8 @@ def test_dashboard_has_our_panels_and_queries_only_analyst_views() -> None:
 DASHBOARD_SQL_CHECK = r"""
 import json, sys, time
 from pathlib import Path
-from is_telemetry.kafka import HEADER_RECEIVED_AT
-from is_telemetry.partitioning import partition_of
+from core.kafka import HEADER_RECEIVED_AT
+from core.partitioning import partition_of
 from processors.pipeline import RawRecord
 from processors.replay import Replayer
 from sinks.clickhouse import ClickHouseStore

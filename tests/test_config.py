@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from is_telemetry.config import load_settings, reference_markdown
+from core.config import load_settings, reference_markdown
 from tests.conftest import ROOT
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_settings
+from core.kafka import ensure_topics
 from is_telemetry.broker import EmbeddedBroker, free_port
-from is_telemetry.config import load_settings
-from is_telemetry.kafka import ensure_topics
 from producers.fleet_truth import analyst_ground_truth
 from producers.packed import send_packed
 from producers.simulator import generate, ground_truth, send_to_kafka
@@ -159,7 +159,7 @@ def _produce(bootstrap: str, records: list[tuple[bytes | None, bytes, int, int |
     """(key, body, received_at_ms, partition) straight to the raw topic, as a third-party producer might."""
     from kafka import KafkaProducer
 
-    from is_telemetry.kafka import HEADER_RECEIVED_AT
+    from core.kafka import HEADER_RECEIVED_AT
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
     try:
@@ -180,7 +180,7 @@ def _produce(bootstrap: str, records: list[tuple[bytes | None, bytes, int, int |
 def test_records_with_null_and_wrong_keys_are_rekeyed(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """One UID, one partition: records with a null key, a wrong key or in the wrong partition are published again
     keyed by their UID, before or after the UID's correctly keyed records: the views equal the ground truth."""
-    from is_telemetry.partitioning import partition_of
+    from core.partitioning import partition_of
     from producers.simulator import Delivery
 
     deliveries, _ = _simulation(80, 20, 3, seed=13)
@@ -289,7 +289,7 @@ def test_many_bodies_per_record_and_a_corrupt_batch(broker: EmbeddedBroker, tmp_
     that cannot be read: the views equal the ground truth, and the corrupt record is one `bad_batch` rejection."""
     from kafka import KafkaProducer
 
-    from is_telemetry.envelope import BATCH_FORMAT, HEADER_FORMAT
+    from core.envelope import BATCH_FORMAT, HEADER_FORMAT
     from producers.packed import send_packed
 
     deliveries, expected = _simulation(200, 40, 4, seed=23)

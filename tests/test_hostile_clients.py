@@ -31,10 +31,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.statefile import process_started
 from is_telemetry import apiclient
 from is_telemetry.broker import free_port
 from is_telemetry.runtime import stop_process
-from is_telemetry.statefile import process_started
 from tests.conftest import RunningStack, start_stack
 from tests.samples import SAMPLES
 

@@ -30,11 +30,11 @@ from typing import Any
 import httpx
 import pytest
 
+from core.config import load_settings
+from core.schema import MAX_CLI_COMMANDS, MAX_FREQUENCY_PLANS, MAX_NAME_LENGTH
 from dashboard.freshness import FAILING_METRIC, LAST_SUCCESS_METRIC
 from dashboard.server import ApiThread
 from is_telemetry.broker import free_ports
-from is_telemetry.config import load_settings
-from is_telemetry.schema import MAX_CLI_COMMANDS, MAX_FREQUENCY_PLANS, MAX_NAME_LENGTH
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery, ground_truth
 from sinks import clickhouse

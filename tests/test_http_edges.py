@@ -32,8 +32,8 @@ import httpx
 import orjson
 import pytest
 
+from core.kafka import ensure_topics
 from is_telemetry.broker import EmbeddedBroker, free_port
-from is_telemetry.kafka import ensure_topics
 from is_telemetry.runtime import stop_process
 from tests.samples import SAMPLES
 from tests.test_collector import CollectorProcess, collector_settings, new_topic

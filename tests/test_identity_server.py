@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 from pgcluster import PostgresCluster, postgres_cluster  # noqa: F401  (session fixture)
 
-from is_telemetry import __version__
-from is_telemetry.broker import EmbeddedBroker, free_port
-from is_telemetry.schema import (
+from core import __version__
+from core.schema import (
     DEFAULT_UID,
     AccountsCount,
     ActiveEndDevices,
@@ -30,7 +29,8 @@ from is_telemetry.schema import (
     Total,
     UsersCount,
 )
-from is_telemetry.uid import uid_from_elements
+from core.uid import uid_from_elements
+from is_telemetry.broker import EmbeddedBroker, free_port
 from producers import identity_server as isp
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from core.schema import MAX_CLI_ALIASES, MAX_CLI_COMMANDS, MAX_FREQUENCY_PLANS
 from dashboard.panel_model import TOP_JUMPS, TOP_KEYS, TOP_SERIES
-from is_telemetry.schema import MAX_CLI_ALIASES, MAX_CLI_COMMANDS, MAX_FREQUENCY_PLANS
 from producers import simulator
 from producers.simulator import DAY_MS, Delivery
 from tests.conftest import RunningStack, start_stack

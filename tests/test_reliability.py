@@ -40,11 +40,11 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from core.config import load_settings
+from core.kafka import ensure_topics
+from core.partitioning import partition_of
+from core.schema import MAX_NAME_LENGTH
 from is_telemetry.broker import EmbeddedBroker, free_port
-from is_telemetry.config import load_settings
-from is_telemetry.kafka import ensure_topics
-from is_telemetry.partitioning import partition_of
-from is_telemetry.schema import MAX_NAME_LENGTH
 from processors.validate import Rejection, validate
 from producers.simulator import generate, ground_truth, send_to_kafka
 from tests.conftest import RunningStack, start_stack
@@ -1186,8 +1186,8 @@ def test_a_day_with_only_rejected_messages_does_not_stall_the_worker(running: Ru
     """A day whose records are all rejected (no snapshot that day): its day row is still computed and the worker
     goes on. (Found here: the sink built a day row of the wrong width for such a day, the insert failed and was
     retried forever: the whole pipeline stalled at the first malformed message of a quiet day.)"""
-    from is_telemetry.kafka import headers as record_headers
-    from is_telemetry.kafka import make_producer
+    from core.kafka import headers as record_headers
+    from core.kafka import make_producer
 
     day = datetime(2001, 2, 3, 12, tzinfo=UTC)
     received = int(day.timestamp() * 1000)
@@ -1292,10 +1292,10 @@ def test_clickhouse_refusing_writes_pauses_rewinds_and_stops_in_bounded_time(tmp
     the fault is gone, and a SIGTERM during the fault ends it within the bound (no SIGKILL needed)."""
     from kafka import KafkaProducer
 
+    from core.config import load_settings
+    from core.kafka import ensure_topics
     from is_telemetry.broker import EmbeddedBroker
     from is_telemetry.broker import free_port as port
-    from is_telemetry.config import load_settings
-    from is_telemetry.kafka import ensure_topics
     from tests.processes import worker as worker_proc
 
     if not _chattr_works(tmp_path):

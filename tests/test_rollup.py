@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from is_telemetry.kafka import HEADER_RECEIVED_AT
-from is_telemetry.partitioning import partition_of
-from is_telemetry.rows import MAP_COLUMNS, RejectionRow, RollupRow, SnapshotRow, columns
+from core.kafka import HEADER_RECEIVED_AT
+from core.partitioning import partition_of
+from core.rows import MAP_COLUMNS, RejectionRow, RollupRow, SnapshotRow, columns
 from processors.pipeline import RawRecord, process
 from processors.replay import Replayer
 from processors.rollup import Rollups, preparer

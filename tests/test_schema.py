@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from is_telemetry.schema import DEFAULT_UID, TelemetryMessage, json_schema
-from is_telemetry.uid import uid_from_config, uid_from_elements
+from core.schema import DEFAULT_UID, TelemetryMessage, json_schema
+from core.uid import uid_from_config, uid_from_elements
 from processors.validate import Reason, Rejection, inconsistencies, validate
 from tests.conftest import ROOT, sample_bodies
 

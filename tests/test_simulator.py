@@ -14,8 +14,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from is_telemetry.schema import DEFAULT_UID, TelemetryMessage
-from is_telemetry.uid import uid_from_elements
+from core.schema import DEFAULT_UID, TelemetryMessage
+from core.uid import uid_from_elements
 from processors.validate import Rejection, inconsistencies, validate
 from producers import simulator
 from producers.simulator import Delivery, ground_truth
@@ -450,8 +450,8 @@ def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0)
 
 
 def test_send_to_kafka_roundtrip(broker):
-    from is_telemetry.config import load_settings
-    from is_telemetry.kafka import ensure_topics
+    from core.config import load_settings
+    from core.kafka import ensure_topics
 
     settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers})
     ensure_topics(settings)
@@ -650,8 +650,8 @@ def test_live_feed_posts_each_deployment_then_resends():
 
 
 def test_backfill_is_fast(broker):
-    from is_telemetry.config import load_settings
-    from is_telemetry.kafka import ensure_topics
+    from core.config import load_settings
+    from core.kafka import ensure_topics
 
     settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers, "raw_topic": "sim-backfill"})
     ensure_topics(settings)

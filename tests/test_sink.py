@@ -33,13 +33,13 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from core.errors import QueryFailed, RequestRefused
+from core.kafka import HEADER_RECEIVED_AT
+from core.partitioning import partition_of
+from core.rows import Batch, RejectionRow, RollupRow, SnapshotRow, columns, values
+from core.schema import TelemetryMessage
+from core.uid import uid_from_elements
 from dashboard.analyst_sql import AnalystSessions, QueryLimits, SqlSessions
-from is_telemetry.errors import QueryFailed, RequestRefused
-from is_telemetry.kafka import HEADER_RECEIVED_AT
-from is_telemetry.partitioning import partition_of
-from is_telemetry.rows import Batch, RejectionRow, RollupRow, SnapshotRow, columns, values
-from is_telemetry.schema import TelemetryMessage
-from is_telemetry.uid import uid_from_elements
 from processors.pipeline import RawRecord, process
 from processors.replay import Replayer
 from processors.rollup import Rollups, roll_up
@@ -977,8 +977,8 @@ def test_api_sql_endpoint_as_documented(store: ClickHouseStore):
     """docs/analysts.md: POST /api/sql with JSON {"query": ...}, bearer token, 401/403/400/415 errors."""
     from starlette.testclient import TestClient
 
+    from core.config import load_settings
     from dashboard.api import create_app
-    from is_telemetry.config import load_settings
 
     consume(store, [to_records(small_deliveries())])
     settings = load_settings(None, api={"token": "s3cret"}, clickhouse={"dsn": store.dsn})

@@ -1,6 +1,6 @@
 """The embedded broker keeps everything in memory. This module tells when that memory is gone (its process
 exited, or its topics vanished), accounts for what was lost with it (records acknowledged to their senders that
-the worker had not stored yet: from the loss ledger, is_telemetry/ledger.py, durable facts written by the collector
+the worker had not stored yet: from the loss ledger, core/ledger.py, durable facts written by the collector
 and the worker as they happen, whatever restarted since), and starts a broker again on the same port with the topics
 as configured.
 The order of the recovery (stop the clients, restart the broker, start the clients again) is `up`'s
@@ -17,13 +17,13 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
+from core.config import Settings
+from core.errors import BrokerFailed, GaveUp, Stopped
+from core.kafka import ensure_topics, topic_names
+from core.ledger import Loss
+from core.retry import RetryPolicy, retry_on, with_retries
 from is_telemetry import apiclient
 from is_telemetry.broker import EmbeddedBroker
-from is_telemetry.config import Settings
-from is_telemetry.errors import BrokerFailed, GaveUp, Stopped
-from is_telemetry.kafka import ensure_topics, topic_names
-from is_telemetry.ledger import Loss
-from is_telemetry.retry import RetryPolicy, retry_on, with_retries
 from is_telemetry.stack.output import say
 from is_telemetry.stack.readings import Readings
 from is_telemetry.stack.supervisor import exit_status

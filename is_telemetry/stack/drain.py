@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from is_telemetry.config import Settings
+from core.config import Settings
 
 DRAIN_S = 15.0  # the longest a stop waits for the worker to store what the embedded broker holds
 DRAIN_ENV = "IS_TELEMETRY_DRAIN_BEFORE_STOP"  # "1" in the environment of a worker of `up` on the embedded broker

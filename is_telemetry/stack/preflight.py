@@ -11,10 +11,10 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import NamedTuple
 
+from core.config import Settings, client_host
+from core.errors import TelemetryError
+from core.preflight import Probe, check_chdb, check_clickhouse, check_data_dir, check_kafka
 from is_telemetry.broker import port_open
-from is_telemetry.config import Settings, client_host
-from is_telemetry.errors import TelemetryError
-from is_telemetry.preflight import Probe, check_chdb, check_clickhouse, check_data_dir, check_kafka
 from is_telemetry.stack.output import say
 from is_telemetry.stack.state import leftovers, other_owner
 

@@ -1,11 +1,11 @@
-"""A bounded embedded broker: generations of the raw topic (is_telemetry/generations.py).
+"""A bounded embedded broker: generations of the raw topic (core/generations.py).
 
 Tansu keeps every record of a topic in memory for as long as the topic exists, and its CPU per request grows with
 the records it holds; deleting a topic frees them (retention and DeleteRecords do not work on it). So once the
 current generation holds more than `broker.max_records` records, `up` moves the stack to the next one, and deletes the
 old one once everything in it is stored:
 
-1. the next generation's topics are created, and the collector is told to publish there (is_telemetry/control.py):
+1. the next generation's topics are created, and the collector is told to publish there (core/control.py):
    it holds new requests for a moment, sends what it has open and waits until Kafka acknowledged every record of the
    old topic, then publishes to the new one (nobody is answered 503 for it);
 2. the worker goes on with the old generation until its group has committed every record of it (offsets are committed
@@ -13,7 +13,7 @@ old one once everything in it is stored:
    is_telemetry/status.py);
 3. the worker is stopped (it commits) and, if the old generation is still all stored (a direct writer may have added
    records meanwhile: then the worker goes on with it, and this step comes again), started on the new one;
-4. the old generation's topics and its loss ledger (is_telemetry/ledger.py) are deleted.
+4. the old generation's topics and its loss ledger (core/ledger.py) are deleted.
 
 Nothing is lost and nothing counted twice: the records of a UID are in the same partition number in every
 generation, the worker reads the old generation to its end before the new one, and what it writes does not depend on
@@ -33,9 +33,10 @@ from pathlib import Path
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
-from is_telemetry import apiclient, ledger
-from is_telemetry.config import Settings
-from is_telemetry.generations import Generation, generation
+from core import ledger
+from core.config import Settings
+from core.generations import Generation, generation
+from is_telemetry import apiclient
 from is_telemetry.stack.drain import unstored
 from is_telemetry.stack.output import say
 from is_telemetry.stack.supervisor import Children

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from kafka.errors import KafkaError
 
+from core.config import Settings
 from is_telemetry import apiclient
-from is_telemetry.config import Settings
 from is_telemetry.stack.options import StackOptions
 from is_telemetry.stack.output import say
 from is_telemetry.stack.readings import Readings
@@ -34,7 +34,7 @@ class Simulation:
         stop: threading.Event,
         raw_topic: Callable[[], str] | None = None,
     ) -> None:
-        """`raw_topic`: the generation of the raw topic the backfill goes to (is_telemetry/generations.py)."""
+        """`raw_topic`: the generation of the raw topic the backfill goes to (core/generations.py)."""
         self.s, self.o, self.data_dir, self.collector_url, self.stop = settings, options, data_dir, collector_url, stop
         self.raw_topic = raw_topic or (lambda: settings.kafka.raw_topic)
         self.backfilling = False  # the backfill is being sent straight to the raw topic (it must not rotate meanwhile)

@@ -1,4 +1,4 @@
-"""`up`'s side of the state file (is_telemetry/statefile.py): written before anything starts and whenever a child
+"""`up`'s side of the state file (core/statefile.py): written before anything starts and whenever a child
 (re)starts, removed on stop; which process owns the data directory (a second `up` on it is refused); and, after an
 `up` that was killed, the processes it left running (the next one waits for them to be gone)."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from is_telemetry.statefile import (
+from core.statefile import (
     STATE_FILE,
     is_running,
     process_started,

@@ -22,12 +22,12 @@ from typing import IO
 import httpx
 from kafka.errors import KafkaError
 
-from is_telemetry.config import Settings, client_host, env_name
-from is_telemetry.control import ControlPipe
-from is_telemetry.errors import TelemetryError
-from is_telemetry.generations import Generation, generation
-from is_telemetry.kafka import member_client_id, remove_members
-from is_telemetry.ledger import LEDGER_ENV
+from core.config import Settings, client_host, env_name
+from core.control import ControlPipe
+from core.errors import TelemetryError
+from core.generations import Generation, generation
+from core.kafka import member_client_id, remove_members
+from core.ledger import LEDGER_ENV
 from is_telemetry.lifeline import Lifelines
 from is_telemetry.runtime import stop_process
 from is_telemetry.stack.drain import DRAIN_ENV, DRAIN_S, wait_stored

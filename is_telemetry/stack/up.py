@@ -12,7 +12,7 @@ them (is_telemetry/stack/state.py).
 
 The embedded broker keeps everything in memory. If it dies (or its topics vanish), the watch loop says so
 on the console, with what was lost (records the collector acknowledged that the worker had not stored
-yet, from the loss ledger: is_telemetry/ledger.py; ClickHouse is intact), and recovers: the collector and the
+yet, from the loss ledger: core/ledger.py; ClickHouse is intact), and recovers: the collector and the
 worker are stopped, the broker is started again on the same port once the old process is gone, the topics are
 created again, and the collector and the worker are started again (docs/reliability.md). So that it holds a bounded
 amount meanwhile, the watch loop moves the stack to a new generation of the raw topic once the current one holds
@@ -27,10 +27,11 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from is_telemetry import apiclient, ledger
+from core import ledger
+from core.config import Settings, client_host
+from core.kafka import ensure_topics
+from is_telemetry import apiclient
 from is_telemetry.broker import EmbeddedBroker
-from is_telemetry.config import Settings, client_host
-from is_telemetry.kafka import ensure_topics
 from is_telemetry.lifeline import Lifelines
 from is_telemetry.stack.broker_recovery import BrokerWatch, kept_in_clickhouse, loss_report, restart_broker
 from is_telemetry.stack.console import ProgressConsole, progress_line, summary_line
@@ -117,7 +118,7 @@ class Stack:
                 **this_process(),
                 **where,
                 "kafka": self.s.bootstrap_servers,
-                # the generation the collector publishes to, and every one that holds records (is_telemetry/generations.py)
+                # the generation the collector publishes to, and every one that holds records (core/generations.py)
                 "raw_topic": topics[-1],
                 "raw_topics": topics,
                 "clickhouse": redact(self.s.clickhouse_dsn),

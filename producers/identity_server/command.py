@@ -8,8 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from is_telemetry.schema import DEFAULT_UID
-from is_telemetry.uid import DEFAULT_CONSOLE_BASE_URL
+from core.schema import DEFAULT_UID
+from core.uid import DEFAULT_CONSOLE_BASE_URL
 from producers.identity_server.counting import describe_dsn
 from producers.identity_server.durations import format_seconds
 from producers.identity_server.logs import log, setup_logging
@@ -104,7 +104,7 @@ def command(
 
     if kafka:
         if topic is None:
-            from is_telemetry.config import KafkaSettings
+            from core.config import KafkaSettings
 
             topic = KafkaSettings().raw_topic
         sender: Any = KafkaSender(kafka, topic)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from is_telemetry.errors import DependencyUnavailable, TelemetryError
-from is_telemetry.schema import (
+from core.errors import DependencyUnavailable, TelemetryError
+from core.schema import (
     AccountsCount,
     ActiveEndDevices,
     EndDevicesCount,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from is_telemetry.retry import format_seconds
+from core.retry import format_seconds
 
 __all__ = ["format_seconds", "parse_go_duration"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import platform
 import sys
 
-from is_telemetry import __version__
-from is_telemetry.schema import OSTelemetry
+from core import __version__
+from core.schema import OSTelemetry
 
 _GOARCH = {
     "x86_64": "amd64",

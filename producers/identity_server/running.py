@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from is_telemetry.schema import TelemetryMessage
+from core.schema import TelemetryMessage
 from producers.identity_server.counting import (
     DatabaseSchemaError,
     DatabaseUnreachable,

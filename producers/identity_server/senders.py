@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from is_telemetry.errors import TelemetryError
+from core.errors import TelemetryError
 from producers.identity_server.host import user_agent
 from producers.identity_server.logs import log, one_line
 
@@ -72,7 +72,7 @@ class KafkaSender:
         if self._producer is None:
             from kafka.errors import KafkaError
 
-            from is_telemetry.kafka import make_producer
+            from core.kafka import make_producer
 
             try:
                 self._producer = make_producer(
@@ -91,8 +91,8 @@ class KafkaSender:
 
     def _ensure_topic(self) -> None:
         """Create the pipeline's topics if missing (best effort: a producer may lack the rights)."""
-        from is_telemetry.config import KafkaSettings, Settings, load_settings
-        from is_telemetry.kafka import ensure_topics
+        from core.config import KafkaSettings, Settings, load_settings
+        from core.kafka import ensure_topics
 
         try:
             settings = load_settings(kafka={"bootstrap_servers": self.bootstrap_servers, "raw_topic": self.topic})
@@ -112,7 +112,7 @@ class KafkaSender:
     def send(self, uid: str, body: bytes) -> str:
         from kafka.errors import KafkaError
 
-        from is_telemetry.kafka import headers
+        from core.kafka import headers
 
         producer = self._connect()
         received_at_ms = int(time.time() * 1000)

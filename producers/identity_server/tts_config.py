@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from is_telemetry.uid import CONSOLE_BASE_URL_KEYS, DEFAULT_CONSOLE_BASE_URL, uid_from_config
+from core.uid import CONSOLE_BASE_URL_KEYS, DEFAULT_CONSOLE_BASE_URL, uid_from_config
 from producers.identity_server.durations import parse_go_duration
 
 DEFAULT_TARGET = "https://telemetry.thethingsstack.io/collect"

@@ -9,7 +9,7 @@ import json
 import random
 from typing import Any
 
-from is_telemetry.schema import TelemetryMessage
+from core.schema import TelemetryMessage
 from producers.simulator.fleet import (
     CLI_USAGE_MIN_MINOR,
     OLD_SENDER_MAX_MINOR,

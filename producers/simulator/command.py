@@ -172,16 +172,16 @@ def command(
         finally:
             line.end()
     else:
-        from is_telemetry.config import load_settings
-        from is_telemetry.generations import generation, number_of
-        from is_telemetry.kafka import ensure_topics
-        from is_telemetry.statefile import read_state
+        from core.config import load_settings
+        from core.generations import generation, number_of
+        from core.kafka import ensure_topics
+        from core.statefile import read_state
 
         try:
             settings = load_settings(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka})
             stack = read_state(settings.data_dir.resolve()) if kafka is None else None
             if stack is not None and isinstance(stack.get("kafka"), str):  # the running stack's, wherever it listens
-                # and the generation of the raw topic it reads now, if it says one (is_telemetry/generations.py)
+                # and the generation of the raw topic it reads now, if it says one (core/generations.py)
                 n = number_of(settings, stack["raw_topic"]) if isinstance(stack.get("raw_topic"), str) else None
                 g = generation(settings, n or 0)
                 topics = {"raw_topic": g.raw, "deadletter_topic": g.deadletter}

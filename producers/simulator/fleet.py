@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from is_telemetry.schema import DEFAULT_UID
-from is_telemetry.uid import uid_from_elements
+from core.schema import DEFAULT_UID
+from core.uid import uid_from_elements
 from producers.fleet_lifecycle import Lifecycle, cli_lifecycle, deployment_lifecycle
 from producers.simulator.deliveries import DAY_MS
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from is_telemetry.errors import TelemetryError
+from core.errors import TelemetryError
 from producers.simulator.bodies import user_agent_of
 from producers.simulator.deliveries import Delivery, Progress
 
@@ -84,11 +84,11 @@ def send_to_kafka(
     Ctrl-C stops submitting, flushes what was submitted and returns (interrupted=True). Any failed send
     raises SendError (with the result, whose sent_deliveries are what reached Kafka) unless raise_on_failure
     is False. One request in flight per connection keeps the order within each partition.
-    `producer_overrides` go to is_telemetry.kafka.make_producer (kafka-python KafkaProducer settings).
+    `producer_overrides` go to core.kafka.make_producer (kafka-python KafkaProducer settings).
     """
     from kafka.errors import KafkaError
 
-    from is_telemetry.kafka import headers, make_producer
+    from core.kafka import headers, make_producer
 
     deliveries = list(deliveries)
     n = len(deliveries)

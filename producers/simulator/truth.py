@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from is_telemetry.schema import TelemetryMessage
+from core.schema import TelemetryMessage
 from producers.simulator.deliveries import DEFAULT_PLAUSIBILITY_LIMIT
 from producers.simulator.generation import Simulation
 from producers.truth_rules import Rejected, judge, utc_day, version_of

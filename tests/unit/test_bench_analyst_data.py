@@ -7,7 +7,7 @@ import re
 import pytest
 
 from bench.analyst_data import CLI_COLUMNS, CLI_DAY_SQL, IS_COLUMNS, IS_DAY_SQL, insert_sql
-from is_telemetry.rows import SnapshotRow, columns
+from core.rows import SnapshotRow, columns
 
 
 def _inserted(sql: str) -> list[str]:

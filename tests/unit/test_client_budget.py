@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from is_telemetry.config import describe_validation_error, load_settings
-from is_telemetry.envelope import BATCH_FORMAT, HEADER_FORMAT, HEADER_RATE_LIMITED, RATE_LIMITED, Frame, pack
-from is_telemetry.kafka import HEADER_RECEIVED_AT
-from is_telemetry.partitioning import partition_of
+from core.config import describe_validation_error, load_settings
+from core.envelope import BATCH_FORMAT, HEADER_FORMAT, HEADER_RATE_LIMITED, RATE_LIMITED, Frame, pack
+from core.kafka import HEADER_RECEIVED_AT
+from core.partitioning import partition_of
 from processors.pipeline import RawRecord, process
 from processors.validate import Reason
 from processors.worker import records_of

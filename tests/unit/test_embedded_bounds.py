@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from is_telemetry import control, ledger
-from is_telemetry.config import Settings, group_instance_id, load_settings
-from is_telemetry.generations import generation, number_of
+from core import control, ledger
+from core.config import Settings, group_instance_id, load_settings
+from core.generations import generation, number_of
 from is_telemetry.status import BEHIND, DOWN, OK, worker_line
 
 

@@ -1,4 +1,4 @@
-"""The many-bodies record format (is_telemetry/envelope.py): pure logic."""
+"""The many-bodies record format (core/envelope.py): pure logic."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from is_telemetry.envelope import EnvelopeError, Frame, pack, unpack
+from core.envelope import EnvelopeError, Frame, pack, unpack
 
 frames = st.lists(
     st.builds(Frame, st.integers(0, 2**63 - 1), st.binary(max_size=40), st.binary(max_size=300)),

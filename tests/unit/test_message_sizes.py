@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from is_telemetry.schema import (
+from core.schema import (
     MAX_CLI_ALIASES,
     MAX_CLI_COMMANDS,
     MAX_FREQUENCY_PLANS,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from is_telemetry.schema import TelemetryMessage, command_usage
+from core.schema import TelemetryMessage, command_usage
 from processors.validate import Reason, Rejection, validate
 from producers.truth_rules import Rejected, judge
 from tests.samples import SAMPLES

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from is_telemetry.partitioning import partition_of
-from is_telemetry.rows import PartitionBatch, RejectionRow
-from is_telemetry.uid import DEFAULT_CONSOLE_BASE_URL, uid_from_config, uid_from_elements
+from core.partitioning import partition_of
+from core.rows import PartitionBatch, RejectionRow
+from core.uid import DEFAULT_CONSOLE_BASE_URL, uid_from_config, uid_from_elements
 from processors.dedup import Deduplicator
 from processors.pipeline import RawRecord, process
 from processors.rollup import Rollups, roll_up

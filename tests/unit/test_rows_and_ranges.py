@@ -1,4 +1,4 @@
-"""Row types and their snapshots-topic payload (is_telemetry/rows.py); the dashboard's date ranges (panels.py)."""
+"""Row types and their snapshots-topic payload (core/rows.py); the dashboard's date ranges (panels.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboard.panels import MAX_DAYS, BadRequest, resolve_range
-from is_telemetry.rows import (
+from core.rows import (
     PayloadError,
     SnapshotRow,
     datetime_to_ms,
@@ -18,6 +17,7 @@ from is_telemetry.rows import (
     encode_payloads,
     ms_to_datetime,
 )
+from dashboard.panels import MAX_DAYS, BadRequest, resolve_range
 from processors.pipeline import RawRecord, process
 from tests.samples import SAMPLES
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.errors import NotAllowed, RequestRefused, WriteRefused
 from dashboard.sql_allowlist import FUNCTIONS, TABLE_FUNCTIONS
 from dashboard.sql_check import Catalog, check
 from dashboard.sql_formats import FORMATS, ResultCut, frame
-from is_telemetry.errors import NotAllowed, RequestRefused, WriteRefused
 from is_telemetry.termsafe import UNSAFE_CLASSES, json_printable, printable
 
 # -- the check ---------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from is_telemetry.config import Settings
-from is_telemetry.ledger import Loss
+from core.config import Settings
+from core.ledger import Loss
 from is_telemetry.lifeline import Lifelines, broker_command
 from is_telemetry.stack import output
 from is_telemetry.stack.broker_recovery import loss_report, start_broker_again

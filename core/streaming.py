@@ -20,9 +20,9 @@ from mode import Service
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
-from is_telemetry import gctuning
-from is_telemetry.config import Settings, group_instance_id
-from is_telemetry.kafka import leave_static, member_client_id
+from core import gctuning
+from core.config import Settings, group_instance_id
+from core.kafka import leave_static, member_client_id
 
 
 def _faust_dir(settings: Settings) -> Path:

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from is_telemetry.errors import ConfigError
+from core.errors import ConfigError
 
 ENV_PREFIX = "IS_TELEMETRY_"
 

@@ -101,7 +101,7 @@ def check_clickhouse(dsn: str, timeout_s: float = 3.0) -> Probe:
         return check_chdb(dsn)
     from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-    from is_telemetry.clickhouse_client import redact
+    from core.clickhouse_client import redact
 
     where = redact(dsn)
     try:

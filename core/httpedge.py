@@ -52,7 +52,7 @@ from starlette.requests import Request
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from is_telemetry.errors import PayloadTooLarge, RequestRefused, RequestTimeout
+from core.errors import PayloadTooLarge, RequestRefused, RequestTimeout
 
 log = logging.getLogger(__name__)
 

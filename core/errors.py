@@ -2,7 +2,7 @@
 
 - `ConfigError`: the configuration is wrong; a command ends with one line saying what to change. Never retried.
 - `DependencyUnavailable` and its subclasses (`KafkaUnavailable`, a sink's `SinkUnavailable`): a service we need
-  cannot serve now; `retriable` is True, so retry loops (is_telemetry/retry.py) try again and HTTP answers 503.
+  cannot serve now; `retriable` is True, so retry loops (core/retry.py) try again and HTTP answers 503.
 - `BrokerFailed`: the embedded broker could not be started or exited.
 - `Stopped` / `GaveUp`: a retry loop ended by a stop request / by its budget (count or seconds).
 - `RequestRefused` and its subclasses: an HTTP request is answered with `status` and a one-line JSON error

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from is_telemetry.config import Settings
+from core.config import Settings
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from is_telemetry.errors import GaveUp, Stopped
+from core.errors import GaveUp, Stopped
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from is_telemetry.config import Settings
-from is_telemetry.errors import GaveUp, KafkaUnavailable
-from is_telemetry.retry import RetryPolicy, retry_on, with_retries
+from core.config import Settings
+from core.errors import GaveUp, KafkaUnavailable
+from core.retry import RetryPolicy, retry_on, with_retries
 
 log = logging.getLogger(__name__)
 

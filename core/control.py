@@ -1,5 +1,5 @@
 """A one-way command pipe from `up` to a child: `up` moves its collector to a new generation of the raw topic
-(is_telemetry/generations.py) without restarting it, so that no sender is refused meanwhile.
+(core/generations.py) without restarting it, so that no sender is refused meanwhile.
 
 `up` keeps the write end (non-blocking: a child that does not read can never hold `up` up) and gives the read end to
 the child (CONTROL_ENV names the descriptor, as the lifeline's does). A command is one JSON object of strings on one
