@@ -50,9 +50,22 @@
     return out;
   }
 
+  // A 503 with Retry-After (every analyst slot busy, docs/dashboard.md) is tried again after the delay the server
+  // asks for (at most 10 s) plus up to as much again at random, so that the panels turned away together do not all
+  // come back together; up to BUSY_RETRIES times. Any other answer is final.
+  const BUSY_RETRIES = 4;
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
   async function getJSON(path, params) {
     const qs = new URLSearchParams(params || {});
-    const res = await fetch(path + (qs.toString() ? "?" + qs : ""), { headers: { Accept: "application/json" } });
+    const url = path + (qs.toString() ? "?" + qs : "");
+    let res = await fetch(url, { headers: { Accept: "application/json" } });
+    for (let tries = 0; res.status === 503 && res.headers.has("Retry-After") && tries < BUSY_RETRIES; tries++) {
+      const wait = Math.min(Math.max(Number(res.headers.get("Retry-After")) || 1, 0.1), 10);
+      await res.body?.cancel();
+      await sleep(wait * (1 + Math.random()) * 1000);
+      res = await fetch(url, { headers: { Accept: "application/json" } });
+    }
     const text = await res.text();
     let body;
     try { body = parseJSON(text); } catch (e) { throw new Error(path + ": HTTP " + res.status); }
