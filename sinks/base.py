@@ -48,5 +48,5 @@ class Sink(ABC, Generic[Prepared]):
         """Store `batch` in one go, or raise SinkBackpressureError."""
 
     def drop(self, partitions: set[int]) -> None:
-        """Forget what was prepared from `partitions`: they were rewound (read again from the last written position)
-        or revoked (another process owns them now)."""
+        """Forget what was prepared from `partitions` (quix-streams' `on_paused`): they were rewound (read again from
+        the last written position) or revoked (another process owns them now)."""
