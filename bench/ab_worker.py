@@ -5,11 +5,11 @@
 Each NAME is a variant: `plain` runs the plain-consumer peer (bench/peers.py), `plain_same_work` the plain loop
 doing the worker's work (its pipeline, roll-up and store, in sequence: not a peer, a reference); any other name
 runs a real `is-telemetry worker` (bench/bench_processors.py `run_full`) with the given environment variables, e.g.
-`IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000`. The input is produced once; then, round after round, every variant reads
+`IS_TELEMETRY_SINK__BATCH_SIZE=10000`. The input is produced once; then, round after round, every variant reads
 it from offset 0 in turn, so all of them see the same machine load. Prints each run (for a worker, also its CPU per body
 by thread), then the median per variant.
 
-    python -m bench.ab_worker plain base big:IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000
+    python -m bench.ab_worker plain base big:IS_TELEMETRY_SINK__BATCH_SIZE=10000
 
 Not one of `python -m bench`'s benches (its name does not start with bench_): a tool for trying levers. Its last
 line is `fastest=<name>`. `--smoke`: one round of 2,000 bodies, `plain` and `base` unless variants are given
@@ -39,7 +39,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(
-                f"error: {item!r} in {spec!r} is not VAR=VALUE (example: big:IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000)"
+                f"error: {item!r} in {spec!r} is not VAR=VALUE (example: big:IS_TELEMETRY_SINK__BATCH_SIZE=10000)"
             )
         env[key] = value
     return name, env
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.rounds, args.messages, args.variants = 1, 2000, args.variants or ["plain", "base"]
     if not args.variants:
-        ap.error("name at least one variant (example: plain base big:IS_TELEMETRY_PROCESSORS__BATCH_SIZE=10000)")
+        ap.error("name at least one variant (example: plain base big:IS_TELEMETRY_SINK__BATCH_SIZE=10000)")
     variants = [parse_variant(v) for v in args.variants]
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _env in variants}

@@ -251,7 +251,7 @@ def _faust_child(mode: str, bootstrap: str, topic_name: str, group: str, n: int,
 
     async def take(stream: Any) -> None:
         p = settings.processors
-        async for events in stream.noack_take(p.batch_size, within=p.batch_seconds):
+        async for events in stream.noack_take(settings.sink.batch_size, within=p.batch_seconds):
             for event in events:
                 parse(event.value)
             for event in events:

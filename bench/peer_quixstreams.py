@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-#: Kafka records per checkpoint: 50 records of 100 bodies, the worker's batch of 5,000 bodies (processors.batch_size)
+#: Kafka records per checkpoint: 50 records of 100 bodies, the worker's batch of 5,000 bodies (sink.batch_size)
 RECORDS_PER_CHECKPOINT = 50
 
 

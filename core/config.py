@@ -410,9 +410,6 @@ class ProcessorSettings(_Section):
         description="Consumer group of the processors (a new one replays the topic from offset 0)",
     )
     sink_group_id: str = Field("is-telemetry-sink", description="Consumer group of a separate sink process")
-    batch_size: int = Field(
-        5000, ge=1, description="Most bodies handled and written per batch (each body of a many-bodies record counts)"
-    )
     batch_seconds: float = Field(1.0, gt=0, description="Longest a body waits in an unfinished batch (seconds)")
     batch_idle_seconds: float = Field(
         0.05,
@@ -444,6 +441,15 @@ class ProcessorSettings(_Section):
     _instance = field_validator("group_instance_id")(classmethod(lambda cls, v: check_group_instance_id(v)))
 
 
+class SinkSettings(_Section):
+    batch_size: int = Field(
+        5000,
+        ge=1,
+        le=1_000_000,
+        description="Most bodies handled and written per batch, by a processors worker (each body of a many-bodies record counts) and by `is-telemetry sink` (each row of a snapshots-topic record counts)",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
@@ -454,6 +460,7 @@ class Settings(BaseSettings):
     collector: CollectorSettings = CollectorSettings()
     api: ApiSettings = ApiSettings()
     processors: ProcessorSettings = ProcessorSettings()
+    sink: SinkSettings = SinkSettings()
 
     @property
     def embedded_kafka(self) -> bool:

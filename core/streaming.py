@@ -1,5 +1,6 @@
 """faust plumbing shared by the processors worker and the sink process: the app, the consumer controls a rewind
-needs, batches measured in bodies, and the worker process (its services are given by is_telemetry/worker_app.py)."""
+needs, batches measured in bodies, and the worker process (its services are given by is_telemetry/worker_app.py).
+The faust internals it relies on are in core/faust_adapter.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,12 @@ from faust.tables import TableManager
 from faust.types import TP
 from kafka.errors import KafkaError
 from mode import Service
-from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
-from core import gctuning
+from core import faust_adapter, gctuning
 from core.config import Settings, group_instance_id
 from core.kafka import leave_static, member_client_id
+from core.rows import PartitionBatch
 
 
 def _faust_dir(settings: Settings) -> Path:
@@ -63,7 +65,7 @@ def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
         web_enabled=bool(settings.processors.web_port),
         web_port=settings.processors.web_port or 6066,
         web_host="127.0.0.1",
-        stream_buffer_maxsize=max(4096, settings.processors.batch_size * 2),
+        stream_buffer_maxsize=max(4096, settings.sink.batch_size * 2),
         # faust's 1 MiB a partition is ~20 records of the collector's 100 bodies: a backlog then waits on a fetch
         # round trip between batches (the worker 16k -> 21k msgs/s with 2-32 MiB, docs/benchmarks.md)
         consumer_max_fetch_size=settings.processors.fetch_bytes_per_partition,
@@ -72,6 +74,22 @@ def faust_app(app_id: str, settings: Settings, **overrides: Any) -> faust.App:
     )
     config.update(overrides)
     return faust.App(app_id, **config)
+
+
+def bytes_topic(app: faust.App, name: str) -> Any:
+    """A topic of raw bytes (keys and values are not decoded by faust)."""
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+@dataclass
+class Take:
+    """What a consumer's handler made of one take of the stream (sinks/loop.py): the rows per source partition to
+    write, the sends (dead letters, re-keyed records) to wait for before its events are acknowledged, and how many
+    bodies its events held."""
+
+    parts: list[PartitionBatch]
+    bodies: int
+    sends: list[Awaitable[Any]] = field(default_factory=list)
 
 
 class FaustRewinder:
@@ -106,7 +124,7 @@ class FaustRewinder:
         """Events that will not be acknowledged because they are read again: done for faust (its stop waits for
         every fetched message), but their offsets are not marked committable."""
         for event in events:
-            event.message.acked = True
+            faust_adapter.settle(event)
 
     def accepted(self, events: list[Any]) -> list[Any]:
         if not self.rewinding:
@@ -169,8 +187,7 @@ async def take_bodies(
         return value
 
     stream.enable_acks = False
-    stream.add_processor(add_to_buffer)
-    stream._enable_passive(aiter(stream.channel))
+    faust_adapter.attach_passive(stream, add_to_buffer)
     try:
         while not stream.should_stop:
             due = min(state["first"] + within, state["last"] + idle) if events else loop.time() + idle
@@ -194,7 +211,7 @@ async def take_bodies(
         # acknowledged, so faust commits past records that were never stored (found: 228 of 2,000 lost on a SIGTERM
         # during a ClickHouse fault). Only the checkpoint acknowledges, once a batch is written.
         stream.enable_acks = False
-        stream._processors.remove(add_to_buffer)
+        faust_adapter.detach(stream, add_to_buffer)
 
 
 class Worker(faust.Worker):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -272,18 +273,58 @@ def _number(value: str) -> int | str:
     return int(value) if re.fullmatch(r"\s*-?[0-9]+\s*", value) else value
 
 
+ConsumerApiPortOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--api-port", help="Serve the HTTP API/dashboard from this process (needed for embedded chDB); -1 = off"
+    ),
+]
+
+
+def _consumer_settings(
+    config: Path | None,
+    data_dir: Path | None,
+    kafka: str | None,
+    clickhouse: str | None,
+    api_port: int | None,
+    log_level: str,
+    **flags: Any,
+) -> Settings:
+    """The settings of a consumer process (`worker`, `sink`: is_telemetry/worker_app.py), its logging set up."""
+    s = settings_from(
+        config,
+        serves_api=_serves_api(api_port),
+        data_dir=data_dir,
+        kafka={"bootstrap_servers": kafka},
+        clickhouse={"dsn": clickhouse},
+        api={"port": api_port if api_port and api_port > 0 else None},
+        **flags,
+    )
+    setup_logging(log_level)
+    return s
+
+
+def _serves_api(api_port: int | None) -> bool:
+    return api_port is not None and api_port >= 0
+
+
+def _run_consumer(run: Callable[[], int]) -> None:
+    """Run a consumer process until it stops; a refusal (e.g. the raw topic's partition count changed) is exit 2."""
+    try:
+        code = run()
+    except ConfigError as exc:
+        typer.echo(f"error: {printable(str(exc))}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
 @app.command()
 def worker(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
-    api_port: Annotated[
-        Optional[int],
-        typer.Option(
-            "--api-port", help="Serve the HTTP API/dashboard from this worker (needed for embedded chDB); -1 = off"
-        ),
-    ] = None,
+    api_port: ConsumerApiPortOpt = None,
     group_id: Annotated[
         Optional[str],
         typer.Option("--group-id", help="Consumer group (a new group replays the raw topic from offset 0)"),
@@ -298,28 +339,13 @@ def worker(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run a processors worker (faust): validate -> dedup -> roll up -> sink."""
+    from core import ledger
     from is_telemetry.worker_app import run_worker
 
-    s = settings_from(
-        config,
-        serves_api=api_port is not None and api_port >= 0,
-        data_dir=data_dir,
-        kafka={"bootstrap_servers": kafka},
-        clickhouse={"dsn": clickhouse},
-        api={"port": api_port if api_port and api_port > 0 else None},
-        processors={"group_id": group_id},
-    )
-    setup_logging(log_level)
+    s = _consumer_settings(config, data_dir, kafka, clickhouse, api_port, log_level, processors={"group_id": group_id})
     follow_lifeline(s, drain=True)
-    from core import ledger
-
-    try:
-        serve_api = api_port is not None and api_port >= 0
-        code = run_worker(s, sink, serve_api, log_level, ledger_dir=ledger.from_env())  # `up` gives it, if any
-    except ConfigError as exc:  # e.g. the raw topic's partition count changed
-        typer.echo(f"error: {printable(str(exc))}", err=True)
-        raise typer.Exit(2) from exc
-    raise typer.Exit(code)
+    ledger_dir = ledger.from_env()  # `up` gives it, if any
+    _run_consumer(lambda: run_worker(s, sink, _serves_api(api_port), log_level, ledger_dir=ledger_dir))
 
 
 @app.command()
@@ -328,32 +354,14 @@ def sink(
     data_dir: DataDirOpt = None,
     kafka: KafkaOpt = None,
     clickhouse: ClickHouseOpt = None,
-    api_port: Annotated[
-        Optional[int],
-        typer.Option(
-            "--api-port", help="Serve the HTTP API/dashboard from this process (needed for embedded chDB); -1 = off"
-        ),
-    ] = None,
+    api_port: ConsumerApiPortOpt = None,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the sink as its own process: snapshots topic -> ClickHouse (for workers started with --no-sink)."""
     from is_telemetry.worker_app import run_sink
 
-    s = settings_from(
-        config,
-        serves_api=api_port is not None and api_port >= 0,
-        data_dir=data_dir,
-        kafka={"bootstrap_servers": kafka},
-        clickhouse={"dsn": clickhouse},
-        api={"port": api_port if api_port and api_port > 0 else None},
-    )
-    setup_logging(log_level)
-    try:
-        code = run_sink(s, serve_api=api_port is not None and api_port >= 0, log_level=log_level)
-    except ConfigError as exc:
-        typer.echo(f"error: {printable(str(exc))}", err=True)
-        raise typer.Exit(2) from exc
-    raise typer.Exit(code)
+    s = _consumer_settings(config, data_dir, kafka, clickhouse, api_port, log_level)
+    _run_consumer(lambda: run_sink(s, serve_api=_serves_api(api_port), log_level=log_level))
 
 
 @app.command()

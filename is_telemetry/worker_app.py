@@ -1,6 +1,8 @@
-"""The worker processes, composed from the stages: `is-telemetry processors` (processors/worker.py with the sink of
-sinks/checkpoint.py in the same process, optionally serving the API of dashboard/) and `is-telemetry sink` (the
-sink as its own process, rolling the snapshots topic up with processors/rollup.py).
+"""The worker processes, composed from the stages: `is-telemetry worker` (a consumer loop of sinks/loop.py over the
+raw topic, handled by processors/worker.py, with the roll-up sink in the same process, optionally serving the API of
+dashboard/) and `is-telemetry sink` (the same loop over the snapshots topic, handled by sinks/consumer.py, with the
+same sink). The roll-up sink (`RollupSink`, a sinks/base.py `Sink`) is the processors' roll-up (processors/rollup.py)
+written to ClickHouse (sinks/clickhouse.py).
 
 This is the one place where the processors, the sinks and the query side meet; the stages themselves do not import
 each other (pyproject.toml `[tool.importlinter]`).
@@ -13,22 +15,26 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from mode import Service
 
 from core.config import Settings, check_api_exposure
 from core.errors import ConfigError
 from core.kafka import ensure_topics, topic_partitions
 from core.ledger import StoredPositions
-from core.streaming import FaustRewinder, faust_app, run_faust, take_bodies
+from core.rows import Batch, PartitionBatch
+from core.streaming import faust_app, run_faust
 from processors.rollup import Rollups, preparer
-from processors.worker import Ack, Processors, SinkFactory
-from sinks.checkpoint import Checkpoint
-from sinks.clickhouse import ClickHouseStore
-from sinks.consumer import partition_batches
+from processors.worker import Processors
+from sinks import metrics
+from sinks.base import Sink, SinkBackpressureError
+from sinks.clickhouse import ClickHouseStore, SinkUnavailable
+from sinks.consumer import SnapshotsReader
+from sinks.loop import ConsumerLoop
 
 
 class ApiService(Service):
@@ -67,38 +73,49 @@ class ApiService(Service):
         await asyncio.get_running_loop().run_in_executor(None, stop)
 
 
-def checkpoint(
-    settings: Settings,
-    store: ClickHouseStore,
-    rollups: Rollups,
-    rewinder: FaustRewinder,
-    ack: Ack,
-    on_written: Callable[[dict[int, int]], None] | None = None,
-    ready: Callable[[], None] | None = None,
-) -> Checkpoint:
-    """The sink: roll a batch up (processors/rollup.py), write it to `store`, then acknowledge its events."""
-    return Checkpoint(
-        store,
-        preparer(rollups, store),
-        needs_io=lambda parts: bool(rollups.missing(p.partition for p in parts)),
-        on_rewind=rollups.drop,
-        rewinder=rewinder,
-        ack=ack,
-        deadline_s=settings.clickhouse.retry_s,
-        load=lambda partitions: rollups.load(store, rollups.missing(partitions)),
-        on_written=on_written,
-        ready=ready,
-    )
+#: What ClickHouse raises when it does not take a read or a write: the checkpoint pauses and rewinds.
+UNAVAILABLE = (SinkUnavailable, ClickHouseError, OSError)
 
 
-def in_process_sink(
-    settings: Settings, store: ClickHouseStore, ledger_dir: Path | None = None, ready: Callable[[], None] | None = None
-) -> SinkFactory:
-    """The processors worker's sink (processors/worker.py `SinkFactory`), writing to `store` (once `ready` returns);
-    with `ledger_dir`, it records there what it stored of the raw topic (core/ledger.py)."""
-    positions = StoredPositions(ledger_dir, settings.kafka.raw_topic) if ledger_dir is not None else None
-    on_written = positions.record if positions is not None else None
-    return lambda rollups, rewinder, ack: checkpoint(settings, store, rollups, rewinder, ack, on_written, ready)
+class RollupSink(Sink[Batch]):
+    """The sink of both processes: a batch rolled up (processors/rollup.py) on the state of its partitions, then
+    written to `store`. The state of partitions taken on, or rewound, is rebuilt from the store."""
+
+    def __init__(self, store: ClickHouseStore, rollups: Rollups, opening: OpeningStore | None = None) -> None:
+        """`opening`: the store being opened meanwhile (its `wait` is the sink's `setup`)."""
+        self.store, self.rollups, self.opening = store, rollups, opening
+        self._prepare = preparer(rollups, store)
+
+    def setup(self) -> None:
+        if self.opening is not None:
+            self.opening.wait()
+
+    def load(self, partitions: list[int]) -> None:
+        try:
+            self.rollups.load(self.store, self.rollups.missing(partitions))
+        except UNAVAILABLE as exc:
+            raise SinkBackpressureError(str(exc) or type(exc).__name__) from exc
+
+    def prepare_blocks(self, parts: list[PartitionBatch]) -> bool:
+        return bool(self.rollups.missing(p.partition for p in parts))
+
+    def prepare(self, parts: list[PartitionBatch]) -> Batch:
+        try:
+            return self._prepare(parts)
+        except UNAVAILABLE as exc:
+            raise SinkBackpressureError(str(exc) or type(exc).__name__) from exc
+
+    def write(self, batch: Batch) -> None:
+        try:
+            self.store.write(batch)
+        except UNAVAILABLE as exc:
+            raise SinkBackpressureError(str(exc) or type(exc).__name__) from exc
+        metrics.SINK_ROWS.labels("snapshots").inc(len(batch.snapshots))
+        metrics.SINK_ROWS.labels("rejections").inc(len(batch.rejections))
+        metrics.SINK_ROWS.labels("rollup_partitions").inc(len(batch.rollups) + len(batch.recompute))
+
+    def drop(self, partitions: set[int]) -> None:
+        self.rollups.drop(partitions)
 
 
 def new_store(settings: Settings) -> ClickHouseStore:
@@ -175,29 +192,35 @@ def run_worker(
     ledger_dir: Path | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; in-flight batches are finished and acked, unacked ones are re-delivered.
-    `ledger_dir`: where the sink records what it stored (`up` on the embedded broker, core/ledger.py)."""
+    `ledger_dir`: where the sink records what it stored of the raw topic (`up` on the embedded broker,
+    core/ledger.py)."""
     ensure_topics(settings)
     topic = settings.kafka.raw_topic
     partitions_total = topic_partitions(settings, topic)
-    store = None
-    ready = _open
+    store, opening = None, None
     if with_sink or serve_api:
         if settings.clickhouse_dsn.startswith("chdb:"):  # local: opened while the consumer joins its group
             store = new_store(settings)
-            ready = OpeningStore(store, partitions_total if with_sink else None, topic).wait
+            opening = OpeningStore(store, partitions_total if with_sink else None, topic)
         else:
             store = open_store(settings)
             if with_sink:
                 store.check_partitions(partitions_total, topic)
-    sink = in_process_sink(settings, store, ledger_dir, ready) if with_sink and store is not None else None
-    processors = Processors(settings, sink, partitions_total)
+    ready = opening.wait if opening is not None else _open
+    sink = None
+    if with_sink and store is not None:
+        sink = RollupSink(store, Rollups(settings.processors.state_days, partitions_total), opening)
+    positions = StoredPositions(ledger_dir, topic) if ledger_dir is not None and sink is not None else None
+    app = faust_app(settings.processors.group_id, settings)
+    processors = Processors(settings, app, sink is not None, partitions_total)
+    ConsumerLoop(app, topic, "process", processors, sink, settings, positions)
     services = _services(settings, serve_api, log_level, ready)
-    return run_faust(processors.app, settings, services, _closer(store, ready), log_level)
+    return run_faust(app, settings, services, _closer(store, ready), log_level)
 
 
 def run_sink(settings: Settings, serve_api: bool = False, log_level: str = "warning") -> int:
     """`is-telemetry sink`: consume the snapshots topic (records of processors running with --no-sink), roll each
-    source partition up and write it through the same checkpoint as a worker's in-process sink. Positions are the
+    source partition up and write it through the same consumer loop and sink as a worker's. Positions are the
     snapshots topic's offsets."""
     ensure_topics(settings)
     k = settings.kafka
@@ -211,45 +234,7 @@ def run_sink(settings: Settings, serve_api: bool = False, log_level: str = "warn
         )
     store = open_store(settings)
     store.check_partitions(partitions_total, k.raw_topic)
+    sink = RollupSink(store, Rollups(settings.processors.state_days, partitions_total))
     app = faust_app(settings.processors.sink_group_id, settings)
-    topic = app.topic(k.snapshots_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    rollups = Rollups(settings.processors.state_days, partitions_total)
-    rewinder = FaustRewinder(app, k.snapshots_topic)
-    stream_ref: list[Any] = []
-
-    async def ack(events: Sequence[Any], bodies: int) -> None:
-        for event in events:
-            await stream_ref[0].ack(event)
-
-    sink = checkpoint(settings, store, rollups, rewinder, ack)
-
-    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-        partitions = {tp.partition for tp in revoked if tp.topic == k.snapshots_topic}
-        await sink.drain()
-        sink.revoked(partitions)
-        rollups.drop(partitions)
-        rewinder.forget(partitions)
-
-    async def consume(stream: Any) -> None:
-        stream_ref[:] = [stream]
-        try:
-            # take_bodies, not faust's noack_take: acks stay off when the agent stops (see take_bodies); a record
-            # of the snapshots topic counts as one
-            p = settings.processors
-            async for events in take_bodies(stream, 200, p.batch_seconds, p.batch_idle_seconds, lambda _event: 1):
-                events = rewinder.accepted(events)
-                if not events:
-                    continue
-                for event in events:
-                    sink.first_seen(event.message.partition, event.message.offset)
-                await sink.submit(partition_batches(events), events, [])
-        finally:
-            await sink.drain()
-
-    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
-        await sink.taken_on(tp.partition for tp in assigned if tp.topic == k.snapshots_topic)
-
-    app.agent(topic, name="sink")(consume)
-    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # faust accepts coroutines
-    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+    ConsumerLoop(app, k.snapshots_topic, "sink", SnapshotsReader(), sink, settings)
     return run_faust(app, settings, _services(settings, serve_api, log_level), _closer(store), log_level)

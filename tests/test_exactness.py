@@ -121,7 +121,7 @@ def test_a_separate_sink_gets_the_rows_of_a_large_batch(
     deliveries, expected = _simulation(1200, 150, 30, seed=4)
     b = broker.bootstrap_servers
     send_packed(deliveries, b, TOPIC, bodies_per_record=100, pack_keyless=True)  # the backlog, before the worker starts
-    monkeypatch.setenv("IS_TELEMETRY_PROCESSORS__BATCH_SIZE", str(len(deliveries)))  # the whole backlog in few batches
+    monkeypatch.setenv("IS_TELEMETRY_SINK__BATCH_SIZE", str(len(deliveries)))  # the whole backlog in few batches
     w = worker(b, _own_dir(tmp_path / "worker"), "worker", "--no-sink")
     sink = _sink(b, tmp_path)
     try:

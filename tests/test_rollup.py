@@ -18,7 +18,9 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from core.kafka import HEADER_RECEIVED_AT
 from core.partitioning import partition_of
+from core.retry import RetryPolicy
 from core.rows import MAP_COLUMNS, RejectionRow, RollupRow, SnapshotRow, columns
+from is_telemetry.worker_app import RollupSink
 from processors.pipeline import RawRecord, process
 from processors.replay import Replayer
 from processors.rollup import Rollups, preparer
@@ -198,6 +200,10 @@ def test_a_changed_partition_count_is_refused_until_repartition(store: ClickHous
 class FakeRewinder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.acked: list[list[Any]] = []
+
+    async def ack(self, events: Sequence[Any], bodies: int) -> None:
+        self.acked.append(list(events))
 
     def pause(self, partitions: set[int]) -> None:
         self.calls.append(("pause", sorted(partitions)))
@@ -220,24 +226,12 @@ def test_a_write_clickhouse_does_not_take_pauses_and_rewinds(
     chunks = split(records, [100])
     rollups = Rollups(3, N)
     rewinder = FakeRewinder()
-    acked: list[list[int]] = []
+    acked = rewinder.acked
     store.retry_s, store.retry_max_s = 0.3, 0.1
     store.stopping.clear()
 
-    async def ack(events: Sequence[Any], bodies: int) -> None:
-        acked.append(list(events))
-
     async def run() -> None:
-        cp = Checkpoint(
-            store,
-            preparer(rollups, store),
-            lambda parts: bool(rollups.missing(p.partition for p in parts)),
-            rollups.drop,
-            rewinder,
-            ack,
-            deadline_s=5,
-            backoff_s=(0.05, 0.05),
-        )
+        cp = Checkpoint(RollupSink(store, rollups), rewinder, deadline_s=5, backoff=RetryPolicy(0.05, 0.05))
         for r in records:
             cp.first_seen(r.partition, r.offset)
         client = store.client
