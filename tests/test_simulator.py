@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from core.schema import DEFAULT_UID, TelemetryMessage
+from core.schema import DEFAULT_UID, SUMMED_COUNTS, TelemetryMessage
 from core.uid import uid_from_elements
 from processors.validate import Rejection, inconsistencies, validate
 from producers import simulator
@@ -312,21 +312,7 @@ def test_ground_truth_by_hand():
         Delivery(D2 + 10 * H, A.encode(), a3),  # same ms, later in send order: wins
         Delivery(D2 + 20 * H, A.encode(), a_huge),  # implausible
     ]
-    fleet_row = dict.fromkeys(
-        [
-            "gateways",
-            "end_devices",
-            "active_end_devices",
-            "active_last_day",
-            "active_last_week",
-            "active_last_month",
-            "applications",
-            "users_standard",
-            "users_admin",
-            "organizations",
-        ],
-        0,
-    )
+    fleet_row = dict.fromkeys(SUMMED_COUNTS, 0)
     expected = {
         "fleet_daily": [
             {

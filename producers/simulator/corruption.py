@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from producers.simulator.deliveries import DEFAULT_PLAUSIBILITY_LIMIT
+from core.schema import PLAUSIBILITY_LIMIT
 from producers.truth_rules import REASONS
 
 #: Malformed kinds, by the rejection reason each must get. Which apply to which sender kind:
@@ -85,7 +85,7 @@ def corrupt(obj: dict[str, Any], kind: str, rng: random.Random) -> bytes:
     elif kind == "out_of_range":
         set_count(2**64 + rng.randint(0, 10**6))
     elif kind == "implausible":
-        set_count(DEFAULT_PLAUSIBILITY_LIMIT + rng.randint(1, 10**12))
+        set_count(PLAUSIBILITY_LIMIT + rng.randint(1, 10**12))
     elif kind == "kind_ambiguous":
         if ec is not None:
             o["cli"] = {}
