@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from core.errors import ConfigError
+from core.schema import PLAUSIBILITY_LIMIT
 
 ENV_PREFIX = "IS_TELEMETRY_"
 
@@ -426,7 +427,9 @@ class ProcessorSettings(_Section):
         gt=0,
         description="On SIGTERM/SIGINT, longest wait for the batch in flight and the commits; then the process exits (what was not stored is read again)",
     )
-    plausibility_limit: int = Field(10**9, ge=0, description="A count above this rejects the message as 'implausible'")
+    plausibility_limit: int = Field(
+        PLAUSIBILITY_LIMIT, ge=0, description="A count above this rejects the message as 'implausible'"
+    )
     state_days: int = Field(
         3,
         ge=1,

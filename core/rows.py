@@ -1,5 +1,5 @@
 """The rows the pipeline writes to ClickHouse, each declared once: a dataclass whose fields are the table's columns,
-in the table's order (tests/unit/test_rows.py checks each against `DESCRIBE` of its table).
+in the table's order (tests/test_rollup.py checks each against `DESCRIBE` of its table).
 
     columns(SnapshotRow)      -> the column names, for inserts
     values(row)               -> the row's values in that order
@@ -19,6 +19,8 @@ from operator import attrgetter
 from typing import Any
 
 import orjson
+
+from core.schema import SUMMED_COUNTS
 
 #: Version of the snapshots-topic payload. A sink refuses payloads of another format (it says which).
 PAYLOAD_FORMAT = 2
@@ -95,22 +97,9 @@ class RejectionRow:
     body: str
 
 
-COUNT_COLUMNS = (
-    "deployments",
-    "default_uid_deployments",
-    "inconsistent_deployments",
-    "cli_installs",
-    "gateways",
-    "end_devices",
-    "active_end_devices",
-    "active_last_day",
-    "active_last_week",
-    "active_last_month",
-    "applications",
-    "users_standard",
-    "users_admin",
-    "organizations",
-)
+#: The count columns of a `RollupRow`, in its order: how many deployments and CLI installs, then the message's
+#: summed counts (core/schema.py SUMMED_COUNTS; both row types hold them in that order).
+COUNT_COLUMNS = ("deployments", "default_uid_deployments", "inconsistent_deployments", "cli_installs", *SUMMED_COUNTS)
 MAP_COLUMNS = (
     "gateways_by_frequency_plan",
     "deployments_by_version",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -29,6 +30,26 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
 UINT64_MAX = 2**64 - 1
+
+#: The plausibility limit's default (processors.plausibility_limit): a count, or what one of a message's count lists
+#: adds up to, above it rejects the message as `implausible` (docs/processing.md, "Validation").
+PLAUSIBILITY_LIMIT = 10**9
+
+#: The counts of an Identity Server's message that the fleet's figures sum, declared once: the name of each (the
+#: column of the rows, the roll-up, the views and the panels, in their order) and where it is in `entities_count`.
+#: Every list of these names derives from this one.
+SUMMED_COUNTS: dict[str, str] = {
+    "gateways": "gateways.total",
+    "end_devices": "end_devices.total",
+    "active_end_devices": "end_devices.activate_end_devices.total",
+    "active_last_day": "end_devices.activate_end_devices.last_day",
+    "active_last_week": "end_devices.activate_end_devices.last_week",
+    "active_last_month": "end_devices.activate_end_devices.last_month",
+    "applications": "applications.total",
+    "users_standard": "accounts.users.standard",
+    "users_admin": "accounts.users.admin",
+    "organizations": "accounts.organizations.total",
+}
 
 #: Plausible sizes (docs/telemetry-message.md, "Plausible sizes"): how many names one message may list and how long
 #: each may be. Far above what TTS sends (it has about 100 frequency plans and a deployment uses a few; the CLI has a
@@ -128,45 +149,27 @@ class EntitiesCount(_Model):
     applications: Total = Field(default_factory=Total)
     accounts: AccountsCount = Field(default_factory=AccountsCount)
 
+    def summed(self) -> tuple[int, ...]:
+        """The values of SUMMED_COUNTS, in its order."""
+        return _summed_counts(self)  # type: ignore[no-any-return]
+
     def largest(self) -> int:
         """The largest of the message's figures (what the plausibility check compares first, without naming them
         all): its counts and the plans' sum (which is at least each plan's count)."""
-        ed, active, users = self.end_devices, self.end_devices.activate_end_devices, self.accounts.users
-        largest = max(
-            self.gateways.total,
-            ed.total,
-            active.total,
-            active.last_day,
-            active.last_week,
-            active.last_month,
-            self.applications.total,
-            users.standard,
-            users.admin,
-            users.total or 0,
-            self.accounts.organizations.total,
-        )
+        largest = max(max(self.summed()), self.accounts.users.total or 0)
         return max(largest, sum(self.gateways.gateways_by_frequency_plan_id.values()))
 
     def counts(self) -> dict[str, int]:
         """Every count of the message by a flat name (per-plan gateway counts as `gateways_by_frequency_plan_id.<plan>`)."""
-        ed = self.end_devices
-        out = {
-            "gateways": self.gateways.total,
-            "end_devices": ed.total,
-            "active_end_devices": ed.activate_end_devices.total,
-            "active_last_day": ed.activate_end_devices.last_day,
-            "active_last_week": ed.activate_end_devices.last_week,
-            "active_last_month": ed.activate_end_devices.last_month,
-            "applications": self.applications.total,
-            "users_standard": self.accounts.users.standard,
-            "users_admin": self.accounts.users.admin,
-            "organizations": self.accounts.organizations.total,
-        }
+        out = dict(zip(SUMMED_COUNTS, self.summed()))
         if self.accounts.users.total is not None:
             out["users_total"] = self.accounts.users.total
         for plan, n in self.gateways.gateways_by_frequency_plan_id.items():
             out[f"gateways_by_frequency_plan_id.{plan}"] = n
         return out
+
+
+_summed_counts = attrgetter(*SUMMED_COUNTS.values())
 
 
 class CommandUsageData(TypedDict, total=False):

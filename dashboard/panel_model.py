@@ -8,20 +8,15 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from core.schema import SUMMED_COUNTS
+
+#: The columns of `fleet_daily` a panel shows: the day, how many deployments and CLI installs, the message's summed
+#: counts (core/schema.py), then the deployments left on the default UID and those with inconsistent windows.
 FLEET_COLUMNS = [
     "day",
     "deployments",
     "cli_installs",
-    "gateways",
-    "end_devices",
-    "active_end_devices",
-    "active_last_day",
-    "active_last_week",
-    "active_last_month",
-    "applications",
-    "users_standard",
-    "users_admin",
-    "organizations",
+    *SUMMED_COUNTS,
     "default_uid_deployments",
     "inconsistent_deployments",
 ]

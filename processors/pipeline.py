@@ -25,6 +25,7 @@ from core.envelope import HEADER_FORMAT, is_rate_limited
 from core.kafka import HEADER_RECEIVED_AT
 from core.partitioning import partitions_of
 from core.rows import RejectionRow, SnapshotRow
+from core.schema import PLAUSIBILITY_LIMIT
 from processors.snapshot import rejection_row, snapshot_row
 from processors.validate import Reason, Rejection, inconsistencies, validate
 
@@ -117,7 +118,7 @@ def _reject(out: Outcome, r: RawRecord, reason: str, message: str) -> None:
 
 
 def process(
-    records: list[RawRecord], partitions: int, dedup: Dedup | None = None, plausibility_limit: int = 10**9
+    records: list[RawRecord], partitions: int, dedup: Dedup | None = None, plausibility_limit: int = PLAUSIBILITY_LIMIT
 ) -> Outcome:
     """Validate `records`; `partitions` is the raw topic's partition count (for the one-UID-one-partition check);
     `dedup` drops exact re-sends early (workers that publish rows for a separate sink)."""

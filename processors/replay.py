@@ -12,6 +12,7 @@ from typing import Protocol
 
 from core.partitioning import partition_of
 from core.rows import Batch
+from core.schema import PLAUSIBILITY_LIMIT
 from processors.pipeline import Outcome, RawRecord, process
 from processors.rollup import Rollups, StateSource, roll_up
 from processors.worker import partition_batches
@@ -25,7 +26,7 @@ class Store(StateSource, Protocol):
 
 class Replayer:
     def __init__(
-        self, store: Store, partitions_total: int = 8, state_days: int = 3, plausibility_limit: int = 10**9
+        self, store: Store, partitions_total: int = 8, state_days: int = 3, plausibility_limit: int = PLAUSIBILITY_LIMIT
     ) -> None:
         self.store, self.partitions_total, self.plausibility_limit = store, partitions_total, plausibility_limit
         self.rollups = Rollups(state_days, partitions_total)

@@ -8,8 +8,8 @@ gives the same sums. Every figure the views show is kept: the fleet counts and s
 plan; deployments and CLI installs per version, OS, architecture, Go version; rejections per reason).
 
 State per UID and day (about 230 bytes, bench/bench_state_memory.py): a 128-bit key of the UID -> one packed bytes
-entry (receive time, position, body hash, and the contribution: flags, four interned strings, ten counts, the plan
-map). Days older than `state_days` behind the newest day seen are dropped; a record for such a day is *late*: its
+entry (receive time, position, body hash, and the contribution: flags, four interned strings, the summed counts,
+the plan map). Days older than `state_days` behind the newest day seen are dropped; a record for such a day is *late*: its
 snapshot is written and the sink recomputes that (day, partition) from ClickHouse (`ClickHouseStore.recompute`).
 
 A partition's state is rebuilt from ClickHouse (the snapshots are the truth) when the partition is taken on:
@@ -43,24 +43,15 @@ from core.rows import (
     datetime_to_ms,
     position,
 )
+from core.schema import SUMMED_COUNTS
 
-# Count fields of a snapshot that are summed (the rest of COUNT_COLUMNS are counts of deployments/installs).
-SUMMED = (
-    "gateways",
-    "end_devices",
-    "active_end_devices",
-    "active_last_day",
-    "active_last_week",
-    "active_last_month",
-    "applications",
-    "users_standard",
-    "users_admin",
-    "organizations",
-)
+# The message's summed counts (core/schema.py); the rest of COUNT_COLUMNS are counts of deployments/installs.
+SUMMED = tuple(SUMMED_COUNTS)
 _summed = attrgetter(*SUMMED)
+_FIRST_SUMMED = COUNT_COLUMNS.index(SUMMED[0])  # where they start in DayRollup.counts
 _HEAD = struct.Struct("<QQQBIIII")  # received ms, position, body hash, flags, 4 string ids
-_NARROW = struct.Struct("<10I")
-_WIDE = struct.Struct("<10Q")
+_NARROW = struct.Struct(f"<{len(SUMMED)}I")
+_WIDE = struct.Struct(f"<{len(SUMMED)}Q")
 _IS, _DEFAULT, _INCONSISTENT, _WIDE_FLAG = 1, 2, 4, 8
 _NO_PLANS = struct.pack("<I", 0)
 
@@ -237,7 +228,7 @@ class PartitionRollup:
         # version, OS, architecture (and the Go version of a deployment): one more or one fewer of each
         for i, string_id in enumerate(ids if flags & _IS else ids[:3], start=first):
             _bump(m[i], strings[string_id], 1, sign)
-        for i, v in enumerate(counts, start=4):
+        for i, v in enumerate(counts, start=_FIRST_SUMMED):
             if v:
                 c[i] += sign * v
         if plans:

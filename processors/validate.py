@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from core.schema import TelemetryMessage
+from core.schema import PLAUSIBILITY_LIMIT, TelemetryMessage
 
 
 class Reason(StrEnum):
@@ -78,7 +78,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{loc}: {error['msg']}"
 
 
-def validate(body: bytes, plausibility_limit: int = 10**9) -> TelemetryMessage | Rejection:
+def validate(body: bytes, plausibility_limit: int = PLAUSIBILITY_LIMIT) -> TelemetryMessage | Rejection:
     try:
         message = TelemetryMessage.model_validate_json(body)
     except ValidationError as exc:

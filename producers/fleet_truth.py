@@ -7,7 +7,7 @@ and CLI usage rules (every distinct report of a UID and day counts: the 2025 CLI
 report; the usage lists are read in the cli object and one object down), all from the semantics documented in
 docs/analysts.md, docs/processing.md and docs/telemetry-message.md, so that a bug on either side shows up as a
 difference. What it shares with the pipeline is the message definition (core/schema.py: the fields of a
-valid body).
+valid body, the names and paths of the summed counts, the default UID, the plausibility limit's default).
 
 `analyst_ground_truth(deliveries)` returns {view name: rows}, each row a dict with exactly the view's columns
 (days as ISO strings); `lifecycle()`, `carried_fleet()`, `jumps()` and `cli_usage()` take other gaps, look-backs
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from core.schema import DEFAULT_UID, PLAUSIBILITY_LIMIT, SUMMED_COUNTS
 from producers.truth_rules import Rejected, judge, utc_day, version_of
 
-DEFAULT_UID = "m64Jv5T3Bqnxz3tSgOAYD0w25UqWwP5DgIsuKbS0g5dBQkA8ZEHwlV1iDoKgjeF7uE3dt+3SDMdANJ41xDZqag=="
 LOOKBACK = 7  # days a deployment's latest report is carried forward (fleet_daily_carried)
 CLI_LOOKBACK = 30  # days a CLI install counts as active after a report
 GAP = 7  # silent days that make a UID churned / returning
@@ -147,40 +147,15 @@ class Snap:
         }
 
 
-_SUMS = [
-    "gateways",
-    "end_devices",
-    "active_end_devices",
-    "active_last_day",
-    "active_last_week",
-    "active_last_month",
-    "applications",
-    "users_standard",
-    "users_admin",
-    "organizations",
-]
-
-
 def _snap(day: date, m: Any) -> Snap:
     os_ = m.os
     ec = m.entities_count
-    counts = dict.fromkeys(_SUMS, 0)
+    counts = dict.fromkeys(SUMMED_COUNTS, 0)
     plans: dict[str, int] = {}
     inconsistent = False
     if ec is not None:
         a = ec.end_devices.activate_end_devices
-        counts.update(
-            gateways=ec.gateways.total,
-            end_devices=ec.end_devices.total,
-            active_end_devices=a.total,
-            active_last_day=a.last_day,
-            active_last_week=a.last_week,
-            active_last_month=a.last_month,
-            applications=ec.applications.total,
-            users_standard=ec.accounts.users.standard,
-            users_admin=ec.accounts.users.admin,
-            organizations=ec.accounts.organizations.total,
-        )
+        counts.update(zip(SUMMED_COUNTS, ec.summed()))
         plans = dict(ec.gateways.gateways_by_frequency_plan_id)
         inconsistent = (
             a.last_day > a.last_week
@@ -215,7 +190,7 @@ class Snapshots:
     reports: dict[tuple[date, str], dict[bytes, Any]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, deliveries: Iterable[Sequence[Any]], plausibility_limit: int = 10**9) -> Snapshots:
+    def of(cls, deliveries: Iterable[Sequence[Any]], plausibility_limit: int = PLAUSIBILITY_LIMIT) -> Snapshots:
         latest: dict[tuple[date, str], tuple[int, Any]] = {}
         out = cls()
         for received_at_ms, _key, body in deliveries:
@@ -282,7 +257,7 @@ def carried_fleet(snaps: Snapshots, lookback: int = LOOKBACK) -> list[dict[str, 
             "deployments": len(is_),
             "cli_installs": len(snaps.carried(day, "cli", lookback)),
         }
-        for name in _SUMS:
+        for name in SUMMED_COUNTS:
             row[name] = sum(s.counts[name] for s in is_)
         row["default_uid_deployments"] = sum(s.default_uid for s in is_)
         row["inconsistent_deployments"] = sum(s.inconsistent for s in is_)
@@ -669,7 +644,7 @@ def retention(snaps: Snapshots, period: str) -> list[dict[str, Any]]:
 
 
 def analyst_ground_truth(
-    deliveries: Iterable[Sequence[Any]], plausibility_limit: int = 10**9
+    deliveries: Iterable[Sequence[Any]], plausibility_limit: int = PLAUSIBILITY_LIMIT
 ) -> dict[str, list[dict[str, Any]]]:
     """Every named analyst view of the fleet over time, as rows with the view's columns (sorted by the tests)."""
     snaps = Snapshots.of(deliveries, plausibility_limit)

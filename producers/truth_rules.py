@@ -6,7 +6,7 @@ not from the processors' code (processors/validate.py, processors/snapshot.py): 
 (producers/simulator/truth.py `ground_truth`, producers/fleet_truth.py) is the oracle the pipeline is checked against,
 so a bug in the pipeline's day bucketing, version parsing or validation shows as a difference instead of being
 repeated here. Only the message definition is shared: a body these rules accept is read into
-`core.schema.TelemetryMessage` for its fields.
+`core.schema.TelemetryMessage` for its fields, and the plausibility limit's default is core/schema.py's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from core.schema import TelemetryMessage
+from core.schema import PLAUSIBILITY_LIMIT, TelemetryMessage
 
 #: docs/processing.md, "Validation": the reasons, in the order that names a body with several problems.
 REASONS = (
@@ -37,7 +37,6 @@ REASONS = (
     "bad_batch",
     "rate_limited",  # decided by the delivery, not the body: a body the collector marked is this whatever it holds
 )
-DEFAULT_PLAUSIBILITY_LIMIT = 10**9  # processors.plausibility_limit's documented default
 #: docs/telemetry-message.md, "Plausible sizes": what one message may list, and how long each name may be.
 MAX_PLANS = 256  # frequency plan IDs of a deployment's gateways_by_frequency_plan_id
 MAX_COMMANDS = 512  # command usage entries of one CLI report, every list of it together
@@ -260,7 +259,7 @@ def _cli_uid_ok(uid: str) -> bool:
 
 
 def judge(
-    body: bytes, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT, rate_limited: bool = False
+    body: bytes, plausibility_limit: int = PLAUSIBILITY_LIMIT, rate_limited: bool = False
 ) -> TelemetryMessage | Rejected:
     """The message of a valid body, or why the pipeline must reject it. `rate_limited`: the collector marked the body
     (its client was over its new-UIDs budget, docs/collector.md): rejected as such, its content unread."""
@@ -302,5 +301,5 @@ def judge(
     return TelemetryMessage.model_validate(doc)
 
 
-def is_valid(body: bytes, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT) -> bool:
+def is_valid(body: bytes, plausibility_limit: int = PLAUSIBILITY_LIMIT) -> bool:
     return not isinstance(judge(body, plausibility_limit), Rejected)

@@ -19,7 +19,7 @@ import pytest
 from core.uid import uid_from_elements
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery
-from sinks import clickhouse
+from sinks import migrate
 from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import differences
 from tests.test_analyst_views import refresh, store_reader
@@ -351,8 +351,8 @@ def test_a_data_directory_of_0005_upgrades_to_0006(tmp_path: Path, monkeypatch: 
     every day is recomputed with the sums, and a report written after the upgrade adds to them."""
     first, late = cli_usage_deliveries()
     once_a_day = [d for d in first if not (d.key == X.encode() and d.received_at_ms == at(2, 9))]  # one a day
-    every = clickhouse.migrations
-    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every() if m[0] <= 5])
+    every = migrate.migrations
+    monkeypatch.setattr(migrate, "migrations", lambda: [m for m in every() if m[0] <= 5])
     with opened(tmp_path / "chdb") as s:
         write(s, once_a_day)
         assert "cli_reports" not in {r[0] for r in s.query("SELECT name FROM system.tables")[1]}
@@ -505,8 +505,8 @@ def test_a_data_directory_of_0006_upgrades_to_0007(tmp_path: Path, monkeypatch: 
     """Stored and refreshed by 0001-0006 (newest_version 3.999, from one forged deployment), then 0007: every day is
     recomputed with the bar, and nothing is re-sent."""
     sent = newest_version_deliveries()
-    every = clickhouse.migrations
-    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every() if m[0] <= 6])
+    every = migrate.migrations
+    monkeypatch.setattr(migrate, "migrations", lambda: [m for m in every() if m[0] <= 6])
     with opened(tmp_path / "chdb") as s:
         write(s, sent)
         assert ("3.999",) in s.query("SELECT DISTINCT newest_version FROM versions_behind_daily")[1]

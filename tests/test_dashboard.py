@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from core.schema import SUMMED_COUNTS
 from producers import fleet_truth, simulator
 from tests.analyst_checks import normalise, wait_for_analyst_views
 from tests.browser import Browser
@@ -35,20 +36,7 @@ TOPIC = "tts-telemetry-raw"
 DAYS = 10
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_APT = "chromium"
-FLEET_KEYS = [
-    "deployments",
-    "cli_installs",
-    "gateways",
-    "end_devices",
-    "active_end_devices",
-    "active_last_day",
-    "active_last_week",
-    "active_last_month",
-    "applications",
-    "users_standard",
-    "users_admin",
-    "organizations",
-]
+FLEET_KEYS = ["deployments", "cli_installs", *SUMMED_COUNTS]
 SUMMARY_METRICS = [
     "deployments",
     "gateways",

@@ -37,7 +37,7 @@ from dashboard.server import ApiThread
 from is_telemetry.broker import free_ports
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery, ground_truth
-from sinks import clickhouse
+from sinks import migrate
 from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import differences, expected, wait_for_analyst_views
 from tests.conftest import RunningStack, start_stack
@@ -324,8 +324,8 @@ def test_an_existing_data_directory_upgrades_to_0005(tmp_path: Path, monkeypatch
     """0001-0004 with hostile values stored: their refresh fails (the bug); then 0005: every refresh succeeds and
     every figure is exact, with nothing re-sent."""
     sent = deliveries(hostile_bodies(), day=1) + deliveries(later_bodies(), day=2)
-    every = clickhouse.migrations
-    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every() if m[0] <= 4])
+    every = migrate.migrations
+    monkeypatch.setattr(migrate, "migrations", lambda: [m for m in every() if m[0] <= 4])
     with opened(tmp_path / "chdb") as store:
         consume(store, [to_records(sent)])
         store.client.command("SYSTEM REFRESH VIEW analyst_daily_refresh")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from core.schema import DEFAULT_UID, TelemetryMessage
+from core.schema import DEFAULT_UID, SUMMED_COUNTS, TelemetryMessage
 from core.uid import uid_from_elements
 from processors.validate import Rejection, inconsistencies, validate
 from producers import simulator
@@ -312,21 +313,7 @@ def test_ground_truth_by_hand():
         Delivery(D2 + 10 * H, A.encode(), a3),  # same ms, later in send order: wins
         Delivery(D2 + 20 * H, A.encode(), a_huge),  # implausible
     ]
-    fleet_row = dict.fromkeys(
-        [
-            "gateways",
-            "end_devices",
-            "active_end_devices",
-            "active_last_day",
-            "active_last_week",
-            "active_last_month",
-            "applications",
-            "users_standard",
-            "users_admin",
-            "organizations",
-        ],
-        0,
-    )
+    fleet_row = dict.fromkeys(SUMMED_COUNTS, 0)
     expected = {
         "fleet_daily": [
             {
@@ -623,6 +610,19 @@ def test_send_to_collector():
     finally:
         bad.close()
     assert exc.value.result.failed == 3 and exc.value.result.sent == 0
+
+
+def test_send_to_collector_gives_up_on_a_collector_that_is_not_there():
+    """Connection errors are retried `retries` times, each counted, then the delivery fails with the last error."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sim = simulator.generate(2, 0, 1, seed=8, end_day="2025-01-02", resend_rate=0.0, changed_rate=0.0)
+    result = simulator.send_to_collector(
+        sim.deliveries[:1], f"http://127.0.0.1:{port}/collect", concurrency=1, retries=2, raise_on_failure=False
+    )
+    assert (result.sent, result.failed, result.retried, result.not_attempted) == (0, 1, 2, 0)
+    assert result.errors[0].startswith("delivery 0: gave up after 3 attempts: ConnectError(")
 
 
 def test_live_feed_posts_each_deployment_then_resends():

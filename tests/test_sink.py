@@ -766,7 +766,7 @@ def test_every_column_round_trips_through_the_insert(
     import orjson
 
     if encoding == "native":
-        monkeypatch.setattr("sinks.clickhouse._json_columns", lambda *a: (_ for _ in ()).throw(TypeError("refused")))
+        monkeypatch.setattr("sinks.inserts._json_columns", lambda *a: (_ for _ in ()).throw(TypeError("refused")))
     else:  # the JSON path only: the Native one is not reached
         monkeypatch.setattr(store.client, "insert", lambda *a, **k: pytest.fail("the Native fallback was used"))
     received = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from producers.simulator.deliveries import DEFAULT_CLI_INSTALLS, DEFAULT_DAYS, DEFAULT_DEPLOYMENTS, DEFAULT_SEED
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -16,10 +18,10 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 class StackOptions:
     config: Path | None = None
     simulate: bool = True
-    deployments: Annotated[int, Field(ge=0, le=1_000_000)] = 300
-    cli_installs: Annotated[int, Field(ge=0, le=1_000_000)] = 100
-    days: Annotated[int, Field(ge=0, le=3650)] = 30  # of history backfilled; 0: only the live feed
-    seed: int = 1
+    deployments: Annotated[int, Field(ge=0, le=1_000_000)] = DEFAULT_DEPLOYMENTS
+    cli_installs: Annotated[int, Field(ge=0, le=1_000_000)] = DEFAULT_CLI_INSTALLS
+    days: Annotated[int, Field(ge=0, le=3650)] = DEFAULT_DAYS  # of history backfilled; 0: only the live feed
+    seed: int = DEFAULT_SEED
     log_level: LogLevel = "warning"
     summary_every_s: float = 15.0
     broker_restarts_max: int = 5  # embedded broker restarts within broker_restarts_window_s before giving up

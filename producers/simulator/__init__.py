@@ -47,7 +47,6 @@ from producers.simulator.corruption import (
 )
 from producers.simulator.deliveries import (
     DAY_MS,
-    DEFAULT_PLAUSIBILITY_LIMIT,
     Delivery,
     Progress,
 )
@@ -97,7 +96,6 @@ __all__ = [
     "COUNT_CAP",
     "CliInstall",
     "DAY_MS",
-    "DEFAULT_PLAUSIBILITY_LIMIT",
     "Delivery",
     "Deployment",
     "FALLBACK_USER_AGENT",

@@ -10,7 +10,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from producers.simulator.deliveries import Delivery
+from producers.simulator.deliveries import (
+    DEFAULT_CLI_INSTALLS,
+    DEFAULT_DAYS,
+    DEFAULT_DEPLOYMENTS,
+    DEFAULT_SEED,
+    Delivery,
+)
 from producers.simulator.generation import generate, utc_today
 from producers.simulator.senders import send_to_collector, send_to_kafka
 from producers.simulator.truth import ground_truth, write_ground_truth
@@ -39,10 +45,12 @@ class _ProgressLine:
 
 
 def command(
-    deployments: Annotated[int, typer.Option("--deployments", min=0, help="Identity Server deployments")] = 300,
-    cli_installs: Annotated[int, typer.Option("--cli-installs", min=0, help="CLI installs")] = 100,
-    days: Annotated[int, typer.Option("--days", min=1, help="Days of telemetry, ending --end-day")] = 30,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed + flags = same deliveries")] = 1,
+    deployments: Annotated[
+        int, typer.Option("--deployments", min=0, help="Identity Server deployments")
+    ] = DEFAULT_DEPLOYMENTS,
+    cli_installs: Annotated[int, typer.Option("--cli-installs", min=0, help="CLI installs")] = DEFAULT_CLI_INSTALLS,
+    days: Annotated[int, typer.Option("--days", min=1, help="Days of telemetry, ending --end-day")] = DEFAULT_DAYS,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed + flags = same deliveries")] = DEFAULT_SEED,
     end_day: Annotated[
         Optional[str], typer.Option("--end-day", help="Last day, YYYY-MM-DD (UTC); default today (only up to now)")
     ] = None,

@@ -9,8 +9,9 @@ from typing import NamedTuple
 
 DAY_MS = 86_400_000
 
-
-DEFAULT_PLAUSIBILITY_LIMIT = 10**9
+#: The simulated fleet when no size is asked for (`is-telemetry simulate`, and `is-telemetry up`'s StackOptions):
+#: deployments, CLI installs, days of history, seed.
+DEFAULT_DEPLOYMENTS, DEFAULT_CLI_INSTALLS, DEFAULT_DAYS, DEFAULT_SEED = 300, 100, 30, 1
 
 
 #: progress(done, total): called from the sending thread now and then, and once at the end.

@@ -10,18 +10,33 @@ import random
 import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from producers.simulator.bodies import build_body, changed_object, key_of, user_agent_of
+from core.errors import Stopped
+from core.retry import RetryPolicy, with_retries
+from producers.simulator.bodies import build_body, changed_object, key_of
 from producers.simulator.deliveries import DAY_MS, Progress
 from producers.simulator.generation import Simulation, day_start_ms, generate, utc_today
-from producers.simulator.senders import send_to_kafka
+from producers.simulator.senders import post_failure, post_once, send_to_kafka
 from producers.truth_rules import Rejected, judge
 
 log = logging.getLogger(__name__)
+
+#: The live feed retries a body until the collector takes it or the feed stops: 0.2 s, doubling, at most 5 s apart.
+_RETRY = RetryPolicy(initial_s=0.2, maximum_s=5.0)
+
+
+def _live_failure(exc: BaseException) -> str | None:
+    line = post_failure(exc)
+    return None if line is None else f"live feed: {line}"
+
+
+def _quiet(failures: int) -> int:
+    return logging.DEBUG  # the feed runs on: a retry is not news
 
 
 def backfill(
@@ -130,29 +145,20 @@ class LiveFeed:
         return [d.body for d in sim.deliveries]
 
     def _post(self, client: Any, body: bytes) -> None:
-        import httpx
-
-        hdrs = {"Content-Type": "application/json", "User-Agent": user_agent_of(body)}
-        backoff = 0.2
-        while not self.stop_event.is_set():
-            try:
-                r = client.post(self.url, content=body, headers=hdrs)
-            except httpx.TransportError as exc:
-                log.debug("live feed: %r, retrying", exc)
-            else:
-                if 200 <= r.status_code < 300:
-                    self.posted += 1
-                    return
-                if r.status_code == 400:
-                    self.refused += 1
-                    return
-                if r.status_code != 503:
-                    self.failed += 1
-                    log.warning("live feed: collector answered %s", r.status_code)
-                    return
-            if self.stop_event.wait(backoff):
-                return
-            backoff = min(5.0, backoff * 2)
+        """Post `body` until the collector answers (connection errors and 503 wait and retry) or the feed stops."""
+        try:
+            _sent_at, r = with_retries(
+                partial(post_once, client, self.url, body), _RETRY, self.stop_event, _live_failure, _quiet
+            )
+        except Stopped:
+            return
+        if 200 <= r.status_code < 300:
+            self.posted += 1
+        elif r.status_code == 400:
+            self.refused += 1
+        else:
+            self.failed += 1
+            log.warning("live feed: collector answered %s", r.status_code)
 
     def run(self) -> int:
         import httpx

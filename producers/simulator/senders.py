@@ -9,9 +9,11 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from core.errors import TelemetryError
+from core.errors import GaveUp, Stopped, TelemetryError
+from core.retry import RetryPolicy, with_retries
 from producers.simulator.bodies import user_agent_of
 from producers.simulator.deliveries import Delivery, Progress
 
@@ -176,6 +178,47 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class CollectorBusy(Exception):
+    """The collector answered 503 (it cannot publish now): the body is sent again after a wait."""
+
+
+def post_once(client: Any, url: str, body: bytes) -> tuple[int, Any]:
+    """One POST of a body as TTS sends it (Content-Type application/json, the TTS User-Agent): (our clock at the
+    attempt, the answer). A 503 raises CollectorBusy, to be retried like a connection error (`post_failure`)."""
+    sent_at = _now_ms()
+    r = client.post(url, content=body, headers={"Content-Type": "application/json", "User-Agent": user_agent_of(body)})
+    if r.status_code == 503:
+        raise CollectorBusy("HTTP 503")
+    return sent_at, r
+
+
+def post_failure(exc: BaseException) -> str | None:
+    """What a POST's failure to retry says (a connection error, a 503); None for any other error (raised)."""
+    import httpx
+
+    if isinstance(exc, httpx.TransportError):
+        return repr(exc)
+    return str(exc) if isinstance(exc, CollectorBusy) else None
+
+
+@dataclass
+class _CountRetries:
+    """A retry report (core/retry.py) that counts the retries and says nothing: the result says what failed."""
+
+    counters: dict[str, int]
+    lock: threading.Lock
+
+    def retrying(self, line: str, failures: int, wait: float) -> None:
+        with self.lock:
+            self.counters["retried"] += 1
+
+    def gave_up(self, line: str, failures: int) -> None:
+        return None
+
+    def recovered(self, failures: int) -> None:
+        return None
+
+
 def send_to_collector(
     deliveries: Sequence[Delivery],
     url: str,
@@ -215,41 +258,36 @@ def send_to_collector(
             if len(result.errors) < 10:
                 result.errors.append(f"delivery {i}: {why}")
 
+    policy = RetryPolicy(initial_s=0.1, maximum_s=5.0, max_retries=retries)
+    report = _CountRetries(counters, lock)
+
     def lane_worker(client: httpx.Client, lane: list[int]) -> None:
         for i in lane:
             if stop.is_set():
                 return
-            d = deliveries[i]
             attempted[i] = True
-            hdrs = {"Content-Type": "application/json", "User-Agent": user_agent_of(d.body)}
-            for attempt in range(retries + 1):
-                t = _now_ms()
-                try:
-                    r = client.post(url, content=d.body, headers=hdrs)
-                except httpx.TransportError as exc:
-                    why = repr(exc)
+            try:
+                t, r = with_retries(
+                    partial(post_once, client, url, deliveries[i].body), policy, stop, post_failure, report=report
+                )
+            except GaveUp as exc:
+                fail(i, f"gave up after {retries + 1} attempts: {exc}")
+                continue
+            except Stopped as exc:
+                if exc.__cause__ is None:  # stopped before the first attempt
+                    attempted[i] = False
                 else:
-                    if 200 <= r.status_code < 300:
-                        stamps[i] = t
-                        with lock:
-                            counters["ok"] += 1
-                        break
-                    if r.status_code == 400:  # refused at the edge (the collector's not_json): not published
-                        with lock:
-                            counters["refused"] += 1
-                        break
-                    if r.status_code != 503:
-                        fail(i, f"HTTP {r.status_code}: {r.text[:200]}")
-                        break
-                    why = "HTTP 503"
-                if attempt == retries:
-                    fail(i, f"gave up after {retries + 1} attempts: {why}")
-                    break
+                    fail(i, f"interrupted while retrying: {post_failure(exc.__cause__)}")
+                return
+            if 200 <= r.status_code < 300:
+                stamps[i] = t
                 with lock:
-                    counters["retried"] += 1
-                if stop.wait(min(5.0, 0.1 * 2**attempt)):
-                    fail(i, f"interrupted while retrying: {why}")
-                    return
+                    counters["ok"] += 1
+            elif r.status_code == 400:  # refused at the edge (the collector's not_json): not published
+                with lock:
+                    counters["refused"] += 1
+            else:
+                fail(i, f"HTTP {r.status_code}: {r.text[:200]}")
 
     started = time.monotonic()
     with httpx.Client(

@@ -12,28 +12,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from core.schema import TelemetryMessage
-from producers.simulator.deliveries import DEFAULT_PLAUSIBILITY_LIMIT
+from core.schema import PLAUSIBILITY_LIMIT, SUMMED_COUNTS, TelemetryMessage
 from producers.simulator.generation import Simulation
 from producers.truth_rules import Rejected, judge, utc_day, version_of
 
-_FLEET_SUMS = [
-    "gateways",
-    "end_devices",
-    "active_end_devices",
-    "active_last_day",
-    "active_last_week",
-    "active_last_month",
-    "applications",
-    "users_standard",
-    "users_admin",
-    "organizations",
-]
 
-
-def ground_truth(
-    deliveries: Iterable[Sequence[Any]], plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT
-) -> dict[str, Any]:
+def ground_truth(deliveries: Iterable[Sequence[Any]], plausibility_limit: int = PLAUSIBILITY_LIMIT) -> dict[str, Any]:
     """The day aggregates the pipeline must hold after consuming exactly these deliveries, in this order.
 
     Day = UTC day of received_at_ms. Rejected deliveries count once each under their reason. Per (day,
@@ -60,15 +44,16 @@ def ground_truth(
     plans: Counter[tuple[str, str]] = Counter()
     versions: Counter[tuple[str, str]] = Counter()
     for (day, _uid), (_t, m) in latest.items():
-        row = fleet.setdefault(day, {"day": day, "deployments": 0, "cli_installs": 0, **dict.fromkeys(_FLEET_SUMS, 0)})
+        row = fleet.setdefault(
+            day, {"day": day, "deployments": 0, "cli_installs": 0, **dict.fromkeys(SUMMED_COUNTS, 0)}
+        )
         ec = m.entities_count
         if ec is None:
             row["cli_installs"] += 1
             continue
         row["deployments"] += 1
-        counts = ec.counts()
-        for name in _FLEET_SUMS:
-            row[name] += counts[name]
+        for name, count in zip(SUMMED_COUNTS, ec.summed()):
+            row[name] += count
         for plan, g in ec.gateways.gateways_by_frequency_plan_id.items():
             plans[(day, plan)] += g
         versions[(day, version_of(m.os.binary_version if m.os else ""))] += 1
@@ -91,9 +76,7 @@ def write_ground_truth(truth: dict[str, Any], path: Path | str) -> None:
     Path(path).write_text(json.dumps(truth, indent=1) + "\n")
 
 
-def stored_expectation(
-    sim: Simulation, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT
-) -> dict[date, tuple[int, int]]:
+def stored_expectation(sim: Simulation, plausibility_limit: int = PLAUSIBILITY_LIMIT) -> dict[date, tuple[int, int]]:
     """Per day: (UID-days, rejected bodies) that ClickHouse holds (after duplicates collapse) once `sim` is stored."""
     uid_days: dict[date, set[str]] = {}
     rejected: Counter[date] = Counter()

@@ -114,3 +114,28 @@ def test_any_text_as_a_day_is_a_day_or_a_bad_request(raw: str) -> None:
     except BadRequest:
         return
     assert r.start <= r.end
+
+
+def test_the_rows_hold_the_summed_counts_as_declared() -> None:
+    """The message's summed counts are declared once (core/schema.py SUMMED_COUNTS): the row types hold each, the
+    roll-up's row in the declared order (its counts are written positionally), and each path reads its count."""
+    from core.rows import COUNT_COLUMNS, RollupRow, columns
+    from core.schema import SUMMED_COUNTS, TelemetryMessage
+
+    names = list(SUMMED_COUNTS)
+    rollup = columns(RollupRow)
+    first = rollup.index(names[0])
+    assert rollup[first : first + len(names)] == names == list(COUNT_COLUMNS[-len(names) :])
+    assert set(names) <= set(columns(SnapshotRow))
+    ec = {
+        "gateways": {"total": 1},
+        "end_devices": {
+            "total": 2,
+            "activate_end_devices": {"total": 3, "last_day": 4, "last_week": 5, "last_month": 6},
+        },
+        "applications": {"total": 7},
+        "accounts": {"users": {"standard": 8, "admin": 9}, "organizations": {"total": 10}},
+    }
+    message = TelemetryMessage.model_validate({"uid": "A" * 85 + "Q==", "entities_count": ec})
+    assert message.entities_count is not None
+    assert list(message.entities_count.summed()) == list(range(1, 11))
