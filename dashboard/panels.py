@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 from core.config import Settings
 from core.csvsafe import csv_cell
 from core.errors import RequestRefused
+from core.httperrors import error_response
 from dashboard import analyst_panels, freshness
 from dashboard.analyst_sql import AnalystSessions
 from dashboard.panel_model import (
@@ -45,7 +46,7 @@ from dashboard.panel_model import (
     summary_rows,
     version_key,
 )
-from dashboard.responses import OrjsonResponse, error, json_value
+from dashboard.responses import OrjsonResponse, json_value
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_DAYS = 30
@@ -342,17 +343,17 @@ def routes(settings: Settings, sessions: AnalystSessions) -> list[BaseRoute]:
             params = dict(request.query_params)
             fmt = params.get("format", "json")
             if fmt not in ("json", "csv"):
-                return error(400, "bad_request", f"format must be json or csv, not {fmt[:20]!r}")
+                return error_response(400, "bad_request", f"format must be json or csv, not {fmt[:20]!r}")
             try:
                 r, result = await asyncio.to_thread(run_panel, sessions, name, params, utc_today())
             except BadRequest as exc:
-                return error(400, "bad_request", str(exc))
+                return error_response(400, "bad_request", str(exc))
             except RequestRefused as exc:  # ClickHouse unavailable, busy, not migrated yet or over a limit
-                return error(503, exc.code, exc.message, {"Retry-After": "5", **exc.headers})
+                return error_response(503, exc.code, exc.message, {"Retry-After": "5", **exc.headers})
             table_name = params.get("table", "rows")
             if table_name != "rows" and table_name not in result.tables:
                 known = ", ".join(["rows", *result.tables])
-                return error(400, "bad_request", f"table must be one of {known}, not {table_name[:40]!r}")
+                return error_response(400, "bad_request", f"table must be one of {known}, not {table_name[:40]!r}")
             if fmt == "csv":
                 table = result.rows if table_name == "rows" else result.tables[table_name]
                 suffix = "" if table_name == "rows" else f"-{table_name}"
