@@ -1,5 +1,5 @@
 """The rows the pipeline writes to ClickHouse, each declared once: a dataclass whose fields are the table's columns,
-in the table's order (tests/unit/test_rows.py checks each against `DESCRIBE` of its table).
+in the table's order (test_each_row_type_matches_its_table checks each against `DESCRIBE` of its table).
 
     columns(SnapshotRow)      -> the column names, for inserts
     values(row)               -> the row's values in that order
