@@ -64,9 +64,9 @@ class RepeatFilter(logging.Filter):
 
 
 #: Libraries whose logs are only useful when debugging: at a command's default level (warning; `produce`: info) they
-#: are cut to what is shown here. kafka-python logs each failed connection attempt (dozens a second while a broker is unreachable)
-#: and a "blocking the event loop" warning at start-up, urllib3 each retried connection; the project's own
-#: messages say what went wrong.
+#: are cut to what is shown here. kafka-python logs each failed connection attempt (dozens a second while a broker is
+#: unreachable) and a "blocking the event loop" warning at start-up, urllib3 each retried connection; the project's
+#: own messages say what went wrong.
 QUIET_LIBRARIES = {"kafka": logging.CRITICAL, "clickhouse_connect": logging.ERROR, "urllib3": logging.ERROR}
 
 
