@@ -2,13 +2,12 @@
 
     python -m bench.bench_collector [--requests N] [--seconds S] [--concurrency C] [--smoke]
 
-Starts an embedded broker (Tansu) and the collector as a subprocess (`python -m producers.collector`,
-the same serve() that `is-telemetry collect` runs), then POSTs the real sample body (is-3.32.json,
-572 bytes) over C keep-alive connections with a minimal HTTP/1.1 client (so the client costs little
-CPU next to the server on a small machine), until N requests or S seconds. In the same run it
-measures kafka-python's own produce rate (acks=all, same body, one producer in this process) and
-prints both and their ratio, the last line `collector_vs_kafka_python=<ratio>`. `main()` returns the figures as a
-dict. `--smoke`: 300 requests over 8 connections, at most 5 s each.
+Starts an embedded broker (Tansu) and the collector as a subprocess (`python -m is_telemetry collect`), then POSTs
+the real sample body (is-3.32.json, 572 bytes) over C keep-alive connections with a minimal HTTP/1.1 client (so the
+client costs little CPU next to the server on a small machine), until N requests or S seconds. In the same run it
+measures kafka-python's own produce rate (acks=all, same body, one producer in this process) and prints both and
+their ratio, the last line `collector_vs_kafka_python=<ratio>`. `main()` returns the figures as a dict. `--smoke`:
+300 requests over 8 connections, at most 5 s each.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@
                                    [--bad-every 50] [--sample-every 5] [--json] [--smoke]
 
 Starts an embedded broker (Tansu) on a free loopback port, a fresh raw topic, and the collector as a subprocess
-(`python -m producers.collector`, the same serve() that `is-telemetry collect` runs). Then C clients, each on
-its own keep-alive connection (re-opened every `--reconnect-every` requests: connection churn), POST for S
-seconds with a random think time around `--think-ms`. Every body carries a unique UID (88-char base64, as an
-Identity Server sends), so each acknowledged request can be found in the topic; every `--bad-every`-th body is
-not JSON (answered 400, never stored) so the error path is soaked too.
+(`python -m is_telemetry collect`). Then C clients, each on its own keep-alive connection (re-opened every
+`--reconnect-every` requests: connection churn), POST for S seconds with a random think time around `--think-ms`.
+Every body carries a unique UID (88-char base64, as an Identity Server sends), so each acknowledged request can be
+found in the topic; every `--bad-every`-th body is not JSON (answered 400, never stored) so the error path is soaked
+too.
 
 While it runs, the collector's RSS (VmRSS from /proc) is sampled every `--sample-every` seconds. Afterwards the
 topic is read back by consuming it (Tansu's ListOffsets "latest" is wrong, so end_offsets() is never used):
@@ -79,7 +79,7 @@ def rss_kb(pid: int) -> int | None:
 
 
 class Collector:
-    """`python -m producers.collector` on a free loopback port; its stderr goes to a log file."""
+    """`python -m is_telemetry collect` on a free loopback port; its stderr goes to a log file."""
 
     def __init__(self, bootstrap: str, topic: str, log_path: Path) -> None:
         env = dict(os.environ)
@@ -90,17 +90,17 @@ class Collector:
         env["IS_TELEMETRY_COLLECTOR__CLIENT_REQUEST_BURST"] = str(10**9)
         env["IS_TELEMETRY_COLLECTOR__CLIENT_BODY_BYTES_BURST"] = str(10**13)
         env.pop("IS_TELEMETRY_CONFIG", None)
+        env["IS_TELEMETRY_COLLECTOR__PORT"] = "0"  # any free port (the CLI's --port 0 means the configured one)
         self.log_path = log_path
         with open(log_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
-                    "producers.collector",
+                    "is_telemetry",
+                    "collect",
                     "--kafka",
                     bootstrap,
-                    "--port",
-                    "0",
                     "--host",
                     "127.0.0.1",
                 ],

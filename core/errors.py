@@ -1,8 +1,8 @@
 """The project's exception hierarchy: the type of an error decides what callers do with it.
 
 - `ConfigError`: the configuration is wrong; a command ends with one line saying what to change. Never retried.
-- `DependencyUnavailable` and its subclasses (`KafkaUnavailable`, a sink's `SinkUnavailable`): a service we need
-  cannot serve now; `retriable` is True, so retry loops (core/retry.py) try again and HTTP answers 503.
+- `DependencyUnavailable` and its subclasses (`KafkaUnavailable`, the IS producer's `DatabaseUnreachable`): a service
+  we need cannot serve now; waiting may mend it (a retry loop names what it retries: core/retry.py `retry_on`).
 - `BrokerFailed`: the embedded broker could not be started or exited.
 - `Stopped` / `GaveUp`: a retry loop ended by a stop request / by its budget (count or seconds).
 - `RequestRefused` and its subclasses: an HTTP request is answered with `status` and a one-line JSON error
@@ -15,35 +15,17 @@ from __future__ import annotations
 class TelemetryError(Exception):
     """Base class of every error this project raises on purpose."""
 
-    retriable = False  # True: the same call may succeed later (a retry loop waits and tries again)
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """Whether a retry loop should try again after `exc` (the type decides, never the message)."""
-    return isinstance(exc, TelemetryError) and exc.retriable
-
-
-def http_status(exc: BaseException) -> int:
-    """The HTTP status an error is answered with: a refusal's own, 503 for an unavailable dependency, else 500."""
-    if isinstance(exc, RequestRefused):
-        return exc.status
-    return 503 if is_retriable(exc) else 500
-
 
 class DependencyUnavailable(TelemetryError):
-    """A service this process needs (Kafka, ClickHouse, the IS database, the collector) cannot serve now."""
-
-    retriable = True
+    """A service this process needs (Kafka, the IS database) cannot serve now."""
 
 
 class KafkaUnavailable(DependencyUnavailable):
     """No Kafka broker answered at the configured bootstrap servers (or a topic has no partitions there yet)."""
 
 
-class BrokerFailed(TelemetryError, RuntimeError):
-    """The embedded broker could not be started (its port is taken, its binary is missing), or exited.
-
-    Also a RuntimeError: is_telemetry/stack.py still catches that name when it starts a broker again."""
+class BrokerFailed(TelemetryError):
+    """The embedded broker could not be started (its port is taken, its binary is missing), or exited."""
 
 
 class ConfigError(TelemetryError, ValueError):
@@ -120,7 +102,6 @@ class Unavailable(RequestRefused):
     """A dependency (Kafka, ClickHouse) cannot serve the request now; retry later."""
 
     status, code = 503, "unavailable"
-    retriable = True
 
 
 class Stopped(TelemetryError):

@@ -53,6 +53,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from core.errors import PayloadTooLarge, RequestRefused, RequestTimeout
+from core.httperrors import error_body
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def connection_cap(configured: int, fd_limit: int | None = None) -> int:
 
 
 def _raw_response(status: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = (), code: str = "") -> bytes:
-    body = b'{"error":"%s","message":"%s"}' % ((code or f"http_{status}").encode("ascii"), message.encode("ascii"))
+    body = error_body(RequestRefused(message, status=status, code=code or f"http_{status}"))
     head = [
         STATUS_LINE[status],
         b"content-type: application/json\r\n",

@@ -63,14 +63,17 @@ class RepeatFilter(logging.Filter):
             return False
 
 
-#: Libraries whose logs are only useful when debugging: at the default level (warning) they are cut to what is
-#: shown here. kafka-python logs each failed connection attempt (dozens a second while a broker is unreachable)
-#: and a "blocking the event loop" warning at start-up, urllib3 each retried connection; the project's own
-#: messages say what went wrong.
+#: Libraries whose logs are only useful when debugging: at a command's default level (warning; `produce`: info) they
+#: are cut to what is shown here. kafka-python logs each failed connection attempt (dozens a second while a broker is
+#: unreachable) and a "blocking the event loop" warning at start-up, urllib3 each retried connection; the project's
+#: own messages say what went wrong.
 QUIET_LIBRARIES = {"kafka": logging.CRITICAL, "clickhouse_connect": logging.ERROR, "urllib3": logging.ERROR}
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, default: str = "warning") -> None:
+    """Every command's logging: `level` on stderr, in the format IS_TELEMETRY_LOG_FORMAT asks for. `default` is the
+    command's default level: at it or above, the QUIET_LIBRARIES are quiet; below it (asking to see more), they
+    log everything too."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get(LOG_FORMAT_ENV, "").lower() == "json":
         handler.setFormatter(JsonFormatter())
@@ -78,7 +81,7 @@ def setup_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RepeatFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:  # debug or info: show everything
+    if logging.getLogger().getEffectiveLevel() >= logging.getLevelName(default.upper()):
         handler.addFilter(quiet_libraries)  # on the handler: libraries that set their loggers' levels on import too
 
 

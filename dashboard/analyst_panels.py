@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
+from dashboard.panel_days import latest_day, range_params
 from dashboard.panel_model import (
     FLEET_COLUMNS,
     TOP_JUMPS,
@@ -37,23 +38,16 @@ LIFECYCLE_COLUMNS = ["active_1d", "active_7d", "active_30d", "new", "returning",
 CLI_NEW_COLUMNS = ["new_2025_cli", "new_older_cli"]
 
 
-def _range(r: Range) -> dict[str, Any]:
-    return {"start": r.start, "end": r.end}
+CARRIED_DAYS = (
+    "SELECT countIf(day <= {complete:Date}) AS n_complete, maxIf(day, day <= {complete:Date}) AS complete_day, "
+    "count() AS n, max(day) AS last FROM fleet_daily_carried WHERE day BETWEEN {start:Date} AND {end:Date}"
+)
 
 
 def analyst_day(q: Query, r: Range) -> tuple[date | None, bool]:
     """The day a single-day table shows: the latest complete day in range with an analyst row, else the latest
     day in range with one (flagged incomplete), else None."""
-    row = q(
-        "SELECT countIf(day <= {complete:Date}) AS n_complete, maxIf(day, day <= {complete:Date}) AS complete_day, "
-        "count() AS n, max(day) AS last FROM fleet_daily_carried WHERE day BETWEEN {start:Date} AND {end:Date}",
-        {**_range(r), "complete": r.complete_until},
-    )[0]
-    if int(row["n_complete"]):
-        return row["complete_day"], True
-    if int(row["n"]):
-        return row["last"], False
-    return None, False
+    return latest_day(q, r, CARRIED_DAYS)
 
 
 # SQL texts are constants: values travel as {name:Type} parameters (tests/test_reliability.py checks the source).
@@ -177,7 +171,7 @@ def _carried_rows(q: Query, sql: str, params: dict[str, Any]) -> list[dict[str, 
 
 def panel_fleet_carried(q: Query, r: Range) -> Result:
     """/api/fleet's rows, from fleet_daily_carried."""
-    rows = _carried_rows(q, CARRIED_IN_RANGE, _range(r))
+    rows = _carried_rows(q, CARRIED_IN_RANGE, range_params(r))
     columns = FLEET_COLUMNS[:13] + ["users"] + FLEET_COLUMNS[13:]
     return Result(
         Table(columns, [{c: row[c] for c in columns} for row in rows]), {"fleet": "carried", "note": CARRIED_NOTE}
@@ -214,7 +208,7 @@ def panel_lifecycle(q: Query, r: Range) -> Result:
     for kind, sql in LIFECYCLE_SQL.items():
         rows += [
             {"day": x["day"], "kind": kind, **{c: x.get(c) for c in LIFECYCLE_COLUMNS + CLI_NEW_COLUMNS}}
-            for x in q(sql, _range(r))
+            for x in q(sql, range_params(r))
         ]
     return Result(Table(["day", "kind", *LIFECYCLE_COLUMNS, *CLI_NEW_COLUMNS], rows), {"gap": 7})
 
@@ -240,7 +234,7 @@ def panel_fleet_shape(q: Query, r: Range) -> Result:
     rows = q(
         "SELECT day, dimension, bucket, bucket_min, deployments, deployments_carried FROM fleet_size_daily "
         "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, dimension, bucket_min",
-        _range(r),
+        range_params(r),
     )
     columns = ["day", "dimension", "bucket", "bucket_min", "deployments", "deployments_carried"]
     buckets = {
@@ -255,7 +249,7 @@ def panel_regions(q: Query, r: Range) -> Result:
     rows = q(
         "SELECT day, region, deployments, gateways, deployments_carried, gateways_carried FROM regions_daily "
         "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day, region",
-        _range(r),
+        range_params(r),
     )
     totals: dict[str, int] = {}
     for x in rows:
@@ -281,7 +275,7 @@ def panel_version_adoption(q: Query, r: Range) -> Result:
     """Per day and established version in the carried-forward fleet (the TOP_SERIES newest of the range, the older
     ones in one row): deployments, and the share on it or a newer version; tables.speed: per version (the TOP_KEYS
     newest), the days from its first sighting until it (or newer) ran on half the fleet."""
-    rows = q(ADOPTION_IN_RANGE, {**_range(r), "top": TOP_SERIES})
+    rows = q(ADOPTION_IN_RANGE, {**range_params(r), "top": TOP_SERIES})
     rows.sort(key=lambda x: (x["day"], *_version_order(x)))
     speed_columns = ["version", "first_seen", "half_on", "days_to_half", "seen_on_first_day"]
     speed = _with_rest(q(SPEED_NEWEST, {"top": TOP_KEYS}), speed_columns)
@@ -313,7 +307,7 @@ def panel_versions_behind(q: Query, r: Range) -> Result:
     """Carried-forward deployments per number of minor versions behind the newest, per day (the TOP_SERIES numbers
     with the most deployments over the range, per day the rest in one row); tables.deployments: the largest
     deployments 3 or more behind on the panel's day."""
-    rows = q(BEHIND_IN_RANGE, {**_range(r), "top": TOP_SERIES})
+    rows = q(BEHIND_IN_RANGE, {**range_params(r), "top": TOP_SERIES})
     day, complete = analyst_day(q, r)
     top: list[dict[str, Any]] = []
     if day is not None:
@@ -336,7 +330,7 @@ def panel_cli(q: Query, r: Range) -> Result:
     """CLI installs active in the last 30 days by version, OS and arch, per day; tables.commands: command usage on
     the panel's day (the sum of every report of its 30 days); tables.new_installs: the new installs per day, on a
     2025 CLI (re-identified upgrades among them) and on an older one."""
-    rows = q(CLI_ACTIVE_IN_RANGE, {**_range(r), "top": TOP_SERIES})  # days x 3 x (TOP_SERIES + 1) rows at most
+    rows = q(CLI_ACTIVE_IN_RANGE, {**range_params(r), "top": TOP_SERIES})  # days x 3 x (TOP_SERIES + 1) rows at most
     rows.sort(key=lambda x: (x["day"], CLI_DIMENSIONS.index(x["dimension"]), x["others"] > 0, x["value"] or ""))
     day, complete = analyst_day(q, r)
     commands: list[dict[str, Any]] = []
@@ -345,7 +339,7 @@ def panel_cli(q: Query, r: Range) -> Result:
     new = q(
         "SELECT day, new, new_2025_cli, new_older_cli FROM cli_lifecycle_daily "
         "WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
-        _range(r),
+        range_params(r),
     )
     return Result(
         Table(["day", "dimension", "value", "installs", "others"], rows),
@@ -376,10 +370,10 @@ def panel_data_quality(q: Query, r: Range) -> Result:
     rows = q(
         "SELECT day, deployments, default_uid_deployments, inconsistent_deployments, jumping_deployments, jumps "
         "FROM data_quality_daily WHERE day BETWEEN {start:Date} AND {end:Date} ORDER BY day",
-        _range(r),
+        range_params(r),
     )
     jump_columns = ["day", "uid", "metric", "previous_day", "previous", "current", "factor"]
-    jumps = q(JUMPS_LARGEST, {**_range(r), "top": TOP_JUMPS})  # the largest; the rest counted in one row
+    jumps = q(JUMPS_LARGEST, {**range_params(r), "top": TOP_JUMPS})  # the largest; the rest counted in one row
     jumps.sort(key=lambda x: (x["day"], x["uid"], x["metric"]))
     jumps = _with_rest(jumps, jump_columns)
     return Result(

@@ -30,9 +30,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.config import Settings, is_loopback
 from core.errors import Forbidden, RequestRefused, Unauthorized, UnsupportedMediaType
 from core.httpedge import read_body
+from core.httperrors import error_response, refusal
 from dashboard import freshness, metrics, panels
 from dashboard.analyst_sql import AnalystSessions, SqlSessions
-from dashboard.responses import OrjsonResponse, error, refused
+from dashboard.responses import OrjsonResponse
 from dashboard.sql_endpoint import SqlEndpoint, request_of
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class BrowserGuard:
             problem = self.problem(scope)
             if problem is not None:
                 metrics.REFUSED.labels("cross_site").inc()
-                await refused(Forbidden(problem, code="cross_site"))(scope, receive, send)
+                await refusal(Forbidden(problem, code="cross_site"))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -134,15 +135,15 @@ def create_app(settings: Settings, sessions: SqlSessions, panel_sessions: Analys
 
     async def on_refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestRefused)
-        return refused(exc)
+        return refusal(exc)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return error(exc.status_code, f"http_{exc.status_code}", str(exc.detail), dict(exc.headers or {}))
+        return error_response(exc.status_code, f"http_{exc.status_code}", str(exc.detail), dict(exc.headers or {}))
 
     async def on_internal(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(500, "internal", "internal error")
+        return error_response(500, "internal", "internal error")
 
     routes: list[BaseRoute] = [
         Route("/api/sql", sql, methods=["POST"]),

@@ -31,8 +31,10 @@ from starlette.staticfiles import StaticFiles
 from core.config import Settings
 from core.csvsafe import csv_cell
 from core.errors import RequestRefused
+from core.httperrors import error_response
 from dashboard import analyst_panels, freshness
 from dashboard.analyst_sql import AnalystSessions
+from dashboard.panel_days import latest_day, range_params
 from dashboard.panel_model import (
     FLEET_COLUMNS,
     TOP_KEYS,
@@ -45,7 +47,7 @@ from dashboard.panel_model import (
     summary_rows,
     version_key,
 )
-from dashboard.responses import OrjsonResponse, error, json_value
+from dashboard.responses import OrjsonResponse, json_value
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_DAYS = 30
@@ -106,23 +108,16 @@ def resolve_range(params: dict[str, str], q: Query, today: date) -> Range:
     return Range(start, end, today)
 
 
-def _range_params(r: Range) -> dict[str, Any]:
-    return {"start": r.start, "end": r.end}
+FLEET_DAYS = (
+    "SELECT countIf(day <= {complete:Date}) AS n_complete, maxIf(day, day <= {complete:Date}) AS complete_day, "
+    "count() AS n, max(day) AS last FROM fleet_daily WHERE day BETWEEN {start:Date} AND {end:Date}"
+)
 
 
 def pick_day(q: Query, r: Range) -> tuple[date | None, bool]:
     """The one day a single-day panel shows: the latest complete day in range with data (else the latest day
     in range with data, flagged incomplete), or None without any data in range."""
-    row = q(
-        "SELECT countIf(day <= {complete:Date}) AS n_complete, maxIf(day, day <= {complete:Date}) AS complete_day, "
-        "count() AS n, max(day) AS last FROM fleet_daily WHERE day BETWEEN {start:Date} AND {end:Date}",
-        {**_range_params(r), "complete": r.complete_until},
-    )[0]
-    if int(row["n_complete"]):
-        return row["complete_day"], True
-    if int(row["n"]):
-        return row["last"], False
-    return None, False
+    return latest_day(q, r, FLEET_DAYS)
 
 
 def _fleet_rows(q: Query, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -152,7 +147,7 @@ def panel_summary(q: Query, r: Range) -> Result:
 
 
 def panel_fleet(q: Query, r: Range) -> Result:
-    rows = _fleet_rows(q, "day BETWEEN {start:Date} AND {end:Date}", _range_params(r))
+    rows = _fleet_rows(q, "day BETWEEN {start:Date} AND {end:Date}", range_params(r))
     columns = FLEET_COLUMNS[:13] + ["users"] + FLEET_COLUMNS[13:]
     return Result(Table(columns, [{c: row[c] for c in columns} for row in rows]))
 
@@ -206,7 +201,7 @@ def _version_order(row: dict[str, Any]) -> tuple[bool, tuple[int, tuple[int, ...
 
 def panel_versions(q: Query, r: Range) -> Result:
     day, complete = pick_day(q, r)
-    rows = q(VERSIONS_IN_RANGE, {**_range_params(r), "top": TOP_SERIES})
+    rows = q(VERSIONS_IN_RANGE, {**range_params(r), "top": TOP_SERIES})
     totals: dict[date, int] = {}
     for row in rows:
         totals[row["day"]] = totals.get(row["day"], 0) + row["deployments"]
@@ -248,7 +243,7 @@ def panel_os(q: Query, r: Range) -> Result:
 
 
 def panel_rejected(q: Query, r: Range) -> Result:
-    params = _range_params(r)
+    params = range_params(r)
     by_reason = q(
         "SELECT day, reason, messages FROM rejected_daily "
         "WHERE day BETWEEN {start:Date} AND {end:Date} AND messages > 0 ORDER BY day, reason",
@@ -342,17 +337,17 @@ def routes(settings: Settings, sessions: AnalystSessions) -> list[BaseRoute]:
             params = dict(request.query_params)
             fmt = params.get("format", "json")
             if fmt not in ("json", "csv"):
-                return error(400, "bad_request", f"format must be json or csv, not {fmt[:20]!r}")
+                return error_response(400, "bad_request", f"format must be json or csv, not {fmt[:20]!r}")
             try:
                 r, result = await asyncio.to_thread(run_panel, sessions, name, params, utc_today())
             except BadRequest as exc:
-                return error(400, "bad_request", str(exc))
+                return error_response(400, "bad_request", str(exc))
             except RequestRefused as exc:  # ClickHouse unavailable, busy, not migrated yet or over a limit
-                return error(503, exc.code, exc.message, {"Retry-After": "5", **exc.headers})
+                return error_response(503, exc.code, exc.message, {"Retry-After": "5", **exc.headers})
             table_name = params.get("table", "rows")
             if table_name != "rows" and table_name not in result.tables:
                 known = ", ".join(["rows", *result.tables])
-                return error(400, "bad_request", f"table must be one of {known}, not {table_name[:40]!r}")
+                return error_response(400, "bad_request", f"table must be one of {known}, not {table_name[:40]!r}")
             if fmt == "csv":
                 table = result.rows if table_name == "rows" else result.tables[table_name]
                 suffix = "" if table_name == "rows" else f"-{table_name}"

@@ -1,4 +1,4 @@
-"""JSON responses of the API and the dashboard: values made JSON-safe, one-line errors."""
+"""JSON responses of the API and the dashboard: values made JSON-safe (errors: core/httperrors.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from uuid import UUID
 
 import orjson
 from starlette.responses import JSONResponse
-
-from core.errors import RequestRefused
 
 
 def json_value(v: Any) -> Any:
@@ -34,11 +32,3 @@ def json_value(v: Any) -> Any:
 class OrjsonResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> OrjsonResponse:
-    return OrjsonResponse({"error": code, "message": message}, status_code=status, headers=headers)
-
-
-def refused(exc: RequestRefused) -> OrjsonResponse:
-    return OrjsonResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)

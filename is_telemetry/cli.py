@@ -1,4 +1,5 @@
-"""`is-telemetry`: one command line for every stage. Imports are lazy so each command starts quickly."""
+"""`is-telemetry`: one command line for every stage. `produce`, `simulate` and `status` are their modules' own
+commands (imported at start); every other command imports its stage when it runs."""
 
 from __future__ import annotations
 

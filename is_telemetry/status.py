@@ -36,8 +36,6 @@ directory (--data-dir, default ./data: data_dir/stack.json, core/statefile.py) r
 
 Exit status: 0 when every component is healthy, 1 otherwise (the last line names what is down). Lag alone is not
 unhealthy unless --max-lag is given and exceeded.
-
-Top-level imports stay light (the CLI imports this module at start); httpx and kafka-python load on use.
 """
 
 from __future__ import annotations
@@ -54,6 +52,7 @@ import httpx
 import typer
 from kafka.errors import KafkaError
 
+from is_telemetry import apiclient
 from is_telemetry.apiclient import ApiError
 
 SINK_METRIC = "is_telemetry_sink_last_write_timestamp_seconds"
@@ -141,8 +140,6 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
     if not up:
         return api_line, Line("ClickHouse", UNKNOWN, "not checked: the API (its only route here) is down"), ""
 
-    from is_telemetry import apiclient
-
     def sql(query: str) -> list[dict[str, Any]]:
         return apiclient.sql_rows(api, query, token, client=client, timeout_s=client.timeout.read or 10.0)
 
@@ -181,9 +178,7 @@ def check_api(client: Any, api: str, token: str, sink_metrics: str) -> tuple[Lin
 def check_worker(client: Any, url: str) -> Line | None:
     """What the worker serving `url` (its /metrics) consumes; None when that process is not a worker (a standalone
     API) or does not answer (the API line says so)."""
-    from is_telemetry.apiclient import metrics
-
-    found = metrics(url, client=client)
+    found = apiclient.metrics(url, client=client)
     if found is None or ASSIGNED_METRIC not in found:
         return None
     return worker_line(int(found[ASSIGNED_METRIC]), int(found.get(PAUSED_METRIC, 0)))
@@ -418,8 +413,6 @@ class Targets:
 
 
 def collect(t: Targets, timeout_s: float, max_lag: int | None) -> Report:
-    import httpx
-
     with httpx.Client(timeout=timeout_s) as client, ThreadPoolExecutor(4) as pool:
         f_collector = pool.submit(check_collector, client, t.collector)
         f_api = pool.submit(check_api, client, t.api, t.token, t.sink_metrics or f"{t.api}/metrics")

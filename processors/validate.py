@@ -1,7 +1,7 @@
 """Validate a raw record against the one message definition (core.schema).
 
 `validate(body)` returns the parsed TelemetryMessage or a Rejection with a machine-readable
-reason code. Reason codes are a stable contract (rejected_daily.reason, dead-letter records):
+reason code. Reason codes are a stable contract (rejected_daily.reason, dead-letter records): `Reason` below.
 """
 
 from __future__ import annotations

@@ -237,10 +237,6 @@ class Snapshots:
         return [s for (d, _u), s in self.by_key.items() if d == day and s.kind == kind]
 
 
-def _iso(d: date | None) -> str | None:
-    return d.isoformat() if d is not None else None
-
-
 def _share(part: int, total: int) -> float:
     return round(part / total, 6) if total else float("nan")
 

@@ -4,8 +4,8 @@
 
 Each body goes to the partition Kafka's default partitioner gives its key (its UID), in order; up to
 `bodies_per_record` consecutive bodies of one partition share a record. Bodies without a key (malformed ones)
-go alone, as single-body records. Used by the simulator's backfill in `is-telemetry up` and by the processors
-bench: a month of history in a few hundred records instead of thousands.
+go alone, as single-body records. Used by the processors bench (bench/bench_processors.py) and the exactness
+tests: a month of history in a few hundred records instead of thousands.
 """
 
 from __future__ import annotations

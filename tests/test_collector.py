@@ -1,8 +1,7 @@
 """The HTTP collector against a real Kafka-protocol broker (Tansu) and a real uvicorn server.
 
-Most tests run the collector as a subprocess (`python -m producers.collector`, the same `serve()` the
-`is-telemetry collect` command runs); the failure-path tests run it in a thread with an injected
-producer. Records are read back with kafka-python's KafkaConsumer (by consuming: Tansu's ListOffsets
+Most tests run the collector as a subprocess (`python -m is_telemetry collect`, the one command line); the
+failure-path tests run it in a thread with an injected producer. Records are read back with kafka-python's KafkaConsumer (by consuming: Tansu's ListOffsets
 "latest" is wrong, so end_offsets() is never used to count).
 """
 
@@ -79,7 +78,7 @@ def new_topic(prefix: str) -> str:
 
 
 class CollectorProcess:
-    """`python -m producers.collector` on a free port (it prints its URL once listening)."""
+    """`python -m is_telemetry collect` on a free port (it prints its URL once listening)."""
 
     def __init__(
         self,
@@ -98,11 +97,12 @@ class CollectorProcess:
         for k, v in collector_env.items():
             env[f"IS_TELEMETRY_COLLECTOR__{k.upper()}"] = str(v)
         env.pop("IS_TELEMETRY_CONFIG", None)
-        argv = argv or [sys.executable, "-m", "producers.collector"]
+        env["IS_TELEMETRY_COLLECTOR__PORT"] = "0"  # any free port, unless --port (where 0 means the configured one)
+        argv = argv or [sys.executable, "-m", "is_telemetry", "collect"]
         self.log = log_dir / f"collector-{uuid.uuid4().hex[:6]}.log"
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [*argv, "--kafka", bootstrap, "--port", str(port), "--host", "127.0.0.1"],
+                [*argv, "--kafka", bootstrap, "--host", "127.0.0.1", *(["--port", str(port)] if port else [])],
                 stdout=subprocess.PIPE,
                 stderr=err,
                 cwd=log_dir,

@@ -122,7 +122,7 @@ def start_broker_again(
             lambda: EmbeddedBroker(settings.broker.host, settings.broker.port, log_file, lifeline).start(),
             policy,
             stop,
-            retry_on(RuntimeError, what="starting the embedded broker again"),
+            retry_on(BrokerFailed, what="starting the embedded broker again"),
             level=lambda failures: logging.DEBUG,
         )
     except Stopped:

@@ -22,7 +22,7 @@ WAIT_REMINDER_S = 30.0  # how often a wait for ClickHouse or Kafka says it is st
 LEFTOVERS_WAIT_S = 60.0  # a killed `up`'s children stop within the lifeline's bounds (drain, then stop): seldom long
 
 
-class PreflightFailed(TelemetryError, RuntimeError):
+class PreflightFailed(TelemetryError):
     """The configuration cannot work (waiting would not help): `up` ends with exit code 2 and one `error:` line per
     problem (`problems`: every one found in the same run)."""
 

@@ -60,7 +60,7 @@ def simulator_source(collector_host: str) -> str:
     return SIMULATOR_ADDRESS
 
 
-class ChildFailed(TelemetryError, RuntimeError):
+class ChildFailed(TelemetryError):
     """A child could not be started (again): `up` ends with exit code 1 and the child's last log lines."""
 
 

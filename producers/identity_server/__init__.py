@@ -14,14 +14,17 @@ One module per idea:
 - `host`: this host's `os` part of the message and the User-Agent;
 - `counting`: the Identity Server's counting SQL, and the message built from the counts;
 - `senders`: `HttpSender` (POST as TTS does) and `KafkaSender` (publish as the collector does);
-- `retries`: exponential backoff until success, give-up or stop;
 - `running`: the loop (once or every interval), its exit codes, SIGINT/SIGTERM;
 - `command`: the typer command (`is-telemetry produce`, `python -m producers.identity_server`);
-- `logs`: the producer's logger (`producers.identity_server`) and its set-up.
+- `logs`: the producer's logger (`producers.identity_server`); its set-up is every command's (core/logsetup.py).
+
+Retries are the project's one helper (core/retry.py, core/errors.py: `GaveUp`, `Stopped`).
 
 The names below are the producer's API (the CLI, the tests and the docs use them from here).
 """
 
+from core.errors import GaveUp, Stopped
+from core.retry import RetryPolicy, with_retries
 from producers.identity_server.command import ONCE_DEFAULT_MAX_RETRIES, command
 from producers.identity_server.counting import (
     COUNT_QUERIES,
@@ -39,7 +42,6 @@ from producers.identity_server.counting import (
 from producers.identity_server.durations import format_seconds, parse_go_duration
 from producers.identity_server.host import goarch, goos, os_telemetry, user_agent
 from producers.identity_server.logs import log
-from producers.identity_server.retries import GaveUp, RetryPolicy, Stopped, with_retries
 from producers.identity_server.running import ProduceOptions, install_stop_handlers, produce_one, run
 from producers.identity_server.senders import (
     HTTP_TIMEOUT_S,

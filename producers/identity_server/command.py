@@ -8,17 +8,19 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from core.logsetup import setup_logging
+from core.retry import RetryPolicy
 from core.schema import DEFAULT_UID
 from core.uid import DEFAULT_CONSOLE_BASE_URL
 from producers.identity_server.counting import describe_dsn
 from producers.identity_server.durations import format_seconds
-from producers.identity_server.logs import log, setup_logging
-from producers.identity_server.retries import RetryPolicy
+from producers.identity_server.logs import log
 from producers.identity_server.running import ProduceOptions, install_stop_handlers, now_iso, run
 from producers.identity_server.senders import HttpSender, KafkaSender
 from producers.identity_server.tts_config import load_tts_config, telemetry_options, tts_defaults
 
 ONCE_DEFAULT_MAX_RETRIES = 5
+LOG_LEVEL = "info"  # the default: its progress lines are worth seeing; the libraries' only at debug
 
 
 def command(
@@ -68,10 +70,10 @@ def command(
         float, typer.Option("--retry-initial-seconds", help="First backoff wait; doubles per failure")
     ] = 1.0,
     retry_max_seconds: Annotated[float, typer.Option("--retry-max-seconds", help="Longest backoff wait")] = 60.0,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = "info",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = LOG_LEVEL,
 ) -> None:
     """Count an Identity Server's entities and send TTS telemetry (Kafka or HTTP), once or every interval."""
-    setup_logging(log_level)
+    setup_logging(log_level, default=LOG_LEVEL)
     try:
         tts = load_tts_config(config) if config is not None else tts_defaults()
         if interval is not None:

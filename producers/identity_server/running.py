@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from core.errors import GaveUp, Stopped
+from core.retry import RetryPolicy, with_retries
 from core.schema import TelemetryMessage
 from producers.identity_server.counting import (
     DatabaseSchemaError,
@@ -23,7 +25,6 @@ from producers.identity_server.counting import (
 )
 from producers.identity_server.durations import format_seconds
 from producers.identity_server.logs import log, one_line
-from producers.identity_server.retries import GaveUp, RetryPolicy, Stopped, with_retries
 from producers.identity_server.senders import SendFailed
 
 
