@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from core.errors import TelemetryError
+
 HEADER_FORMAT = "format"
 BATCH_FORMAT = b"telemetry-batch/1"
 HEADER_RATE_LIMITED = "rate_limited"
@@ -35,7 +37,7 @@ RATE_LIMITED = b"1"  # the one value that marks a record; any other value is no 
 MAX_USER_AGENT = 512
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(TelemetryError, ValueError):
     """A batch record that cannot be read (not JSON lines of frames): its bodies cannot be separated."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from core.errors import TelemetryError
 from core.schema import SUMMED_COUNTS
 
 #: Version of the snapshots-topic payload. A sink refuses payloads of another format (it says which).
@@ -227,7 +228,7 @@ def _from_json(row_type: type[Any], data: list[Any]) -> Any:
     return row_type(*args)
 
 
-class PayloadError(ValueError):
+class PayloadError(TelemetryError, ValueError):
     """A snapshots-topic record this version cannot read."""
 
 

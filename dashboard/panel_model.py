@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from core.errors import TelemetryError
 from core.schema import SUMMED_COUNTS
 
 #: The columns of `fleet_daily` a panel shows: the day, how many deployments and CLI installs, the message's summed
@@ -44,7 +45,7 @@ SUMMARY_METRICS = [
 ]
 
 
-class BadRequest(Exception):
+class BadRequest(TelemetryError):
     pass
 
 

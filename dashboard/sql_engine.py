@@ -24,6 +24,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from core.clickhouse_client import connect
+from core.errors import TelemetryError
 
 #: Formats chDB can hand out a block at a time: each block's output stands alone and the blocks concatenate.
 BLOCK_FORMATS = frozenset({"JSONCompactEachRow", "CSV", "TabSeparated", "JSONEachRow"})
@@ -32,7 +33,7 @@ _NAME = re.compile(r"\(([A-Z][A-Z0-9_]+)\)\s*$")
 READ_SIZE = 256 * 1024  # bytes read from a server's response at a time
 
 
-class EngineError(Exception):
+class EngineError(TelemetryError):
     """ClickHouse refused or stopped a query (`code` is ClickHouse's error code, 0 if it gave none), or could not be
     reached (`unavailable`)."""
 

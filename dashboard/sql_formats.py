@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from core.errors import TelemetryError
+
 
 @dataclass(frozen=True)
 class OutputFormat:
@@ -44,7 +46,7 @@ FORMATS = {
 DEFAULT_FORMAT = "json"
 
 
-class ResultCut(Exception):
+class ResultCut(TelemetryError):
     """The result was cut short (the byte cap, a deadline, a failure mid-stream): `error` is the error's JSON body
     (`error`, `message`, maybe ClickHouse's code), `tail` what ends the response for its reader."""
 

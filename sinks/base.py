@@ -14,12 +14,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
+from core.errors import TelemetryError
 from core.rows import PartitionBatch
 
 Prepared = TypeVar("Prepared")
 
 
-class SinkBackpressureError(Exception):
+class SinkBackpressureError(TelemetryError):
     """The sink did not take a batch (its store is unavailable): its partitions are paused, rewound to the first
     position not yet written, and read again after a back-off. The message says why."""
 

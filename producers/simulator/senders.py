@@ -52,7 +52,7 @@ class SendResult:
         return s + f" in {self.elapsed_s:.1f}s ({rate:.0f}/s)"
 
 
-class SendError(TelemetryError, RuntimeError):  # RuntimeError: what callers caught before
+class SendError(TelemetryError):
     def __init__(self, result: SendResult) -> None:
         detail = "; ".join(result.errors[:3])
         super().__init__(f"{result.summary()}: {detail}")
@@ -178,7 +178,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class CollectorBusy(Exception):
+class CollectorBusy(TelemetryError):
     """The collector answered 503 (it cannot publish now): the body is sent again after a wait."""
 
 
