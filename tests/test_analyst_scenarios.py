@@ -25,6 +25,9 @@ from tests.analyst_checks import differences
 from tests.test_analyst_views import refresh, store_reader
 from tests.test_sink import DAY0, H, consume, opened, to_records
 
+pytestmark = pytest.mark.integration
+
+
 D1 = date(2025, 1, 1)
 
 

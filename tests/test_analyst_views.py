@@ -22,6 +22,9 @@ from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import NAMED_VIEWS, differences, normalise
 from tests.test_sink import consume, opened, split, to_records
 
+pytestmark = pytest.mark.integration
+
+
 END = date(2025, 3, 31)
 DAYS = 45
 

@@ -35,9 +35,12 @@ import pytest
 
 from producers.simulator import LiveFeed
 from producers.truth_rules import Rejected, judge
-from tests.conftest import RunningStack, start_stack
 from tests.processes import Body, consume_bodies
 from tests.samples import SAMPLES
+from tests.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
 
 LIMIT = 20  # new UIDs per client and day
 REQUESTS = 60  # requests per client at once

@@ -48,6 +48,9 @@ from producers.collector import CollectorServer, create_app, make_config
 from tests.processes import consume_bodies, wait_until
 from tests.samples import SAMPLES as TTS_SAMPLES
 
+pytestmark = pytest.mark.integration
+
+
 REPO = Path(__file__).resolve().parents[1]
 # The reference bodies, byte for byte (tests/fixtures/tts-samples/, one per known sender variant).
 SAMPLES: dict[str, bytes] = {name: body + b"\n" for name, body in TTS_SAMPLES.items()}  # as the files hold them

@@ -29,7 +29,11 @@ import pytest
 from producers import fleet_truth, simulator
 from tests.analyst_checks import normalise, wait_for_analyst_views
 from tests.browser import Browser
-from tests.conftest import ROOT, RunningStack, start_stack
+from tests.paths import ROOT
+from tests.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
 
 TOPIC = "tts-telemetry-raw"
 DAYS = 10

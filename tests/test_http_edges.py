@@ -38,6 +38,9 @@ from is_telemetry.runtime import stop_process
 from tests.samples import SAMPLES
 from tests.test_collector import CollectorProcess, collector_settings, new_topic
 
+pytestmark = pytest.mark.integration
+
+
 REQUEST_TIMEOUT_S = 4.0
 HEADER_TIMEOUT_S = 2.0
 CAP = 64

@@ -28,6 +28,9 @@ from sinks.checkpoint import Checkpoint
 from sinks.clickhouse import ClickHouseStore, PartitionCountChanged
 from tests.test_sink import opened, sorted_truth, split, truth_views
 
+pytestmark = pytest.mark.integration
+
+
 TOPIC = "tts-telemetry-raw"
 N = 8
 

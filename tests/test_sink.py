@@ -48,9 +48,19 @@ from processors.validate import Reason, Rejection, inconsistencies, validate
 from processors.worker import partition_batches
 from producers.simulator import DAY_MS, Delivery, generate, ground_truth
 from sinks.clickhouse import ClickHouseStore, migrations
+from tests.store_names import (
+    ANALYST_DEPTH_TABLES,
+    ANALYST_DEPTH_VIEWS,
+    ANALYST_VIEWS,
+    ANALYSTS_DOC,
+    TABLES,
+    doc_queries,
+)
+
+pytestmark = pytest.mark.integration
+
 
 ROOT = Path(__file__).resolve().parent.parent
-ANALYSTS_DOC = ROOT / "docs" / "analysts.md"
 PARTITIONS = 8
 TOPIC = "tts-telemetry-raw"
 DAY0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
@@ -60,56 +70,6 @@ IS_UID_A = uid_from_elements(["https://a.example.net/api/v3"] * 5)
 IS_UID_B = uid_from_elements(["https://b.example.net/api/v3"] * 5)
 CLI_UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
-ANALYST_VIEWS = [
-    "fleet_daily",
-    "gateways_by_frequency_plan_daily",
-    "deployments_by_version_daily",
-    "deployments_by_os_daily",
-    "deployments_by_arch_daily",
-    "deployments_by_go_version_daily",
-    "cli_installs_by_version_daily",
-    "cli_installs_by_arch_daily",
-    "cli_installs_by_os_daily",
-    "rejected_daily",
-    "snapshots_latest",
-]
-TABLES = ["schema_migrations", "snapshots", "rejections", "rollup_partitions", "pipeline_settings"]
-#: Migration 0002 (the fleet over time): its tables and named views (documented column by column) and its
-#: parameterized views (documented, called with arguments).
-ANALYST_DEPTH_TABLES = ["uid_activity", "snapshot_changes", "analyst_daily", "retention_cohorts", "cli_reports"]
-ANALYST_DEPTH_VIEWS = [
-    "fleet_daily_carried",
-    "deployment_lifecycle_daily",
-    "cli_lifecycle_daily",
-    "sender_lifespans",
-    "retention_weekly",
-    "retention_monthly",
-    "fleet_size_daily",
-    "regions_daily",
-    "frequency_plan_regions",
-    "version_adoption_daily",
-    "version_adoption_speed",
-    "versions_behind_daily",
-    "deployments_behind_daily",
-    "cli_installs_active_daily",
-    "cli_command_usage_daily",
-    "cli_alias_usage_daily",  # migration 0006
-    "data_quality_daily",
-    "sender_jumps_daily",
-    "analyst_daily_pending",
-    "analyst_refreshes",  # migration 0005
-]
-ANALYST_DEPTH_PARAMETERIZED = [
-    "fleet_daily_carried_lookback",
-    "lifecycle_daily",
-    "sender_jumps",
-    "deployments_behind",
-    "carried_snapshots",
-    "analyst_compute",
-    "cli_usage_compute",  # migration 0006
-    "cli_command_usage",
-    "cli_alias_usage",
-]
 #: the views ground_truth() does not cover: name -> (key column, count column)
 EXTRA_VIEWS = {
     "deployments_by_os_daily": ("operating_system", "deployments"),
@@ -901,32 +861,6 @@ def test_refused_analyst_statements_do_not_break_the_writer(store: ClickHouseSto
 # ---------------------------------------------------------------------------------------------
 # the ready queries of docs/analysts.md
 # ---------------------------------------------------------------------------------------------
-
-
-def doc_queries() -> list[tuple[str, str]]:
-    """(title, sql) of every ```sql block of docs/analysts.md; the title is the nearest heading above it."""
-    text = ANALYSTS_DOC.read_text()
-    out, heading = [], ""
-    for m in re.finditer(r"^(#{2,4} [^\n]+)$|^```sql\n(.*?)^```", text, re.M | re.S):
-        if m.group(1):
-            heading = m.group(1).lstrip("#").strip()
-        else:
-            out.append((heading, m.group(2).strip()))
-    return out
-
-
-def test_analysts_doc_has_ready_queries():
-    queries = doc_queries()
-    assert len(queries) >= 10
-    depth = [
-        title
-        for title, sql in queries
-        if any(re.search(rf"\b{v}\b", sql) for v in ANALYST_DEPTH_VIEWS + ANALYST_DEPTH_PARAMETERIZED)
-    ]
-    assert len(depth) >= 10, depth  # the fleet over time has its own ready queries
-    text = ANALYSTS_DOC.read_text()
-    for name in TABLES + ANALYST_VIEWS + ANALYST_DEPTH_TABLES + ANALYST_DEPTH_VIEWS + ANALYST_DEPTH_PARAMETERIZED:
-        assert f"`{name}`" in text, name  # every table and view is documented
 
 
 def test_analysts_doc_queries_run(tmp_path: Path):

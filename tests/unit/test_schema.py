@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from core.schema import DEFAULT_UID, TelemetryMessage, json_schema
 from core.uid import uid_from_config, uid_from_elements
 from processors.validate import Reason, Rejection, inconsistencies, validate
-from tests.conftest import ROOT, sample_bodies
+from tests.paths import ROOT
+from tests.samples import SAMPLES
 
-IS_SAMPLE = sample_bodies()["is-3.32.json"]
+IS_SAMPLE = SAMPLES["is-3.32.json"]
 
 
 def test_committed_json_schema_is_current() -> None:
@@ -22,9 +23,9 @@ def test_committed_json_schema_is_current() -> None:
     assert committed == json_schema(), "docs/telemetry-message.schema.json is stale: run `make schema`"
 
 
-@pytest.mark.parametrize("name", sorted(sample_bodies()))
+@pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_every_sample_validates_and_reencodes_byte_for_byte(name: str) -> None:
-    body = sample_bodies()[name]
+    body = SAMPLES[name]
     message = validate(body)
     assert isinstance(message, TelemetryMessage)
     assert message.to_json() == body
