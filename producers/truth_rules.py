@@ -300,7 +300,3 @@ def judge(
     if any(len(name) > MAX_NAME for name in problems.names):
         return Rejected("implausible", "a name too long")
     return TelemetryMessage.model_validate(doc)
-
-
-def is_valid(body: bytes, plausibility_limit: int = DEFAULT_PLAUSIBILITY_LIMIT) -> bool:
-    return not isinstance(judge(body, plausibility_limit), Rejected)

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from is_telemetry import apiclient
 from is_telemetry.broker import free_ports
 from is_telemetry.runtime import stop_process
+from tests.samples import SAMPLES
 
 
 @dataclass
@@ -89,3 +92,13 @@ def start_stack(data_dir: Path, *extra: str, env: dict[str, str] | None = None, 
             raise AssertionError(f"stack did not start:\n{stack.log()}")
         time.sleep(0.2)
     return stack
+
+
+def post_samples(stack: RunningStack) -> None:
+    for name, body in SAMPLES.items():
+        r = httpx.post(
+            stack.collector_url,
+            content=body,
+            headers={"Content-Type": "application/json", "User-Agent": "TheThingsStack/3.32.1 (linux/amd64)"},
+        )
+        assert r.status_code == 202, (name, r.status_code, r.text)

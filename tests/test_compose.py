@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,50 +17,27 @@ from xml.dom import minidom
 import pytest
 import yaml
 
-from tests.compose_files import COMPOSE, DASHBOARD, dashboard_queries
+from tests.compose_files import (
+    COMPOSE,
+    COMPOSE_FILE,
+    DASHBOARD,
+    ENV_EXAMPLE,
+    compose_config,
+    dashboard_queries,
+    docker_compose,
+    env_of,
+)
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.integration
 
 
-COMPOSE_FILE = COMPOSE / "compose.yaml"
-ENV_EXAMPLE = COMPOSE / ".env.example"
 APP_SERVICES = ("worker", "sink", "collector", "api", "status")
-
-
-def docker_compose() -> str:
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.fail(
-            "docker-compose is not installed: install Debian's package with "
-            "`apt-get install -y docker-compose` (v1.29; `make test-deps` does it)"
-        )
-    return exe
-
-
-def compose_config(*files: Path, env_file: Path = ENV_EXAMPLE) -> dict[str, Any]:
-    """`docker-compose -f ... --env-file ... config`, run as CI runs it, in a clean environment (no variable of the
-    caller's shell may leak into the interpolation)."""
-    args = [docker_compose()]
-    for f in files:
-        args += ["-f", str(f.relative_to(ROOT))]
-    args += ["--env-file", str(env_file.relative_to(ROOT) if env_file.is_relative_to(ROOT) else env_file), "config"]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
-    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stderr}"
-    return yaml.safe_load(r.stdout)
 
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
     return compose_config(COMPOSE_FILE)
-
-
-def env_of(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
 def test_validates_with_docker_compose_v1(config: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.samples import SAMPLES
-from tests.stack import RunningStack, start_stack
+from tests.stack import RunningStack, post_samples, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +33,6 @@ EXPECTED_FLEET = {
 }
 EXPECTED_PLANS = {"EU_863_870": 2, "EU_863_870_TTN": 3, "US_902_928_FSB_1": 1, "US_902_928_FSB_2": 2}
 EXPECTED_VERSIONS = {"3.27": 1, "3.32": 1, "3.33": 1}
-
-
-def post_samples(stack: RunningStack) -> None:
-    for name, body in SAMPLES.items():
-        r = httpx.post(
-            stack.collector_url,
-            content=body,
-            headers={"Content-Type": "application/json", "User-Agent": "TheThingsStack/3.32.1 (linux/amd64)"},
-        )
-        assert r.status_code == 202, (name, r.status_code, r.text)
 
 
 def test_samples_become_exact_rows(stack: RunningStack) -> None:

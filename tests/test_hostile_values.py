@@ -40,11 +40,11 @@ from producers.simulator import DAY_MS, Delivery, ground_truth
 from sinks import clickhouse
 from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import differences, expected, wait_for_analyst_views
+from tests.browser import Dom, run_chromium
+from tests.chdb_store import DAY0, H, consume, extra_views, opened, store_reader, to_records, truth_views
+from tests.expected_views import extra_truth, sorted_truth
 from tests.stack import RunningStack, start_stack
-from tests.test_analyst_scenarios import uid
-from tests.test_analyst_views import store_reader
-from tests.test_dashboard import Dom, run_chromium
-from tests.test_sink import DAY0, H, consume, extra_truth, extra_views, opened, sorted_truth, to_records, truth_views
+from tests.uids import uid
 
 pytestmark = pytest.mark.integration
 

@@ -30,12 +30,12 @@ from core.schema import (
 )
 from is_telemetry.broker import EmbeddedBroker, free_port
 from producers import identity_server as isp
+from tests.paths import ROOT
 from tests.tts_config import FOO_BAR_UID, write_config
 
 pytestmark = pytest.mark.integration
 
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_SQL = ROOT / "tests" / "fixtures" / "is_schema.sql"
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable

@@ -26,7 +26,8 @@ from processors.worker import partition_batches
 from producers.simulator import Delivery, generate, ground_truth
 from sinks.checkpoint import Checkpoint
 from sinks.clickhouse import ClickHouseStore, PartitionCountChanged
-from tests.test_sink import opened, sorted_truth, split, truth_views
+from tests.chdb_store import opened, split, truth_views
+from tests.expected_views import sorted_truth
 
 pytestmark = pytest.mark.integration
 

@@ -283,7 +283,7 @@ def test_backfill_is_fast(broker):
     assert time.monotonic() - started < 10
     sim = simulator.generate(100, 30, 10, seed=2, end_day=datetime.now(UTC).date() - timedelta(days=1))
     assert sent == len(sim.deliveries) > 900
-    days = {simulator.day_of(d.received_at_ms) for d in sim.deliveries}
+    days = {simulator.utc_day(d.received_at_ms) for d in sim.deliveries}
     assert max(days) == datetime.now(UTC).date() - timedelta(days=1) and len(days) == 10
 
 

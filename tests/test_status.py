@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import RunningStack, start_stack
-from tests.test_end_to_end import post_samples
+from tests.stack import RunningStack, post_samples, start_stack
 
 pytestmark = pytest.mark.integration
 

@@ -34,7 +34,7 @@ def test_deterministic_with_a_seed():
     times = [x.received_at_ms for x in a.deliveries]
     assert times == sorted(times)
     assert a.days == ["2025-03-07", "2025-03-08", "2025-03-09", "2025-03-10"]
-    assert {simulator.day_of(t).isoformat() for t in times} <= set(a.days)
+    assert {simulator.utc_day(t).isoformat() for t in times} <= set(a.days)
 
 
 def test_today_only_up_to_now():
@@ -71,7 +71,7 @@ def test_rates_roughly_honoured():
     # the deliveries themselves: exact repeats of a (day, body)
     seen, dups = set(), 0
     for d in sim.deliveries:
-        k = (simulator.day_of(d.received_at_ms), d.body)
+        k = (simulator.utc_day(d.received_at_ms), d.body)
         dups += k in seen
         seen.add(k)
     assert st["resend"] <= dups <= st["resend"] * 1.2 + 5
@@ -100,7 +100,7 @@ def test_fleet_variety():
     fleet = simulator.build_fleet(300, 100, 1)
     assert sum(d.default_uid for d in fleet.deployments) >= 2  # several deployments share the default UID
     per_day_default = Counter(
-        simulator.day_of(d.received_at_ms) for d in sim.deliveries if d.key == DEFAULT_UID.encode()
+        simulator.utc_day(d.received_at_ms) for d in sim.deliveries if d.key == DEFAULT_UID.encode()
     )
     assert max(per_day_default.values()) >= 2
     old = [m for m in is_msgs if m.entities_count.accounts.users.total is not None]
@@ -112,7 +112,7 @@ def test_fleet_variety():
     )  # multi-plan gateways
     versions = [m.os.binary_version for m in is_msgs]
     assert any(v.endswith("-dev") for v in versions) and any("(" in v for v in versions)
-    assert len({simulator.major_minor(v) for v in versions}) >= 10
+    assert len({simulator.version_of(v) for v in versions}) >= 10
     assert any(m.os.golang_version.startswith(" go") for m in is_msgs)
     platforms = Counter((m.os.operating_system, m.os.arch) for m in is_msgs)
     assert platforms.most_common(1)[0][0] == ("linux", "amd64")
@@ -363,7 +363,7 @@ def test_the_fleet_lives():
     30 days before the end, one-day jumps, and the sizes stay heavily skewed."""
     sim = simulator.generate(300, 80, 60, seed=13, end_day="2025-06-30", jump_rate=0.002)
     msgs = [
-        (simulator.day_of(d.received_at_ms), m)
+        (simulator.utc_day(d.received_at_ms), m)
         for d in sim.deliveries
         if not isinstance(m := validate(d.body), Rejection)
     ]
@@ -384,21 +384,17 @@ def test_the_fleet_lives():
     share_35 = {}
     for when in (first, last - timedelta(days=25), last):
         on_day = [m for d, m in msgs if d == when and m.kind == "is"]
-        share_35[when] = sum(simulator.major_minor(m.os.binary_version) == "3.35" for m in on_day) / len(on_day)
+        share_35[when] = sum(simulator.version_of(m.os.binary_version) == "3.35" for m in on_day) / len(on_day)
     before, soon, end = share_35.values()
     assert before < 0.05 < soon < end and end > 0.4  # adopted after its release, 30 days before the end
     cli_35 = [
-        m for d, m in msgs if m.kind == "cli" and d == last and simulator.major_minor(m.os.binary_version) == "3.35"
+        m for d, m in msgs if m.kind == "cli" and d == last and simulator.version_of(m.os.binary_version) == "3.35"
     ]
     assert cli_35 and all("commands" in m.cli for m in cli_35)  # upgraded CLIs send command usage
 
 
 D1 = 1735689600000  # 2025-01-01T00:00:00Z
-
-
 D2 = D1 + 86_400_000
-
-
 H = 3_600_000
 
 
