@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # pydantic<2.14 and pydantic-settings<2.16, older than the project's pins): installed without them.
 QUIXSTREAMS := quixstreams==3.28.1
 
-.PHONY: install run check test test-deps lint-imports bench bench-smoke soak clean schema
+.PHONY: install run check test test-deps lint-imports bench bench-smoke soak clean schema screenshot
 
 install: $(STAMP)
 
@@ -70,6 +70,12 @@ soak: install
 
 schema: install
 	$(BIN)/is-telemetry schema > docs/telemetry-message.schema.json
+
+# docs/screenshot.webp (about 80 KB), only when asked: the top of the dashboard of a running `make run` whose history is
+# stored (docs/dashboard.md). No test writes it.
+SCREENSHOT_URL ?= http://127.0.0.1:8481/
+screenshot: install
+	$(BIN)/python -m tests.browser $(SCREENSHOT_URL) docs/screenshot.webp
 
 clean:
 	rm -rf $(VENV) data
