@@ -16,6 +16,10 @@ from processors.validate import Rejection, inconsistencies, validate
 from producers import simulator
 from producers.simulator import Delivery, ground_truth
 
+D1 = 1735689600000  # 2025-01-01T00:00:00Z
+D2 = D1 + 86_400_000
+H = 3_600_000
+
 
 def test_deterministic_with_a_seed():
     a = simulator.generate(40, 15, 4, seed=5, end_day="2025-03-10")
@@ -391,11 +395,6 @@ def test_the_fleet_lives():
         m for d, m in msgs if m.kind == "cli" and d == last and simulator.version_of(m.os.binary_version) == "3.35"
     ]
     assert cli_35 and all("commands" in m.cli for m in cli_35)  # upgraded CLIs send command usage
-
-
-D1 = 1735689600000  # 2025-01-01T00:00:00Z
-D2 = D1 + 86_400_000
-H = 3_600_000
 
 
 def _is(uid, version, gw, plans, ed, active, apps, std, admin, orgs, users_total=None) -> bytes:
