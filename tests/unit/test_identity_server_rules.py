@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 from core import __version__
-from core.schema import (
-    DEFAULT_UID,
-)
+from core.schema import DEFAULT_UID
 from core.uid import uid_from_elements
 from producers import identity_server as isp
 from tests.tts_config import FOO_BAR_UID, write_config

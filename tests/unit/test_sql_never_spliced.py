@@ -7,6 +7,26 @@ import re
 
 from tests.paths import ROOT
 
+SQL_KEYWORDS = re.compile(r"\b(SELECT|INSERT|ALTER|CREATE|DROP|DELETE|UPDATE|WHERE|FROM|OPTIMIZE|TRUNCATE)\b")
+
+
+# Every interpolation into SQL text in the source, and why it is safe: code constants or int() of configuration.
+ALLOWED_SQL_INTERPOLATIONS = {
+    ("sinks/clickhouse.py", "int(self.snapshot_ttl_days)"),  # an int from the configuration
+    ("sinks/clickhouse.py", "_OWNER"),  # a module constant: the owner-partition expression with an {n:UInt32} parameter
+    ("sinks/clickhouse.py", "partition"),  # _aggregates_sql: callers pass _OWNER or a column name
+    ("sinks/clickhouse.py", "where"),  # _aggregates_sql: callers pass literal WHERE clauses with {name:Type} parameters
+    ("dashboard/panels.py", "', '.join(FLEET_COLUMNS)"),  # a module constant
+    ("dashboard/panels.py", "where"),  # _fleet_rows: callers pass literal WHERE clauses with {name:Type} parameters
+    ("dashboard/panels.py", "dimension"),  # from a literal tuple in panel_os
+    ("dashboard/panels.py", "view"),  # from the same literal tuple
+    # an analyst's statement is the query itself: ClickHouse's canonical text of it, checked against the allowlists
+    # (dashboard/sql_check.py); wrapped in SELECT * FROM (...) LIMIT 0 for its header, and that text checked again
+    ("dashboard/analyst_sql.py", "canonical"),
+    ("dashboard/sql_check.py", "str(kind)[:40]"),  # an error message that shows a query to use, not SQL
+    ("sinks/clickhouse.py", "table"),  # _apply_ttl: a name from the module constant TTL_TABLES
+}
+
 
 def test_no_value_is_spliced_into_sql() -> None:
     """Static check over the source: SQL text is never built from values (f-strings, %, .format, +) except the
@@ -50,24 +70,3 @@ def test_no_value_is_spliced_into_sql() -> None:
     # and the sink's inserts never carry values in SQL: clickhouse-connect sends them as Native data
     source = (ROOT / "sinks/clickhouse.py").read_text()
     assert "parameters=params" in source and ".insert(" in source
-
-
-SQL_KEYWORDS = re.compile(r"\b(SELECT|INSERT|ALTER|CREATE|DROP|DELETE|UPDATE|WHERE|FROM|OPTIMIZE|TRUNCATE)\b")
-
-
-# Every interpolation into SQL text in the source, and why it is safe: code constants or int() of configuration.
-ALLOWED_SQL_INTERPOLATIONS = {
-    ("sinks/clickhouse.py", "int(self.snapshot_ttl_days)"),  # an int from the configuration
-    ("sinks/clickhouse.py", "_OWNER"),  # a module constant: the owner-partition expression with an {n:UInt32} parameter
-    ("sinks/clickhouse.py", "partition"),  # _aggregates_sql: callers pass _OWNER or a column name
-    ("sinks/clickhouse.py", "where"),  # _aggregates_sql: callers pass literal WHERE clauses with {name:Type} parameters
-    ("dashboard/panels.py", "', '.join(FLEET_COLUMNS)"),  # a module constant
-    ("dashboard/panels.py", "where"),  # _fleet_rows: callers pass literal WHERE clauses with {name:Type} parameters
-    ("dashboard/panels.py", "dimension"),  # from a literal tuple in panel_os
-    ("dashboard/panels.py", "view"),  # from the same literal tuple
-    # an analyst's statement is the query itself: ClickHouse's canonical text of it, checked against the allowlists
-    # (dashboard/sql_check.py); wrapped in SELECT * FROM (...) LIMIT 0 for its header, and that text checked again
-    ("dashboard/analyst_sql.py", "canonical"),
-    ("dashboard/sql_check.py", "str(kind)[:40]"),  # an error message that shows a query to use, not SQL
-    ("sinks/clickhouse.py", "table"),  # _apply_ttl: a name from the module constant TTL_TABLES
-}
