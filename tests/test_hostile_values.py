@@ -42,7 +42,7 @@ from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import differences, expected, wait_for_analyst_views
 from tests.browser import Dom, run_chromium
 from tests.chdb_store import DAY0, H, consume, extra_views, opened, store_reader, to_records, truth_views
-from tests.expected_views import extra_truth, sorted_truth
+from tests.oracle_views import extra_truth, sorted_truth
 from tests.stack import RunningStack, start_stack
 from tests.uids import uid
 

@@ -27,7 +27,7 @@ from producers.simulator import Delivery, generate, ground_truth
 from sinks.checkpoint import Checkpoint
 from sinks.clickhouse import ClickHouseStore, PartitionCountChanged
 from tests.chdb_store import opened, split, truth_views
-from tests.expected_views import sorted_truth
+from tests.oracle_views import sorted_truth
 
 pytestmark = pytest.mark.integration
 

@@ -56,7 +56,7 @@ from tests.chdb_store import (
     truth_views,
     view,
 )
-from tests.expected_views import extra_truth, sorted_truth
+from tests.oracle_views import extra_truth, sorted_truth
 from tests.store_names import (
     ANALYST_DEPTH_TABLES,
     ANALYST_DEPTH_VIEWS,
