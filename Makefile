@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # pydantic<2.14 and pydantic-settings<2.16, older than the project's pins): installed without them.
 QUIXSTREAMS := quixstreams==3.28.1
 
-.PHONY: install run check test test-deps lint-imports bench bench-smoke soak clean schema
+.PHONY: install run check test test-deps lint-imports bench bench-smoke soak clean schema screenshot
 
 install: $(STAMP)
 
@@ -37,11 +37,13 @@ test-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Two test files at a time (pytest-xdist, whole files per process: a file's shared stack stays in one process).
+# The integration tier (tests marked `integration`: they start processes, servers, sockets or chDB; the unit tier ran in
+# `make check`), two test files at a time (pytest-xdist, whole files per process: a file's shared stack stays in one
+# process). Then every bench and bench tool at a tiny size (python -m bench --smoke, ~3 min): a bench that no longer
+# runs fails.
 TEST_JOBS ?= 2
-# Then every bench and bench tool at a tiny size (python -m bench --smoke, ~3 min): a bench that no longer runs fails.
 test: install test-deps
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m integration tests
 	$(BIN)/python -m bench --smoke
 
 bench-smoke: install
@@ -51,13 +53,14 @@ bench-smoke: install
 lint-imports: install
 	$(BIN)/lint-imports
 
-# Lint, format, types, the layer contract and the unit tier: seconds, before the integration suite.
+# Lint, format, types, the layer contract and the unit tier (every test not marked `integration`, wherever it is:
+# pure, it may not start a process, open a socket or chDB, tests/conftest.py): seconds, before the integration tier.
 check: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -m "not integration" tests
 
 bench: install
 	$(BIN)/python -m bench
@@ -67,6 +70,12 @@ soak: install
 
 schema: install
 	$(BIN)/is-telemetry schema > docs/telemetry-message.schema.json
+
+# docs/screenshot.webp (about 80 KB), only when asked: the top of the dashboard of a running `make run` whose history is
+# stored (docs/dashboard.md). No test writes it.
+SCREENSHOT_URL ?= http://127.0.0.1:8481/
+screenshot: install
+	$(BIN)/python -m tests.browser $(SCREENSHOT_URL) docs/screenshot.webp
 
 clean:
 	rm -rf $(VENV) data

@@ -42,6 +42,7 @@ MAX_PLANS = 256  # frequency plan IDs of a deployment's gateways_by_frequency_pl
 MAX_COMMANDS = 512  # command usage entries of one CLI report, every list of it together
 MAX_ALIASES = 512  # alias usage entries of one CLI report, every list of it together
 MAX_NAME = 256  # characters of a plan ID, a command path, an alias and the command name it stands for
+MAX_DEPTH = 200  # arrays and objects a value may be inside (docs/processing.md, not_json)
 UINT64_MAX = 18_446_744_073_709_551_615  # 2^64 - 1: the largest count
 INT64_MIN, INT64_MAX = -9_223_372_036_854_775_808, 9_223_372_036_854_775_807  # a CLI's last_used_at (unix seconds)
 
@@ -129,12 +130,27 @@ def _no_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not JSON")
 
 
+def _depth(doc: Any) -> int:
+    """The most arrays and objects any value of the document is inside (a scalar document: 0)."""
+    deepest, todo = 0, [(doc, 0)]
+    while todo:
+        value, inside = todo.pop()
+        deepest = max(deepest, inside)
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        todo.extend((child, inside + 1) for child in children)
+    return deepest
+
+
 def _parse(body: bytes) -> Any:
-    """The JSON document of a body: UTF-8 only, no NaN/Infinity."""
+    """The JSON document of a body: UTF-8 only, no NaN/Infinity, no value inside more than MAX_DEPTH arrays and
+    objects."""
     try:
-        return json.loads(body.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError and _NotJson are ValueErrors
-        raise _NotJson(str(exc)) from exc
+        doc = json.loads(body.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError and _NotJson are ValueErrors
+        raise _NotJson(str(exc)[:200]) from exc
+    if _depth(doc) > MAX_DEPTH:
+        raise _NotJson(f"a value inside more than {MAX_DEPTH} arrays and objects")
+    return doc
 
 
 class _Problems:
@@ -299,7 +315,3 @@ def judge(
     if any(len(name) > MAX_NAME for name in problems.names):
         return Rejected("implausible", "a name too long")
     return TelemetryMessage.model_validate(doc)
-
-
-def is_valid(body: bytes, plausibility_limit: int = PLAUSIBILITY_LIMIT) -> bool:
-    return not isinstance(judge(body, plausibility_limit), Rejected)

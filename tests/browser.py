@@ -10,11 +10,13 @@ import os
 import shutil
 import subprocess
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import orjson
+import pytest
 
 from is_telemetry.runtime import stop_process
 
@@ -152,3 +154,75 @@ if __name__ == "__main__":  # python -m tests.browser http://127.0.0.1:8481/ doc
     import sys
 
     print(readme_screenshot(sys.argv[1], Path(sys.argv[2])), "bytes")
+
+
+CHROMIUM_APT = "chromium"
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if path is None:
+        pytest.fail(
+            f"Chromium is missing: install Debian's package with `apt-get install -y {CHROMIUM_APT}` "
+            "(the browser test needs /usr/bin/chromium)",
+            pytrace=False,
+        )
+    return path
+
+
+def run_chromium(profile: Path, url: str, *mode: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+        *mode,
+        url,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+
+
+class Dom(HTMLParser):
+    """Every element of the dumped DOM with its attributes, text and parent."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.nodes: list[dict[str, Any]] = []
+        self.stack: list[dict[str, Any]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = {
+            "tag": tag,
+            "attrs": {k: v or "" for k, v in attrs},
+            "text": "",
+            "parent": self.stack[-1] if self.stack else None,
+        }
+        self.nodes.append(node)
+        if tag not in self.VOID:
+            self.stack.append(node)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack:
+            if self.stack.pop()["tag"] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        for node in self.stack:
+            node["text"] += data
+
+    def find(self, **attrs: str) -> list[dict[str, Any]]:
+        return [n for n in self.nodes if all(n["attrs"].get(k.replace("_", "-")) == v for k, v in attrs.items())]
+
+    def with_attr(self, name: str) -> list[dict[str, Any]]:
+        return [n for n in self.nodes if name in n["attrs"]]

@@ -16,20 +16,18 @@ from typing import Any
 
 import pytest
 
-from core.uid import uid_from_elements
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery
 from sinks import migrate
 from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import differences
-from tests.test_analyst_views import refresh, store_reader
-from tests.test_sink import DAY0, H, consume, opened, to_records
+from tests.chdb_store import DAY0, H, consume, opened, refresh, store_reader, to_records
+from tests.uids import uid
+
+pytestmark = pytest.mark.integration
+
 
 D1 = date(2025, 1, 1)
-
-
-def uid(name: str) -> str:
-    return uid_from_elements([f"https://{name}.example.net/api/v3"] * 5)
 
 
 def at(day: int, hour: int = 12) -> int:

@@ -20,33 +20,13 @@ from producers import fleet_truth
 from producers.simulator import Delivery, generate
 from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import NAMED_VIEWS, differences, normalise
-from tests.test_sink import consume, opened, split, to_records
+from tests.chdb_store import consume, opened, refresh, split, store_reader, to_records
+
+pytestmark = pytest.mark.integration
+
 
 END = date(2025, 3, 31)
 DAYS = 45
-
-
-def refresh(store: ClickHouseStore, attempts: int = 5) -> None:
-    """Run the analyst refreshes now (as their 10 s schedule would) until no day is pending."""
-    for _ in range(attempts):
-        for view in ("analyst_daily_refresh", "retention_refresh"):
-            store.client.command(f"SYSTEM REFRESH VIEW {view}")
-            store.client.command(f"SYSTEM WAIT VIEW {view}")
-        pending = store.query("SELECT day FROM analyst_daily_pending")[1]
-        retention = store.query(
-            "SELECT (SELECT sum(changes) FROM snapshot_changes) > (SELECT max(inputs_seen) FROM retention_cohorts)"
-        )[1][0][0]
-        if not pending and not retention:
-            return
-    raise AssertionError(f"analyst days still pending: {store.query('SELECT * FROM analyst_daily_pending')[1]}")
-
-
-def store_reader(store: ClickHouseStore) -> Any:
-    def read(source: str, columns: Sequence[str]) -> list[dict[str, Any]]:
-        names, rows = store.query(f"SELECT {', '.join(columns)} FROM {source}")
-        return [dict(zip(names, r)) for r in rows]
-
-    return read
 
 
 def view_rows(store: ClickHouseStore, source: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -21,6 +21,9 @@ from producers.simulator import generate
 from producers.simulator.corruption import MALFORMED_KINDS_CLI, MALFORMED_KINDS_IS, corrupt
 from tests.samples import SAMPLES
 
+pytestmark = pytest.mark.integration
+
+
 LIMIT = 10**9
 IS_UID = "A" * 85 + "Q=="
 

@@ -35,9 +35,12 @@ import pytest
 
 from producers.simulator import LiveFeed
 from producers.truth_rules import Rejected, judge
-from tests.conftest import RunningStack, start_stack
 from tests.processes import Body, consume_bodies
 from tests.samples import SAMPLES
+from tests.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
 
 LIMIT = 20  # new UIDs per client and day
 REQUESTS = 60  # requests per client at once
@@ -347,7 +350,7 @@ def test_compose_trusts_the_proxy_alone_and_the_proxy_overwrites_forwarded_for()
     from ipaddress import ip_address, ip_network
 
     from core.config import load_settings
-    from tests.test_compose import COMPOSE, COMPOSE_FILE, compose_config, env_of
+    from tests.compose_files import COMPOSE, COMPOSE_FILE, compose_config, env_of
 
     config = compose_config(COMPOSE_FILE)
     collector, proxy = config["services"]["collector"], config["services"]["proxy"]

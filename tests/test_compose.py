@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,48 +17,27 @@ from xml.dom import minidom
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "compose"
-COMPOSE_FILE = COMPOSE / "compose.yaml"
-ENV_EXAMPLE = COMPOSE / ".env.example"
-DASHBOARD = COMPOSE / "grafana" / "dashboards" / "tts-telemetry.json"
-MIGRATIONS = sorted((ROOT / "sinks" / "migrations").glob("*.sql"))
+from tests.compose_files import (
+    COMPOSE,
+    COMPOSE_FILE,
+    DASHBOARD,
+    ENV_EXAMPLE,
+    compose_config,
+    dashboard_queries,
+    docker_compose,
+    env_of,
+)
+from tests.paths import ROOT
+
+pytestmark = pytest.mark.integration
+
+
 APP_SERVICES = ("worker", "sink", "collector", "api", "status")
-
-
-def docker_compose() -> str:
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.fail(
-            "docker-compose is not installed: install Debian's package with "
-            "`apt-get install -y docker-compose` (v1.29; `make test-deps` does it)"
-        )
-    return exe
-
-
-def compose_config(*files: Path, env_file: Path = ENV_EXAMPLE) -> dict[str, Any]:
-    """`docker-compose -f ... --env-file ... config`, run as CI runs it, in a clean environment (no variable of the
-    caller's shell may leak into the interpolation)."""
-    args = [docker_compose()]
-    for f in files:
-        args += ["-f", str(f.relative_to(ROOT))]
-    args += ["--env-file", str(env_file.relative_to(ROOT) if env_file.is_relative_to(ROOT) else env_file), "config"]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
-    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stderr}"
-    return yaml.safe_load(r.stdout)
 
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
     return compose_config(COMPOSE_FILE)
-
-
-def env_of(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
 def test_validates_with_docker_compose_v1(config: dict[str, Any]) -> None:
@@ -231,53 +209,6 @@ def test_clickhouse_server_and_grafana_provisioning(config: dict[str, Any]) -> N
     assert uids == {ds[0]["uid"]}
 
 
-def views_in_migrations() -> set[str]:
-    sql = "\n".join(p.read_text() for p in MIGRATIONS)
-    return set(re.findall(r"CREATE VIEW IF NOT EXISTS (\w+)", sql))
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["rawSql"]) for p in dashboard["panels"] for t in p["targets"]]
-
-
-def test_dashboard_has_our_panels_and_queries_only_analyst_views() -> None:
-    views = views_in_migrations()
-    assert {
-        "fleet_daily",
-        "gateways_by_frequency_plan_daily",
-        "deployments_by_version_daily",
-        "deployments_by_os_daily",
-        "rejected_daily",
-        "cli_installs_by_version_daily",
-    } <= views
-    queried: set[str] = set()
-    for title, sql in dashboard_queries():
-        names = set(re.findall(r"\b(?:FROM|JOIN)\s+([A-Za-z_][\w.]*)", sql, re.IGNORECASE))
-        assert names, (title, sql)
-        assert names <= views, f"panel {title!r} reads {names - views}, not an analyst view of sinks/migrations"
-        queried |= names
-    assert {
-        "fleet_daily",
-        "gateways_by_frequency_plan_daily",
-        "deployments_by_version_daily",
-        "deployments_by_os_daily",
-        "rejected_daily",
-        "cli_installs_by_version_daily",
-    } <= queried
-    titles = " | ".join(t for t, _ in dashboard_queries()).lower()
-    for words in (
-        "fleet",
-        "frequency plan",
-        "active end devices",
-        "deployments and cli installs",
-        "version",
-        "operating system",
-        "rejected",
-    ):
-        assert words in titles, words
-
-
 DASHBOARD_SQL_CHECK = r"""
 import json, sys, time
 from pathlib import Path
@@ -309,9 +240,9 @@ print(json.dumps(out))
 
 
 def test_dashboard_sql_runs_on_the_real_schema(tmp_path: Path) -> None:
-    from tests.conftest import sample_bodies
+    from tests.samples import SAMPLES
 
-    bodies = [b.decode() for b in sample_bodies().values()]
+    bodies = [b.decode() for b in SAMPLES.values()]
     r = subprocess.run(
         [
             sys.executable,
@@ -364,67 +295,3 @@ def test_env_example_covers_every_variable_and_secrets_are_required(tmp_path: Pa
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")},
     )
     assert r.returncode != 0 and "set CLICKHOUSE_PASSWORD in the env file" in r.stderr
-
-
-def test_dockerfile_installs_the_project_from_the_repository_root() -> None:
-    dockerfile = (COMPOSE / "Dockerfile").read_text()
-    assert re.search(r"pip install \.(\s|$)", dockerfile)
-    assert 'ENTRYPOINT ["is-telemetry"]' in dockerfile
-    for src in re.findall(r"^COPY (?!--from)(.+?) \./", dockerfile, re.MULTILINE):
-        for part in src.split():
-            if "*" not in part:
-                assert (ROOT / part).exists(), f"compose/Dockerfile copies {part}, which is not in the repository"
-    import tomllib
-
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    for pattern in packages:
-        assert f"COPY {pattern.rstrip('*')} " in dockerfile, f"the image misses the {pattern} package"
-
-
-def _columns(create_sql: str) -> list[str]:
-    body = create_sql[create_sql.index("(") + 1 :]
-    depth, end = 1, 0
-    for i, ch in enumerate(body):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0:
-            end = i
-            break
-    cols = []
-    for part in re.split(r",\s*\n", body[:end]):
-        part = part.strip()
-        if part and not part.startswith("--"):
-            cols.append(" ".join(part.split()))
-    return cols
-
-
-def test_operations_cluster_ddl_matches_the_schema() -> None:
-    """docs/operations.md gives the ClickHouse-cluster DDL by hand: its columns must stay those of the migrations."""
-    docs = (ROOT / "docs" / "operations.md").read_text()
-    schema = "\n".join(p.read_text() for p in MIGRATIONS)
-
-    def create(text: str, name: str) -> str:
-        m = re.search(rf"CREATE TABLE IF NOT EXISTS (?:telemetry\.)?{name}\b[^\n]*\n\(", text)
-        assert m, name
-        return text[m.start() :]
-
-    def migrated(table: str) -> list[str]:
-        """The table's columns after every migration: its CREATE, then each ADD COLUMN ... AFTER in order."""
-        cols = _columns(create(schema, table))
-        for m in re.finditer(rf"ALTER TABLE {table}\b(.*?);", schema, re.S):
-            for add in re.finditer(r"ADD COLUMN IF NOT EXISTS (\w+) (\w+) AFTER (\w+)", m.group(1)):
-                after = next(i for i, c in enumerate(cols) if c.split()[0] == add.group(3))
-                cols.insert(after + 1, f"{add.group(1)} {add.group(2)}")
-        return cols
-
-    for local, table in (
-        ("snapshots_local", "snapshots"),
-        ("rejections", "rejections"),
-        ("rollup_partitions", "rollup_partitions"),
-        ("pipeline_settings", "pipeline_settings"),
-    ):
-        assert _columns(create(docs, local)) == migrated(table), table
-    assert "ORDER BY (day, source_topic, source_partition, source_offset, received_at, source_index);" in docs
-    engine = "ReplicatedReplacingMergeTree('/clickhouse/tables/{}/telemetry/{}', '{{replica}}'{})"
-    assert engine.format("{shard}", "snapshots_local", ", version") in docs
-    assert "Distributed(telemetry, telemetry, snapshots_local, cityHash64(uid))" in docs
-    assert engine.format("all", "rollup_partitions", ", version") in docs

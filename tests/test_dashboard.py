@@ -10,16 +10,11 @@ The screenshot of the page is kept at test-artifacts/dashboard.png.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +24,14 @@ import pytest
 from core.schema import SUMMED_COUNTS
 from producers import fleet_truth, simulator
 from tests.analyst_checks import normalise, wait_for_analyst_views
-from tests.browser import Browser
-from tests.conftest import ROOT, RunningStack, start_stack
+from tests.browser import Browser, Dom, run_chromium
+from tests.panels import ANALYST_PANELS, PANELS, TOPIC, csv_rows
+from tests.paths import ROOT
+from tests.stack import RunningStack, start_stack
 
-TOPIC = "tts-telemetry-raw"
+pytestmark = pytest.mark.integration
+
+
 DAYS = 10
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_APT = "chromium"
@@ -48,21 +47,6 @@ SUMMARY_METRICS = [
     "users",
     "organizations",
     "cli_installs",
-]
-PANELS = ["summary", "fleet", "gateways-by-frequency-plan", "versions", "os", "rejected", "days"]
-#: The panels on the fleet over time (dashboard/analyst_panels.py), over the analyst views of migration 0002.
-ANALYST_PANELS = [
-    "summary-carried",
-    "fleet-carried",
-    "lifecycle",
-    "retention",
-    "fleet-shape",
-    "regions",
-    "version-adoption",
-    "versions-behind",
-    "cli",
-    "cli-aliases",
-    "data-quality",
 ]
 
 
@@ -121,10 +105,6 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
         yield Fed(stack, truth, yesterday, {r["day"]: r for r in truth["fleet_daily"]}, analyst)
     finally:
         stack.stop()
-
-
-def csv_rows(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 def as_csv_cells(rows: list[dict[str, Any]], columns: list[str]) -> list[dict[str, str]]:
@@ -361,75 +341,6 @@ def test_page_uses_only_local_assets(fed: Fed) -> None:
 
 
 # -- a real browser --------------------------------------------------------------------------------------------
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if path is None:
-        pytest.fail(
-            f"Chromium is missing: install Debian's package with `apt-get install -y {CHROMIUM_APT}` "
-            "(the browser test needs /usr/bin/chromium)",
-            pytrace=False,
-        )
-    return path
-
-
-def run_chromium(profile: Path, url: str, *mode: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=15000",
-        *mode,
-        url,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-
-
-class Dom(HTMLParser):
-    """Every element of the dumped DOM with its attributes, text and parent."""
-
-    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-
-    def __init__(self, html: str) -> None:
-        super().__init__()
-        self.nodes: list[dict[str, Any]] = []
-        self.stack: list[dict[str, Any]] = []
-        self.feed(html)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = {
-            "tag": tag,
-            "attrs": {k: v or "" for k, v in attrs},
-            "text": "",
-            "parent": self.stack[-1] if self.stack else None,
-        }
-        self.nodes.append(node)
-        if tag not in self.VOID:
-            self.stack.append(node)
-
-    def handle_endtag(self, tag: str) -> None:
-        while self.stack:
-            if self.stack.pop()["tag"] == tag:
-                break
-
-    def handle_data(self, data: str) -> None:
-        for node in self.stack:
-            node["text"] += data
-
-    def find(self, **attrs: str) -> list[dict[str, Any]]:
-        return [n for n in self.nodes if all(n["attrs"].get(k.replace("_", "-")) == v for k, v in attrs.items())]
-
-    def with_attr(self, name: str) -> list[dict[str, Any]]:
-        return [n for n in self.nodes if name in n["attrs"]]
 
 
 def load_page(fed: Fed, profile: Path, query: str = "") -> Dom:

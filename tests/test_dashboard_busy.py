@@ -13,8 +13,10 @@ import httpx
 import pytest
 
 from is_telemetry.apiclient import ApiError
+from tests.browser import Dom, run_chromium
 from tests.conftest import RunningStack, start_stack
-from tests.test_dashboard import Dom, run_chromium
+
+pytestmark = pytest.mark.integration
 
 PANELS = ["summary", "fleet", "versions", "os", "gateways-by-frequency-plan", "lifecycle", "regions", "cli"]
 

@@ -7,8 +7,13 @@ import sys
 
 import httpx
 import orjson
+import pytest
 
-from tests.conftest import RunningStack, sample_bodies, start_stack
+from tests.samples import SAMPLES
+from tests.stack import RunningStack, post_samples, start_stack
+
+pytestmark = pytest.mark.integration
+
 
 EXPECTED_FLEET = {
     "deployments": 3,
@@ -28,16 +33,6 @@ EXPECTED_FLEET = {
 }
 EXPECTED_PLANS = {"EU_863_870": 2, "EU_863_870_TTN": 3, "US_902_928_FSB_1": 1, "US_902_928_FSB_2": 2}
 EXPECTED_VERSIONS = {"3.27": 1, "3.32": 1, "3.33": 1}
-
-
-def post_samples(stack: RunningStack) -> None:
-    for name, body in sample_bodies().items():
-        r = httpx.post(
-            stack.collector_url,
-            content=body,
-            headers={"Content-Type": "application/json", "User-Agent": "TheThingsStack/3.32.1 (linux/amd64)"},
-        )
-        assert r.status_code == 202, (name, r.status_code, r.text)
 
 
 def test_samples_become_exact_rows(stack: RunningStack) -> None:
@@ -60,7 +55,7 @@ def test_samples_become_exact_rows(stack: RunningStack) -> None:
 
     # One snapshot per UID, body stored byte for byte.
     snaps = stack.sql("SELECT uid, kind, body FROM snapshots_latest ORDER BY uid")
-    bodies = {orjson.loads(b)["uid"]: b for b in sample_bodies().values()}
+    bodies = {orjson.loads(b)["uid"]: b for b in SAMPLES.values()}
     assert {r["uid"]: r["body"].encode() for r in snaps} == bodies
     assert sorted(r["kind"] for r in snaps) == ["cli", "cli", "cli", "is", "is", "is"]
 

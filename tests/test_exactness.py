@@ -24,7 +24,7 @@ from producers.simulator import generate, ground_truth, send_to_kafka
 from tests.analyst_checks import wait_for_analyst_views
 from tests.processes import Proc, expected_views, wait_for_views, wait_until, wait_until_ready, worker
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOPIC = "tts-telemetry-raw"
 RECORDS_METRIC = "is_telemetry_processor_records_total"  # a worker's processed-records counter (its /metrics)

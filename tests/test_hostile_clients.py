@@ -35,8 +35,11 @@ from core.statefile import process_started
 from is_telemetry import apiclient
 from is_telemetry.broker import free_port
 from is_telemetry.runtime import stop_process
-from tests.conftest import RunningStack, start_stack
 from tests.samples import SAMPLES
+from tests.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
 
 QUERY_TIMEOUT_S = 20
 HEADER_TIMEOUT_S = 2

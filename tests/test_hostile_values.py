@@ -40,11 +40,14 @@ from producers.simulator import DAY_MS, Delivery, ground_truth
 from sinks import migrate
 from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import differences, expected, wait_for_analyst_views
-from tests.conftest import RunningStack, start_stack
-from tests.test_analyst_scenarios import uid
-from tests.test_analyst_views import store_reader
-from tests.test_dashboard import Dom, run_chromium
-from tests.test_sink import DAY0, H, consume, extra_truth, extra_views, opened, sorted_truth, to_records, truth_views
+from tests.browser import Dom, run_chromium
+from tests.chdb_store import DAY0, H, consume, extra_views, opened, store_reader, to_records, truth_views
+from tests.oracle_views import extra_truth, sorted_truth
+from tests.stack import RunningStack, start_stack
+from tests.uids import uid
+
+pytestmark = pytest.mark.integration
+
 
 LIMIT = 10**9
 #: Each is a plan ID, an OS, an arch, a Go version, a version suffix, a command path and an alias.

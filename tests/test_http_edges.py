@@ -35,8 +35,11 @@ import pytest
 from core.kafka import ensure_topics
 from is_telemetry.broker import EmbeddedBroker, free_port
 from is_telemetry.runtime import stop_process
+from tests.collector_harness import CollectorProcess, collector_settings, new_topic
 from tests.samples import SAMPLES
-from tests.test_collector import CollectorProcess, collector_settings, new_topic
+
+pytestmark = pytest.mark.integration
+
 
 REQUEST_TIMEOUT_S = 4.0
 HEADER_TIMEOUT_S = 2.0

@@ -40,6 +40,9 @@ import pytest
 from is_telemetry.broker import EmbeddedBroker, free_ports, port_open
 from tests.samples import SAMPLES
 
+pytestmark = pytest.mark.integration
+
+
 CLI = [sys.executable, "-m", "is_telemetry"]
 BODIES = 40
 GONE_WITHIN_S = 20.0  # a hard end: the collector stops, then the worker stores what is left and stops, then the broker

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from is_telemetry.broker import free_port
+
+pytestmark = pytest.mark.integration  # it starts `is-telemetry produce`
 
 
 def test_produce_logs_json_lines_on_request(tmp_path: Path) -> None:

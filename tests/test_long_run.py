@@ -36,9 +36,12 @@ import orjson
 import pytest
 
 from is_telemetry import apiclient
-from tests.conftest import RunningStack, start_stack
 from tests.processes import wait_until
 from tests.samples import SAMPLES
+from tests.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
 
 MAX_RECORDS = 700  # broker.max_records of the module's stack: test 3 posts several times as many
 GROUP = "is-telemetry-processors"

@@ -25,7 +25,11 @@ import httpx
 import pytest
 
 from is_telemetry.broker import free_ports
-from tests.conftest import ROOT, RunningStack, start_stack
+from tests.paths import ROOT
+from tests.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
 
 CLI = [sys.executable, "-m", "is_telemetry"]
 FLEET = ["--deployments", "60", "--cli-installs", "5", "--days", "4", "--seed", "1"]  # 4 rejected bodies in history
@@ -344,3 +348,32 @@ def test_no_simulator_no_word_about_it(tmp_path: Path) -> None:
     log = stack.log()
     assert "stopping: simulator" not in log and "  simulator  " not in log and "backfill" not in log, log
     assert "stopping: collector" in log and "stopped" in log, log
+
+
+def test_json_logs_on_request(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IS_TELEMETRY_LOG_FORMAT": "json"}
+    # An API pointed at a ClickHouse server where nothing listens says so at start-up; stop it after that line.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "is_telemetry", "api", "--clickhouse", "http://127.0.0.1:9/db", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    entries = []
+    try:
+        while not any(e["logger"] == "dashboard.analyst_sql" for e in entries):
+            line = proc.stderr.readline()  # type: ignore[union-attr]
+            assert line, entries
+            entries.append(json.loads(line))  # every line is one JSON object
+    finally:
+        proc.kill()
+        proc.wait()
+    entry = entries[-1]
+    assert entry["level"] == "WARNING"
+    assert "is not usable yet" in entry["message"] and "127.0.0.1:9" in entry["message"]

@@ -26,9 +26,13 @@ from core.schema import MAX_CLI_ALIASES, MAX_CLI_COMMANDS, MAX_FREQUENCY_PLANS
 from dashboard.panel_model import TOP_JUMPS, TOP_KEYS, TOP_SERIES
 from producers import simulator
 from producers.simulator import DAY_MS, Delivery
-from tests.conftest import RunningStack, start_stack
-from tests.test_analyst_scenarios import uid
-from tests.test_dashboard import ANALYST_PANELS, PANELS, TOPIC, Dom, csv_rows, run_chromium
+from tests.browser import Dom, run_chromium
+from tests.panels import ANALYST_PANELS, PANELS, TOPIC, csv_rows
+from tests.stack import RunningStack, start_stack
+from tests.uids import uid
+
+pytestmark = pytest.mark.integration
+
 
 SENDERS = 200  # one client's new UIDs a day (collector.max_new_uids_per_client_per_day)
 ESTABLISHED = 5  # deployments on the newest version, 5.0: enough to pass the bar of max(3, 1 %)

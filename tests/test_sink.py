@@ -22,11 +22,8 @@ import re
 import socket
 import threading
 import time
-import zlib
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,105 +32,51 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from core.errors import QueryFailed, RequestRefused
 from core.kafka import HEADER_RECEIVED_AT
-from core.partitioning import partition_of
 from core.rows import Batch, RejectionRow, RollupRow, SnapshotRow, columns, values
-from core.schema import TelemetryMessage
 from core.uid import uid_from_elements
 from dashboard.analyst_sql import AnalystSessions, QueryLimits, SqlSessions
 from processors.pipeline import RawRecord, process
 from processors.replay import Replayer
 from processors.rollup import Rollups, roll_up
-from processors.snapshot import day_of, major_minor
-from processors.validate import Reason, Rejection, inconsistencies, validate
+from processors.validate import Reason
 from processors.worker import partition_batches
 from producers.simulator import DAY_MS, Delivery, generate, ground_truth
 from sinks.clickhouse import ClickHouseStore, migrations
+from tests.chdb_store import (
+    DAY0,
+    PARTITIONS,
+    TOPIC,
+    H,
+    consume,
+    extra_views,
+    opened,
+    rows,
+    split,
+    to_records,
+    truth_views,
+    view,
+)
+from tests.oracle_views import extra_truth, sorted_truth
+from tests.store_names import (
+    ANALYST_DEPTH_TABLES,
+    ANALYST_DEPTH_VIEWS,
+    ANALYST_VIEWS,
+    ANALYSTS_DOC,
+    TABLES,
+    doc_queries,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-ANALYSTS_DOC = ROOT / "docs" / "analysts.md"
-PARTITIONS = 8
-TOPIC = "tts-telemetry-raw"
-DAY0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
-H = 3_600_000
+pytestmark = pytest.mark.integration
+
 
 IS_UID_A = uid_from_elements(["https://a.example.net/api/v3"] * 5)
 IS_UID_B = uid_from_elements(["https://b.example.net/api/v3"] * 5)
 CLI_UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
-ANALYST_VIEWS = [
-    "fleet_daily",
-    "gateways_by_frequency_plan_daily",
-    "deployments_by_version_daily",
-    "deployments_by_os_daily",
-    "deployments_by_arch_daily",
-    "deployments_by_go_version_daily",
-    "cli_installs_by_version_daily",
-    "cli_installs_by_arch_daily",
-    "cli_installs_by_os_daily",
-    "rejected_daily",
-    "snapshots_latest",
-]
-TABLES = ["schema_migrations", "snapshots", "rejections", "rollup_partitions", "pipeline_settings"]
-#: Migration 0002 (the fleet over time): its tables and named views (documented column by column) and its
-#: parameterized views (documented, called with arguments).
-ANALYST_DEPTH_TABLES = ["uid_activity", "snapshot_changes", "analyst_daily", "retention_cohorts", "cli_reports"]
-ANALYST_DEPTH_VIEWS = [
-    "fleet_daily_carried",
-    "deployment_lifecycle_daily",
-    "cli_lifecycle_daily",
-    "sender_lifespans",
-    "retention_weekly",
-    "retention_monthly",
-    "fleet_size_daily",
-    "regions_daily",
-    "frequency_plan_regions",
-    "version_adoption_daily",
-    "version_adoption_speed",
-    "versions_behind_daily",
-    "deployments_behind_daily",
-    "cli_installs_active_daily",
-    "cli_command_usage_daily",
-    "cli_alias_usage_daily",  # migration 0006
-    "data_quality_daily",
-    "sender_jumps_daily",
-    "analyst_daily_pending",
-    "analyst_refreshes",  # migration 0005
-]
-ANALYST_DEPTH_PARAMETERIZED = [
-    "fleet_daily_carried_lookback",
-    "lifecycle_daily",
-    "sender_jumps",
-    "deployments_behind",
-    "carried_snapshots",
-    "analyst_compute",
-    "cli_usage_compute",  # migration 0006
-    "cli_command_usage",
-    "cli_alias_usage",
-]
-#: the views ground_truth() does not cover: name -> (key column, count column)
-EXTRA_VIEWS = {
-    "deployments_by_os_daily": ("operating_system", "deployments"),
-    "deployments_by_arch_daily": ("arch", "deployments"),
-    "deployments_by_go_version_daily": ("golang_version", "deployments"),
-    "cli_installs_by_version_daily": ("version", "installs"),
-    "cli_installs_by_os_daily": ("operating_system", "installs"),
-    "cli_installs_by_arch_daily": ("arch", "installs"),
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def opened(path: Path, **kwargs: Any) -> Iterator[ClickHouseStore]:
-    store = ClickHouseStore(f"chdb://{path.resolve()}", **kwargs).open()
-    store.stopping.set()  # a failing write raises at once instead of retrying until the test times out
-    try:
-        yield store
-    finally:
-        store.close()  # releases the chDB engine so the next test can open its own directory
 
 
 @pytest.fixture
@@ -142,141 +85,9 @@ def store(tmp_path: Path) -> Iterator[ClickHouseStore]:
         yield s
 
 
-def partition_for(key: bytes | None) -> int:
-    """The partition the collector's keyed produce gives a record (Kafka's default partitioner; no key: crc32)."""
-    return partition_of(key, PARTITIONS) if key is not None else zlib.crc32(b"") % PARTITIONS
-
-
-def to_records(deliveries: Sequence[Sequence[Any]]) -> list[RawRecord]:
-    """Deliveries as the raw topic holds them: keyed partition, offsets increasing per partition."""
-    next_offset = [0] * PARTITIONS
-    out = []
-    for received_at_ms, key, body in deliveries:
-        p = partition_for(key)
-        headers = {HEADER_RECEIVED_AT: str(received_at_ms).encode()}
-        out.append(RawRecord(TOPIC, p, next_offset[p], received_at_ms, headers, body, key))
-        next_offset[p] += 1
-    return out
-
-
-def split(records: Sequence[RawRecord], sizes: Sequence[int]) -> list[list[RawRecord]]:
-    """Consecutive chunks of the given sizes (the last size repeats) covering every record."""
-    out, i, k = [], 0, 0
-    while i < len(records):
-        n = sizes[min(k, len(sizes) - 1)]
-        out.append(list(records[i : i + n]))
-        i, k = i + n, k + 1
-    return out
-
-
-def consume(store: ClickHouseStore, chunks: Sequence[Sequence[RawRecord]], replayer: Replayer | None = None) -> None:
-    """What the worker does per batch: validate, re-key, roll up, write (a fresh worker rebuilds its state from
-    ClickHouse, as after a restart)."""
-    replayer = replayer or Replayer(store, PARTITIONS)
-    for chunk in chunks:
-        replayer.feed(chunk)
-
-
 def rolled_up(store: ClickHouseStore, records: list[RawRecord]) -> Batch:
     """A batch rolled up (by a fresh state) but not written."""
     return roll_up(Rollups(3, PARTITIONS), store, partition_batches(records, process(records, PARTITIONS)))
-
-
-def rows(store: ClickHouseStore, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    columns, result = store.query(sql, parameters)
-    return [{c: (v.isoformat() if isinstance(v, date) else v) for c, v in zip(columns, r)} for r in result]
-
-
-def view(store: ClickHouseStore, name: str, columns: Sequence[str]) -> list[dict[str, Any]]:
-    got = rows(store, f"SELECT {', '.join(columns)} FROM {name}")
-    return sorted(got, key=lambda r: tuple(str(r[c]) for c in columns))
-
-
-def truth_views(store: ClickHouseStore, truth: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Every view of the ground-truth dict, read with exactly the ground truth's columns."""
-    out = {}
-    for name in ("fleet_daily", "gateways_by_frequency_plan_daily", "deployments_by_version_daily", "rejected_daily"):
-        expected = truth[name]
-        columns = list(expected[0]) if expected else ["day"]
-        out[name] = view(store, name, columns)
-    return out
-
-
-def sorted_truth(truth: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    out = {}
-    for name in ("fleet_daily", "gateways_by_frequency_plan_daily", "deployments_by_version_daily", "rejected_daily"):
-        columns = list(truth[name][0]) if truth[name] else ["day"]
-        out[name] = sorted(truth[name], key=lambda r: tuple(str(r[c]) for c in columns))
-    return out
-
-
-def latest_messages(deliveries: Sequence[Sequence[Any]]) -> dict[tuple[str, str], TelemetryMessage]:
-    """Per (day, uid) the valid message with the latest receive time (ties: later in the list), as ground_truth()."""
-    latest: dict[tuple[str, str], tuple[int, TelemetryMessage]] = {}
-    for received_at_ms, _key, body in deliveries:
-        m = validate(body)
-        if isinstance(m, Rejection):
-            continue
-        k = (day_of(received_at_ms).isoformat(), m.uid)
-        if k not in latest or received_at_ms >= latest[k][0]:
-            latest[k] = (received_at_ms, m)
-    return {k: m for k, (_t, m) in latest.items()}
-
-
-def extra_truth(deliveries: Sequence[Sequence[Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The views ground_truth() does not cover, derived the same way (latest valid body per day and UID)."""
-    by: dict[str, Counter[tuple[str, str]]] = {
-        n: Counter()
-        for n in (
-            "deployments_by_os_daily",
-            "deployments_by_arch_daily",
-            "deployments_by_go_version_daily",
-            "cli_installs_by_version_daily",
-            "cli_installs_by_os_daily",
-            "cli_installs_by_arch_daily",
-        )
-    }
-    flags: Counter[tuple[str, str]] = Counter()
-    for (day, _uid), m in latest_messages(deliveries).items():
-        o = m.os
-        os_, arch = (o.operating_system, o.arch) if o else ("", "")
-        if m.kind == "is":
-            by["deployments_by_os_daily"][(day, os_)] += 1
-            by["deployments_by_arch_daily"][(day, arch)] += 1
-            by["deployments_by_go_version_daily"][(day, o.golang_version.strip() if o else "")] += 1
-            flags[(day, "default_uid_deployments")] += int(m.is_default_uid)
-            flags[(day, "inconsistent_deployments")] += int(bool(inconsistencies(m)))
-        else:
-            by["cli_installs_by_version_daily"][(day, major_minor(o.binary_version) if o else "unknown")] += 1
-            by["cli_installs_by_os_daily"][(day, os_)] += 1
-            by["cli_installs_by_arch_daily"][(day, arch)] += 1
-            flags[(day, "default_uid_deployments")] += 0
-            flags[(day, "inconsistent_deployments")] += 0
-    out = {
-        name: sorted(
-            ({"day": d, EXTRA_VIEWS[name][0]: k, EXTRA_VIEWS[name][1]: n} for (d, k), n in c.items()),
-            key=lambda r: (r["day"], r[EXTRA_VIEWS[name][0]]),
-        )
-        for name, c in by.items()
-    }
-    days = sorted({d for d, _ in flags})
-    out["fleet_flags"] = [
-        {
-            "day": d,
-            "default_uid_deployments": flags[(d, "default_uid_deployments")],
-            "inconsistent_deployments": flags[(d, "inconsistent_deployments")],
-        }
-        for d in days
-    ]
-    return out
-
-
-def extra_views(store: ClickHouseStore) -> dict[str, list[dict[str, Any]]]:
-    out = {}
-    for name, (key, value) in EXTRA_VIEWS.items():
-        out[name] = view(store, name, ["day", key, value])
-    out["fleet_flags"] = view(store, "fleet_daily", ["day", "default_uid_deployments", "inconsistent_deployments"])
-    return out
 
 
 def everything(store: ClickHouseStore, positions: bool = True) -> dict[str, Any]:
@@ -903,32 +714,6 @@ def test_refused_analyst_statements_do_not_break_the_writer(store: ClickHouseSto
 # ---------------------------------------------------------------------------------------------
 
 
-def doc_queries() -> list[tuple[str, str]]:
-    """(title, sql) of every ```sql block of docs/analysts.md; the title is the nearest heading above it."""
-    text = ANALYSTS_DOC.read_text()
-    out, heading = [], ""
-    for m in re.finditer(r"^(#{2,4} [^\n]+)$|^```sql\n(.*?)^```", text, re.M | re.S):
-        if m.group(1):
-            heading = m.group(1).lstrip("#").strip()
-        else:
-            out.append((heading, m.group(2).strip()))
-    return out
-
-
-def test_analysts_doc_has_ready_queries():
-    queries = doc_queries()
-    assert len(queries) >= 10
-    depth = [
-        title
-        for title, sql in queries
-        if any(re.search(rf"\b{v}\b", sql) for v in ANALYST_DEPTH_VIEWS + ANALYST_DEPTH_PARAMETERIZED)
-    ]
-    assert len(depth) >= 10, depth  # the fleet over time has its own ready queries
-    text = ANALYSTS_DOC.read_text()
-    for name in TABLES + ANALYST_VIEWS + ANALYST_DEPTH_TABLES + ANALYST_DEPTH_VIEWS + ANALYST_DEPTH_PARAMETERIZED:
-        assert f"`{name}`" in text, name  # every table and view is documented
-
-
 def test_analysts_doc_queries_run(tmp_path: Path):
     # jumps at 2% (not the default 0.1%): the jump queries need a few on any calendar
     sim = generate(
@@ -936,7 +721,7 @@ def test_analysts_doc_queries_run(tmp_path: Path):
     )
     with opened(tmp_path / "chdb") as s:
         consume(s, split(to_records(sim.deliveries), [400]))
-        from tests.test_analyst_views import refresh
+        from tests.chdb_store import refresh
 
         refresh(s)  # the analyst rows, as the 10 s schedule would
         # the doc names every column of every table and view

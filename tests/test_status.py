@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from is_telemetry.status import Line, Report, render
-from tests.conftest import RunningStack, start_stack
-from tests.test_end_to_end import post_samples
+import pytest
+
+from tests.stack import RunningStack, post_samples, start_stack
+
+pytestmark = pytest.mark.integration
 
 
 def run_status(stack: RunningStack, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -103,14 +105,3 @@ def test_status_of_a_running_then_stopped_stack(tmp_path: Path) -> None:
     assert "not computed" in line(out, "lag") and "not checked" in line(out, "ClickHouse")
     assert "not checked" in line(out, "views")
     assert out.splitlines()[-1] == "unhealthy: collector, API, Kafka down; lag, ClickHouse, views not checked"
-
-
-def test_render_names_what_is_behind() -> None:
-    report = Report(
-        [Line("collector", "OK", "x"), Line("lag", "BEHIND", "12 records behind; over --max-lag 5")],
-        "2026-01-01 (UTC): no data yet",
-    )
-    out: list[str] = []
-    render(report, out.append)
-    assert out[-1] == "unhealthy: lag down"
-    assert any(x.strip().startswith("today") and "no data yet" in x for x in out)

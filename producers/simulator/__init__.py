@@ -19,7 +19,8 @@ distributions), `bodies` (bodies built from the fleet, and read back: key, User-
 (malformed and inconsistent bodies), `generation` (`generate()`), `truth` (`ground_truth()`), `senders`
 (Kafka, collector), `feeds` (backfill, its record per data directory, and the live feed for `is-telemetry up`), `command` (the CLI). The names
 below are the simulator's API: the CLI, the stack, the tests and the benches use them from here.
-`day_of` and `major_minor` are the oracle's own day and version rules (producers/truth_rules.py).
+`utc_day` and `version_of` are the oracle's own day and version rules (producers/truth_rules.py; the pipeline's
+are processors.snapshot's `day_of` and `major_minor`, each name one function).
 
 See docs/simulator.md for flags, distributions, rates and the ground-truth format.
 """
@@ -86,8 +87,7 @@ from producers.simulator.truth import (
     stored_expectation,
     write_ground_truth,
 )
-from producers.truth_rules import utc_day as day_of
-from producers.truth_rules import version_of as major_minor
+from producers.truth_rules import utc_day, version_of
 
 __all__ = [
     "BACKFILL_RECORD",
@@ -115,7 +115,6 @@ __all__ = [
     "cli_object",
     "command",
     "corrupt",
-    "day_of",
     "day_start_ms",
     "generate",
     "go_version",
@@ -123,7 +122,6 @@ __all__ = [
     "is_object",
     "key_of",
     "live_feed",
-    "major_minor",
     "make_inconsistent",
     "record_backfill",
     "recorded_backfill",
@@ -133,7 +131,9 @@ __all__ = [
     "usage_report",
     "user_agent",
     "user_agent_of",
+    "utc_day",
     "utc_today",
+    "version_of",
     "version_string",
     "write_ground_truth",
 ]

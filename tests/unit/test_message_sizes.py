@@ -19,7 +19,7 @@ from core.schema import (
 )
 from processors.validate import Reason, Rejection, validate
 from producers import truth_rules
-from tests.unit.test_plausibility import alias, cli_body, command, is_body, reason_of
+from tests.plausibility_bodies import alias, cli_body, command, is_body, reason_of
 
 
 def plans(n: int, prefix: str = "C0_") -> dict[str, int]:

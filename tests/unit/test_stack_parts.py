@@ -54,6 +54,7 @@ def test_each_port_is_checked_on_its_own_components_host(tmp_path: Path) -> None
     assert "embedded broker" in by_name  # no --kafka: the embedded broker's port too
 
 
+@pytest.mark.integration  # holds ports: binds loopback sockets
 def test_a_collector_port_taken_on_the_collectors_host_is_refused(tmp_path: Path) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.2", 0))
@@ -210,6 +211,7 @@ def test_a_stale_state_file_is_recognised_and_its_leftovers_named(tmp_path: Path
         assert not is_our_program(other), other
 
 
+@pytest.mark.integration  # holds ports: binds loopback sockets
 def test_every_port_clash_is_reported_in_one_run(tmp_path: Path) -> None:
     held = [socket.socket() for _ in range(3)]
     try:

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from core.schema import DEFAULT_UID, TelemetryMessage, json_schema
 from core.uid import uid_from_config, uid_from_elements
 from processors.validate import Reason, Rejection, inconsistencies, validate
-from tests.conftest import ROOT, sample_bodies
+from producers.truth_rules import Rejected, judge
+from tests.paths import ROOT
+from tests.samples import SAMPLES
 
-IS_SAMPLE = sample_bodies()["is-3.32.json"]
+IS_SAMPLE = SAMPLES["is-3.32.json"]
 
 
 def test_committed_json_schema_is_current() -> None:
@@ -22,9 +24,9 @@ def test_committed_json_schema_is_current() -> None:
     assert committed == json_schema(), "docs/telemetry-message.schema.json is stale: run `make schema`"
 
 
-@pytest.mark.parametrize("name", sorted(sample_bodies()))
+@pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_every_sample_validates_and_reencodes_byte_for_byte(name: str) -> None:
-    body = sample_bodies()[name]
+    body = SAMPLES[name]
     message = validate(body)
     assert isinstance(message, TelemetryMessage)
     assert message.to_json() == body
@@ -133,3 +135,19 @@ def test_any_value_in_a_count_slot_is_valid_only_if_a_plausible_uint64(slot: str
     result = validate(_mutate([*EC, slot, "total"], value))
     ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9
     assert isinstance(result, TelemetryMessage) == ok, (value, result)
+
+
+@pytest.mark.parametrize("depth", [198, 199, 200, 201, 202, 600])
+@pytest.mark.parametrize("shape", ["arrays", "objects", "at the root"])
+def test_the_oracle_and_the_processors_agree_on_nesting(shape: str, depth: int) -> None:
+    """A value inside more than 200 arrays and objects is `not_json` (the parser's recursion limit,
+    docs/processing.md): the oracle states the same bound (before, it judged 600 levels inside `cli` valid)."""
+    sample = SAMPLES["cli-3.30.json"][:-1]  # the object without its closing brace
+    opening, closing = {"arrays": (b"[", b"]"), "objects": (b'{"a":', b"1}"), "at the root": (b"[", b"]")}[shape]
+    nested = opening * depth + closing + closing[-1:] * (depth - 1)
+    body = nested if shape == "at the root" else sample + b',"x":' + nested + b"}"
+    pipeline, oracle = validate(body), judge(body)
+    mine = pipeline.reason.value if isinstance(pipeline, Rejection) else None
+    theirs = oracle.reason if isinstance(oracle, Rejected) else None
+    assert mine == theirs, (shape, depth, mine, theirs)
+    assert (theirs == "not_json") == (depth > {"arrays": 200, "objects": 199, "at the root": 201}[shape])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.config import load_settings, reference_markdown
-from tests.conftest import ROOT
+from tests.paths import ROOT
 
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,32 +40,3 @@ def test_errors_are_clear(tmp_path: Path) -> None:
 
 def test_configuration_doc_is_current() -> None:
     assert reference_markdown() in (ROOT / "docs" / "configuration.md").read_text(), "run: is-telemetry config --docs"
-
-
-def test_json_logs_on_request(tmp_path: Path) -> None:
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "IS_TELEMETRY_LOG_FORMAT": "json"}
-    # An API pointed at a ClickHouse server where nothing listens says so at start-up; stop it after that line.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "is_telemetry", "api", "--clickhouse", "http://127.0.0.1:9/db", "--port", "0"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    entries = []
-    try:
-        while not any(e["logger"] == "dashboard.analyst_sql" for e in entries):
-            line = proc.stderr.readline()  # type: ignore[union-attr]
-            assert line, entries
-            entries.append(json.loads(line))  # every line is one JSON object
-    finally:
-        proc.kill()
-        proc.wait()
-    entry = entries[-1]
-    assert entry["level"] == "WARNING"
-    assert "is not usable yet" in entry["message"] and "127.0.0.1:9" in entry["message"]
