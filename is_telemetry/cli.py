@@ -505,6 +505,56 @@ def config_cmd(
     typer.echo(yaml.safe_dump(settings_from(config).model_dump(mode="json"), sort_keys=False), nl=False)
 
 
+@app.command()
+def forget(
+    uids: Annotated[list[str], typer.Argument(help="UIDs of deployments (88-character base64) or CLI installs (UUID)")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    clickhouse: ClickHouseOpt = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Erase deployments or CLI installs everywhere, and record it in the erasure register (docs/privacy.md). Stop the
+    stack (or every worker and sink writing to the ClickHouse server) first."""
+    from core.preflight import chdb_holder
+    from sinks.clickhouse import ClickHouseStore
+    from sinks.erasure import Outcome, erase, is_uid
+    from sinks.retention import Retention
+
+    bad = [u for u in uids if not is_uid(u)]
+    if bad:
+        typer.echo(
+            f"error: {printable(bad[0][:100])!r} is not a UID (88-character base64 for a deployment, a UUID for a CLI "
+            "install; `is-telemetry uid` computes a deployment's): nothing changed",
+            err=True,
+        )
+        raise typer.Exit(2)
+    s = settings_from(config, data_dir=data_dir, clickhouse={"dsn": clickhouse})
+    setup_logging(log_level)
+    if s.clickhouse_dsn.startswith("chdb:"):
+        path = Path(s.clickhouse_dsn.removeprefix("chdb://"))
+        if not (path / "metadata").is_dir():
+            typer.echo(f"error: there is no chDB data at {path}: pass --data-dir or --clickhouse", err=True)
+            raise typer.Exit(2)
+        holder = chdb_holder(path)
+        if holder is not None:
+            typer.echo(
+                f"error: the chDB at {path} is in use by {f'pid {holder}' if holder else 'another process'}: stop the "
+                "stack, run forget, then start it again (a running worker would keep the UID in its roll-up state)",
+                err=True,
+            )
+            raise typer.Exit(2)
+    store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days, retention=Retention.of(s.clickhouse))
+    store = store.open()
+    try:
+        done = erase(store, uids)
+    finally:
+        store.close()
+    for e in done:
+        typer.echo(printable(e.message()))
+    if any(e.outcome is Outcome.UNKNOWN for e in done):
+        raise typer.Exit(1)
+
+
 rollup_app = typer.Typer(
     no_args_is_help=True, help="The roll-up's day aggregates in ClickHouse (per source partition)."
 )
@@ -526,11 +576,13 @@ def rollup_repartition(
     sink first (docs/operations.md, "Adding partitions")."""
     from core.kafka import topic_partitions
     from sinks.clickhouse import ClickHouseStore
+    from sinks.retention import Retention
 
     s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse})
     setup_logging(log_level)
     n = partitions or topic_partitions(s, s.kafka.raw_topic)
-    store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days).open()
+    store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days, retention=Retention.of(s.clickhouse))
+    store = store.open()
     try:
         before = store.recorded_partitions()
         rows = store.repartition(n)

@@ -29,6 +29,7 @@ from processors.worker import Ack, Processors, SinkFactory
 from sinks.checkpoint import Checkpoint
 from sinks.clickhouse import ClickHouseStore
 from sinks.consumer import partition_batches
+from sinks.retention import Retention
 
 
 class ApiService(Service):
@@ -103,7 +104,10 @@ def in_process_sink(
 
 def new_store(settings: Settings) -> ClickHouseStore:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days, settings.clickhouse.retry_s)
+    ttl = settings.clickhouse.snapshot_ttl_days
+    return ClickHouseStore(
+        settings.clickhouse_dsn, ttl, settings.clickhouse.retry_s, retention=Retention.of(settings.clickhouse)
+    )
 
 
 def open_store(settings: Settings) -> ClickHouseStore:

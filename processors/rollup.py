@@ -43,6 +43,7 @@ from core.rows import (
     datetime_to_ms,
     position,
 )
+from processors.erased import ErasureRegister, drop_erased
 
 # Count fields of a snapshot that are summed (the rest of COUNT_COLUMNS are counts of deployments/installs).
 SUMMED = (
@@ -370,6 +371,8 @@ def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatc
     each CLI report counts in command usage (it resets its counts after each), so it is written too, and loses to
     the newer one under FINAL (sinks/migrations/0006_cli_reports.sql)."""
     parts = list(parts)
+    if isinstance(source, ErasureRegister):  # erased UIDs never come back (processors/erased.py)
+        parts, _ = drop_erased(parts, source.erased())
     rollups.load(source, rollups.missing(p.partition for p in parts))
     b = Batch(partitions_total=rollups.partitions_total)
     for part in parts:

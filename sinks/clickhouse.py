@@ -41,6 +41,8 @@ from core.rows import (
     ms_to_datetime,
     position,
 )
+from sinks import erasure, retention
+from sinks.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +122,17 @@ class ClickHouseStore:
     """The pipeline's ClickHouse: migrations, idempotent writes, and the roll-up's state source (processors/rollup.py
     `StateSource`)."""
 
-    def __init__(self, dsn: str, snapshot_ttl_days: int = 0, retry_s: float = 30.0, retry_max_s: float = 8.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        snapshot_ttl_days: int = 0,
+        retry_s: float = 30.0,
+        retry_max_s: float = 8.0,
+        retention: Retention | None = None,
+    ) -> None:
         self.dsn = dsn
         self.snapshot_ttl_days = snapshot_ttl_days
+        self.retention = retention or Retention()  # the other TTLs (sinks/retention.py)
         self.retry_s = retry_s  # how long one write retries before SinkUnavailable
         self.retry_max_s = retry_max_s  # the longest pause between two attempts
         self._client: Client | None = None
@@ -257,6 +267,7 @@ class ClickHouseStore:
                 create = self.client.command(f"SHOW CREATE TABLE {table}")
                 if "TTL" in str(create):
                     self.client.command(f"ALTER TABLE {table} REMOVE TTL")
+        retention.apply(self.client, self.retention)
 
     # -- writes -----------------------------------------------------------------------------------------------
 
@@ -414,6 +425,13 @@ class ClickHouseStore:
             )
         for day, received_at, reason, partition, offset, index in result.result_rows:
             yield RejectionRow(day, received_at, reason, "", "", int(partition), int(offset), int(index), "")
+
+    def erased(self) -> dict[str, int]:
+        """The erasure register (sinks/erasure.py): uid -> when it was last erased (ms); read before a batch is counted."""
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = connect(self.dsn)
+            return erasure.register(self._reader)
 
     # -- the raw topic's partition count --------------------------------------------------------------------------
 

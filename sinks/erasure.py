@@ -1,0 +1,251 @@
+"""Erasure of a deployment or CLI install: `is-telemetry forget UID...` (docs/privacy.md, "Erasure").
+
+For each UID, in this order:
+1. what is stored of it is looked up (its snapshot days received at or before now, its CLI reports, its analyst
+   state, rejected bodies naming it). Nothing, and never erased: "unknown", nothing changes. Nothing, and erased
+   before: "already erased", nothing changes (forgetting twice is a no-op).
+2. the register gets (uid, erased_at): from then on the roll-up drops every record of it received at or before
+   erased_at (processors/erased.py), so a replay of the raw topic or a late re-send never brings it back; a report
+   received later is a new report and counts;
+3. its snapshots and CLI reports received at or before erased_at are deleted, the bodies and messages of rejected
+   records naming it are emptied (the rows stay: the rejected counts stay exact), its UID is taken out of the
+   analyst rows that list UIDs (`behind_top`, `jumps`), and its analyst state (`uid_activity`) is deleted (and
+   rebuilt from any report received after erased_at). Mutations run synchronously (`mutations_sync = 2`): the parts
+   are rewritten, the rows are gone from disk when the command returns.
+4. every day aggregate that counted it is recomputed from what is left (the (day, partition) pairs of its days,
+   under a new roll-up generation, as `rollup repartition` does), and the days it counted in are marked changed
+   (`snapshot_changes`), so the analyst refresh recomputes them and the 29 days after (first-seen, returning,
+   carried-forward fleet, retention cohorts) from what is left.
+Days beyond the snapshots' TTL keep their aggregates: they hold no UID's row, and cannot be recomputed.
+
+With the writers stopped: a worker running meanwhile would keep the UID's contribution in its roll-up state (the
+CLI refuses while a stack holds the embedded chDB).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from clickhouse_connect.driver.client import Client
+
+from core.errors import ConfigError
+from core.partitioning import partition_of
+from core.rows import Batch, datetime_to_ms, ms_to_datetime
+from core.schema import _valid_cli_uid, _valid_is_uid
+
+
+class ClickHouseStore(Protocol):
+    """What an erasure needs of the store (sinks/clickhouse.py `ClickHouseStore`), opened by the caller."""
+
+    @property
+    def client(self) -> Client: ...
+
+    def recorded_partitions(self) -> int | None: ...
+
+    def allocate_generation(self) -> int: ...
+
+    def write(self, batch: Batch) -> None: ...
+
+
+log = logging.getLogger(__name__)
+
+_SYNC = {"mutations_sync": 2}
+
+
+class ErasureRefused(ConfigError):
+    """What the erasure needs is missing; nothing was changed."""
+
+
+class Outcome(StrEnum):
+    ERASED = "erased"
+    ALREADY_ERASED = "already_erased"
+    UNKNOWN = "unknown"
+    NOT_A_UID = "not_a_uid"
+
+
+@dataclass(frozen=True)
+class Erasure:
+    uid: str
+    outcome: Outcome
+    erased_at: datetime | None = None  # this erasure's, or the earlier one's (already erased)
+    days: int = 0  # days of snapshots removed
+    reports: int = 0  # CLI reports removed
+    rejections: int = 0  # rejected records whose body or message was emptied
+
+    def message(self) -> str:
+        if self.outcome is Outcome.NOT_A_UID:
+            return (
+                f"{self.uid[:100]!r} is not a UID (88-character base64 for a deployment, a UUID for a CLI install); "
+                "nothing changed"
+            )
+        if self.outcome is Outcome.UNKNOWN:
+            return f"{self.uid}: nothing is stored for this UID and it was never erased; nothing changed"
+        when = self.erased_at.isoformat() if self.erased_at else "?"
+        if self.outcome is Outcome.ALREADY_ERASED:
+            return f"{self.uid}: already erased at {when}, nothing stored since; nothing changed"
+        return (
+            f"{self.uid}: erased at {when}: {self.days} days of snapshots, {self.reports} CLI reports, "
+            f"{self.rejections} rejected bodies; recorded in the register (table erasures)"
+        )
+
+
+def is_uid(uid: str) -> bool:
+    """An allowlist: a deployment's UID (88-character base64 of a SHA-512 digest) or a CLI install's (a UUID)."""
+    return _valid_is_uid(uid) or _valid_cli_uid(uid)
+
+
+def register(client: Client) -> dict[str, int]:
+    """uid -> when it was last erased (ms since the epoch, UTC)."""
+    rows = client.query("SELECT uid, toUnixTimestamp64Milli(max(erased_at)) FROM erasures GROUP BY uid").result_rows
+    return {str(uid): int(ms) for uid, ms in rows}
+
+
+def erase(store: ClickHouseStore, uids: Sequence[str], now: datetime | None = None) -> list[Erasure]:
+    """Erase every UID of `uids` (see the module's docstring); one Erasure per UID, in order. Run with every writer
+    stopped. Values go to ClickHouse as bound parameters only."""
+    at_ms = datetime_to_ms(now or datetime.now(UTC))
+    out = []
+    for uid in dict.fromkeys(uids):  # each once
+        if not is_uid(uid):
+            out.append(Erasure(uid, Outcome.NOT_A_UID))
+            continue
+        out.append(_erase_one(store, uid, ms_to_datetime(at_ms)))
+    return out
+
+
+def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
+    c = store.client
+    p: dict[str, Any] = {"u": uid, "t": at}
+    days = [
+        r[0]
+        for r in c.query(
+            "SELECT DISTINCT day FROM snapshots WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')} "
+            "ORDER BY day",
+            parameters=p,
+        ).result_rows
+    ]
+    reports = _count(c, "cli_reports WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}", p)
+    rejected = _count(
+        c,
+        "rejections WHERE received_at <= {t:DateTime64(3, 'UTC')} "
+        "AND (position(body, {u:String}) > 0 OR position(message, {u:String}) > 0)",
+        p,
+    )
+    state = _count(c, "uid_activity WHERE uid = {u:String}", p)
+    listed = _count(
+        c,
+        "analyst_daily WHERE arrayExists(x -> tupleElement(x, 'uid') = {u:String}, behind_top) "
+        "OR arrayExists(x -> tupleElement(x, 'uid') = {u:String}, jumps)",
+        p,
+    )
+    total = store.recorded_partitions()
+    if days and total is None and _count(c, "rollup_partitions WHERE day IN {days:Array(Date)}", {"days": days}):
+        raise ErasureRefused(
+            f"{uid}: the day aggregates exist but the raw topic's partition count is not recorded in ClickHouse "
+            "(pipeline_settings): start a worker once (it records it), or run `is-telemetry rollup repartition`, then "
+            "forget again; nothing changed"
+        )
+    if not (days or reports or rejected or state or listed):
+        before = register(c).get(uid)  # small: one row per erasure
+        if before is None:
+            return Erasure(uid, Outcome.UNKNOWN)
+        return Erasure(uid, Outcome.ALREADY_ERASED, ms_to_datetime(before))
+    # 2. the register first: from here on the roll-up drops its records received up to `at`
+    c.insert(
+        "erasures",
+        [[uid, at, len(days), datetime.now(UTC)]],
+        column_names=["uid", "erased_at", "days", "recorded_at"],
+    )
+    # 3. its rows
+    where = "uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}"
+    c.command(f"ALTER TABLE snapshots DELETE WHERE {where}", parameters=p, settings=_SYNC)
+    c.command(f"ALTER TABLE cli_reports DELETE WHERE {where}", parameters=p, settings=_SYNC)
+    c.command(
+        "ALTER TABLE rejections UPDATE body = '', message = '' WHERE received_at <= {t:DateTime64(3, 'UTC')} "
+        "AND (position(body, {u:String}) > 0 OR position(message, {u:String}) > 0)",
+        parameters=p,
+        settings=_SYNC,
+    )
+    c.command(
+        "ALTER TABLE analyst_daily UPDATE behind_top = arrayFilter(x -> tupleElement(x, 'uid') != {u:String}, "
+        "behind_top), jumps = arrayFilter(x -> tupleElement(x, 'uid') != {u:String}, jumps) "
+        "WHERE arrayExists(x -> tupleElement(x, 'uid') = {u:String}, behind_top) "
+        "OR arrayExists(x -> tupleElement(x, 'uid') = {u:String}, jumps)",
+        parameters=p,
+        settings=_SYNC,
+    )
+    c.command("ALTER TABLE uid_activity DELETE WHERE uid = {u:String}", parameters=p, settings=_SYNC)
+    # ... rebuilt from reports received after the erasure, if any (they count: new reports)
+    c.command(
+        "INSERT INTO uid_activity SELECT kind, uid, min(day), max(day), groupBitmapState(toUInt32(day)), "
+        "groupBitmapState(toUInt32(toMonday(day))), groupBitmapState(toUInt32(toStartOfMonth(day))) "
+        "FROM snapshots WHERE uid = {u:String} GROUP BY kind, uid",
+        parameters=p,
+    )
+    # 4. what counted it: the analyst days (due again) and the day aggregates of its partition
+    if days:
+        _analyst_days_due(c, days)
+        if total is not None:
+            _recompute(store, uid, days, total)
+    log.info("erased %s: %d days, %d CLI reports, %d rejected bodies", uid, len(days), reports, rejected)
+    return Erasure(uid, Outcome.ERASED, at, len(days), reports, rejected)
+
+
+def _analyst_days_due(c: Client, days: list[date]) -> None:
+    """Make the analyst refresh recompute every day the erased UID counted in, and the 29 after (its carried-forward
+    look-back, first-seen and returning): a day is due when the changes of [D - 29, D] grow past what its row saw
+    (sinks/migrations/0002_analyst_depth.sql). A day left without any snapshot is no longer a day with data: its
+    changes and its analyst row go. The days with data in [first, last + 29] then get more changes than were taken
+    away, so each of them is due."""
+    d = {"days": days}
+    empty = [
+        r[0]
+        for r in c.query(
+            "SELECT day FROM (SELECT arrayJoin({days:Array(Date)}) AS day) "
+            "WHERE day NOT IN (SELECT day FROM snapshots WHERE day IN {days:Array(Date)})",
+            parameters=d,
+        ).result_rows
+    ]
+    removed = 0
+    if empty:
+        e = {"empty": empty}
+        removed = int(
+            c.query(
+                "SELECT sum(changes) FROM snapshot_changes WHERE day IN {empty:Array(Date)}", parameters=e
+            ).result_rows[0][0]
+            or 0
+        )
+        c.command("ALTER TABLE snapshot_changes DELETE WHERE day IN {empty:Array(Date)}", parameters=e, settings=_SYNC)
+        c.command("ALTER TABLE analyst_daily DELETE WHERE day IN {empty:Array(Date)}", parameters=e, settings=_SYNC)
+    # the days with data in [first, last + 29], or else the latest one (the retention cohorts, recomputed when the
+    # total of the changes grows, must be recomputed too); none left at all: no cohort either
+    due = [
+        r[0]
+        for r in c.query(
+            "SELECT DISTINCT day FROM snapshot_changes WHERE day BETWEEN {first:Date} AND {last:Date} + 29",
+            parameters={"first": min(days), "last": max(days)},
+        ).result_rows
+    ] or [r[0] for r in c.query("SELECT max(day) FROM snapshot_changes HAVING count() > 0").result_rows]
+    if not due:
+        c.command("TRUNCATE TABLE retention_cohorts")
+        return
+    c.command(
+        "INSERT INTO snapshot_changes SELECT arrayJoin({due:Array(Date)}), {n:UInt64}, now64(6, 'UTC')",
+        parameters={"n": removed + 1, "due": due},
+    )
+
+
+def _recompute(store: ClickHouseStore, uid: str, days: list[date], total: int) -> None:
+    partition = partition_of(uid.encode(), total)
+    version = store.allocate_generation() << 64  # above every row written so far, as `rollup repartition`
+    store.write(Batch(recompute=[(d, partition, version) for d in days], partitions_total=total))
+
+
+def _count(client: Client, source: str, parameters: dict[str, Any]) -> int:
+    """count() of `source` (a code constant with bound parameters)."""
+    return int(client.query(f"SELECT count() FROM {source}", parameters=parameters).result_rows[0][0])
