@@ -26,6 +26,11 @@ class ErasureRegister(Protocol):
         """uid -> when it was last erased (ms since the epoch, UTC)."""
         ...
 
+    def erase_in_write(self, uid: str, until_ms: int, partitions_total: int, version: int) -> None:
+        """Erase the UID's rows received up to `until_ms` again in the next write, after its inserts, and recompute
+        its days' aggregates under `version`: a batch prepared before the erasure may have written them again."""
+        ...
+
 
 def drop_erased(parts: list[PartitionBatch], register: Mapping[str, int]) -> tuple[list[PartitionBatch], int]:
     """`parts` without the rows of erased UIDs received at or before their erasure; and how many were dropped."""

@@ -133,6 +133,7 @@ class ClickHouseStore:
         self.dsn = dsn
         self.snapshot_ttl_days = snapshot_ttl_days
         self.retention = retention or Retention()  # the other TTLs (sinks/retention.py)
+        self.erasures = erasure.InWrite()  # erasures the roll-up found still counted (sinks/erasure.py)
         self.retry_s = retry_s  # how long one write retries before SinkUnavailable
         self.retry_max_s = retry_max_s  # the longest pause between two attempts
         self._client: Client | None = None
@@ -315,12 +316,14 @@ class ClickHouseStore:
     def _write(self, batch: Batch) -> None:
         self._insert(batch.snapshots)
         self._insert(batch.rejections)
-        rollups = list(batch.rollups)
+        erasing = self.erasures.pending()  # after the inserts: a batch prepared before an erasure (sinks/erasure.py)
+        rollups = list(batch.rollups) + (self.erasures.run(self.client, self.recompute) if erasing else [])
         horizon = self._ttl_horizon()
         for day, partition, version in batch.recompute:
             if horizon is None or day > horizon:  # beyond the TTL the snapshots are gone: keep the day's rows
                 rollups.append(self.recompute(day, partition, batch.partitions_total, version))
         self._insert(rollups)
+        self.erasures.done(erasing)
 
     def _ttl_horizon(self) -> date | None:
         if self.snapshot_ttl_days <= 0:
@@ -432,6 +435,10 @@ class ClickHouseStore:
             if self._reader is None:
                 self._reader = connect(self.dsn)
             return erasure.register(self._reader)
+
+    def erase_in_write(self, uid: str, until_ms: int, partitions_total: int, version: int) -> None:
+        """processors/erased.py `ErasureRegister`: done again by the next write (sinks/erasure.py `InWrite`)."""
+        self.erasures.add(uid, until_ms, partitions_total, version)
 
     # -- the raw topic's partition count --------------------------------------------------------------------------
 

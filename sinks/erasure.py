@@ -25,7 +25,8 @@ CLI refuses while a stack holds the embedded chDB).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -35,7 +36,7 @@ from clickhouse_connect.driver.client import Client
 
 from core.errors import ConfigError
 from core.partitioning import partition_of
-from core.rows import Batch, datetime_to_ms, ms_to_datetime
+from core.rows import Batch, RollupRow, datetime_to_ms, ms_to_datetime
 from core.schema import _valid_cli_uid, _valid_is_uid
 
 
@@ -118,10 +119,9 @@ def erase(store: ClickHouseStore, uids: Sequence[str], now: datetime | None = No
     return out
 
 
-def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
-    c = store.client
-    p: dict[str, Any] = {"u": uid, "t": at}
-    days = [
+def _days(c: Client, p: dict[str, Any]) -> list[date]:
+    """The days of the UID's snapshots received up to the erasure."""
+    return [
         r[0]
         for r in c.query(
             "SELECT DISTINCT day FROM snapshots WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')} "
@@ -129,6 +129,12 @@ def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
             parameters=p,
         ).result_rows
     ]
+
+
+def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
+    c = store.client
+    p: dict[str, Any] = {"u": uid, "t": at}
+    days = _days(c, p)
     reports = _count(c, "cli_reports WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}", p)
     rejected = _count(
         c,
@@ -161,7 +167,15 @@ def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
         [[uid, at, len(days), datetime.now(UTC)]],
         column_names=["uid", "erased_at", "days", "recorded_at"],
     )
-    # 3. its rows
+    _remove(c, p, days)
+    if days and total is not None:
+        _recompute(store, uid, days, total)
+    log.info("erased %s: %d days, %d CLI reports, %d rejected bodies", uid, len(days), reports, rejected)
+    return Erasure(uid, Outcome.ERASED, at, len(days), reports, rejected)
+
+
+def _remove(c: Client, p: dict[str, Any], days: list[date]) -> None:
+    """Steps 3 and 4 but the day aggregates: idempotent."""
     where = "uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}"
     c.command(f"ALTER TABLE snapshots DELETE WHERE {where}", parameters=p, settings=_SYNC)
     c.command(f"ALTER TABLE cli_reports DELETE WHERE {where}", parameters=p, settings=_SYNC)
@@ -187,13 +201,8 @@ def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
         "FROM snapshots WHERE uid = {u:String} GROUP BY kind, uid",
         parameters=p,
     )
-    # 4. what counted it: the analyst days (due again) and the day aggregates of its partition
-    if days:
+    if days:  # what counted it: the analyst days, due again
         _analyst_days_due(c, days)
-        if total is not None:
-            _recompute(store, uid, days, total)
-    log.info("erased %s: %d days, %d CLI reports, %d rejected bodies", uid, len(days), reports, rejected)
-    return Erasure(uid, Outcome.ERASED, at, len(days), reports, rejected)
 
 
 def _analyst_days_due(c: Client, days: list[date]) -> None:
@@ -241,9 +250,54 @@ def _analyst_days_due(c: Client, days: list[date]) -> None:
 
 
 def _recompute(store: ClickHouseStore, uid: str, days: list[date], total: int) -> None:
+    """The aggregate rows of the UID's days and partition, recomputed from what is left, one version above the
+    newest of those rows: above every row written before them; a worker running meanwhile writes its next rows of
+    them with higher versions still (its sequence only grows, and it took the UID out of its state first:
+    processors/erased.py), and a worker started later takes a new generation above all."""
     partition = partition_of(uid.encode(), total)
-    version = store.allocate_generation() << 64  # above every row written so far, as `rollup repartition`
+    top = store.client.query(
+        "SELECT max(version) FROM rollup_partitions WHERE day IN {days:Array(Date)} AND source_partition = {p:UInt32}",
+        parameters={"days": days, "p": partition},
+    ).result_rows[0][0]
+    version = int(top or 0) + 1
     store.write(Batch(recompute=[(d, partition, version) for d in days], partitions_total=total))
+
+
+class InWrite:
+    """Erasures a worker found still counted in its state (processors/rollup.py `roll_up`): done again by its next
+    write, after that write's inserts (a batch prepared before the erasure may have written the UID's rows again),
+    with the aggregate rows of the UID's days recomputed under the version the roll-up reserved for them (above
+    that batch's rows, below the next ones). Idempotent; kept until a write that ran them succeeded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[int, int, int]] = {}  # uid -> (erased at ms, partitions, version)
+
+    def add(self, uid: str, until_ms: int, partitions_total: int, version: int) -> None:
+        with self._lock:
+            self._pending[uid] = (until_ms, partitions_total, version)
+
+    def run(self, client: Client, recompute: Callable[[date, int, int, int], RollupRow]) -> list[RollupRow]:
+        """Remove what the pending erasures name; the recomputed aggregate rows to insert."""
+        with self._lock:
+            pending = dict(self._pending)
+        rows: list[RollupRow] = []
+        for uid, (until_ms, total, version) in pending.items():
+            p: dict[str, Any] = {"u": uid, "t": ms_to_datetime(until_ms)}
+            days = _days(client, p)
+            _remove(client, p, days)
+            partition = partition_of(uid.encode(), total)
+            rows.extend(recompute(day, partition, total, version) for day in days)
+        return rows
+
+    def done(self, uids: Iterable[str]) -> None:
+        with self._lock:
+            for uid in uids:
+                self._pending.pop(uid, None)
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return list(self._pending)
 
 
 def _count(client: Client, source: str, parameters: dict[str, Any]) -> int:

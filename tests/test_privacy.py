@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from core.rows import ms_to_datetime
+from processors.pipeline import process
+from processors.replay import Replayer
+from processors.rollup import roll_up
+from processors.worker import partition_batches
 from processors.validate import validate
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery, ground_truth
@@ -238,3 +242,36 @@ def test_forget_command_on_a_stopped_embedded_stack(tmp_path: Path):
         store = worker_store(opened_store)
         assert store.query("SELECT count() FROM snapshots WHERE uid = {u:String}", {"u": IS_UID_A})[1] == [(0,)]
         assert store.query("SELECT count() FROM erasures")[1] == [(1,)]
+
+
+def test_forget_while_a_worker_runs_and_a_batch_is_in_flight(tmp_path: Path):
+    """A running worker (its roll-up state lives across the erasure) whose next batch was prepared before the
+    erasure and is written after it: the worker takes the UID out of its state with its next batch and erases its
+    rows again in that write; nothing else is lost or counted twice."""
+    deliveries = fleet(deployments=40, cli_installs=15, seed=7)
+    uid = busiest(deliveries, cli=False)
+    records = to_records(deliveries)
+    chunks = split(records, [41])
+    half = len(chunks) // 2
+    with opened(tmp_path / "chdb") as opened_store:
+        store = worker_store(opened_store)
+        worker = Replayer(store, PARTITIONS)
+        for chunk in chunks[:half]:
+            worker.feed(chunk)
+        in_flight = chunks[half]
+        outcome = process(in_flight, PARTITIONS)
+        assert not outcome.rekey
+        prepared = roll_up(worker.rollups, store, partition_batches(in_flight, outcome))
+        at = max(r.received_at_ms for r in in_flight)
+        [done] = erase(store, [uid], now=ms_to_datetime(at))
+        assert done.outcome is Outcome.ERASED
+        store.write(prepared)  # the batch in flight lands after the erasure
+        for chunk in chunks[half + 1 :]:
+            worker.feed(chunk)
+        assert any(of_uid(d, uid) and d[0] > at for d in deliveries)  # it reported again: those count
+        assert_fleet_is(store, [d for d in deliveries if not of_uid(d, uid) or d[0] > at])
+        left = store.query(
+            "SELECT count() FROM snapshots WHERE uid = {u:String} AND toUnixTimestamp64Milli(received_at) <= {t:Int64}",
+            {"u": uid, "t": at},
+        )[1]
+        assert left == [(0,)]
