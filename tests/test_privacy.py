@@ -23,8 +23,8 @@ from core.rows import ms_to_datetime
 from processors.pipeline import process
 from processors.replay import Replayer
 from processors.rollup import roll_up
-from processors.worker import partition_batches
 from processors.validate import validate
+from processors.worker import partition_batches
 from producers import fleet_truth
 from producers.simulator import DAY_MS, Delivery, ground_truth
 from sinks.erasure import Outcome, erase
