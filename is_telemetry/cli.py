@@ -391,12 +391,15 @@ def api(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Serve the HTTP API and dashboard standalone (against a ClickHouse server)."""
+    from dashboard import forget_route
     from dashboard.server import serve
+    from is_telemetry.worker_app import forgetter
 
     s = settings_from(
         config, serves_api=True, clickhouse={"dsn": clickhouse}, api={"port": _port(port), "host": host or None}
     )
     setup_logging(log_level)
+    forget_route.install(forgetter(s))  # POST /api/forget, with the writing user (clickhouse.dsn)
     serve(s, log_level=log_level)
 
 

@@ -20,12 +20,13 @@ from typing import Any
 from mode import Service
 
 from core.config import Settings, check_api_exposure
-from core.errors import ConfigError
+from core.errors import ConfigError, RequestRefused
 from core.kafka import ensure_topics, topic_partitions
 from core.ledger import StoredPositions
 from core.streaming import FaustRewinder, faust_app, run_faust, take_bodies
 from processors.rollup import Rollups, preparer
 from processors.worker import Ack, Processors, SinkFactory
+from sinks import erasure
 from sinks.checkpoint import Checkpoint
 from sinks.clickhouse import ClickHouseStore
 from sinks.consumer import partition_batches
@@ -50,9 +51,11 @@ class ApiService(Service):
 
     async def on_start(self) -> None:
         def start() -> None:
+            from dashboard import forget_route
             from dashboard.server import ApiThread
 
             self.ready()
+            forget_route.install(forgetter(self.settings))
             self.api = ApiThread(self.settings, self.log_level).start()
 
         self.starting = threading.Thread(target=start, name="api-start", daemon=True)
@@ -100,6 +103,26 @@ def in_process_sink(
     positions = StoredPositions(ledger_dir, settings.kafka.raw_topic) if ledger_dir is not None else None
     on_written = positions.record if positions is not None else None
     return lambda rollups, rewinder, ack: checkpoint(settings, store, rollups, rewinder, ack, on_written, ready)
+
+
+def forgetter(settings: Settings) -> Callable[[list[str]], list[dict[str, Any]]]:
+    """POST /api/forget's erasure (dashboard/forget_route.py, sinks/erasure.py): every UID checked first (nothing
+    changes if one is not a UID), then erased with the writing ClickHouse user, on a store opened for the call (the
+    migrations are the writer's)."""
+
+    def forget(uids: list[str]) -> list[dict[str, Any]]:
+        bad = [u for u in uids if not erasure.is_uid(u)]
+        if bad:
+            raise RequestRefused(erasure.Erasure(bad[0], erasure.Outcome.NOT_A_UID).message())
+        store = ClickHouseStore(settings.clickhouse_dsn)
+        try:
+            return [
+                {"uid": e.uid, "outcome": str(e.outcome), "message": e.message()} for e in erasure.erase(store, uids)
+            ]
+        finally:
+            store.close()
+
+    return forget
 
 
 def new_store(settings: Settings) -> ClickHouseStore:

@@ -13,13 +13,15 @@ For each UID, in this order:
    rebuilt from any report received after erased_at). Mutations run synchronously (`mutations_sync = 2`): the parts
    are rewritten, the rows are gone from disk when the command returns.
 4. every day aggregate that counted it is recomputed from what is left (the (day, partition) pairs of its days,
-   under a new roll-up generation, as `rollup repartition` does), and the days it counted in are marked changed
+   one version above the newest of those rows), and the days it counted in are marked changed
    (`snapshot_changes`), so the analyst refresh recomputes them and the 29 days after (first-seen, returning,
    carried-forward fleet, retention cohorts) from what is left.
 Days beyond the snapshots' TTL keep their aggregates: they hold no UID's row, and cannot be recomputed.
 
-With the writers stopped: a worker running meanwhile would keep the UID's contribution in its roll-up state (the
-CLI refuses while a stack holds the embedded chDB).
+Writers may run meanwhile (POST /api/forget on a running stack): a worker reads the register before each batch,
+takes the UID out of its roll-up state and erases it again in its next write, after that write's inserts
+(`InWrite`, processors/rollup.py `roll_up`); the aggregate rows recomputed here are one version above the newest
+of theirs, so the worker's next rows still win.
 """
 
 from __future__ import annotations
@@ -107,8 +109,8 @@ def register(client: Client) -> dict[str, int]:
 
 
 def erase(store: ClickHouseStore, uids: Sequence[str], now: datetime | None = None) -> list[Erasure]:
-    """Erase every UID of `uids` (see the module's docstring); one Erasure per UID, in order. Run with every writer
-    stopped. Values go to ClickHouse as bound parameters only."""
+    """Erase every UID of `uids` (see the module's docstring); one Erasure per UID, in order. Values go to
+    ClickHouse as bound parameters only."""
     at_ms = datetime_to_ms(now or datetime.now(UTC))
     out = []
     for uid in dict.fromkeys(uids):  # each once

@@ -275,3 +275,53 @@ def test_forget_while_a_worker_runs_and_a_batch_is_in_flight(tmp_path: Path):
             {"u": uid, "t": at},
         )[1]
         assert left == [(0,)]
+
+
+def test_forget_through_the_api_behind_the_token(tmp_path: Path):
+    """POST /api/forget: refused without a configured token (403) and with a wrong one (401); a list with one
+    non-UID changes nothing (400); otherwise one result per UID, as the command prints them."""
+    from starlette.testclient import TestClient
+
+    from core.config import load_settings
+    from dashboard import forget_route
+    from dashboard.analyst_sql import AnalystSessions, SqlSessions
+    from dashboard.api import create_app
+    from is_telemetry.worker_app import forgetter
+
+    def app_with(token: str) -> tuple[Any, Any, Any]:
+        settings = load_settings(None, api={"token": token}, clickhouse={"dsn": store.dsn})
+        forget_route.install(forgetter(settings))
+        sessions, panels = SqlSessions.from_settings(settings), AnalystSessions.from_settings(settings, size=1)
+        return create_app(settings, sessions, panels), sessions, panels
+
+    with opened(tmp_path / "chdb") as opened_store:
+        store = worker_store(opened_store)
+        consume(store, [to_records(small_deliveries())])
+        app, sessions, panels = app_with("")
+        try:
+            with TestClient(app, base_url="http://127.0.0.1:8481") as http:
+                r = http.post("/api/forget", json={"uids": [IS_UID_A]})
+                assert r.status_code == 403 and r.json()["error"] == "token_required", r.text
+        finally:
+            app.state.endpoint.close()
+            panels.close()
+        app, sessions, panels = app_with("s3cret")
+        auth = {"authorization": "Bearer s3cret"}
+        try:
+            with TestClient(app, base_url="http://127.0.0.1:8481") as http:
+                assert http.post("/api/forget", json={"uids": [IS_UID_A]}).status_code == 401
+                r = http.post("/api/forget", json={"uids": [IS_UID_A, "x' OR 1=1"]}, headers=auth)
+                assert r.status_code == 400 and "is not a UID" in r.json()["message"], r.text
+                assert traces(store, IS_UID_A)["snapshots"] == 2  # nothing changed
+                for bad in ({"uids": []}, {"uids": [1]}, {"uid": IS_UID_A}, [IS_UID_A]):
+                    assert http.post("/api/forget", json=bad, headers=auth).status_code == 400, bad
+                r = http.post("/api/forget", json={"uids": [IS_UID_A, CLI_UID]}, headers=auth)
+                assert r.status_code == 200, r.text
+                assert [x["outcome"] for x in r.json()["results"]] == ["erased", "erased"]
+                r = http.post("/api/forget", json={"uids": [IS_UID_A]}, headers=auth)
+                assert [x["outcome"] for x in r.json()["results"]] == ["already_erased"]
+        finally:
+            app.state.endpoint.close()
+            panels.close()
+            forget_route.install(None)
+        assert_fleet_is(store, without(small_deliveries(), [IS_UID_A, CLI_UID]))
