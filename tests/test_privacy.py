@@ -5,8 +5,9 @@ Covered: `forget` removes a deployment and a CLI install everywhere and every vi
 fleet without them (the day aggregates of tests/test_sink.py and every analyst view of producers/fleet_truth.py);
 a replay of the raw topic from offset 0 after it, and a late re-send received before the erasure, do not bring
 them back; a report received after the erasure counts; forgetting twice and forgetting an unknown UID change
-nothing; records that keep flowing around an erasure are neither lost nor counted twice; the retention TTLs remove
-what they say and keep every day aggregate.
+nothing; records that keep flowing around an erasure are neither lost nor counted twice (a restarted writer, a
+running worker with a batch in flight, and `is-telemetry up` erasing through POST /api/forget); the API refuses
+without its token; the retention TTLs remove what they say and keep every day aggregate.
 """
 
 from __future__ import annotations
@@ -325,3 +326,70 @@ def test_forget_through_the_api_behind_the_token(tmp_path: Path):
             panels.close()
             forget_route.install(None)
         assert_fleet_is(store, without(small_deliveries(), [IS_UID_A, CLI_UID]))
+
+
+def test_forget_on_a_running_embedded_stack_while_records_flow(tmp_path: Path):
+    """`is-telemetry up` (collector, broker, worker with its sink and API): records flow through the collector,
+    a deployment is erased through POST /api/forget, more records flow (its own new report among them): the erased
+    report never comes back, the others are counted once, the new report counts."""
+    import time
+
+    import httpx
+
+    from core.partitioning import partition_of
+    from core.uid import uid_from_elements
+    from tests.conftest import start_stack
+    from tests.test_sink import IS_UID_B, is_body
+
+    uid_c = "0f8fad5b-d9cb-469f-a165-70867728950f"
+    neighbour = next(  # a deployment whose records go to A's partition (8 partitions, `up`'s default)
+        u
+        for u in (uid_from_elements([f"https://n{i}.example.net/api/v3"] * 5) for i in range(1000))
+        if partition_of(u.encode(), 8) == partition_of(IS_UID_A.encode(), 8)
+    )
+    token = "privacy-test-token"
+    auth = {"authorization": f"Bearer {token}"}
+    stack = start_stack(tmp_path / "stack", "--no-simulate", env={"IS_TELEMETRY_API__TOKEN": token})
+
+    def sql(query: str) -> list[list[Any]]:
+        r = httpx.post(stack.api_url + "/api/sql", json={"query": query}, headers=auth, timeout=30)
+        r.raise_for_status()
+        return list(r.json()["rows"])
+
+    def send(body: bytes) -> None:
+        r = httpx.post(
+            stack.collector_url,
+            content=body,
+            headers={"content-type": "application/json", "user-agent": "TheThingsStack/3.32.1 (linux/amd64)"},
+            timeout=30,
+        )
+        assert r.status_code in (200, 202, 204), r.text
+
+    def until(query: str, want: list[list[Any]], timeout_s: float = 90) -> None:
+        deadline, got = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            got = sql(query)
+            if got == want:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{query}: {got}, wanted {want}\n{stack.log()}")
+
+    per_uid = "SELECT uid, end_devices FROM snapshots FINAL ORDER BY uid"
+    try:
+        send(is_body(IS_UID_A, end_devices=10))
+        send(is_body(IS_UID_B, end_devices=7))
+        until("SELECT sum(deployments), sum(end_devices) FROM fleet_daily", [[2, 17]])
+        r = httpx.post(stack.api_url + "/api/forget", json={"uids": [IS_UID_A, uid_c]}, headers=auth, timeout=120)
+        assert r.status_code == 200, r.text
+        assert [x["outcome"] for x in r.json()["results"]] == ["erased", "unknown"]
+        until("SELECT sum(deployments), sum(end_devices) FROM fleet_daily", [[1, 7]])
+        send(is_body(IS_UID_B, end_devices=8))  # records keep flowing: B's newer report replaces its first
+        send(is_body(neighbour, end_devices=5))  # a deployment in A's partition: its day row is written again
+        until(per_uid, sorted([[IS_UID_B, 8], [neighbour, 5]]))
+        until("SELECT sum(deployments), sum(end_devices) FROM fleet_daily", [[2, 13]])
+        send(is_body(IS_UID_A, end_devices=11))  # A's new report, received after the erasure: it counts
+        until(per_uid, sorted([[IS_UID_A, 11], [IS_UID_B, 8], [neighbour, 5]]))
+        until("SELECT sum(deployments), sum(end_devices) FROM fleet_daily", [[3, 24]])
+        assert sql("SELECT count() FROM snapshots WHERE uid = '" + IS_UID_A + "' AND end_devices = 10") == [[0]]
+    finally:
+        stack.stop()
