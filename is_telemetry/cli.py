@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
+from urllib.parse import urlparse
 
 import typer
 from typer._click import Command, Context  # typer 0.29 (pinned) parses with a copy of click of its own
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperArgument, TyperOption
 
-from core.config import Settings, check_api_exposure, describe_validation_errors, dotted, load_settings
+from core.config import Settings, check_api_exposure, describe_validation_errors, dotted, is_loopback, load_settings
 from core.errors import ConfigError
 from core.logsetup import setup_logging
 from core.preflight import check_data_dir
@@ -511,14 +512,28 @@ def config_cmd(
 @app.command()
 def forget(
     uids: Annotated[list[str], typer.Argument(help="UIDs of deployments (88-character base64) or CLI installs (UUID)")],
+    api: Annotated[
+        Optional[str],
+        typer.Option(
+            "--api",
+            show_default=False,
+            help="The API to ask (POST /api/forget, behind its token). Default: the API of the stack running on the "
+            "data directory; with none running, the data directory's chDB",
+        ),
+    ] = None,
+    token: Annotated[
+        Optional[str], typer.Option("--token", envvar="IS_TELEMETRY_API__TOKEN", help="Bearer token of the API")
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     clickhouse: ClickHouseOpt = None,
     log_level: LogLevelOpt = "warning",
 ) -> None:
-    """Erase deployments or CLI installs everywhere, and record it in the erasure register (docs/privacy.md). Stop the
-    stack (or every worker and sink writing to the ClickHouse server) first."""
+    """Erase deployments or CLI installs everywhere, and record it in the erasure register (docs/privacy.md): through
+    a running stack's API, on the data directory's chDB, or on a ClickHouse server (--clickhouse, the writing user)."""
     from core.preflight import chdb_holder
+    from is_telemetry import apiclient
+    from is_telemetry.stack.state import read_state
     from sinks.clickhouse import ClickHouseStore
     from sinks.erasure import Outcome, erase, is_uid
     from sinks.retention import Retention
@@ -533,28 +548,39 @@ def forget(
         raise typer.Exit(2)
     s = settings_from(config, data_dir=data_dir, clickhouse={"dsn": clickhouse})
     setup_logging(log_level)
-    if s.clickhouse_dsn.startswith("chdb:"):
+    if api is None and clickhouse is None and s.clickhouse_dsn.startswith("chdb:"):
         path = Path(s.clickhouse_dsn.removeprefix("chdb://"))
-        if not (path / "metadata").is_dir():
-            typer.echo(f"error: there is no chDB data at {path}: pass --data-dir or --clickhouse", err=True)
-            raise typer.Exit(2)
         holder = chdb_holder(path)
         if holder is not None:
-            typer.echo(
-                f"error: the chDB at {path} is in use by {f'pid {holder}' if holder else 'another process'}: stop the "
-                "stack, run forget, then start it again (a running worker would keep the UID in its roll-up state)",
-                err=True,
-            )
+            state = read_state(s.data_dir.resolve()) or {}
+            api = str(state.get("api_url", "")) or None
+            if api is None or not is_loopback(urlparse(api).hostname or ""):
+                typer.echo(
+                    f"error: the chDB at {path} is in use by {f'pid {holder}' if holder else 'another process'} and "
+                    "no loopback API of it is recorded: pass its API (--api http://127.0.0.1:PORT), or stop it",
+                    err=True,
+                )
+                raise typer.Exit(2)
+        elif not (path / "metadata").is_dir():
+            typer.echo(f"error: there is no chDB data at {path}: pass --data-dir, --api or --clickhouse", err=True)
             raise typer.Exit(2)
-    store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days, retention=Retention.of(s.clickhouse))
-    store = store.open()
-    try:
-        done = erase(store, uids)
-    finally:
-        store.close()
-    for e in done:
-        typer.echo(printable(e.message()))
-    if any(e.outcome is Outcome.UNKNOWN for e in done):
+    if api is not None:
+        try:
+            results = apiclient.forget(api, uids, token or s.api.token)
+        except apiclient.ApiError as exc:
+            typer.echo(f"error: {printable(str(exc))} (asked the API at {api})", err=True)
+            raise typer.Exit(1) from exc
+        lines = [(str(r.get("outcome", "")), str(r.get("message", ""))) for r in results]
+    else:
+        store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days, retention=Retention.of(s.clickhouse))
+        store = store.open()
+        try:
+            lines = [(str(e.outcome), e.message()) for e in erase(store, uids)]
+        finally:
+            store.close()
+    for _, message in lines:
+        typer.echo(printable(message))
+    if any(outcome == Outcome.UNKNOWN for outcome, _ in lines):
         raise typer.Exit(1)
 
 

@@ -35,6 +35,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from core.errors import ConfigError
 from core.partitioning import partition_of
@@ -58,6 +59,7 @@ class ClickHouseStore(Protocol):
 log = logging.getLogger(__name__)
 
 _SYNC = {"mutations_sync": 2}
+UNKNOWN_TABLE = 60  # ClickHouse's error code
 
 
 class ErasureRefused(ConfigError):
@@ -104,7 +106,12 @@ def is_uid(uid: str) -> bool:
 
 def register(client: Client) -> dict[str, int]:
     """uid -> when it was last erased (ms since the epoch, UTC)."""
-    rows = client.query("SELECT uid, toUnixTimestamp64Milli(max(erased_at)) FROM erasures GROUP BY uid").result_rows
+    try:
+        rows = client.query("SELECT uid, toUnixTimestamp64Milli(max(erased_at)) FROM erasures GROUP BY uid").result_rows
+    except DatabaseError as exc:
+        if getattr(exc, "code", None) == UNKNOWN_TABLE:
+            return {}  # a store at an older migration (0008 adds the register): nothing was ever erased
+        raise
     return {str(uid): int(ms) for uid, ms in rows}
 
 

@@ -330,7 +330,7 @@ def test_forget_through_the_api_behind_the_token(tmp_path: Path):
 
 def test_forget_on_a_running_embedded_stack_while_records_flow(tmp_path: Path):
     """`is-telemetry up` (collector, broker, worker with its sink and API): records flow through the collector,
-    a deployment is erased through POST /api/forget, more records flow (its own new report among them): the erased
+    a deployment is erased by `is-telemetry forget` through the stack's API, more records flow (its own new report among them): the erased
     report never comes back, the others are counted once, the new report counts."""
     import time
 
@@ -379,9 +379,12 @@ def test_forget_on_a_running_embedded_stack_while_records_flow(tmp_path: Path):
         send(is_body(IS_UID_A, end_devices=10))
         send(is_body(IS_UID_B, end_devices=7))
         until("SELECT sum(deployments), sum(end_devices) FROM fleet_daily", [[2, 17]])
-        r = httpx.post(stack.api_url + "/api/forget", json={"uids": [IS_UID_A, uid_c]}, headers=auth, timeout=120)
-        assert r.status_code == 200, r.text
-        assert [x["outcome"] for x in r.json()["results"]] == ["erased", "unknown"]
+        # `forget` finds the running stack's API in the data directory, as `sql` does, and sends the token there
+        cmd = [sys.executable, "-m", "is_telemetry", "forget", IS_UID_A, uid_c, "--data-dir", str(stack.data_dir)]
+        env = {**os.environ, "IS_TELEMETRY_API__TOKEN": token}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        assert done.returncode == 1, done.stderr  # uid_c is unknown
+        assert "erased at" in done.stdout and "nothing is stored" in done.stdout, done.stdout
         until("SELECT sum(deployments), sum(end_devices) FROM fleet_daily", [[1, 7]])
         send(is_body(IS_UID_B, end_devices=8))  # records keep flowing: B's newer report replaces its first
         send(is_body(neighbour, end_devices=5))  # a deployment in A's partition: its day row is written again
