@@ -194,14 +194,6 @@ def _remove(c: Client, p: dict[str, Any], days: list[date]) -> None:
         parameters=p,
         settings=_SYNC,
     )
-    c.command(
-        "ALTER TABLE analyst_daily UPDATE behind_top = arrayFilter(x -> tupleElement(x, 'uid') != {u:String}, "
-        "behind_top), jumps = arrayFilter(x -> tupleElement(x, 'uid') != {u:String}, jumps) "
-        "WHERE arrayExists(x -> tupleElement(x, 'uid') = {u:String}, behind_top) "
-        "OR arrayExists(x -> tupleElement(x, 'uid') = {u:String}, jumps)",
-        parameters=p,
-        settings=_SYNC,
-    )
     c.command("ALTER TABLE uid_activity DELETE WHERE uid = {u:String}", parameters=p, settings=_SYNC)
     # ... rebuilt from reports received after the erasure, if any (they count: new reports)
     c.command(
@@ -210,16 +202,33 @@ def _remove(c: Client, p: dict[str, Any], days: list[date]) -> None:
         "FROM snapshots WHERE uid = {u:String} GROUP BY kind, uid",
         parameters=p,
     )
-    if days:  # what counted it: the analyst days, due again
-        _analyst_days_due(c, days)
+    empty = _analyst_days_due(c, days) if days else []  # what counted it: the analyst days, due again
+    # A refresh that read the snapshots before they were deleted may still append rows naming the UID, or of a day
+    # left empty: wait for it, then take them out (those that start from now on read what is left).
+    for view in ("analyst_daily_refresh", "retention_refresh"):
+        c.command(f"SYSTEM WAIT VIEW {view}")
+    if empty:
+        c.command(
+            "ALTER TABLE analyst_daily DELETE WHERE day IN {e:Array(Date)}", parameters={"e": empty}, settings=_SYNC
+        )
+    if not c.query("SELECT count() FROM snapshot_changes").result_rows[0][0]:
+        c.command("TRUNCATE TABLE retention_cohorts")  # nothing left at all: no cohort either
+    c.command(
+        "ALTER TABLE analyst_daily UPDATE behind_top = arrayFilter(x -> tupleElement(x, 'uid') != {u:String}, "
+        "behind_top), jumps = arrayFilter(x -> tupleElement(x, 'uid') != {u:String}, jumps) "
+        "WHERE arrayExists(x -> tupleElement(x, 'uid') = {u:String}, behind_top) "
+        "OR arrayExists(x -> tupleElement(x, 'uid') = {u:String}, jumps)",
+        parameters=p,
+        settings=_SYNC,
+    )
 
 
-def _analyst_days_due(c: Client, days: list[date]) -> None:
+def _analyst_days_due(c: Client, days: list[date]) -> list[date]:
     """Make the analyst refresh recompute every day the erased UID counted in, and the 29 after (its carried-forward
     look-back, first-seen and returning): a day is due when the changes of [D - 29, D] grow past what its row saw
     (sinks/migrations/0002_analyst_depth.sql). A day left without any snapshot is no longer a day with data: its
-    changes and its analyst row go. The days with data in [first, last + 29] then get more changes than were taken
-    away, so each of them is due."""
+    changes go (its analyst row, returned, goes after the refresh in flight). The days with data in
+    [first, last + 29] then get more changes than were taken away, so each of them is due."""
     d = {"days": days}
     empty = [
         r[0]
@@ -239,9 +248,8 @@ def _analyst_days_due(c: Client, days: list[date]) -> None:
             or 0
         )
         c.command("ALTER TABLE snapshot_changes DELETE WHERE day IN {empty:Array(Date)}", parameters=e, settings=_SYNC)
-        c.command("ALTER TABLE analyst_daily DELETE WHERE day IN {empty:Array(Date)}", parameters=e, settings=_SYNC)
     # the days with data in [first, last + 29], or else the latest one (the retention cohorts, recomputed when the
-    # total of the changes grows, must be recomputed too); none left at all: no cohort either
+    # total of the changes grows, must be recomputed too)
     due = [
         r[0]
         for r in c.query(
@@ -249,13 +257,12 @@ def _analyst_days_due(c: Client, days: list[date]) -> None:
             parameters={"first": min(days), "last": max(days)},
         ).result_rows
     ] or [r[0] for r in c.query("SELECT max(day) FROM snapshot_changes HAVING count() > 0").result_rows]
-    if not due:
-        c.command("TRUNCATE TABLE retention_cohorts")
-        return
-    c.command(
-        "INSERT INTO snapshot_changes SELECT arrayJoin({due:Array(Date)}), {n:UInt64}, now64(6, 'UTC')",
-        parameters={"n": removed + 1, "due": due},
-    )
+    if due:
+        c.command(
+            "INSERT INTO snapshot_changes SELECT arrayJoin({due:Array(Date)}), {n:UInt64}, now64(6, 'UTC')",
+            parameters={"n": removed + 1, "due": due},
+        )
+    return empty
 
 
 def _recompute(store: ClickHouseStore, uid: str, days: list[date], total: int) -> None:
