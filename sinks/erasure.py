@@ -144,22 +144,28 @@ def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
     c = store.client
     p: dict[str, Any] = {"u": uid, "t": at}
     days = _days(c, p)
-    reports = _count(c, "cli_reports WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}", p)
+    reports = _count(
+        c, "SELECT count() FROM cli_reports WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}", p
+    )
     rejected = _count(
         c,
-        "rejections WHERE received_at <= {t:DateTime64(3, 'UTC')} "
+        "SELECT count() FROM rejections WHERE received_at <= {t:DateTime64(3, 'UTC')} "
         "AND (position(body, {u:String}) > 0 OR position(message, {u:String}) > 0)",
         p,
     )
-    state = _count(c, "uid_activity WHERE uid = {u:String}", p)
+    state = _count(c, "SELECT count() FROM uid_activity WHERE uid = {u:String}", p)
     listed = _count(
         c,
-        "analyst_daily WHERE arrayExists(x -> tupleElement(x, 'uid') = {u:String}, behind_top) "
+        "SELECT count() FROM analyst_daily WHERE arrayExists(x -> tupleElement(x, 'uid') = {u:String}, behind_top) "
         "OR arrayExists(x -> tupleElement(x, 'uid') = {u:String}, jumps)",
         p,
     )
     total = store.recorded_partitions()
-    if days and total is None and _count(c, "rollup_partitions WHERE day IN {days:Array(Date)}", {"days": days}):
+    if (
+        days
+        and total is None
+        and _count(c, "SELECT count() FROM rollup_partitions WHERE day IN {days:Array(Date)}", {"days": days})
+    ):
         raise ErasureRefused(
             f"{uid}: the day aggregates exist but the raw topic's partition count is not recorded in ClickHouse "
             "(pipeline_settings): start a worker once (it records it), or run `is-telemetry rollup repartition`, then "
@@ -185,9 +191,16 @@ def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
 
 def _remove(c: Client, p: dict[str, Any], days: list[date]) -> None:
     """Steps 3 and 4 but the day aggregates: idempotent."""
-    where = "uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}"
-    c.command(f"ALTER TABLE snapshots DELETE WHERE {where}", parameters=p, settings=_SYNC)
-    c.command(f"ALTER TABLE cli_reports DELETE WHERE {where}", parameters=p, settings=_SYNC)
+    c.command(
+        "ALTER TABLE snapshots DELETE WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}",
+        parameters=p,
+        settings=_SYNC,
+    )
+    c.command(
+        "ALTER TABLE cli_reports DELETE WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}",
+        parameters=p,
+        settings=_SYNC,
+    )
     c.command(
         "ALTER TABLE rejections UPDATE body = '', message = '' WHERE received_at <= {t:DateTime64(3, 'UTC')} "
         "AND (position(body, {u:String}) > 0 OR position(message, {u:String}) > 0)",
@@ -205,8 +218,8 @@ def _remove(c: Client, p: dict[str, Any], days: list[date]) -> None:
     empty = _analyst_days_due(c, days) if days else []  # what counted it: the analyst days, due again
     # A refresh that read the snapshots before they were deleted may still append rows naming the UID, or of a day
     # left empty: wait for it, then take them out (those that start from now on read what is left).
-    for view in ("analyst_daily_refresh", "retention_refresh"):
-        c.command(f"SYSTEM WAIT VIEW {view}")
+    c.command("SYSTEM WAIT VIEW analyst_daily_refresh")
+    c.command("SYSTEM WAIT VIEW retention_refresh")
     if empty:
         c.command(
             "ALTER TABLE analyst_daily DELETE WHERE day IN {e:Array(Date)}", parameters={"e": empty}, settings=_SYNC
@@ -316,6 +329,6 @@ class InWrite:
             return list(self._pending)
 
 
-def _count(client: Client, source: str, parameters: dict[str, Any]) -> int:
-    """count() of `source` (a code constant with bound parameters)."""
-    return int(client.query(f"SELECT count() FROM {source}", parameters=parameters).result_rows[0][0])
+def _count(client: Client, sql: str, parameters: dict[str, Any]) -> int:
+    """The count a `SELECT count() ...` (a code constant with bound parameters) answers."""
+    return int(client.query(sql, parameters=parameters).result_rows[0][0])

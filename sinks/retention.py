@@ -20,11 +20,6 @@ from clickhouse_connect.driver.client import Client
 
 from core.config import ClickHouseSettings
 
-#: rejections: the columns that hold what a sender sent (its body, and the validation message that may quote it)
-REJECTION_TEXT_COLUMNS = ("body", "message")
-#: the per-UID analyst state and the column its age is measured on
-UID_STATE_TABLE, UID_STATE_DAY = "uid_activity", "last_day"
-
 
 @dataclass(frozen=True)
 class Retention:
@@ -44,21 +39,21 @@ def apply(client: Client, retention: Retention) -> None:
         str(r[0])
         for r in client.query(
             "SELECT name FROM system.tables WHERE database = currentDatabase() AND name IN {names:Array(String)}",
-            parameters={"names": ["rejections", UID_STATE_TABLE]},
+            parameters={"names": ["rejections", "uid_activity"]},
         ).result_rows
     }
     if "rejections" in present:
         days = int(retention.rejection_body_days)  # an int from the configuration, never text
-        if days > 0:
-            clauses = ", ".join(f"MODIFY COLUMN {c} TTL day + toIntervalDay({days})" for c in REJECTION_TEXT_COLUMNS)
-            client.command(f"ALTER TABLE rejections {clauses}")
-        elif "TTL" in str(client.command("SHOW CREATE TABLE rejections")):
+        if days > 0:  # the columns that hold what a sender sent: its body, and the message that may quote it
             client.command(
-                "ALTER TABLE rejections " + ", ".join(f"MODIFY COLUMN {c} REMOVE TTL" for c in REJECTION_TEXT_COLUMNS)
+                f"ALTER TABLE rejections MODIFY COLUMN body TTL day + toIntervalDay({days}), "
+                f"MODIFY COLUMN message TTL day + toIntervalDay({days})"
             )
-    if UID_STATE_TABLE in present:
+        elif "TTL" in str(client.command("SHOW CREATE TABLE rejections")):
+            client.command("ALTER TABLE rejections MODIFY COLUMN body REMOVE TTL, MODIFY COLUMN message REMOVE TTL")
+    if "uid_activity" in present:
         days = int(retention.uid_state_days)
-        if days > 0:
-            client.command(f"ALTER TABLE {UID_STATE_TABLE} MODIFY TTL {UID_STATE_DAY} + toIntervalDay({days})")
-        elif "TTL" in str(client.command(f"SHOW CREATE TABLE {UID_STATE_TABLE}")):
-            client.command(f"ALTER TABLE {UID_STATE_TABLE} REMOVE TTL")
+        if days > 0:  # the per-UID analyst state, measured on the UID's last day
+            client.command(f"ALTER TABLE uid_activity MODIFY TTL last_day + toIntervalDay({days})")
+        elif "TTL" in str(client.command("SHOW CREATE TABLE uid_activity")):
+            client.command("ALTER TABLE uid_activity REMOVE TTL")

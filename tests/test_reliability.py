@@ -1019,6 +1019,7 @@ ALLOWED_SQL_INTERPOLATIONS = {
     ("dashboard/analyst_sql.py", "canonical"),
     ("dashboard/sql_check.py", "str(kind)[:40]"),  # an error message that shows a query to use, not SQL
     ("sinks/clickhouse.py", "table"),  # _apply_ttl: a name from the module constant TTL_TABLES
+    ("sinks/retention.py", "days"),  # int() of the configuration's retention days
 }
 
 
