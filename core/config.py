@@ -234,6 +234,16 @@ class ClickHouseSettings(_Section):
         gt=0,
         description="How long a write retries while ClickHouse is unavailable before its partitions are paused and rewound (and the longest a stop or rebalance waits for it)",
     )
+    rejection_body_ttl_days: int = Field(
+        0,
+        ge=0,
+        description="Empty the body and message of rejected records after N days; the rows stay, so rejected counts stay exact (0 = keep; docs/privacy.md suggests 90)",
+    )
+    uid_state_ttl_days: int = Field(
+        0,
+        ge=0,
+        description="Forget a UID's analyst state (uid_activity: first and last day, days seen) N days after its last day (0 = keep; docs/privacy.md suggests 396, with snapshot_ttl_days 396)",
+    )
 
     _dsn = field_validator("dsn")(classmethod(lambda cls, v: check_clickhouse_dsn(v)))
 

@@ -31,7 +31,7 @@ from core.config import Settings, is_loopback
 from core.errors import Forbidden, RequestRefused, Unauthorized, UnsupportedMediaType
 from core.httpedge import read_body
 from core.httperrors import error_response, refusal
-from dashboard import freshness, metrics, panels
+from dashboard import forget_route, freshness, metrics, panels
 from dashboard.analyst_sql import AnalystSessions, SqlSessions
 from dashboard.responses import OrjsonResponse
 from dashboard.sql_endpoint import SqlEndpoint, request_of
@@ -147,6 +147,7 @@ def create_app(settings: Settings, sessions: SqlSessions, panel_sessions: Analys
 
     routes: list[BaseRoute] = [
         Route("/api/sql", sql, methods=["POST"]),
+        forget_route.route(settings),  # POST /api/forget (docs/privacy.md)
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint),
         *panels.routes(settings, panel_sessions),

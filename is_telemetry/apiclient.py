@@ -129,3 +129,22 @@ def metrics(url: str, timeout_s: float = 2.0, client: httpx.Client | None = None
     except httpx.HTTPError:
         return None
     return parse_metrics(r.text)
+
+
+def forget(base_url: str, uids: list[str], token: str = "", timeout_s: float = 300.0) -> list[dict[str, Any]]:
+    """POST /api/forget (docs/privacy.md): one result object per UID (`uid`, `outcome`, `message`)."""
+    try:
+        r = httpx.post(
+            base_url.rstrip("/") + "/api/forget",
+            json={"uids": uids},
+            headers={"authorization": f"Bearer {token}"} if token else {},
+            timeout=timeout_s,
+        )
+    except httpx.HTTPError as exc:
+        raise ApiError(0, "unreachable", f"the API at {base_url} did not answer: {exc}") from exc
+    if r.status_code != 200:
+        raise _error_of(r)
+    results = r.json().get("results")
+    if not isinstance(results, list) or not all(isinstance(x, dict) for x in results):
+        raise ApiError(200, "bad_response", f"the API at {base_url} answered without results")
+    return results

@@ -7,13 +7,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
+from urllib.parse import urlparse
 
 import typer
 from typer._click import Command, Context  # typer 0.29 (pinned) parses with a copy of click of its own
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperArgument, TyperOption
 
-from core.config import Settings, check_api_exposure, describe_validation_errors, dotted, load_settings
+from core.config import Settings, check_api_exposure, describe_validation_errors, dotted, is_loopback, load_settings
 from core.errors import ConfigError
 from core.logsetup import setup_logging
 from core.preflight import check_data_dir
@@ -400,12 +401,15 @@ def api(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Serve the HTTP API and dashboard standalone (against a ClickHouse server)."""
+    from dashboard import forget_route
     from dashboard.server import serve
+    from is_telemetry.worker_app import forgetter
 
     s = settings_from(
         config, serves_api=True, clickhouse={"dsn": clickhouse}, api={"port": _port(port), "host": host or None}
     )
     setup_logging(log_level)
+    forget_route.install(forgetter(s))  # POST /api/forget, with the writing user (clickhouse.dsn)
     serve(s, log_level=log_level)
 
 
@@ -514,6 +518,81 @@ def config_cmd(
     typer.echo(yaml.safe_dump(settings_from(config).model_dump(mode="json"), sort_keys=False), nl=False)
 
 
+@app.command()
+def forget(
+    uids: Annotated[list[str], typer.Argument(help="UIDs of deployments (88-character base64) or CLI installs (UUID)")],
+    api: Annotated[
+        Optional[str],
+        typer.Option(
+            "--api",
+            show_default=False,
+            help="The API to ask (POST /api/forget, behind its token). Default: the API of the stack running on the "
+            "data directory; with none running, the data directory's chDB",
+        ),
+    ] = None,
+    token: Annotated[
+        Optional[str], typer.Option("--token", envvar="IS_TELEMETRY_API__TOKEN", help="Bearer token of the API")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    clickhouse: ClickHouseOpt = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Erase deployments or CLI installs everywhere, and record it in the erasure register (docs/privacy.md): through
+    a running stack's API, on the data directory's chDB, or on a ClickHouse server (--clickhouse, the writing user)."""
+    from core.preflight import chdb_holder
+    from is_telemetry import apiclient
+    from is_telemetry.stack.state import read_state
+    from sinks.clickhouse import ClickHouseStore
+    from sinks.erasure import Outcome, erase, is_uid
+    from sinks.retention import Retention
+
+    bad = [u for u in uids if not is_uid(u)]
+    if bad:
+        typer.echo(
+            f"error: {printable(bad[0][:100])!r} is not a UID (88-character base64 for a deployment, a UUID for a CLI "
+            "install; `is-telemetry uid` computes a deployment's): nothing changed",
+            err=True,
+        )
+        raise typer.Exit(2)
+    s = settings_from(config, data_dir=data_dir, clickhouse={"dsn": clickhouse})
+    setup_logging(log_level)
+    if api is None and clickhouse is None and s.clickhouse_dsn.startswith("chdb:"):
+        path = Path(s.clickhouse_dsn.removeprefix("chdb://"))
+        holder = chdb_holder(path)
+        if holder is not None:
+            state = read_state(s.data_dir.resolve()) or {}
+            api = str(state.get("api_url", "")) or None
+            if api is None or not is_loopback(urlparse(api).hostname or ""):
+                typer.echo(
+                    f"error: the chDB at {path} is in use by {f'pid {holder}' if holder else 'another process'} and "
+                    "no loopback API of it is recorded: pass its API (--api http://127.0.0.1:PORT), or stop it",
+                    err=True,
+                )
+                raise typer.Exit(2)
+        elif not (path / "metadata").is_dir():
+            typer.echo(f"error: there is no chDB data at {path}: pass --data-dir, --api or --clickhouse", err=True)
+            raise typer.Exit(2)
+    if api is not None:
+        try:
+            results = apiclient.forget(api, uids, token or s.api.token)
+        except apiclient.ApiError as exc:
+            typer.echo(f"error: {printable(str(exc))} (asked the API at {api})", err=True)
+            raise typer.Exit(1) from exc
+        lines = [(str(r.get("outcome", "")), str(r.get("message", ""))) for r in results]
+    else:
+        store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days, retention=Retention.of(s.clickhouse))
+        store = store.open()
+        try:
+            lines = [(str(e.outcome), e.message()) for e in erase(store, uids)]
+        finally:
+            store.close()
+    for _, message in lines:
+        typer.echo(printable(message))
+    if any(outcome == Outcome.UNKNOWN for outcome, _ in lines):
+        raise typer.Exit(1)
+
+
 rollup_app = typer.Typer(
     no_args_is_help=True, help="The roll-up's day aggregates in ClickHouse (per source partition)."
 )
@@ -535,11 +614,13 @@ def rollup_repartition(
     sink first (docs/operations.md, "Adding partitions")."""
     from core.kafka import topic_partitions
     from sinks.clickhouse import ClickHouseStore
+    from sinks.retention import Retention
 
     s = settings_from(config, data_dir=data_dir, kafka={"bootstrap_servers": kafka}, clickhouse={"dsn": clickhouse})
     setup_logging(log_level)
     n = partitions or topic_partitions(s, s.kafka.raw_topic)
-    store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days).open()
+    store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days, retention=Retention.of(s.clickhouse))
+    store = store.open()
     try:
         before = store.recorded_partitions()
         rows = store.repartition(n)

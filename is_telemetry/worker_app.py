@@ -23,18 +23,19 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from mode import Service
 
 from core.config import Settings, check_api_exposure
-from core.errors import ConfigError
+from core.errors import ConfigError, RequestRefused
 from core.kafka import ensure_topics, topic_partitions
 from core.ledger import StoredPositions
 from core.rows import Batch, PartitionBatch
 from core.streaming import faust_app, run_faust
 from processors.rollup import Rollups, preparer
 from processors.worker import Processors
-from sinks import metrics
+from sinks import erasure, metrics
 from sinks.base import Sink, SinkBackpressureError
 from sinks.clickhouse import ClickHouseStore, SinkUnavailable
 from sinks.consumer import SnapshotsReader
 from sinks.loop import ConsumerLoop
+from sinks.retention import Retention
 
 
 class ApiService(Service):
@@ -55,9 +56,11 @@ class ApiService(Service):
 
     async def on_start(self) -> None:
         def start() -> None:
+            from dashboard import forget_route
             from dashboard.server import ApiThread
 
             self.ready()
+            forget_route.install(forgetter(self.settings))
             self.api = ApiThread(self.settings, self.log_level).start()
 
         self.starting = threading.Thread(target=start, name="api-start", daemon=True)
@@ -118,9 +121,32 @@ class RollupSink(Sink[Batch]):
         self.rollups.drop(partitions)
 
 
+def forgetter(settings: Settings) -> Callable[[list[str]], list[dict[str, Any]]]:
+    """POST /api/forget's erasure (dashboard/forget_route.py, sinks/erasure.py): every UID checked first (nothing
+    changes if one is not a UID), then erased with the writing ClickHouse user, on a store opened for the call (the
+    migrations are the writer's)."""
+
+    def forget(uids: list[str]) -> list[dict[str, Any]]:
+        bad = [u for u in uids if not erasure.is_uid(u)]
+        if bad:
+            raise RequestRefused(erasure.Erasure(bad[0], erasure.Outcome.NOT_A_UID).message())
+        store = ClickHouseStore(settings.clickhouse_dsn)
+        try:
+            return [
+                {"uid": e.uid, "outcome": str(e.outcome), "message": e.message()} for e in erasure.erase(store, uids)
+            ]
+        finally:
+            store.close()
+
+    return forget
+
+
 def new_store(settings: Settings) -> ClickHouseStore:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ClickHouseStore(settings.clickhouse_dsn, settings.clickhouse.snapshot_ttl_days, settings.clickhouse.retry_s)
+    ttl = settings.clickhouse.snapshot_ttl_days
+    return ClickHouseStore(
+        settings.clickhouse_dsn, ttl, settings.clickhouse.retry_s, retention=Retention.of(settings.clickhouse)
+    )
 
 
 def open_store(settings: Settings) -> ClickHouseStore:

@@ -32,6 +32,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Protocol
 
+from core.partitioning import partition_of
 from core.rows import (
     COUNT_COLUMNS,
     MAP_COLUMNS,
@@ -44,6 +45,7 @@ from core.rows import (
     position,
 )
 from core.schema import SUMMED_COUNTS
+from processors.erased import ErasureRegister, drop_erased
 
 # The message's summed counts (core/schema.py); the rest of COUNT_COLUMNS are counts of deployments/installs.
 SUMMED = tuple(SUMMED_COUNTS)
@@ -285,6 +287,18 @@ class PartitionRollup:
     def uid_days(self) -> int:
         return sum(len(s.uids) for s in self.days.values())
 
+    def take_out(self, uid: str, until_ms: int) -> list[date]:
+        """Take an erased UID's messages received at or before `until_ms` out of the state (processors/erased.py);
+        the days whose figures changed."""
+        key, changed = uid_key(uid), []
+        for d, state in self.days.items():
+            entry = state.uids.get(key)
+            if entry is not None and _HEAD.unpack_from(entry)[0] <= until_ms:
+                self._apply(state, entry, -1)
+                del state.uids[key]
+                changed.append(date.fromordinal(d))
+        return sorted(changed)
+
 
 # -- rebuilding from the truth ------------------------------------------------------------------------------------
 
@@ -354,6 +368,21 @@ class Rollups:
         return sum(p.uid_days() for p in self.parts.values())
 
 
+def erased_in_state(rollups: Rollups, register: dict[str, int]) -> list[tuple[str, int]]:
+    """(uid, erased at) of the erased UIDs whose messages received up to their erasure are still in the state held:
+    counted before the register said so (a batch prepared before the erasure), or loaded from ClickHouse before the
+    erasure was complete."""
+    out = []
+    for uid, until in register.items():
+        roll = rollups.parts.get(partition_of(uid.encode(), rollups.partitions_total))
+        if roll is None:
+            continue
+        key = uid_key(uid)
+        if any(key in s.uids and _HEAD.unpack_from(s.uids[key])[0] <= until for s in roll.days.values()):
+            out.append((uid, until))
+    return out
+
+
 def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatch]) -> Batch:
     """Apply `parts` to the roll-up (loading the state of partitions not held yet) and return what to write: the
     new and late snapshots, the new rejections, the aggregate rows of the days touched, the late days to
@@ -361,8 +390,15 @@ def roll_up(rollups: Rollups, source: StateSource, parts: Iterable[PartitionBatc
     each CLI report counts in command usage (it resets its counts after each), so it is written too, and loses to
     the newer one under FINAL (sinks/migrations/0006_cli_reports.sql)."""
     parts = list(parts)
+    register = source.erased() if isinstance(source, ErasureRegister) else {}
+    parts, _ = drop_erased(parts, register)  # erased UIDs never come back (processors/erased.py)
     rollups.load(source, rollups.missing(p.partition for p in parts))
     b = Batch(partitions_total=rollups.partitions_total)
+    for uid, until in erased_in_state(rollups, register):
+        roll = rollups.parts[partition_of(uid.encode(), rollups.partitions_total)]
+        b.rollups.extend(roll.row(day) for day in roll.take_out(uid, until))
+        assert isinstance(source, ErasureRegister)
+        source.erase_in_write(uid, until, rollups.partitions_total, roll.next_version())
     for part in parts:
         roll = rollups.parts[part.partition]
         touched: set[date] = set()

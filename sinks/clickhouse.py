@@ -23,12 +23,14 @@ import time
 from collections.abc import Iterator
 from datetime import date
 
-from core.clickhouse_client import redact
+from core.clickhouse_client import connect, redact
 from core.rows import Batch, RejectionRow, RollupRow, SnapshotRow
+from sinks import erasure
 from sinks.connection import TRANSIENT_CODES, Connection, SinkUnavailable, StoreRefused
 from sinks.inserts import Inserter
 from sinks.migrate import TTL_TABLES, Migrator, migrations, ttl_horizon
 from sinks.repartition import PartitionCountChanged, Partitioning
+from sinks.retention import Retention
 from sinks.rollup_state import RollupState
 
 __all__ = [
@@ -47,11 +49,19 @@ class ClickHouseStore(Connection):
     """The pipeline's ClickHouse: migrations, idempotent writes, the roll-up's state source (processors/rollup.py
     `StateSource`), the partition count, and the project's own reads (`query`)."""
 
-    def __init__(self, dsn: str, snapshot_ttl_days: int = 0, retry_s: float = 30.0, retry_max_s: float = 8.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        snapshot_ttl_days: int = 0,
+        retry_s: float = 30.0,
+        retry_max_s: float = 8.0,
+        retention: Retention | None = None,
+    ) -> None:
         super().__init__(dsn, retry_s, retry_max_s)
         self.snapshot_ttl_days = snapshot_ttl_days
+        self.erasures = erasure.InWrite()  # erasures the roll-up found still counted (sinks/erasure.py)
         self.last_write_at: float | None = None
-        self.migrator = Migrator(self, snapshot_ttl_days)
+        self.migrator = Migrator(self, snapshot_ttl_days, retention)
         self.inserter = Inserter(self)
         self.rollup_state = RollupState(self)
         self.partitioning = Partitioning(self, self.rollup_state, self.inserter, snapshot_ttl_days)
@@ -79,12 +89,14 @@ class ClickHouseStore(Connection):
     def _write(self, batch: Batch) -> None:
         self.inserter.insert(batch.snapshots)
         self.inserter.insert(batch.rejections)
-        rollups = list(batch.rollups)
+        erasing = self.erasures.pending()  # after the inserts: a batch prepared before an erasure (sinks/erasure.py)
+        rollups = list(batch.rollups) + (self.erasures.run(self.client, self.recompute) if erasing else [])
         horizon = ttl_horizon(self.snapshot_ttl_days)
         for day, partition, version in batch.recompute:
             if horizon is None or day > horizon:  # beyond the TTL the snapshots are gone: keep the day's rows
                 rollups.append(self.recompute(day, partition, batch.partitions_total, version))
         self.inserter.insert(rollups)
+        self.erasures.done(erasing)
 
     def recompute(self, day: date, partition: int, partitions_total: int, version: int) -> RollupRow:
         return self.rollup_state.recompute(day, partition, partitions_total, version)
@@ -104,6 +116,17 @@ class ClickHouseStore(Connection):
 
     def rejections_since(self, partitions: list[int], since: date) -> Iterator[RejectionRow]:
         return self.rollup_state.rejections_since(partitions, since)
+
+    def erased(self) -> dict[str, int]:
+        """The erasure register (sinks/erasure.py): uid -> when it was last erased (ms); read before a batch is counted."""
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = connect(self.dsn)
+            return erasure.register(self._reader)
+
+    def erase_in_write(self, uid: str, until_ms: int, partitions_total: int, version: int) -> None:
+        """processors/erased.py `ErasureRegister`: done again by the next write (sinks/erasure.py `InWrite`)."""
+        self.erasures.add(uid, until_ms, partitions_total, version)
 
     # -- the raw topic's partition count --------------------------------------------------------------------------
 

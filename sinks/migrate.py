@@ -12,7 +12,9 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from core.clickhouse_client import redact
 from core.retry import first_line
+from sinks import retention
 from sinks.connection import TRANSIENT_CODES, Connection, StoreRefused
+from sinks.retention import Retention
 
 log = logging.getLogger("sinks.clickhouse")
 
@@ -47,8 +49,9 @@ def ttl_horizon(snapshot_ttl_days: int) -> date | None:
 class Migrator:
     """Applies the migrations not applied yet, then the TTL, on the writer's session."""
 
-    def __init__(self, connection: Connection, snapshot_ttl_days: int) -> None:
+    def __init__(self, connection: Connection, snapshot_ttl_days: int, retention: Retention | None = None) -> None:
         self.connection, self.snapshot_ttl_days = connection, snapshot_ttl_days
+        self.retention = retention or Retention()  # the other TTLs (sinks/retention.py)
         self._migrating = ""  # the migration being applied (for the error of one that fails)
 
     def migrate(self) -> list[str]:
@@ -108,6 +111,7 @@ class Migrator:
                 create = client.command(f"SHOW CREATE TABLE {table}")
                 if "TTL" in str(create):
                     client.command(f"ALTER TABLE {table} REMOVE TTL")
+        retention.apply(client, self.retention)
 
 
 def _chdb_unusable(dsn: str, reason: str) -> str:

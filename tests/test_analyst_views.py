@@ -11,22 +11,19 @@ forced merges: nothing may change.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from producers import fleet_truth
-from producers.simulator import Delivery, generate
+from producers.simulator import Delivery
 from sinks.clickhouse import ClickHouseStore
 from tests.analyst_checks import NAMED_VIEWS, differences, normalise
 from tests.chdb_store import consume, opened, refresh, split, store_reader, to_records
+from tests.sink_samples import DAYS, END, fleet
 
 pytestmark = pytest.mark.integration
-
-
-END = date(2025, 3, 31)
-DAYS = 45
 
 
 def view_rows(store: ClickHouseStore, source: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -41,11 +38,6 @@ def compare(store: ClickHouseStore, truth: dict[str, list[dict[str, Any]]]) -> N
     empty = [name for name in NAMED_VIEWS if not truth[name]]
     assert not empty, f"the simulation leaves {empty} empty: it proves nothing"
     assert differences(store_reader(store), truth) == {}
-
-
-def fleet(deployments: int = 80, cli_installs: int = 30, seed: int = 21) -> list[Delivery]:
-    sim = generate(deployments, cli_installs, DAYS, seed=seed, end_day=END, malformed_rate=0.02)
-    return sim.deliveries
 
 
 @pytest.fixture(scope="module")

@@ -185,10 +185,11 @@ def test_clickhouse_server_and_grafana_provisioning(config: dict[str, Any]) -> N
     # grants are the server's wall: SELECT on the telemetry database, temporary tables for generators, no source
     user = analyst.getElementsByTagName("users")[0].getElementsByTagName("analyst")[0]
     grants = [q.getAttribute("from_env") or q.firstChild.data for q in user.getElementsByTagName("query")]  # type: ignore[union-attr]
-    assert grants == ["ANALYST_GRANT_SELECT", "GRANT CREATE TEMPORARY TABLE ON *.*"], grants
+    assert grants == ["ANALYST_GRANT_SELECT", "ANALYST_REVOKE_REGISTER", "GRANT CREATE TEMPORARY TABLE ON *.*"], grants
     assert not user.getElementsByTagName("allow_databases")  # grants replace it (ClickHouse takes one or the other)
     db = env_of(ch).get("CLICKHOUSE_DB")
     assert env_of(ch)["ANALYST_GRANT_SELECT"] == f"GRANT SELECT ON {db}.*"
+    assert env_of(ch)["ANALYST_REVOKE_REGISTER"] == f"REVOKE SELECT ON {db}.erasures"  # docs/privacy.md
     image = ch["image"].split(":")[-1]
     assert tuple(int(x) for x in image.split(".")[:2]) >= (26, 8), image  # parseQueryToJSON
     assert env_of(services["api"])["IS_TELEMETRY_API__CLICKHOUSE_DSN"].startswith("http://analyst:")

@@ -16,7 +16,6 @@ query of docs/analysts.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import socket
@@ -33,7 +32,6 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from core.errors import QueryFailed, RequestRefused
 from core.kafka import HEADER_RECEIVED_AT
 from core.rows import Batch, RejectionRow, RollupRow, SnapshotRow, columns, values
-from core.uid import uid_from_elements
 from dashboard.analyst_sql import AnalystSessions, QueryLimits, SqlSessions
 from processors.pipeline import RawRecord, process
 from processors.replay import Replayer
@@ -57,6 +55,7 @@ from tests.chdb_store import (
     view,
 )
 from tests.oracle_views import extra_truth, sorted_truth
+from tests.sink_samples import IS_UID_A, is_body, small_deliveries
 from tests.store_names import (
     ANALYST_DEPTH_TABLES,
     ANALYST_DEPTH_VIEWS,
@@ -67,11 +66,6 @@ from tests.store_names import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-IS_UID_A = uid_from_elements(["https://a.example.net/api/v3"] * 5)
-IS_UID_B = uid_from_elements(["https://b.example.net/api/v3"] * 5)
-CLI_UID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,63 +101,6 @@ def everything(store: ClickHouseStore, positions: bool = True) -> dict[str, Any]
     out["snapshots_rows"] = store.query("SELECT count() FROM snapshots_latest")[1]
     out["rejections_rows"] = store.query("SELECT count() FROM rejections FINAL")[1]
     return out
-
-
-def is_body(
-    uid: str,
-    *,
-    end_devices: int = 10,
-    gateways: dict[str, int] | None = None,
-    binary_version: str = "3.32.1",
-    operating_system: str = "linux",
-    arch: str = "amd64",
-    golang_version: str = "go1.22.5",
-    last_day: int = 1,
-) -> bytes:
-    plans = gateways if gateways is not None else {"EU_863_870_TTN": 2}
-    obj = {
-        "uid": uid,
-        "os": {
-            "operating_system": operating_system,
-            "arch": arch,
-            "binary_version": binary_version,
-            "golang_version": golang_version,
-        },
-        "cli": None,
-        "entities_count": {
-            "gateways": {"total": sum(plans.values()), "gateways_by_frequency_plan_id": plans},
-            "end_devices": {
-                "total": end_devices,
-                "activate_end_devices": {"total": end_devices, "last_day": last_day, "last_week": 2, "last_month": 3},
-            },
-            "applications": {"total": 1},
-            "accounts": {"users": {"standard": 4, "admin": 1}, "organizations": {"total": 2}},
-        },
-    }
-    return json.dumps(obj, ensure_ascii=False).encode()
-
-
-def cli_body(uid: str = CLI_UID, binary_version: str = "3.34.2") -> bytes:
-    os_ = {
-        "operating_system": "darwin",
-        "arch": "arm64",
-        "binary_version": binary_version,
-        "golang_version": "go1.23.1",
-    }
-    return json.dumps({"uid": uid, "os": os_, "cli": {}, "entities_count": None}).encode()
-
-
-def small_deliveries(day0: int = DAY0) -> list[Delivery]:
-    """Two days from day0 (ms): two deployments (one sending twice on day 1), a CLI install, two rejects."""
-    return [
-        Delivery(day0 + 1 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=10)),
-        Delivery(day0 + 2 * H, IS_UID_B.encode(), is_body(IS_UID_B, end_devices=7, gateways={"US_902_928_FSB_2": 3})),
-        Delivery(day0 + 3 * H, CLI_UID.encode(), cli_body()),
-        Delivery(day0 + 4 * H, None, b"{not json"),
-        Delivery(day0 + 5 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=12, binary_version="3.33.0")),
-        Delivery(day0 + 26 * H, IS_UID_A.encode(), is_body(IS_UID_A, end_devices=13)),
-        Delivery(day0 + 27 * H, b"x", b'{"uid":"x","os":null,"cli":{},"entities_count":null}'),
-    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ ALLOWED_SQL_INTERPOLATIONS = {
     # (dashboard/sql_check.py); wrapped in SELECT * FROM (...) LIMIT 0 for its header, and that text checked again
     ("dashboard/analyst_sql.py", "canonical"),
     ("dashboard/sql_check.py", "str(kind)[:40]"),  # an error message that shows a query to use, not SQL
+    ("sinks/retention.py", "days"),  # int() of the configuration's retention days
 }
 
 

@@ -1,0 +1,71 @@
+"""Pure rules of erasure (docs/privacy.md): which rows of an erased UID the roll-up drops (processors/erased.py) and
+which UIDs `forget` takes (sinks/erasure.py `is_uid`, an allowlist)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import orjson
+
+from core.rows import PartitionBatch, RejectionRow, ms_to_datetime
+from core.uid import uid_from_elements
+from processors.erased import drop_erased
+from processors.snapshot import snapshot_row
+from processors.validate import validate
+from sinks.erasure import is_uid
+
+UID = uid_from_elements(["https://a.example.net/api/v3"] * 5)
+OTHER = uid_from_elements(["https://b.example.net/api/v3"] * 5)
+T = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def body(uid: str) -> bytes:
+    return orjson.dumps(
+        {
+            "uid": uid,
+            "os": {"operating_system": "linux", "arch": "amd64", "binary_version": "3.33.1", "golang_version": "go1"},
+            "cli": None,
+            "entities_count": {"gateways": {"total": 1}},
+        }
+    )
+
+
+def part(*received: tuple[str, int]) -> PartitionBatch:
+    p = PartitionBatch(0, len(received))
+    for offset, (uid, ms) in enumerate(received):
+        b = body(uid)
+        message = validate(b)
+        assert not isinstance(message, Exception), message
+        p.snapshots.append(snapshot_row(message, b, ms, 0, offset, []))  # type: ignore[arg-type]
+        p.bodies.append(b)
+    return p
+
+
+def rejection(text: str, ms: int) -> RejectionRow:
+    return RejectionRow(date(2026, 1, 1), ms_to_datetime(ms), "not_json", text, "raw", 0, 1, 0, text)
+
+
+def test_records_received_up_to_the_erasure_are_dropped_later_ones_count() -> None:
+    batch = part((UID, T - 1), (OTHER, T - 1), (UID, T), (UID, T + 1))
+    [kept], dropped = drop_erased([batch], {UID: T})
+    assert dropped == 2
+    assert [(r.uid, r.received_at_ms) for r in kept.snapshots] == [(OTHER, T - 1), (UID, T + 1)]
+    assert kept.bodies == [body(OTHER), body(UID)]  # each body stays with its row
+
+
+def test_no_register_changes_nothing() -> None:
+    batch = part((UID, T))
+    assert drop_erased([batch], {}) == ([batch], 0)
+
+
+def test_rejected_records_keep_their_row_and_lose_the_text_naming_an_erased_uid() -> None:
+    batch = part()
+    batch.rejections = [rejection(f"{{{UID}", T), rejection(f"{{{UID}", T + 1), rejection("{x", T)]
+    [kept], _ = drop_erased([batch], {UID: T})
+    assert [(r.body, r.message) for r in kept.rejections] == [("", ""), (f"{{{UID}", f"{{{UID}"), ("{x", "{x")]
+
+
+def test_forget_takes_both_kinds_of_uid_and_nothing_else() -> None:
+    assert is_uid(UID) and is_uid("0f8fad5b-d9cb-469f-a165-70867728950e")
+    for bad in ("", UID + "\n", UID[:-1], "x' OR 1=1 --", "0f8fad5b-d9cb-469f-a165-70867728950e\n", "%" * 88):
+        assert not is_uid(bad)
