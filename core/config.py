@@ -227,7 +227,9 @@ class ClickHouseSettings(_Section):
         "", description="chdb:///abs/path or http(s)://user:pass@host:8123/db; empty = chdb under data_dir"
     )
     snapshot_ttl_days: int = Field(
-        0, ge=0, description="Delete per-UID snapshot rows and CLI reports after N days (0 = keep)"
+        396,
+        ge=0,
+        description="Delete per-UID snapshot rows and CLI reports after N days (0 = keep; 396: 13 months, docs/privacy.md)",
     )
     retry_s: float = Field(
         30.0,
@@ -235,14 +237,14 @@ class ClickHouseSettings(_Section):
         description="How long a write retries while ClickHouse is unavailable before its partitions are paused and rewound (and the longest a stop or rebalance waits for it)",
     )
     rejection_body_ttl_days: int = Field(
-        0,
+        90,
         ge=0,
-        description="Empty the body and message of rejected records after N days; the rows stay, so rejected counts stay exact (0 = keep; docs/privacy.md suggests 90)",
+        description="Empty the body and message of rejected records after N days; the rows stay, so rejected counts stay exact (0 = keep)",
     )
     uid_state_ttl_days: int = Field(
-        0,
+        396,
         ge=0,
-        description="Forget a UID's analyst state (uid_activity: first and last day, days seen) N days after its last day (0 = keep; docs/privacy.md suggests 396, with snapshot_ttl_days 396)",
+        description="Forget a UID's analyst state (uid_activity: first and last day, days seen) N days after its last day (0 = keep)",
     )
 
     _dsn = field_validator("dsn")(classmethod(lambda cls, v: check_clickhouse_dsn(v)))

@@ -3,6 +3,7 @@ may not)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from tests.tiers import (  # noqa: F401 (pytest's hooks, installed here)
     pytest_runtest_makereport,
     pytest_runtest_protocol,
 )
+
+# Many tests send fixed days (2025), older than the default retention (core/config.py: 396 days for snapshots):
+# every stack and store a test starts keeps everything, unless the test sets a retention itself
+# (tests/test_privacy.py, the TTL tests of tests/test_sink.py).
+for _ttl in ("SNAPSHOT_TTL_DAYS", "REJECTION_BODY_TTL_DAYS", "UID_STATE_TTL_DAYS"):
+    os.environ.setdefault(f"IS_TELEMETRY_CLICKHOUSE__{_ttl}", "0")
 
 
 @pytest.fixture
