@@ -333,7 +333,7 @@ def test_forget_on_a_running_embedded_stack_while_records_flow(tmp_path: Path):
     from core.partitioning import partition_of
     from core.uid import uid_from_elements
     from tests.conftest import start_stack
-    from tests.test_sink import IS_UID_B, is_body
+    from tests.sink_samples import IS_UID_B, is_body
 
     uid_c = "0f8fad5b-d9cb-469f-a165-70867728950f"
     neighbour = next(  # a deployment whose records go to A's partition (8 partitions, `up`'s default)
