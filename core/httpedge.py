@@ -559,7 +559,10 @@ def server_config(
     app: Any, host: str, port: int, limits: EdgeLimits, log_level: str = "warning", **overrides: Any
 ) -> uvicorn.Config:
     """uvicorn settings every server here uses: the guarded protocol, no access log (client addresses are not
-    kept), no Server header, logging left to the process (so the repeat filter applies to uvicorn's lines)."""
+    kept), no Server header, logging left to the process (so the repeat filter applies to uvicorn's lines), and the
+    peer's address as the client's: uvicorn would believe X-Forwarded-For from 127.0.0.1 by default, so that any
+    local process could name a new client with every request; the collector reads that header itself, from
+    `collector.trusted_proxies` only (producers/client_limits.py)."""
     options: dict[str, Any] = dict(
         host=host,
         port=port,
@@ -568,6 +571,7 @@ def server_config(
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,
         lifespan="off",
     )
     options.update(overrides)

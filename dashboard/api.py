@@ -158,6 +158,9 @@ def create_app(settings: Settings, sessions: SqlSessions, panel_sessions: Analys
         middleware=[Middleware(BrowserGuard, check_host=not token, allowed_hosts=allowed)],
         exception_handlers={RequestRefused: on_refused, HTTPException: on_http, Exception: on_internal},
     )
+    # no route redirects (a trailing slash is an unknown path): a redirect's Location is built from the Host header
+    # the client sent, so a client that follows it would take its SQL, UIDs or token to that host
+    app.router.redirect_slashes = False
     app.state.endpoint = endpoint
     return app
 

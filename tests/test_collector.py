@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -649,3 +650,27 @@ def failing_collector() -> Iterator[ThreadCollector]:
     server = ThreadCollector(settings, FakeProducer("fail", delay_s=0.001))
     yield server
     server.stop()
+
+
+def test_a_forwarded_for_header_from_loopback_is_not_a_new_client() -> None:
+    """The second outside attack's finding 1: uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a local
+    process naming a new address with every request escaped the per-client budgets (1,384 new UIDs in 15 s). The
+    collector reads that header itself, from `collector.trusted_proxies` only (none by default): all of loopback
+    stays one client, whatever it claims."""
+    settings = collector_settings(
+        f"127.0.0.1:{free_port()}", "fake-topic", port=0, client_request_burst=5, client_requests_per_s=0.001
+    )
+    server = ThreadCollector(settings, FakeProducer("ok"))
+    try:
+        statuses = [
+            httpx.post(
+                server.url + "/collect",
+                content=with_uid(str(uuid.uuid4())),
+                headers={**TTS_HEADERS, "X-Forwarded-For": f"9.9.{i}.{i}"},
+                timeout=10,
+            ).status_code
+            for i in range(8)
+        ]
+    finally:
+        server.stop()
+    assert statuses == [202] * 5 + [429] * 3, statuses

@@ -738,3 +738,13 @@ def test_chunked_in_any_case_is_accepted(edge: Edge) -> None:
     with socket.create_connection(("127.0.0.1", edge.port), timeout=30) as s:
         s.sendall(chunked_head(edge, "Chunked") + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
         assert read_responses(s, 1)[0][0].startswith(b"HTTP/1.1 %d" % edge.status)
+
+
+def test_no_redirect_to_the_host_a_client_names(edge: Edge) -> None:
+    """The second outside attack's finding 7: `POST /api/forget/` with `Host: evil.example` answered 307 to
+    http://evil.example/api/forget, and a client that follows redirects would re-send its UIDs, SQL or token there.
+    No route redirects: a trailing slash is an unknown path."""
+    for path in (edge.body_path + "/", "/healthz/"):
+        r = httpx.post(edge.url + path, content=edge.body, headers={"Host": "evil.example"}, timeout=10)
+        assert r.status_code not in (301, 302, 303, 307, 308), (path, r.status_code, r.headers)
+        assert "evil.example" not in r.headers.get("location", ""), (path, r.headers)
