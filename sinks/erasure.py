@@ -2,11 +2,12 @@
 
 For each UID, in this order:
 1. what is stored of it is looked up (its snapshot days received at or before now, its CLI reports, its analyst
-   state, rejected bodies naming it). Nothing, and never erased: "unknown", nothing changes. Nothing, and erased
-   before: "already erased", nothing changes (forgetting twice is a no-op).
-2. the register gets (uid, erased_at): from then on the roll-up drops every record of it received at or before
-   erased_at (processors/erased.py), so a replay of the raw topic or a late re-send never brings it back; a report
-   received later is a new report and counts;
+   state, rejected bodies naming it). Nothing, and never erased: "unknown"; nothing, and erased before: "already
+   erased". No data changes then (forgetting twice is harmless), but the cut is recorded all the same (step 2): a
+   report the collector received before the request but the worker has not stored yet must not count either;
+2. the register gets (uid, erased_at), always: from then on the roll-up drops every record of it received at or
+   before erased_at (processors/erased.py), so a replay of the raw topic, a late re-send or a report still in flight
+   never brings it back; a report received later is a new report and counts;
 3. its snapshots and CLI reports received at or before erased_at are deleted, the bodies and messages of rejected
    records naming it are emptied (the rows stay: the rejected counts stay exact), its UID is taken out of the
    analyst rows that list UIDs (`behind_top`, `jumps`), and its analyst state (`uid_activity`) is deleted (and
@@ -77,7 +78,8 @@ class Outcome(StrEnum):
 class Erasure:
     uid: str
     outcome: Outcome
-    erased_at: datetime | None = None  # this erasure's, or the earlier one's (already erased)
+    erased_at: datetime | None = None  # this erasure's cut (recorded in the register)
+    before: datetime | None = None  # the previous erasure's (already erased)
     days: int = 0  # days of snapshots removed
     reports: int = 0  # CLI reports removed
     rejections: int = 0  # rejected records whose body or message was emptied
@@ -88,11 +90,13 @@ class Erasure:
                 f"{self.uid[:100]!r} is not a UID (88-character base64 for a deployment, a UUID for a CLI install); "
                 "nothing changed"
             )
-        if self.outcome is Outcome.UNKNOWN:
-            return f"{self.uid}: nothing is stored for this UID and it was never erased; nothing changed"
         when = self.erased_at.isoformat() if self.erased_at else "?"
+        cut = f"the erasure is recorded at {when} (table erasures): reports received before then will not be counted"
+        if self.outcome is Outcome.UNKNOWN:
+            return f"{self.uid}: nothing is stored for this UID and it was never erased; {cut}"
         if self.outcome is Outcome.ALREADY_ERASED:
-            return f"{self.uid}: already erased at {when}, nothing stored since; nothing changed"
+            before = self.before.isoformat() if self.before else "?"
+            return f"{self.uid}: already erased at {before}, nothing stored since; {cut}"
         return (
             f"{self.uid}: erased at {when}: {self.days} days of snapshots, {self.reports} CLI reports, "
             f"{self.rejections} rejected bodies; recorded in the register (table erasures)"
@@ -171,22 +175,24 @@ def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
             "(pipeline_settings): start a worker once (it records it), or run `is-telemetry rollup repartition`, then "
             "forget again; nothing changed"
         )
-    if not (days or reports or rejected or state or listed):
-        before = register(c).get(uid)  # small: one row per erasure
-        if before is None:
-            return Erasure(uid, Outcome.UNKNOWN)
-        return Erasure(uid, Outcome.ALREADY_ERASED, ms_to_datetime(before))
-    # 2. the register first: from here on the roll-up drops its records received up to `at`
+    stored = bool(days or reports or rejected or state or listed)
+    before = None if stored else register(c).get(uid)  # small: one row per erasure
+    # 2. the register first, always: from here on the roll-up drops its records received up to `at`, those still in
+    # flight (received, not stored yet) included
     c.insert(
         "erasures",
         [[uid, at, len(days), datetime.now(UTC)]],
         column_names=["uid", "erased_at", "days", "recorded_at"],
     )
+    if not stored:  # no data to change
+        if before is None:
+            return Erasure(uid, Outcome.UNKNOWN, at)
+        return Erasure(uid, Outcome.ALREADY_ERASED, at, ms_to_datetime(before))
     _remove(c, p, days)
     if days and total is not None:
         _recompute(store, uid, days, total)
     log.info("erased %s: %d days, %d CLI reports, %d rejected bodies", uid, len(days), reports, rejected)
-    return Erasure(uid, Outcome.ERASED, at, len(days), reports, rejected)
+    return Erasure(uid, Outcome.ERASED, at, days=len(days), reports=reports, rejections=rejected)
 
 
 def _remove(c: Client, p: dict[str, Any], days: list[date]) -> None:

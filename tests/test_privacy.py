@@ -148,16 +148,37 @@ def test_forget_twice_or_an_unknown_uid_changes_nothing(tmp_path: Path):
         refresh(store)
 
         def state() -> list[Any]:
-            tables = ("snapshots", "cli_reports", "rejections", "erasures", "rollup_partitions", "snapshot_changes")
+            tables = ("snapshots", "cli_reports", "rejections", "rollup_partitions", "snapshot_changes")
             activity = "SELECT kind, uid, first_day, last_day, bitmapToArray(days) FROM uid_activity ORDER BY ALL"
             return [store.query(f"SELECT * FROM {t} ORDER BY ALL")[1] for t in tables] + [store.query(activity)[1]]
 
-        before = state()
+        def register() -> list[Any]:
+            return store.query("SELECT uid FROM erasures ORDER BY uid")[1]
+
+        before, registered = state(), register()
         done = erase(store, [CLI_UID, unknown, "not a uid'; DROP TABLE snapshots"])
         assert [e.outcome for e in done] == [Outcome.ALREADY_ERASED, Outcome.UNKNOWN, Outcome.NOT_A_UID]
-        assert "already erased at" in done[0].message() and "nothing changed" in done[0].message()
+        assert "already erased at" in done[0].message() and "nothing stored since" in done[0].message()
         assert "nothing is stored" in done[1].message() and "nothing changed" in done[2].message()
-        assert state() == before
+        assert state() == before  # no data changes
+        # each forget records its cut, so a report received before it but stored later does not count
+        assert register() == sorted([*registered, (CLI_UID,), (unknown,)])
+
+
+def test_a_report_received_before_the_forget_but_stored_after_it_does_not_count(tmp_path: Path):
+    """The collector answered 202 for a UID's first report, the forget ran before the worker stored it: the forget
+    records its cut all the same, and the report is dropped when it is stored (and on a replay)."""
+    deliveries = small_deliveries()
+    last = max(d[0] for d in deliveries)
+    with opened(tmp_path / "chdb") as opened_store:
+        store = worker_store(opened_store)
+        first = [d for d in deliveries if d[0] < last]
+        consume(store, [to_records([d for d in first if not of_uid(d, IS_UID_A)])])
+        [done] = erase(store, [IS_UID_A], now=ms_to_datetime(last + 1000))  # nothing of it stored yet
+        assert done.outcome is Outcome.UNKNOWN and "nothing is stored" in done.message(), done.message()
+        consume(store, [to_records(deliveries)])  # the reports in flight land after the forget
+        assert traces(store, IS_UID_A)["snapshots"] == 0
+        assert_fleet_is(store, without(deliveries, [IS_UID_A]))
 
 
 def test_records_flowing_around_an_erasure_are_not_lost_or_counted_twice(tmp_path: Path):
@@ -236,7 +257,7 @@ def test_forget_command_on_a_stopped_embedded_stack(tmp_path: Path):
     with opened(data / "chdb") as opened_store:
         store = worker_store(opened_store)
         assert store.query("SELECT count() FROM snapshots WHERE uid = {u:String}", {"u": IS_UID_A})[1] == [(0,)]
-        assert store.query("SELECT count() FROM erasures")[1] == [(1,)]
+        assert store.query("SELECT count() FROM erasures")[1] == [(3,)]  # each forget records its cut
 
 
 def test_forget_while_a_worker_runs_and_a_batch_is_in_flight(tmp_path: Path):
