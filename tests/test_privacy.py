@@ -181,6 +181,48 @@ def test_a_report_received_before_the_forget_but_stored_after_it_does_not_count(
         assert_fleet_is(store, without(deliveries, [IS_UID_A]))
 
 
+def test_forget_finds_a_uid_written_with_json_escapes_or_a_uuid_in_upper_case(tmp_path: Path):
+    """A rejected body naming a deployment's UID with JSON escapes (`\\/`, `\\uXXXX`), and a CLI install whose UUID
+    was sent in upper case: `forget` with the UID as computed (a UUID in lower case) finds and erases them, and a
+    replay does not bring them back."""
+    from core.uid import uid_from_elements
+    from tests.sink_samples import cli_body, is_body
+
+    deliveries = small_deliveries()
+    last = max(d[0] for d in deliveries)
+    uid = next(u for u in (uid_from_elements([f"https://e{i}.example.net"] * 5) for i in range(99)) if "/" in u)
+    implausible = is_body(uid, end_devices=2 * 10**9)
+    slash = implausible.replace(uid.encode(), uid.replace("/", "\\/").encode())
+    unicode = implausible.replace(uid.encode(), (f"\\u00{ord(uid[0]):02x}" + uid[1:]).encode())
+    cli = "aabbccdd-1111-4222-8333-0123456789ab"
+    extra = [
+        Delivery(last + 1, uid.encode(), slash),
+        Delivery(last + 2, uid.encode(), unicode),
+        Delivery(last + 3, cli.upper().encode(), cli_body(cli.upper())),
+    ]
+    everything = [*deliveries, *extra]
+    named = "SELECT count() FROM rejections WHERE JSONExtractString(body, 'uid') = {u:String}"
+    with opened(tmp_path / "chdb") as opened_store:
+        store = worker_store(opened_store)
+        consume(store, [to_records(everything)])
+        assert store.query(named, {"u": uid})[1] == [(2,)]
+        rejected = store.query("SELECT count() FROM rejections")[1]
+        done = erase(store, [uid, cli], now=ms_to_datetime(last + 1000))
+        assert [(e.outcome, e.rejections, e.reports) for e in done] == [
+            (Outcome.ERASED, 2, 0),
+            (Outcome.ERASED, 0, 1),
+        ], [e.message() for e in done]
+        for _ in range(2):  # after the erasure, and after a replay from offset 0
+            assert store.query(named, {"u": uid})[1] == [(0,)]
+            assert store.query("SELECT count() FROM rejections")[1] == rejected  # the rows (the counts) stay
+            for table in ("snapshots", "cli_reports", "uid_activity"):
+                assert store.query(f"SELECT count() FROM {table} WHERE lower(uid) = {{u:String}}", {"u": cli})[1] == [
+                    (0,)
+                ], table
+            assert_fleet_is(store, without(everything, [cli.upper()]))
+            consume(store, [to_records(everything)])
+
+
 def test_records_flowing_around_an_erasure_are_not_lost_or_counted_twice(tmp_path: Path):
     """An erasure between batches of a stream (the writer stopped for it, then restarted: a fresh roll-up state
     rebuilt from ClickHouse), with records of the erased UID received before it (a late re-send) and after it in the

@@ -8,11 +8,12 @@ from datetime import date
 import orjson
 
 from core.rows import PartitionBatch, RejectionRow, ms_to_datetime
-from core.uid import uid_from_elements
+from core.uid import erasure_key, uid_from_elements
 from processors.erased import drop_erased
 from processors.snapshot import snapshot_row
 from processors.validate import validate
 from sinks.erasure import is_uid
+from tests.sink_samples import cli_body
 
 UID = uid_from_elements(["https://a.example.net/api/v3"] * 5)
 OTHER = uid_from_elements(["https://b.example.net/api/v3"] * 5)
@@ -20,6 +21,8 @@ T = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
 def body(uid: str) -> bytes:
+    if is_uid(uid) and "-" in uid:  # a CLI install's
+        return cli_body(uid)
     return orjson.dumps(
         {
             "uid": uid,
@@ -69,3 +72,24 @@ def test_forget_takes_both_kinds_of_uid_and_nothing_else() -> None:
     assert is_uid(UID) and is_uid("0f8fad5b-d9cb-469f-a165-70867728950e")
     for bad in ("", UID + "\n", UID[:-1], "x' OR 1=1 --", "0f8fad5b-d9cb-469f-a165-70867728950e\n", "%" * 88):
         assert not is_uid(bad)
+
+
+def test_a_uuid_is_compared_in_any_case_a_deployment_uid_as_written() -> None:
+    assert erasure_key("AABBCCDD-1111-4222-8333-0123456789AB") == "aabbccdd-1111-4222-8333-0123456789ab"
+    assert erasure_key(UID) == UID and erasure_key(UID.lower()) != UID  # base64: case matters
+    upper = "AABBCCDD-1111-4222-8333-0123456789AB"
+    batch = part((upper, T), (upper, T + 1))
+    [kept], dropped = drop_erased([batch], {erasure_key(upper.lower()): T})
+    assert dropped == 1 and [r.received_at_ms for r in kept.snapshots] == [T + 1]
+
+
+def test_rejected_text_naming_an_erased_uid_with_json_escapes_loses_it() -> None:
+    assert "/" in UID
+    escaped = '{"uid":"' + UID.replace("/", "\\/") + '"}'
+    unicode = '{"uid":"\\u00' + f"{ord(UID[0]):02x}" + UID[1:] + '"}'
+    upper = '{"uid":"AABBCCDD-1111-4222-8333-0123456789AB"}'
+    batch = part()
+    batch.rejections = [rejection(escaped, T), rejection(unicode, T), rejection(upper, T), rejection("{x", T)]
+    register = {UID: T, erasure_key("aabbccdd-1111-4222-8333-0123456789ab"): T}
+    [kept], _ = drop_erased([batch], register)
+    assert [(r.body, r.message) for r in kept.rejections] == [("", ""), ("", ""), ("", ""), ("{x", "{x")]
