@@ -578,13 +578,16 @@ def forget(
             results = apiclient.forget(api, uids, token or s.api.token)
         except apiclient.ApiError as exc:
             typer.echo(f"error: {printable(str(exc))} (asked the API at {api})", err=True)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(2 if 400 <= exc.status < 500 else 1) from exc  # refused: 2, as a refused UID
         lines = [(str(r.get("outcome", "")), str(r.get("message", ""))) for r in results]
     else:
         store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days, retention=Retention.of(s.clickhouse))
         store = store.open()
         try:
             lines = [(str(e.outcome), e.message()) for e in erase(store, uids)]
+        except ConfigError as exc:  # ErasureRefused: nothing changed
+            typer.echo(f"error: {printable(str(exc))}", err=True)
+            raise typer.Exit(2) from exc
         finally:
             store.close()
     for _, message in lines:
