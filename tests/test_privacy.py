@@ -302,6 +302,35 @@ def test_forget_command_on_a_stopped_embedded_stack(tmp_path: Path):
         assert store.query("SELECT count() FROM erasures")[1] == [(3,)]  # each forget records its cut
 
 
+def test_forget_on_a_chdb_another_process_takes_meanwhile_is_one_error_line(tmp_path: Path):
+    """Another process takes the chDB directory between `forget`'s check that it is free and its opening of it (a
+    concurrent `is-telemetry sql`): one `error:` line saying what is wrong and what to do, exit 2, no traceback."""
+    data = tmp_path / "data"
+    with opened(data / "chdb") as opened_store:
+        worker_store(opened_store)
+    hold = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+    hold += "print('held', flush=True); time.sleep(120)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(data / "chdb" / "status")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        # the check found it free: the other process took it right after
+        race = (
+            "import sys\nimport core.preflight as p\nfrom is_telemetry.cli import main\nreal, calls = p.chdb_holder, []\n"
+            "def first_free(path):\n    calls.append(path)\n    return None if len(calls) == 1 else real(path)\n"
+            "p.chdb_holder = first_free\nmain(sys.argv[1:])\n"
+        )
+        cmd = [sys.executable, "-c", race, "forget", IS_UID_A, "--data-dir", str(data)]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2, done.stderr
+        assert len(lines) == 1 and lines[0].startswith("error:") and "is in use by" in lines[0], lines
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_forget_while_a_worker_runs_and_a_batch_is_in_flight(tmp_path: Path):
     """A running worker (its roll-up state lives across the erasure) whose next batch was prepared before the
     erasure and is written after it: the worker takes the UID out of its state with its next batch and erases its
