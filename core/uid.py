@@ -7,6 +7,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core.schema import _valid_cli_uid
+
 DEFAULT_CONSOLE_BASE_URL = "http://localhost:1885/api/v3"
 CONSOLE_BASE_URL_KEYS = ("is", "gs", "ns", "as", "js")
 
@@ -28,3 +30,15 @@ def uid_elements_from_config(config: Mapping[str, Any]) -> list[str]:
 
 def uid_from_config(config: Mapping[str, Any]) -> str:
     return uid_from_elements(uid_elements_from_config(config))
+
+
+def erasure_key(uid: str) -> str:
+    """The one key erasure compares a UID by (sinks/erasure.py, processors/erased.py): a CLI install's UUID in lower
+    case (a UUID is case-insensitive, and the collector stores it as it was sent), a deployment's UID (base64 of a
+    digest: case matters) as written."""
+    return uid.lower() if _valid_cli_uid(uid) else uid
+
+
+def json_escaped(uid: str) -> str:
+    """The UID as many JSON encoders write it: `/` escaped as `\\/` (a deployment's base64 often holds one)."""
+    return uid.replace("/", "\\/")

@@ -10,6 +10,8 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.errors import TelemetryError
+from core.uid import erasure_key
+from dashboard.forget_route import MAX_UIDS
 
 
 class ApiError(TelemetryError):
@@ -131,10 +133,34 @@ def metrics(url: str, timeout_s: float = 2.0, client: httpx.Client | None = None
     return parse_metrics(r.text)
 
 
-def forget(base_url: str, uids: list[str], token: str = "", timeout_s: float = 300.0) -> list[dict[str, Any]]:
-    """POST /api/forget (docs/privacy.md): one result object per UID (`uid`, `outcome`, `message`)."""
+def forget(
+    base_url: str,
+    uids: list[str],
+    token: str = "",
+    timeout_s: float = 300.0,
+    client: httpx.Client | None = None,
+    batch: int = MAX_UIDS,
+) -> list[dict[str, Any]]:
+    """POST /api/forget (docs/privacy.md) in requests of at most `batch` UIDs (the API's limit): one result object
+    per UID (`uid`, `outcome`, `message`), in order. ApiError if a request is refused (the batches before it were
+    done), or if the results do not name exactly the UIDs asked for."""
+    owned = client is None
+    http = client if client is not None else httpx.Client()
+    out: list[dict[str, Any]] = []
     try:
-        r = httpx.post(
+        for start in range(0, len(uids), batch):
+            out.extend(_forget_batch(http, base_url, uids[start : start + batch], token, timeout_s))
+    finally:
+        if owned:
+            http.close()
+    return out
+
+
+def _forget_batch(
+    http: httpx.Client, base_url: str, uids: list[str], token: str, timeout_s: float
+) -> list[dict[str, Any]]:
+    try:
+        r = http.post(
             base_url.rstrip("/") + "/api/forget",
             json={"uids": uids},
             headers={"authorization": f"Bearer {token}"} if token else {},
@@ -144,7 +170,21 @@ def forget(base_url: str, uids: list[str], token: str = "", timeout_s: float = 3
         raise ApiError(0, "unreachable", f"the API at {base_url} did not answer: {exc}") from exc
     if r.status_code != 200:
         raise _error_of(r)
-    results = r.json().get("results")
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    results = body.get("results") if isinstance(body, dict) else None
     if not isinstance(results, list) or not all(isinstance(x, dict) for x in results):
         raise ApiError(200, "bad_response", f"the API at {base_url} answered without results")
+    # one result per UID asked (the API answers each UID once, a UUID in any case once)
+    asked = {erasure_key(u) for u in uids}
+    named = [erasure_key(str(x.get("uid", ""))) for x in results]
+    if len(named) != len(set(named)) or set(named) != asked:
+        raise ApiError(
+            200,
+            "bad_response",
+            f"the API at {base_url} answered for other UIDs than those asked for: nothing is known of their erasure; "
+            "check the API's address, and ask it again",
+        )
     return results

@@ -3,8 +3,11 @@ commands (imported at start); every other command imports its stage when it runs
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 from urllib.parse import urlparse
@@ -578,19 +581,55 @@ def forget(
             results = apiclient.forget(api, uids, token or s.api.token)
         except apiclient.ApiError as exc:
             typer.echo(f"error: {printable(str(exc))} (asked the API at {api})", err=True)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(2 if 400 <= exc.status < 500 else 1) from exc  # refused: 2, as a refused UID
         lines = [(str(r.get("outcome", "")), str(r.get("message", ""))) for r in results]
     else:
         store = ClickHouseStore(s.clickhouse_dsn, s.clickhouse.snapshot_ttl_days, retention=Retention.of(s.clickhouse))
-        store = store.open()
+        try:
+            with _native_stderr_held():  # chDB writes its own refusal there; ours says what to do
+                store = store.open()
+        except ConfigError as exc:  # StoreRefused: e.g. another process took the chDB directory meanwhile
+            holder = chdb_holder(Path(s.clickhouse_dsn.removeprefix("chdb://"))) if api is None else None
+            if holder is not None:
+                who = f"pid {holder}" if holder else "another process"
+                typer.echo(
+                    f"error: the chDB at {s.data_dir} is in use by {who} (an `is-telemetry sql` or a starting stack): "
+                    "run forget again when it is done, or through the stack's API; nothing changed",
+                    err=True,
+                )
+            else:
+                typer.echo(f"error: {printable(str(exc))}; nothing changed", err=True)
+            raise typer.Exit(2) from exc
         try:
             lines = [(str(e.outcome), e.message()) for e in erase(store, uids)]
+        except ConfigError as exc:  # ErasureRefused: nothing changed
+            typer.echo(f"error: {printable(str(exc))}", err=True)
+            raise typer.Exit(2) from exc
         finally:
             store.close()
     for _, message in lines:
         typer.echo(printable(message))
     if any(outcome == Outcome.UNKNOWN for outcome, _ in lines):
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _native_stderr_held() -> Iterator[None]:
+    """Hold what native code (chDB) writes to file descriptor 2 meanwhile: written out after a success, dropped after
+    a failure (the caller prints one `error:` line instead)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.buffer.write(held.read(1_000_000))
+        sys.stderr.flush()
 
 
 rollup_app = typer.Typer(

@@ -6,6 +6,9 @@ erasure (a replay of the raw topic from offset 0, a late re-send) is dropped bef
 received after the erasure is a new report and counts. A rejected record keeps its row (its reason is counted), but
 loses its body and message if they name an erased UID and it was received at or before the erasure.
 
+A UID is compared by its erasure key (core/uid.py `erasure_key`: a UUID in any case); a rejected text names it when
+it holds it as written or JSON-escaped (`\\/`), or its body's parsed `uid` is it (any JSON escape).
+
 Pure logic: the register is read by the caller.
 """
 
@@ -15,7 +18,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
+import orjson
+
 from core.rows import PartitionBatch, RejectionRow, datetime_to_ms
+from core.schema import _valid_cli_uid
+from core.uid import erasure_key, json_escaped
 
 
 @runtime_checkable
@@ -23,7 +30,7 @@ class ErasureRegister(Protocol):
     """A state source that keeps the erasure register (sinks/clickhouse.py `ClickHouseStore.erased`)."""
 
     def erased(self) -> dict[str, int]:
-        """uid -> when it was last erased (ms since the epoch, UTC)."""
+        """erasure key of the uid -> when it was last erased (ms since the epoch, UTC)."""
         ...
 
     def erase_in_write(self, uid: str, until_ms: int, partitions_total: int, version: int) -> None:
@@ -42,7 +49,7 @@ def drop_erased(parts: list[PartitionBatch], register: Mapping[str, int]) -> tup
         keep = [
             i
             for i, row in enumerate(part.snapshots)
-            if row.uid not in register or row.received_at_ms > register[row.uid]
+            if (key := erasure_key(row.uid)) not in register or row.received_at_ms > register[key]
         ]
         dropped += len(part.snapshots) - len(keep)
         if len(keep) != len(part.snapshots):
@@ -54,7 +61,25 @@ def drop_erased(parts: list[PartitionBatch], register: Mapping[str, int]) -> tup
 
 def _without_erased_text(row: RejectionRow, register: Mapping[str, int]) -> RejectionRow:
     received = datetime_to_ms(row.received_at)
-    for uid, erased_at in register.items():
-        if received <= erased_at and (uid in row.body or uid in row.message):
+    parsed = erasure_key(_parsed_uid(row.body))
+    for key, erased_at in register.items():
+        if received <= erased_at and (key == parsed or _names(row.body, key) or _names(row.message, key)):
             return replace(row, body="", message="")
     return row
+
+
+def _names(text: str, key: str) -> bool:
+    """`text` holds the UID of erasure key `key`: a UUID in any case, a deployment's as written or JSON-escaped."""
+    if _valid_cli_uid(key):
+        return key in text.lower()
+    return key in text or json_escaped(key) in text
+
+
+def _parsed_uid(body: str) -> str:
+    """The `uid` of a rejected body that is a JSON object (its escapes decoded), else ""."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    uid = value.get("uid") if isinstance(value, dict) else None
+    return uid if isinstance(uid, str) else ""

@@ -2,11 +2,12 @@
 
 For each UID, in this order:
 1. what is stored of it is looked up (its snapshot days received at or before now, its CLI reports, its analyst
-   state, rejected bodies naming it). Nothing, and never erased: "unknown", nothing changes. Nothing, and erased
-   before: "already erased", nothing changes (forgetting twice is a no-op).
-2. the register gets (uid, erased_at): from then on the roll-up drops every record of it received at or before
-   erased_at (processors/erased.py), so a replay of the raw topic or a late re-send never brings it back; a report
-   received later is a new report and counts;
+   state, rejected bodies naming it). Nothing, and never erased: "unknown"; nothing, and erased before: "already
+   erased". No data changes then (forgetting twice is harmless), but the cut is recorded all the same (step 2): a
+   report the collector received before the request but the worker has not stored yet must not count either;
+2. the register gets (uid, erased_at), always: from then on the roll-up drops every record of it received at or
+   before erased_at (processors/erased.py), so a replay of the raw topic, a late re-send or a report still in flight
+   never brings it back; a report received later is a new report and counts;
 3. its snapshots and CLI reports received at or before erased_at are deleted, the bodies and messages of rejected
    records naming it are emptied (the rows stay: the rejected counts stay exact), its UID is taken out of the
    analyst rows that list UIDs (`behind_top`, `jumps`), and its analyst state (`uid_activity`) is deleted (and
@@ -17,6 +18,10 @@ For each UID, in this order:
    (`snapshot_changes`), so the analyst refresh recomputes them and the 29 days after (first-seen, returning,
    carried-forward fleet, retention cohorts) from what is left.
 Days beyond the snapshots' TTL keep their aggregates: they hold no UID's row, and cannot be recomputed.
+
+A UID is matched by its erasure key (core/uid.py `erasure_key`): a CLI install's UUID in any case (the collector
+stores it as it was sent), a deployment's UID as written. A rejected record names it when its body or message holds
+it (also JSON-escaped, `\\/`), or its body's parsed `uid` is it (`\\uXXXX` escapes too).
 
 Writers may run meanwhile (POST /api/forget on a running stack): a worker reads the register before each batch,
 takes the UID out of its roll-up state and erases it again in its next write, after that write's inserts
@@ -41,6 +46,7 @@ from core.errors import ConfigError
 from core.partitioning import partition_of
 from core.rows import Batch, RollupRow, datetime_to_ms, ms_to_datetime
 from core.schema import _valid_cli_uid, _valid_is_uid
+from core.uid import erasure_key, json_escaped
 
 
 class ClickHouseStore(Protocol):
@@ -77,7 +83,8 @@ class Outcome(StrEnum):
 class Erasure:
     uid: str
     outcome: Outcome
-    erased_at: datetime | None = None  # this erasure's, or the earlier one's (already erased)
+    erased_at: datetime | None = None  # this erasure's cut (recorded in the register)
+    before: datetime | None = None  # the previous erasure's (already erased)
     days: int = 0  # days of snapshots removed
     reports: int = 0  # CLI reports removed
     rejections: int = 0  # rejected records whose body or message was emptied
@@ -88,11 +95,13 @@ class Erasure:
                 f"{self.uid[:100]!r} is not a UID (88-character base64 for a deployment, a UUID for a CLI install); "
                 "nothing changed"
             )
-        if self.outcome is Outcome.UNKNOWN:
-            return f"{self.uid}: nothing is stored for this UID and it was never erased; nothing changed"
         when = self.erased_at.isoformat() if self.erased_at else "?"
+        cut = f"the erasure is recorded at {when} (table erasures): reports received before then will not be counted"
+        if self.outcome is Outcome.UNKNOWN:
+            return f"{self.uid}: nothing is stored for this UID and it was never erased; {cut}"
         if self.outcome is Outcome.ALREADY_ERASED:
-            return f"{self.uid}: already erased at {when}, nothing stored since; nothing changed"
+            before = self.before.isoformat() if self.before else "?"
+            return f"{self.uid}: already erased at {before}, nothing stored since; {cut}"
         return (
             f"{self.uid}: erased at {when}: {self.days} days of snapshots, {self.reports} CLI reports, "
             f"{self.rejections} rejected bodies; recorded in the register (table erasures)"
@@ -105,14 +114,25 @@ def is_uid(uid: str) -> bool:
 
 
 def register(client: Client) -> dict[str, int]:
-    """uid -> when it was last erased (ms since the epoch, UTC)."""
+    """erasure key of the uid -> when it was last erased (ms since the epoch, UTC)."""
     try:
         rows = client.query("SELECT uid, toUnixTimestamp64Milli(max(erased_at)) FROM erasures GROUP BY uid").result_rows
     except DatabaseError as exc:
         if getattr(exc, "code", None) == UNKNOWN_TABLE:
             return {}  # a store at an older migration (0008 adds the register): nothing was ever erased
         raise
-    return {str(uid): int(ms) for uid, ms in rows}
+    out: dict[str, int] = {}
+    for uid, ms in rows:  # rows written before the key was lower case for a UUID: merged
+        key = erasure_key(str(uid))
+        out[key] = max(out.get(key, 0), int(ms))
+    return out
+
+
+def _params(uid: str, at: datetime) -> dict[str, Any]:
+    """The bound parameters that name the UID in the statements: `u` its erasure key (core/uid.py), `ci` whether it
+    compares in any case (a UUID: the stored UID is compared in lower case), `e` the key JSON-escaped."""
+    key = erasure_key(uid)
+    return {"u": key, "ci": _valid_cli_uid(key), "e": json_escaped(key), "t": at}
 
 
 def erase(store: ClickHouseStore, uids: Sequence[str], now: datetime | None = None) -> list[Erasure]:
@@ -120,7 +140,11 @@ def erase(store: ClickHouseStore, uids: Sequence[str], now: datetime | None = No
     ClickHouse as bound parameters only."""
     at_ms = datetime_to_ms(now or datetime.now(UTC))
     out = []
-    for uid in dict.fromkeys(uids):  # each once
+    seen: set[str] = set()
+    for uid in uids:  # each once (a UUID in any case), in order, as asked
+        if erasure_key(uid) in seen:
+            continue
+        seen.add(erasure_key(uid))
         if not is_uid(uid):
             out.append(Erasure(uid, Outcome.NOT_A_UID))
             continue
@@ -128,36 +152,44 @@ def erase(store: ClickHouseStore, uids: Sequence[str], now: datetime | None = No
     return out
 
 
-def _days(c: Client, p: dict[str, Any]) -> list[date]:
-    """The days of the UID's snapshots received up to the erasure."""
-    return [
-        r[0]
-        for r in c.query(
-            "SELECT DISTINCT day FROM snapshots WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')} "
-            "ORDER BY day",
-            parameters=p,
-        ).result_rows
-    ]
+def _days(c: Client, uid: str, p: dict[str, Any]) -> tuple[list[date], list[str]]:
+    """The days of the UID's snapshots received up to the erasure, and how the UID is written in them (a UUID may be
+    written in several cases: each spelling has its own partition)."""
+    rows = c.query(
+        "SELECT day, uid FROM snapshots WHERE if({ci:Bool}, lower(uid), uid) = {u:String} "
+        "AND received_at <= {t:DateTime64(3, 'UTC')} "
+        "GROUP BY day, uid ORDER BY day",
+        parameters=p,
+    ).result_rows
+    return sorted({r[0] for r in rows}), sorted({str(r[1]) for r in rows})
 
 
 def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
     c = store.client
-    p: dict[str, Any] = {"u": uid, "t": at}
-    days = _days(c, p)
+    p = _params(uid, at)
+    days, spellings = _days(c, uid, p)
     reports = _count(
-        c, "SELECT count() FROM cli_reports WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}", p
+        c,
+        "SELECT count() FROM cli_reports WHERE if({ci:Bool}, lower(uid), uid) = {u:String} "
+        "AND received_at <= {t:DateTime64(3, 'UTC')}",
+        p,
     )
     rejected = _count(
         c,
-        "SELECT count() FROM rejections WHERE received_at <= {t:DateTime64(3, 'UTC')} "
-        "AND (position(body, {u:String}) > 0 OR position(message, {u:String}) > 0)",
+        "SELECT count() FROM rejections WHERE received_at <= {t:DateTime64(3, 'UTC')} AND ("
+        "position(if({ci:Bool}, lower(body), body), {u:String}) > 0 OR position(body, {e:String}) > 0 "
+        "OR position(if({ci:Bool}, lower(message), message), {u:String}) > 0 OR position(message, {e:String}) > 0 "
+        "OR if({ci:Bool}, lower(JSONExtractString(body, 'uid')), JSONExtractString(body, 'uid')) = {u:String})",
         p,
     )
-    state = _count(c, "SELECT count() FROM uid_activity WHERE uid = {u:String}", p)
+    state = _count(c, "SELECT count() FROM uid_activity WHERE if({ci:Bool}, lower(uid), uid) = {u:String}", p)
     listed = _count(
         c,
-        "SELECT count() FROM analyst_daily WHERE arrayExists(x -> tupleElement(x, 'uid') = {u:String}, behind_top) "
-        "OR arrayExists(x -> tupleElement(x, 'uid') = {u:String}, jumps)",
+        "SELECT count() FROM analyst_daily WHERE "
+        "arrayExists(x -> if({ci:Bool}, lower(tupleElement(x, 'uid')), tupleElement(x, 'uid')) "
+        "= {u:String}, behind_top) "
+        "OR arrayExists(x -> if({ci:Bool}, lower(tupleElement(x, 'uid')), tupleElement(x, 'uid')) "
+        "= {u:String}, jumps)",
         p,
     )
     total = store.recorded_partitions()
@@ -171,48 +203,58 @@ def _erase_one(store: ClickHouseStore, uid: str, at: datetime) -> Erasure:
             "(pipeline_settings): start a worker once (it records it), or run `is-telemetry rollup repartition`, then "
             "forget again; nothing changed"
         )
-    if not (days or reports or rejected or state or listed):
-        before = register(c).get(uid)  # small: one row per erasure
-        if before is None:
-            return Erasure(uid, Outcome.UNKNOWN)
-        return Erasure(uid, Outcome.ALREADY_ERASED, ms_to_datetime(before))
-    # 2. the register first: from here on the roll-up drops its records received up to `at`
+    stored = bool(days or reports or rejected or state or listed)
+    before = None if stored else register(c).get(erasure_key(uid))  # small: one row per erasure
+    # 2. the register first, always: from here on the roll-up drops its records received up to `at`, those still in
+    # flight (received, not stored yet) included
     c.insert(
         "erasures",
-        [[uid, at, len(days), datetime.now(UTC)]],
+        [[erasure_key(uid), at, len(days), datetime.now(UTC)]],
         column_names=["uid", "erased_at", "days", "recorded_at"],
     )
-    _remove(c, p, days)
+    if not stored:  # no data to change
+        if before is None:
+            return Erasure(uid, Outcome.UNKNOWN, at)
+        return Erasure(uid, Outcome.ALREADY_ERASED, at, ms_to_datetime(before))
+    _remove(c, uid, p, days)
     if days and total is not None:
-        _recompute(store, uid, days, total)
+        _recompute(store, spellings, days, total)
     log.info("erased %s: %d days, %d CLI reports, %d rejected bodies", uid, len(days), reports, rejected)
-    return Erasure(uid, Outcome.ERASED, at, len(days), reports, rejected)
+    return Erasure(uid, Outcome.ERASED, at, days=len(days), reports=reports, rejections=rejected)
 
 
-def _remove(c: Client, p: dict[str, Any], days: list[date]) -> None:
+def _remove(c: Client, uid: str, p: dict[str, Any], days: list[date]) -> None:
     """Steps 3 and 4 but the day aggregates: idempotent."""
     c.command(
-        "ALTER TABLE snapshots DELETE WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}",
+        "ALTER TABLE snapshots DELETE WHERE if({ci:Bool}, lower(uid), uid) = {u:String} "
+        "AND received_at <= {t:DateTime64(3, 'UTC')}",
         parameters=p,
         settings=_SYNC,
     )
     c.command(
-        "ALTER TABLE cli_reports DELETE WHERE uid = {u:String} AND received_at <= {t:DateTime64(3, 'UTC')}",
+        "ALTER TABLE cli_reports DELETE WHERE if({ci:Bool}, lower(uid), uid) = {u:String} "
+        "AND received_at <= {t:DateTime64(3, 'UTC')}",
         parameters=p,
         settings=_SYNC,
     )
     c.command(
         "ALTER TABLE rejections UPDATE body = '', message = '' WHERE received_at <= {t:DateTime64(3, 'UTC')} "
-        "AND (position(body, {u:String}) > 0 OR position(message, {u:String}) > 0)",
+        "AND (position(if({ci:Bool}, lower(body), body), {u:String}) > 0 OR position(body, {e:String}) > 0 "
+        "OR position(if({ci:Bool}, lower(message), message), {u:String}) > 0 OR position(message, {e:String}) > 0 "
+        "OR if({ci:Bool}, lower(JSONExtractString(body, 'uid')), JSONExtractString(body, 'uid')) = {u:String})",
         parameters=p,
         settings=_SYNC,
     )
-    c.command("ALTER TABLE uid_activity DELETE WHERE uid = {u:String}", parameters=p, settings=_SYNC)
+    c.command(
+        "ALTER TABLE uid_activity DELETE WHERE if({ci:Bool}, lower(uid), uid) = {u:String}",
+        parameters=p,
+        settings=_SYNC,
+    )
     # ... rebuilt from reports received after the erasure, if any (they count: new reports)
     c.command(
         "INSERT INTO uid_activity SELECT kind, uid, min(day), max(day), groupBitmapState(toUInt32(day)), "
         "groupBitmapState(toUInt32(toMonday(day))), groupBitmapState(toUInt32(toStartOfMonth(day))) "
-        "FROM snapshots WHERE uid = {u:String} GROUP BY kind, uid",
+        "FROM snapshots WHERE if({ci:Bool}, lower(uid), uid) = {u:String} GROUP BY kind, uid",
         parameters=p,
     )
     empty = _analyst_days_due(c, days) if days else []  # what counted it: the analyst days, due again
@@ -227,10 +269,15 @@ def _remove(c: Client, p: dict[str, Any], days: list[date]) -> None:
     if not c.query("SELECT count() FROM snapshot_changes").result_rows[0][0]:
         c.command("TRUNCATE TABLE retention_cohorts")  # nothing left at all: no cohort either
     c.command(
-        "ALTER TABLE analyst_daily UPDATE behind_top = arrayFilter(x -> tupleElement(x, 'uid') != {u:String}, "
-        "behind_top), jumps = arrayFilter(x -> tupleElement(x, 'uid') != {u:String}, jumps) "
-        "WHERE arrayExists(x -> tupleElement(x, 'uid') = {u:String}, behind_top) "
-        "OR arrayExists(x -> tupleElement(x, 'uid') = {u:String}, jumps)",
+        "ALTER TABLE analyst_daily UPDATE "
+        "behind_top = arrayFilter(x -> if({ci:Bool}, lower(tupleElement(x, 'uid')), tupleElement(x, 'uid')) "
+        "!= {u:String}, behind_top), "
+        "jumps = arrayFilter(x -> if({ci:Bool}, lower(tupleElement(x, 'uid')), tupleElement(x, 'uid')) "
+        "!= {u:String}, jumps) "
+        "WHERE arrayExists(x -> if({ci:Bool}, lower(tupleElement(x, 'uid')), tupleElement(x, 'uid')) "
+        "= {u:String}, behind_top) "
+        "OR arrayExists(x -> if({ci:Bool}, lower(tupleElement(x, 'uid')), tupleElement(x, 'uid')) "
+        "= {u:String}, jumps)",
         parameters=p,
         settings=_SYNC,
     )
@@ -278,18 +325,19 @@ def _analyst_days_due(c: Client, days: list[date]) -> list[date]:
     return empty
 
 
-def _recompute(store: ClickHouseStore, uid: str, days: list[date], total: int) -> None:
-    """The aggregate rows of the UID's days and partition, recomputed from what is left, one version above the
+def _recompute(store: ClickHouseStore, spellings: list[str], days: list[date], total: int) -> None:
+    """The aggregate rows of the UID's days and partitions (one per spelling of it), recomputed from what is left, one version above the
     newest of those rows: above every row written before them; a worker running meanwhile writes its next rows of
     them with higher versions still (its sequence only grows, and it took the UID out of its state first:
     processors/erased.py), and a worker started later takes a new generation above all."""
-    partition = partition_of(uid.encode(), total)
+    partitions = sorted({partition_of(s.encode(), total) for s in spellings})
     top = store.client.query(
-        "SELECT max(version) FROM rollup_partitions WHERE day IN {days:Array(Date)} AND source_partition = {p:UInt32}",
-        parameters={"days": days, "p": partition},
+        "SELECT max(version) FROM rollup_partitions WHERE day IN {days:Array(Date)} "
+        "AND source_partition IN {p:Array(UInt32)}",
+        parameters={"days": days, "p": partitions},
     ).result_rows[0][0]
     version = int(top or 0) + 1
-    store.write(Batch(recompute=[(d, partition, version) for d in days], partitions_total=total))
+    store.write(Batch(recompute=[(d, p, version) for p in partitions for d in days], partitions_total=total))
 
 
 class InWrite:
@@ -312,11 +360,11 @@ class InWrite:
             pending = dict(self._pending)
         rows: list[RollupRow] = []
         for uid, (until_ms, total, version) in pending.items():
-            p: dict[str, Any] = {"u": uid, "t": ms_to_datetime(until_ms)}
-            days = _days(client, p)
-            _remove(client, p, days)
-            partition = partition_of(uid.encode(), total)
-            rows.extend(recompute(day, partition, total, version) for day in days)
+            p = _params(uid, ms_to_datetime(until_ms))
+            days, spellings = _days(client, uid, p)
+            _remove(client, uid, p, days)
+            for partition in sorted({partition_of(s.encode(), total) for s in [uid, *spellings]}):
+                rows.extend(recompute(day, partition, total, version) for day in days)
         return rows
 
     def done(self, uids: Iterable[str]) -> None:

@@ -148,16 +148,79 @@ def test_forget_twice_or_an_unknown_uid_changes_nothing(tmp_path: Path):
         refresh(store)
 
         def state() -> list[Any]:
-            tables = ("snapshots", "cli_reports", "rejections", "erasures", "rollup_partitions", "snapshot_changes")
+            tables = ("snapshots", "cli_reports", "rejections", "rollup_partitions", "snapshot_changes")
             activity = "SELECT kind, uid, first_day, last_day, bitmapToArray(days) FROM uid_activity ORDER BY ALL"
             return [store.query(f"SELECT * FROM {t} ORDER BY ALL")[1] for t in tables] + [store.query(activity)[1]]
 
-        before = state()
+        def register() -> list[Any]:
+            return store.query("SELECT uid FROM erasures ORDER BY uid")[1]
+
+        before, registered = state(), register()
         done = erase(store, [CLI_UID, unknown, "not a uid'; DROP TABLE snapshots"])
         assert [e.outcome for e in done] == [Outcome.ALREADY_ERASED, Outcome.UNKNOWN, Outcome.NOT_A_UID]
-        assert "already erased at" in done[0].message() and "nothing changed" in done[0].message()
+        assert "already erased at" in done[0].message() and "nothing stored since" in done[0].message()
         assert "nothing is stored" in done[1].message() and "nothing changed" in done[2].message()
-        assert state() == before
+        assert state() == before  # no data changes
+        # each forget records its cut, so a report received before it but stored later does not count
+        assert register() == sorted([*registered, (CLI_UID,), (unknown,)])
+
+
+def test_a_report_received_before_the_forget_but_stored_after_it_does_not_count(tmp_path: Path):
+    """The collector answered 202 for a UID's first report, the forget ran before the worker stored it: the forget
+    records its cut all the same, and the report is dropped when it is stored (and on a replay)."""
+    deliveries = small_deliveries()
+    last = max(d[0] for d in deliveries)
+    with opened(tmp_path / "chdb") as opened_store:
+        store = worker_store(opened_store)
+        first = [d for d in deliveries if d[0] < last]
+        consume(store, [to_records([d for d in first if not of_uid(d, IS_UID_A)])])
+        [done] = erase(store, [IS_UID_A], now=ms_to_datetime(last + 1000))  # nothing of it stored yet
+        assert done.outcome is Outcome.UNKNOWN and "nothing is stored" in done.message(), done.message()
+        consume(store, [to_records(deliveries)])  # the reports in flight land after the forget
+        assert traces(store, IS_UID_A)["snapshots"] == 0
+        assert_fleet_is(store, without(deliveries, [IS_UID_A]))
+
+
+def test_forget_finds_a_uid_written_with_json_escapes_or_a_uuid_in_upper_case(tmp_path: Path):
+    """A rejected body naming a deployment's UID with JSON escapes (`\\/`, `\\uXXXX`), and a CLI install whose UUID
+    was sent in upper case: `forget` with the UID as computed (a UUID in lower case) finds and erases them, and a
+    replay does not bring them back."""
+    from core.uid import uid_from_elements
+    from tests.sink_samples import cli_body, is_body
+
+    deliveries = small_deliveries()
+    last = max(d[0] for d in deliveries)
+    uid = next(u for u in (uid_from_elements([f"https://e{i}.example.net"] * 5) for i in range(99)) if "/" in u)
+    implausible = is_body(uid, end_devices=2 * 10**9)
+    slash = implausible.replace(uid.encode(), uid.replace("/", "\\/").encode())
+    unicode = implausible.replace(uid.encode(), (f"\\u00{ord(uid[0]):02x}" + uid[1:]).encode())
+    cli = "aabbccdd-1111-4222-8333-0123456789ab"
+    extra = [
+        Delivery(last + 1, uid.encode(), slash),
+        Delivery(last + 2, uid.encode(), unicode),
+        Delivery(last + 3, cli.upper().encode(), cli_body(cli.upper())),
+    ]
+    everything = [*deliveries, *extra]
+    named = "SELECT count() FROM rejections WHERE JSONExtractString(body, 'uid') = {u:String}"
+    with opened(tmp_path / "chdb") as opened_store:
+        store = worker_store(opened_store)
+        consume(store, [to_records(everything)])
+        assert store.query(named, {"u": uid})[1] == [(2,)]
+        rejected = store.query("SELECT count() FROM rejections")[1]
+        done = erase(store, [uid, cli], now=ms_to_datetime(last + 1000))
+        assert [(e.outcome, e.rejections, e.reports) for e in done] == [
+            (Outcome.ERASED, 2, 0),
+            (Outcome.ERASED, 0, 1),
+        ], [e.message() for e in done]
+        for _ in range(2):  # after the erasure, and after a replay from offset 0
+            assert store.query(named, {"u": uid})[1] == [(0,)]
+            assert store.query("SELECT count() FROM rejections")[1] == rejected  # the rows (the counts) stay
+            for table in ("snapshots", "cli_reports", "uid_activity"):
+                assert store.query(f"SELECT count() FROM {table} WHERE lower(uid) = {{u:String}}", {"u": cli})[1] == [
+                    (0,)
+                ], table
+            assert_fleet_is(store, without(everything, [cli.upper()]))
+            consume(store, [to_records(everything)])
 
 
 def test_records_flowing_around_an_erasure_are_not_lost_or_counted_twice(tmp_path: Path):
@@ -236,7 +299,36 @@ def test_forget_command_on_a_stopped_embedded_stack(tmp_path: Path):
     with opened(data / "chdb") as opened_store:
         store = worker_store(opened_store)
         assert store.query("SELECT count() FROM snapshots WHERE uid = {u:String}", {"u": IS_UID_A})[1] == [(0,)]
-        assert store.query("SELECT count() FROM erasures")[1] == [(1,)]
+        assert store.query("SELECT count() FROM erasures")[1] == [(3,)]  # each forget records its cut
+
+
+def test_forget_on_a_chdb_another_process_takes_meanwhile_is_one_error_line(tmp_path: Path):
+    """Another process takes the chDB directory between `forget`'s check that it is free and its opening of it (a
+    concurrent `is-telemetry sql`): one `error:` line saying what is wrong and what to do, exit 2, no traceback."""
+    data = tmp_path / "data"
+    with opened(data / "chdb") as opened_store:
+        worker_store(opened_store)
+    hold = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+    hold += "print('held', flush=True); time.sleep(120)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(data / "chdb" / "status")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        # the check found it free: the other process took it right after
+        race = (
+            "import sys\nimport core.preflight as p\nfrom is_telemetry.cli import main\nreal, calls = p.chdb_holder, []\n"
+            "def first_free(path):\n    calls.append(path)\n    return None if len(calls) == 1 else real(path)\n"
+            "p.chdb_holder = first_free\nmain(sys.argv[1:])\n"
+        )
+        cmd = [sys.executable, "-c", race, "forget", IS_UID_A, "--data-dir", str(data)]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2, done.stderr
+        assert len(lines) == 1 and lines[0].startswith("error:") and "is in use by" in lines[0], lines
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_forget_while_a_worker_runs_and_a_batch_is_in_flight(tmp_path: Path):
