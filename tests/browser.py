@@ -20,6 +20,19 @@ import pytest
 
 from is_telemetry.runtime import stop_process
 
+#: How every test runs Chromium: headless, without a sandbox (root in CI), and nothing it would fetch or sync.
+HEADLESS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--hide-scrollbars",
+]
+
 
 def chromium_path() -> str:
     path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -48,15 +61,7 @@ class Browser:
         to_chrome_r, from_chrome_w = high
         command = [
             chromium_path(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            "--hide-scrollbars",
+            *HEADLESS,
             f"--user-data-dir={self.profile}",
             "--remote-debugging-pipe",
             "about:blank",
@@ -173,15 +178,7 @@ def chromium() -> str:
 def run_chromium(profile: Path, url: str, *mode: str) -> subprocess.CompletedProcess[str]:
     cmd = [
         chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--hide-scrollbars",
+        *HEADLESS,
         f"--user-data-dir={profile}",
         "--virtual-time-budget=15000",
         *mode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -221,3 +222,19 @@ def consume_bodies(
 
     records = consume(bootstrap, topic, enough, timeout_s)
     return expand(records)
+
+
+def chattr_works(d: Path) -> bool:
+    """Whether `chattr +i` makes a directory immutable here (root on a file system that supports it): the fault the
+    tests use to make ClickHouse refuse writes."""
+    probe = d / "chattr-probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
+        return False
+    try:
+        (probe / "x").touch()
+        return False  # immutable did not stop us
+    except OSError:
+        return True
+    finally:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)

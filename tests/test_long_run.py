@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import pytest
 
 from core import ledger
 from is_telemetry import apiclient
-from tests.processes import wait_until
+from tests.processes import chattr_works, wait_until
 from tests.samples import SAMPLES
 from tests.stack import RunningStack, start_stack
 
@@ -241,24 +240,10 @@ def test_a_worker_up_but_consuming_nothing_is_down_in_status(stack: RunningStack
             worker.wait()
 
 
-def _chattr_works(d: Path) -> bool:
-    probe = d / "chattr-probe"
-    probe.mkdir(parents=True, exist_ok=True)
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
-        return False
-    try:
-        (probe / "x").touch()
-        return False  # immutable did not stop us
-    except OSError:
-        return True
-    finally:
-        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
-
-
 def test_a_worker_whose_writes_fail_is_shown_as_not_consuming_until_it_stores_again(stack: RunningStack) -> None:
     """ClickHouse refuses the worker's writes (chDB's table directories made immutable): its partitions are paused
     and rewound; the console and `status` say so; once ClickHouse takes writes again, everything is stored."""
-    if not _chattr_works(stack.data_dir):
+    if not chattr_works(stack.data_dir):
         pytest.skip("chattr +i does not stop writes here (needs root on ext4)")
     tag = "paused"
     frozen = [str(p) for p in (stack.data_dir / "chdb" / "store").glob("*/*") if p.is_dir()]

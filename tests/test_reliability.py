@@ -47,7 +47,16 @@ from is_telemetry.broker import EmbeddedBroker, free_port
 from producers.simulator import generate, ground_truth, send_to_kafka
 from producers.truth_rules import Rejected, judge
 from tests.paths import ROOT
-from tests.processes import Proc, consume, consume_bodies, expected_views, wait_for_views, wait_until, wait_until_ready
+from tests.processes import (
+    Proc,
+    chattr_works,
+    consume,
+    consume_bodies,
+    expected_views,
+    wait_for_views,
+    wait_until,
+    wait_until_ready,
+)
 from tests.samples import SAMPLES as TTS_SAMPLES
 from tests.stack import RunningStack, start_stack
 
@@ -433,20 +442,6 @@ def test_clickhouse_unavailable_30s_disk_full_then_read_only(tmp_path: Path) -> 
 # ------------------------------------------------------------------------------ 3. broker restart in `up`
 
 
-def _chattr_works(d: Path) -> bool:
-    probe = d / "chattr-probe"
-    probe.mkdir(parents=True, exist_ok=True)
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
-        return False
-    try:
-        (probe / "x").touch()
-        return False  # immutable did not stop us
-    except OSError:
-        return True
-    finally:
-        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
-
-
 def _table_dirs(chdb: Path) -> list[str]:
     return [str(p) for p in (chdb / "store").glob("*/*") if p.is_dir()]
 
@@ -462,7 +457,7 @@ def test_broker_restart_is_detected_reported_and_recovered(tmp_path: Path) -> No
     stored: never a 2xx for a record that is not stored.
     """
     data = tmp_path / "stack"
-    can_freeze = _chattr_works(tmp_path)
+    can_freeze = chattr_works(tmp_path)
     stack = start_stack(data, "--no-simulate")
     frozen: list[str] = []
     try:
@@ -1237,7 +1232,7 @@ def test_clickhouse_refusing_writes_pauses_rewinds_and_stops_in_bounded_time(tmp
     from is_telemetry.broker import free_port as port
     from tests.processes import worker as worker_proc
 
-    if not _chattr_works(tmp_path):
+    if not chattr_works(tmp_path):
         pytest.skip("chattr +i does not stop writes here (not root, or not ext4)")
     with EmbeddedBroker(port=port(), log_file=tmp_path / "broker.log") as broker:
         ensure_topics(load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers}))
