@@ -17,7 +17,7 @@ per UID and day), then stops the stack with SIGTERM. Its last line:
     broker_cpu_per_req_ratio_end_vs_start=<x>
 
 the mean CPU per request over the last quarter of the samples against the first quarter (after the first sample,
-which includes the stack's start). Target: at most 1.3 (flat). `--smoke` runs it for 45 s at 200 req/s.
+which includes the stack's start). Target: at most 1.3 (flat). `--smoke` runs it for 25 s at 200 req/s.
 """
 
 from __future__ import annotations
@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rate", type=float, default=500.0, help="requests a second, in all")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--sample-every", type=float, default=10.0)
-    ap.add_argument("--smoke", action="store_true", help="45 s at 200 req/s, sampled every 5 s")
+    ap.add_argument("--smoke", action="store_true", help="25 s at 200 req/s, sampled every 5 s")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if args.smoke:
-        args.seconds, args.rate, args.sample_every = 45.0, 200.0, 5.0
+        args.seconds, args.rate, args.sample_every = 25.0, 200.0, 5.0
     sys.path.insert(0, str(REPO))
     from is_telemetry.broker import free_ports
     from is_telemetry.runtime import stop_process
