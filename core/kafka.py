@@ -11,7 +11,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from core.config import Settings
 from core.errors import GaveUp, KafkaUnavailable
@@ -49,20 +49,49 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             "start it (is-telemetry broker) or fix kafka.bootstrap_servers"
         ) from exc.__cause__
     try:
-        existing = set(admin.list_topics())
-        new = [
-            NewTopic(
-                name, num_partitions=settings.kafka.partitions, replication_factor=settings.kafka.replication_factor
-            )
-            for name in topic_names(settings)
-            if name not in existing
-        ]
-        if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-            log.info("created topics %s", [t.name for t in new])
+        _create_missing(admin, settings, topic_names(settings))
+    finally:
+        admin.close()
+
+
+def _create_missing(admin: KafkaAdminClient, settings: Settings, names: list[str]) -> None:
+    existing = set(admin.list_topics())
+    k = settings.kafka
+    new = [NewTopic(n, num_partitions=k.partitions, replication_factor=k.replication_factor) for n in names]
+    new = [t for t in new if t.name not in existing]
+    if new:
+        try:
+            admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass
+        log.info("created topics %s", [t.name for t in new])
+
+
+def _quick_admin(settings: Settings) -> KafkaAdminClient:
+    """An admin client that fails at once (KafkaError) when Kafka does not answer: for callers that try again later."""
+    return KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-admin", request_timeout_ms=10_000
+    )
+
+
+def create_topics(settings: Settings, names: list[str]) -> None:
+    """Create `names` with the configured partitions and replication if they do not exist; KafkaError if Kafka does
+    not answer (ensure_topics waits for it instead)."""
+    admin = _quick_admin(settings)
+    try:
+        _create_missing(admin, settings, names)
+    finally:
+        admin.close()
+
+
+def delete_topics(settings: Settings, names: list[str]) -> None:
+    """Delete `names` (those already gone are no error); KafkaError if Kafka does not answer."""
+    admin = _quick_admin(settings)
+    try:
+        try:
+            admin.delete_topics(names)
+        except UnknownTopicOrPartitionError:
+            pass
     finally:
         admin.close()
 

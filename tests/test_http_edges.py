@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import orjson
@@ -190,8 +190,30 @@ def trickle(port: int, request_head: bytes, budget_s: float) -> Trickled:
     return Trickled(answer, False, time.monotonic() - started)
 
 
+class Background:
+    """A siege's thread: `_run` until the `with` block ends (`_stop` set), then joined. Subclasses are dataclasses
+    with the fields `_stop` (an Event) and `_thread`."""
+
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+
 @dataclass
-class Siege:
+class Siege(Background):
     """`count` connections that each announce a body and send one byte of it every TRICKLE_EVERY_S, like the
     observed attack; one that is answered or closed is replaced (at most `per_tick` new ones every 0.1 s)."""
 
@@ -203,17 +225,6 @@ class Siege:
     opened: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Siege:
-        self._thread = threading.Thread(target=self._run, name="siege", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(30)
-        assert not self._thread.is_alive()
 
     def _run(self) -> None:
         kinds = itertools.cycle(self.heads)
@@ -517,7 +528,7 @@ BIG_ANSWER = b"GET /static/vendor/chart.umd.min.js HTTP/1.1\r\nHost: 127.0.0.1\r
 
 
 @dataclass
-class StalledSiege:
+class StalledSiege(Background):
     """`count` connections that each pipeline requests for a large answer and never read: their answers fill the
     server's buffers within a few requests. One that the server closes is replaced (at most 2 new ones every 0.1 s);
     each sends one more request every 0.5 s, which is how a close is noticed without reading."""
@@ -528,17 +539,6 @@ class StalledSiege:
     closed: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-
-    def __enter__(self) -> StalledSiege:
-        self._thread = threading.Thread(target=self._run, name="stalled-siege", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(30)
-        assert not self._thread.is_alive()
 
     def _run(self) -> None:
         socks: list[socket.socket] = []

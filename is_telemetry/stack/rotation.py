@@ -30,12 +30,12 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from kafka.errors import KafkaError
 
 from core import ledger
 from core.config import Settings
 from core.generations import Generation, generation
+from core.kafka import create_topics, delete_topics
 from is_telemetry import apiclient
 from is_telemetry.stack.drain import unstored
 from is_telemetry.stack.output import say
@@ -186,37 +186,6 @@ def records(settings: Settings, topic: str) -> int | None:
     except Exception:  # noqa: BLE001 - whatever kafka-python raises: the count is unknown this time
         return None
     return None if lag.unknown else sum(lag.highwater.values())
-
-
-def _admin(settings: Settings) -> object:
-    from kafka import KafkaAdminClient
-
-    return KafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id="is-telemetry-rotation", request_timeout_ms=10_000
-    )
-
-
-def create_topics(settings: Settings, topics: list[str]) -> None:
-    admin = _admin(settings)
-    try:
-        new = [NewTopic(t, settings.kafka.partitions, settings.kafka.replication_factor) for t in topics]
-        try:
-            admin.create_topics(new)  # type: ignore[attr-defined]
-        except TopicAlreadyExistsError:
-            pass
-    finally:
-        admin.close()  # type: ignore[attr-defined]
-
-
-def delete_topics(settings: Settings, topics: list[str]) -> None:
-    admin = _admin(settings)
-    try:
-        try:
-            admin.delete_topics(topics)  # type: ignore[attr-defined]
-        except UnknownTopicOrPartitionError:
-            pass
-    finally:
-        admin.close()  # type: ignore[attr-defined]
 
 
 def remove_ledger(directory: Path) -> None:
