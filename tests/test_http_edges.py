@@ -472,6 +472,10 @@ class Flooder:
                     self.closed_after_s = time.monotonic() - started
                     return
             self.queues = tcp_queues(self.local_port)
+            # the server may have closed its end already, its FIN queued behind the answers this client never reads
+            # (it lingers for request_timeout_s, then aborts): closed all the same, though this end cannot see it
+            if any(not row.startswith(f"{self.local_port}->") and " state 01 " not in row for row in self.queues):
+                self.closed_after_s = time.monotonic() - started
 
 
 def timed_normal(edge: Edge) -> tuple[int | str, float]:
