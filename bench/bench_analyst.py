@@ -6,8 +6,9 @@ Writes a synthetic fleet (bench/analyst_data.py: N deployments and M CLI install
 simulator's fleet) straight into `snapshots` of an embedded chDB in a temporary directory, one INSERT per day
 and kind, as the sink's inserts (the materialized views run on each). Then:
 
-1. the analyst refresh of all D days (the refreshable view's query, `SYSTEM REFRESH VIEW`, timed), of one day
-   after one more day of data is written (what the 10 s schedule costs in live operation), and of retention;
+1. the analysts' events of every UID (sinks/analysts.py, what the worker's writes do), then the analyst refresh of
+   all D days (the refreshable view's query, `SYSTEM REFRESH VIEW`, timed); the events and the refresh of one day
+   after one more day of data is written, and the retention refresh (bench_analyst_scaling times a batch);
 2. every dashboard panel through `dashboard.panels.run_panel` (the API's own code path, SQL and Python, on the
    API's read-only analyst sessions with their default limits: one ClickHouse thread per query), for the
    default range (the last 30 days), `--repeats` times each after 4 warm-ups: median and worst. The warm-ups'
@@ -38,6 +39,7 @@ from bench.analyst_data import fill
 from core.errors import QueryFailed
 from dashboard.analyst_sql import AnalystSessions, QueryLimits
 from dashboard.panels import PANELS, run_panel
+from sinks import analysts
 from sinks.clickhouse import ClickHouseStore
 
 TARGET_MS = 200.0
@@ -123,9 +125,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
 
+        started = (
+            time.perf_counter()
+        )  # the analysts' events of every UID written (sinks/analysts.py), as a worker would
+        analysts.drain(store.client)
+        out["events_all_days_s"] = round(time.perf_counter() - started, 2)
         store.client.command("SYSTEM START VIEW analyst_daily_refresh")
         out["refresh_all_days_s"] = round(refresh(store), 2)
         fill(store, args.deployments, args.cli_installs, 1, END, first_index=args.days)  # one more day: the live one
+        started = time.perf_counter()
+        analysts.drain(store.client)
+        out["events_one_day_s"] = round(time.perf_counter() - started, 2)
         out["refresh_one_day_s"] = round(refresh(store), 2)
         store.client.command("SYSTEM STOP VIEW analyst_daily_refresh")
         store.client.command("SYSTEM START VIEW retention_refresh")
@@ -136,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ((n_days,),) = store.query("SELECT count() FROM fleet_daily_carried")[1]
         assert n_days == args.days + 1, n_days
         print(
-            f"analyst refresh: {args.days} days {out['refresh_all_days_s']} s, then one more day "
+            f"analyst events: {args.days} days {out['events_all_days_s']} s, then one more day "
+            f"{out['events_one_day_s']} s; refresh: {args.days} days {out['refresh_all_days_s']} s, then one more day "
             f"{out['refresh_one_day_s']} s; retention {out['refresh_retention_s']} s",
             flush=True,
         )

@@ -88,12 +88,19 @@ class RollupSink(Sink[Batch]):
         """`opening`: the store being opened meanwhile (its `wait` is the sink's `setup`)."""
         self.store, self.rollups, self.opening = store, rollups, opening
         self._prepare = preparer(rollups, store)
+        # the partitions it holds (taken on or written, until dropped): their UIDs are its applier's (sinks/analysts.py)
+        self._owned: set[int] = set()
 
     def setup(self) -> None:
         if self.opening is not None:
             self.opening.wait()
+        self.store.start_applier(self.owned)
+
+    def owned(self) -> tuple[list[int], int]:
+        return sorted(self._owned), self.rollups.partitions_total
 
     def load(self, partitions: list[int]) -> None:
+        self._owned.update(partitions)
         try:
             self.rollups.load(self.store, self.rollups.missing(partitions))
         except UNAVAILABLE as exc:
@@ -103,6 +110,7 @@ class RollupSink(Sink[Batch]):
         return bool(self.rollups.missing(p.partition for p in parts))
 
     def prepare(self, parts: list[PartitionBatch]) -> Batch:
+        self._owned.update(p.partition for p in parts)  # (again after a rewind dropped them)
         try:
             return self._prepare(parts)
         except UNAVAILABLE as exc:
@@ -118,6 +126,7 @@ class RollupSink(Sink[Batch]):
         metrics.SINK_ROWS.labels("rollup_partitions").inc(len(batch.rollups) + len(batch.recompute))
 
     def drop(self, partitions: set[int]) -> None:
+        self._owned.difference_update(partitions)
         self.rollups.drop(partitions)
 
 

@@ -11,7 +11,9 @@ Writes of typed rows are idempotent:
   re-written snapshot collapses and the latest received wins;
 - rejections: ReplacingMergeTree keyed by source position and receive time: a re-processed record counts once;
 - rollup_partitions: the processors' day aggregates per source partition (processors/rollup.py), versioned by
-  roll-up generation and sequence; the views sum the partitions.
+  roll-up generation and sequence; the views sum the partitions;
+- analyst_events: the analysts' figures, brought in step with the snapshots written by the applier
+  (sinks/analysts.py, a thread of the writing process: `start_applier`), from the queue ClickHouse fills on insert.
 A write retries while ClickHouse is unavailable, for at most `retry_s`; then it raises `SinkUnavailable` and the
 caller pauses and rewinds (sinks/checkpoint.py). Offsets are committed only after a write succeeded, so nothing is
 lost and nothing is counted twice.
@@ -25,7 +27,7 @@ from datetime import date
 
 from core.clickhouse_client import connect, redact
 from core.rows import Batch, RejectionRow, RollupRow, SnapshotRow
-from sinks import erasure
+from sinks import analysts, erasure
 from sinks.connection import TRANSIENT_CODES, Connection, SinkUnavailable, StoreRefused
 from sinks.inserts import Inserter
 from sinks.migrate import TTL_TABLES, Migrator, migrations, ttl_horizon
@@ -61,6 +63,7 @@ class ClickHouseStore(Connection):
         self.snapshot_ttl_days = snapshot_ttl_days
         self.erasures = erasure.InWrite()  # erasures the roll-up found still counted (sinks/erasure.py)
         self.last_write_at: float | None = None
+        self._applier: analysts.Applier | None = None
         self.migrator = Migrator(self, snapshot_ttl_days, retention)
         self.inserter = Inserter(self)
         self.rollup_state = RollupState(self)
@@ -72,6 +75,24 @@ class ClickHouseStore(Connection):
         StoreRefused at once with the reason."""
         self.retrying("connect and migrate", self.migrator.migrate_or_refuse, deadline_s=None)
         return self
+
+    # -- the analysts' applier (sinks/analysts.py) ------------------------------------------------------------------
+
+    def start_applier(self, owned: analysts.Owned, interval_s: float = 1.0) -> None:
+        """Keep the analysts' figures in step with the snapshots written (of the partitions `owned` answers), on a
+        session and thread of its own, until close()."""
+        if self._applier is None:
+            self._applier = analysts.Applier(lambda: connect(self.dsn), owned, interval_s).start()
+
+    def apply_analysts(self) -> int:
+        """Apply every queued UID now (tests, benches); how many."""
+        return analysts.drain(self.client)
+
+    def close(self) -> None:
+        if self._applier is not None:
+            self._applier.stop()
+            self._applier = None
+        super().close()
 
     def migrate(self) -> list[str]:
         return self.migrator.migrate()

@@ -10,8 +10,9 @@ For each UID, in this order:
    never brings it back; a report received later is a new report and counts;
 3. its snapshots and CLI reports received at or before erased_at are deleted, the bodies and messages of rejected
    records naming it are emptied (the rows stay: the rejected counts stay exact), its UID is taken out of the
-   analyst rows that list UIDs (`behind_top`, `jumps`), and its analyst state (`uid_activity`) is deleted (and
-   rebuilt from any report received after erased_at). Mutations run synchronously (`mutations_sync = 2`): the parts
+   analyst rows that list UIDs (`behind_top`, `jumps`), and its analyst state (`uid_activity`, `analyst_history`,
+   `analyst_first_seen`) is deleted (and rebuilt from any report received after erased_at); its analysts' events and
+   jumps follow what is left (sinks/analysts.py `forget`). Mutations run synchronously (`mutations_sync = 2`): the parts
    are rewritten, the rows are gone from disk when the command returns.
 4. every day aggregate that counted it is recomputed from what is left (the (day, partition) pairs of its days,
    one version above the newest of those rows), and the days it counted in are marked changed
@@ -47,6 +48,7 @@ from core.partitioning import partition_of
 from core.rows import Batch, RollupRow, datetime_to_ms, ms_to_datetime
 from core.schema import _valid_cli_uid, _valid_is_uid
 from core.uid import erasure_key, json_escaped
+from sinks import analysts
 
 
 class ClickHouseStore(Protocol):
@@ -257,6 +259,30 @@ def _remove(c: Client, uid: str, p: dict[str, Any], days: list[date]) -> None:
         "FROM snapshots WHERE if({ci:Bool}, lower(uid), uid) = {u:String} GROUP BY kind, uid",
         parameters=p,
     )
+    # its analysts' history, first day and events (sinks/analysts.py), every spelling of it
+    spellings = [
+        str(r[0])
+        for r in c.query(
+            "SELECT DISTINCT uid FROM analyst_history WHERE if({ci:Bool}, lower(uid), uid) = {u:String}", parameters=p
+        ).result_rows
+    ]
+    c.command(
+        "ALTER TABLE analyst_history DELETE WHERE if({ci:Bool}, lower(uid), uid) = {u:String} "
+        "AND bitShiftRight(version, 64) <= toUInt128(toUnixTimestamp64Milli({t:DateTime64(3, 'UTC')}))",
+        parameters=p,
+        settings=_SYNC,
+    )
+    c.command(
+        "ALTER TABLE analyst_first_seen DELETE WHERE key IN (SELECT sipHash128(arrayJoin({s:Array(String)})))",
+        parameters={"s": spellings},
+        settings=_SYNC,
+    )
+    c.command(
+        "INSERT INTO analyst_first_seen SELECT kind, sipHash128(uid), min(day), max(day) "
+        "FROM snapshots WHERE if({ci:Bool}, lower(uid), uid) = {u:String} GROUP BY kind, uid",
+        parameters=p,
+    )
+    analysts.forget(c, spellings)
     empty = _analyst_days_due(c, days) if days else []  # what counted it: the analyst days, due again
     # A refresh that read the snapshots before they were deleted may still append rows naming the UID, or of a day
     # left empty: wait for it, then take them out (those that start from now on read what is left).

@@ -19,7 +19,7 @@ from sinks.retention import Retention
 log = logging.getLogger("sinks.clickhouse")
 
 #: The tables `clickhouse.snapshot_ttl_days` applies to: the snapshots and every CLI report (migration 0006).
-TTL_TABLES = ("snapshots", "cli_reports")
+TTL_TABLES = ("snapshots", "cli_reports", "analyst_history", "analyst_jumps")
 
 
 def migrations() -> list[tuple[int, str, list[str]]]:

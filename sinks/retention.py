@@ -5,8 +5,8 @@ and removed when set back to 0:
 - `clickhouse.rejection_body_ttl_days`: a column TTL on `rejections.body` and `rejections.message`. ClickHouse
   empties them once the day is that old; the row (day, reason, source position) stays, so every rejected count
   stays exact and a replay still collapses on its position.
-- `clickhouse.uid_state_ttl_days`: a TTL on `uid_activity` (the per-UID analyst state: first and last day, the sets
-  of days, weeks and months), on the UID's last day: a UID silent for that long is forgotten. One that reports again
+- `clickhouse.uid_state_ttl_days`: a TTL on `uid_activity` and `analyst_first_seen` (the per-UID analyst state:
+  first and last day, the sets of days, weeks and months), on the UID's last day: a UID silent for that long is forgotten. One that reports again
   later is then first seen again (docs/analysts.md, "Beyond retention").
 The day aggregates (`rollup_partitions`, `analyst_daily`, `retention_cohorts`) hold no UID's data of its own, and are
 kept.
@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from clickhouse_connect.driver.client import Client
 
 from core.config import ClickHouseSettings
+
+#: the per-UID analyst state kept on the UID's last day (analyst_first_seen: sinks/migrations/0009)
+UID_STATE_TABLES = ("uid_activity", "analyst_first_seen")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ def apply(client: Client, retention: Retention) -> None:
         str(r[0])
         for r in client.query(
             "SELECT name FROM system.tables WHERE database = currentDatabase() AND name IN {names:Array(String)}",
-            parameters={"names": ["rejections", "uid_activity"]},
+            parameters={"names": ["rejections", *UID_STATE_TABLES]},
         ).result_rows
     }
     if "rejections" in present:
@@ -51,9 +54,9 @@ def apply(client: Client, retention: Retention) -> None:
             )
         elif "TTL" in str(client.command("SHOW CREATE TABLE rejections")):
             client.command("ALTER TABLE rejections MODIFY COLUMN body REMOVE TTL, MODIFY COLUMN message REMOVE TTL")
-    if "uid_activity" in present:
+    for table in (t for t in UID_STATE_TABLES if t in present):
         days = int(retention.uid_state_days)
         if days > 0:  # the per-UID analyst state, measured on the UID's last day
-            client.command(f"ALTER TABLE uid_activity MODIFY TTL last_day + toIntervalDay({days})")
-        elif "TTL" in str(client.command("SHOW CREATE TABLE uid_activity")):
-            client.command("ALTER TABLE uid_activity REMOVE TTL")
+            client.command(f"ALTER TABLE {table} MODIFY TTL last_day + toIntervalDay({days})")
+        elif "TTL" in str(client.command(f"SHOW CREATE TABLE {table}")):
+            client.command(f"ALTER TABLE {table} REMOVE TTL")

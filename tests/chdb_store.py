@@ -92,7 +92,9 @@ def extra_views(store: ClickHouseStore) -> dict[str, list[dict[str, Any]]]:
 
 
 def refresh(store: ClickHouseStore, attempts: int = 5) -> None:
-    """Run the analyst refreshes now (as their 10 s schedule would) until no day is pending."""
+    """Apply the queued UIDs (as a writer's applier would), then run the analyst refreshes now (as their schedule
+    would) until no day is pending."""
+    store.apply_analysts()
     for _ in range(attempts):
         for view in ("analyst_daily_refresh", "retention_refresh"):
             store.client.command(f"SYSTEM REFRESH VIEW {view}")

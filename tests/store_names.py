@@ -27,7 +27,20 @@ TABLES = ["schema_migrations", "snapshots", "rejections", "rollup_partitions", "
 
 #: Migration 0002 (the fleet over time): its tables and named views (documented column by column) and its
 #: parameterized views (documented, called with arguments).
-ANALYST_DEPTH_TABLES = ["uid_activity", "snapshot_changes", "analyst_daily", "retention_cohorts", "cli_reports"]
+ANALYST_DEPTH_TABLES = [
+    "uid_activity",
+    "snapshot_changes",
+    "analyst_daily",
+    "retention_cohorts",
+    "cli_reports",
+    # migration 0009: the kept figures
+    "analyst_history",
+    "analyst_first_seen",
+    "analyst_events",
+    "analyst_jumps",
+    "analyst_dirty",
+    "analyst_apply_keys",
+]
 ANALYST_DEPTH_VIEWS = [
     "fleet_daily_carried",
     "deployment_lifecycle_daily",
@@ -62,6 +75,11 @@ ANALYST_DEPTH_PARAMETERIZED = [
     "cli_usage_compute",  # migration 0006
     "cli_command_usage",
     "cli_alias_usage",
+    "analyst_uid_events",  # migration 0009
+    "analyst_uid_jumps",
+    "analyst_totals",
+    "analyst_behind_floors",
+    "analyst_assemble",
 ]
 
 

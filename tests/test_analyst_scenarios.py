@@ -431,14 +431,16 @@ def test_a_replay_older_than_the_snapshot_ttl_keeps_the_analyst_rows(tmp_path: P
 
 
 def test_older_history_written_late_moves_new_and_returning(store: ClickHouseStore) -> None:
-    """A UID's first days arrive after its later ones, 40 days apart (a backfill of old data): the days they
-    change are out of every look-back, so only the first-seen check makes them due."""
+    """A UID's first days arrive after its later ones, 40 days apart (a backfill of old data): day 41 is out of every
+    look-back of the days written, yet its figures change (a return instead of a new deployment): the UID's events
+    there change, and make it due once applied."""
     a, b = uid("a"), uid("b")
     later = [send(a, d, is_body(a)) for d in range(41, 46)] + [send(b, d, is_body(b)) for d in range(1, 46)]
     write(store, later)
     assert by_day(store, "SELECT day, new FROM deployment_lifecycle_daily")[41]["new"] == 1
     earlier = [send(a, d, is_body(a)) for d in range(1, 4)]
     consume(store, [to_records(earlier)])
+    store.apply_analysts()  # what the writer's applier does within a second
     pending = {(d - D1).days + 1 for (d,) in store.query("SELECT day FROM analyst_daily_pending")[1]}
     assert pending >= {1, 2, 3, 41}
     refresh(store)

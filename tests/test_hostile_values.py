@@ -201,6 +201,11 @@ PARAMETERIZED = {
     "cli_usage_compute": "days = ['{first}', '{last}'], lookback = 30",
     "cli_command_usage": "lookback = 30, first = '{first}', last = '{last}'",
     "cli_alias_usage": "lookback = 30, first = '{first}', last = '{last}'",
+    "analyst_uid_events": "token = 0",  # migration 0009
+    "analyst_uid_jumps": "token = 0",
+    "analyst_totals": "days = ['{first}', '{last}']",
+    "analyst_behind_floors": "days = ['{first}', '{last}']",
+    "analyst_assemble": "days = ['{first}', '{last}'], seen = [1, 1]",
 }
 
 
@@ -211,7 +216,9 @@ def refreshable_views(store: ClickHouseStore) -> list[str]:
 
 
 def refresh_every_view(store: ClickHouseStore, attempts: int = 5) -> None:
-    """Run every refreshable view now and wait for it, until nothing is due; each must succeed."""
+    """Apply the queued UIDs (as a writer's applier would), then run every refreshable view now and wait for it, until
+    nothing is due; each must succeed."""
+    store.apply_analysts()
     views = refreshable_views(store)
     for _ in range(attempts):
         for view in views:

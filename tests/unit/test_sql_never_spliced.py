@@ -34,6 +34,11 @@ ALLOWED_SQL_INTERPOLATIONS = {
     ("dashboard/analyst_sql.py", "canonical"),
     ("dashboard/sql_check.py", "str(kind)[:40]"),  # an error message that shows a query to use, not SQL
     ("sinks/retention.py", "days"),  # int() of the configuration's retention days
+    ("sinks/retention.py", "table"),  # a name from the module constant UID_STATE_TABLES
+    # module constants: the apply's keys by {token:UInt64}, the first day an apply changes, the anonymous key
+    ("sinks/analysts.py", "_KEYS"),
+    ("sinks/analysts.py", "_SINCE"),
+    ("sinks/analysts.py", "ANONYMOUS"),
 }
 
 
