@@ -126,4 +126,27 @@ def row(
         or message.beyond_bounds() is not None
     ):
         return None
+    os_ = message.os
+    if os_ is not None:
+        os_.operating_system, os_.arch, os_.binary_version, os_.golang_version = map(
+            _shared, (os_.operating_system, os_.arch, os_.binary_version, os_.golang_version)
+        )
     return snapshot_row(message, body, received_at_ms, partition, offset, inconsistencies(message), index)
+
+
+#: Short strings seen, each as one object: msgspec makes a new string of every value, where pydantic's parser shares
+#: the short ones it has seen. A fleet has a few hundred OS, architecture and version strings: rows that share them
+#: cost less to hash (the roll-up's interning) and to serialise (the sink's insert). Bounded: emptied when full.
+_SHARED: dict[str, str] = {}
+SHARED_MAX, SHARED_LENGTH = 4096, 64
+
+
+def _shared(s: str) -> str:
+    found = _SHARED.get(s)
+    if found is not None:
+        return found
+    if len(s) <= SHARED_LENGTH:
+        if len(_SHARED) >= SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[s] = s
+    return s

@@ -327,3 +327,13 @@ def test_process_gives_the_same_outcome_with_the_fast_path_as_without(
     assert fast.dead_letters == usual.dead_letters and fast.rekey == usual.rekey
     assert fast.bodies == usual.bodies and fast.valid == usual.valid
     assert len(fast.snapshots) + len(fast.rekey) > 40 and len(fast.rejections) > 40
+
+
+def test_the_shared_strings_stay_bounded_whatever_the_bodies() -> None:
+    """Every body with OS strings never seen (and one far too long to keep): the fast path's shared strings stay
+    under their bound, and the rows are the usual path's."""
+    for i in range(fastpath.SHARED_MAX + 100):
+        os_ = {"operating_system": f"os-{i}", "arch": "a" * (fastpath.SHARED_LENGTH + 1 + i), "golang_version": "go"}
+        assert check(json.dumps(_is(os=os_)).encode())
+        assert len(fastpath._SHARED) <= fastpath.SHARED_MAX
+    assert all(len(s) <= fastpath.SHARED_LENGTH for s in fastpath._SHARED)
