@@ -9,7 +9,7 @@ follows, then each bench's verdict line (its result's `last_line`, e.g. `full_vs
 of the processors bench) as the run's last lines. The exit status is 1 if any bench failed.
 
 `--smoke` runs every bench at a tiny size (`main(["--smoke"])`: each bench's own smoke size), and the tools that
-are not benches (TOOLS: `soak_collector`, `ab_worker`) the same way: that each runs end to end and prints its
+are not benches (TOOLS: `soak_collector`, `ab_worker`, `stage_costs`) the same way: that each runs end to end and prints its
 verdict line, not its figures (`make test` runs it). A bench fails its smoke if it raises, exits non-zero or
 returns no `last_line`. A new bench needs a `bench/bench_<name>.py` whose `main(argv)` accepts `--smoke`.
 """
@@ -36,7 +36,7 @@ RUNNER = (
     f"print({MARKER!r} + json.dumps(result, default=str), flush=True)\n"
 )
 #: Tools that are not benches (not run by `python -m bench`), run by `python -m bench --smoke` at their smoke size.
-TOOLS = ("soak_collector", "ab_worker")
+TOOLS = ("soak_collector", "ab_worker", "stage_costs")
 
 
 def available() -> list[str]:

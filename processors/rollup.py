@@ -87,6 +87,7 @@ class Interner:
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
         self.strings: list[str] = []
+        self._tuples: dict[tuple[str, ...], tuple[int, ...]] = {}  # a row's four strings -> their ids, at once
 
     def id(self, s: str) -> int:
         i = self.ids.get(s)
@@ -94,6 +95,13 @@ class Interner:
             i = self.ids[s] = len(self.strings)
             self.strings.append(s)
         return i
+
+    def ids_of(self, strings: tuple[str, ...]) -> tuple[int, ...]:
+        """The ids of `strings` (a row's version, OS, architecture, Go version): one lookup for the usual ones."""
+        found = self._tuples.get(strings)
+        if found is None:
+            found = self._tuples[strings] = tuple(self.id(s) for s in strings)
+        return found
 
 
 class Applied(Enum):
@@ -171,30 +179,61 @@ class PartitionRollup:
 
     def _encode(self, row: SnapshotRow, h: int, state: DayRollup | None = None) -> bytes:
         """The packed entry of `row`; with `state`, its contribution is added to it too (without decoding)."""
-        sid = self.strings.id
-        flags = (
-            (_IS if row.kind == "is" else 0)
-            | (_DEFAULT if row.default_uid else 0)
-            | (_INCONSISTENT if row.flags else 0)
-        )
+        is_ = row.kind == "is"
+        flags = (_IS if is_ else 0) | (_DEFAULT if row.default_uid else 0) | (_INCONSISTENT if row.flags else 0)
         counts = _summed(row)
         plans = row.gateways_by_frequency_plan
-        wide = max(counts) > _U32 or (bool(plans) and max(plans.values()) > _U32)
-        if wide:
-            flags |= _WIDE_FLAG
-        ids = (sid(row.version_major_minor), sid(row.operating_system), sid(row.arch), sid(row.golang_version))
-        head = _HEAD.pack(row.received_at_ms, row.position, h, flags, *ids) + (_WIDE if wide else _NARROW).pack(*counts)
+        names = (row.version_major_minor, row.operating_system, row.arch, row.golang_version)
+        ids = self.strings.ids_of(names)
         if plans:
-            plan_ids = [(sid(k), v) for k, v in plans.items()]
-            entry = head + _plans_struct(len(plan_ids), wide).pack(
-                len(plan_ids), *(x for pair in plan_ids for x in pair)
-            )
+            sid = self.strings.id
+            flat = [x for k, v in plans.items() for x in (sid(k), v)]
         else:
-            plan_ids = []
-            entry = head + _NO_PLANS
+            flat = []
+        n = len(plans)
+        try:  # the usual case: every count fits 32 bits (struct refuses a larger one)
+            tail = _NARROW.pack(*counts) + (_plans_struct(n, False).pack(n, *flat) if n else _NO_PLANS)
+        except struct.error:
+            flags |= _WIDE_FLAG
+            tail = _WIDE.pack(*counts) + (_plans_struct(n, True).pack(n, *flat) if n else _NO_PLANS)
         if state is not None:
-            self._contribute(state, flags, ids, counts, plan_ids, +1)
-        return entry
+            self._add(state, flags, names if is_ else names[:3], counts, plans)
+        return _HEAD.pack(row.received_at_ms, row.position, h, flags, *ids) + tail
+
+    def _add(
+        self, state: DayRollup, flags: int, names: Sequence[str], counts: Sequence[int], plans: dict[str, int]
+    ) -> None:
+        """`_contribute(..., +1)` of a row not packed yet, from its strings (the usual case: a new UID of the day)."""
+        c, m = state.counts, state.maps
+        if flags & _IS:
+            c[_DEPLOYMENTS] += 1
+            if flags & _DEFAULT:
+                c[_DEFAULT_UID] += 1
+            if flags & _INCONSISTENT:
+                c[_INCONSISTENT_N] += 1
+            first = _IS_VERSION
+        else:
+            c[_CLI] += 1
+            first = _CLI_VERSION
+        for i, name in enumerate(names, start=first):  # _bump(m[i], name, 1, +1), inlined
+            slot = m[i].get(name)
+            if slot is None:
+                m[i][name] = [1, 1]
+            else:
+                slot[0] += 1
+                slot[1] += 1
+        for i, v in enumerate(counts, start=_FIRST_SUMMED):
+            if v:
+                c[i] += v
+        if plans:
+            plan_map = m[_PLANS]
+            for plan, v in plans.items():
+                slot = plan_map.get(plan)
+                if slot is None:
+                    plan_map[plan] = [v, 1]
+                else:
+                    slot[0] += v
+                    slot[1] += 1
 
     def _apply(self, state: DayRollup, entry: bytes, sign: int) -> None:
         """Add (sign +1) or take away (-1) the contribution a packed entry holds."""

@@ -84,19 +84,24 @@ def _apply(client: Client, uids: Iterable[str]) -> None:
 
 @contextmanager
 def _keys(client: Client, uids: list[str]) -> Iterator[dict[str, Any]]:
-    """The UIDs' keys under a token of their own (the views read them by it, so the UIDs are sent once), removed
-    after."""
+    """The UIDs' keys, and their history read once (the views read it several times), under a token of their own
+    (the UIDs are sent once); removed after."""
     params: dict[str, Any] = {"token": secrets.randbits(64)}
     client.command(
         "INSERT INTO analyst_apply_keys SELECT {token:UInt64}, sipHash128(arrayJoin({uids:Array(String)}))",
         parameters={**params, "uids": uids},
     )
     try:
+        client.command(
+            f"INSERT INTO analyst_apply_history SELECT {{token:UInt64}}, * FROM analyst_history FINAL WHERE key IN {_KEYS}",
+            parameters=params,
+        )
         yield params
     finally:
-        client.command(
-            "ALTER TABLE analyst_apply_keys DELETE WHERE token = {token:UInt64}", parameters=params, settings=_SYNC
-        )
+        for table in ("analyst_apply_keys", "analyst_apply_history"):
+            client.command(
+                f"ALTER TABLE {table} DELETE WHERE token = {{token:UInt64}}", parameters=params, settings=_SYNC
+            )
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
@@ -210,7 +215,7 @@ FROM
     SELECT kind, key, metric, label, label2, bucket, day, sum(value) AS total
     FROM analyst_events
     WHERE key IN {_KEYS} AND key != {ANONYMOUS}
-      AND key NOT IN (SELECT key FROM analyst_history WHERE key IN {_KEYS})
+      AND key NOT IN (SELECT key FROM analyst_apply_history WHERE token = {{token:UInt64}})
     GROUP BY kind, key, metric, label, label2, bucket, day
     HAVING total != 0
 )

@@ -51,8 +51,9 @@ CREATE TABLE IF NOT EXISTS analyst_history
     PROJECTION by_version_size (SELECT * ORDER BY kind, ordinal, end_devices)
 )
 ENGINE = ReplacingMergeTree(version)
+PRIMARY KEY (kind, key)
 ORDER BY (kind, key, day, report)
-SETTINGS index_granularity = 256, deduplicate_merge_projection_mode = 'rebuild';
+SETTINGS index_granularity = 64, deduplicate_merge_projection_mode = 'rebuild';
 
 -- One row per snapshot written: the key is the UID's 128-bit SipHash (as analyst_compute groups them); `report` is 0
 -- for a deployment (the latest of the day wins, as in snapshots) and the body's hash for a CLI report (as in
@@ -158,7 +159,7 @@ CREATE TABLE IF NOT EXISTS analyst_first_seen
 )
 ENGINE = AggregatingMergeTree
 ORDER BY (kind, key)
-SETTINGS index_granularity = 256;
+SETTINGS index_granularity = 64;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS analyst_first_seen_mv TO analyst_first_seen AS
 SELECT kind, sipHash128(uid) AS key, min(day) AS first_day, max(day) AS last_day
@@ -189,8 +190,9 @@ CREATE TABLE IF NOT EXISTS analyst_events
     )
 )
 ENGINE = SummingMergeTree
+PRIMARY KEY (kind, key)
 ORDER BY (kind, key, metric, label, label2, bucket, day)
-SETTINGS index_granularity = 256, deduplicate_merge_projection_mode = 'rebuild';
+SETTINGS index_granularity = 64, deduplicate_merge_projection_mode = 'rebuild';
 
 -- The UIDs an apply works on (sinks/analysts.py): its token's keys, deleted when it is done (in memory: nothing of it
 -- is kept across a restart, nor needs to be).
@@ -198,6 +200,42 @@ CREATE TABLE IF NOT EXISTS analyst_apply_keys
 (
     token UInt64,
     key FixedString(16)
+)
+ENGINE = Memory;
+
+-- The history of the UIDs an apply works on, read once from analyst_history (FINAL) under the apply's token: the
+-- views below read it several times (in memory; deleted when the apply is done).
+CREATE TABLE IF NOT EXISTS analyst_apply_history
+(
+    token UInt64,
+    kind LowCardinality(String),
+    key FixedString(16),
+    day Date,
+    report UInt64,
+    version UInt128,
+    uid String,
+    default_uid UInt8,
+    inconsistent UInt8,
+    gateways UInt64,
+    gateways_effective UInt64,
+    end_devices UInt64,
+    active_end_devices UInt64,
+    active_last_day UInt64,
+    active_last_week UInt64,
+    active_last_month UInt64,
+    applications UInt64,
+    users_standard UInt64,
+    users_admin UInt64,
+    organizations UInt64,
+    ordinal UInt32,
+    dev UInt8,
+    plans Map(LowCardinality(String), UInt64),
+    version_major_minor LowCardinality(String),
+    operating_system LowCardinality(String),
+    arch LowCardinality(String),
+    commands Array(Tuple(String, UInt64)),
+    aliases Array(Tuple(String, String, UInt64)),
+    reports_usage UInt8
 )
 ENGINE = Memory;
 
@@ -225,8 +263,8 @@ FROM
                                 arrayFirst(r -> startsWith(p, r.1), region_rules).2), mapKeys(plans)) AS plan_regions,
                mapValues(plans) AS plan_gateways,
                arrayDistinct(arrayFilter((r, g) -> g > 0, plan_regions, plan_gateways)) AS deployment_regions
-        FROM analyst_history FINAL
-        WHERE kind = 'is' AND key IN (SELECT key FROM analyst_apply_keys WHERE token = {token:UInt64})
+        FROM analyst_apply_history
+        WHERE kind = 'is' AND token = {token:UInt64}
     )
     -- (metric, label, bucket, value, reported only)
     ARRAY JOIN arrayConcat(
@@ -265,8 +303,8 @@ FROM
         FROM
         (
             SELECT key, day, argMax((toString(version_major_minor), toString(operating_system), toString(arch)), version) AS latest
-            FROM analyst_history FINAL
-            WHERE kind = 'cli' AND key IN (SELECT key FROM analyst_apply_keys WHERE token = {token:UInt64})
+            FROM analyst_apply_history
+            WHERE kind = 'cli' AND token = {token:UInt64}
             GROUP BY key, day
         )
     )
@@ -282,11 +320,11 @@ FROM
     FROM
     (
         SELECT key, u.1 AS metric, u.2 AS label, u.3 AS label2, if(e = 1, day, day + 30) AS day, toInt128(u.4) * e AS value
-        FROM analyst_history FINAL
+        FROM analyst_apply_history
         ARRAY JOIN arrayConcat(arrayMap(x -> ('cli_command_executions', x.1, '', x.2), commands),
                                arrayMap(x -> ('cli_alias_uses', x.1, x.2, x.3), aliases)) AS u
         ARRAY JOIN [1, -1] AS e
-        WHERE kind = 'cli' AND key IN (SELECT key FROM analyst_apply_keys WHERE token = {token:UInt64})
+        WHERE kind = 'cli' AND token = {token:UInt64}
         UNION ALL
         SELECT key, metric, label, label2, ev.1 AS day, toInt128(ev.2) AS value
         FROM
@@ -297,10 +335,10 @@ FROM
             FROM
             (
                 SELECT key, day, u.1 AS metric, u.2 AS label, u.3 AS label2
-                FROM analyst_history FINAL
+                FROM analyst_apply_history
                 ARRAY JOIN arrayConcat(arrayMap(x -> ('cli_command_installs', x.1, ''), commands),
                                        arrayMap(x -> ('cli_alias_installs', x.1, x.2), aliases)) AS u
-                WHERE kind = 'cli' AND key IN (SELECT key FROM analyst_apply_keys WHERE token = {token:UInt64})
+                WHERE kind = 'cli' AND token = {token:UInt64}
             )
             GROUP BY key, metric, label, label2
         )
@@ -325,8 +363,8 @@ FROM
         (
             SELECT kind, key, arraySort(groupUniqArray(day)) AS ds,
                    groupArrayIf((day, version, reports_usage), kind = 'cli') AS usage
-            FROM analyst_history FINAL
-            WHERE key IN (SELECT key FROM analyst_apply_keys WHERE token = {token:UInt64})
+            FROM analyst_apply_history
+            WHERE token = {token:UInt64}
             GROUP BY kind, key
         ) AS h
         INNER JOIN
@@ -387,8 +425,8 @@ FROM
                       1, (toDate(0), toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0)))
                OVER (PARTITION BY key ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS prev,
            prev.1 AS prev_day
-    FROM analyst_history FINAL
-    WHERE kind = 'is' AND key IN (SELECT key FROM analyst_apply_keys WHERE token = {token:UInt64})
+    FROM analyst_apply_history
+    WHERE kind = 'is' AND token = {token:UInt64}
 )
 WHERE prev_day >= day - 7 AND prev_day > toDate(0);
 

@@ -39,6 +39,7 @@ ALLOWED_SQL_INTERPOLATIONS = {
     ("sinks/analysts.py", "_KEYS"),
     ("sinks/analysts.py", "_SINCE"),
     ("sinks/analysts.py", "ANONYMOUS"),
+    ("sinks/analysts.py", "table"),  # from a literal tuple of the apply's two tables
 }
 
 
