@@ -5,20 +5,21 @@ the batch, not the fleet (issue 25).
 
 Each size runs in a process of its own (chDB holds one data directory per process), both children of this one, and
 they take their batches in turn, so both see the same machine load. For each size, in an embedded chDB of its own:
-one day of N deployments (and N / 10 CLI installs) is written
-straight into `snapshots` (bench/analyst_data.py), their events computed (sinks/analysts.py `drain`) and the
-analyst refreshes run once: the figures are up to date. Then, `--batches` times, a batch of `--batch` new
-snapshots of that day (half of them later reports of deployments already there, with other figures; half new
-deployments) is written as a worker writes it, and timed until the figures show it:
+one day of N deployments (and N / 10 CLI installs) is written straight into `snapshots` (bench/analyst_data.py),
+their events computed (sinks/analysts.py `drain`) and the analyst refreshes run once: the figures are up to date.
+Then, `--batches` times, a batch of `--batch` new snapshots of that day (half of them later reports of deployments
+already there, with other figures; half new deployments) is written as a worker writes it, and timed until the
+figures show it:
 - `write`: the INSERT into snapshots (its materialized views run on it);
 - `events`: sinks/analysts.py's applier, the batch's UIDs (queued by the insert) applied;
 - `refresh`: the analyst refreshes (`SYSTEM REFRESH VIEW analyst_daily_refresh`, `retention_refresh`), waited for.
-At the end, the day's figures kept batch by batch must equal the whole-day recompute (analyst_compute) of the same
-snapshots, every column. For reference, the whole-day
-recompute the refresh ran before migration 0009 (`analyst_compute` of the day) is timed once per size.
+At the end, each day's figures kept batch by batch must equal the whole-day recompute (`analyst_compute`) of the
+same snapshots, every column. For reference, the whole-day recompute the refresh ran before migration 0009 is timed
+once per size.
 
-Prints each size's medians, the load average, and last `analyst_update_ratio_1M_vs_10k=<large/small>` (target at most 1.5; the line names the sizes
-run when they are not 1M and 10k). `--smoke`: 1,000 and 5,000 deployments, batches of 200, 2 batches.
+Prints each size's medians, the load average, and last `analyst_update_ratio_1M_vs_10k=<large/small>` (target at
+most 1.5; the line names the sizes run when they are not 1M and 10k). `--smoke`: 1,000 and 5,000 deployments,
+batches of 200, 2 batches.
 """
 
 from __future__ import annotations

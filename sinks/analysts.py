@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -165,12 +166,20 @@ def drain(client: Client) -> int:
     return total
 
 
-class Applier:
-    """The applier thread of a writing process: a round every `interval_s` while the queue has UIDs (at once again
-    while a round was full); `stop()` finishes the round in flight."""
+#: While the process also writes, the applier's share of the time: its rounds are spaced so that it works at most
+#: this fraction (storing comes first; the figures follow within seconds of a burst). Idle writer: no spacing.
+BUSY_SHARE = 0.25
 
-    def __init__(self, connect: Callable[[], Client], owned: Owned, interval_s: float = 1.0) -> None:
-        self._connect, self.owned, self.interval_s = connect, owned, interval_s
+
+class Applier:
+    """The applier thread of a writing process: a round every `interval_s` while the queue has UIDs, at once again
+    while a round was full; while `busy()` (the process wrote within the last seconds), spaced to BUSY_SHARE of the
+    time. `stop()` finishes the round in flight."""
+
+    def __init__(
+        self, connect: Callable[[], Client], owned: Owned, busy: Callable[[], bool], interval_s: float = 1.0
+    ) -> None:
+        self._connect, self.owned, self.busy, self.interval_s = connect, owned, busy, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="analyst-applier", daemon=True)
         self.failures = 0
@@ -187,6 +196,7 @@ class Applier:
     def _run(self) -> None:
         client = None
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 client = client or self._connect()
                 full = apply_queued(client, owned=self.owned()) >= CHUNK
@@ -195,8 +205,11 @@ class Applier:
                 self.failures += 1
                 full = False
                 log.warning("the analysts' applier failed (%s); the queued UIDs stay queued: retrying", first_line(exc))
-            if not full:
-                self._stop.wait(self.interval_s * min(self.failures + 1, 30))
+            took = time.monotonic() - started
+            wait = 0.0 if full else self.interval_s * min(self.failures + 1, 30)
+            if self.busy():
+                wait = max(wait, took * (1 - BUSY_SHARE) / BUSY_SHARE)
+            self._stop.wait(wait)
         if client is not None:
             client.close()
 

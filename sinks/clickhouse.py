@@ -82,7 +82,11 @@ class ClickHouseStore(Connection):
         """Keep the analysts' figures in step with the snapshots written (of the partitions `owned` answers), on a
         session and thread of its own, until close()."""
         if self._applier is None:
-            self._applier = analysts.Applier(lambda: connect(self.dsn), owned, interval_s).start()
+            self._applier = analysts.Applier(lambda: connect(self.dsn), owned, self._writing, interval_s).start()
+
+    def _writing(self) -> bool:
+        """Whether this process wrote within the last 2 seconds (its applier then leaves it most of the time)."""
+        return self.last_write_at is not None and time.time() - self.last_write_at < 2.0
 
     def apply_analysts(self) -> int:
         """Apply every queued UID now (tests, benches); how many."""
