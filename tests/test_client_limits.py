@@ -200,8 +200,13 @@ def test_one_address_adds_at_most_the_limit_of_new_uids_a_day(stack: RunningStac
     # the excess is kept, byte for byte, with its reason; and counted in the day's figures
     assert limited_bodies(stack, uids[LIMIT:]) == {uid_for(s): body_for(s).decode() for s in seeds[LIMIT:]}
     wait_rate_limited_today(stack, before + 10)
-    (row,) = stack.sql(f"SELECT body FROM snapshots_latest WHERE uid = '{uids[0]}'")
-    assert row["body"].encode() == changed
+    # the changed body replaces the first one's snapshot (the UID was stored already: wait for the replacement)
+    deadline = time.monotonic() + 60
+    while (
+        body := stack.sql(f"SELECT body FROM snapshots_latest WHERE uid = '{uids[0]}'")[0]["body"]
+    ) != changed.decode():
+        assert time.monotonic() < deadline, f"the changed body never replaced the first: {body[:200]}"
+        time.sleep(0.3)
     deployments = stack.sql(f"SELECT deployments FROM fleet_daily WHERE day = '{today()}'")[0]["deployments"]
     assert deployments == (fleet_before[0]["deployments"] if fleet_before else 0) + LIMIT
     # and in the dashboard's data-quality figures: the rejected messages per reason

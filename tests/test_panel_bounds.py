@@ -122,8 +122,12 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wide]:
         simulator.send_to_kafka(wide_deliveries(first), f"127.0.0.1:{stack.broker_port}", TOPIC)
         stack.wait_for(
             "SELECT (SELECT count() FROM snapshots FINAL) AS n, (SELECT count() FROM analyst_daily FINAL) AS days, "
-            "(SELECT count() FROM analyst_daily_pending) AS pending",
-            lambda rows: rows and (rows[0]["n"], rows[0]["days"], rows[0]["pending"]) == (4 * SENDERS, 2, 0),
+            "(SELECT count() FROM analyst_daily_pending) AS pending, (SELECT count() FROM analyst_dirty) AS queued",
+            # every UID applied (the queue empty) and every day refreshed since
+            lambda rows: (
+                rows
+                and (rows[0]["n"], rows[0]["days"], rows[0]["pending"], rows[0]["queued"]) == (4 * SENDERS, 2, 0, 0)
+            ),
             timeout_s=240,
         )
         yield Wide(stack, first, last)
