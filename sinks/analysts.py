@@ -241,6 +241,10 @@ def forget(client: Client, uids: list[str]) -> None:
     once (their jumps are deleted first: they name the UID)."""
     if not uids:
         return
-    with LOCK, _keys(client, uids) as params:
-        client.command(f"ALTER TABLE analyst_jumps DELETE WHERE key IN {_KEYS}", parameters=params, settings=_SYNC)
+    with LOCK:
+        client.command(
+            "ALTER TABLE analyst_jumps DELETE WHERE key IN (SELECT sipHash128(arrayJoin({uids:Array(String)})))",
+            parameters={"uids": uids},
+            settings=_SYNC,
+        )
         _apply(client, uids)
